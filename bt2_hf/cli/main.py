@@ -1,0 +1,45 @@
+"""The ``bt2`` command: a thin dispatcher to one module per sub-command.
+
+Each sub-command module (``bt2_hf.cli.<name>``) exposes ``main(argv: list[str] | None) -> int`` and parses its own
+arguments, so ``python -m bt2_hf.cli.<name>`` works too and every command can be tested without a subprocess.
+Modules are imported lazily so that ``bt2 --help`` stays fast and an optional extra missing for one command does not
+break the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("bt2_hf.cli.train", "train an old / independent / BCT / BT² model from a recipe"),
+    "eval": ("bt2_hf.cli.eval", "evaluate compatibility between models (old/old, new/old, new/new, matrix)"),
+    "index": ("bt2_hf.cli.index", "build or search a gallery index with a manifest"),
+    "push": ("bt2_hf.cli.push", "push a checkpoint with its card to the Hub"),
+    "card": ("bt2_hf.cli.card", "render or refresh a model card from a checkpoint and an evaluation JSON"),
+    "demo": ("bt2_hf.cli.demo", "run the end-to-end Fashion-MNIST demo"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: bt2 <command> [options]", "", "commands:"]
+    lines += [f"  {name:<8} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += ["", "Run `bt2 <command> --help` for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"bt2: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
