@@ -1,0 +1,38 @@
+"""bt2_hf: backward-compatible embedding models (BT²) for the Hugging Face ecosystem.
+
+Importing the package registers :class:`BT2Config` / :class:`BT2Model` with ``AutoConfig`` / ``AutoModel``, so
+``AutoModel.from_pretrained(path)`` returns a bt2_hf model with no ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, AutoModel
+
+from .compatibility import IncompatibleModelsError, compatible_prefix
+from .configuration_bt2 import BT2Config
+from .fingerprint import fingerprint_model, fingerprint_state_dict
+from .heads import BasisTransformationHead, LinearHead, OrthogonalLinear
+from .modeling_bt2 import BT2Model, BT2Output, BT2PreTrainedModel, FingerprintMismatchError
+from .processing import BT2ImageProcessor
+
+__version__ = "0.1.0"
+
+AutoConfig.register(BT2Config.model_type, BT2Config, exist_ok=True)
+AutoModel.register(BT2Config, BT2Model, exist_ok=True)
+
+__all__ = [
+    "BT2Config",
+    "BT2ImageProcessor",
+    "BT2Model",
+    "BT2Output",
+    "BT2PreTrainedModel",
+    "BasisTransformationHead",
+    "FingerprintMismatchError",
+    "IncompatibleModelsError",
+    "LinearHead",
+    "OrthogonalLinear",
+    "__version__",
+    "compatible_prefix",
+    "fingerprint_model",
+    "fingerprint_state_dict",
+]

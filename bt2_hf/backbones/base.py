@@ -1,0 +1,52 @@
+"""The backbone contract: an encoder that maps model inputs to pooled features ``(batch, hidden_size)``."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """Base class of every encoder a ``BT2Model`` can wrap.
+
+    Subclasses are built **from a config dict only** (no download, no file access in ``__init__``), so that
+    ``BT2Model.from_pretrained`` can rebuild them offline before loading the saved weights. Pretrained weights from a
+    local directory or file come in through :meth:`load_pretrained_weights`.
+
+    Class attributes:
+        modality (`str`): ``"image"`` or ``"text"``.
+        main_input_name (`str`): ``"pixel_values"`` or ``"input_ids"``.
+        poolings (`tuple[str, ...]`): the pooling names this backbone accepts; the first is the default.
+    """
+
+    modality: ClassVar[str] = "image"
+    main_input_name: ClassVar[str] = "pixel_values"
+    poolings: ClassVar[tuple[str, ...]] = ("default",)
+
+    def __init__(self, backbone_config: dict[str, Any], pooling: str):
+        super().__init__()
+        if pooling not in self.poolings:
+            raise ValueError(
+                f"{type(self).__name__} does not support pooling={pooling!r}; choose one of {list(self.poolings)}."
+            )
+        self.backbone_config = dict(backbone_config)
+        self.pooling = pooling
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the pooled features."""
+        raise NotImplementedError
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:  # (B, hidden_size)
+        raise NotImplementedError
+
+    @classmethod
+    def config_from_pretrained(cls, path: str) -> dict[str, Any]:
+        """The ``backbone_config`` matching a local checkpoint (used before :meth:`load_pretrained_weights`)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be initialised from a pretrained checkpoint.")
+
+    def load_pretrained_weights(self, path: str) -> None:
+        """Load weights from a local checkpoint directory or file into this (already built) backbone."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be initialised from a pretrained checkpoint.")

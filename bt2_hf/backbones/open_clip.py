@@ -1,0 +1,119 @@
+"""open_clip image and text towers as BT² backbones (``pretrained=None``: built from a config, or a local file)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..utils.imports import require
+from . import register_backbone
+from .base import Backbone
+
+
+def _build_clip(backbone_config: dict[str, Any]):
+    """An open_clip ``CLIP`` model from ``{"model_cfg": {...}}`` or ``{"model_name": "ViT-B-32"}``, random init."""
+    open_clip = require("open_clip", extra="open_clip")
+    if backbone_config.get("model_cfg"):
+        model_cfg = dict(backbone_config["model_cfg"])
+        model_cfg.pop("custom_text", None)
+        return open_clip.CLIP(**model_cfg)
+    name = backbone_config.get("model_name")
+    if not name:
+        raise ValueError("An open_clip backbone_config needs 'model_name' (e.g. 'ViT-B-32') or 'model_cfg'.")
+    if name not in open_clip.list_models():
+        raise ValueError(f"Unknown open_clip model_name {name!r}; see open_clip.list_models().")
+    return open_clip.create_model(name, pretrained=None)
+
+
+def _resolve_config(backbone_config: dict[str, Any]) -> dict[str, Any]:
+    """Pin the full architecture in the config, so a reload never depends on open_clip's registry."""
+    config = dict(backbone_config)
+    if not config.get("model_cfg"):
+        open_clip = require("open_clip", extra="open_clip")
+        model_cfg = open_clip.get_model_config(config.get("model_name", ""))
+        if model_cfg is None:
+            raise ValueError(
+                f"Unknown open_clip model_name {config.get('model_name')!r}; see open_clip.list_models()."
+            )
+        config["model_cfg"] = model_cfg
+    return config
+
+
+class _OpenCLIPTower(Backbone):
+    poolings = ("default",)
+
+    def __init__(self, backbone_config: dict[str, Any], pooling: str = "default"):
+        super().__init__(_resolve_config(backbone_config), pooling)
+
+    @classmethod
+    def config_from_pretrained(cls, path: str) -> dict[str, Any]:
+        raise ValueError(
+            "open_clip towers are initialised from a local weights file: build the model with "
+            "backbone_config={'model_name': ...} and pass the file to BT2Model.from_pretrained_backbone(path, ...)."
+        )
+
+    def load_pretrained_weights(self, path: str) -> None:
+        # Weights files from open_clip hold the whole CLIP model; keep the keys of our tower only.
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state_dict = load_file(path)
+        else:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        state_dict = state_dict.get("state_dict", state_dict)
+        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+        own = self._tower_state_dict_from_clip(state_dict)
+        missing, unexpected = self.load_state_dict(own, strict=False)
+        if missing:
+            raise ValueError(
+                f"The open_clip weights at {path} miss {len(missing)} tensors of this tower: {missing[:5]}"
+            )
+
+
+@register_backbone("open_clip_vision")
+class OpenCLIPVisionBackbone(_OpenCLIPTower):
+    """The image tower of an open_clip model: ``encode_image`` features (before normalisation)."""
+
+    modality = "image"
+    main_input_name = "pixel_values"
+
+    def __init__(self, backbone_config: dict[str, Any], pooling: str = "default"):
+        super().__init__(backbone_config, pooling)
+        self.visual = _build_clip(self.backbone_config).visual
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.visual.output_dim)
+
+    def forward(self, pixel_values: torch.Tensor, **unused: torch.Tensor) -> torch.Tensor:
+        return self.visual(pixel_values)
+
+    def _tower_state_dict_from_clip(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in state_dict.items() if k.startswith("visual.")}
+
+
+@register_backbone("open_clip_text")
+class OpenCLIPTextBackbone(_OpenCLIPTower):
+    """The text tower of an open_clip model: ``encode_text`` features (before normalisation)."""
+
+    modality = "text"
+    main_input_name = "input_ids"
+
+    def __init__(self, backbone_config: dict[str, Any], pooling: str = "default"):
+        super().__init__(backbone_config, pooling)
+        clip = _build_clip(self.backbone_config)
+        del clip.visual  # the text tower never uses it; dropping it saves memory and dead parameters
+        clip.logit_scale.requires_grad_(False)
+        self.clip = clip
+
+    @property
+    def hidden_size(self) -> int:
+        projection = self.clip.text_projection
+        return int(projection.shape[1] if isinstance(projection, torch.Tensor) else projection.out_features)
+
+    def forward(self, input_ids: torch.Tensor, **unused: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_text(input_ids)
+
+    def _tower_state_dict_from_clip(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {f"clip.{k}": v for k, v in state_dict.items() if not k.startswith("visual.")}

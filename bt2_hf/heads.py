@@ -1,0 +1,219 @@
+"""Embedding heads: what turns a backbone's pooled features into a (compatible) embedding.
+
+* :class:`LinearHead` — projection → L2 norm → classifier. Used for old, independent and BCT models.
+* :class:`BasisTransformationHead` — the BT² head (Zhou et al., ICCV 2023): two orthonormal basis transformations
+  and ``extra_dim`` added dimensions, so that the first ``old_embedding_dim`` dimensions live in the old model's space
+  while nothing of the new model's own feature is lost.
+
+Both heads return a :class:`HeadOutput`; ``BT2Model`` turns it into the public ``BT2Output``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class HeadOutput:
+    """What a head returns (internal; see ``BT2Output`` for the public fields)."""
+
+    embeddings: torch.Tensor  # (B, embedding_dim), unit norm
+    compatible_embeddings: torch.Tensor  # (B, compatible_dim), unit norm
+    features: torch.Tensor  # (B, feature_dim), unit norm: the classifier's input, matched to the independent model
+    logits: torch.Tensor | None  # (B, num_labels)
+
+
+class OrthogonalLinear(nn.Module):
+    """A bias-free square linear map whose weight is exactly orthogonal at every step.
+
+    The weight is ``W = base @ matrix_exp(A - Aᵀ)``: the exponential of a skew-symmetric matrix is a rotation, and
+    ``base`` (a fixed random orthogonal matrix, saved with the model) makes the initial map a random orthogonal one,
+    as with PyTorch's ``parametrizations.orthogonal`` "dynamic trivialisation". Only ``skew`` is trained. Keeping the
+    parametrisation in plain parameters and buffers (rather than ``torch.nn.utils.parametrize``) keeps the state dict
+    flat, safetensors-friendly and loadable on the meta device.
+
+    Args:
+        dim (`int`): size of the square map.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.skew = nn.Parameter(torch.zeros(dim, dim))
+        self.register_buffer("base", torch.eye(dim))
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Draw a Haar-random orthogonal ``base`` and start the trainable rotation at the identity."""
+        gaussian = torch.randn(self.dim, self.dim, generator=generator, dtype=torch.float64)
+        q, r = torch.linalg.qr(gaussian)
+        # Sign correction makes the distribution Haar-uniform rather than biased by QR's convention.
+        q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+        self.base.copy_(q.to(self.base.dtype))
+        self.skew.zero_()
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The orthogonal matrix (dim, dim), computed in float32 for accuracy whatever the autocast dtype."""
+        skew = self.skew.float()
+        rotation = torch.linalg.matrix_exp(skew - skew.T)
+        return self.base.float() @ rotation
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs @ self.weight.T.to(inputs.dtype)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class LinearHead(nn.Module):
+    """Projection → (optional ReLU) → L2 normalisation → bias-free classifier.
+
+    This is the head of the old model, of the independently trained new model, and of BCT. For BCT with a wider new
+    embedding than the old one ("naive dimension increase"), ``compatible_dim`` is the old width: the first
+    ``compatible_dim`` dimensions are the part meant to be compared with the old gallery.
+
+    Args:
+        input_dim (`int`): width of the backbone's pooled features.
+        embedding_dim (`int`): width of the output embedding.
+        num_labels (`int`, *optional*, defaults to 0): classes of the training classifier; 0 means no classifier.
+        compatible_dim (`int`, *optional*): prefix length compatible with an older model; defaults to ``embedding_dim``.
+        nonlinearity (`str`, *optional*, defaults to `"none"`): ``"relu"`` applies a ReLU before normalising (the
+            research code's ResNets do), ``"none"`` does not.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        embedding_dim: int,
+        num_labels: int = 0,
+        compatible_dim: int | None = None,
+        nonlinearity: str = "none",
+    ):
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.compatible_dim = embedding_dim if compatible_dim is None else compatible_dim
+        self.nonlinearity = nonlinearity
+        self.projection = nn.Linear(input_dim, embedding_dim)
+        self.classifier = nn.Linear(embedding_dim, num_labels, bias=False) if num_labels > 0 else None
+
+    def forward(self, pooled: torch.Tensor) -> HeadOutput:
+        hidden = self.projection(pooled)
+        if self.nonlinearity == "relu":
+            hidden = F.relu(hidden)
+        embeddings = F.normalize(hidden, dim=-1)
+        logits = self.classifier(embeddings) if self.classifier is not None else None
+        if self.compatible_dim == self.embedding_dim:
+            compatible = embeddings
+        else:
+            compatible = F.normalize(embeddings[:, : self.compatible_dim], dim=-1)
+        return HeadOutput(embeddings=embeddings, compatible_embeddings=compatible, features=embeddings, logits=logits)
+
+
+class BasisTransformationHead(nn.Module):
+    """The BT² head: old-compatible block + extra dimensions through two orthonormal basis transformations.
+
+    With ``D = feature_dim``, ``D_old = old_embedding_dim``, ``k = extra_dim`` and ``C = feature_scale``::
+
+        h = projection(x)                    # (B, D + D_old), ReLU'd if nonlinearity == "relu"
+        f = normalize(h[:, :D])              # the new model's own feature; feeds the classifier
+        a = normalize(affine(h))             # (B, k) "added" branch (the paper's pink ovals)
+        z = [a ; C · P f]                    # (B, k + D), P ∈ O(D)
+        b = Q z[:, :D_old]                   # Q ∈ O(D_old): the old-compatible block
+        e = z[:, D_old:]                     # (B, k + D - D_old): the extra dimensions
+        embedding = normalize([b ; e])       # (B, D + k); ‖[b ; e]‖ = √(1 + C²) before normalising
+
+    The map ``z → [b ; e]`` is block-orthogonal, so ``f = Pᵀ z[:, k:] / C`` is recoverable from the embedding: the
+    basis transformation loses none of the new model's information (see :meth:`recover_features`).
+
+    Args:
+        input_dim (`int`): width of the backbone's pooled features.
+        feature_dim (`int`): ``D``, the new model's own feature width (that of the independently trained model).
+        old_embedding_dim (`int`): ``D_old``, the width of the old model's embedding.
+        extra_dim (`int`): ``k``, the dimensions added on top of ``D``; ``extra_dim + feature_dim`` must exceed
+            ``old_embedding_dim``.
+        feature_scale (`float`, *optional*, defaults to 2.0): ``C``; ``a`` carries ``1 / (1 + C²)`` of the squared norm.
+        num_labels (`int`, *optional*, defaults to 0): classes of the classifier on ``f``; 0 means no classifier.
+        nonlinearity (`str`, *optional*, defaults to `"relu"`): ``"relu"`` (the research code's post-ReLU features)
+            or ``"none"``.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        feature_dim: int,
+        old_embedding_dim: int,
+        extra_dim: int,
+        feature_scale: float = 2.0,
+        num_labels: int = 0,
+        nonlinearity: str = "relu",
+    ):
+        super().__init__()
+        validate_bt2_dims(feature_dim, old_embedding_dim, extra_dim)
+        self.feature_dim = feature_dim
+        self.old_embedding_dim = old_embedding_dim
+        self.extra_dim = extra_dim
+        self.feature_scale = feature_scale
+        self.nonlinearity = nonlinearity
+        self.embedding_dim = feature_dim + extra_dim
+        self.compatible_dim = old_embedding_dim
+        self.projection = nn.Linear(input_dim, feature_dim + old_embedding_dim)
+        self.added_projection = nn.Linear(feature_dim + old_embedding_dim, extra_dim)
+        self.feature_rotation = OrthogonalLinear(feature_dim)  # P
+        self.old_rotation = OrthogonalLinear(old_embedding_dim)  # Q
+        self.classifier = nn.Linear(feature_dim, num_labels, bias=False) if num_labels > 0 else None
+
+    def forward(self, pooled: torch.Tensor) -> HeadOutput:
+        hidden = self.projection(pooled)
+        if self.nonlinearity == "relu":
+            hidden = F.relu(hidden)
+        features = F.normalize(hidden[:, : self.feature_dim], dim=-1)
+        added = F.normalize(self.added_projection(hidden), dim=-1)
+        transformed = torch.cat([added, self.feature_scale * self.feature_rotation(features)], dim=-1)
+        old_block = self.old_rotation(transformed[:, : self.old_embedding_dim])
+        extra_block = transformed[:, self.old_embedding_dim :]
+        # ‖[b ; e]‖ = √(1 + C²) for every input, so dividing by the constant is exactly the L2 normalisation.
+        embeddings = torch.cat([old_block, extra_block], dim=-1) / math.sqrt(1.0 + self.feature_scale**2)
+        logits = self.classifier(features) if self.classifier is not None else None
+        return HeadOutput(
+            embeddings=embeddings,
+            compatible_embeddings=F.normalize(old_block, dim=-1),
+            features=features,
+            logits=logits,
+        )
+
+    @torch.no_grad()
+    def recover_features(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Invert the basis transformation: the unit feature ``f`` from a (normalised) embedding.
+
+        Args:
+            embeddings (`torch.Tensor` of shape `(batch, embedding_dim)`): outputs of this head.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, feature_dim)`.
+        """
+        raw = embeddings * math.sqrt(1.0 + self.feature_scale**2)
+        old_block = raw[:, : self.old_embedding_dim] @ self.old_rotation.weight.to(raw.dtype)  # Qᵀ b (row form)
+        transformed = torch.cat([old_block, raw[:, self.old_embedding_dim :]], dim=-1)
+        scaled = transformed[:, self.extra_dim :] / self.feature_scale
+        return scaled @ self.feature_rotation.weight.to(raw.dtype)  # Pᵀ (C P f) / C
+
+
+def validate_bt2_dims(feature_dim: int, old_embedding_dim: int, extra_dim: int) -> None:
+    """Raise a clear `ValueError` when the BT² dimensions cannot work."""
+    for name, value in (("feature_dim", feature_dim), ("old_embedding_dim", old_embedding_dim)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}.")
+    if extra_dim < 0:
+        raise ValueError(f"extra_dim must be >= 0, got {extra_dim}.")
+    if extra_dim + feature_dim <= old_embedding_dim:
+        raise ValueError(
+            f"BT² needs extra_dim + feature_dim > old_embedding_dim, got {extra_dim} + {feature_dim} <= "
+            f"{old_embedding_dim}: the embedding would have no dimension left beyond the old-compatible block. "
+            f"Increase extra_dim to at least {old_embedding_dim - feature_dim + 1} (the paper uses 32 for 128-d models)."
+        )

@@ -1,0 +1,129 @@
+"""Retrieval metrics as pure functions of relevance along a ranking (no search, no model).
+
+Each function returns one value per query; the evaluator averages over the queries that have at least one relevant
+gallery item (the research protocol skips the others too). Definitions follow reference/field.md §4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cmc_hits(relevant_topk: np.ndarray, k: int) -> np.ndarray:
+    """CMC top-k: whether a relevant item is among the first ``k`` neighbours (per query).
+
+    This is also Recall@K as used for text→image retrieval: a query succeeds if any of its ground-truth items is in
+    the top ``k``.
+
+    Args:
+        relevant_topk (`np.ndarray` of `bool`, shape `(n, K)`): relevance of the ranked neighbours, ``K >= k``
+            (or ``K`` = all candidates when the gallery is smaller than ``k``).
+        k (`int`): the cut-off.
+    """
+    return relevant_topk[:, :k].any(axis=1)
+
+
+def average_precision_at_r(relevant_topk: np.ndarray, num_relevant: np.ndarray) -> np.ndarray:
+    """mAP@R (Musgrave et al. 2020) per query: ``(1/R) Σ_{i≤R} P@i · rel_i`` with ``R`` = the query's relevant count.
+
+    Args:
+        relevant_topk (`np.ndarray` of `bool`, shape `(n, K)`): relevance of the ranked neighbours, with
+            ``K >= max(num_relevant)``.
+        num_relevant (`np.ndarray` of `int`, shape `(n,)`): ``R`` per query; rows with ``R = 0`` give NaN.
+    """
+    num_relevant = np.asarray(num_relevant)
+    width = relevant_topk.shape[1]
+    if len(num_relevant) and num_relevant.max(initial=0) > width:
+        raise ValueError(f"mAP@R needs the top R neighbours; got {width} but a query has R={num_relevant.max()}.")
+    ranks = np.arange(1, width + 1)
+    within_r = ranks[None, :] <= num_relevant[:, None]
+    relevant = relevant_topk & within_r
+    precision = np.cumsum(relevant, axis=1) / ranks[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(num_relevant > 0, (precision * relevant).sum(axis=1) / num_relevant, np.nan)
+
+
+def average_precision_with_ties(scores: np.ndarray, relevant: np.ndarray, num_relevant=None) -> np.ndarray:
+    """Non-interpolated average precision over the full ranking, scikit-learn's way (tied scores grouped).
+
+    Equals ``sklearn.metrics.average_precision_score(relevant[i], scores[i])`` row by row: the precision-recall curve
+    has one point per distinct score, ``AP = Σ_t (R_t − R_{t−1}) · P_t``. Items scored ``-inf`` (e.g. the left-out
+    query itself) form a last group that holds no relevant item and so contributes nothing.
+
+    Args:
+        scores (`np.ndarray` of shape `(n, N)`): similarities of every gallery item (higher is better).
+        relevant (`np.ndarray` of `bool`, shape `(n, N)`): relevance of every gallery item.
+        num_relevant (`np.ndarray`, *optional*): relevant count per query; defaults to ``relevant.sum(1)``. Rows with 0
+            give NaN (scikit-learn warns and returns a meaningless value there).
+    """
+    try:
+        import torch
+    except ModuleNotFoundError:  # pragma: no cover - torch is a core dependency
+        torch = None
+    if torch is not None:
+        # torch.sort is multi-threaded; numpy's argsort is not, and this sort is the whole cost of full mAP.
+        score_tensor = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+        sorted_scores, order = torch.sort(score_tensor, dim=1, descending=True)
+        sorted_scores, order = sorted_scores.numpy(), order.numpy()
+    else:
+        order = np.argsort(-scores, axis=1)
+        sorted_scores = np.take_along_axis(scores, order, axis=1)
+    sorted_relevant = np.take_along_axis(relevant, order, axis=1)
+    if num_relevant is None:
+        num_relevant = relevant.sum(axis=1)
+    num_relevant = np.asarray(num_relevant, dtype=np.float64)
+    width = scores.shape[1]
+    true_positives = np.cumsum(sorted_relevant, axis=1, dtype=np.int64)
+    # A group of tied scores ends where the next score differs (or at the last item).
+    group_end = np.ones_like(sorted_relevant, dtype=bool)
+    group_end[:, :-1] = sorted_scores[:, :-1] != sorted_scores[:, 1:]
+    tp_at_ends = np.where(group_end, true_positives, 0)
+    # True positives at the end of the previous group (cumulative counts are non-decreasing, so a running max works).
+    previous_tp = np.zeros_like(tp_at_ends)
+    previous_tp[:, 1:] = np.maximum.accumulate(tp_at_ends, axis=1)[:, :-1]
+    ranks = np.arange(1, width + 1, dtype=np.float64)
+    contribution = np.where(group_end, (true_positives - previous_tp) * (true_positives / ranks[None, :]), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(num_relevant > 0, contribution.sum(axis=1) / num_relevant, np.nan)
+
+
+def flip_rates(correct_before: np.ndarray, correct_after: np.ndarray) -> dict[str, float]:
+    """Negative- and positive-flip rates between two per-query outcomes (PC-training; field.md §4).
+
+    Args:
+        correct_before (`np.ndarray` of `bool`): e.g. top-1 hits of old→old.
+        correct_after (`np.ndarray` of `bool`): the same queries after the update, e.g. new→old.
+
+    Returns:
+        `dict`: ``negative_flip_rate`` (right before, wrong after), ``positive_flip_rate`` (the reverse), and their
+        difference ``delta`` = PFR − NFR (the aggregate change that hides per-query regressions).
+    """
+    before = np.asarray(correct_before, dtype=bool)
+    after = np.asarray(correct_after, dtype=bool)
+    if before.shape != after.shape:
+        raise ValueError(f"Flip rates compare the same queries; got {before.shape} and {after.shape} outcomes.")
+    if before.size == 0:
+        raise ValueError("Flip rates need at least one query.")
+    negative = float(np.mean(before & ~after))
+    positive = float(np.mean(~before & after))
+    return {"negative_flip_rate": negative, "positive_flip_rate": positive, "delta": positive - negative}
+
+
+def parse_metric_name(name: str) -> tuple[str, int | None]:
+    """Parse a metric name: ``top<k>`` / ``cmc@<k>`` / ``recall@<k>`` → (kind, k); ``map``; ``map@r``.
+
+    Returns:
+        `tuple[str, int | None]`: kind in ``{"cmc", "recall", "map", "map@r"}`` and the cut-off (``None`` for mAPs).
+    """
+    key = name.strip().lower()
+    if key in {"map", "map@all"}:
+        return "map", None
+    if key in {"map@r", "map_at_r"}:
+        return "map@r", None
+    for prefix, kind in (("top-", "cmc"), ("top", "cmc"), ("cmc@", "cmc"), ("recall@", "recall"), ("r@", "recall")):
+        if key.startswith(prefix) and key[len(prefix) :].isdigit() and int(key[len(prefix) :]) > 0:
+            return kind, int(key[len(prefix) :])
+    raise ValueError(
+        f"Unknown metric {name!r}: use top<k> (CMC, e.g. top1, top5), recall@<k> (text→image), map (full ranking) "
+        "or map@r."
+    )
