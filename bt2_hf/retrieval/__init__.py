@@ -1,0 +1,34 @@
+"""Retrieval evaluation and search at scale: protocol, k-NN backends, metrics, compatibility, backfill, gallery index.
+
+Everything here works on plain embedding arrays; the model-based helpers (embedding a dataset, searching a gallery
+with a model) are thin wrappers. faiss is imported only when a faiss backend or an index is used.
+"""
+
+from __future__ import annotations
+
+from .evaluator import DEFAULT_METRICS, RetrievalEvaluator, RetrievalResult, evaluate_retrieval
+from .knn import FaissFlatKNN, FaissHNSWKNN, FaissIVFKNN, KNNBackend, TorchChunkedKNN, get_backend
+from .metrics import average_precision_at_r, average_precision_with_ties, cmc_hits, flip_rates
+from .protocol import GalleryPart, align_widths, l2_normalize, mixed_gallery, truncate
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "FaissFlatKNN",
+    "FaissHNSWKNN",
+    "FaissIVFKNN",
+    "GalleryPart",
+    "KNNBackend",
+    "RetrievalEvaluator",
+    "RetrievalResult",
+    "TorchChunkedKNN",
+    "align_widths",
+    "average_precision_at_r",
+    "average_precision_with_ties",
+    "cmc_hits",
+    "evaluate_retrieval",
+    "flip_rates",
+    "get_backend",
+    "l2_normalize",
+    "mixed_gallery",
+    "truncate",
+]
