@@ -35,12 +35,14 @@ class RetrievalResult:
         per_query (`dict[str, np.ndarray]`): one value per query (NaN for skipped queries); ``top<k>`` are booleans.
         num_queries (`int`): queries given.
         num_skipped (`int`): queries with no relevant gallery item, left out of the averages.
+        evaluated (`np.ndarray` of `bool`, *optional*): which queries entered the averages.
     """
 
     metrics: dict[str, float]
     per_query: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     num_queries: int = 0
     num_skipped: int = 0
+    evaluated: np.ndarray | None = field(default=None, repr=False)
 
     def __getitem__(self, name: str) -> float:
         return self.metrics[name]
@@ -249,7 +251,7 @@ class RetrievalEvaluator:
         for name in self.metric_names:
             values = per_query[name][evaluated].astype(np.float64)
             metrics[name] = float(values.mean()) if len(values) else float("nan")
-        return RetrievalResult(metrics, per_query, num_queries, int((~evaluated).sum()))
+        return RetrievalResult(metrics, per_query, num_queries, int((~evaluated).sum()), evaluated)
 
     # -- the two streaming passes -------------------------------------------------------------------------------------
 

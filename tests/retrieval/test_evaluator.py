@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from bt2_hf.retrieval import RetrievalEvaluator, evaluate_retrieval
+from bt2_hf.retrieval.metrics import average_precision_at_r, average_precision_with_ties, flip_rates
+
+from .conftest import quantized_unit_vectors
+from .reference import dense_scores, reference_metrics
+
+METRICS = ["top1", "top5", "top10", "map", "map@r"]
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_leave_one_out_matches_bruteforce_with_ties(tied_data, backend):
+    embeddings, labels = tied_data
+    result = evaluate_retrieval(embeddings, None, labels, metrics=METRICS, backend=backend)
+    expected = reference_metrics(dense_scores(embeddings, embeddings), labels[:, None] == labels[None, :], True)
+    for name in METRICS:
+        assert result.metrics[name] == pytest.approx(expected[name], abs=1e-12), name
+    assert result.num_queries == 80
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_separate_query_and_gallery_with_truncation(rng, backend):
+    queries = quantized_unit_vectors(rng, 30, 64)  # a wider "new" model
+    gallery = quantized_unit_vectors(rng, 70, 16)  # a narrower "old" gallery
+    query_labels, gallery_labels = rng.integers(0, 4, 30), rng.integers(0, 4, 70)
+    result = evaluate_retrieval(queries, gallery, query_labels, gallery_labels, metrics=METRICS, backend=backend)
+    expected = reference_metrics(dense_scores(queries, gallery), query_labels[:, None] == gallery_labels[None, :], False)
+    for name in METRICS:
+        assert result.metrics[name] == pytest.approx(expected[name], abs=1e-12), name
+
+
+def test_average_precision_equals_sklearn_with_ties(rng):
+    scores = rng.integers(0, 4, size=(20, 30)).astype(np.float32)  # heavy ties
+    relevant = rng.random((20, 30)) < 0.3
+    relevant[:, 0] = True
+    ours = average_precision_with_ties(scores, relevant)
+    for row in range(20):
+        assert ours[row] == pytest.approx(average_precision_score(relevant[row], scores[row]), abs=1e-12)
+
+
+def test_map_at_r_hand_example():
+    # R = 2; ranking: hit, miss, hit -> only the first R=2 positions count: (1/2) * (1/1) = 0.5
+    relevant = np.array([[True, False, True]])
+    assert average_precision_at_r(relevant, np.array([2]))[0] == 0.5
+    # R = 3, hits at 1 and 3: (1/3) * (1 + 2/3)
+    assert average_precision_at_r(relevant, np.array([3]))[0] == pytest.approx((1 + 2 / 3) / 3)
+
+
+def test_flip_rates_exact():
+    before = np.array([1, 1, 0, 0, 1], dtype=bool)
+    after = np.array([1, 0, 1, 0, 0], dtype=bool)
+    assert flip_rates(before, after) == {"negative_flip_rate": 0.4, "positive_flip_rate": 0.2, "delta": 0.2 - 0.4}
+
+
+def test_truncation_renormalises_before_cosine():
+    # Query prefix [1, 1] and gallery prefixes of different norms: with re-normalisation the ranking is by angle.
+    query = np.array([[1.0, 1.0, 5.0]], dtype=np.float32)
+    gallery = np.array([[3.0, 0.0], [1.0, 1.2]], dtype=np.float32)
+    renormalised = evaluate_retrieval(query, gallery, [0], [1, 0], metrics=["top1"]).metrics["top1"]
+    research = evaluate_retrieval(query, gallery, [0], [1, 0], metrics=["top1"], renormalize=False).metrics["top1"]
+    assert renormalised == 1.0  # item 1 is at a smaller angle
+    assert research == 0.0  # raw dot product: 3.0 > 2.2, item 0 (wrong class) first
+
+
+def test_research_protocol_reproduces_its_definition():
+    # The research code: truncate both to min width, distance = 1 - x·yᵀ (no re-normalisation), ascending sort,
+    # first same-label item defines CMC; mAP = sklearn AP of -distance. Hand-made: 2 queries (3-d), 4 gallery (2-d).
+    queries = np.array([[0.6, 0.0, 0.8], [0.0, 0.5, 0.5]], dtype=np.float32)
+    gallery = np.array([[2.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.0, 3.0]], dtype=np.float32)
+    query_labels, gallery_labels = np.array([1, 0]), np.array([0, 1, 1, 0])
+    distance = 1.0 - queries[:, :2] @ gallery.T  # [[-0.2, 0.7, 1, 1], [1, 0.75, 0.5, -0.5]]
+    # query 0: nearest is item 0 (label 0) -> miss at top1; first label-1 item (item 1) at rank 2.
+    # query 1: nearest is item 3 (label 0) -> hit.
+    expected_top1 = 0.5
+    expected_map = np.mean(
+        [average_precision_score(gallery_labels == q, -d) for q, d in zip(query_labels, distance)]
+    )
+    result = evaluate_retrieval(
+        queries, gallery, query_labels, gallery_labels, metrics=["top1", "top5", "map"], renormalize=False
+    )
+    assert result.metrics["top1"] == expected_top1
+    assert result.metrics["top5"] == 1.0
+    assert result.metrics["map"] == pytest.approx(expected_map, abs=1e-7)
+    # Re-normalised, query 0 ([1, 0]) still ranks item 0 (label 0) first; query 1 ([0, 1]) now has items 2 and 3
+    # tied at cosine 1, and the tie rule (ascending row) puts item 2 (label 1, a miss) first.
+    renormalised = evaluate_retrieval(queries, gallery, query_labels, gallery_labels, metrics=["top1"])
+    assert renormalised.metrics["top1"] == 0.0
+
+
+def test_text_to_image_recall_at_k_with_relevance_lists(rng):
+    images = quantized_unit_vectors(rng, 12, 16)
+    image_ids = [f"img{i}" for i in range(12)]
+    captions = np.repeat(images, 2, axis=0)  # each image has two captions, identical to the image embedding
+    relevant = [[image_ids[i // 2]] for i in range(24)]
+    result = evaluate_retrieval(
+        captions, images, query_relevant=relevant, gallery_ids=image_ids, metrics=["recall@1", "recall@5", "map"]
+    )
+    scores = dense_scores(captions, images)
+    truth = np.zeros((24, 12), dtype=bool)
+    truth[np.arange(24), np.arange(24) // 2] = True
+    expected = reference_metrics(scores, truth, False, ks=(1, 5))
+    assert result.metrics["recall@1"] == pytest.approx(expected["top1"])
+    assert result.metrics["recall@5"] == pytest.approx(expected["top5"])
+    assert result.metrics["map"] == pytest.approx(expected["map"])
+
+
+def test_queries_without_relevant_items_are_skipped():
+    embeddings = np.eye(3, dtype=np.float32)
+    result = evaluate_retrieval(embeddings, None, [0, 0, 1], metrics=["top1"])
+    assert result.num_skipped == 1 and result.metrics["top1"] == 1.0
+
+
+def test_small_chunks_equal_one_chunk(tied_data):
+    embeddings, labels = tied_data
+    big = RetrievalEvaluator(metrics=METRICS).evaluate(embeddings, query_labels=labels)
+    small = RetrievalEvaluator(metrics=METRICS, chunk_size=7, map_chunk_elements=100).evaluate(
+        embeddings, query_labels=labels
+    )
+    assert big.metrics == small.metrics
+
+
+def test_bad_input_errors_name_the_fix():
+    with pytest.raises(ValueError, match="2-D"):
+        evaluate_retrieval(np.ones(3), None, [0, 0, 0])
+    with pytest.raises(ValueError, match="same_items"):
+        evaluate_retrieval(np.eye(3, dtype=np.float32), np.eye(2, dtype=np.float32), [0, 1, 2], [0, 1], same_items=True)
+    with pytest.raises(ValueError, match="Unknown metric"):
+        RetrievalEvaluator(metrics=["precision"])
+    with pytest.raises(ValueError, match="labels"):
+        evaluate_retrieval(np.eye(3, dtype=np.float32))
