@@ -1,0 +1,129 @@
+"""Shared fixtures: tiny backbones built from configs (no network), and offline settings."""
+
+from __future__ import annotations
+
+import os
+
+# Tests never reach the network: the Hub tests start their own server and set the endpoint themselves.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig,
+    CLIPTextConfig,
+    CLIPVisionConfig,
+    ConvNextConfig,
+    ResNetConfig,
+    ViTConfig,
+)
+
+torch.set_num_threads(2)
+
+# name -> (backbone_type, backbone_config, modality)
+TINY_BACKBONES: dict[str, tuple[str, dict, str]] = {
+    "small_cnn": ("small_cnn", {"num_channels": 1, "widths": [8, 16], "image_size": 28}, "image"),
+    "resnet": (
+        "hf_vision",
+        ResNetConfig(
+            num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic"
+        ).to_dict(),
+        "image",
+    ),
+    "vit": (
+        "hf_vision",
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            image_size=32,
+            patch_size=8,
+            num_channels=3,
+        ).to_dict(),
+        "image",
+    ),
+    "convnext": (
+        "hf_vision",
+        ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, image_size=32).to_dict(),
+        "image",
+    ),
+    "clip_vision": (
+        "hf_vision",
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            projection_dim=16,
+        ).to_dict(),
+        "image",
+    ),
+    "bert": (
+        "hf_text",
+        BertConfig(
+            vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37
+        ).to_dict(),
+        "text",
+    ),
+    "clip_text": (
+        "hf_text",
+        CLIPTextConfig(
+            vocab_size=99,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            projection_dim=16,
+        ).to_dict(),
+        "text",
+    ),
+    "open_clip_vision": (
+        "open_clip_vision",
+        {
+            "model_cfg": {
+                "embed_dim": 16,
+                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+                "text_cfg": {"context_length": 16, "vocab_size": 99, "width": 32, "heads": 2, "layers": 1},
+            }
+        },
+        "image",
+    ),
+    "open_clip_text": (
+        "open_clip_text",
+        {
+            "model_cfg": {
+                "embed_dim": 16,
+                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+                "text_cfg": {"context_length": 16, "vocab_size": 99, "width": 32, "heads": 2, "layers": 1},
+            }
+        },
+        "text",
+    ),
+}
+
+
+def tiny_inputs(name: str, batch_size: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random model inputs that fit the tiny backbone ``name``."""
+    generator = torch.Generator().manual_seed(seed)
+    backbone_type, backbone_config, modality = TINY_BACKBONES[name]
+    if modality == "text":
+        # open_clip text towers take fixed-length token sequences (their context length).
+        length = 16 if backbone_type == "open_clip_text" else 12
+        input_ids = torch.randint(1, 99, (batch_size, length), generator=generator)
+        attention_mask = torch.ones(batch_size, length, dtype=torch.long)
+        attention_mask[0, 8:] = 0
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+    channels = backbone_config.get("num_channels", 3)
+    size = 28 if name == "small_cnn" else 32
+    return {"pixel_values": torch.randn(batch_size, channels, size, size, generator=generator)}
+
+
+@pytest.fixture
+def tiny_backbones() -> dict[str, tuple[str, dict, str]]:
+    return TINY_BACKBONES
