@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .compatibility import ModelEmbeddings, _as_model
+from .compatibility import _as_model
 from .evaluator import DEFAULT_METRICS, RetrievalEvaluator
 from .protocol import as_embedding_array, l2_normalize, mixed_gallery
 
@@ -133,9 +133,7 @@ def backfill_curve(
         use_new = np.zeros(num_items, dtype=bool)
         use_new[permutation[: int(np.floor(beta * num_items))]] = True
         parts = mixed_gallery(old_gallery, new_gallery, use_new)
-        result = evaluator.evaluate(
-            new.query, parts, query_labels, gallery_labels, same_items=old.gallery is None
-        )
+        result = evaluator.evaluate(new.query, parts, query_labels, gallery_labels, same_items=old.gallery is None)
         for name in evaluator.metric_names:
             values[name][position] = result.metrics[name]
         logger.info("backfill %s β=%.2f: %s", order_name, beta, result.metrics)

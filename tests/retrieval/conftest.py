@@ -11,6 +11,8 @@ import pytest
 
 
 def quantized_unit_vectors(rng: np.random.Generator, count: int, dim: int = 16) -> np.ndarray:
+    # dim must be a power of 4 (16, 64, 256) so that 1/sqrt(dim) is a power of two and every score is exact.
+    assert dim in (4, 16, 64, 256)
     return ((rng.integers(0, 2, size=(count, dim)) * 2 - 1) / np.sqrt(dim)).astype(np.float32)
 
 

@@ -29,7 +29,9 @@ def test_separate_query_and_gallery_with_truncation(rng, backend):
     gallery = quantized_unit_vectors(rng, 70, 16)  # a narrower "old" gallery
     query_labels, gallery_labels = rng.integers(0, 4, 30), rng.integers(0, 4, 70)
     result = evaluate_retrieval(queries, gallery, query_labels, gallery_labels, metrics=METRICS, backend=backend)
-    expected = reference_metrics(dense_scores(queries, gallery), query_labels[:, None] == gallery_labels[None, :], False)
+    expected = reference_metrics(
+        dense_scores(queries, gallery), query_labels[:, None] == gallery_labels[None, :], False
+    )
     for name in METRICS:
         assert result.metrics[name] == pytest.approx(expected[name], abs=1e-12), name
 
@@ -77,9 +79,7 @@ def test_research_protocol_reproduces_its_definition():
     # query 0: nearest is item 0 (label 0) -> miss at top1; first label-1 item (item 1) at rank 2.
     # query 1: nearest is item 3 (label 0) -> hit.
     expected_top1 = 0.5
-    expected_map = np.mean(
-        [average_precision_score(gallery_labels == q, -d) for q, d in zip(query_labels, distance)]
-    )
+    expected_map = np.mean([average_precision_score(gallery_labels == q, -d) for q, d in zip(query_labels, distance)])
     result = evaluate_retrieval(
         queries, gallery, query_labels, gallery_labels, metrics=["top1", "top5", "map"], renormalize=False
     )
@@ -128,7 +128,9 @@ def test_bad_input_errors_name_the_fix():
     with pytest.raises(ValueError, match="2-D"):
         evaluate_retrieval(np.ones(3), None, [0, 0, 0])
     with pytest.raises(ValueError, match="same_items"):
-        evaluate_retrieval(np.eye(3, dtype=np.float32), np.eye(2, dtype=np.float32), [0, 1, 2], [0, 1], same_items=True)
+        evaluate_retrieval(
+            np.eye(3, dtype=np.float32), np.eye(2, dtype=np.float32), [0, 1, 2], [0, 1], same_items=True
+        )
     with pytest.raises(ValueError, match="Unknown metric"):
         RetrievalEvaluator(metrics=["precision"])
     with pytest.raises(ValueError, match="labels"):
