@@ -29,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--embeddings", nargs="+", help="one .npz/.npy per model, oldest first")
     source.add_argument("--models", nargs="+", help="checkpoints (needs --data-dir; see below)")
+    parser.add_argument("--dataset", default="fashion_mnist", help="dataset for --models (bt2_hf.data name or path)")
     parser.add_argument("--data-dir", help="dataset directory for --models")
+    parser.add_argument(
+        "--split", default="test", help="split embedded with --models (query = gallery, leave-one-out)"
+    )
+    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--names", nargs="+", help="model names for the table (default: file stems)")
     parser.add_argument("--labels", help=".npy labels when the embedding files are .npy")
     parser.add_argument("--independent", help="embeddings of an independently trained new model (pair mode)")
@@ -75,6 +80,30 @@ def load_embedding_file(path: str, labels_path: str | None = None):
     return ModelEmbeddings(query=query, gallery=gallery, name=file.stem), labels, gallery_labels
 
 
+def _embed_with_models(args) -> list:
+    """Embed the evaluation split with each checkpoint (thin wrapper over bt2_hf.data and BT2Model.encode)."""
+    from bt2_hf.retrieval.compatibility import ModelEmbeddings
+
+    try:
+        from bt2_hf.data import load_image_classification
+    except ImportError:
+        raise ValueError(
+            "bt2 eval --models needs bt2_hf.data (dataset loading), which is not available in this install. Embed "
+            "the evaluation split with each model (model.encode) and pass the saved files with --embeddings."
+        ) from None
+    from bt2_hf import BT2Model
+
+    data = load_image_classification(args.dataset, args.split, data_dir=args.data_dir)
+    if data.images is None:
+        raise ValueError("bt2 eval --models needs an in-memory image split; save embeddings and use --embeddings.")
+    loaded = []
+    for path in args.models:
+        model = BT2Model.from_pretrained(path)
+        embeddings = model.encode(images=data.images, batch_size=args.batch_size, show_progress=True)
+        loaded.append((ModelEmbeddings(query=embeddings, name=Path(path).name), data.labels.numpy(), None))
+    return loaded
+
+
 def _percent(value: float) -> str:
     return "—" if value != value else f"{value * 100:.2f}"
 
@@ -102,23 +131,15 @@ def run(args) -> dict:
     from bt2_hf.retrieval.evaluator import RetrievalEvaluator
 
     if args.models:
-        try:
-            import bt2_hf.data  # noqa: F401
-        except ModuleNotFoundError:
-            raise SystemExit(
-                "bt2 eval --models needs bt2_hf.data (dataset loading), which is not available yet. Embed the "
-                "evaluation split with each model (model.encode) and pass the saved files with --embeddings."
-            ) from None
-        raise SystemExit("bt2 eval --models is not wired to bt2_hf.data yet; use --embeddings.")
-
-    loaded = [load_embedding_file(path, args.labels) for path in args.embeddings]
+        loaded = _embed_with_models(args)
+    else:
+        loaded = [load_embedding_file(path, args.labels) for path in args.embeddings]
     models = [model for model, _, _ in loaded]
     query_labels, gallery_labels = loaded[0][1], loaded[0][2]
-    for (_, labels, _), path in zip(loaded, args.embeddings):
+    sources = args.models or args.embeddings
+    for (_, labels, _), path in zip(loaded, sources):
         if len(labels) != len(query_labels) or not np.array_equal(labels, query_labels):
-            raise ValueError(
-                f"{path} has different labels from {args.embeddings[0]}: all files must hold the same items."
-            )
+            raise ValueError(f"{path} has different labels from {sources[0]}: all inputs must hold the same items.")
     names = args.names or [model.name for model in models]
     if len(names) != len(models):
         raise ValueError(f"--names gives {len(names)} names for {len(models)} embedding files.")
