@@ -1,0 +1,98 @@
+"""``bt2 train --config recipe.yaml [--key value ...]``: train an old / independent / BCT / BT² model.
+
+The recipe is a flat YAML file whose keys are the fields of :class:`~bt2_hf.training.ModelArguments`,
+:class:`~bt2_hf.training.DataArguments`, :class:`~bt2_hf.training.BT2TrainingArguments` and the chosen method's
+config dataclass; command-line flags override it (the TrlParser pattern). Run ``bt2 train --method bt2 --help`` for
+every flag with its help. Works under ``accelerate launch -m bt2_hf.cli.train`` and ``torchrun -m bt2_hf.cli.train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"Recipe {path} not found.")
+    with open(file, encoding="utf-8") as handle:
+        values = yaml.safe_load(handle) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"Recipe {path} must be a mapping of argument names to values.")
+    return values
+
+
+def build_parser(method_name: str):
+    """An ``HfArgumentParser`` over the run arguments and the config dataclass of ``method_name``."""
+    from transformers import HfArgumentParser
+
+    from ..methods import get_method_class
+    from ..training import BT2TrainingArguments, DataArguments, ModelArguments
+
+    method_class = get_method_class(method_name)
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, BT2TrainingArguments, method_class.config_class),
+        prog="bt2 train",
+        description="Train a backward-compatible embedding model. Options may also come from --config recipe.yaml.",
+    )
+    parser.add_argument("--config", default=None, help="A recipe YAML whose keys are the options below.")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None):
+    """Parse ``argv`` (YAML recipe + overrides) into ``(model_args, data_args, training_args, method_config)``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--method", default=None)
+    known, _ = pre.parse_known_args(argv)
+    values = _read_yaml(known.config) if known.config else {}
+    method_name = known.method or values.get("method") or "independent"
+    parser = build_parser(method_name)
+    dests = {action.dest: action for action in parser._actions}
+    unknown = sorted(set(values) - set(dests))
+    if unknown:
+        raise ValueError(f"Unknown option(s) {unknown} in {known.config}; see `bt2 train --method {method_name} --help`.")
+    defaults = {}
+    for key, value in values.items():
+        if isinstance(value, (dict, list)) and key == "backbone_config":
+            value = json.dumps(value)  # the dataclass field takes JSON, as on the command line
+        elif isinstance(value, list):
+            value = ",".join(str(v) for v in value)  # e.g. class_subset: [0, 1, 2]
+        defaults[key] = value
+        dests[key].required = False
+    parser.set_defaults(**defaults)
+    model_args, data_args, training_args, method_config, _ = parser.parse_args_into_dataclasses(args=argv)
+    return model_args, data_args, training_args, method_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``bt2 train``; returns the exit status."""
+    from ..training import train
+
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stderr
+    )
+    try:
+        model_args, data_args, training_args, method_config = parse_args(argv)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"bt2 train: {error}", file=sys.stderr)
+        return 2
+    logger.info("Method %s: %s", training_args.method, dataclasses.asdict(method_config))
+    path = train(model_args, data_args, training_args, method_config)
+    logger.info("Done: %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Image classification data for training: in-memory tensors, or a lazily decoded `datasets` dataset.
+
+Every source ends up as an :class:`ImageClassificationData`: uint8 images ``(N, C, H, W)`` (in memory) or a
+map-style dataset giving one such image per index, int64 labels in the dataset's own label space, and class names.
+Sources: Fashion-MNIST IDX files, a directory written by ``Dataset.save_to_disk``, an ``imagefolder`` directory
+(one sub-directory per class), or a Hub dataset id (when online).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageClassificationData:
+    """Images and labels of one split.
+
+    Args:
+        labels (`torch.LongTensor` of shape `(N,)`): class ids in the dataset's label space.
+        images (`torch.ByteTensor` of shape `(N, C, H, W)`, *optional*): the images, in memory.
+        dataset (`torch.utils.data.Dataset`, *optional*): instead of ``images``: item ``i`` is a uint8 ``(C, H, W)``
+            tensor (large datasets, decoded on the fly by data-loader workers).
+        class_names (`list[str]`, *optional*): one name per class id; its length is the number of classes.
+        source (`str`, *optional*): where the data came from (recorded in the checkpoint).
+        class_subset (`list[int]`, *optional*): the classes kept by :meth:`select_classes`, if any.
+    """
+
+    labels: torch.Tensor
+    images: torch.Tensor | None = None
+    dataset: Any = None
+    class_names: list[str] | None = None
+    source: str = "in-memory"
+    class_subset: list[int] | None = None
+    indices: torch.Tensor | None = field(default=None, repr=False)  # rows of `dataset` when subsetted lazily
+
+    def __post_init__(self) -> None:
+        if (self.images is None) == (self.dataset is None):
+            raise ValueError("Give exactly one of images= (in-memory tensors) or dataset= (lazy).")
+        self.labels = torch.as_tensor(self.labels, dtype=torch.long)
+        if self.images is not None:
+            if self.images.ndim == 3:
+                self.images = self.images.unsqueeze(1)
+            if self.images.ndim != 4:
+                raise ValueError(f"images must have shape (N, C, H, W), got {tuple(self.images.shape)}.")
+            if len(self.images) != len(self.labels):
+                raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels.")
+        if self.class_names is None:
+            self.class_names = [str(i) for i in range(int(self.labels.max()) + 1 if len(self.labels) else 0)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+    def _take(self, rows: torch.Tensor, **changes: Any) -> ImageClassificationData:
+        if self.images is not None:
+            return ImageClassificationData(
+                labels=self.labels[rows], images=self.images[rows], class_names=self.class_names,
+                source=self.source, class_subset=changes.get("class_subset", self.class_subset),
+            )  # fmt: skip
+        base = self.indices[rows] if self.indices is not None else rows
+        return ImageClassificationData(
+            labels=self.labels[rows], dataset=self.dataset, class_names=self.class_names, source=self.source,
+            class_subset=changes.get("class_subset", self.class_subset), indices=base,
+        )  # fmt: skip
+
+    def select_classes(self, class_ids: Sequence[int] | None) -> ImageClassificationData:
+        """Keep only the samples of ``class_ids`` (labels keep their original ids; the label space is unchanged)."""
+        if class_ids is None:
+            return self
+        bad = [c for c in class_ids if not 0 <= c < self.num_classes]
+        if bad:
+            raise ValueError(f"Class ids {bad} are outside this dataset's {self.num_classes} classes.")
+        keep = torch.isin(self.labels, torch.tensor(list(class_ids), dtype=torch.long))
+        return self._take(torch.nonzero(keep).flatten(), class_subset=sorted(class_ids))
+
+    def take_per_class(self, max_samples: int | None, seed: int = 0) -> ImageClassificationData:
+        """At most ``max_samples`` samples in all, drawn class-balanced with a fixed seed (small CPU recipes)."""
+        if max_samples is None or max_samples >= len(self):
+            return self
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self), generator=generator)
+        present = torch.unique(self.labels)
+        per_class = max(1, max_samples // len(present))
+        picked = []
+        for label in present.tolist():
+            rows = order[self.labels[order] == label][:per_class]
+            picked.append(rows)
+        rows = torch.sort(torch.cat(picked)).values[:max_samples]
+        return self._take(rows)
+
+    def get_image(self, index: int) -> torch.Tensor:
+        """One uint8 ``(C, H, W)`` image."""
+        if self.images is not None:
+            return self.images[index]
+        row = int(self.indices[index]) if self.indices is not None else index
+        return self.dataset[row]
+
+
+class HFImageDataset(torch.utils.data.Dataset):
+    """A `datasets.Dataset` seen as uint8 ``(C, H, W)`` tensors of a fixed size (decoded per item, in workers).
+
+    Args:
+        dataset (`datasets.Dataset`): the split.
+        image_column (`str`): the column holding images.
+        image_size (`int`): output height and width (images are resized, bilinear).
+        num_channels (`int`): 1 or 3.
+    """
+
+    def __init__(self, dataset: Any, image_column: str, image_size: int, num_channels: int):
+        self.dataset = dataset
+        self.image_column = image_column
+        self.image_size = image_size
+        self.num_channels = num_channels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return pil_to_uint8(self.dataset[int(index)][self.image_column], self.num_channels, self.image_size)
+
+
+def pil_to_uint8(image: Any, num_channels: int, image_size: int | None) -> torch.Tensor:
+    """A PIL image (or array) as a uint8 ``(C, H, W)`` tensor with ``num_channels`` channels, optionally resized."""
+    if hasattr(image, "convert"):
+        if image_size is not None and image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size))
+        image = image.convert("L" if num_channels == 1 else "RGB")
+    array = np.asarray(image)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    if tensor.shape[0] != num_channels:
+        tensor = tensor[:1].expand(3, -1, -1).contiguous() if num_channels == 3 else tensor[:1]
+    if image_size is not None and tuple(tensor.shape[1:]) != (image_size, image_size):
+        tensor = F.interpolate(tensor[None].float(), size=(image_size, image_size), mode="bilinear")[0]
+        tensor = tensor.round().clamp(0, 255).to(torch.uint8)
+    return tensor
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return any((path / name).is_file() for name in ("dataset_dict.json", "state.json", "dataset_info.json"))
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else with a slash, or anchored, is meant as a local path.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def load_hf_split(name_or_path: str, split: str) -> Any:
+    """A `datasets.Dataset` split from a ``save_to_disk`` directory, an imagefolder directory or a Hub id."""
+    import datasets
+
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if _is_saved_dataset(path):
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+    elif _looks_like_path(name_or_path):
+        raise FileNotFoundError(
+            f"Data directory {name_or_path} does not exist. Pass --dataset with an existing directory (imagefolder, "
+            "save_to_disk output or Fashion-MNIST IDX files) or a Hub dataset id."
+        )
+    else:
+        loaded = datasets.load_dataset(name_or_path)
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise ValueError(f"{name_or_path} has splits {list(loaded)}, not {split!r}; set the split name.")
+        loaded = loaded[split]
+    return loaded
+
+
+def from_hf_dataset(
+    dataset: Any,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    image_size: int | None = None,
+    num_channels: int = 3,
+    in_memory: bool = True,
+    source: str = "datasets",
+) -> ImageClassificationData:
+    """Convert a `datasets.Dataset` of images and class labels.
+
+    Args:
+        dataset (`datasets.Dataset`): the split.
+        image_column (`str`, *optional*): defaults to the first ``Image`` feature (``image``, ``img`` …).
+        label_column (`str`, *optional*): defaults to the first ``ClassLabel`` feature (``label``, ``fine_label`` …).
+        image_size (`int`, *optional*): resize every image to this size (needed when sizes differ).
+        num_channels (`int`, *optional*, defaults to 3): 1 or 3.
+        in_memory (`bool`, *optional*, defaults to `True`): decode everything now into one uint8 tensor; otherwise
+            decode on the fly (large datasets).
+    """
+    import datasets
+
+    features = dataset.features
+    if image_column is None:
+        image_column = next((k for k, v in features.items() if isinstance(v, datasets.Image)), None)
+    if label_column is None:
+        label_column = next((k for k, v in features.items() if isinstance(v, datasets.ClassLabel)), None)
+    for role, column in (("image", image_column), ("label", label_column)):
+        if column is None or column not in features:
+            raise ValueError(
+                f"Cannot find the {role} column of the dataset (columns: {list(features)}); set --{role}_column."
+            )
+    label_feature = features[label_column]
+    labels = torch.tensor(dataset[label_column], dtype=torch.long)
+    if isinstance(label_feature, datasets.ClassLabel):
+        class_names = list(label_feature.names)
+    else:
+        class_names = [str(i) for i in range(int(labels.max()) + 1)]
+    if not in_memory:
+        if image_size is None:
+            raise ValueError("Decoding images on the fly needs a fixed image_size to batch them.")
+        lazy = HFImageDataset(dataset, image_column, image_size, num_channels)
+        return ImageClassificationData(labels=labels, dataset=lazy, class_names=class_names, source=source)
+    images = [pil_to_uint8(item, num_channels, image_size) for item in dataset[image_column]]
+    shapes = {tuple(image.shape) for image in images}
+    if len(shapes) > 1:
+        raise ValueError(f"Images have different sizes {sorted(shapes)[:3]}…; set image_size to resize them.")
+    return ImageClassificationData(labels=labels, images=torch.stack(images), class_names=class_names, source=source)
+
+
+def load_image_classification(
+    dataset: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    image_size: int | None = None,
+    num_channels: int = 3,
+    in_memory: bool = True,
+) -> ImageClassificationData:
+    """Load one split of an image classification dataset.
+
+    Args:
+        dataset (`str`): ``"fashion_mnist"`` (IDX files in ``data_dir``, defaulting to the Debian package's
+            directory), a directory (Fashion-MNIST IDX files, ``save_to_disk`` output or an imagefolder), or a Hub id.
+        split (`str`, *optional*, defaults to `"train"`): the split (Fashion-MNIST: ``train``/``test``).
+        data_dir (`str`, *optional*): directory of the Fashion-MNIST IDX files.
+        image_column, label_column (`str`, *optional*): columns of a `datasets` dataset (auto-detected by default).
+        image_size (`int`, *optional*): resize images of a `datasets` dataset to this size.
+        num_channels (`int`, *optional*, defaults to 3): channels of images decoded from a `datasets` dataset.
+        in_memory (`bool`, *optional*, defaults to `True`): keep the decoded images in one tensor.
+
+    >>> from bt2_hf.data import load_image_classification
+    >>> train = load_image_classification("fashion_mnist", "train")  # doctest: +SKIP
+    >>> train.images.shape, train.num_classes  # doctest: +SKIP
+    (torch.Size([60000, 1, 28, 28]), 10)
+    """
+    from .fashion_mnist import is_fashion_mnist_dir, load_fashion_mnist
+
+    if dataset in ("fashion_mnist", "fashion-mnist"):
+        return load_fashion_mnist(data_dir, "test" if split in ("test", "validation", "eval") else split)
+    if data_dir and not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"data_dir {data_dir} does not exist; pass an existing directory.")
+    path = Path(dataset).expanduser()
+    if path.is_dir() and is_fashion_mnist_dir(path):
+        return load_fashion_mnist(path, "test" if split in ("test", "validation", "eval") else split)
+    hf_split = load_hf_split(dataset, split)
+    return from_hf_dataset(
+        hf_split, image_column, label_column, image_size, num_channels, in_memory, source=f"{dataset}:{split}"
+    )

@@ -1,0 +1,75 @@
+"""Loss functions of backward-compatible training, as pure functions of tensors.
+
+Every function computes in float32 (whatever the autocast dtype of its inputs) because the influence logits lie in
+[-1, 1] and the matching losses are differences of numbers close to 1: half precision would lose them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of the model's own classifier.
+
+    Args:
+        logits (`torch.Tensor` of shape `(batch, num_classes)`): classifier outputs.
+        labels (`torch.LongTensor` of shape `(batch,)`): class ids.
+        label_smoothing (`float`, *optional*, defaults to 0.0): label smoothing of the cross-entropy.
+    """
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+
+
+def prototype_logits(embeddings: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Scores of embeddings against fixed class prototypes ``W_o``: ``embeddings[:, :d_old] · W_oᵀ``.
+
+    Only the first ``d_old`` dimensions of a wider embedding enter: this is BCT's zero-padded ``W_o`` (bt2-method §2),
+    so the extra dimensions are left unconstrained. There is no temperature: the scores lie in [-1, 1] for unit
+    inputs, which is why the influence weight is large (10).
+
+    Args:
+        embeddings (`torch.Tensor` of shape `(batch, dim)` with `dim >= d_old`): the new model's embeddings.
+        prototypes (`torch.Tensor` of shape `(num_classes, d_old)`): the fixed pseudo-classifier.
+
+    Returns:
+        `torch.Tensor` of shape `(batch, num_classes)`, float32.
+    """
+    old_dim = prototypes.shape[1]
+    if embeddings.shape[1] < old_dim:
+        raise ValueError(
+            f"The embeddings have {embeddings.shape[1]} dimensions but the prototypes have {old_dim}: the new "
+            "embedding must be at least as wide as the old one."
+        )
+    return embeddings[:, :old_dim].float() @ prototypes.float().T
+
+
+def influence_loss(
+    embeddings: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """BCT's influence loss: cross-entropy of :func:`prototype_logits` (Shen et al. 2020; bt2-method §1.4, §2).
+
+    Args:
+        embeddings (`torch.Tensor` of shape `(batch, dim)`): the (old-compatible) embeddings.
+        prototypes (`torch.Tensor` of shape `(num_classes, d_old)`): the fixed pseudo-classifier ``W_o``.
+        labels (`torch.LongTensor` of shape `(batch,)`): class ids.
+        label_smoothing (`float`, *optional*, defaults to 0.0): label smoothing of the cross-entropy.
+    """
+    return F.cross_entropy(prototype_logits(embeddings, prototypes), labels, label_smoothing=label_smoothing)
+
+
+def cosine_matching_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``1 − mean_i cos(predictions_i, targets_i)``: pulls each embedding towards its reference embedding.
+
+    Both sides are L2-normalised here, so the loss is a pure angle whatever the inputs' norms.
+
+    Args:
+        predictions (`torch.Tensor` of shape `(batch, dim)`): the trained model's vectors.
+        targets (`torch.Tensor` of shape `(batch, dim)`): the frozen reference's embeddings of the same inputs.
+    """
+    if predictions.shape != targets.shape:
+        raise ValueError(
+            f"Cannot match embeddings of shape {tuple(predictions.shape)} to targets of shape {tuple(targets.shape)}."
+        )
+    cosine = (F.normalize(predictions.float(), dim=-1) * F.normalize(targets.float(), dim=-1)).sum(dim=-1)
+    return 1.0 - cosine.mean()

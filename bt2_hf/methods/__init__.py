@@ -1,0 +1,76 @@
+"""Compatibility methods: a registry of ``independent``, ``bct`` and ``bt2`` (config dataclass + loss hooks).
+
+>>> from bt2_hf.methods import get_method, list_methods
+>>> list_methods()
+['bct', 'bt2', 'independent']
+>>> method = get_method("bt2")  # default BT2MethodConfig
+>>> method.requires, method.config.old_match_weight
+(('old', 'independent'), 5.0)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import CompatibilityMethod, MethodConfig
+
+_METHODS: dict[str, type[CompatibilityMethod]] = {}
+
+
+def register_method(method_class: type[CompatibilityMethod]) -> type[CompatibilityMethod]:
+    """Class decorator adding a :class:`CompatibilityMethod` subclass to the registry under its ``name``.
+
+    >>> from dataclasses import dataclass
+    >>> from bt2_hf.methods import CompatibilityMethod, MethodConfig, register_method
+    >>> @register_method
+    ... class MyMethod(CompatibilityMethod):
+    ...     name = "my_method"
+    ...     config_class = MethodConfig
+    """
+    name = method_class.name
+    if not name:
+        raise ValueError(f"{method_class.__name__} has no `name`; set the class attribute before registering.")
+    if name in _METHODS and _METHODS[name] is not method_class:
+        raise ValueError(f"A method named {name!r} is already registered ({_METHODS[name].__name__}).")
+    _METHODS[name] = method_class
+    return method_class
+
+
+def get_method_class(name: str) -> type[CompatibilityMethod]:
+    """The registered method class called ``name``."""
+    if name not in _METHODS:
+        raise ValueError(f"Unknown method {name!r}; choose one of {list_methods()}.")
+    return _METHODS[name]
+
+
+def get_method(name: str, config: MethodConfig | dict[str, Any] | None = None) -> CompatibilityMethod:
+    """An instance of the method ``name`` with ``config`` (a config object, a dict of fields, or the defaults)."""
+    method_class = get_method_class(name)
+    if isinstance(config, dict):
+        config = method_class.config_class(**config)
+    return method_class(config)
+
+
+def list_methods() -> list[str]:
+    """Names of the registered methods, sorted."""
+    return sorted(_METHODS)
+
+
+from .bct import BCTConfig, BCTMethod  # noqa: E402
+from .bt2 import BT2Method, BT2MethodConfig  # noqa: E402
+from .independent import IndependentConfig, IndependentMethod  # noqa: E402
+
+__all__ = [
+    "BCTConfig",
+    "BCTMethod",
+    "BT2Method",
+    "BT2MethodConfig",
+    "CompatibilityMethod",
+    "IndependentConfig",
+    "IndependentMethod",
+    "MethodConfig",
+    "get_method",
+    "get_method_class",
+    "list_methods",
+    "register_method",
+]

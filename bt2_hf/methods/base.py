@@ -1,0 +1,100 @@
+"""Base classes of a compatibility method: a config dataclass and the hooks the training loop calls."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's configuration. Subclasses add fields with ``metadata={"help": ...}``.
+
+    Args:
+        label_smoothing (`float`, *optional*, defaults to 0.1): label smoothing of the classification loss.
+    """
+
+    label_smoothing: float = field(
+        default=0.1, metadata={"help": "Label smoothing of the cross-entropy losses (0 disables it)."}
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        for item in dataclasses.fields(self):
+            if item.name.endswith("_weight") and getattr(self, item.name) < 0:
+                raise ValueError(f"{item.name} must be >= 0, got {getattr(self, item.name)}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-serialisable dict (stored in ``config.training["method_config"]``)."""
+        return dataclasses.asdict(self)
+
+
+class CompatibilityMethod:
+    """A way of training a model: which references it needs, which head it builds, and its losses.
+
+    Subclasses set the class attributes and implement :meth:`compute_loss`; they are registered with
+    :func:`bt2_hf.methods.register_method`.
+
+    Attributes:
+        name (`str`): registry name (``"independent"``, ``"bct"``, ``"bt2"``).
+        config_class (`type[MethodConfig]`): the method's config dataclass.
+        requires (`tuple[str, ...]`): the frozen reference models it needs: ``()``, ``("old",)`` or
+            ``("old", "independent")``.
+        uses_prototypes (`bool`): whether it needs the fixed class-mean pseudo-classifier ``W_o`` of the old model.
+        paper (`dict`): ``title``, ``arxiv_id``, ``url`` and ``citation`` (bibtex), for model cards.
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    requires: ClassVar[tuple[str, ...]] = ()
+    uses_prototypes: ClassVar[bool] = False
+    paper: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, config: MethodConfig | None = None):
+        config = self.config_class() if config is None else config
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"Method {self.name!r} needs a {self.config_class.__name__}, got {type(config).__name__}.")
+        self.config = config
+        self.prototypes: torch.Tensor | None = None
+
+    def build_config_overrides(self, reference_dims: dict[str, int], embedding_dim: int | None) -> dict[str, Any]:
+        """The :class:`~bt2_hf.BT2Config` head fields this method needs, given the references' widths.
+
+        Args:
+            reference_dims (`dict[str, int]`): embedding width of each loaded reference (``"old"``, ``"independent"``).
+            embedding_dim (`int`, *optional*): the width the user asked for (linear heads); ``None`` for the default.
+
+        Returns:
+            `dict`: keyword arguments for ``BT2Config`` (``head_type``, ``embedding_dim``, ``compatible_dim``, …).
+        """
+        return {"head_type": "linear", "embedding_dim": embedding_dim or 128}
+
+    def prepare(self, prototypes: torch.Tensor | None = None) -> None:
+        """Receive what is computed once before training (the prototypes ``W_o``, shape `(num_classes, d_old)`)."""
+        if self.uses_prototypes and prototypes is None:
+            raise ValueError(f"Method {self.name!r} needs the old model's class prototypes; none were given.")
+        self.prototypes = prototypes
+
+    def compute_loss(
+        self, outputs: Any, targets: dict[str, torch.Tensor], labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The named loss terms of one batch; the trainer sums those whose key ends in ``_loss``.
+
+        Args:
+            outputs (:class:`~bt2_hf.BT2Output`): the trained model's outputs.
+            targets (`dict[str, torch.Tensor]`): the frozen references' embeddings of the same (augmented) inputs,
+                keyed by reference name.
+            labels (`torch.LongTensor` of shape `(batch,)`): class ids.
+
+        Returns:
+            `dict[str, torch.Tensor]` of scalar losses, already multiplied by their weights.
+        """
+        raise NotImplementedError
+
+    def metadata(self) -> dict[str, Any]:
+        """What a checkpoint records about the method (``config.training``)."""
+        return {"method": self.name, "method_config": self.config.to_dict(), "paper": dict(self.paper)}

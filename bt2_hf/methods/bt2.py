@@ -1,0 +1,107 @@
+"""BT² (Zhou et al., ICCV 2023): backward-compatible training with basis transformation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..losses import classification_loss, cosine_matching_loss, influence_loss
+from . import register_method
+from .base import CompatibilityMethod, MethodConfig
+
+
+@dataclass
+class BT2MethodConfig(MethodConfig):
+    """Configuration of BT² (bt2-method §1.4–1.5).
+
+    ``L = CE(W f, y) + influence_weight · CE(b̂ · W_oᵀ, y) + old_match_weight · (1 − cos(b̂, φ_old))
+    + new_match_weight · (1 − cos(f̂, φ'_new))``
+
+    Args:
+        influence_weight (`float`, *optional*, defaults to 10.0): weight of the influence loss of the compatible
+            block through the old prototypes (the research code's λ2).
+        old_match_weight (`float`, *optional*, defaults to 5.0): weight of matching the compatible block to the old
+            model's embedding (λ3).
+        new_match_weight (`float`, *optional*, defaults to 1.0): weight of matching the feature ``f`` to the
+            independently trained new model (λ1).
+        extra_dim (`int`, *optional*, defaults to 32): ``k``, the dimensions added to the new feature.
+        feature_scale (`float`, *optional*, defaults to 2.0): ``C``, the weight of the new feature against the added
+            branch inside the basis transformation.
+        label_smoothing (`float`, *optional*, defaults to 0.0): the research code's BT² trainer uses none.
+    """
+
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "Label smoothing of the classification loss (BT²'s research code uses none)."}
+    )
+    influence_weight: float = field(
+        default=10.0, metadata={"help": "Weight of the influence loss of the compatible block through W_o."}
+    )
+    old_match_weight: float = field(
+        default=5.0, metadata={"help": "Weight of the cosine match of the compatible block to the old model."}
+    )
+    new_match_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the cosine match of the feature f to the independent new model."}
+    )
+    extra_dim: int = field(default=32, metadata={"help": "k: dimensions added on top of the new feature."})
+    feature_scale: float = field(
+        default=2.0, metadata={"help": "C: weight of the new feature against the added branch in the transformation."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.extra_dim < 0:
+            raise ValueError(f"extra_dim must be >= 0, got {self.extra_dim}.")
+        if self.feature_scale <= 0:
+            raise ValueError(f"feature_scale must be positive, got {self.feature_scale}.")
+
+
+@register_method
+class BT2Method(CompatibilityMethod):
+    """BT²: a basis-transformation head whose first ``d_old`` dimensions are matched to the old model, while the
+    new feature ``f`` is matched to the independently trained new model (so the update pays no compatibility tax)."""
+
+    name = "bt2"
+    config_class = BT2MethodConfig
+    requires = ("old", "independent")
+    uses_prototypes = True
+    paper = {
+        "title": "BT^2: Backward-compatible Training with Basis Transformation",
+        "arxiv_id": "2211.03989",
+        "url": "https://arxiv.org/abs/2211.03989",
+        "citation": (
+            "@inproceedings{zhou2023bt2,\n"
+            "  title={BT^2: Backward-compatible Training with Basis Transformation},\n"
+            "  author={Zhou, Yifei and Li, Zilu and Shrivastava, Abhinav and Zhao, Hengshuang and Torralba, Antonio"
+            " and Tian, Taipeng and Lim, Ser-Nam},\n"
+            "  booktitle={ICCV},\n"
+            "  pages={11229--11238},\n"
+            "  year={2023}\n"
+            "}"
+        ),
+    }
+
+    def build_config_overrides(self, reference_dims, embedding_dim):
+        feature_dim = reference_dims["independent"]
+        if embedding_dim is not None and embedding_dim != feature_dim + self.config.extra_dim:
+            raise ValueError(
+                f"A BT² model's embedding_dim is the independent model's width + extra_dim = {feature_dim} + "
+                f"{self.config.extra_dim}; got embedding_dim={embedding_dim}. Leave embedding_dim unset."
+            )
+        return {
+            "head_type": "basis_transformation",
+            "feature_dim": feature_dim,
+            "old_embedding_dim": reference_dims["old"],
+            "extra_dim": self.config.extra_dim,
+            "feature_scale": self.config.feature_scale,
+        }
+
+    def compute_loss(self, outputs, targets, labels):
+        config = self.config
+        # compatible_embeddings is b̂ (the old-compatible block, re-normalised); features is f̂.
+        return {
+            "classification_loss": classification_loss(outputs.logits, labels, config.label_smoothing),
+            "influence_loss": config.influence_weight
+            * influence_loss(outputs.compatible_embeddings, self.prototypes, labels),
+            "old_match_loss": config.old_match_weight
+            * cosine_matching_loss(outputs.compatible_embeddings, targets["old"]),
+            "new_match_loss": config.new_match_weight * cosine_matching_loss(outputs.features, targets["independent"]),
+        }

@@ -1,0 +1,27 @@
+"""Training: one accelerate loop for every method, frozen references, prototypes and resumable checkpoints."""
+
+from __future__ import annotations
+
+from .arguments import BT2TrainingArguments, DataArguments, ModelArguments
+from .checkpointing import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .prototypes import EmptyClassError, compute_class_means
+from .references import FrozenReference
+from .trainer import LOG_CSV_FILE, LOG_FILE, build_optimizer, lr_lambda_factory, train
+
+__all__ = [
+    "LOG_CSV_FILE",
+    "LOG_FILE",
+    "BT2TrainingArguments",
+    "DataArguments",
+    "EmptyClassError",
+    "FrozenReference",
+    "ModelArguments",
+    "build_optimizer",
+    "compute_class_means",
+    "list_checkpoints",
+    "load_checkpoint",
+    "lr_lambda_factory",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "train",
+]

@@ -1,0 +1,208 @@
+"""Run arguments of ``bt2 train``: three dataclasses with ``help`` metadata (parsed by HfArgumentParser).
+
+The method's own hyper-parameters (``influence_weight`` …) live in its config dataclass (:mod:`bt2_hf.methods`), so
+the three layers stay apart: architecture (``BT2Config``), method (``MethodConfig``), run (these).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModelArguments:
+    """What model to train and which frozen references it is trained against."""
+
+    backbone_type: str = field(
+        default="small_cnn",
+        metadata={"help": "Registered backbone: small_cnn, hf_vision, hf_text, open_clip_vision, open_clip_text."},
+    )
+    backbone_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "The backbone's config as a JSON object (in YAML: a mapping), e.g. a transformers ViTConfig "
+            'with "model_type": "vit". Ignored when init_from is set and this is empty.'
+        },
+    )
+    pooling: str = field(default="default", metadata={"help": "How the backbone pools: default, cls, mean, pooler."})
+    embedding_dim: int | None = field(
+        default=None,
+        metadata={
+            "help": "Embedding width of a linear head (old / independent / BCT). Default: 128, or the old model's "
+            "width for BCT. BT² derives it (independent width + extra_dim)."
+        },
+    )
+    head_nonlinearity: str | None = field(
+        default=None, metadata={"help": "relu or none before normalising (default: relu for BT², none otherwise)."}
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "Start the backbone from this local pretrained checkpoint (e.g. a ViT directory)."},
+    )
+    old_model: str | None = field(
+        default=None, metadata={"help": "The frozen old model: a bt2_hf checkpoint directory or Hub id (BCT, BT²)."}
+    )
+    old_model_revision: str | None = field(default=None, metadata={"help": "Hub revision of old_model."})
+    old_embedding_dim: int | None = field(
+        default=None,
+        metadata={"help": "Expected width of the old model's embedding; training refuses a checkpoint that differs."},
+    )
+    independent_model: str | None = field(
+        default=None, metadata={"help": "The frozen independently trained new model (BT²): checkpoint or Hub id."}
+    )
+    independent_model_revision: str | None = field(default=None, metadata={"help": "Hub revision of it."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.backbone_config, str):
+            try:
+                self.backbone_config = json.loads(self.backbone_config) if self.backbone_config.strip() else None
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"backbone_config must be a JSON object, got {self.backbone_config!r}: {error}"
+                ) from None
+        if self.backbone_config is not None and not isinstance(self.backbone_config, dict):
+            raise ValueError(f"backbone_config must be a mapping, got {type(self.backbone_config).__name__}.")
+
+
+@dataclass
+class DataArguments:
+    """Which images to train on."""
+
+    dataset: str = field(
+        default="fashion_mnist",
+        metadata={
+            "help": "fashion_mnist (IDX files in data_dir), a directory (Fashion-MNIST IDX files, save_to_disk "
+            "output or imagefolder) or a Hub dataset id (online)."
+        },
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory of the Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist, from "
+            "`apt-get install dataset-fashion-mnist`)."
+        },
+    )
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    class_subset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train on these classes only, e.g. '0-4' or '0,2,5-9' (the 'data change' setting: the old "
+            "model sees a subset). Labels keep their ids; recorded in the checkpoint."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many training images, class-balanced (quick runs)."}
+    )
+    image_column: str | None = field(default=None, metadata={"help": "Image column of a `datasets` dataset."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column of a `datasets` dataset."})
+    image_size: int | None = field(
+        default=None, metadata={"help": "Resize images of a `datasets` dataset to this size when decoding."}
+    )
+    num_channels: int = field(default=3, metadata={"help": "Channels to decode `datasets` images to (1 or 3)."})
+    in_memory: bool = field(
+        default=True, metadata={"help": "Decode the whole split into one tensor (small datasets); else decode lazily."}
+    )
+    augment_padding: int = field(
+        default=4, metadata={"help": "Zero padding before the random crop of training augmentation (0: no crop)."}
+    )
+    horizontal_flip: bool = field(default=True, metadata={"help": "Random horizontal flips during training."})
+
+
+@dataclass
+class BT2TrainingArguments:
+    """How to train: method, optimisation, precision, checkpoints and logging."""
+
+    output_dir: str = field(metadata={"help": "Where the final model, logs and checkpoints are written."})
+    method: str = field(default="independent", metadata={"help": "Training method: independent, bct or bt2."})
+    seed: int = field(default=42, metadata={"help": "Seed of initialisation, data order and augmentation."})
+    num_train_epochs: int = field(default=1, metadata={"help": "Epochs to train (unless max_steps is set)."})
+    max_steps: int = field(
+        default=-1, metadata={"help": "Optimizer steps to train; overrides num_train_epochs if > 0."}
+    )
+    per_device_train_batch_size: int = field(default=128, metadata={"help": "Images per process and micro-step."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate."})
+    weight_decay: float = field(
+        default=0.0,
+        metadata={"help": "Weight decay (coupled L2 for adam/sgd as in the research code; decoupled for adamw)."},
+    )
+    optimizer: str = field(default="adam", metadata={"help": "adam, adamw or sgd (fused on CUDA)."})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "cosine (after warm-up) or constant."})
+    warmup_epochs: float = field(default=0.0, metadata={"help": "Linear warm-up length in epochs."})
+    warmup_steps: int = field(
+        default=0, metadata={"help": "Linear warm-up length in optimizer steps (adds to epochs)."}
+    )
+    max_grad_norm: float | None = field(default=None, metadata={"help": "Clip gradients to this norm (none: off)."})
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={"help": "no, fp16 or bf16; by default taken from `accelerate launch` / its config (else no)."},
+    )
+    torch_compile: bool = field(default=False, metadata={"help": "Compile the model's forward with torch.compile."})
+    channels_last: bool | None = field(
+        default=None, metadata={"help": "Channels-last images and weights (default: on for CNNs on CUDA)."}
+    )
+    data_on_device: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Keep in-memory data on the accelerator and augment there, with no DataLoader (default: on "
+            "for in-memory data)."
+        },
+    )
+    num_workers: int = field(default=4, metadata={"help": "DataLoader workers for lazily decoded datasets."})
+    reference_targets: str = field(
+        default="online",
+        metadata={
+            "help": "online: the frozen references embed every augmented batch; precomputed: embed each image once "
+            "before training (one augmentation, as in the research code)."
+        },
+    )
+    prototype_augmentation: bool = field(
+        default=True,
+        metadata={"help": "Compute the old prototypes W_o under training augmentation (research code) or without."},
+    )
+    save_steps: int = field(
+        default=0, metadata={"help": "Save a resumable checkpoint every N optimizer steps (0: off)."}
+    )
+    save_total_limit: int = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint directory, or 'latest' for the newest under output_dir."}
+    )
+    stop_after_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop at this optimizer step after saving a checkpoint, without changing the schedule (for "
+            "time-limited jobs); resume later with --resume_from_checkpoint latest."
+        },
+    )
+    logging_steps: int = field(default=10, metadata={"help": "Log the mean losses every N optimizer steps."})
+    log_with: str | None = field(
+        default=None,
+        metadata={"help": "accelerate trackers, comma-separated (tensorboard, wandb, …); JSON/CSV always."},
+    )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty output_dir."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
+
+    def __post_init__(self) -> None:
+        choices = {
+            "optimizer": ("adam", "adamw", "sgd"),
+            "lr_scheduler_type": ("cosine", "constant"),
+            "reference_targets": ("online", "precomputed"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError("Set num_train_epochs > 0 or max_steps > 0.")
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)

@@ -1,0 +1,508 @@
+"""One training loop on accelerate for every method (old, independent, BCT, BT²).
+
+:func:`train` is the Python entry point (``bt2 train`` and the demo call it); it takes the three run-argument
+dataclasses and a method config, optionally in-memory data and an evaluation hook, and returns the directory of the
+saved model. Nothing is written before every input has been checked and the references and prototypes are ready, so
+a bad input leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..configuration_bt2 import BT2Config
+from ..data.datasets import ImageClassificationData, load_image_classification
+from ..data.device_loader import DeviceTensorDataLoader, ShardedDataLoader
+from ..data.subsets import parse_class_subset
+from ..data.transforms import BatchAugmentation, ModelInputTransform
+from ..methods import CompatibilityMethod, MethodConfig, get_method
+from ..modeling_bt2 import BT2Model
+from ..utils.io import atomic_write_json, atomic_write_text
+from .arguments import BT2TrainingArguments, DataArguments, ModelArguments
+from .checkpointing import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .prototypes import compute_class_means
+from .references import FrozenReference
+
+logger = logging.getLogger(__name__)
+
+EvalFn = Callable[[BT2Model, Any, int], "dict[str, float] | None"]
+LOG_FILE = "training_log.json"
+LOG_CSV_FILE = "training_log.csv"
+
+# Seeds of the no-grad passes, kept apart from the training epochs' seeds (epoch e uses seed + e).
+_PROTOTYPE_EPOCH = -1
+_PRECOMPUTE_EPOCH = -2
+
+
+def _augmentation_seed(seed: int, epoch: int, batch_index: int) -> int:
+    """A distinct, reproducible seed per (epoch, micro-batch): resume and any process count draw the same crops."""
+    return (seed * 1_000_003 + (epoch + 3) * 100_003 + batch_index) % (2**62)
+
+
+def lr_lambda_factory(warmup_steps: int, total_steps: int, schedule: str) -> Callable[[int], float]:
+    """Multiplier of the peak learning rate at optimizer step ``step``: linear warm-up, then cosine or constant."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_optimizer(model: torch.nn.Module, args: BT2TrainingArguments, device: torch.device) -> torch.optim.Optimizer:
+    """Adam (coupled L2, as the research code), AdamW or SGD; fused kernels on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    if args.optimizer == "adam":
+        return torch.optim.Adam(params, lr=args.learning_rate, weight_decay=args.weight_decay, **extra)
+    if args.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay, **extra)
+    return torch.optim.SGD(
+        params, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay, **extra
+    )
+
+
+def _check_output_dir(args: BT2TrainingArguments) -> None:
+    path = Path(args.output_dir)
+    if path.is_file():
+        raise ValueError(f"output_dir {path} is a file; pass a directory.")
+    if args.resume_from_checkpoint or args.overwrite_output_dir or not path.exists():
+        return
+    if any(path.iterdir()):
+        raise FileExistsError(
+            f"output_dir {path} already exists and is not empty. Pass --overwrite_output_dir true, choose another "
+            "directory, or --resume_from_checkpoint latest to continue a run."
+        )
+
+
+def _load_train_data(data_args: DataArguments, train_data: Any, seed: int) -> ImageClassificationData:
+    if train_data is None:
+        data = load_image_classification(
+            data_args.dataset,
+            data_args.train_split,
+            data_dir=data_args.data_dir,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            image_size=data_args.image_size,
+            num_channels=data_args.num_channels,
+            in_memory=data_args.in_memory,
+        )
+    elif isinstance(train_data, ImageClassificationData):
+        data = train_data
+    elif isinstance(train_data, (tuple, list)) and len(train_data) == 2:
+        data = ImageClassificationData(images=train_data[0], labels=train_data[1])
+    else:
+        raise TypeError("train_data must be an ImageClassificationData or an (images, labels) pair of tensors.")
+    subset = parse_class_subset(data_args.class_subset, data.num_classes)
+    data = data.select_classes(subset)
+    data = data.take_per_class(data_args.max_train_samples, seed=seed)
+    if len(data) == 0:
+        raise ValueError("No training samples left after the class subset / max_train_samples selection.")
+    return data
+
+
+def _build_model(
+    model_args: ModelArguments, method: CompatibilityMethod, references: dict[str, FrozenReference], num_classes: int
+) -> BT2Model:
+    dims = {name: ref.embedding_dim for name, ref in references.items()}
+    if model_args.old_embedding_dim is not None and "old" in dims and dims["old"] != model_args.old_embedding_dim:
+        raise ValueError(
+            f"The old model {references['old'].name_or_path} has {dims['old']}-d embeddings, but old_embedding_dim="
+            f"{model_args.old_embedding_dim} was asked for. Pass the old checkpoint of that width, or fix "
+            "old_embedding_dim."
+        )
+    overrides = method.build_config_overrides(dims, model_args.embedding_dim)
+    if model_args.head_nonlinearity is not None:
+        overrides["head_nonlinearity"] = model_args.head_nonlinearity
+    kwargs = dict(pooling=model_args.pooling, num_classes=num_classes, **overrides)
+    if model_args.init_from:
+        if model_args.backbone_config:
+            kwargs["backbone_config"] = model_args.backbone_config
+        model = BT2Model.from_pretrained_backbone(model_args.init_from, model_args.backbone_type, **kwargs)
+    else:
+        config = BT2Config(
+            backbone_type=model_args.backbone_type, backbone_config=model_args.backbone_config or {}, **kwargs
+        )
+        model = BT2Model(config)
+    if model.modality != "image":
+        raise ValueError(
+            f"The training loop trains image models; backbone {model_args.backbone_type!r} encodes {model.modality}."
+        )
+    return model
+
+
+def _make_loader(data: ImageClassificationData, batch_size: int, accelerator, args, seed: int, *, sharded: bool,
+                 shuffle: bool, drop_last: bool):  # fmt: skip
+    num_processes = accelerator.num_processes if sharded else 1
+    process_index = accelerator.process_index if sharded else 0
+    on_device = args.data_on_device if args.data_on_device is not None else data.in_memory
+    if data.in_memory:
+        device = accelerator.device if on_device else torch.device("cpu")
+        return DeviceTensorDataLoader(
+            data.images, data.labels, batch_size, device, num_processes, process_index, shuffle, seed, drop_last
+        )
+    return ShardedDataLoader(
+        data, batch_size, num_processes, process_index, shuffle, seed, drop_last, args.num_workers, accelerator.device
+    )
+
+
+def _write_logs(output_dir: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_json(output_dir / LOG_FILE, history)
+    keys: list[str] = []
+    for entry in history:
+        keys += [k for k in entry if k not in keys]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(output_dir / LOG_CSV_FILE, buffer.getvalue())
+
+
+def train(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: BT2TrainingArguments,
+    method_config: MethodConfig | dict[str, Any] | None = None,
+    *,
+    train_data: ImageClassificationData | tuple[torch.Tensor, torch.Tensor] | None = None,
+    eval_fn: EvalFn | None = None,
+) -> Path:
+    """Train one model (old, independent, BCT or BT²) and save it with ``save_pretrained``.
+
+    Args:
+        model_args (:class:`ModelArguments`): backbone, head width, frozen reference checkpoints.
+        data_args (:class:`DataArguments`): dataset, class subset, augmentation.
+        training_args (:class:`BT2TrainingArguments`): method name, optimisation, precision, checkpoints, logging.
+        method_config (:class:`~bt2_hf.methods.MethodConfig` or `dict`, *optional*): the method's hyper-parameters;
+            defaults to the method's defaults.
+        train_data (:class:`~bt2_hf.data.ImageClassificationData` or `(images, labels)`, *optional*): in-memory data
+            instead of loading ``data_args.dataset`` (uint8 ``(N, C, H, W)`` images); the class subset still applies.
+        eval_fn (`callable`, *optional*): called after every epoch on every process as
+            ``eval_fn(model, accelerator, epoch)``; the returned dict of numbers is logged (e.g. retrieval top-1).
+
+    Returns:
+        `Path`: ``training_args.output_dir``, holding the model (safetensors, config with ``config.training``
+        metadata, processor), ``training_log.json`` / ``.csv`` and ``checkpoints/``.
+
+    >>> from bt2_hf.training import BT2TrainingArguments, DataArguments, ModelArguments, train
+    >>> path = train(  # doctest: +SKIP
+    ...     ModelArguments(backbone_config='{"widths": [16, 32]}', embedding_dim=32),
+    ...     DataArguments(dataset="fashion_mnist", class_subset="0-4", max_train_samples=2000),
+    ...     BT2TrainingArguments(output_dir="runs/old", method="independent", per_device_train_batch_size=64),
+    ... )
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+    args = training_args
+    method = get_method(args.method, method_config)
+    _check_output_dir(args)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with=[t.strip() for t in args.log_with.split(",")] if args.log_with else None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    device = accelerator.device
+    set_seed(args.seed)
+
+    # ---- everything that can fail on bad input happens before anything is written
+    data = _load_train_data(data_args, train_data, args.seed)
+    missing = [name for name in method.requires if not getattr(model_args, f"{name}_model")]
+    if missing:
+        raise ValueError(
+            f"Method {method.name!r} needs the frozen {' and '.join(missing)} model(s); pass "
+            + ", ".join(f"--{name}_model <checkpoint>" for name in missing)
+            + "."
+        )
+    use_channels_last = args.channels_last
+    backbone_is_cnn = model_args.backbone_type == "small_cnn" or (
+        (model_args.backbone_config or {}).get("model_type") in ("resnet", "convnext", "regnet", "efficientnet")
+    )
+    if use_channels_last is None:
+        use_channels_last = backbone_is_cnn and device.type == "cuda"
+    references = {
+        name: FrozenReference.load(
+            name,
+            getattr(model_args, f"{name}_model"),
+            getattr(model_args, f"{name}_model_revision"),
+            device=device,
+            channels_last=use_channels_last and device.type == "cuda",
+        )
+        for name in method.requires
+    }
+    for name, ref in references.items():
+        if ref.model.config.num_classes and ref.model.config.num_classes != data.num_classes and name == "independent":
+            logger.warning(
+                "The independent model was trained with %d classes, this data has %d.",
+                ref.model.config.num_classes,
+                data.num_classes,
+            )
+    set_seed(args.seed)  # the model's initialisation does not depend on what was loaded before
+    model = _build_model(model_args, method, references, data.num_classes)
+    input_transform = ModelInputTransform.from_processor(model.processor, channels_last=use_channels_last)
+    augmentation = BatchAugmentation(data_args.augment_padding, data_args.horizontal_flip)
+    batch_size = args.per_device_train_batch_size
+    loader = _make_loader(data, batch_size, accelerator, args, args.seed, sharded=True, shuffle=True, drop_last=True)
+    accumulation = args.gradient_accumulation_steps
+    steps_per_epoch = len(loader) // accumulation
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"One epoch has {len(loader)} batches, fewer than gradient_accumulation_steps={accumulation}; lower the "
+            "batch size or the accumulation."
+        )
+    total_steps = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.num_train_epochs
+
+    def no_grad_pass(epoch: int, augment: bool, sharded: bool):
+        """(augmented images, labels, rows) over the whole training set, for prototypes and precomputed targets."""
+        pass_loader = _make_loader(data, 4 * batch_size, accelerator, args, args.seed, sharded=sharded,
+                                   shuffle=False, drop_last=False)  # fmt: skip
+        for batch_index, batch in enumerate(pass_loader.iter_epoch(epoch)):
+            params = None
+            if augment:
+                seed = _augmentation_seed(args.seed, epoch, batch_index)
+                params = augmentation.sample(batch["global_batch_size"], seed).slice(
+                    batch["global_offset"], batch["global_offset"] + len(batch["labels"])
+                )
+            yield augmentation(batch["images"], params), batch["labels"], batch["index"]
+
+    prototypes = None
+    if method.uses_prototypes:
+        old = references["old"]
+        with accelerator.autocast():
+            prototypes = compute_class_means(
+                (
+                    (images, labels)
+                    for images, labels, _ in no_grad_pass(_PROTOTYPE_EPOCH, args.prototype_augmentation, True)
+                ),
+                data.num_classes,
+                old.embed,
+                old.embedding_dim,
+                device,
+                reduce=(lambda t: accelerator.reduce(t, "sum")) if accelerator.num_processes > 1 else None,
+                class_names=data.class_names,
+            )
+    method.prepare(prototypes)
+    precomputed: dict[str, torch.Tensor] = {}
+    if args.reference_targets == "precomputed" and references:
+        # Each process embeds every image once (a single random augmentation per image, as the research code).
+        for name, ref in references.items():
+            table = torch.zeros(len(data), ref.embedding_dim, device=device)
+            with accelerator.autocast():
+                for images, _, rows in no_grad_pass(_PRECOMPUTE_EPOCH, True, False):
+                    table[rows.to(device)] = ref.embed(images)
+            precomputed[name] = table
+
+    # ---- training state
+    model.train()
+    if use_channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, args, device)
+    warmup = args.warmup_steps + int(round(args.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda_factory(warmup, total_steps, args.lr_scheduler_type)
+    )
+    # The scheduler is stepped by hand once per optimizer step (not prepared: accelerate would step it once per
+    # process), and saved with the checkpoint through register_for_checkpointing.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    forward_model = torch.compile(model) if args.torch_compile else model
+
+    global_step = 0
+    history: list[dict[str, Any]] = []
+    resume_path = None
+    if args.resume_from_checkpoint:
+        resume_path = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    if resume_path is not None:
+        state = load_checkpoint(accelerator, resume_path)
+        global_step = int(state["global_step"])
+        history = list(state.get("log_history", []))
+        logger.info("Resumed from %s at step %d", resume_path, global_step)
+    if accelerator.trackers or args.log_with:
+        accelerator.init_trackers(
+            "bt2_hf", config={**dataclasses.asdict(args), **method.config.to_dict(), "method": method.name}
+        )
+
+    stop_at = min(total_steps, args.stop_after_steps) if args.stop_after_steps else total_steps
+    progress = tqdm(
+        total=total_steps,
+        initial=global_step,
+        disable=args.disable_tqdm or not accelerator.is_local_main_process,
+        desc=f"train {method.name}",
+    )
+    window: dict[str, torch.Tensor] = {}
+    window_steps = 0
+    window_start = time.perf_counter()
+    images_seen = 0
+    logger.info(
+        "Training %s: %d samples, %d classes, %d steps (%d per epoch), global batch %d",
+        method.name, len(data), data.num_classes, total_steps, steps_per_epoch,
+        batch_size * accelerator.num_processes * accumulation,
+    )  # fmt: skip
+
+    while global_step < stop_at:
+        epoch = global_step // steps_per_epoch
+        first_batch = (global_step % steps_per_epoch) * accumulation
+        batches = loader.iter_epoch(epoch, start_batch=first_batch)
+        batch_index = first_batch
+        while global_step < stop_at and global_step < (epoch + 1) * steps_per_epoch:
+            step_losses: dict[str, torch.Tensor] = {}
+            for micro in range(accumulation):
+                batch = next(batches)
+                params = augmentation.sample(
+                    batch["global_batch_size"], _augmentation_seed(args.seed, epoch, batch_index)
+                )
+                params = params.slice(batch["global_offset"], batch["global_offset"] + len(batch["labels"]))
+                batch_index += 1
+                images = augmentation(batch["images"], params)
+                labels = batch["labels"]
+                with accelerator.autocast():
+                    targets = {}
+                    for name, ref in references.items():
+                        if precomputed:
+                            targets[name] = precomputed[name][batch["index"].to(device)]
+                        else:
+                            targets[name] = ref.embed(images)
+                    outputs = forward_model(pixel_values=input_transform(images))
+                    losses = method.compute_loss(outputs, targets, labels)
+                loss = sum(value for key, value in losses.items() if key.endswith("_loss"))
+                # Only the last micro-batch synchronises gradients across processes.
+                context = accelerator.no_sync(model) if micro < accumulation - 1 else _nullcontext()
+                with context:
+                    accelerator.backward(loss / accumulation)
+                for key, value in losses.items():
+                    step_losses[key] = step_losses.get(key, 0.0) + value.detach().float() / accumulation
+                step_losses["loss"] = step_losses.get("loss", 0.0) + loss.detach().float() / accumulation
+            if args.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+            images_seen += batch_size * accumulation * accelerator.num_processes
+            progress.update(1)
+            for key, value in step_losses.items():
+                window[key] = window.get(key, 0.0) + value
+            window_steps += 1
+
+            if global_step % args.logging_steps == 0 or global_step == stop_at:
+                keys = sorted(window)
+                stacked = torch.stack([window[k] / window_steps for k in keys])
+                stacked = accelerator.reduce(stacked, "mean") if accelerator.num_processes > 1 else stacked
+                values = dict(zip(keys, stacked.tolist()))
+                for key, value in values.items():
+                    if not math.isfinite(value):
+                        raise FloatingPointError(
+                            f"{key} became {value} at step {global_step}; lower the learning rate or check the data."
+                        )
+                elapsed = time.perf_counter() - window_start
+                entry = {"step": global_step, "epoch": round(global_step / steps_per_epoch, 4),
+                         "learning_rate": scheduler.get_last_lr()[0], **values,
+                         "images_per_second": images_seen / max(elapsed, 1e-9)}  # fmt: skip
+                history.append(entry)
+                accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=global_step)
+                progress.set_postfix(loss=f"{values['loss']:.4f}")
+                if accelerator.is_main_process:
+                    _write_logs(output_dir, history)
+                window, window_steps, images_seen, window_start = {}, 0, 0, time.perf_counter()
+
+            end_of_epoch = global_step % steps_per_epoch == 0
+            if end_of_epoch and eval_fn is not None:
+                unwrapped = accelerator.unwrap_model(model)
+                unwrapped.eval()
+                metrics = eval_fn(unwrapped, accelerator, global_step // steps_per_epoch)
+                unwrapped.train()
+                if metrics:
+                    entry = {"step": global_step, "epoch": global_step // steps_per_epoch,
+                             **{f"eval_{k}": float(v) for k, v in metrics.items()}}  # fmt: skip
+                    history.append(entry)
+                    accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=global_step)
+                    if accelerator.is_main_process:
+                        _write_logs(output_dir, history)
+            if (args.save_steps and global_step % args.save_steps == 0) or global_step == stop_at < total_steps:
+                save_checkpoint(
+                    accelerator, output_dir, global_step,
+                    {"global_step": global_step, "total_steps": total_steps, "log_history": history},
+                    args.save_total_limit,
+                )  # fmt: skip
+    progress.close()
+
+    if global_step < total_steps:
+        logger.info("Stopped at step %d of %d; resume with --resume_from_checkpoint latest.", global_step, total_steps)
+        accelerator.end_training()
+        return output_dir
+
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.eval()
+    unwrapped.config.training = _training_metadata(method, data, model_args, data_args, args, references, total_steps)
+    old = references.get("old")
+    if old is not None:
+        unwrapped.config.compatible_with = [
+            {
+                "name_or_path": old.name_or_path,
+                "revision": old.revision,
+                "fingerprint": old.model.config.fingerprint,
+                "embedding_dim": old.embedding_dim,
+                "method": method.name,
+            }
+        ]
+    accelerator.wait_for_everyone()
+    unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        _write_logs(output_dir, history)
+        logger.info(
+            "Saved the %s model to %s (checkpoints: %d)", method.name, output_dir, len(list_checkpoints(output_dir))
+        )
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return output_dir
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _training_metadata(method, data, model_args, data_args, args, references, total_steps) -> dict[str, Any]:
+    """``config.training``: how the model was trained (method, its config, references, data and class subset)."""
+    return {
+        **method.metadata(),
+        "references": {name: ref.metadata() for name, ref in references.items()},
+        "dataset": data_args.dataset if data.source == "in-memory" else data.source,
+        "class_subset": data.class_subset,
+        "class_names": data.class_names,
+        "num_train_samples": len(data),
+        "steps": total_steps,
+        "seed": args.seed,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "learning_rate": args.learning_rate,
+        "optimizer": args.optimizer,
+        "lr_scheduler_type": args.lr_scheduler_type,
+        "reference_targets": args.reference_targets,
+        "init_from": model_args.init_from,
+        "bt2_hf_trainer": "accelerate",
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
