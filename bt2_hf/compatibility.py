@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .fingerprint import short_fingerprint
+from .fingerprint import FINGERPRINT_PREFIX, short_fingerprint
 
 
 class IncompatibleModelsError(ValueError):
@@ -18,6 +18,23 @@ class IncompatibleModelsError(ValueError):
 
 def _describe(name: str | None, fingerprint: str | None) -> str:
     return f"{name or '<unnamed model>'} (fingerprint {short_fingerprint(fingerprint)})"
+
+
+def same_fingerprint(a: str | None, b: str | None) -> bool:
+    """Whether two fingerprints name the same weights; ``"sha256:<hex>"`` and a bare ``"<hex>"`` compare equal."""
+    if not a or not b:
+        return False
+    return a.removeprefix(FINGERPRINT_PREFIX).lower() == b.removeprefix(FINGERPRINT_PREFIX).lower()
+
+
+def _lineage_summary(query_config: Any) -> str:
+    entries = getattr(query_config, "compatible_with", None) or []
+    if not entries:
+        return "Its compatible_with lineage is empty."
+    listed = ", ".join(
+        f"{_describe(e.get('name_or_path'), e.get('fingerprint'))} at {e.get('embedding_dim')} dims" for e in entries
+    )
+    return f"Its compatible_with lineage lists: {listed}."
 
 
 def compatible_prefix(
@@ -49,7 +66,7 @@ def compatible_prefix(
             f"The gallery encoded by {gallery} has no fingerprint, so {query} cannot be checked against it. "
             "Rebuild the gallery with a bt2_hf model saved by `save_pretrained` (which records its fingerprint)."
         )
-    if getattr(query_config, "fingerprint", None) == gallery_fingerprint:
+    if same_fingerprint(getattr(query_config, "fingerprint", None), gallery_fingerprint):
         if query_config.embedding_dim != gallery_dim:
             raise IncompatibleModelsError(
                 f"{query} matches the gallery's encoder but the gallery holds {gallery_dim}-d vectors while the model "
@@ -57,7 +74,7 @@ def compatible_prefix(
             )
         return int(gallery_dim)
     for entry in getattr(query_config, "compatible_with", None) or []:
-        if entry.get("fingerprint") == gallery_fingerprint:
+        if same_fingerprint(entry.get("fingerprint"), gallery_fingerprint):
             prefix = int(entry["embedding_dim"])
             if prefix != gallery_dim:
                 raise IncompatibleModelsError(
@@ -67,11 +84,13 @@ def compatible_prefix(
                 )
             if prefix > query_config.embedding_dim:
                 raise IncompatibleModelsError(
-                    f"{query} ({query_config.embedding_dim}-d) cannot use a {prefix}-d prefix for {gallery}."
+                    f"{query} ({query_config.embedding_dim}-d) cannot use a {prefix}-d prefix for {gallery}: its "
+                    "`compatible_with` metadata is wrong. Re-declare the pair with bt2_hf.hub.declare_compatibility."
                 )
             return prefix
     raise IncompatibleModelsError(
         f"{query} is not compatible with the gallery encoded by {gallery}: the gallery's fingerprint is not in the "
-        "query model's `compatible_with` lineage. Use the gallery's own encoder (or a model trained to be backward "
-        "compatible with it, e.g. with BT²), or re-embed (backfill) the gallery with the new model."
+        f"query model's `compatible_with` lineage. {_lineage_summary(query_config)} Use the gallery's own encoder (or "
+        "a model trained to be backward compatible with it, e.g. with BT², and declared with "
+        "bt2_hf.hub.declare_compatibility), or re-embed (backfill) the gallery with the new model."
     )

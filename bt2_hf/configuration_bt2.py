@@ -147,6 +147,9 @@ class BT2Config(PreTrainedConfig):
         self.training = dict(training or {})
         self.base_model = base_model
         super().__init__(**kwargs)
+        from .hub.metadata import validate_compatibility_metadata  # lazy: bt2_hf.hub imports the model classes
+
+        validate_compatibility_metadata(self)
 
     @property
     def modality(self) -> str:

@@ -1,0 +1,55 @@
+"""``bt2 card <checkpoint_dir>``: render or refresh a model card from a checkpoint and an evaluation JSON."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bt2 card",
+        description="Write README.md for a checkpoint from its config.json compatibility metadata (and an evaluation "
+        "JSON). An existing card is refreshed: generated sections are replaced, the user's own sections are kept.",
+    )
+    parser.add_argument("checkpoint_dir", help="a directory written by BT2Model.save_pretrained")
+    parser.add_argument("--results", default=None, help="evaluation JSON (the demo's results.json or a per-pair dict)")
+    parser.add_argument("--method", default=None, help="which method of a {'methods': ...} results file to read")
+    parser.add_argument("--output", default=None, help="where to write the card (default: <checkpoint_dir>/README.md)")
+    parser.add_argument("--repo-id", default=None, help="the Hub id shown in the card (default: the directory)")
+    parser.add_argument("--dataset", default=None, help="name of the evaluation dataset")
+    parser.add_argument("--license", default=None, help="license for the card's metadata")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``bt2 card``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ..hub.card import create_or_update_model_card
+
+    render_kwargs = {
+        key: value
+        for key, value in (
+            ("repo_id", args.repo_id),
+            ("metrics", args.results),
+            ("method", args.method),
+            ("dataset", args.dataset),
+            ("license", args.license),
+        )
+        if value is not None
+    }
+    try:
+        path = create_or_update_model_card(args.checkpoint_dir, output=args.output, **render_kwargs)
+    except (OSError, ValueError) as error:
+        print(f"bt2 card: {error}", file=sys.stderr)
+        return 1
+    print(f"Wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
