@@ -69,3 +69,90 @@ def plot_backfill_curves(curves: Sequence, metric: str, path: str | os.PathLike)
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return Path(path)
+
+
+def plot_method_comparison(results: dict, path: str | os.PathLike, metrics: Sequence[str] = ("top1", "mAP")) -> Path:
+    """Grouped bars of old/old, new/old and new/new per method (the compatibility table as a chart).
+
+    Args:
+        results (`dict`): ``{"methods": {method: {"old/old": {metric: percent}, "new/old": …, "new/new": …}}}``.
+        path (`str` or `os.PathLike`): the PNG to write.
+        metrics (`Sequence[str]`, *optional*): one panel per metric.
+    """
+    plt = _pyplot()
+    methods = list(results["methods"])
+    pairs = ("old/old", "new/old", "new/new")
+    colours = {"old/old": "#9e9e9e", "new/old": "#1f77b4", "new/new": "#ff7f0e"}
+    figure, axes_list = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 4), squeeze=False)
+    width = 0.26
+    for axes, metric in zip(axes_list[0], metrics):
+        positions = np.arange(len(methods))
+        for offset, pair in enumerate(pairs):
+            values = [results["methods"][m][pair][metric] for m in methods]
+            bars = axes.bar(positions + (offset - 1) * width, values, width, label=pair, color=colours[pair])
+            axes.bar_label(bars, fmt="%.1f", fontsize=7)
+        axes.set_xticks(positions, methods)
+        axes.set_ylabel(f"{metric} (%)")
+        axes.set_title(f"{metric}: query model / gallery model")
+        axes.grid(axis="y", alpha=0.3)
+    axes_list[0][0].legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_retrieval_grid(
+    query_images,
+    retrieved_images: Sequence,
+    query_labels,
+    retrieved_labels: Sequence,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    title: str | None = None,
+) -> Path:
+    """One row per query: the query image, then its nearest gallery items (green frame = same class, red = not).
+
+    Args:
+        query_images (array of shape `(n, C, H, W)` or `(n, H, W)`): the query images (uint8 or float).
+        retrieved_images (`Sequence` of arrays `(k, C, H, W)`): the retrieved gallery images, per query.
+        query_labels (`array-like` of shape `(n,)`): class ids of the queries.
+        retrieved_labels (`Sequence` of `array-like`): class ids of the retrieved items, per query.
+        class_names (`Sequence[str]`): a name per class id.
+        path (`str` or `os.PathLike`): the PNG to write.
+        title (`str`, *optional*): figure title.
+    """
+    plt = _pyplot()
+    rows = len(query_labels)
+    columns = 1 + max(len(r) for r in retrieved_labels)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.1 * columns, 1.2 * rows), squeeze=False)
+
+    def show(ax, image, frame=None, caption=None):
+        image = np.asarray(image)
+        if image.ndim == 3:
+            image = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
+        ax.imshow(image, cmap="gray")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if frame is not None:
+            for spine in ax.spines.values():
+                spine.set_edgecolor(frame)
+                spine.set_linewidth(2.5)
+        if caption:
+            ax.set_title(caption, fontsize=6)
+
+    for row in range(rows):
+        show(axes[row][0], query_images[row], "black", f"query: {class_names[int(query_labels[row])]}")
+        for column in range(1, columns):
+            ax = axes[row][column]
+            if column - 1 >= len(retrieved_labels[row]):
+                ax.axis("off")
+                continue
+            same = int(retrieved_labels[row][column - 1]) == int(query_labels[row])
+            show(ax, retrieved_images[row][column - 1], "#2ca02c" if same else "#d62728")
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
