@@ -163,6 +163,7 @@ def resolve_query_model(
                 continue
         kwargs = {"revision": candidate_revision, **hub_kwargs}
         config = BT2Config.from_pretrained(source, **kwargs)
+        config.name_or_path = source  # config-only loading leaves it empty; error messages need the name
         try:
             compatible_prefix(config, fingerprint, dim, gallery_name)
         except IncompatibleModelsError as error:

@@ -344,6 +344,9 @@ class HubServer(ThreadingHTTPServer):
         return self
 
     def stop(self) -> None:
+        if getattr(self, "_stopped", False):
+            return
+        self._stopped = True
         self.shutdown()
         self.server_close()
         if self._thread is not None:
