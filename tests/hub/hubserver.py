@@ -16,6 +16,7 @@ Routes (models only):
 - ``POST /api/models/{ns}/{name}/branch/{branch}`` (409 when the branch exists)
 - ``GET  /api/models/{ns}/{name}[/revision/{rev}]`` (model info with ``sha`` and ``siblings``)
 - ``GET  /api/models/{ns}/{name}/refs``
+- ``GET  /api/models/{ns}/{name}/tree/{rev}[/{path}]`` (``upload_folder(delete_patterns=...)`` lists the repo)
 - ``HEAD|GET /{ns}/{name}/resolve/{rev}/{path}`` (``X-Repo-Commit``, ``ETag``, ``Content-Length``; 404 with
   ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``)
 
@@ -192,6 +193,10 @@ class _Handler(BaseHTTPRequestHandler):
                     "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}},
                 },
             )
+        match = re.match(r"^/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?$", path)
+        if match:
+            recursive = "recursive=true" in urlsplit(self.path).query.lower()
+            return self._tree(match.group(1), unquote(match.group(2)), unquote(match.group(3) or ""), recursive)
         match = re.match(r"^/api/models/([^/]+/[^/]+)(?:/revision/(.+))?$", path)
         if match:
             return self._model_info(match.group(1), unquote(match.group(2) or "main"))
@@ -293,6 +298,33 @@ class _Handler(BaseHTTPRequestHandler):
                 "siblings": [{"rfilename": path, "size": len(data)} for path, data in sorted(files.items())],
             }
         self._send(200, info)
+
+    def _tree(self, repo_id: str, revision: str, folder: str, recursive: bool) -> None:
+        with self.hub.lock:
+            repo = self._repo(repo_id)
+            if repo is None:
+                return
+            sha = repo.resolve(revision)
+            if sha is None:
+                return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            files = repo.commits[sha]
+        prefix = folder.strip("/") + "/" if folder.strip("/") else ""
+        entries, folders = [], set()
+        for path, data in sorted(files.items()):
+            if not path.startswith(prefix):
+                continue
+            rest = path[len(prefix) :]
+            if "/" in rest and not recursive:
+                folders.add(prefix + rest.split("/")[0])
+                continue
+            if recursive:
+                parts = rest.split("/")[:-1]
+                folders.update(prefix + "/".join(parts[: i + 1]) for i in range(len(parts)))
+            entries.append({"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": path})
+        entries += [{"type": "directory", "oid": "0" * 40, "size": 0, "path": f} for f in sorted(folders)]
+        if prefix and not entries:
+            return self._error(404, "EntryNotFound", f"{folder} does not exist at revision {revision}")
+        self._send(200, entries)
 
     def _refs(self, repo_id: str) -> None:
         with self.hub.lock:
