@@ -143,8 +143,7 @@ def pil_to_uint8(image: Any, num_channels: int, image_size: int | None) -> torch
         if image_size is not None and image.size != (image_size, image_size):
             image = image.resize((image_size, image_size))
         image = image.convert("L" if num_channels == 1 else "RGB")
-    array = np.asarray(image)
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    tensor = torch.from_numpy(np.array(image, dtype=np.uint8))  # a copy: PIL buffers are read-only
     tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
     if tensor.shape[0] != num_channels:
         tensor = tensor[:1].expand(3, -1, -1).contiguous() if num_channels == 3 else tensor[:1]

@@ -208,13 +208,22 @@ def train(
     ... )
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration, set_seed
 
     args = training_args
     method = get_method(args.method, method_config)
     _check_output_dir(args)
     output_dir = Path(args.output_dir)
+    # train() may run several times in one Python process (the demo trains old → independent → bt2). accelerate keeps
+    # its mixed-precision setting in a process-wide singleton; reset it (not the process group) so that every call
+    # gets the precision it asks for.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    # accelerate only starts a gloo process group on CPU when told cpu=True; under torchrun on a machine without
+    # CUDA that is what the user wants (otherwise every process silently trains alone).
+    cpu_distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=cpu_distributed,
         mixed_precision=args.mixed_precision,
         log_with=[t.strip() for t in args.log_with.split(",")] if args.log_with else None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
@@ -453,7 +462,9 @@ def train(
 
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.eval()
-    unwrapped.config.training = _training_metadata(method, data, model_args, data_args, args, references, total_steps)
+    unwrapped.config.training = _training_metadata(
+        method, data, model_args, data_args, args, references, total_steps, accelerator.num_processes
+    )
     old = references.get("old")
     if old is not None:
         unwrapped.config.compatible_with = [
@@ -485,7 +496,9 @@ class _nullcontext:
         return False
 
 
-def _training_metadata(method, data, model_args, data_args, args, references, total_steps) -> dict[str, Any]:
+def _training_metadata(
+    method, data, model_args, data_args, args, references, total_steps, world_size
+) -> dict[str, Any]:
     """``config.training``: how the model was trained (method, its config, references, data and class subset)."""
     return {
         **method.metadata(),
@@ -504,5 +517,5 @@ def _training_metadata(method, data, model_args, data_args, args, references, to
         "reference_targets": args.reference_targets,
         "init_from": model_args.init_from,
         "bt2_hf_trainer": "accelerate",
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "world_size": world_size,
     }

@@ -1,0 +1,75 @@
+"""Two processes (torchrun, gloo) give the same losses and weights as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from training_helpers import quick_args, synthetic_data
+
+from bt2_hf.training import DataArguments, ModelArguments, train
+
+HERE = Path(__file__).parent
+REPO = HERE.parent.parent
+# No BatchNorm: with it, each process normalises its own half-batch and 2×4 differs from 1×8 by design.
+VIT = {
+    "model_type": "vit",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 37,
+    "image_size": 32,
+    "patch_size": 8,
+    "num_channels": 3,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.multiprocess
+def test_two_processes_match_one_process(tmp_path):
+    data = synthetic_data(channels=3, size=32)
+    old = train(ModelArguments(backbone_type="hf_vision", backbone_config=VIT, embedding_dim=12),
+                DataArguments(class_subset="0-1"), quick_args(tmp_path / "old", "independent"), train_data=data)  # fmt: skip
+    independent = train(ModelArguments(backbone_type="hf_vision", backbone_config=VIT, embedding_dim=16),
+                        DataArguments(), quick_args(tmp_path / "ind", "independent"), train_data=data)  # fmt: skip
+    model = {"backbone_type": "hf_vision", "backbone_config": VIT, "old_model": str(old),
+             "independent_model": str(independent)}  # fmt: skip
+    training = {"max_steps": 4, "learning_rate": 1e-3}
+
+    single = tmp_path / "single"
+    train(ModelArguments(**model), DataArguments(),
+          quick_args(single, "bt2", per_device_train_batch_size=8, **training), {"extra_dim": 4},
+          train_data=data)  # fmt: skip
+
+    double = tmp_path / "double"
+    spec = {"model": model, "output_dir": str(double), "method": "bt2", "method_config": {"extra_dim": 4},
+            "training": {"per_device_train_batch_size": 4, **training}}  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(HERE)]), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(HERE / "distributed_worker.py"), json.dumps(spec)]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    log_single = json.loads((single / "training_log.json").read_text())
+    log_double = json.loads((double / "training_log.json").read_text())
+    assert [e["step"] for e in log_double] == [1, 2, 3, 4]
+    for a, b in zip(log_single, log_double):
+        for key in ("loss", "classification_loss", "influence_loss", "old_match_loss", "new_match_loss"):
+            assert a[key] == pytest.approx(b[key], abs=2e-4), (a["step"], key)
+    weights_single = load_file(str(single / "model.safetensors"))
+    weights_double = load_file(str(double / "model.safetensors"))
+    for key in weights_single:
+        torch.testing.assert_close(weights_single[key], weights_double[key], rtol=1e-3, atol=1e-4, msg=key)
+    assert json.loads((double / "config.json").read_text())["training"]["world_size"] == 2

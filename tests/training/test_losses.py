@@ -1,0 +1,106 @@
+"""The loss functions and the methods' loss hooks against hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from bt2_hf import BT2Output
+from bt2_hf.losses import classification_loss, cosine_matching_loss, influence_loss, prototype_logits
+from bt2_hf.methods import BCTConfig, BT2MethodConfig, get_method, list_methods
+
+
+def unit(rows):
+    tensor = torch.tensor(rows, dtype=torch.float32)
+    return tensor / tensor.norm(dim=1, keepdim=True)
+
+
+def test_registry_lists_the_three_methods_with_metadata():
+    assert {"independent", "bct", "bt2"} <= set(list_methods())
+    bt2 = get_method("bt2")
+    assert bt2.requires == ("old", "independent")
+    assert bt2.paper["arxiv_id"] == "2211.03989" and "@inproceedings" in bt2.paper["citation"]
+    assert get_method("bct").requires == ("old",)
+    assert get_method("independent").requires == ()
+    with pytest.raises(ValueError, match="Unknown method 'nope'"):
+        get_method("nope")
+    with pytest.raises(ValueError, match="old_match_weight must be >= 0"):
+        BT2MethodConfig(old_match_weight=-1)
+
+
+def test_defaults_follow_the_paper():
+    config = BT2MethodConfig()
+    assert (config.influence_weight, config.old_match_weight, config.new_match_weight) == (10.0, 5.0, 1.0)
+    assert config.label_smoothing == 0.0
+    assert BCTConfig().influence_weight == 10.0 and BCTConfig().label_smoothing == 0.1
+
+
+def test_bt2_loss_equals_hand_computation():
+    # A fixed batch of 2 samples, 3 classes, d_old = 2, feature dim 2.
+    compatible = unit([[3.0, 4.0], [1.0, 0.0]])  # b̂
+    features = unit([[0.0, 1.0], [1.0, 1.0]])  # f̂
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    prototypes = torch.tensor([[0.6, 0.2], [0.0, 0.9], [-0.5, 0.1]])  # W_o: not unit rows
+    old_targets = unit([[1.0, 1.0], [0.0, 1.0]])
+    new_targets = unit([[0.0, 1.0], [1.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    outputs = BT2Output(
+        embeddings=torch.zeros(2, 3), compatible_embeddings=compatible, features=features, logits=logits
+    )
+    method = get_method("bt2", {"influence_weight": 10.0, "old_match_weight": 5.0, "new_match_weight": 1.0})
+    method.prepare(prototypes)
+    losses = method.compute_loss(outputs, {"old": old_targets, "independent": new_targets}, labels)
+
+    def ce(row, label):
+        return -(row[label] - math.log(sum(math.exp(v) for v in row)))
+
+    b = compatible.tolist()
+    w = prototypes.tolist()
+    scores = [[sum(bi * wi for bi, wi in zip(b[i], w[c])) for c in range(3)] for i in range(2)]
+    expected_cls = (ce(logits[0].tolist(), 0) + ce(logits[1].tolist(), 1)) / 2
+    expected_inf = 10 * (ce(scores[0], 0) + ce(scores[1], 1)) / 2
+    cos_old = [sum(x * y for x, y in zip(b[i], old_targets[i].tolist())) for i in range(2)]
+    cos_new = [sum(x * y for x, y in zip(features[i].tolist(), new_targets[i].tolist())) for i in range(2)]
+    expected_old = 5 * (1 - sum(cos_old) / 2)
+    expected_new = 1 * (1 - sum(cos_new) / 2)
+    assert set(losses) == {"classification_loss", "influence_loss", "old_match_loss", "new_match_loss"}
+    assert losses["classification_loss"].item() == pytest.approx(expected_cls, abs=1e-6)
+    assert losses["influence_loss"].item() == pytest.approx(expected_inf, abs=1e-5)
+    assert losses["old_match_loss"].item() == pytest.approx(expected_old, abs=1e-6)
+    assert losses["new_match_loss"].item() == pytest.approx(expected_new, abs=1e-6)
+
+
+def test_bct_influence_uses_only_the_old_prefix_of_a_wider_embedding():
+    embeddings = unit([[1.0, 2.0, 5.0], [2.0, -1.0, 7.0]])  # 3-d new, 2-d old
+    prototypes = torch.tensor([[0.5, 0.5], [-0.5, 0.2]])
+    padded = torch.cat([prototypes, torch.zeros(2, 1)], dim=1)  # BCT's zero-padded W_o
+    labels = torch.tensor([1, 0])
+    expected = F.cross_entropy(embeddings @ padded.T, labels, label_smoothing=0.1)
+    assert influence_loss(embeddings, prototypes, labels, 0.1).item() == pytest.approx(expected.item(), abs=1e-6)
+    method = get_method("bct")
+    method.prepare(prototypes)
+    logits = torch.randn(2, 2)
+    losses = method.compute_loss(BT2Output(embeddings=embeddings, logits=logits), {}, labels)
+    assert losses["influence_loss"].item() == pytest.approx(10 * expected.item(), abs=1e-5)
+    assert losses["classification_loss"].item() == pytest.approx(
+        F.cross_entropy(logits, labels, label_smoothing=0.1).item(), abs=1e-6
+    )
+
+
+def test_loss_helpers_check_shapes_and_are_float32():
+    with pytest.raises(ValueError, match="at least as wide"):
+        prototype_logits(torch.randn(2, 2), torch.randn(3, 4))
+    with pytest.raises(ValueError, match="Cannot match"):
+        cosine_matching_loss(torch.randn(2, 3), torch.randn(2, 4))
+    x = unit([[1.0, 0.0]]).bfloat16()
+    assert cosine_matching_loss(x, x).dtype == torch.float32
+    assert cosine_matching_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    assert classification_loss(torch.zeros(1, 4).half(), torch.tensor([0])).item() == pytest.approx(math.log(4))
+
+
+def test_method_needs_prototypes():
+    with pytest.raises(ValueError, match="prototypes"):
+        get_method("bt2").prepare(None)

@@ -1,0 +1,192 @@
+"""Every method trains through the one accelerate loop; references stay frozen; bad inputs fail cleanly; resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from training_helpers import CNN, quick_args
+
+from bt2_hf import BT2Model
+from bt2_hf.training import DataArguments, EmptyClassError, ModelArguments, train
+
+EXPECTED_TERMS = {
+    "independent": {"classification_loss"},
+    "bct": {"classification_loss", "influence_loss"},
+    "bt2": {"classification_loss", "influence_loss", "old_match_loss", "new_match_loss"},
+}
+
+
+def _state(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("method", ["independent", "bct", "bt2"])
+def test_every_method_trains_and_keeps_references_frozen(tmp_path, data, references, method, monkeypatch):
+    from bt2_hf.training import references as references_module
+
+    loaded = {}
+    original_load = references_module.FrozenReference.load.__func__
+
+    def spy(cls, name, *args, **kwargs):
+        ref = original_load(cls, name, *args, **kwargs)
+        loaded[name] = (ref, {k: v.clone() for k, v in ref.model.state_dict().items()})
+        return ref
+
+    monkeypatch.setattr(references_module.FrozenReference, "load", classmethod(spy))
+    # The same seed gives the same initial weights: an untrained twin (0 steps of learning rate) is the baseline.
+    model_args = ModelArguments(
+        backbone_config=CNN,
+        old_model=references["old"] if method != "independent" else None,
+        independent_model=references["independent"] if method == "bt2" else None,
+    )
+    method_config = {"extra_dim": 8} if method == "bt2" else None
+    start = train(model_args, DataArguments(), quick_args(tmp_path / "start", method, learning_rate=0.0),
+                  method_config, train_data=data)  # fmt: skip
+    out = train(model_args, DataArguments(), quick_args(tmp_path / "out", method), method_config, train_data=data)
+
+    before, after = _state(start), _state(out)
+    changed = [k for k in after if not torch.equal(before[k], after[k])]
+    assert any("backbone" in k for k in changed) and any("head" in k for k in changed)
+
+    assert set(loaded) == set({"independent": (), "bct": ("old",), "bt2": ("old", "independent")}[method])
+    for name, (ref, snapshot) in loaded.items():
+        assert not ref.model.training, f"{name} reference left eval mode"
+        assert not any(p.requires_grad for p in ref.model.parameters())
+        for key, value in ref.model.state_dict().items():
+            assert torch.equal(value, snapshot[key]), f"{name} reference changed: {key}"
+
+    history = json.loads((out / "training_log.json").read_text())
+    assert [entry["step"] for entry in history] == [1, 2, 3]
+    for entry in history:
+        terms = {k for k in entry if k.endswith("_loss")}
+        assert terms == EXPECTED_TERMS[method]
+        assert all(torch.isfinite(torch.tensor(entry[k])) for k in terms | {"loss"})
+        assert entry["loss"] == pytest.approx(sum(entry[k] for k in terms), rel=1e-5)
+    assert (out / "training_log.csv").read_text().startswith(("classification_loss", "epoch", "step", "learning"))
+
+    model = BT2Model.from_pretrained(out)  # fingerprint verified
+    training = model.config.training
+    assert training["method"] == method and training["method_config"]
+    assert (out / "preprocessor_config.json").is_file()
+    if method == "independent":
+        assert model.config.compatible_with == []
+    else:
+        old = BT2Model.from_pretrained(references["old"])
+        entry = model.config.compatible_with[0]
+        assert entry["fingerprint"] == old.config.fingerprint and entry["embedding_dim"] == 16
+        assert training["references"]["old"]["name_or_path"] == references["old"]
+        assert model.config.compatible_dim == 16
+    if method == "bt2":
+        assert model.config.head_type == "basis_transformation"
+        assert model.config.embedding_dim == 24 + 8 and model.config.feature_dim == 24
+
+
+def test_old_model_records_its_class_subset(references):
+    old = BT2Model.from_pretrained(references["old"])
+    assert old.config.training["class_subset"] == [0, 1]
+    assert old.config.num_classes == 4  # the label space is kept, as in the research code
+
+
+def test_empty_class_in_prototypes_is_an_error_and_writes_nothing(tmp_path, data, references):
+    out = tmp_path / "bct"
+    with pytest.raises(EmptyClassError, match=r"Class 3 \(3\) has no training sample"):
+        train(ModelArguments(backbone_config=CNN, old_model=references["old"]), DataArguments(class_subset="0-2"),
+              quick_args(out, "bct"), train_data=data)  # fmt: skip
+    assert not out.exists()
+
+
+def test_old_checkpoint_of_the_wrong_width_is_an_error_and_writes_nothing(tmp_path, data, references):
+    out = tmp_path / "bt2"
+    with pytest.raises(ValueError, match="has 16-d embeddings, but old_embedding_dim=32"):
+        train(
+            ModelArguments(backbone_config=CNN, old_model=references["old"], old_embedding_dim=32,
+                           independent_model=references["independent"]),
+            DataArguments(), quick_args(out, "bt2"), {"extra_dim": 8}, train_data=data,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="at least as wide as the old model's"):
+        train(ModelArguments(backbone_config=CNN, old_model=references["old"], embedding_dim=8), DataArguments(),
+              quick_args(out, "bct"), train_data=data)  # fmt: skip
+    assert not out.exists()
+
+
+def test_missing_data_and_missing_references_are_clear_errors(tmp_path, data):
+    out = tmp_path / "x"
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        train(ModelArguments(backbone_config=CNN), DataArguments(data_dir=str(tmp_path / "nowhere")),
+              quick_args(out, "independent"))  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(ModelArguments(backbone_config=CNN), DataArguments(dataset=str(tmp_path / "missing")),
+              quick_args(out, "independent"))  # fmt: skip
+    with pytest.raises(ValueError, match="needs the frozen old and independent model"):
+        train(ModelArguments(backbone_config=CNN), DataArguments(), quick_args(out, "bt2"), train_data=data)
+    with pytest.raises(FileNotFoundError, match="not a saved bt2_hf model"):
+        train(ModelArguments(backbone_config=CNN, old_model=str(tmp_path)), DataArguments(),
+              quick_args(out, "bct"), train_data=data)  # fmt: skip
+    assert not out.exists()
+
+
+def test_non_empty_output_dir_is_refused(tmp_path, data):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite_output_dir"):
+        train(
+            ModelArguments(backbone_config=CNN), DataArguments(), quick_args(tmp_path, "independent"), train_data=data
+        )
+
+
+def test_stop_then_resume_gives_the_same_weights_as_one_run(tmp_path, data, references):
+    model_args = ModelArguments(
+        backbone_config=CNN, old_model=references["old"], independent_model=references["independent"]
+    )
+    common = dict(max_steps=8, gradient_accumulation_steps=2, per_device_train_batch_size=8, lr_scheduler_type="cosine",
+                  warmup_steps=2)  # fmt: skip
+    # 96 samples / batch 8 / accumulation 2 = 6 steps per epoch: stopping at 3 is mid-epoch, 8 crosses an epoch.
+    straight = train(model_args, DataArguments(), quick_args(tmp_path / "a", "bt2", **common), {"extra_dim": 8},
+                     train_data=data)  # fmt: skip
+    interrupted = tmp_path / "b"
+    train(model_args, DataArguments(), quick_args(interrupted, "bt2", stop_after_steps=3, **common), {"extra_dim": 8},
+          train_data=data)  # fmt: skip
+    assert (interrupted / "checkpoints" / "checkpoint-3").is_dir()
+    assert not (interrupted / "model.safetensors").exists()
+    train(model_args, DataArguments(), quick_args(interrupted, "bt2", resume_from_checkpoint="latest", **common),
+          {"extra_dim": 8}, train_data=data)  # fmt: skip
+    a, b = _state(straight), _state(interrupted)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    log_a = json.loads((straight / "training_log.json").read_text())
+    log_b = json.loads((interrupted / "training_log.json").read_text())
+    assert [e["step"] for e in log_b] == list(range(1, 9))
+    for x, y in zip(log_a, log_b):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
+    assert not any(p.name.startswith(".tmp") for p in (interrupted / "checkpoints").iterdir())
+
+
+def test_precomputed_targets_and_mixed_precision_run(tmp_path, data, references):
+    out = train(
+        ModelArguments(backbone_config=CNN, old_model=references["old"], independent_model=references["independent"]),
+        DataArguments(),
+        quick_args(tmp_path / "pre", "bt2", reference_targets="precomputed", mixed_precision="bf16", save_steps=2),
+        {"extra_dim": 8},
+        train_data=data,
+    )
+    history = json.loads((out / "training_log.json").read_text())
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in history)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-2"]
+
+
+def test_eval_hook_is_called_per_epoch_and_logged(tmp_path, data):
+    calls = []
+
+    def eval_fn(model, accelerator, epoch):
+        calls.append((epoch, model.training))
+        return {"top1": 0.5}
+
+    out = train(ModelArguments(backbone_config=CNN, embedding_dim=8), DataArguments(),
+                quick_args(tmp_path / "e", "independent", max_steps=-1, num_train_epochs=2, logging_steps=100),
+                train_data=data, eval_fn=eval_fn)  # fmt: skip
+    assert calls == [(1, False), (2, False)]
+    history = json.loads((out / "training_log.json").read_text())
+    assert [e["eval_top1"] for e in history if "eval_top1" in e] == [0.5, 0.5]
