@@ -288,6 +288,9 @@ class BT2Model(BT2PreTrainedModel):
         """
         is_main_process = kwargs.get("is_main_process", True)
         self.config.fingerprint = fingerprint_model(self)
+        from .hub.metadata import validate_compatibility_metadata  # refuse to write a config that cannot be read back
+
+        validate_compatibility_metadata(self.config)
         if kwargs.get("push_to_hub"):
             super().save_pretrained(save_directory, *args, **kwargs)
             return

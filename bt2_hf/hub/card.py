@@ -289,6 +289,7 @@ def render_model_card(
     >>> card = render_model_card(BT2Config(embedding_dim=16), repo_id="org/model")
     >>> card.data.library_name, card.data.pipeline_tag
     ('bt2_hf', 'image-feature-extraction')
+
     ```
     """
     card_data, entries = build_card_data(

@@ -115,6 +115,11 @@ def validate_compatibility_metadata(config: Any) -> None:
                 "model whose width fits its compatible prefix: fix the entry or train with old_embedding_dim="
                 f"{prefix}."
             )
+        revision = entry.get("revision")
+        if revision is not None and not isinstance(revision, str):
+            raise CompatibilityMetadataError(
+                f"{label} in the {where} has revision={revision!r}; use a branch, tag or commit sha string (or null)."
+            )
         if own is not None and fingerprint == own:
             raise CompatibilityMetadataError(
                 f"{label} in the {where} lists the model itself (same fingerprint); a model is always compatible "
@@ -346,6 +351,7 @@ def declare_compatibility(
     >>> entry = declare_compatibility(new_config, old, method="bt2", name_or_path="org/old", revision="main")
     >>> entry["embedding_dim"], new_config.compatible_with[0]["name_or_path"]
     (16, 'org/old')
+
     ```
     """
     from ..compatibility import IncompatibleModelsError
@@ -376,6 +382,13 @@ def declare_compatibility(
         raise CompatibilityMetadataError(
             "Say how compatibility was obtained: method='bt2' (or 'bct', …), or set new_config.training['method']."
         )
+    if getattr(new_config, "fingerprint", None) == old_fingerprint:
+        # The new model was initialised from the old checkpoint and still carries its fingerprint; it is stale (the
+        # weights changed in training) and save_pretrained recomputes it.
+        logger.warning(
+            "%s carries the old model's fingerprint; dropping it (save_pretrained recomputes it).", new_name
+        )
+        new_config.fingerprint = None
     revision = revision or getattr(old_config, "_commit_hash", None)
     entry: dict[str, Any] = {
         "name_or_path": str(old_name),

@@ -146,3 +146,8 @@ def test_card_cli(tmp_path, declared_pair, capsys):
     assert ModelCard.load(output).data.library_name == "bt2_hf"
     assert card_main([str(tmp_path / "nowhere")]) == 1
     assert "no config.json" in capsys.readouterr().err
+    # Through the `bt2` dispatcher too.
+    from bt2_hf.cli.main import main as bt2_main
+
+    assert bt2_main(["card", str(new_dir), "--output", str(tmp_path / "CARD2.md")]) == 0
+    assert (tmp_path / "CARD2.md").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from bt2_hf import BT2Config, BT2Model, IncompatibleModelsError, compatible_prefix
 from bt2_hf.hub import (
@@ -125,6 +126,7 @@ def test_declaring_needs_old_fingerprint_and_method(bt2_model):
         ([_entry(criterion={"passed": True, "metric": "top1"})], "lack new/old or old/old"),
         ([_entry(metrics={"new-old": {"top1": 1.0}})], "'query/gallery'"),
         (["org/old"], "not a dict"),
+        ([_entry(revision=3)], "revision=3"),
     ],
 )
 def test_validation_errors(entries, match):
@@ -200,3 +202,19 @@ def test_compatible_prefix_refusal_names_both_models_and_lineage(tmp_path, old_m
     assert "backfill" in message
     # A bare-hex fingerprint (as some manifests store it) matches the prefixed one.
     assert compatible_prefix(new_config, old_config.fingerprint.removeprefix("sha256:"), 16, "org/old") == 16
+
+
+def test_fine_tuned_copy_of_the_old_checkpoint_drops_the_stale_fingerprint(tmp_path, old_model):
+    old_model.save_pretrained(tmp_path / "old")
+    new = BT2Model.from_pretrained(tmp_path / "old")  # starts from the old weights, then would be fine-tuned
+    assert new.config.fingerprint == old_model.config.fingerprint
+    declare_compatibility(new.config, old_model, method="bct", name_or_path="org/old")
+    assert new.config.fingerprint is None
+    with pytest.raises(CompatibilityMetadataError, match="lists the model itself"):
+        new.save_pretrained(tmp_path / "untrained")  # not trained yet: it *is* the old model; nothing is written
+    assert not (tmp_path / "untrained" / "config.json").exists()
+    with torch.no_grad():
+        next(iter(new.parameters())).view(-1)[0] += 0.1  # stands in for fine-tuning
+    new.save_pretrained(tmp_path / "new")  # the fingerprint is recomputed here
+    saved = BT2Config.from_pretrained(tmp_path / "new")
+    assert saved.fingerprint not in (None, old_model.config.fingerprint)
