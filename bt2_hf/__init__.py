@@ -12,6 +12,14 @@ from .compatibility import IncompatibleModelsError, compatible_prefix
 from .configuration_bt2 import BT2Config
 from .fingerprint import fingerprint_model, fingerprint_state_dict
 from .heads import BasisTransformationHead, LinearHead, OrthogonalLinear
+from .hub import (
+    CompatibilityMetadataError,
+    declare_compatibility,
+    push_to_hub,
+    render_model_card,
+    resolve_query_model,
+    validate_compatibility_metadata,
+)
 from .modeling_bt2 import BT2Model, BT2Output, BT2PreTrainedModel, FingerprintMismatchError
 from .processing import BT2ImageProcessor
 
@@ -27,12 +35,18 @@ __all__ = [
     "BT2Output",
     "BT2PreTrainedModel",
     "BasisTransformationHead",
+    "CompatibilityMetadataError",
     "FingerprintMismatchError",
     "IncompatibleModelsError",
     "LinearHead",
     "OrthogonalLinear",
     "__version__",
     "compatible_prefix",
+    "declare_compatibility",
     "fingerprint_model",
     "fingerprint_state_dict",
+    "push_to_hub",
+    "render_model_card",
+    "resolve_query_model",
+    "validate_compatibility_metadata",
 ]
