@@ -53,6 +53,9 @@ class SeriesVersion:
         learning_rate (`float`, *optional*, defaults to 1e-3): peak learning rate.
         batch_size (`int`, *optional*, defaults to 128): images per step.
         warmup_steps (`int`, *optional*, defaults to 0): linear warm-up steps.
+        head_nonlinearity (`str`, *optional*, defaults to `"relu"`): used by the version *and* its independent twin
+            (the research code's post-ReLU features for both). They must agree: BT²'s feature ``f`` is matched to the
+            twin's embedding, and a post-ReLU ``f`` cannot match a signed one.
     """
 
     name: str
@@ -66,6 +69,7 @@ class SeriesVersion:
     learning_rate: float = 1e-3
     batch_size: int = 128
     warmup_steps: int = 0
+    head_nonlinearity: str = "relu"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SeriesVersion:
@@ -179,6 +183,7 @@ def _train_one(
             backbone_type=version.backbone_type,
             backbone_config=json.dumps(version.backbone_config),
             embedding_dim=version.feature_dim if method == "independent" else None,
+            head_nonlinearity=version.head_nonlinearity,
             old_model=old_model,
             independent_model=independent_model,
         ),

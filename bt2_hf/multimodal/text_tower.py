@@ -329,6 +329,7 @@ def build_text_tower(
     feature_scale: float = 2.0,
     backbone_type: str = "hf_text",
     pooling: str = "default",
+    head_nonlinearity: str = "none",
     seed: int = 0,
 ) -> BT2Model:
     """A text tower from a local pretrained checkpoint with a fresh head (linear, or BT² against an old image model).
@@ -346,6 +347,7 @@ def build_text_tower(
         feature_scale (`float`, *optional*, defaults to 2.0): BT²: ``C``.
         backbone_type (`str`, *optional*, defaults to `"hf_text"`): ``hf_text`` or ``open_clip_text``.
         pooling (`str`, *optional*, defaults to `"default"`): mean pooling for BERT-family models.
+        head_nonlinearity (`str`, *optional*, defaults to `"none"`): for both towers alike (see the comment below).
         seed (`int`, *optional*, defaults to 0): seed of the head's initialisation.
     """
     torch.manual_seed(seed)
@@ -361,6 +363,9 @@ def build_text_tower(
         )
     else:
         head = dict(head_type="linear", embedding_dim=embedding_dim or 64)
+    # Both towers use the same nonlinearity: f (post-ReLU would be non-negative) must be able to match the
+    # independent tower's signed embedding, or the new-match term can never reach zero.
+    head["head_nonlinearity"] = head_nonlinearity
     return BT2Model.from_pretrained_backbone(
         text_model_path, backbone_type, pooling=pooling, num_classes=num_classes, **head
     )
