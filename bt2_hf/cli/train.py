@@ -62,7 +62,9 @@ def parse_args(argv: list[str] | None = None):
     dests = {action.dest: action for action in parser._actions}
     unknown = sorted(set(values) - set(dests))
     if unknown:
-        raise ValueError(f"Unknown option(s) {unknown} in {known.config}; see `bt2 train --method {method_name} --help`.")
+        raise ValueError(
+            f"Unknown option(s) {unknown} in {known.config}; see `bt2 train --method {method_name} --help`."
+        )
     defaults = {}
     for key, value in values.items():
         if isinstance(value, (dict, list)) and key == "backbone_config":
