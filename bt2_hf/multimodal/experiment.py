@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image_batch_size", type=int, default=128)
     parser.add_argument("--text_steps", type=int, default=300, help="Optimizer steps of each text tower.")
     parser.add_argument("--text_batch_size", type=int, default=32)
+    parser.add_argument(
+        "--text_finetune_backbone",
+        action="store_true",
+        help="Fine-tune the text encoder too (GPU); by default only the heads train on its frozen features (CPU).",
+    )
+    parser.add_argument("--text_head_learning_rate", type=float, default=1e-3)
     parser.add_argument("--gallery_size", type=int, default=None, help="Test images in the gallery (default all).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--disable_tqdm", action="store_true")
@@ -136,7 +142,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     train_captions, train_labels = class_captions(class_names, train_templates)
     eval_captions, eval_labels = class_captions(class_names, eval_templates)
     text_args = TextTowerTrainingArguments(
-        max_steps=args.text_steps, batch_size=args.text_batch_size, seed=args.seed, disable_tqdm=args.disable_tqdm
+        max_steps=args.text_steps,
+        batch_size=args.text_batch_size,
+        seed=args.seed,
+        disable_tqdm=args.disable_tqdm,
+        freeze_backbone=not args.text_finetune_backbone,
+        head_learning_rate=args.text_head_learning_rate,
     )
 
     # 3. the independent text tower φ'_text, aligned with the new image model

@@ -10,6 +10,7 @@ from transformers import AutoTokenizer, BertConfig
 from bt2_hf import BT2Config, BT2Model
 from bt2_hf.multimodal import (
     AlignedTextTowerLoss,
+    BT2TextTowerConfig,
     BT2TextTowerLoss,
     TextTowerTrainingArguments,
     build_image_text_dataset,
@@ -149,3 +150,20 @@ def test_text_to_image_metrics_match_brute_force():
     explicit = evaluate_text_to_image(texts, gallery, query_relevant=own, gallery_ids=ids, metrics=["recall@1"])
     assert explicit["recall@1"] == 1.0
     assert chance_recall_at_1([0, 1], [0, 0, 0, 1]) == pytest.approx((0.75 + 0.25) / 2)
+
+
+def test_frozen_backbone_trains_the_head_only(tokenizer):
+    model = tiny_text_tower(tokenizer, "basis_transformation")
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    head_before = model.head.projection.weight.clone()
+    captions, labels = class_captions(CLASS_NAMES, ["a photo of {article} {name}.", "{name}"])
+    args = TextTowerTrainingArguments(
+        max_steps=5, batch_size=4, warmup_steps=0, freeze_backbone=True, disable_tqdm=True
+    )
+    loss = BT2TextTowerLoss(torch.randn(3, 8), BT2TextTowerConfig(new_match_weight=0.0))
+    history = train_text_tower(model, captions, labels, loss, args, device="cpu")
+    assert np.isfinite(history[-1]["loss"]) and "new_match_loss" not in history[-1]
+    assert all(torch.equal(v, backbone_before[k]) for k, v in model.backbone.state_dict().items())
+    assert not torch.equal(model.head.projection.weight, head_before)
+    assert all(p.requires_grad for p in model.parameters())  # usable for further fine-tuning
+    assert model.config.training["freeze_backbone"] is True
