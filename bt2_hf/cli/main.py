@@ -14,6 +14,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("bt2_hf.cli.train", "train an old / independent / BCT / BT² model from a recipe"),
     "eval": ("bt2_hf.cli.eval", "evaluate compatibility between models (old/old, new/old, new/new, matrix)"),
+    "eval-text": ("bt2_hf.cli.eval_text", "evaluate text queries against an image gallery (old or new model)"),
+    "series": ("bt2_hf.cli.series", "train and evaluate a series of BT² updates v1 → v2 → v3"),
     "index": ("bt2_hf.cli.index", "build or search a gallery index with a manifest"),
     "push": ("bt2_hf.cli.push", "push a checkpoint with its card to the Hub"),
     "card": ("bt2_hf.cli.card", "render or refresh a model card from a checkpoint and an evaluation JSON"),
@@ -23,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _usage() -> str:
     lines = ["usage: bt2 <command> [options]", "", "commands:"]
-    lines += [f"  {name:<8} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items()]
     lines += ["", "Run `bt2 <command> --help` for the options of one command."]
     return "\n".join(lines)
 
