@@ -130,6 +130,10 @@ def _build_model(
     overrides = method.build_config_overrides(dims, model_args.embedding_dim)
     if model_args.head_nonlinearity is not None:
         overrides["head_nonlinearity"] = model_args.head_nonlinearity
+    elif "independent" in references and overrides.get("head_type") == "basis_transformation":
+        # BT² matches its feature f to the independent model's embedding: f must be able to take the same signs,
+        # so it inherits the independent head's nonlinearity (a ReLU'd f cannot match a signed embedding).
+        overrides["head_nonlinearity"] = references["independent"].model.config.head_nonlinearity
     kwargs = dict(pooling=model_args.pooling, num_classes=num_classes, **overrides)
     if model_args.init_from:
         if model_args.backbone_config:

@@ -190,3 +190,31 @@ def test_eval_hook_is_called_per_epoch_and_logged(tmp_path, data):
     assert calls == [(1, False), (2, False)]
     history = json.loads((out / "training_log.json").read_text())
     assert [e["eval_top1"] for e in history if "eval_top1" in e] == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("independent_nonlinearity", ["none", "relu"])
+def test_bt2_feature_inherits_the_independent_models_nonlinearity(
+    tmp_path, data, references, independent_nonlinearity
+):
+    """f is matched to the independent embedding, so it must be able to take the same signs."""
+    independent = references["independent"]
+    if independent_nonlinearity == "relu":
+        independent = str(
+            train(
+                ModelArguments(backbone_config=CNN, embedding_dim=24, head_nonlinearity="relu"),
+                DataArguments(),
+                quick_args(tmp_path / "independent_relu", "independent"),
+                train_data=data,
+            )
+        )
+    out = train(
+        ModelArguments(backbone_config=CNN, old_model=references["old"], independent_model=independent),
+        DataArguments(),
+        quick_args(tmp_path / "bt2", "bt2"),
+        {"extra_dim": 8},
+        train_data=data,
+    )
+    model = BT2Model.from_pretrained(out)
+    assert model.config.head_nonlinearity == independent_nonlinearity
+    features = model(pixel_values=torch.randn(4, 1, 28, 28)).features
+    assert bool((features < 0).any()) == (independent_nonlinearity == "none")
