@@ -39,6 +39,10 @@ class BT2Config(PreTrainedConfig):
         head_nonlinearity (`str`, *optional*): ``"relu"`` or ``"none"`` before normalising; defaults to ``"relu"`` for
             BT² (the research code's post-ReLU features) and ``"none"`` for linear heads.
         num_classes (`int`, *optional*, defaults to 0): width of the training classifier (0: none).
+        logit_scale (`float`, *optional*, defaults to 1.0): fixed factor on the classifier's logits. The classifier
+            sees unit-norm features, so with a scale of 1 its logits grow only as fast as its weights do; the research
+            code uses 1 (and 100 epochs); a cosine-classifier scale such as 16 trains short schedules much faster.
+            It changes only the training classifier, never the embeddings.
         normalize (`bool`, *optional*, defaults to `True`): embeddings are L2-normalised (always true for bt2_hf models).
         similarity (`str`, *optional*, defaults to `"cosine"`): the similarity the embeddings are meant for.
         fingerprint (`str`, *optional*): sha256 of the saved weights, written by ``save_pretrained``.
@@ -74,6 +78,7 @@ class BT2Config(PreTrainedConfig):
         feature_scale: float = 2.0,
         head_nonlinearity: str | None = None,
         num_classes: int = 0,
+        logit_scale: float = 1.0,
         normalize: bool = True,
         similarity: str = "cosine",
         fingerprint: str | None = None,
@@ -125,6 +130,8 @@ class BT2Config(PreTrainedConfig):
                 raise ValueError(
                     f"compatible_dim must be in [1, embedding_dim={embedding_dim}], got {compatible_dim}."
                 )
+        if logit_scale <= 0:
+            raise ValueError(f"logit_scale must be positive, got {logit_scale}.")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}.")
 
@@ -140,6 +147,7 @@ class BT2Config(PreTrainedConfig):
         self.feature_scale = float(feature_scale)
         self.head_nonlinearity = head_nonlinearity
         self.num_classes = int(num_classes)
+        self.logit_scale = float(logit_scale)
         self.normalize = normalize
         self.similarity = similarity
         self.fingerprint = fingerprint

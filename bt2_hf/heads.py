@@ -85,6 +85,8 @@ class LinearHead(nn.Module):
         compatible_dim (`int`, *optional*): prefix length compatible with an older model; defaults to ``embedding_dim``.
         nonlinearity (`str`, *optional*, defaults to `"none"`): ``"relu"`` applies a ReLU before normalising (the
             research code's ResNets do), ``"none"`` does not.
+        logit_scale (`float`, *optional*, defaults to 1.0): fixed factor on the classifier's logits (see
+            ``BT2Config.logit_scale``).
     """
 
     def __init__(
@@ -94,11 +96,13 @@ class LinearHead(nn.Module):
         num_labels: int = 0,
         compatible_dim: int | None = None,
         nonlinearity: str = "none",
+        logit_scale: float = 1.0,
     ):
         super().__init__()
         self.embedding_dim = embedding_dim
         self.compatible_dim = embedding_dim if compatible_dim is None else compatible_dim
         self.nonlinearity = nonlinearity
+        self.logit_scale = logit_scale
         self.projection = nn.Linear(input_dim, embedding_dim)
         self.classifier = nn.Linear(embedding_dim, num_labels, bias=False) if num_labels > 0 else None
 
@@ -107,7 +111,7 @@ class LinearHead(nn.Module):
         if self.nonlinearity == "relu":
             hidden = F.relu(hidden)
         embeddings = F.normalize(hidden, dim=-1)
-        logits = self.classifier(embeddings) if self.classifier is not None else None
+        logits = self.logit_scale * self.classifier(embeddings) if self.classifier is not None else None
         if self.compatible_dim == self.embedding_dim:
             compatible = embeddings
         else:
@@ -141,6 +145,7 @@ class BasisTransformationHead(nn.Module):
         num_labels (`int`, *optional*, defaults to 0): classes of the classifier on ``f``; 0 means no classifier.
         nonlinearity (`str`, *optional*, defaults to `"relu"`): ``"relu"`` (the research code's post-ReLU features)
             or ``"none"``.
+        logit_scale (`float`, *optional*, defaults to 1.0): fixed factor on the classifier's logits.
     """
 
     def __init__(
@@ -152,6 +157,7 @@ class BasisTransformationHead(nn.Module):
         feature_scale: float = 2.0,
         num_labels: int = 0,
         nonlinearity: str = "relu",
+        logit_scale: float = 1.0,
     ):
         super().__init__()
         validate_bt2_dims(feature_dim, old_embedding_dim, extra_dim)
@@ -160,6 +166,7 @@ class BasisTransformationHead(nn.Module):
         self.extra_dim = extra_dim
         self.feature_scale = feature_scale
         self.nonlinearity = nonlinearity
+        self.logit_scale = logit_scale
         self.embedding_dim = feature_dim + extra_dim
         self.compatible_dim = old_embedding_dim
         self.projection = nn.Linear(input_dim, feature_dim + old_embedding_dim)
@@ -179,7 +186,7 @@ class BasisTransformationHead(nn.Module):
         extra_block = transformed[:, self.old_embedding_dim :]
         # ‖[b ; e]‖ = √(1 + C²) for every input, so dividing by the constant is exactly the L2 normalisation.
         embeddings = torch.cat([old_block, extra_block], dim=-1) / math.sqrt(1.0 + self.feature_scale**2)
-        logits = self.classifier(features) if self.classifier is not None else None
+        logits = self.logit_scale * self.classifier(features) if self.classifier is not None else None
         return HeadOutput(
             embeddings=embeddings,
             compatible_embeddings=F.normalize(old_block, dim=-1),

@@ -146,6 +146,7 @@ class BT2Model(BT2PreTrainedModel):
                 feature_scale=config.feature_scale,
                 num_labels=config.num_classes,
                 nonlinearity=config.head_nonlinearity,
+                logit_scale=config.logit_scale,
             )
         else:
             self.head = LinearHead(
@@ -154,6 +155,7 @@ class BT2Model(BT2PreTrainedModel):
                 num_labels=config.num_classes,
                 compatible_dim=config.compatible_dim,
                 nonlinearity=config.head_nonlinearity,
+                logit_scale=config.logit_scale,
             )
         # Preprocessing travels with the model (saved by save_pretrained, restored by from_pretrained).
         self.processor = default_processor(config, self.backbone.backbone_config)

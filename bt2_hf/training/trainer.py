@@ -134,7 +134,7 @@ def _build_model(
         # BT² matches its feature f to the independent model's embedding: f must be able to take the same signs,
         # so it inherits the independent head's nonlinearity (a ReLU'd f cannot match a signed embedding).
         overrides["head_nonlinearity"] = references["independent"].model.config.head_nonlinearity
-    kwargs = dict(pooling=model_args.pooling, num_classes=num_classes, **overrides)
+    kwargs = dict(pooling=model_args.pooling, num_classes=num_classes, logit_scale=model_args.logit_scale, **overrides)
     if model_args.init_from:
         if model_args.backbone_config:
             kwargs["backbone_config"] = model_args.backbone_config

@@ -112,3 +112,14 @@ def test_linear_head_prefix_and_norms():
 def test_bad_bt2_dims_are_refused(feature_dim, old_dim, extra_dim, message):
     with pytest.raises(ValueError, match=message):
         validate_bt2_dims(feature_dim, old_dim, extra_dim)
+
+
+def test_logit_scale_multiplies_only_the_logits():
+    torch.manual_seed(0)
+    plain = LinearHead(input_dim=10, embedding_dim=8, num_labels=3)
+    scaled = LinearHead(input_dim=10, embedding_dim=8, num_labels=3, logit_scale=16.0)
+    scaled.load_state_dict(plain.state_dict())
+    pooled = torch.randn(4, 10)
+    a, b = plain(pooled), scaled(pooled)
+    assert torch.equal(a.embeddings, b.embeddings)
+    assert torch.allclose(b.logits, 16.0 * a.logits)
