@@ -45,7 +45,11 @@ def prototype_logits(embeddings: torch.Tensor, prototypes: torch.Tensor) -> torc
 
 
 def influence_loss(
-    embeddings: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+    embeddings: torch.Tensor,
+    prototypes: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float = 0.0,
+    scale: float = 1.0,
 ) -> torch.Tensor:
     """BCT's influence loss: cross-entropy of :func:`prototype_logits` (Shen et al. 2020; bt2-method §1.4, §2).
 
@@ -54,8 +58,12 @@ def influence_loss(
         prototypes (`torch.Tensor` of shape `(num_classes, d_old)`): the fixed pseudo-classifier ``W_o``.
         labels (`torch.LongTensor` of shape `(batch,)`): class ids.
         label_smoothing (`float`, *optional*, defaults to 0.0): label smoothing of the cross-entropy.
+        scale (`float`, *optional*, defaults to 1.0): factor on the logits (an inverse temperature). Unit
+            embeddings against class means give logits within [-1, 1], an almost uniform softmax; the research code
+            uses 1, a larger scale sharpens the pull towards the right prototype.
     """
-    return F.cross_entropy(prototype_logits(embeddings, prototypes), labels, label_smoothing=label_smoothing)
+    logits = prototype_logits(embeddings, prototypes)
+    return F.cross_entropy(scale * logits, labels, label_smoothing=label_smoothing)
 
 
 def cosine_matching_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

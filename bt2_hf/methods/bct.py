@@ -14,10 +14,19 @@ class BCTConfig(MethodConfig):
     """Configuration of BCT (bt2-method §2): ``CE_ls(W φ, y) + influence_weight · CE_ls(φ[:d_old] · W_oᵀ, y)``.
 
     Args:
+        influence_scale (`float`, *optional*, defaults to 1.0): inverse temperature of the influence logits (the
+            research code: 1).
         influence_weight (`float`, *optional*, defaults to 10.0): weight of the influence loss (BCT's α).
         label_smoothing (`float`, *optional*, defaults to 0.1): label smoothing of both cross-entropies.
     """
 
+    influence_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Inverse temperature of the influence loss's logits (1: the research code; larger values pull "
+            "harder towards the right old prototype)."
+        },
+    )
     influence_weight: float = field(
         default=10.0,
         metadata={"help": "Weight of the influence loss through the old model's class prototypes (BCT's alpha)."},
@@ -67,5 +76,7 @@ class BCTMethod(CompatibilityMethod):
             "classification_loss": classification_loss(outputs.logits, labels, smoothing),
             # The un-renormalised prefix: φ·W_padᵀ with a zero-padded W_o, as in BCT.
             "influence_loss": self.config.influence_weight
-            * influence_loss(outputs.embeddings, self.prototypes, labels, smoothing),
+            * influence_loss(
+                outputs.embeddings, self.prototypes, labels, smoothing, scale=self.config.influence_scale
+            ),
         }

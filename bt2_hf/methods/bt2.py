@@ -17,6 +17,8 @@ class BT2MethodConfig(MethodConfig):
     + new_match_weight · (1 − cos(f̂, φ'_new))``
 
     Args:
+        influence_scale (`float`, *optional*, defaults to 1.0): inverse temperature of the influence logits (the
+            research code: 1).
         influence_weight (`float`, *optional*, defaults to 10.0): weight of the influence loss of the compatible
             block through the old prototypes (the research code's λ2).
         old_match_weight (`float`, *optional*, defaults to 5.0): weight of matching the compatible block to the old
@@ -31,6 +33,13 @@ class BT2MethodConfig(MethodConfig):
 
     label_smoothing: float = field(
         default=0.0, metadata={"help": "Label smoothing of the classification loss (BT²'s research code uses none)."}
+    )
+    influence_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Inverse temperature of the influence loss's logits (1: the research code; larger values pull "
+            "harder towards the right old prototype)."
+        },
     )
     influence_weight: float = field(
         default=10.0, metadata={"help": "Weight of the influence loss of the compatible block through W_o."}
@@ -100,7 +109,7 @@ class BT2Method(CompatibilityMethod):
         return {
             "classification_loss": classification_loss(outputs.logits, labels, config.label_smoothing),
             "influence_loss": config.influence_weight
-            * influence_loss(outputs.compatible_embeddings, self.prototypes, labels),
+            * influence_loss(outputs.compatible_embeddings, self.prototypes, labels, scale=config.influence_scale),
             "old_match_loss": config.old_match_weight
             * cosine_matching_loss(outputs.compatible_embeddings, targets["old"]),
             "new_match_loss": config.new_match_weight * cosine_matching_loss(outputs.features, targets["independent"]),

@@ -104,3 +104,11 @@ def test_loss_helpers_check_shapes_and_are_float32():
 def test_method_needs_prototypes():
     with pytest.raises(ValueError, match="prototypes"):
         get_method("bt2").prepare(None)
+
+
+def test_influence_scale_is_an_inverse_temperature():
+    embeddings = torch.nn.functional.normalize(torch.randn(6, 4), dim=-1)
+    prototypes = torch.randn(3, 4) * 0.3
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    expected = torch.nn.functional.cross_entropy(8.0 * embeddings @ prototypes.T, labels)
+    assert torch.allclose(influence_loss(embeddings, prototypes, labels, scale=8.0), expected)
