@@ -44,6 +44,8 @@ class DemoSize:
     new_epochs: int = 3
     batch_size: int = 128
     learning_rate: float = 1e-3
+    logit_scale: float = 16.0
+    influence_scale: float = 1.0
     eval_samples: int | None = None  # None: the whole 10k test split
     backfill_points: int = 11
 
@@ -128,6 +130,7 @@ def _stage_arguments(name: str, size: DemoSize, models_dir: Path, device: str, s
             backbone_type="small_cnn",
             backbone_config=json.dumps({"num_channels": 1, "widths": list(size.old_widths), "image_size": 28}),
             embedding_dim=size.embedding_dim,
+            logit_scale=size.logit_scale,
         )
         data_args = DataArguments(class_subset=size.old_classes, max_train_samples=size.old_train_samples)
         training_args = BT2TrainingArguments(
@@ -144,6 +147,7 @@ def _stage_arguments(name: str, size: DemoSize, models_dir: Path, device: str, s
         backbone_type="hf_vision",
         backbone_config=json.dumps(_vit_config(size)),
         embedding_dim=None if name == "bt2" else size.embedding_dim,
+        logit_scale=size.logit_scale,
         **references,
     )
     data_args = DataArguments(max_train_samples=size.new_train_samples)
@@ -155,7 +159,11 @@ def _stage_arguments(name: str, size: DemoSize, models_dir: Path, device: str, s
 
 
 def _method_config(name: str, size: DemoSize) -> dict[str, Any] | None:
-    return {"extra_dim": size.extra_dim} if name == "bt2" else None
+    if name == "bt2":
+        return {"extra_dim": size.extra_dim, "influence_scale": size.influence_scale}
+    if name == "bct":
+        return {"influence_scale": size.influence_scale}
+    return None
 
 
 def _percent(metrics: dict[str, float]) -> dict[str, float]:
@@ -242,6 +250,13 @@ def run_demo(
     images, labels = test_data.images, test_data.labels.numpy()
     embeddings = {name: _embed(path, images, device) for name, path in model_dirs.items()}
     evaluator = RetrievalEvaluator(metrics=("top1", "top5", "map"))
+    # old/old and the independent model's own retrieval are shared by every method: evaluate them once.
+    shared = {
+        "old/old": evaluator.evaluate(embeddings["old"], embeddings["old"], labels, labels, same_items=True),
+        "indep/indep": evaluator.evaluate(
+            embeddings["independent"], embeddings["independent"], labels, labels, same_items=True
+        ),
+    }
     reports = {
         method: compare_models(
             embeddings["old"],
@@ -249,9 +264,12 @@ def run_demo(
             labels,
             independent=embeddings["independent"],
             evaluator=evaluator,
+            known_results={**shared, **({"new/new": shared["indep/indep"]} if method == "independent" else {})},
         )
         for method in METHODS
     }
+    # The backfill curve reports top-1 (and top-5): they need only the nearest neighbours, not a full ranking.
+    backfill_evaluator = RetrievalEvaluator(metrics=("top1", "top5"))
     curves = [
         backfill_curve(
             embeddings["old"],
@@ -260,7 +278,7 @@ def run_demo(
             betas=np.linspace(0.0, 1.0, size.backfill_points),
             order=order,
             seed=seed,
-            evaluator=evaluator,
+            evaluator=backfill_evaluator,
         )
         for order in ("random", "centroid-distance")
     ]
@@ -282,9 +300,9 @@ def run_demo(
             curve.order: {
                 "betas": [float(b) for b in curve.betas],
                 "top1": [round(100 * v, 2) for v in curve.values["top1"]],
-                "mAP": [round(100 * v, 2) for v in curve.values["map"]],
+                "top5": [round(100 * v, 2) for v in curve.values["top5"]],
                 "area_top1": round(100 * curve.area["top1"], 2),
-                "area_mAP": round(100 * curve.area["map"], 2),
+                "area_top5": round(100 * curve.area["top5"], 2),
             }
             for curve in curves
         },

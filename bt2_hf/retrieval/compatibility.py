@@ -108,6 +108,7 @@ def compare_models(
     metrics: Sequence[str] = DEFAULT_METRICS,
     evaluator: RetrievalEvaluator | None = None,
     flip_metric: str | None = None,
+    known_results: dict[str, RetrievalResult] | None = None,
 ) -> PairReport:
     """Evaluate old/old, new/old and new/new (and indep/indep) in one call and derive the compatibility numbers.
 
@@ -123,6 +124,9 @@ def compare_models(
         evaluator (`RetrievalEvaluator`, *optional*): to choose the backend or the research protocol.
         flip_metric (`str`, *optional*): the per-query outcome used for flip rates; defaults to the first ``top<k>``
             metric (``top1`` by default).
+        known_results (`dict[str, RetrievalResult]`, *optional*): results already computed with the same evaluator
+            and labels, keyed like :attr:`PairReport.results` (e.g. ``"old/old"`` and ``"indep/indep"`` shared by
+            several new models); those pairs are not evaluated again.
 
     >>> import numpy as np
     >>> from bt2_hf.retrieval.compatibility import compare_models
@@ -133,14 +137,15 @@ def compare_models(
     """
     evaluator = evaluator or RetrievalEvaluator(metrics=metrics)
     old, new = _as_model(old, "old"), _as_model(new, "new")
-    results = {
-        "old/old": _evaluate(evaluator, old, old, query_labels, gallery_labels),
-        "new/old": _evaluate(evaluator, new, old, query_labels, gallery_labels),
-        "new/new": _evaluate(evaluator, new, new, query_labels, gallery_labels),
-    }
+    known = dict(known_results or {})
+    pairs = {"old/old": (old, old), "new/old": (new, old), "new/new": (new, new)}
     if independent is not None:
         independent = _as_model(independent, "independent")
-        results["indep/indep"] = _evaluate(evaluator, independent, independent, query_labels, gallery_labels)
+        pairs["indep/indep"] = (independent, independent)
+    results = {
+        key: known[key] if key in known else _evaluate(evaluator, query, gallery, query_labels, gallery_labels)
+        for key, (query, gallery) in pairs.items()
+    }
     names = evaluator.metric_names
     criterion = {name: results["new/old"].metrics[name] > results["old/old"].metrics[name] for name in names}
     gain, tax = {}, {}

@@ -82,6 +82,20 @@ def test_pair_report_matches_separate_evaluations(rng):
     assert report.to_dict()["compatible"] == all(report.criterion.values())
 
 
+def test_known_results_are_reused_not_recomputed(rng):
+    old, new, independent, labels = _models(rng)
+    full = compare_models(old, new, labels, independent=independent, metrics=METRICS)
+    known = {"old/old": full.results["old/old"], "indep/indep": full.results["indep/indep"]}
+    # Garbage embeddings for the known pairs' models prove those pairs are taken from known_results.
+    scrambled = rng.permutation(old)
+    reused = compare_models(
+        scrambled, new, labels, independent=rng.permutation(independent), metrics=METRICS, known_results=known
+    )
+    assert reused.results["old/old"] is known["old/old"]
+    assert reused.results["indep/indep"] is known["indep/indep"]
+    assert reused.compatibility_tax == full.compatibility_tax
+
+
 def test_average_compatibility_and_accuracy_exact():
     matrix = np.array([[0.5, np.nan, np.nan], [0.6, 0.7, np.nan], [0.5, 0.8, 0.9]])
     # pairs i>j: (1,0): 0.6 > 0.5 yes; (2,0): 0.5 > 0.5 no (tie is a failure); (2,1): 0.8 > 0.7 yes
