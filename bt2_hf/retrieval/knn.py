@@ -28,6 +28,8 @@ FAISS_INSTALL_HINT = (
 
 def import_faiss():
     """Import faiss lazily, with an install hint instead of a bare ``ModuleNotFoundError``."""
+    # faiss's loader logs, at INFO, the failed probe of each optional CPU build before the one that loads: noise.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         import faiss
     except ModuleNotFoundError as error:  # pragma: no cover - depends on the environment
