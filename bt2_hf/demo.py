@@ -370,12 +370,14 @@ def run_demo(
     query_rows = _example_queries(labels, seed)
     prefix = embeddings["old"].shape[1]
     queries = embeddings["bt2"][query_rows, :prefix]
-    search = index.search(queries, k=9, query_config=BT2Model.from_pretrained(model_dirs["bt2"]).config)
+    search = index.search(queries, k=10, query_config=BT2Model.from_pretrained(model_dirs["bt2"]).config)
+    # Leave-one-out, as in the evaluation: the query image itself is in the gallery and is not shown as a hit.
+    hits = [[row for row in rows if row != query][:9] for rows, query in zip(search.indices.tolist(), query_rows)]
     plots["retrieval"] = plot_retrieval_grid(
         images[query_rows],
-        [images[row] for row in search.indices],
+        [images[row] for row in hits],
         labels[query_rows],
-        [labels[row] for row in search.indices],
+        [labels[row] for row in hits],
         class_names,
         plots_dir / "retrieval_grid.png",
         title="BT² queries → old CNN gallery (never re-embedded)",

@@ -56,6 +56,10 @@ class SeriesVersion:
         head_nonlinearity (`str`, *optional*, defaults to `"relu"`): used by the version *and* its independent twin
             (the research code's post-ReLU features for both). They must agree: BT²'s feature ``f`` is matched to the
             twin's embedding, and a post-ReLU ``f`` cannot match a signed one.
+        logit_scale (`float`, *optional*, defaults to 1.0): fixed factor on the training classifier's logits (see
+            ``BT2Config.logit_scale``); short CPU schedules converge much faster with ~16.
+        influence_scale (`float`, *optional*, defaults to 1.0): inverse temperature of BT²'s influence loss (see
+            ``BT2MethodConfig.influence_scale``).
     """
 
     name: str
@@ -70,6 +74,8 @@ class SeriesVersion:
     batch_size: int = 128
     warmup_steps: int = 0
     head_nonlinearity: str = "relu"
+    logit_scale: float = 1.0
+    influence_scale: float = 1.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SeriesVersion:
@@ -177,13 +183,16 @@ def _train_one(
     if reuse and (output_dir / "config.json").is_file():
         logger.info("Reusing %s", output_dir)
         return output_dir
-    method_config = {"extra_dim": version.extra_dim} if method == "bt2" else None
+    method_config = (
+        {"extra_dim": version.extra_dim, "influence_scale": version.influence_scale} if method == "bt2" else None
+    )
     return train(
         ModelArguments(
             backbone_type=version.backbone_type,
             backbone_config=json.dumps(version.backbone_config),
             embedding_dim=version.feature_dim if method == "independent" else None,
             head_nonlinearity=version.head_nonlinearity,
+            logit_scale=version.logit_scale,
             old_model=old_model,
             independent_model=independent_model,
         ),
