@@ -103,7 +103,8 @@ def _dataset_name(config: Any, metrics: Any) -> str | None:
 
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.2f}"
+        # Four significant digits: keeps learning rates such as 0.001 readable (a fixed 2 decimals printed 0.00).
+        return f"{value:.4g}"
     if isinstance(value, (dict, list)):
         return f"`{json.dumps(value, sort_keys=True)}`"
     return str(value).replace("|", "\\|")
