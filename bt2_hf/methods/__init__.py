@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import CompatibilityMethod, MethodConfig
+from .base import CompatibilityMethod, MethodConfig, PrototypeInfluenceConfig
 
 _METHODS: dict[str, type[CompatibilityMethod]] = {}
 
@@ -69,6 +69,7 @@ __all__ = [
     "IndependentConfig",
     "IndependentMethod",
     "MethodConfig",
+    "PrototypeInfluenceConfig",
     "get_method",
     "get_method_class",
     "list_methods",

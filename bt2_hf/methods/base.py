@@ -33,6 +33,34 @@ class MethodConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class PrototypeInfluenceConfig(MethodConfig):
+    """Base of the methods with BCT's influence loss through the old model's class prototypes (BCT, BT²).
+
+    Args:
+        influence_scale (`float`, *optional*, defaults to 1.0): inverse temperature of the influence logits (the
+            research code: 1).
+        influence_weight (`float`, *optional*, defaults to 10.0): weight of the influence loss (BCT's α, BT²'s λ2).
+    """
+
+    influence_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Inverse temperature of the influence loss's logits (1: the research code; larger values pull "
+            "harder towards the right old prototype)."
+        },
+    )
+    influence_weight: float = field(
+        default=10.0,
+        metadata={"help": "Weight of the influence loss through the old model's class prototypes W_o."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.influence_scale <= 0:
+            raise ValueError(f"influence_scale must be positive, got {self.influence_scale}.")
+
+
 class CompatibilityMethod:
     """A way of training a model: which references it needs, which head it builds, and its losses.
 

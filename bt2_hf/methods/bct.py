@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..losses import classification_loss, influence_loss
 from . import register_method
-from .base import CompatibilityMethod, MethodConfig
+from .base import CompatibilityMethod, PrototypeInfluenceConfig
 
 
 @dataclass
-class BCTConfig(MethodConfig):
+class BCTConfig(PrototypeInfluenceConfig):
     """Configuration of BCT (bt2-method §2): ``CE_ls(W φ, y) + influence_weight · CE_ls(φ[:d_old] · W_oᵀ, y)``.
 
     Args:
@@ -19,18 +19,6 @@ class BCTConfig(MethodConfig):
         influence_weight (`float`, *optional*, defaults to 10.0): weight of the influence loss (BCT's α).
         label_smoothing (`float`, *optional*, defaults to 0.1): label smoothing of both cross-entropies.
     """
-
-    influence_scale: float = field(
-        default=1.0,
-        metadata={
-            "help": "Inverse temperature of the influence loss's logits (1: the research code; larger values pull "
-            "harder towards the right old prototype)."
-        },
-    )
-    influence_weight: float = field(
-        default=10.0,
-        metadata={"help": "Weight of the influence loss through the old model's class prototypes (BCT's alpha)."},
-    )
 
 
 @register_method

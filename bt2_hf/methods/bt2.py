@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 from ..losses import classification_loss, cosine_matching_loss, influence_loss
 from . import register_method
-from .base import CompatibilityMethod, MethodConfig
+from .base import CompatibilityMethod, PrototypeInfluenceConfig
 
 
 @dataclass
-class BT2MethodConfig(MethodConfig):
+class BT2MethodConfig(PrototypeInfluenceConfig):
     """Configuration of BT² (bt2-method §1.4–1.5).
 
     ``L = CE(W f, y) + influence_weight · CE(b̂ · W_oᵀ, y) + old_match_weight · (1 − cos(b̂, φ_old))
@@ -33,16 +33,6 @@ class BT2MethodConfig(MethodConfig):
 
     label_smoothing: float = field(
         default=0.0, metadata={"help": "Label smoothing of the classification loss (BT²'s research code uses none)."}
-    )
-    influence_scale: float = field(
-        default=1.0,
-        metadata={
-            "help": "Inverse temperature of the influence loss's logits (1: the research code; larger values pull "
-            "harder towards the right old prototype)."
-        },
-    )
-    influence_weight: float = field(
-        default=10.0, metadata={"help": "Weight of the influence loss of the compatible block through W_o."}
     )
     old_match_weight: float = field(
         default=5.0, metadata={"help": "Weight of the cosine match of the compatible block to the old model."}
