@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
+from pathlib import Path
 
 # Tests never reach the network: the Hub tests start their own server and set the endpoint themselves.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import (  # noqa: E402
@@ -127,3 +131,23 @@ def tiny_inputs(name: str, batch_size: int = 3, seed: int = 0) -> dict[str, torc
 @pytest.fixture
 def tiny_backbones() -> dict[str, tuple[str, dict, str]]:
     return TINY_BACKBONES
+
+
+def write_fashion_like_idx(directory: Path, train_per_class: int = 40, test_per_class: int = 12) -> Path:
+    """Write Fashion-MNIST-shaped gzipped IDX files (10 classes, 28×28) into ``directory`` and return it.
+
+    Each class is a bright horizontal band at a class-specific height plus noise, so tiny models learn it quickly.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, per_class, seed in (("train", train_per_class, 0), ("t10k", test_per_class, 1)):
+        rng = np.random.default_rng(seed)
+        labels = np.repeat(np.arange(10), per_class)
+        images = rng.integers(0, 60, size=(len(labels), 28, 28))
+        for row, label in enumerate(labels):
+            images[row, 2 + 2 * label : 5 + 2 * label, 4:24] = 220
+        order = rng.permutation(len(labels))
+        for kind, array in (("images-idx3", images[order]), ("labels-idx1", labels[order])):
+            header = struct.pack(">I", 0x0800 | array.ndim) + b"".join(struct.pack(">I", n) for n in array.shape)
+            with gzip.open(directory / f"{prefix}-{kind}-ubyte.gz", "wb") as handle:
+                handle.write(header + array.astype(np.uint8).tobytes())
+    return directory

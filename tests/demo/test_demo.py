@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 from transformers import AutoModel
 
@@ -16,37 +13,14 @@ import bt2_hf
 from bt2_hf.cli.demo import main as demo_main
 from bt2_hf.demo import METHODS, PAIRS, DemoSize, run_demo
 from bt2_hf.retrieval.index import GalleryIndex
+from tests.conftest import write_fashion_like_idx
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    magic = 0x0800 | array.ndim  # unsigned byte data
-    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in array.shape)
-    with gzip.open(path, "wb") as handle:
-        handle.write(header + array.astype(np.uint8).tobytes())
-
-
-def _synthetic_split(num_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """28×28 images whose class is a bright horizontal band at a class-specific height, plus noise."""
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(10), num_per_class)
-    images = rng.integers(0, 60, size=(len(labels), 28, 28))
-    for row, label in enumerate(labels):
-        top = 2 + 2 * label
-        images[row, top : top + 3, 4:24] = 220
-    order = rng.permutation(len(labels))
-    return images[order], labels[order]
-
-
 @pytest.fixture(scope="module")
 def fashion_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("fashion")
-    for prefix, per_class, seed in (("train", 40, 0), ("t10k", 12, 1)):
-        images, labels = _synthetic_split(per_class, seed)
-        _write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
-        _write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return directory
+    return write_fashion_like_idx(tmp_path_factory.mktemp("fashion"))
 
 
 @pytest.fixture(scope="module")
