@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             hub_namespace=args.hub_namespace,
         )
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # missing data, no CUDA device: say what to do, no traceback
         console.print(f"[red]bt2 demo: {error}[/red]")
         return 2
     console.print(results_table(result.results))
