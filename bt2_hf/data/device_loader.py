@@ -52,14 +52,19 @@ class _EpochBatches:
             return self.num_samples // self.global_batch_size
         return -(-self.num_samples // self.global_batch_size)
 
-    def order(self, epoch: int) -> torch.Tensor:
-        if not self.shuffle:
+    def order(self, epoch: int, shuffle: bool | None = None) -> torch.Tensor:
+        if not (self.shuffle if shuffle is None else shuffle):
             return torch.arange(self.num_samples)
         return torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + int(epoch)))
 
-    def batches(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
-        """Yield ``(position of this process's rows in the global batch, row indices)`` from ``start_batch`` on."""
-        order = self.order(epoch)
+    def batches(
+        self, epoch: int, start_batch: int = 0, shuffle: bool | None = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(position of this process's rows in the global batch, row indices)`` from ``start_batch`` on.
+
+        ``shuffle`` overrides the sampler's own setting for this pass only (e.g. an ordered no-grad pass).
+        """
+        order = self.order(epoch, shuffle)
         for step in range(start_batch, len(self)):
             global_rows = order[step * self.global_batch_size : (step + 1) * self.global_batch_size]
             offset = min(self.process_index * self.batch_size, len(global_rows))
@@ -114,21 +119,15 @@ class DeviceTensorDataLoader:
 
     def iter_epoch(self, epoch: int, start_batch: int = 0, shuffle: bool | None = None) -> Iterator[dict[str, Any]]:
         """The batches of ``epoch``, starting at batch ``start_batch`` (mid-epoch resume)."""
-        saved = self.sampler.shuffle
-        if shuffle is not None:
-            self.sampler.shuffle = shuffle
-        try:
-            for offset, rows in self.sampler.batches(epoch, start_batch):
-                rows_on_device = rows.to(self.device)
-                yield {
-                    "images": self.images.index_select(0, rows_on_device),
-                    "labels": self.labels.index_select(0, rows_on_device),
-                    "index": rows,
-                    "global_offset": offset,
-                    "global_batch_size": self.sampler.global_batch_size,
-                }
-        finally:
-            self.sampler.shuffle = saved
+        for offset, rows in self.sampler.batches(epoch, start_batch, shuffle):
+            rows_on_device = rows.to(self.device)
+            yield {
+                "images": self.images.index_select(0, rows_on_device),
+                "labels": self.labels.index_select(0, rows_on_device),
+                "index": rows,
+                "global_offset": offset,
+                "global_batch_size": self.sampler.global_batch_size,
+            }
 
 
 class _RowsDataset(torch.utils.data.Dataset):
@@ -173,13 +172,7 @@ class ShardedDataLoader:
         return len(self.sampler)
 
     def iter_epoch(self, epoch: int, start_batch: int = 0, shuffle: bool | None = None) -> Iterator[dict[str, Any]]:
-        saved = self.sampler.shuffle
-        if shuffle is not None:
-            self.sampler.shuffle = shuffle
-        try:
-            planned = list(self.sampler.batches(epoch, start_batch))
-        finally:
-            self.sampler.shuffle = saved
+        planned = list(self.sampler.batches(epoch, start_batch, shuffle))
         loader = torch.utils.data.DataLoader(
             self.dataset,
             batch_sampler=[rows.tolist() for _, rows in planned],
