@@ -177,6 +177,7 @@ def _train_one(
     independent_model: str | None = None,
     disable_tqdm: bool = False,
     reuse: bool = True,
+    mixed_precision: str | None = None,
 ) -> Path:
     from .training import BT2TrainingArguments, DataArguments, ModelArguments, train
 
@@ -212,6 +213,7 @@ def _train_one(
             overwrite_output_dir=True,
             disable_tqdm=disable_tqdm,
             logging_steps=max(1, min(50, version.max_steps)),
+            mixed_precision=mixed_precision,
         ),
         method_config,
         train_data=train_data,
@@ -279,6 +281,7 @@ def run_series(
     seed: int = 0,
     reuse: bool = True,
     disable_tqdm: bool = False,
+    mixed_precision: str | None = None,
 ) -> SeriesResult:
     """Train v1 → … → vT (each with its independent twin), record the lineage and evaluate the matrix.
 
@@ -293,6 +296,8 @@ def run_series(
         seed (`int`, *optional*, defaults to 0): training seed.
         reuse (`bool`, *optional*, defaults to `True`): skip a training run whose output already holds a model.
         disable_tqdm (`bool`, *optional*, defaults to `False`): no progress bars.
+        mixed_precision (`str`, *optional*): ``no``, ``fp16`` or ``bf16`` for every training run (default: what
+            ``accelerate`` is configured with, else fp32). ``bf16`` is the setting for a GPU.
 
     Returns:
         :class:`SeriesResult`, also written to ``<output_dir>/series_results.json``.
@@ -315,7 +320,10 @@ def run_series(
     independent_dirs: dict[str, str] = {}
     previous: Path | None = None
     for version in versions:
-        kwargs = dict(train_data=train_data, data_dir=data_dir, seed=seed, disable_tqdm=disable_tqdm, reuse=reuse)
+        kwargs = dict(
+            train_data=train_data, data_dir=data_dir, seed=seed, disable_tqdm=disable_tqdm, reuse=reuse,
+            mixed_precision=mixed_precision,
+        )  # fmt: skip
         if previous is None:
             path = _train_one(version, output_dir / version.name, "independent", **kwargs)
             independent_dirs[version.name] = str(path)

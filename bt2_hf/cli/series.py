@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no_reuse", action="store_true", help="Retrain versions whose output already exists.")
     parser.add_argument("--disable_tqdm", action="store_true")
+    parser.add_argument(
+        "--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+        help="Autocast for every training run (bf16 on a GPU); default: the file's mixed_precision, else accelerate's.",
+    )  # fmt: skip
     return parser
 
 
@@ -68,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed if args.seed is not None else int(spec.get("seed", 0)),
         reuse=not args.no_reuse,
         disable_tqdm=args.disable_tqdm,
+        mixed_precision=args.mixed_precision or spec.get("mixed_precision"),
     )
     for metric in result.matrix["matrix"]:
         print(format_matrix(result, metric))
