@@ -60,6 +60,9 @@ class SeriesVersion:
             ``BT2Config.logit_scale``); short CPU schedules converge much faster with ~16.
         influence_scale (`float`, *optional*, defaults to 1.0): inverse temperature of BT²'s influence loss (see
             ``BT2MethodConfig.influence_scale``).
+        method_config (`dict`, *optional*): further :class:`~bt2_hf.methods.bt2.BT2MethodConfig` fields for this
+            version's BT² step (e.g. ``{"old_match_weight": 10.0}``); ``extra_dim`` and ``influence_scale`` are set
+            by the fields above.
     """
 
     name: str
@@ -76,6 +79,7 @@ class SeriesVersion:
     head_nonlinearity: str = "relu"
     logit_scale: float = 1.0
     influence_scale: float = 1.0
+    method_config: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SeriesVersion:
@@ -111,6 +115,11 @@ def plan_series(versions: Sequence[SeriesVersion]) -> list[dict[str, Any]]:
         raise ValueError(f"Version names must be unique, got {names}.")
     plan: list[dict[str, Any]] = []
     for position, version in enumerate(versions):
+        clashes = {"extra_dim", "influence_scale"} & set(version.method_config)
+        if clashes:
+            raise ValueError(
+                f"{version.name}: set {sorted(clashes)} as version fields, not inside method_config (one place each)."
+            )
         if position == 0:
             width = version.feature_dim
             plan.append({"name": version.name, "embedding_dim": width, "compatible_dim": width, "prefixes": {}})
@@ -184,9 +193,13 @@ def _train_one(
     if reuse and (output_dir / "config.json").is_file():
         logger.info("Reusing %s", output_dir)
         return output_dir
-    method_config = (
-        {"extra_dim": version.extra_dim, "influence_scale": version.influence_scale} if method == "bt2" else None
-    )
+    method_config = None
+    if method == "bt2":
+        method_config = {
+            **version.method_config,
+            "extra_dim": version.extra_dim,
+            "influence_scale": version.influence_scale,
+        }
     return train(
         ModelArguments(
             backbone_type=version.backbone_type,

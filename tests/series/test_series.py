@@ -48,6 +48,10 @@ def test_plan_records_every_prefix_and_rejects_impossible_steps():
     subset_step[1].class_subset = "0-1"
     with pytest.raises(ValueError, match="every class"):
         plan_series(subset_step)
+    twice = tiny_versions()
+    twice[2].method_config = {"extra_dim": 9}  # also a version field: refused before anything trains
+    with pytest.raises(ValueError, match=r"v3: set \['extra_dim'\] as version fields"):
+        plan_series(twice)
 
 
 def test_matrix_ac_aa_on_known_embeddings():
@@ -62,8 +66,10 @@ def test_matrix_ac_aa_on_known_embeddings():
 
 
 def test_run_series_trains_records_lineage_and_matrix(tmp_path):
+    versions = tiny_versions()
+    versions[1].method_config = {"old_match_weight": 7.0}
     result = run_series(
-        tiny_versions(),
+        versions,
         tmp_path,
         train_data=synthetic_data(48, seed=0),
         eval_data=synthetic_data(30, seed=1),
@@ -74,6 +80,9 @@ def test_run_series_trains_records_lineage_and_matrix(tmp_path):
     v2 = BT2Model.from_pretrained(result.model_dirs["v2"])
     v3 = BT2Model.from_pretrained(result.model_dirs["v3"])  # fingerprint still verifies after the re-save
     assert (v2.config.embedding_dim, v2.config.compatible_dim) == (12, 8)
+    v2_method = v2.config.training["method_config"]
+    assert (v2_method["old_match_weight"], v2_method["extra_dim"]) == (7.0, 4)  # method_config reached the step
+    assert v3.config.training["method_config"]["old_match_weight"] == 5.0  # v3 kept the default
     assert (v3.config.embedding_dim, v3.config.compatible_dim) == (16, 12)
     v1_fingerprint = BT2Model.from_pretrained(result.model_dirs["v1"]).config.fingerprint
     prefixes = {entry["fingerprint"]: entry["embedding_dim"] for entry in v3.config.compatible_with}
