@@ -60,6 +60,10 @@ class SeriesVersion:
             ``BT2Config.logit_scale``); short CPU schedules converge much faster with ~16.
         influence_scale (`float`, *optional*, defaults to 1.0): inverse temperature of BT²'s influence loss (see
             ``BT2MethodConfig.influence_scale``).
+        match_ancestors (`bool`, *optional*, defaults to `True`): also train this version's prefix for every version
+            older than the previous one directly (BT²'s ``ancestor_prefix_dims``: the old model's prefixes get the
+            same influence and matching losses as its whole embedding). Without it, ``v3`` reaches ``v1`` only through
+            ``v2``'s whole embedding and loses some of ``v1``'s retrieval on the way.
         method_config (`dict`, *optional*): further :class:`~bt2_hf.methods.bt2.BT2MethodConfig` fields for this
             version's BT² step (e.g. ``{"old_match_weight": 10.0}``); ``extra_dim`` and ``influence_scale`` are set
             by the fields above.
@@ -79,6 +83,7 @@ class SeriesVersion:
     head_nonlinearity: str = "relu"
     logit_scale: float = 1.0
     influence_scale: float = 1.0
+    match_ancestors: bool = True
     method_config: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -115,7 +120,7 @@ def plan_series(versions: Sequence[SeriesVersion]) -> list[dict[str, Any]]:
         raise ValueError(f"Version names must be unique, got {names}.")
     plan: list[dict[str, Any]] = []
     for position, version in enumerate(versions):
-        clashes = {"extra_dim", "influence_scale"} & set(version.method_config)
+        clashes = {"extra_dim", "influence_scale", "ancestor_prefix_dims"} & set(version.method_config)
         if clashes:
             raise ValueError(
                 f"{version.name}: set {sorted(clashes)} as version fields, not inside method_config (one place each)."
@@ -187,6 +192,7 @@ def _train_one(
     disable_tqdm: bool = False,
     reuse: bool = True,
     mixed_precision: str | None = None,
+    ancestor_prefix_dims: Sequence[int] = (),
 ) -> Path:
     from .training import BT2TrainingArguments, DataArguments, ModelArguments, train
 
@@ -199,6 +205,7 @@ def _train_one(
             **version.method_config,
             "extra_dim": version.extra_dim,
             "influence_scale": version.influence_scale,
+            "ancestor_prefix_dims": list(ancestor_prefix_dims),
         }
     return train(
         ModelArguments(
@@ -332,7 +339,8 @@ def run_series(
     model_dirs: dict[str, str] = {}
     independent_dirs: dict[str, str] = {}
     previous: Path | None = None
-    for version in versions:
+    previous_name: str | None = None
+    for version, step in zip(versions, plan):
         kwargs = dict(
             train_data=train_data, data_dir=data_dir, seed=seed, disable_tqdm=disable_tqdm, reuse=reuse,
             mixed_precision=mixed_precision,
@@ -343,12 +351,14 @@ def run_series(
         else:
             twin = _train_one(version, output_dir / f"{version.name}-independent", "independent", **kwargs)
             independent_dirs[version.name] = str(twin)
+            # prefixes of every version older than the previous one, oldest first
+            ancestors = [width for name, width in step["prefixes"].items() if name != previous_name]
             path = _train_one(
                 version, output_dir / version.name, "bt2", old_model=str(previous), independent_model=str(twin),
-                **kwargs,
+                ancestor_prefix_dims=ancestors if version.match_ancestors else (), **kwargs,
             )  # fmt: skip
         model_dirs[version.name] = str(path)
-        previous = path
+        previous, previous_name = path, version.name
 
     names = [v.name for v in versions]
     labels = eval_data.labels.numpy()

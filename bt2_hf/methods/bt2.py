@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from torch.nn import functional as F
+
 from ..losses import classification_loss, cosine_matching_loss, influence_loss
 from . import register_method
 from .base import CompatibilityMethod, PrototypeInfluenceConfig
@@ -29,6 +31,16 @@ class BT2MethodConfig(PrototypeInfluenceConfig):
         feature_scale (`float`, *optional*, defaults to 2.0): ``C``, the weight of the new feature against the added
             branch inside the basis transformation.
         label_smoothing (`float`, *optional*, defaults to 0.0): the research code's BT² trainer uses none.
+        ancestor_prefix_dims (`list[int]`, *optional*, defaults to `[]`): in a series of updates, the prefix widths of
+            the old embedding that are themselves compatible with older models (its lineage: for ``v3`` trained on
+            ``v2``, ``[d_1]``). Each prefix gets the same two compatibility losses as the whole block, on the
+            re-normalised prefixes ``b̂[:d_j]`` against ``φ_old[:d_j]`` and the prototypes ``W_o[:, :d_j]``:
+
+            ``+ Σ_j influence_weight · CE(b̂_j · W_o[:, :d_j]ᵀ, y) + old_match_weight · (1 − cos(b̂_j, φ_old[:d_j]))``
+
+            Without them an older model is reached only through the whole old embedding, where its prefix is a small
+            share of the cosine; small errors there cost retrieval against that older gallery (the step from ``v2``
+            to ``v3`` loses ``v1``).
     """
 
     label_smoothing: float = field(
@@ -44,6 +56,10 @@ class BT2MethodConfig(PrototypeInfluenceConfig):
     feature_scale: float = field(
         default=2.0, metadata={"help": "C: weight of the new feature against the added branch in the transformation."}
     )
+    ancestor_prefix_dims: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Prefix widths of the old embedding compatible with older models; each is matched too."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -51,6 +67,13 @@ class BT2MethodConfig(PrototypeInfluenceConfig):
             raise ValueError(f"extra_dim must be >= 0, got {self.extra_dim}.")
         if self.feature_scale <= 0:
             raise ValueError(f"feature_scale must be positive, got {self.feature_scale}.")
+        self.ancestor_prefix_dims = [int(d) for d in self.ancestor_prefix_dims]
+        if any(d <= 0 for d in self.ancestor_prefix_dims) or len(set(self.ancestor_prefix_dims)) != len(
+            self.ancestor_prefix_dims
+        ):
+            raise ValueError(
+                f"ancestor_prefix_dims must be distinct positive widths, got {self.ancestor_prefix_dims}."
+            )
 
 
 @register_method
@@ -80,6 +103,12 @@ class BT2Method(CompatibilityMethod):
 
     def build_config_overrides(self, reference_dims, embedding_dim):
         feature_dim = reference_dims["independent"]
+        too_wide = [d for d in self.config.ancestor_prefix_dims if d >= reference_dims["old"]]
+        if too_wide:
+            raise ValueError(
+                f"ancestor_prefix_dims {too_wide} are not shorter than the old model's {reference_dims['old']}-d "
+                "embedding: list only the prefixes of older versions (the whole old embedding is always matched)."
+            )
         if embedding_dim is not None and embedding_dim != feature_dim + self.config.extra_dim:
             raise ValueError(
                 f"A BT² model's embedding_dim is the independent model's width + extra_dim = {feature_dim} + "
@@ -103,4 +132,22 @@ class BT2Method(CompatibilityMethod):
             "old_match_loss": config.old_match_weight
             * cosine_matching_loss(outputs.compatible_embeddings, targets["old"]),
             "new_match_loss": config.new_match_weight * cosine_matching_loss(outputs.features, targets["independent"]),
+            **self._ancestor_losses(outputs.compatible_embeddings, targets["old"], labels),
+        }
+
+    def _ancestor_losses(self, compatible, old_targets, labels) -> dict:
+        if not self.config.ancestor_prefix_dims:
+            return {}
+        config = self.config
+        influence = match = 0.0
+        for width in config.ancestor_prefix_dims:
+            # re-normalised, as retrieval against that ancestor's gallery truncates and re-normalises
+            prefix = F.normalize(compatible[:, :width], dim=-1)
+            influence = influence + influence_loss(
+                prefix, self.prototypes[:, :width], labels, scale=config.influence_scale
+            )
+            match = match + cosine_matching_loss(prefix, old_targets[:, :width])
+        return {
+            "ancestor_influence_loss": config.influence_weight * influence,
+            "ancestor_match_loss": config.old_match_weight * match,
         }

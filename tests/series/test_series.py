@@ -83,6 +83,11 @@ def test_run_series_trains_records_lineage_and_matrix(tmp_path):
     v2_method = v2.config.training["method_config"]
     assert (v2_method["old_match_weight"], v2_method["extra_dim"]) == (7.0, 4)  # method_config reached the step
     assert v3.config.training["method_config"]["old_match_weight"] == 5.0  # v3 kept the default
+    # v3 trains its prefix for v1 (8 dims of v2's 12) directly as well; v2 has no ancestor beyond v1
+    assert (v2_method["ancestor_prefix_dims"], v3.config.training["method_config"]["ancestor_prefix_dims"]) == (
+        [],
+        [8],
+    )
     assert (v3.config.embedding_dim, v3.config.compatible_dim) == (16, 12)
     v1_fingerprint = BT2Model.from_pretrained(result.model_dirs["v1"]).config.fingerprint
     prefixes = {entry["fingerprint"]: entry["embedding_dim"] for entry in v3.config.compatible_with}

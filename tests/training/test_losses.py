@@ -73,6 +73,42 @@ def test_bt2_loss_equals_hand_computation():
     assert losses["new_match_loss"].item() == pytest.approx(expected_new, abs=1e-6)
 
 
+def test_bt2_ancestor_prefixes_get_their_own_influence_and_match_losses():
+    # d_old = 3 whose first 2 dims are an older version's space (a series step v2 -> v3).
+    compatible = unit([[3.0, 4.0, 12.0], [1.0, 0.0, 1.0]])
+    old_targets = unit([[6.0, 8.0, -1.0], [0.0, 2.0, 1.0]])
+    prototypes = torch.tensor([[0.6, 0.2, 0.3], [0.0, 0.9, -0.2]])
+    labels = torch.tensor([0, 1])
+    outputs = BT2Output(
+        embeddings=torch.zeros(2, 4), compatible_embeddings=compatible, features=unit([[1.0], [1.0]]),
+        logits=torch.zeros(2, 2),
+    )  # fmt: skip
+    config = {"influence_weight": 2.0, "old_match_weight": 3.0, "influence_scale": 4.0, "ancestor_prefix_dims": [2]}
+    method = get_method("bt2", config)
+    method.prepare(prototypes)
+    losses = method.compute_loss(outputs, {"old": old_targets, "independent": unit([[1.0], [1.0]])}, labels)
+
+    prefix = [[0.6, 0.8], [1.0, 0.0]]  # b̂[:2] re-normalised (by hand)
+    # φ_old[:2] re-normalised is [[0.6, 0.8], [0.0, 1.0]]: sample 0 matches exactly, sample 1 is orthogonal
+    assert losses["ancestor_match_loss"].item() == pytest.approx(3.0 * (1 - (1.0 + 0.0) / 2), abs=1e-6)
+    w = [[0.6, 0.2], [0.0, 0.9]]
+    scores = [[4.0 * sum(a * b for a, b in zip(prefix[i], w[c])) for c in range(2)] for i in range(2)]
+    ce = [math.log(sum(math.exp(v) for v in scores[i])) - scores[i][label] for i, label in enumerate([0, 1])]
+    assert losses["ancestor_influence_loss"].item() == pytest.approx(2.0 * sum(ce) / 2, abs=1e-5)
+
+    without = get_method("bt2", {**config, "ancestor_prefix_dims": []})
+    without.prepare(prototypes)
+    plain = without.compute_loss(outputs, {"old": old_targets, "independent": unit([[1.0], [1.0]])}, labels)
+    assert "ancestor_match_loss" not in plain  # a two-model update is unchanged
+    for key in plain:
+        assert plain[key].item() == pytest.approx(losses[key].item())
+
+    with pytest.raises(ValueError, match="distinct positive"):
+        BT2MethodConfig(ancestor_prefix_dims=[2, 2])
+    with pytest.raises(ValueError, match="not shorter than the old model's 3-d"):
+        get_method("bt2", {"ancestor_prefix_dims": [3]}).build_config_overrides({"old": 3, "independent": 2}, None)
+
+
 def test_bct_influence_uses_only_the_old_prefix_of_a_wider_embedding():
     embeddings = unit([[1.0, 2.0, 5.0], [2.0, -1.0, 7.0]])  # 3-d new, 2-d old
     prototypes = torch.tensor([[0.5, 0.5], [-0.5, 0.2]])
