@@ -64,6 +64,9 @@ class SeriesVersion:
             older than the previous one directly (BT²'s ``ancestor_prefix_dims``: the old model's prefixes get the
             same influence and matching losses as its whole embedding). Without it, ``v3`` reaches ``v1`` only through
             ``v2``'s whole embedding and loses some of ``v1``'s retrieval on the way.
+        init_from_independent (`bool`, *optional*, defaults to `False`): start this version's BT² step from its
+            independently trained twin (backbone, feature projection, classifier) instead of a random initialisation
+            (see ``ModelArguments.init_from_independent``).
         method_config (`dict`, *optional*): further :class:`~bt2_hf.methods.bt2.BT2MethodConfig` fields for this
             version's BT² step (e.g. ``{"old_match_weight": 10.0}``); ``extra_dim`` and ``influence_scale`` are set
             by the fields above.
@@ -84,6 +87,7 @@ class SeriesVersion:
     logit_scale: float = 1.0
     influence_scale: float = 1.0
     match_ancestors: bool = True
+    init_from_independent: bool = False
     method_config: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -216,6 +220,7 @@ def _train_one(
             logit_scale=version.logit_scale,
             old_model=old_model,
             independent_model=independent_model,
+            init_from_independent=version.init_from_independent and method == "bt2",
         ),
         DataArguments(
             data_dir=data_dir,

@@ -48,6 +48,13 @@ class ModelArguments:
         default=None,
         metadata={"help": "Start the backbone from this local pretrained checkpoint (e.g. a ViT directory)."},
     )
+    init_from_independent: bool = field(
+        default=False,
+        metadata={
+            "help": "BT²: start the backbone, the feature part of the head and the classifier from the independent "
+            "model (same architecture), so f starts as that model's embedding; the compatible block is trained on top."
+        },
+    )
     old_model: str | None = field(
         default=None, metadata={"help": "The frozen old model: a bt2_hf checkpoint directory or Hub id (BCT, BT²)."}
     )

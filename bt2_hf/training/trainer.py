@@ -148,7 +148,48 @@ def _build_model(
         raise ValueError(
             f"The training loop trains image models; backbone {model_args.backbone_type!r} encodes {model.modality}."
         )
+    if model_args.init_from_independent:
+        _start_from_independent(model, references)
     return model
+
+
+@torch.no_grad()
+def _start_from_independent(model: BT2Model, references: dict[str, FrozenReference]) -> None:
+    """Copy the independent model's backbone, projection and classifier into a BT² model (``f`` = its embedding).
+
+    The BT² head's projection ``h`` has ``feature_dim + old_embedding_dim`` rows; its first ``feature_dim`` rows give
+    ``f`` and take the independent head's projection, so with the same nonlinearity ``f`` starts equal to the
+    independent embedding and the classifier on ``f`` starts trained. The rest of the head keeps its initialisation.
+    """
+    if "independent" not in references or model.config.head_type != "basis_transformation":
+        raise ValueError(
+            "init_from_independent needs a BT² model and its independent model (method bt2 with independent_model)."
+        )
+    twin = references["independent"].model
+    if twin.config.backbone_type != model.config.backbone_type:
+        raise ValueError(
+            f"init_from_independent: the independent model's backbone is {twin.config.backbone_type!r}, this model's "
+            f"is {model.config.backbone_type!r}; they must be the same architecture."
+        )
+    try:
+        model.backbone.load_state_dict(twin.backbone.state_dict())
+    except RuntimeError as error:
+        raise ValueError(
+            "init_from_independent: the independent model's backbone does not fit this backbone_config (train the "
+            f"BT² model with the independent model's architecture): {error}"
+        ) from error
+    head, twin_head = model.head, twin.head
+    feature_dim = head.feature_dim
+    if twin_head.projection.weight.shape[0] != feature_dim:
+        raise ValueError(
+            f"init_from_independent: the independent embedding has {twin_head.projection.weight.shape[0]} dims, the "
+            f"BT² feature {feature_dim}."
+        )
+    head.projection.weight[:feature_dim].copy_(twin_head.projection.weight)
+    head.projection.bias[:feature_dim].copy_(twin_head.projection.bias)
+    if head.classifier is not None and twin_head.classifier is not None:
+        if head.classifier.weight.shape == twin_head.classifier.weight.shape:
+            head.classifier.weight.copy_(twin_head.classifier.weight)
 
 
 def _make_loader(data: ImageClassificationData, batch_size: int, accelerator, args, seed: int, *, sharded: bool,
@@ -520,6 +561,7 @@ def _training_metadata(
         "lr_scheduler_type": args.lr_scheduler_type,
         "reference_targets": args.reference_targets,
         "init_from": model_args.init_from,
+        "init_from_independent": model_args.init_from_independent,
         "bt2_hf_trainer": "accelerate",
         "world_size": world_size,
     }

@@ -218,3 +218,45 @@ def test_bt2_feature_inherits_the_independent_models_nonlinearity(
     assert model.config.head_nonlinearity == independent_nonlinearity
     features = model(pixel_values=torch.randn(4, 1, 28, 28)).features
     assert bool((features < 0).any()) == (independent_nonlinearity == "none")
+
+
+def test_bt2_can_start_from_its_independent_model(tmp_path, data, references):
+    """init_from_independent: backbone, f's projection rows and classifier start as the independent model's."""
+    out = train(
+        ModelArguments(
+            backbone_config=CNN, old_model=references["old"], independent_model=references["independent"],
+            init_from_independent=True,
+        ),
+        DataArguments(),
+        quick_args(tmp_path / "bt2", "bt2", max_steps=1, learning_rate=0.0, weight_decay=0.0),
+        {"extra_dim": 8},
+        train_data=data,
+    )  # fmt: skip
+    model = BT2Model.from_pretrained(out)
+    twin = BT2Model.from_pretrained(references["independent"])
+    twin_parameters = dict(twin.backbone.named_parameters())
+    for name, value in model.backbone.named_parameters():  # lr 0: the copied weights are still there
+        torch.testing.assert_close(value, twin_parameters[name], rtol=0, atol=0)
+    torch.testing.assert_close(model.head.projection.weight[:24], twin.head.projection.weight, rtol=0, atol=0)
+    torch.testing.assert_close(model.head.classifier.weight, twin.head.classifier.weight, rtol=0, atol=0)
+    assert model.config.training["init_from_independent"] is True
+
+    with pytest.raises(ValueError, match="same architecture|does not fit this backbone_config"):
+        train(
+            ModelArguments(
+                backbone_config={**CNN, "widths": [4, 8]}, old_model=references["old"],
+                independent_model=references["independent"], init_from_independent=True,
+            ),
+            DataArguments(),
+            quick_args(tmp_path / "mismatch", "bt2"),
+            {"extra_dim": 8},
+            train_data=data,
+        )  # fmt: skip
+    assert not (tmp_path / "mismatch").exists() or not any((tmp_path / "mismatch").iterdir())
+    with pytest.raises(ValueError, match="needs a BT² model"):
+        train(
+            ModelArguments(backbone_config=CNN, old_model=references["old"], init_from_independent=True),
+            DataArguments(),
+            quick_args(tmp_path / "bct", "bct"),
+            train_data=data,
+        )
