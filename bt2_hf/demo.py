@@ -52,6 +52,8 @@ class DemoSize:
     learning_rate: float = 1e-3
     logit_scale: float = 16.0
     influence_scale: float = 10.0
+    # BT² fine-tunes the independently trained ViT (the model a team would deploy) instead of starting from scratch
+    bt2_init_from_independent: bool = False
     eval_samples: int | None = None  # None: the whole 10k test split
     backfill_points: int = 11
 
@@ -154,6 +156,7 @@ def _stage_arguments(name: str, size: DemoSize, models_dir: Path, device: str, s
         backbone_config=json.dumps(_vit_config(size)),
         embedding_dim=None if name == "bt2" else size.embedding_dim,
         logit_scale=size.logit_scale,
+        init_from_independent=name == "bt2" and size.bt2_init_from_independent,
         **references,
     )
     data_args = DataArguments(max_train_samples=size.new_train_samples)

@@ -68,6 +68,7 @@ def test_matrix_ac_aa_on_known_embeddings():
 def test_run_series_trains_records_lineage_and_matrix(tmp_path):
     versions = tiny_versions()
     versions[1].method_config = {"old_match_weight": 7.0}
+    versions[2].init_from_independent = True
     result = run_series(
         versions,
         tmp_path,
