@@ -335,6 +335,7 @@ class BT2Model(BT2PreTrainedModel):
                 ``local_files_only``, ``dtype``, …).
         """
         model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model.backbone.restore_computed_buffers()
         recorded = model.config.fingerprint
         dtype_changed = kwargs.get("dtype", kwargs.get("torch_dtype")) not in (None, "auto")
         if verify_fingerprint and recorded and not dtype_changed:

@@ -42,6 +42,14 @@ class Backbone(nn.Module):
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:  # (B, hidden_size)
         raise NotImplementedError
 
+    def restore_computed_buffers(self) -> None:
+        """Recompute buffers that are derived from the config and not saved (non-persistent).
+
+        ``from_pretrained`` builds the model on the meta device and fills it from the checkpoint; a non-persistent
+        buffer that no ``_init_weights`` rebuilds would be left as uninitialised memory. Backbones with such buffers
+        override this; :meth:`BT2Model.from_pretrained` calls it after loading.
+        """
+
     @classmethod
     def config_from_pretrained(cls, path: str) -> dict[str, Any]:
         """The ``backbone_config`` matching a local checkpoint (used before :meth:`load_pretrained_weights`)."""

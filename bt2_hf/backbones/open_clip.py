@@ -115,5 +115,14 @@ class OpenCLIPTextBackbone(_OpenCLIPTower):
     def forward(self, input_ids: torch.Tensor, **unused: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_text(input_ids)
 
+    @torch.no_grad()
+    def restore_computed_buffers(self) -> None:
+        # open_clip's causal mask (-inf above the diagonal) is a non-persistent buffer: rebuild it after loading
+        mask = self.clip.attn_mask
+        if mask is None:  # a text tower without a causal mask (e.g. SigLIP's)
+            return
+        causal = torch.full(mask.shape, float("-inf"), device=mask.device).triu_(1)
+        self.clip.attn_mask = causal.to(mask.dtype)
+
     def _tower_state_dict_from_clip(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {f"clip.{k}": v for k, v in state_dict.items() if not k.startswith("visual.")}
