@@ -167,3 +167,39 @@ def test_frozen_backbone_trains_the_head_only(tokenizer):
     assert not torch.equal(model.head.projection.weight, head_before)
     assert all(p.requires_grad for p in model.parameters())  # usable for further fine-tuning
     assert model.config.training["freeze_backbone"] is True
+
+
+def test_open_clip_text_tower_trains_saves_and_reloads(tmp_path):
+    """The open_clip text path end to end: its own tokenizer, BT² training, a checkpoint that reloads identically."""
+    open_clip_config = {
+        "model_cfg": {
+            "embed_dim": 16,
+            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        }
+    }
+    generator = torch.Generator().manual_seed(0)
+    prototypes = torch.nn.functional.normalize(torch.randn(len(CLASS_NAMES), 8, generator=generator), dim=-1)
+    gallery_labels = np.repeat(np.arange(len(CLASS_NAMES)), 5)
+    gallery = prototypes[gallery_labels].numpy()  # an old gallery sitting on its class means
+    torch.manual_seed(0)
+    model = BT2Model(
+        BT2Config(
+            backbone_type="open_clip_text", backbone_config=open_clip_config, num_classes=len(CLASS_NAMES),
+            head_type="basis_transformation", feature_dim=12, old_embedding_dim=8, extra_dim=4,
+            head_nonlinearity="none",
+        )
+    )  # fmt: skip
+    captions, labels = class_captions(CLASS_NAMES, ["a photo of {article} {name}.", "{article} {name}.", "{name}"])
+    args = TextTowerTrainingArguments(max_steps=40, batch_size=9, warmup_steps=0, learning_rate=2e-3,
+                                      logging_steps=10, disable_tqdm=True)  # fmt: skip
+    loss = BT2TextTowerLoss(prototypes, BT2TextTowerConfig(new_match_weight=0.0))
+    history = train_text_tower(model, captions, labels, loss, args, device="cpu")
+    assert history[-1]["loss"] < history[0]["loss"]
+    queries = embed_texts(model, captions)
+    assert evaluate_text_to_image(queries.numpy(), gallery, labels, gallery_labels)["recall@1"] == 1.0
+
+    model.save_pretrained(tmp_path)
+    reloaded = BT2Model.from_pretrained(tmp_path)
+    assert type(reloaded.processor).__name__ == "OpenCLIPTokenizer"
+    torch.testing.assert_close(embed_texts(reloaded, captions), queries, rtol=0, atol=1e-6)
