@@ -4,10 +4,13 @@ The file lists the versions (fields of :class:`bt2_hf.series.SeriesVersion`) and
 
     output_dir: runs/series
     eval_samples: 10000
+    mixed_precision: bf16      # optional; for a GPU
     versions:
       - {name: v1, backbone_type: small_cnn, backbone_config: {widths: [16, 32, 64]}, feature_dim: 32, class_subset: "0-4"}
-      - {name: v2, backbone_type: hf_vision, backbone_config: {model_type: resnet, ...}, feature_dim: 48, extra_dim: 16}
+      - {name: v2, backbone_type: hf_vision, backbone_config: {model_type: resnet, ...}, feature_dim: 48, extra_dim: 16,
+         init_from_independent: true, method_config: {old_match_weight: 5.0}}
 
+Each version's BT² step also trains its prefixes for every older version (``match_ancestors``, on by default).
 Command-line flags override the file's run settings. ``--max_steps_scale`` multiplies every version's steps (GPU
 sizing: the same file, longer).
 """
