@@ -200,9 +200,6 @@ def _train_one(
 ) -> Path:
     from .training import BT2TrainingArguments, DataArguments, ModelArguments, train
 
-    if reuse and (output_dir / "config.json").is_file():
-        logger.info("Reusing %s", output_dir)
-        return output_dir
     method_config = None
     if method == "bt2":
         method_config = {
@@ -211,6 +208,11 @@ def _train_one(
             "influence_scale": version.influence_scale,
             "ancestor_prefix_dims": list(ancestor_prefix_dims),
         }
+    init_from_independent = version.init_from_independent and method == "bt2"
+    if reuse and (output_dir / "config.json").is_file():
+        _check_reusable(output_dir, version, method, seed, method_config, init_from_independent)
+        logger.info("Reusing %s (trained with the same settings)", output_dir)
+        return output_dir
     return train(
         ModelArguments(
             backbone_type=version.backbone_type,
@@ -220,7 +222,7 @@ def _train_one(
             logit_scale=version.logit_scale,
             old_model=old_model,
             independent_model=independent_model,
-            init_from_independent=version.init_from_independent and method == "bt2",
+            init_from_independent=init_from_independent,
         ),
         DataArguments(
             data_dir=data_dir,
@@ -243,6 +245,42 @@ def _train_one(
         method_config,
         train_data=train_data,
     )
+
+
+def _check_reusable(
+    output_dir: Path,
+    version: SeriesVersion,
+    method: str,
+    seed: int,
+    method_config: dict[str, Any] | None,
+    init_from_independent: bool,
+) -> None:
+    """Refuse to reuse a saved version that was trained with other settings than the series file asks for now."""
+    saved = json.loads((output_dir / "config.json").read_text(encoding="utf-8"))
+    training = saved.get("training") or {}
+    expected = {
+        "backbone_type": (saved.get("backbone_type"), version.backbone_type),
+        "logit_scale": (saved.get("logit_scale"), version.logit_scale),
+        "method": (training.get("method"), method),
+        "max_steps": (training.get("steps"), version.max_steps),
+        "seed": (training.get("seed"), seed),
+        "batch_size": (training.get("per_device_train_batch_size"), version.batch_size),
+        "learning_rate": (training.get("learning_rate"), version.learning_rate),
+        "init_from_independent": (training.get("init_from_independent", False), init_from_independent),
+    }
+    saved_backbone = saved.get("backbone_config") or {}
+    for key, value in version.backbone_config.items():
+        expected[f"backbone_config.{key}"] = (saved_backbone.get(key), value)
+    saved_method = training.get("method_config") or {}
+    for key, value in (method_config or {}).items():
+        expected[f"method_config.{key}"] = (saved_method.get(key), value)
+    differences = [f"{key}: saved {old!r}, asked {new!r}" for key, (old, new) in expected.items() if old != new]
+    if differences:
+        raise ValueError(
+            f"{output_dir} holds a model trained with other settings than {version.name} asks for now ("
+            + "; ".join(differences)
+            + "). Use a new output_dir, or --no_reuse to retrain it."
+        )
 
 
 @torch.no_grad()

@@ -105,3 +105,23 @@ def test_run_series_trains_records_lineage_and_matrix(tmp_path):
     saved = json.loads((tmp_path / "series_results.json").read_text())
     assert saved["plan"][2]["prefixes"] == {"v1": 8, "v2": 12}
     assert "AC = " in format_matrix(result)
+
+
+def test_rerun_reuses_identical_versions_and_refuses_changed_ones(tmp_path):
+    train_data, eval_data = synthetic_data(48, seed=0), synthetic_data(30, seed=1)
+    kwargs = dict(train_data=train_data, eval_data=eval_data, disable_tqdm=True)
+    first = run_series(tiny_versions(), tmp_path, **kwargs)
+    fingerprints = {n: BT2Model.from_pretrained(p).config.fingerprint for n, p in first.model_dirs.items()}
+    again = run_series(tiny_versions(), tmp_path, **kwargs)  # same file: nothing retrained
+    assert {n: BT2Model.from_pretrained(p).config.fingerprint for n, p in again.model_dirs.items()} == fingerprints
+
+    changed = tiny_versions()
+    changed[2].max_steps = 3
+    with pytest.raises(
+        ValueError, match=r"v3-independent holds a model trained with other settings.*max_steps: saved 2"
+    ):
+        run_series(changed, tmp_path, **kwargs)
+    changed = tiny_versions()
+    changed[1].method_config = {"old_match_weight": 1.0}  # only the BT² step of v2 differs
+    with pytest.raises(ValueError, match=r"v2 holds .*method_config.old_match_weight: saved 5.0, asked 1.0"):
+        run_series(changed, tmp_path, **kwargs)
