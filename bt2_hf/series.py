@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,17 @@ class SeriesVersion:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SeriesVersion:
+        """A version from one entry of a series file; unknown keys (typos) are refused with the valid ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"Series version {data.get('name', '?')!r}: unknown key(s) {unknown}; valid keys are {sorted(known)}."
+            )
+        missing = sorted(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+                         and f.name not in data)  # fmt: skip
+        if missing:
+            raise ValueError(f"Series version {data.get('name', '?')!r}: missing required key(s) {missing}.")
         return cls(**data)
 
 

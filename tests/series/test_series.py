@@ -48,6 +48,11 @@ def test_plan_records_every_prefix_and_rejects_impossible_steps():
     subset_step[1].class_subset = "0-1"
     with pytest.raises(ValueError, match="every class"):
         plan_series(subset_step)
+    with pytest.raises(ValueError, match=r"'v2': unknown key\(s\) \['init_from_independant'\]; valid keys are"):
+        SeriesVersion.from_dict({"name": "v2", "backbone_type": "small_cnn", "backbone_config": CNN, "feature_dim": 8,
+                                 "init_from_independant": True})  # fmt: skip
+    with pytest.raises(ValueError, match=r"'v2': missing required key\(s\) \['feature_dim'\]"):
+        SeriesVersion.from_dict({"name": "v2", "backbone_type": "small_cnn", "backbone_config": CNN})
     twice = tiny_versions()
     twice[2].method_config = {"extra_dim": 9}  # also a version field: refused before anything trains
     with pytest.raises(ValueError, match=r"v3: set \['extra_dim'\] as version fields"):
