@@ -51,8 +51,8 @@ class ModelArguments:
     init_from_independent: bool = field(
         default=False,
         metadata={
-            "help": "BT²: start the backbone, the feature part of the head and the classifier from the independent "
-            "model (same architecture), so f starts as that model's embedding; the compatible block is trained on top."
+            "help": "Start from the independent model (same architecture): its backbone, and its projection and "
+            "classifier (BT²: the rows that give f, so f starts as its embedding; BCT: the whole head, same width)."
         },
     )
     old_model: str | None = field(

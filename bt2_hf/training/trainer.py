@@ -149,47 +149,54 @@ def _build_model(
             f"The training loop trains image models; backbone {model_args.backbone_type!r} encodes {model.modality}."
         )
     if model_args.init_from_independent:
-        _start_from_independent(model, references)
+        if "independent" in references:
+            independent = references["independent"].model
+        elif model_args.independent_model:  # BCT: needed only as the starting point
+            independent = BT2Model.from_pretrained(
+                model_args.independent_model, revision=model_args.independent_model_revision
+            )
+        else:
+            raise ValueError(
+                "init_from_independent needs the independent model to start from: pass independent_model."
+            )
+        _start_from_independent(model, independent)
     return model
 
 
 @torch.no_grad()
-def _start_from_independent(model: BT2Model, references: dict[str, FrozenReference]) -> None:
-    """Copy the independent model's backbone, projection and classifier into a BT² model (``f`` = its embedding).
+def _start_from_independent(model: BT2Model, independent: BT2Model) -> None:
+    """Copy the independent model's backbone, projection and classifier into a BT² or BCT model.
 
-    The BT² head's projection ``h`` has ``feature_dim + old_embedding_dim`` rows; its first ``feature_dim`` rows give
+    BT²: the head's projection ``h`` has ``feature_dim + old_embedding_dim`` rows; its first ``feature_dim`` rows give
     ``f`` and take the independent head's projection, so with the same nonlinearity ``f`` starts equal to the
-    independent embedding and the classifier on ``f`` starts trained. The rest of the head keeps its initialisation.
+    independent embedding and the classifier on ``f`` starts trained; the rest of the head keeps its initialisation.
+    BCT (a linear head): the whole projection and classifier, which needs the independent model's width.
     """
-    if "independent" not in references or model.config.head_type != "basis_transformation":
+    if independent.config.backbone_type != model.config.backbone_type:
         raise ValueError(
-            "init_from_independent needs a BT² model and its independent model (method bt2 with independent_model)."
-        )
-    twin = references["independent"].model
-    if twin.config.backbone_type != model.config.backbone_type:
-        raise ValueError(
-            f"init_from_independent: the independent model's backbone is {twin.config.backbone_type!r}, this model's "
-            f"is {model.config.backbone_type!r}; they must be the same architecture."
+            f"init_from_independent: the independent model's backbone is {independent.config.backbone_type!r}, this "
+            f"model's is {model.config.backbone_type!r}; they must be the same architecture."
         )
     try:
-        model.backbone.load_state_dict(twin.backbone.state_dict())
+        model.backbone.load_state_dict(independent.backbone.state_dict())
     except RuntimeError as error:
         raise ValueError(
-            "init_from_independent: the independent model's backbone does not fit this backbone_config (train the "
-            f"BT² model with the independent model's architecture): {error}"
+            "init_from_independent: the independent model's backbone does not fit this backbone_config (train with "
+            f"the independent model's architecture): {error}"
         ) from error
-    head, twin_head = model.head, twin.head
-    feature_dim = head.feature_dim
-    if twin_head.projection.weight.shape[0] != feature_dim:
+    head, source = model.head, independent.head
+    width = head.feature_dim if model.config.head_type == "basis_transformation" else head.projection.out_features
+    if source.projection.weight.shape[0] != width or source.projection.in_features != head.projection.in_features:
         raise ValueError(
-            f"init_from_independent: the independent embedding has {twin_head.projection.weight.shape[0]} dims, the "
-            f"BT² feature {feature_dim}."
+            f"init_from_independent: the independent embedding has {source.projection.weight.shape[0]} dims, this "
+            f"model's {'BT² feature' if model.config.head_type == 'basis_transformation' else 'embedding'} {width}; "
+            "they must be equal."
         )
-    head.projection.weight[:feature_dim].copy_(twin_head.projection.weight)
-    head.projection.bias[:feature_dim].copy_(twin_head.projection.bias)
-    if head.classifier is not None and twin_head.classifier is not None:
-        if head.classifier.weight.shape == twin_head.classifier.weight.shape:
-            head.classifier.weight.copy_(twin_head.classifier.weight)
+    head.projection.weight[:width].copy_(source.projection.weight)
+    head.projection.bias[:width].copy_(source.projection.bias)
+    if head.classifier is not None and source.classifier is not None:
+        if head.classifier.weight.shape == source.classifier.weight.shape:
+            head.classifier.weight.copy_(source.classifier.weight)
 
 
 def _make_loader(data: ImageClassificationData, batch_size: int, accelerator, args, seed: int, *, sharded: bool,

@@ -253,10 +253,30 @@ def test_bt2_can_start_from_its_independent_model(tmp_path, data, references):
             train_data=data,
         )  # fmt: skip
     assert not (tmp_path / "mismatch").exists() or not any((tmp_path / "mismatch").iterdir())
-    with pytest.raises(ValueError, match="needs a BT² model"):
+    with pytest.raises(ValueError, match="needs the independent model to start from"):
         train(
             ModelArguments(backbone_config=CNN, old_model=references["old"], init_from_independent=True),
             DataArguments(),
             quick_args(tmp_path / "bct", "bct"),
             train_data=data,
         )
+
+
+def test_bct_can_start_from_the_independent_model_of_its_width(tmp_path, data, references):
+    common = dict(backbone_config=CNN, old_model=references["old"], independent_model=references["independent"],
+                  init_from_independent=True)  # fmt: skip
+    # BCT's embedding is the old width (16) by default; the independent model's is 24: no whole-head copy possible.
+    with pytest.raises(ValueError, match="independent embedding has 24 dims, this model's embedding 16"):
+        train(ModelArguments(**common), DataArguments(), quick_args(tmp_path / "narrow", "bct"), train_data=data)
+    out = train(
+        ModelArguments(**common, embedding_dim=24),  # wider than the old model: the first 16 dims are compatible
+        DataArguments(),
+        quick_args(tmp_path / "bct", "bct", max_steps=1, learning_rate=0.0, weight_decay=0.0),
+        train_data=data,
+    )
+    model, twin = BT2Model.from_pretrained(out), BT2Model.from_pretrained(references["independent"])
+    torch.testing.assert_close(model.head.projection.weight, twin.head.projection.weight, rtol=0, atol=0)
+    torch.testing.assert_close(model.head.classifier.weight, twin.head.classifier.weight, rtol=0, atol=0)
+    twin_parameters = dict(twin.backbone.named_parameters())
+    for name, value in model.backbone.named_parameters():
+        torch.testing.assert_close(value, twin_parameters[name], rtol=0, atol=0)
