@@ -569,6 +569,8 @@ def _training_metadata(
         "reference_targets": args.reference_targets,
         "init_from": model_args.init_from,
         "init_from_independent": model_args.init_from_independent,
+        # the checkpoint whose weights this model started from (the model card shows it)
+        "started_from": model_args.independent_model if model_args.init_from_independent else None,
         "bt2_hf_trainer": "accelerate",
         "world_size": world_size,
     }

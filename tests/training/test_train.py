@@ -275,6 +275,7 @@ def test_bct_can_start_from_the_independent_model_of_its_width(tmp_path, data, r
         train_data=data,
     )
     model, twin = BT2Model.from_pretrained(out), BT2Model.from_pretrained(references["independent"])
+    assert model.config.training["started_from"] == references["independent"]
     torch.testing.assert_close(model.head.projection.weight, twin.head.projection.weight, rtol=0, atol=0)
     torch.testing.assert_close(model.head.classifier.weight, twin.head.classifier.weight, rtol=0, atol=0)
     twin_parameters = dict(twin.backbone.named_parameters())
