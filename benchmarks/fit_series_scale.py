@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from bt2_hf.series import SeriesVersion
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -29,12 +31,13 @@ def main() -> None:
     parser.add_argument("--budget-seconds", type=float, required=True)
     args = parser.parse_args()
 
-    versions = yaml.safe_load(Path(args.series_file).read_text(encoding="utf-8"))["versions"]
+    spec = yaml.safe_load(Path(args.series_file).read_text(encoding="utf-8"))
+    versions = [SeriesVersion.from_dict(item) for item in spec["versions"]]  # the series' own defaults
     full_train_seconds = probe_train_seconds = 0.0
     for position, version in enumerate(versions):
-        runs = [version["name"]] if position == 0 else [f"{version['name']}-independent", version["name"]]
-        images_per_step = version.get("batch_size", 128)
-        full_steps = version.get("max_steps", 300)
+        runs = [version.name] if position == 0 else [f"{version.name}-independent", version.name]
+        images_per_step = version.batch_size
+        full_steps = version.max_steps
         probe_steps = max(1, round(full_steps * args.probe_scale))
         for run in runs:
             log = json.loads((Path(args.probe_dir) / run / "training_log.json").read_text(encoding="utf-8"))
