@@ -71,5 +71,9 @@ def test_two_processes_match_one_process(tmp_path):
     weights_single = load_file(str(single / "model.safetensors"))
     weights_double = load_file(str(double / "model.safetensors"))
     for key in weights_single:
+        if key.endswith("attention.key.bias"):
+            # Softmax over keys ignores a shift shared by every key, so this bias's true gradient is exactly zero;
+            # Adam rescales the rounding noise it gets instead, which differs between 1 and 2 processes.
+            continue
         torch.testing.assert_close(weights_single[key], weights_double[key], rtol=1e-3, atol=1e-4, msg=key)
     assert json.loads((double / "config.json").read_text())["training"]["world_size"] == 2
