@@ -6,6 +6,9 @@ Importing the package registers :class:`BT2Config` / :class:`BT2Model` with ``Au
 
 from __future__ import annotations
 
+# The package version's single source (pyproject.toml reads it; set first so that modules imported below see it).
+__version__ = "0.1.0"
+
 from transformers import AutoConfig, AutoModel
 
 from .compatibility import IncompatibleModelsError, compatible_prefix
@@ -22,8 +25,6 @@ from .hub import (
 )
 from .modeling_bt2 import BT2Model, BT2Output, BT2PreTrainedModel, FingerprintMismatchError
 from .processing import BT2ImageProcessor
-
-__version__ = "0.1.0"
 
 AutoConfig.register(BT2Config.model_type, BT2Config, exist_ok=True)
 AutoModel.register(BT2Config, BT2Model, exist_ok=True)

@@ -37,7 +37,10 @@ class BT2Config(PreTrainedConfig):
         feature_scale (`float`, *optional*, defaults to 2.0): BT² only: ``C``, the weight of the new feature against
             the added branch.
         head_nonlinearity (`str`, *optional*): ``"relu"`` or ``"none"`` before normalising; defaults to ``"relu"`` for
-            BT² (the research code's post-ReLU features) and ``"none"`` for linear heads.
+            BT² (the research code's post-ReLU features) and ``"none"`` for linear heads. The training loop
+            (:func:`bt2_hf.training.train`, ``bt2 train``) does not rely on this default for BT²: unless
+            ``head_nonlinearity`` is given, a BT² model gets its independent model's nonlinearity, so that ``f`` can
+            match that embedding.
         num_classes (`int`, *optional*, defaults to 0): width of the training classifier (0: none).
         logit_scale (`float`, *optional*, defaults to 1.0): fixed factor on the classifier's logits. The classifier
             sees unit-norm features, so with a scale of 1 its logits grow only as fast as its weights do; the research

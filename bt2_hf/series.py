@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .utils.io import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 SERIES_METRICS = ("top1", "top5", "map")
@@ -441,7 +443,7 @@ def run_series(
         lineage=lineage,
         seconds=round(time.perf_counter() - started, 1),
     )
-    (output_dir / "series_results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(output_dir / "series_results.json", json.dumps(result.to_dict(), indent=2) + "\n")
     logger.info("%s", format_matrix(result))
     return result
 

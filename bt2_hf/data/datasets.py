@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,99 +17,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .classification_data import ImageClassificationData
+from .fashion_mnist import is_fashion_mnist_dir, load_fashion_mnist
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ImageClassificationData:
-    """Images and labels of one split.
-
-    Args:
-        labels (`torch.LongTensor` of shape `(N,)`): class ids in the dataset's label space.
-        images (`torch.ByteTensor` of shape `(N, C, H, W)`, *optional*): the images, in memory.
-        dataset (`torch.utils.data.Dataset`, *optional*): instead of ``images``: item ``i`` is a uint8 ``(C, H, W)``
-            tensor (large datasets, decoded on the fly by data-loader workers).
-        class_names (`list[str]`, *optional*): one name per class id; its length is the number of classes.
-        source (`str`, *optional*): where the data came from (recorded in the checkpoint).
-        class_subset (`list[int]`, *optional*): the classes kept by :meth:`select_classes`, if any.
-    """
-
-    labels: torch.Tensor
-    images: torch.Tensor | None = None
-    dataset: Any = None
-    class_names: list[str] | None = None
-    source: str = "in-memory"
-    class_subset: list[int] | None = None
-    indices: torch.Tensor | None = field(default=None, repr=False)  # rows of `dataset` when subsetted lazily
-
-    def __post_init__(self) -> None:
-        if (self.images is None) == (self.dataset is None):
-            raise ValueError("Give exactly one of images= (in-memory tensors) or dataset= (lazy).")
-        self.labels = torch.as_tensor(self.labels, dtype=torch.long)
-        if self.images is not None:
-            if self.images.ndim == 3:
-                self.images = self.images.unsqueeze(1)
-            if self.images.ndim != 4:
-                raise ValueError(f"images must have shape (N, C, H, W), got {tuple(self.images.shape)}.")
-            if len(self.images) != len(self.labels):
-                raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels.")
-        if self.class_names is None:
-            self.class_names = [str(i) for i in range(int(self.labels.max()) + 1 if len(self.labels) else 0)]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def in_memory(self) -> bool:
-        return self.images is not None
-
-    def _take(self, rows: torch.Tensor, **changes: Any) -> ImageClassificationData:
-        if self.images is not None:
-            return ImageClassificationData(
-                labels=self.labels[rows], images=self.images[rows], class_names=self.class_names,
-                source=self.source, class_subset=changes.get("class_subset", self.class_subset),
-            )  # fmt: skip
-        base = self.indices[rows] if self.indices is not None else rows
-        return ImageClassificationData(
-            labels=self.labels[rows], dataset=self.dataset, class_names=self.class_names, source=self.source,
-            class_subset=changes.get("class_subset", self.class_subset), indices=base,
-        )  # fmt: skip
-
-    def select_classes(self, class_ids: Sequence[int] | None) -> ImageClassificationData:
-        """Keep only the samples of ``class_ids`` (labels keep their original ids; the label space is unchanged)."""
-        if class_ids is None:
-            return self
-        bad = [c for c in class_ids if not 0 <= c < self.num_classes]
-        if bad:
-            raise ValueError(f"Class ids {bad} are outside this dataset's {self.num_classes} classes.")
-        keep = torch.isin(self.labels, torch.tensor(list(class_ids), dtype=torch.long))
-        return self._take(torch.nonzero(keep).flatten(), class_subset=sorted(class_ids))
-
-    def take_per_class(self, max_samples: int | None, seed: int = 0) -> ImageClassificationData:
-        """At most ``max_samples`` samples in all, drawn class-balanced with a fixed seed (small CPU recipes)."""
-        if max_samples is None or max_samples >= len(self):
-            return self
-        generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(self), generator=generator)
-        present = torch.unique(self.labels)
-        per_class = max(1, max_samples // len(present))
-        picked = []
-        for label in present.tolist():
-            rows = order[self.labels[order] == label][:per_class]
-            picked.append(rows)
-        rows = torch.sort(torch.cat(picked)).values[:max_samples]
-        return self._take(rows)
-
-    def get_image(self, index: int) -> torch.Tensor:
-        """One uint8 ``(C, H, W)`` image."""
-        if self.images is not None:
-            return self.images[index]
-        row = int(self.indices[index]) if self.indices is not None else index
-        return self.dataset[row]
 
 
 class HFImageDataset(torch.utils.data.Dataset):
@@ -263,8 +172,6 @@ def load_image_classification(
     >>> train.images.shape, train.num_classes  # doctest: +SKIP
     (torch.Size([60000, 1, 28, 28]), 10)
     """
-    from .fashion_mnist import is_fashion_mnist_dir, load_fashion_mnist
-
     if dataset in ("fashion_mnist", "fashion-mnist"):
         return load_fashion_mnist(data_dir, "test" if split in ("test", "validation", "eval") else split)
     if data_dir and not Path(data_dir).is_dir():

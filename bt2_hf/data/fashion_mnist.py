@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import ImageClassificationData
+from .classification_data import ImageClassificationData
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (

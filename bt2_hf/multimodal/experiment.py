@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..utils.io import atomic_write_text
 from .captions import DEFAULT_CAPTION_TEMPLATES, class_captions, split_templates
 from .text_tower import (
     AlignedTextTowerLoss,
@@ -229,7 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     declare_compatibility(bt2_tower.config, old_model, method="bt2_text", name_or_path=str(old_path))
     bt2_tower.save_pretrained(bt2_path)
     results["seconds"] = round(time.perf_counter() - started, 1)
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
     for pair, metrics in results["text_to_image"].items():
         logger.info("%-30s %s", pair, "  ".join(f"{k}={100 * v:.1f}" for k, v in metrics.items()))
     logger.info("chance R@1 = %.1f; criterion holds: %s", 100 * results["chance_recall_at_1"], results["criterion"])

@@ -401,7 +401,7 @@ def train_text_tower(
 
     >>> history = train_text_tower(model, captions, labels, BT2TextTowerLoss(W_o), targets={"independent": t})  # doctest: +SKIP
     """
-    from ..training.trainer import lr_lambda_factory
+    from ..training.trainer import build_lr_scheduler
 
     args = args or TextTowerTrainingArguments()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -430,9 +430,7 @@ def train_text_tower(
     else:
         groups.append({"params": backbone_params, "lr": args.learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda_factory(args.warmup_steps, args.max_steps, "cosine")
-    )
+    scheduler = build_lr_scheduler(optimizer, "cosine", args.warmup_steps, args.max_steps)
     generator = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(len(captions), generator=generator)
     cursor = 0

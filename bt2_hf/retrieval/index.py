@@ -46,12 +46,9 @@ def _sha256(data: bytes) -> str:
 
 
 def _bt2_version() -> str:
-    try:
-        from importlib.metadata import version
+    from .. import __version__
 
-        return version("bt2_hf")
-    except Exception:  # pragma: no cover - an uninstalled checkout
-        return "unknown"
+    return __version__
 
 
 # -- shards: embed a dataset in batches, one set of files per process ---------------------------------------------------

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ..utils.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +24,14 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt, figure, path: str | os.PathLike, dpi: int) -> None:
+    """Render the PNG in memory and write it atomically (a reader never sees half a plot)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_compatibility_matrix(matrix, metric: str, path: str | os.PathLike) -> Path:
@@ -48,8 +59,7 @@ def plot_compatibility_matrix(matrix, metric: str, path: str | os.PathLike) -> P
     axes.set_title(title)
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(plt, figure, path, dpi=120)
     return Path(path)
 
 
@@ -66,8 +76,7 @@ def plot_backfill_curves(curves: Sequence, metric: str, path: str | os.PathLike)
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(plt, figure, path, dpi=120)
     return Path(path)
 
 
@@ -97,8 +106,7 @@ def plot_method_comparison(results: dict, path: str | os.PathLike, metrics: Sequ
         axes.grid(axis="y", alpha=0.3)
     axes_list[0][0].legend(loc="lower right")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(plt, figure, path, dpi=120)
     return Path(path)
 
 
@@ -153,6 +161,5 @@ def plot_retrieval_grid(
     if title:
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(plt, figure, path, dpi=110)
     return Path(path)

@@ -6,7 +6,7 @@ from .arguments import BT2TrainingArguments, DataArguments, ModelArguments
 from .checkpointing import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .prototypes import EmptyClassError, compute_class_means
 from .references import FrozenReference
-from .trainer import LOG_CSV_FILE, LOG_FILE, build_optimizer, lr_lambda_factory, train
+from .trainer import LOG_CSV_FILE, LOG_FILE, build_lr_scheduler, build_optimizer, train
 
 __all__ = [
     "LOG_CSV_FILE",
@@ -16,11 +16,11 @@ __all__ = [
     "EmptyClassError",
     "FrozenReference",
     "ModelArguments",
+    "build_lr_scheduler",
     "build_optimizer",
     "compute_class_means",
     "list_checkpoints",
     "load_checkpoint",
-    "lr_lambda_factory",
     "resolve_checkpoint",
     "save_checkpoint",
     "train",

@@ -35,7 +35,12 @@ class ModelArguments:
         },
     )
     head_nonlinearity: str | None = field(
-        default=None, metadata={"help": "relu or none before normalising (default: relu for BT², none otherwise)."}
+        default=None,
+        metadata={
+            "help": "relu or none before normalising. Default: none for a linear head (old / independent / BCT); "
+            "BT² takes the independent model's, so that its feature f can match that embedding (a ReLU'd f cannot "
+            "match a signed one)."
+        },
     )
     logit_scale: float = field(
         default=1.0,

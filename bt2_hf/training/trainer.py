@@ -8,6 +8,7 @@ a bad input leaves no half-written output.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -51,18 +52,26 @@ def _augmentation_seed(seed: int, epoch: int, batch_index: int) -> int:
     return (seed * 1_000_003 + (epoch + 3) * 100_003 + batch_index) % (2**62)
 
 
-def lr_lambda_factory(warmup_steps: int, total_steps: int, schedule: str) -> Callable[[int], float]:
-    """Multiplier of the peak learning rate at optimizer step ``step``: linear warm-up, then cosine or constant."""
+# Our schedule names → transformers' (our "constant" keeps the linear warm-up).
+_SCHEDULERS = {"cosine": "cosine", "constant": "constant_with_warmup"}
 
-    def factor(step: int) -> float:
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    return factor
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """``transformers.get_scheduler``: linear warm-up over ``warmup_steps``, then cosine decay to 0 or constant.
+
+    The multiplier of the peak learning rate for optimizer step ``s`` (0-based) is ``s / warmup_steps`` during the
+    warm-up (so the first step has learning rate 0, as in the transformers ``Trainer``), then
+    ``0.5 * (1 + cos(pi * (s - warmup_steps) / (total_steps - warmup_steps)))`` (cosine) or 1 (constant).
+    """
+    if schedule not in _SCHEDULERS:
+        raise ValueError(f"Unknown learning-rate schedule {schedule!r}; choose one of {list(_SCHEDULERS)}.")
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        _SCHEDULERS[schedule], optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps
+    )
 
 
 def build_optimizer(model: torch.nn.Module, args: BT2TrainingArguments, device: torch.device) -> torch.optim.Optimizer:
@@ -376,9 +385,7 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args, device)
     warmup = args.warmup_steps + int(round(args.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda_factory(warmup, total_steps, args.lr_scheduler_type)
-    )
+    scheduler = build_lr_scheduler(optimizer, args.lr_scheduler_type, warmup, total_steps)
     # The scheduler is stepped by hand once per optimizer step (not prepared: accelerate would step it once per
     # process), and saved with the checkpoint through register_for_checkpointing.
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -447,7 +454,7 @@ def train(
                     losses = method.compute_loss(outputs, targets, labels)
                 loss = sum(value for key, value in losses.items() if key.endswith("_loss"))
                 # Only the last micro-batch synchronises gradients across processes.
-                context = accelerator.no_sync(model) if micro < accumulation - 1 else _nullcontext()
+                context = accelerator.no_sync(model) if micro < accumulation - 1 else contextlib.nullcontext()
                 with context:
                     accelerator.backward(loss / accumulation)
                 for key, value in losses.items():
@@ -538,14 +545,6 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return output_dir
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _training_metadata(
