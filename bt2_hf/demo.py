@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .utils.io import atomic_write_json
+from .utils.io import atomic_directory, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +225,25 @@ def run_demo(
     Returns:
         :class:`DemoResult`.
     """
+    # The whole run is built beside output_dir and swapped in at the end: a failed or killed re-run leaves the
+    # previous run (its models, gallery and results, which refer to each other) untouched.
+    final_dir = Path(output_dir)
+    with atomic_directory(final_dir, keep_other_entries=True) as staging:
+        result = _build_demo(staging, data_dir=data_dir, device=device, size=size, seed=seed,
+                             hub_namespace=hub_namespace)  # fmt: skip
+    return _relocated(result, staging, final_dir)
+
+
+def _relocated(result: DemoResult, staging: Path, final_dir: Path) -> DemoResult:
+    def move(path: Path) -> Path:
+        return final_dir / Path(path).relative_to(staging)
+
+    return DemoResult(output_dir=final_dir, results=result.results,
+                      model_dirs={k: move(v) for k, v in result.model_dirs.items()},
+                      plots={k: move(v) for k, v in result.plots.items()})  # fmt: skip
+
+
+def _build_demo(output_dir: Path, *, data_dir, device, size, seed, hub_namespace) -> DemoResult:
     from .data import load_fashion_mnist
     from .hub.card import create_or_update_model_card
     from .hub.metadata import declare_compatibility

@@ -48,6 +48,16 @@ class ImageClassificationData:
                 raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels.")
         if self.class_names is None:
             self.class_names = [str(i) for i in range(int(self.labels.max()) + 1 if len(self.labels) else 0)]
+        # Checked here, before any training step or file write: an out-of-range label would otherwise crash the
+        # loss half-way through a run.
+        bad = torch.nonzero((self.labels < 0) | (self.labels >= len(self.class_names))).flatten()
+        if len(bad):
+            row = int(bad[0])
+            raise ValueError(
+                f"Label {int(self.labels[row])} at row {row} ({len(bad)} such labels) is outside the "
+                f"{len(self.class_names)} classes 0-{len(self.class_names) - 1} of {self.source}: fix the labels or "
+                "the class names."
+            )
 
     def __len__(self) -> int:
         return len(self.labels)

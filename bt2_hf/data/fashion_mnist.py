@@ -5,11 +5,13 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import BT2InputError
 from .classification_data import ImageClassificationData
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -33,23 +35,55 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (gzipped or not) into a numpy array of its stored shape."""
+    """Read one IDX file (gzipped or not) into a numpy array of its stored shape, in native byte order.
+
+    Raises:
+        `BT2InputError`: the file is truncated, not gzip/IDX, or its header disagrees with its size (the message
+        names the file and what is wrong).
+    """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as handle:
+                data = handle.read()
+        else:
+            data = path.read_bytes()
+    except (EOFError, OSError, zlib.error) as error:  # truncated or corrupted gzip stream (BadGzipFile is an OSError)
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise BT2InputError(
+            f"cannot decompress it ({type(error).__name__}: {error}); the download is truncated or corrupted. "
+            "Fetch the file again.",
+            path,
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path} is not an IDX file (bad magic number).")
+        raise BT2InputError(
+            f"not an IDX file: {len(data)} bytes, expected a 4-byte magic number 00 00 <type> <ndim> first.", path
+        )
     dtype_code, ndim = data[2], data[3]
     if dtype_code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown IDX data type 0x{dtype_code:02x}.")
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+        raise BT2InputError(
+            f"unknown IDX data type 0x{dtype_code:02x} (known: {', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}).", path
+        )
+    header_size = 4 + 4 * ndim
+    if ndim == 0 or len(data) < header_size:
+        raise BT2InputError(
+            f"the IDX header declares {ndim} dimension(s), which needs {header_size} header bytes, but the file has "
+            f"{len(data)} bytes; the file is truncated or not an IDX file.",
+            path,
+        )
+    shape = struct.unpack(f">{ndim}I", data[4:header_size])
     dtype = np.dtype(_IDX_DTYPES[dtype_code])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    payload = data[4 + 4 * ndim :]
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    payload = data[header_size:]
     if len(payload) != expected:
-        raise ValueError(f"{path}: expected {expected} bytes of data for shape {shape}, found {len(payload)}.")
-    return np.frombuffer(payload, dtype=dtype).reshape(shape)
+        raise BT2InputError(
+            f"the header says shape {tuple(shape)} ({expected} bytes of data) but the file holds {len(payload)}; "
+            "it is truncated or corrupted. Fetch it again.",
+            path,
+        )
+    # IDX stores multi-byte values big-endian; torch only takes native byte order.
+    return np.frombuffer(payload, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
 
 
 def find_idx_file(directory: Path, stem: str) -> Path | None:
@@ -90,8 +124,25 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, split: str = "
         )
     images = read_idx(paths[0])
     labels = read_idx(paths[1])
-    if images.ndim != 3 or len(images) != len(labels):
-        raise ValueError(f"{paths[0]} / {paths[1]}: expected N×28×28 images and N labels.")
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise BT2InputError(
+            f"expected N×H×W uint8 images (IDX type 0x08, 3 dimensions), got {images.dtype} of shape "
+            f"{images.shape}.",
+            paths[0],
+        )
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise BT2InputError(
+            f"expected one label per image ({len(images)} images in {paths[0].name}), got shape {labels.shape}.",
+            paths[1],
+        )
+    bad = np.flatnonzero((labels < 0) | (labels >= len(FASHION_MNIST_CLASSES)))
+    if len(bad):
+        raise BT2InputError(
+            f"label {int(labels[bad[0]])} at row {int(bad[0])} ({len(bad)} bad in all) is outside the "
+            f"{len(FASHION_MNIST_CLASSES)} Fashion-MNIST classes 0-{len(FASHION_MNIST_CLASSES) - 1}; the file is "
+            "corrupted or belongs to another dataset.",
+            paths[1],
+        )
     return ImageClassificationData(
         images=torch.from_numpy(images.copy()).unsqueeze(1),
         labels=torch.from_numpy(labels.astype(np.int64)),
