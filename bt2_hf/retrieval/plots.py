@@ -80,13 +80,16 @@ def plot_backfill_curves(curves: Sequence, metric: str, path: str | os.PathLike)
     return Path(path)
 
 
-def plot_method_comparison(results: dict, path: str | os.PathLike, metrics: Sequence[str] = ("top1", "mAP")) -> Path:
+def plot_method_comparison(
+    results: dict, path: str | os.PathLike, metrics: Sequence[str] = ("top1", "mAP"), title: str | None = None
+) -> Path:
     """Grouped bars of old/old, new/old and new/new per method (the compatibility table as a chart).
 
     Args:
         results (`dict`): ``{"methods": {method: {"old/old": {metric: percent}, "new/old": …, "new/new": …}}}``.
         path (`str` or `os.PathLike`): the PNG to write.
         metrics (`Sequence[str]`, *optional*): one panel per metric.
+        title (`str`, *optional*): figure title (the data set, for instance).
     """
     plt = _pyplot()
     methods = list(results["methods"])
@@ -105,6 +108,8 @@ def plot_method_comparison(results: dict, path: str | os.PathLike, metrics: Sequ
         axes.set_title(f"{metric}: query model / gallery model")
         axes.grid(axis="y", alpha=0.3)
     axes_list[0][0].legend(loc="lower right")
+    if title:
+        figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     _save(plt, figure, path, dpi=120)
     return Path(path)

@@ -1,32 +1,55 @@
-"""A tiny `bt2 demo` on synthetic Fashion-MNIST-shaped IDX files: output files, their schema, and the notebook."""
+"""A tiny `bt2 demo` on a synthetic texture set named "textures-ten": output files, their schema, the data set's name
+everywhere, the verdicts, the update gain's n/a, and the notebook."""
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from transformers import AutoModel
 
 import bt2_hf
+from bt2_hf.cli.demo import build_parser
 from bt2_hf.cli.demo import main as demo_main
-from bt2_hf.demo import METHODS, PAIRS, DemoSize, run_demo
+from bt2_hf.demo import (
+    JUDGED_METRICS,
+    METHODS,
+    PAIRS,
+    DemoSize,
+    results_table,
+    run_demo,
+    summarize_seeds,
+    summary_lines,
+)
 from bt2_hf.retrieval.index import GalleryIndex
-from tests.conftest import write_fashion_like_idx
+from tests.demo.synthetic import CLASS_NAMES, write_texture_idx
 
 REPO = Path(__file__).resolve().parents[2]
+NAME = "textures-ten"
 
 
 @pytest.fixture(scope="module")
-def fashion_dir(tmp_path_factory) -> Path:
-    return write_fashion_like_idx(tmp_path_factory.mktemp("fashion"))
+def textures_dir(tmp_path_factory) -> Path:
+    return write_texture_idx(tmp_path_factory.mktemp("data") / NAME)
 
 
 @pytest.fixture(scope="module")
-def demo_output(tmp_path_factory, fashion_dir) -> Path:
+def demo_output(tmp_path_factory, textures_dir) -> Path:
     output = tmp_path_factory.mktemp("demo") / "out"
-    run_demo(output, data_dir=fashion_dir, device="cpu", size=DemoSize.tiny())
+    run_demo(output, data_dir=textures_dir, device="cpu", size=DemoSize.tiny())
+    return output
+
+
+@pytest.fixture(scope="module")
+def weak_new_output(tmp_path_factory, textures_dir) -> Path:
+    """The old CNN trained 30 steps (it separates the textures), the new ViTs a single step: the new model is weaker."""
+    output = tmp_path_factory.mktemp("weak") / "out"
+    size = replace(DemoSize.tiny(), old_steps=30, new_steps=1, learning_rate=3e-3, backfill_points=2)
+    run_demo(output, data_dir=textures_dir, device="cpu", size=size)
     return output
 
 
@@ -39,9 +62,14 @@ def test_results_json_schema(demo_output):
             assert set(values) == {"top1", "top5", "mAP"}
             assert all(0.0 <= v <= 100.0 for v in values.values())
             assert values["top5"] >= values["top1"]
-        assert isinstance(results["criterion"][method]["top1"], bool)
-        expected = results["methods"][method]["new/old"]["top1"] > results["methods"][method]["old/old"]["top1"]
-        assert results["criterion"][method]["top1"] == expected
+        for metric in JUDGED_METRICS:
+            expected = results["methods"][method]["new/old"][metric] > results["methods"][method]["old/old"][metric]
+            assert results["criterion"][method][metric] == expected
+        # The one results schema: PairReport.to_dict, in fractions.
+        report = results["reports"][method]
+        assert report["results"]["new/old"]["top1"] == pytest.approx(
+            results["methods"][method]["new/old"]["top1"] / 100, abs=5e-5
+        )
     # The old/old row is the same old model for every method.
     assert len({json.dumps(results["methods"][m]["old/old"]) for m in METHODS}) == 1
     assert results["num_queries"] == 120
@@ -51,6 +79,39 @@ def test_results_json_schema(demo_output):
     # β = 0 is new/old and β = 1 is new/new.
     assert curve["top1"][0] == pytest.approx(results["methods"]["bt2"]["new/old"]["top1"], abs=0.01)
     assert curve["top1"][-1] == pytest.approx(results["methods"]["bt2"]["new/new"]["top1"], abs=0.01)
+    assert results["final_verdict"] == results["verdict"]["bt2"]
+    assert results["seeds"]["seeds"] == [0]
+
+
+def test_budgets_are_optimizer_steps_and_equal(demo_output):
+    results = json.loads((demo_output / "results.json").read_text())
+    assert results["steps"] == {"old": 5, "independent": 6, "bct": 6, "bt2": 6}
+    assert results["references"] == {"independent": "independent", "bct": "independent", "bt2": "independent"}
+    for name, steps in results["steps"].items():
+        training = AutoModel.from_pretrained(demo_output / "models" / name).config.training
+        assert training["steps"] == steps
+        assert training["init_from_independent"] is False  # from scratch by default: the same start for every method
+
+
+def test_the_data_sets_name_is_everywhere(demo_output):
+    results = json.loads((demo_output / "results.json").read_text())
+    assert results["dataset"] == NAME
+    assert results["class_names"] == list(CLASS_NAMES)
+    assert results["old_classes"] == "0-4"
+    texts = [p.read_text(encoding="utf-8") for p in demo_output.rglob("*") if p.suffix in (".json", ".md")]
+    assert len(texts) >= 10
+    assert not [t for t in texts if "fashion" in t.lower()]
+    for name in ("old", *METHODS):
+        card = (demo_output / "models" / name / "README.md").read_text()
+        assert f"# bt2-hf-demo/{NAME}-{name}" in card
+        assert AutoModel.from_pretrained(demo_output / "models" / name).config.training["dataset"] == f"{NAME}:train"
+        assert f"on {NAME}" in card
+    bt2 = AutoModel.from_pretrained(demo_output / "models" / "bt2").config
+    assert bt2.compatible_with[0]["name_or_path"] == f"bt2-hf-demo/{NAME}-old"
+    manifest = json.loads((demo_output / "gallery_old" / "manifest.json").read_text())
+    assert manifest["encoder_name_or_path"] == f"bt2-hf-demo/{NAME}-old"
+    assert results_table(results).title.startswith(f"{NAME} retrieval")
+    assert summary_lines(results)[-1].startswith(f"Verdict (BT², {NAME}): ")
 
 
 def test_plots_and_checkpoints(demo_output):
@@ -64,15 +125,49 @@ def test_plots_and_checkpoints(demo_output):
         assert isinstance(model, bt2_hf.BT2Model)
         card = (directory / "README.md").read_text()
         assert "library_name: bt2_hf" in card
+        assert "## Demo verdict" in card
+    # Training's unmeasured claims are replaced by what the demo measured: the independent model claims nothing.
+    assert AutoModel.from_pretrained(demo_output / "models" / "independent").config.compatible_with == []
+    results = json.loads((demo_output / "results.json").read_text())
     bt2 = AutoModel.from_pretrained(demo_output / "models" / "bt2")
     entry = bt2.config.compatible_with[0]
     assert entry["fingerprint"] == old.config.fingerprint
     assert entry["embedding_dim"] == 16
-    assert "Compatible with" in (demo_output / "models" / "bt2" / "README.md").read_text()
+    assert entry["metrics"]["new/old"] == results["methods"]["bt2"]["new/old"]
+    # The metadata says what the verdict says.
+    assert entry["criterion"]["passed"] == (results["verdict"]["bt2"]["status"] == "compatible")
+    assert results["verdict"]["bt2"]["message"] in (demo_output / "models" / "bt2" / "README.md").read_text()
     gallery = GalleryIndex.load(demo_output / "gallery_old")
-    assert gallery.prefix_for(bt2.config) == 16
-    with pytest.raises(bt2_hf.IncompatibleModelsError):
-        gallery.prefix_for(AutoModel.from_pretrained(demo_output / "models" / "independent").config)
+    assert gallery.dimension == 16
+
+
+def test_do_not_upgrade_when_the_new_model_is_weaker(weak_new_output):
+    results = json.loads((weak_new_output / "results.json").read_text())
+    old_old = results["methods"]["bt2"]["old/old"]["top1"]
+    independent = results["methods"]["independent"]["new/new"]["top1"]
+    assert independent < old_old  # the premise: one step of the ViT is worse than the trained CNN
+    for method in METHODS:
+        outcome = results["verdict"][method]
+        assert outcome["status"] == "do_not_upgrade"
+        assert outcome["message"].startswith(
+            "the new model is not better than the old one on this data: do not upgrade"
+        )
+        # No "+722 %": the update gain has no meaning without an improvement, and says why.
+        assert results["update_gain"][method]["top1"] is None
+        assert results["update_gain_note"][method]["top1"] == (
+            f"n/a: the independent new model is no better than the old one ({independent:.2f} ≤ {old_old:.2f}), so "
+            "there is no improvement to carry over"
+        )
+    lines = summary_lines(results)
+    assert lines[:3] == [
+        f"Update gain of {method}: top1 n/a, mAP n/a ({results['update_gain_note'][method]['top1']})"
+        for method in METHODS
+    ]
+    assert lines[-1] == f"Verdict (BT², {NAME}): {results['verdict']['bt2']['message']}."
+    card = (weak_new_output / "models" / "bt2" / "README.md").read_text()
+    assert "do not upgrade" in card
+    entry = AutoModel.from_pretrained(weak_new_output / "models" / "bt2").config.compatible_with[0]
+    assert entry["criterion"]["passed"] is False
 
 
 def test_missing_data_gives_instructions_and_writes_nothing(tmp_path, capsys):
@@ -83,12 +178,36 @@ def test_missing_data_gives_instructions_and_writes_nothing(tmp_path, capsys):
     assert not output.exists() or not any(output.rglob("*.json"))
 
 
-def test_quickstart_notebook_executes(demo_output, fashion_dir, monkeypatch):
+def test_cli_options():
+    parser = build_parser()
+    for flag in ("--data_dir", "--data-dir"):
+        assert parser.parse_args([flag, "somewhere"]).data_dir == "somewhere"
+    args = parser.parse_args(["--seeds", "3", "--from_independent", "--train_fraction", "0.125", "--new_steps", "9"])
+    assert (args.seeds, args.from_independent, args.train_fraction, args.new_steps) == (3, True, 0.125, 9)
+
+
+def test_summarize_seeds_mean_and_sample_sd(demo_output):
+    first = json.loads((demo_output / "results.json").read_text())
+    second = json.loads(json.dumps(first))
+    second["seed"] = 1
+    second["methods"]["bt2"]["new/old"]["top1"] = first["methods"]["bt2"]["new/old"]["top1"] + 2.0
+    second["compatibility_tax"]["bt2"]["top1"] = first["compatibility_tax"]["bt2"]["top1"] - 1.0
+    summary = summarize_seeds([first, second])
+    assert summary["seeds"] == [0, 1]
+    top1 = summary["methods"]["bt2"]["new/old"]["top1"]
+    assert top1["mean"] == round(first["methods"]["bt2"]["new/old"]["top1"] + 1.0, 2)
+    assert top1["sd"] == round(float(np.std([0.0, 2.0], ddof=1)), 2) == 1.41
+    assert summary["compatibility_tax"]["bt2"]["top1"]["sd"] == 0.71
+    assert summary["methods"]["bt2"]["old/old"]["top1"]["sd"] == 0.0
+    assert summary["verdicts"]["bt2"] == [first["verdict"]["bt2"]["status"]] * 2
+
+
+def test_quickstart_notebook_executes(demo_output, textures_dir, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(REPO / "notebooks" / "quickstart.ipynb", as_version=4)
     monkeypatch.setenv("BT2_DEMO_DIR", str(demo_output))
-    monkeypatch.setenv("BT2_DATA_DIR", str(fashion_dir))
+    monkeypatch.setenv("BT2_DATA_DIR", str(textures_dir))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     client = nbclient.NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(demo_output.parent)}}
