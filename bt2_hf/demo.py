@@ -479,6 +479,8 @@ def _run_seed(
         gains, notes = {}, {}
         for metric in JUDGED_METRICS:
             gain, note = update_gain_or_reason(pairs["new/old"][metric], pairs["old/old"][metric], independent[metric])
+            if "top1" in notes:  # no upgrade on top-1: a gain on another metric would divide by noise
+                gain, note = None, notes["top1"]
             gains[metric] = None if gain is None else round(100 * gain, 1)
             if note:
                 notes[metric] = note

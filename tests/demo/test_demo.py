@@ -16,6 +16,7 @@ import bt2_hf
 from bt2_hf.cli.demo import build_parser
 from bt2_hf.cli.demo import main as demo_main
 from bt2_hf.demo import (
+    FROM_INDEPENDENT,
     JUDGED_METRICS,
     METHODS,
     PAIRS,
@@ -40,7 +41,7 @@ def textures_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def demo_output(tmp_path_factory, textures_dir) -> Path:
     output = tmp_path_factory.mktemp("demo") / "out"
-    run_demo(output, data_dir=textures_dir, device="cpu", size=DemoSize.tiny())
+    run_demo(output, data_dir=textures_dir, device="cpu", size=replace(DemoSize.tiny(), from_independent=True))
     return output
 
 
@@ -55,7 +56,7 @@ def weak_new_output(tmp_path_factory, textures_dir) -> Path:
 
 def test_results_json_schema(demo_output):
     results = json.loads((demo_output / "results.json").read_text())
-    assert set(results["methods"]) == set(METHODS)
+    assert set(results["methods"]) == {*METHODS, *FROM_INDEPENDENT}
     for method in METHODS:
         for pair in PAIRS:
             values = results["methods"][method][pair]
@@ -73,7 +74,10 @@ def test_results_json_schema(demo_output):
     # The old/old row is the same old model for every method.
     assert len({json.dumps(results["methods"][m]["old/old"]) for m in METHODS}) == 1
     assert results["num_queries"] == 120
-    assert results["dims"] == {"old": 16, "independent": 16, "bct": 16, "bt2": 20}
+    assert results["dims"] == {
+        "old": 16, "independent": 16, "bct": 16, "bt2": 20,
+        "independent_continued": 16, "bct_from_independent": 16, "bt2_from_independent": 20,
+    }  # fmt: skip
     curve = results["backfill"]["random"]
     assert curve["betas"][0] == 0.0 and curve["betas"][-1] == 1.0
     # β = 0 is new/old and β = 1 is new/new.
@@ -85,12 +89,21 @@ def test_results_json_schema(demo_output):
 
 def test_budgets_are_optimizer_steps_and_equal(demo_output):
     results = json.loads((demo_output / "results.json").read_text())
-    assert results["steps"] == {"old": 5, "independent": 6, "bct": 6, "bt2": 6}
-    assert results["references"] == {"independent": "independent", "bct": "independent", "bt2": "independent"}
+    assert results["steps"] == {"old": 5, **{name: 6 for name in (*METHODS, *FROM_INDEPENDENT)}}
+    # Fine-tuned models had the independent model's 6 steps first; so had their twin, which they are measured against.
+    assert results["total_steps"] == {"old": 5, **dict.fromkeys(METHODS, 6), **dict.fromkeys(FROM_INDEPENDENT, 12)}
+    assert results["references"] == {
+        **dict.fromkeys(METHODS, "independent"), **dict.fromkeys(FROM_INDEPENDENT, "independent_continued")
+    }  # fmt: skip
     for name, steps in results["steps"].items():
         training = AutoModel.from_pretrained(demo_output / "models" / name).config.training
         assert training["steps"] == steps
-        assert training["init_from_independent"] is False  # from scratch by default: the same start for every method
+        assert training["init_from_independent"] is (name in FROM_INDEPENDENT)
+    for name in FROM_INDEPENDENT:
+        twin = results["methods"]["independent_continued"]["new/new"]["top1"]
+        assert results["compatibility_tax"][name]["top1"] == round(
+            twin - results["methods"][name]["new/new"]["top1"], 2
+        )
 
 
 def test_the_data_sets_name_is_everywhere(demo_output):
