@@ -78,9 +78,10 @@ class DemoSize:
       inverse temperature of 10 on the influence loss (both 1 in the research code, which trains 100 epochs);
     - BCT and BT² share the influence weight (10, the research code's) and its temperature; BT²'s own old-match weight
       is 20 (5 in the research code): on the validation split it raised BT²'s new/old top-1 from 57.7 to 65.4 at the
-      same new/new. BCT has no old-match term, so no other weight differs between the methods;
-    - ``new_steps = 1800``: about 4 epochs of Fashion-MNIST's 50 000 training images at batch 128, what fits the
-      10-minute budget for the three new models; 32 epochs of ⅛ of it.
+      same new/new (from scratch, 4 epochs = 1 872 steps, the budget before it was counted in steps). BCT has no
+      old-match term, so no other weight differs between the methods;
+    - ``new_steps = 1800``: what fits the 10-minute budget for the three new models at batch 128; 3.8 epochs of
+      Fashion-MNIST's 60 000 training images, 31 epochs of ⅛ of them.
 
     The old model is the scenario, not a setting to tune: a small CNN trained on the first half of the classes.
     """

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.datasets import ImageClassificationData, from_hf_dataset
+from .data.classification_data import ImageClassificationData
+from .data.datasets import from_hf_dataset
 
 logger = logging.getLogger(__name__)
 
