@@ -1,7 +1,9 @@
 """bt2_hf: backward-compatible embedding models (BT²) for the Hugging Face ecosystem.
 
 Importing the package registers :class:`BT2Config` / :class:`BT2Model` with ``AutoConfig`` / ``AutoModel``, so
-``AutoModel.from_pretrained(path)`` returns a bt2_hf model with no ``trust_remote_code``.
+``AutoModel.from_pretrained(path)`` returns a bt2_hf model with no ``trust_remote_code``; ``BT2ImageProcessor`` with
+``AutoImageProcessor``, so ``AutoImageProcessor.from_pretrained(path)`` and ``pipeline("image-feature-extraction")``
+work on saved bt2_hf image models.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 # The package version's single source (pyproject.toml reads it; set first so that modules imported below see it).
 __version__ = "0.1.0"
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from .compatibility import IncompatibleModelsError, compatible_prefix
 from .configuration_bt2 import BT2Config
@@ -24,10 +26,12 @@ from .hub import (
     validate_compatibility_metadata,
 )
 from .modeling_bt2 import BT2Model, BT2Output, BT2PreTrainedModel, FingerprintMismatchError
-from .processing import BT2ImageProcessor
+from .processing import BT2ImageProcessor, ImageInputError
 
 AutoConfig.register(BT2Config.model_type, BT2Config, exist_ok=True)
 AutoModel.register(BT2Config, BT2Model, exist_ok=True)
+# AutoImageProcessor and pipeline("image-feature-extraction") find the processor of any saved bt2_hf image model.
+AutoImageProcessor.register(BT2Config, image_processor_classes={"torchvision": BT2ImageProcessor, "pil": BT2ImageProcessor}, exist_ok=True)  # fmt: skip
 
 __all__ = [
     "BT2Config",
@@ -38,6 +42,7 @@ __all__ = [
     "BasisTransformationHead",
     "CompatibilityMetadataError",
     "FingerprintMismatchError",
+    "ImageInputError",
     "IncompatibleModelsError",
     "LinearHead",
     "OrthogonalLinear",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -227,20 +228,26 @@ class BT2Model(BT2PreTrainedModel):
         device: str | torch.device | None = None,
         prefix_dim: int | None = None,
         show_progress: bool = False,
+        input_data_format: str | None = None,
     ) -> torch.Tensor:
         """Embed raw images or texts with the model's own preprocessing: batched, without gradients, on ``device``.
 
         Args:
-            images (PIL images, numpy arrays or a tensor batch, *optional*): for image models.
+            images (*optional*): for image models: one image or a list of images of any sizes (PIL, numpy, torch),
+                or a 4-D batch. The accepted dtypes, ranges and layouts are the input contract of
+                :mod:`bt2_hf.processing` (uint8, uint16 or float in [0, 1]; 3-D arrays need ``input_data_format``).
             texts (`str` or `list[str]`, *optional*): for text models.
             batch_size (`int`, *optional*, defaults to 64): inputs per forward pass.
             device (`str` or `torch.device`, *optional*): where to run; defaults to the model's device.
             prefix_dim (`int`, *optional*): keep only the first ``prefix_dim`` dimensions and re-normalise (e.g.
                 ``config.compatible_dim`` to compare with the old gallery).
             show_progress (`bool`, *optional*, defaults to `False`): show a progress bar.
+            input_data_format (`str`, *optional*): ``"channels_last"`` or ``"channels_first"`` for 3-D (and
+                ambiguous 4-D) image arrays.
 
         Returns:
-            `torch.FloatTensor` of shape `(n, embedding_dim or prefix_dim)` on the CPU, unit-norm rows.
+            `torch.FloatTensor` of shape `(n, embedding_dim or prefix_dim)` on the CPU, unit-norm rows: one row per
+            image (a 4-D batch gives one row per entry) or text.
         """
         if (images is None) == (texts is None):
             raise ValueError("Pass exactly one of images= or texts= to encode().")
@@ -254,9 +261,16 @@ class BT2Model(BT2PreTrainedModel):
                 "This model has no processor: set `model.processor` (e.g. a tokenizer from "
                 "AutoTokenizer.from_pretrained(...)) before encode(); save_pretrained stores it with the weights."
             )
-        items = _as_list(images if images is not None else texts)
         if prefix_dim is not None and not 0 < prefix_dim <= self.config.embedding_dim:
             raise ValueError(f"prefix_dim must be in [1, {self.config.embedding_dim}], got {prefix_dim}.")
+        if wanted == "image":
+            # A 4-D batch is sliced (it stays a batch: the processor reads its layout), anything else is a list.
+            is_batch = isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4
+            items = images if is_batch else (list(images) if isinstance(images, (list, tuple)) else [images])
+        else:
+            items = [texts] if isinstance(texts, str) else list(texts)
+        if len(items) == 0:
+            raise ValueError(f"No {wanted}s to encode: pass at least one.")
         if device is not None:
             self.to(device)
         device = self.device
@@ -267,7 +281,9 @@ class BT2Model(BT2PreTrainedModel):
         for start in tqdm(starts, desc="encode", disable=not show_progress):
             batch = items[start : start + batch_size]
             if wanted == "image":
-                inputs = self.processor(batch, return_tensors="pt")
+                inputs = self.processor(
+                    batch, return_tensors="pt", input_data_format=input_data_format, index_offset=start
+                )
             else:
                 inputs = self.processor(list(batch), return_tensors="pt", padding=True, truncation=True)
             inputs = {k: v.to(device) for k, v in inputs.items() if k in _FORWARD_INPUTS}
@@ -385,18 +401,6 @@ class BT2Model(BT2PreTrainedModel):
 
 
 _FORWARD_INPUTS = {"pixel_values", "input_ids", "attention_mask", "token_type_ids"}
-
-
-def _as_list(items: Any) -> list[Any]:
-    if isinstance(items, str):
-        return [items]
-    if isinstance(items, torch.Tensor) and items.ndim == 3:
-        return [items]
-    if isinstance(items, (torch.Tensor,)) or hasattr(items, "shape") and len(getattr(items, "shape", ())) == 4:
-        return [items[i] for i in range(items.shape[0])]
-    if isinstance(items, (list, tuple)):
-        return list(items)
-    return [items]
 
 
 def _load_processor(name_or_path: str | os.PathLike, config: BT2Config, hub_kwargs: dict[str, Any]) -> Any:

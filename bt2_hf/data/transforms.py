@@ -101,21 +101,30 @@ class ModelInputTransform:
         self.mean = torch.tensor(image_mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(image_std, dtype=torch.float32).view(1, -1, 1, 1)
         self.channels_last = channels_last
+        self.processor = None  # set by from_processor: then the processor's own maths is applied
 
     @classmethod
     def from_processor(cls, processor, channels_last: bool = False) -> ModelInputTransform:
-        """Build from a :class:`~bt2_hf.BT2ImageProcessor` (``model.processor``)."""
-        if processor is None or not hasattr(processor, "image_size"):
+        """Build from a :class:`~bt2_hf.BT2ImageProcessor` (``model.processor``): training then resizes, crops and
+        normalises with the processor's own ``transform``, exactly what ``encode`` and the pipeline do."""
+        if processor is None or not hasattr(processor, "transform"):
             raise ValueError(
                 "Training on images needs the model's image processor (model.processor, a BT2ImageProcessor); "
                 "this model has none."
             )
-        return cls(
+        transform = cls(
             processor.image_size, processor.num_channels, processor.image_mean, processor.image_std, channels_last
         )
+        transform.processor = processor
+        return transform
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         images = to_float01(images)
+        if self.processor is not None:
+            pixel_values = self.processor.transform(images)
+            if self.channels_last:
+                pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+            return pixel_values
         channels = images.shape[1]
         if channels != self.num_channels:
             if self.num_channels == 3 and channels == 1:

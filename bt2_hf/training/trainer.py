@@ -172,6 +172,32 @@ def _build_model(
     return model
 
 
+def _match_processor_to_data(model: BT2Model, data: ImageClassificationData, model_args: ModelArguments) -> None:
+    """Make the processor saved with the model describe the training data's size.
+
+    A size-agnostic backbone (``small_cnn``) whose ``image_size`` was not given takes the data's size, so a 32×32
+    data set saves a 32×32 processor (not the 28×28 default). Any other mismatch means training resizes every image
+    to the processor's size (e.g. 32×32 photos up to a ViT's 224×224): that is said in the log, never silent.
+    """
+    sample = data.images[0] if data.images is not None else data.dataset[0]
+    data_size = tuple(int(s) for s in sample.shape[-2:])
+    processor = model.processor
+    if processor.image_size == data_size:
+        return
+    given = (model_args.backbone_config or {}).get("image_size")
+    if model.config.backbone_type == "small_cnn" and given is None:
+        model.processor = type(processor).from_dict({**processor.to_dict(), "size": list(data_size)})
+        model.config.backbone_config["image_size"] = list(data_size)
+        logger.info("The processor takes the training data's size %s (small_cnn works at any size).", data_size)
+        return
+    logger.warning(
+        "The training images are %d×%d; the model's processor resizes them to %d×%d for training and at inference "
+        "(set the processor's size, e.g. backbone_config image_size, to train at the data's size).",
+        *data_size,
+        *processor.image_size,
+    )
+
+
 @torch.no_grad()
 def _start_from_independent(model: BT2Model, independent: BT2Model) -> None:
     """Copy the independent model's backbone, projection and classifier into a BT² or BCT model.
@@ -326,6 +352,7 @@ def train(
             )
     set_seed(args.seed)  # the model's initialisation does not depend on what was loaded before
     model = _build_model(model_args, method, references, data.num_classes)
+    _match_processor_to_data(model, data, model_args)
     input_transform = ModelInputTransform.from_processor(model.processor, channels_last=use_channels_last)
     augmentation = BatchAugmentation(data_args.augment_padding, data_args.horizontal_flip)
     batch_size = args.per_device_train_batch_size

@@ -1,0 +1,164 @@
+"""BT2ImageProcessor: a registered transformers image processor, and the one image input contract."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor
+
+from bt2_hf import BT2Config, BT2ImageProcessor, BT2Model, ImageInputError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+
+
+def tiny_model(num_channels: int = 1, image_size: int = 28, seed: int = 0) -> BT2Model:
+    torch.manual_seed(seed)
+    config = BT2Config(
+        backbone_type="small_cnn",
+        backbone_config={"num_channels": num_channels, "widths": [8, 16], "image_size": image_size},
+        embedding_dim=8,
+    )
+    return BT2Model(config).eval()
+
+
+def gradient(height: int, width: int, channels: int | None = None) -> np.ndarray:
+    """A deterministic uint8 test pattern."""
+    y, x = np.mgrid[0:height, 0:width]
+    image = ((x * 7 + y * 3) % 256).astype(np.uint8)
+    if channels:
+        image = np.stack([np.roll(image, shift=11 * c, axis=1) for c in range(channels)], axis=-1)
+    return image
+
+
+def test_auto_image_processor_loads_the_saved_processor(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "BT2ImageProcessor"
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert isinstance(processor, BT2ImageProcessor)
+    assert processor.to_dict() == model.processor.to_dict()
+    assert processor.image_size == (28, 28)
+
+
+def test_exact_values_for_constant_images():
+    processor = BT2ImageProcessor(size={"height": 4, "width": 4}, num_channels=1)
+    out = processor([np.full((9, 7), 255, np.uint8), np.zeros((3, 5), np.uint8)])["pixel_values"]
+    assert out.shape == (2, 1, 4, 4)
+    torch.testing.assert_close(out[0], torch.ones(1, 4, 4), atol=1e-6, rtol=0)  # (1 - 0.5) / 0.5
+    torch.testing.assert_close(out[1], -torch.ones(1, 4, 4), atol=1e-6, rtol=0)
+
+
+def test_mixed_sizes_batch_and_each_image_is_processed_alone():
+    model = tiny_model()
+    images = [gradient(28, 28), gradient(40, 33), gradient(17, 90)]
+    together = model.encode(images=images)
+    alone = torch.cat([model.encode(images=[image]) for image in images])
+    assert together.shape == (3, 8)
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
+    chunked = model.encode(images=images, batch_size=2)
+    torch.testing.assert_close(chunked, together, atol=1e-6, rtol=0)
+
+
+def test_pil_numpy_torch_and_dtypes_give_the_same_pixels():
+    processor = BT2ImageProcessor(size={"height": 12, "width": 12}, num_channels=3)
+    rgb = gradient(20, 16, channels=3)
+    reference = processor(Image.fromarray(rgb))["pixel_values"]
+    variants = {
+        "numpy hwc": processor(rgb, input_data_format="channels_last"),
+        "torch chw": processor(torch.from_numpy(rgb).permute(2, 0, 1), input_data_format="channels_first"),
+        "float [0,1]": processor(rgb.astype(np.float32) / 255, input_data_format="channels_last"),
+        "uint16": processor(rgb.astype(np.uint16) * 257, input_data_format="channels_last"),
+        "rgba": processor(Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)]))),
+        "4-d batch": processor(rgb[None]),  # (1, H, W, 3): the channel axis is unambiguous
+    }
+    for name, out in variants.items():
+        torch.testing.assert_close(out["pixel_values"], reference, atol=1e-6, rtol=0, msg=name)
+
+
+def test_channel_conversion_grayscale_to_rgb_and_rgb_to_gray():
+    gray = gradient(10, 10)
+    to_rgb = BT2ImageProcessor(size=10, num_channels=3)(gray)["pixel_values"]
+    assert torch.equal(to_rgb[0, 0], to_rgb[0, 1]) and torch.equal(to_rgb[0, 1], to_rgb[0, 2])
+    rgb = gradient(10, 10, channels=3)
+    to_gray = BT2ImageProcessor(size=10, num_channels=1)(Image.fromarray(rgb))["pixel_values"]
+    luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255
+    torch.testing.assert_close(to_gray[0, 0].double(), torch.from_numpy((luma - 0.5) / 0.5), atol=1e-6, rtol=0)
+
+
+def test_a_3d_array_is_ambiguous_unless_its_layout_is_given():
+    model = tiny_model()
+    stack = np.stack([gradient(28, 28), gradient(28, 28)[::-1], gradient(28, 28)[:, ::-1]])  # (3, 28, 28)
+    with pytest.raises(ImageInputError, match="Image 0 is a 3-D array.*input_data_format"):
+        model.encode(images=stack)
+    assert model.encode(images=list(stack)).shape == (3, 8)  # three grayscale images
+    assert model.encode(images=stack, input_data_format="channels_first").shape == (1, 8)  # one RGB image
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        ([], "No images to encode"),
+        ([gradient(8, 8), np.full((8, 8), 3.0, np.float32)], r"Image 1 is float with values in \[3, 3\].*divide it by 255"),
+        ([gradient(8, 8), np.full((8, 8), np.nan, np.float32)], "Image 1 contains NaN"),
+        ([gradient(8, 8), gradient(8, 8), np.zeros((0, 8), np.uint8)], "Image 2 is empty"),
+        ([gradient(8, 8), np.zeros(8, np.uint8)], "Image 1 has 1 dimensions"),
+        ([np.zeros((8, 8), np.int64)], "Image 0 has dtype torch.int64.*value range is unknown"),
+        ([np.zeros((8, 8, 5), np.uint8)], "input_data_format"),
+        ([gradient(8, 8), "photo.jpg"], "Image 1 has unsupported type str"),
+    ],
+)
+def test_bad_inputs_name_the_image_and_the_fix(images, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model().encode(images=images)
+
+
+def test_error_index_counts_across_encode_batches():
+    images = [gradient(8, 8)] * 5 + [np.full((8, 8), 2.0)]
+    with pytest.raises(ImageInputError, match="Image 5 ") as error:
+        tiny_model().encode(images=images, batch_size=2)
+    assert error.value.index == 5
+
+
+def test_the_processor_records_the_settings_of_a_transformers_processor():
+    from transformers import CLIPImageProcessor, ConvNextImageProcessor, ViTImageProcessor
+
+    clip = BT2ImageProcessor.from_image_processor(CLIPImageProcessor())
+    assert clip.size == {"shortest_edge": 224} and clip.crop_size == {"height": 224, "width": 224}
+    assert clip.resample == "bicubic" and clip.do_center_crop and clip.image_size == (224, 224)
+    assert clip.image_mean == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    convnext = BT2ImageProcessor.from_image_processor(ConvNextImageProcessor(size={"shortest_edge": 224}))
+    assert convnext.size == {"shortest_edge": 256} and convnext.image_size == (224, 224)  # 224 / crop_pct 0.875
+    assert BT2ImageProcessor.from_image_processor(ConvNextImageProcessor()).size == {"height": 384, "width": 384}
+    vit = BT2ImageProcessor.from_image_processor(ViTImageProcessor(size={"height": 32, "width": 32}))
+    assert vit.size == {"height": 32, "width": 32} and not vit.do_center_crop
+
+
+def test_shortest_edge_resize_then_centre_crop_keeps_the_aspect_ratio():
+    processor = BT2ImageProcessor(size={"shortest_edge": 4}, do_center_crop=True, crop_size=4, resample="nearest",
+                                  num_channels=1, image_mean=0.0, image_std=1.0)  # fmt: skip
+    # 4 × 8: left half 0, right half 255 → resized it stays 4 × 8, the centre crop keeps columns 2..5
+    image = np.zeros((4, 8), np.uint8)
+    image[:, 4:] = 255
+    out = processor(image)["pixel_values"][0, 0]
+    assert torch.equal(out, torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 4))
+
+
+def test_training_saves_the_processor_of_its_data_size(tmp_path):
+    from training_helpers import quick_args, synthetic_data
+
+    from bt2_hf.training import DataArguments, ModelArguments, train
+
+    images, labels = synthetic_data(n=32, size=32)
+    out = train(ModelArguments(backbone_config={"num_channels": 1, "widths": [8]}), DataArguments(),
+                quick_args(tmp_path / "out", "independent", max_steps=1), train_data=(images, labels))  # fmt: skip
+    processor = AutoImageProcessor.from_pretrained(out)
+    assert processor.image_size == (32, 32)
+    model = BT2Model.from_pretrained(out)
+    assert model.config.backbone_config["image_size"] == [32, 32]
