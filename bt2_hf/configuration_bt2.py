@@ -166,3 +166,8 @@ class BT2Config(PreTrainedConfig):
     def modality(self) -> str:
         """``"image"`` or ``"text"``: what the backbone encodes."""
         return get_backbone_class(self.backbone_type).modality
+
+    @property
+    def projection_dim(self) -> int:
+        """The embedding width, under the name sentence-transformers reads for models that output embeddings."""
+        return self.embedding_dim

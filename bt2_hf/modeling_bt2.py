@@ -29,7 +29,7 @@ from transformers.utils import ModelOutput, cached_file
 
 from .backbones import build_backbone, get_backbone_class
 from .configuration_bt2 import BT2Config
-from .fingerprint import fingerprint_model, short_fingerprint
+from .fingerprint import fingerprint_model, fingerprint_state_dict, short_fingerprint
 from .heads import BasisTransformationHead, HeadOutput, LinearHead, OrthogonalLinear
 from .processing import (
     IMAGE_PROCESSOR_FILE,
@@ -38,6 +38,7 @@ from .processing import (
     OpenCLIPTokenizer,
     default_processor,
 )
+from .utils.repo_id import hub_id_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class BT2PreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
     model_tags = ["bt2_hf", "backward-compatible-embeddings"]
+    supports_gradient_checkpointing = True  # through the backbone (Backbone.set_gradient_checkpointing)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -166,6 +168,12 @@ class BT2Model(BT2PreTrainedModel):
     def modality(self) -> str:
         """``"image"`` or ``"text"``."""
         return self.backbone.modality
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func: Any = None,
+                                    every_n_layers: int = 1) -> None:  # fmt: skip
+        # The wrapped backbone owns its layers: a transformers model checkpoints its GradientCheckpointingLayers,
+        # open_clip its residual blocks; the head is small and is never checkpointed.
+        self.backbone.set_gradient_checkpointing(enable)
 
     def forward(
         self,
@@ -302,15 +310,23 @@ class BT2Model(BT2PreTrainedModel):
         Files are first written to a temporary directory and then moved into place one by one, ``config.json``
         last; a stale weight file from an earlier save is removed. A reader thus never pairs a config with weights it
         does not describe without the fingerprint check noticing. Keyword arguments go to
-        ``PreTrainedModel.save_pretrained`` (``push_to_hub``, ``max_shard_size``, …).
+        ``PreTrainedModel.save_pretrained`` (``max_shard_size``, …); ``push_to_hub=True`` (with ``repo_id``,
+        ``token``, ``commit_message``, ``private``, ``revision``) also uploads the saved model with :meth:`push_to_hub`.
         """
         is_main_process = kwargs.get("is_main_process", True)
-        self.config.fingerprint = fingerprint_model(self)
+        # Under FSDP the parameters are shards: the caller passes the full state dict (accelerator.get_state_dict),
+        # and the fingerprint is taken over exactly what is written.
+        state_dict = kwargs.get("state_dict")
+        self.config.fingerprint = fingerprint_model(self) if state_dict is None else fingerprint_state_dict(state_dict)
         from .hub.metadata import validate_compatibility_metadata  # refuse to write a config that cannot be read back
 
         validate_compatibility_metadata(self.config)
-        if kwargs.get("push_to_hub"):
-            super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.pop("push_to_hub", False):
+            # Save here, then upload through bt2_hf's push (card with the bt2 block, processor, fingerprint).
+            push_kwargs = {k: kwargs.pop(k) for k in _PUSH_KWARGS if k in kwargs}
+            self.save_pretrained(save_directory, *args, **kwargs)
+            if is_main_process:
+                self.push_to_hub(push_kwargs.pop("repo_id", None) or Path(save_directory).name, **push_kwargs)
             return
         save_directory = Path(save_directory)
         if save_directory.is_file():
@@ -323,6 +339,9 @@ class BT2Model(BT2PreTrainedModel):
             super().save_pretrained(staging, *args, **kwargs)
             if self.processor is not None:
                 self.processor.save_pretrained(staging)
+            from .integrations.sentence_transformers import write_sentence_transformers_files
+
+            write_sentence_transformers_files(staging, self.config)
             new_files = sorted(p.name for p in staging.iterdir() if p.is_file())
             for name in sorted(new_files, key=lambda n: n == "config.json"):  # config.json last
                 os.replace(staging / name, save_directory / name)
@@ -331,6 +350,58 @@ class BT2Model(BT2PreTrainedModel):
                     stale.unlink()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        max_shard_size: str | int | None = None,
+        tags: list[str] | None = None,
+        card_metrics: Any = None,
+        card_kwargs: dict[str, Any] | None = None,
+        **unsupported: Any,
+    ) -> Any:
+        """Upload the model with its processor and a bt2_hf model card (the ``bt2`` compatibility block, fingerprint).
+
+        The transformers method of the same name would write a generic card (``library_name: transformers``) and skip
+        the processor; this one goes through :func:`bt2_hf.hub.push_to_hub`.
+
+        Args:
+            repo_id (`str`): ``"namespace/name"`` (or ``"name"`` for the token's user).
+            commit_message (`str`, *optional*), private (`bool`, *optional*), token (`str`, *optional*),
+            revision (`str`, *optional*): as in :func:`bt2_hf.hub.push_to_hub` (``revision`` is a branch).
+            max_shard_size (`str` or `int`, *optional*): passed to ``save_pretrained``.
+            tags (`list[str]`, *optional*): extra card tags.
+            card_metrics, card_kwargs: evaluation results and more card fields (``license``, ``dataset`` …).
+
+        Returns:
+            `huggingface_hub.CommitInfo`: ``oid`` is the commit sha.
+        """
+        if unsupported:
+            raise TypeError(
+                f"BT2Model.push_to_hub does not support {sorted(unsupported)}; supported: commit_message, private, "
+                "token, revision, max_shard_size, tags, card_metrics, card_kwargs."
+            )
+        from .hub.push import push_to_hub
+
+        card_kwargs = dict(card_kwargs or {})
+        if tags:
+            card_kwargs["tags"] = [*card_kwargs.get("tags", []), *tags]
+        return push_to_hub(
+            self,
+            repo_id,
+            revision=revision,
+            token=token,
+            commit_message=commit_message,
+            private=private,
+            card_metrics=card_metrics,
+            card_kwargs=card_kwargs,
+            max_shard_size=max_shard_size,
+        )
 
     @classmethod
     def from_pretrained(
@@ -373,33 +444,60 @@ class BT2Model(BT2PreTrainedModel):
 
     @classmethod
     def from_pretrained_backbone(
-        cls, backbone_path: str | os.PathLike, backbone_type: str, **config_kwargs: Any
+        cls,
+        name_or_path: str | os.PathLike,
+        backbone_type: str,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        **config_kwargs: Any,
     ) -> BT2Model:
-        """Build a model whose backbone starts from a local pretrained checkpoint, with a fresh head.
+        """Build a model whose backbone starts from a pretrained checkpoint, with a fresh head and its preprocessing.
+
+        Files come through huggingface_hub's cache, so a checkpoint downloaded once also loads offline
+        (``HF_HUB_OFFLINE=1`` or ``local_files_only=True``). The checkpoint's own preprocessing becomes
+        ``model.processor`` and is saved with the model: a transformers checkpoint's image processor (size, centre
+        crop, resampling, mean/std) or tokenizer; an open_clip checkpoint's ``preprocess_cfg``.
 
         Args:
-            backbone_path (`str` or `os.PathLike`): a transformers checkpoint directory (``hf_vision``/``hf_text``,
-                e.g. a sentence-transformers MiniLM folder) or an open_clip weights file (``open_clip_*``; give the
-                architecture in ``backbone_config``).
+            name_or_path (`str` or `os.PathLike`): for ``hf_vision``/``hf_text``: a Hub repo id (``"google/vit-base-
+                patch16-224"``) or a local transformers checkpoint folder (e.g. a sentence-transformers MiniLM). For
+                ``open_clip_*``: ``"hf-hub:<repo id>"``, a local folder with ``open_clip_config.json`` and weights, or
+                a weights file (then give the architecture in ``backbone_config``).
             backbone_type (`str`): the registered backbone name.
+            revision (`str`, *optional*): the Hub revision (branch, tag or commit sha).
+            token (`str` or `bool`, *optional*): a Hub token.
+            cache_dir (`str`, *optional*): the Hub cache to use.
+            local_files_only (`bool`, *optional*, defaults to `False`): only use the local cache.
             config_kwargs: the other :class:`BT2Config` fields (head type and dims, ``num_classes`` …).
+
+        ``config.base_model`` records the checkpoint only when it is a Hub repo id (what a model card's ``base_model``
+        may hold); a local start is recorded in ``config.training["init_from"]``.
         """
         backbone_class = get_backbone_class(backbone_type)
-        backbone_path = str(backbone_path)
-        if not os.path.exists(backbone_path):
-            raise FileNotFoundError(f"No checkpoint at {backbone_path}; pass a local directory or weights file.")
+        name_or_path = str(name_or_path)
+        hub_kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
+        hub_kwargs = {k: v for k, v in hub_kwargs.items() if v not in (None, False)}
         if "backbone_config" not in config_kwargs:
-            config_kwargs["backbone_config"] = backbone_class.config_from_pretrained(backbone_path)
-        config = BT2Config(backbone_type=backbone_type, base_model=backbone_path, **config_kwargs)
+            config_kwargs["backbone_config"] = backbone_class.config_from_pretrained(name_or_path, **hub_kwargs)
+        hub_id = hub_id_or_none(name_or_path)
+        training = dict(config_kwargs.pop("training", None) or {})
+        training.setdefault("init_from", name_or_path)
+        if revision:
+            training.setdefault("init_from_revision", revision)
+        config_kwargs.setdefault("base_model", hub_id)
+        config = BT2Config(backbone_type=backbone_type, training=training, **config_kwargs)
         model = cls(config)
-        model.backbone.load_pretrained_weights(backbone_path)
-        if model.modality == "text" and backbone_type == "hf_text":
-            from transformers import AutoTokenizer
-
-            model.processor = AutoTokenizer.from_pretrained(backbone_path)
+        model.backbone.load_pretrained_weights(name_or_path, **hub_kwargs)
+        processor = model.backbone.pretrained_processor(name_or_path, **hub_kwargs)
+        if processor is not None:
+            model.processor = processor
         return model
 
 
+_PUSH_KWARGS = ("repo_id", "commit_message", "private", "token", "revision")
 _FORWARD_INPUTS = {"pixel_values", "input_ids", "attention_mask", "token_type_ids"}
 
 

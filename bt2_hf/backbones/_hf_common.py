@@ -53,17 +53,29 @@ class HFBackbone(Backbone):
         return int(config.hidden_size)
 
     @classmethod
-    def config_from_pretrained(cls, path: str) -> dict[str, Any]:
-        return AutoConfig.from_pretrained(path).to_dict()
+    def config_from_pretrained(cls, name_or_path: str, **hub_kwargs: Any) -> dict[str, Any]:
+        return AutoConfig.from_pretrained(name_or_path, **hub_kwargs).to_dict()
 
-    def load_pretrained_weights(self, path: str) -> None:
-        pretrained = AutoModel.from_pretrained(path, **self._model_kwargs(self.model.config))
+    def load_pretrained_weights(self, name_or_path: str, **hub_kwargs: Any) -> None:
+        pretrained = AutoModel.from_pretrained(name_or_path, **self._model_kwargs(self.model.config), **hub_kwargs)
         missing, unexpected = self.model.load_state_dict(pretrained.state_dict(), strict=False)
         if missing or unexpected:
             raise ValueError(
-                f"The checkpoint at {path} does not match the backbone built from its config "
+                f"The checkpoint {name_or_path} does not match the backbone built from its config "
                 f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})."
             )
+
+    @property
+    def _no_split_modules(self) -> set[str]:
+        # The wrapped model's own unsplittable layers (its encoder blocks): BT2Model.post_init collects them from its
+        # children, so FSDP auto-wrapping and device maps see the backbone's layers.
+        return set(getattr(self.model, "_no_split_modules", None) or [])
+
+    def set_gradient_checkpointing(self, enable: bool, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        if enable:
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        else:
+            self.model.activation_checkpointing_disable()
 
 
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

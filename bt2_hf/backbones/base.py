@@ -34,6 +34,16 @@ class Backbone(nn.Module):
         self.backbone_config = dict(backbone_config)
         self.pooling = pooling
 
+    # Layer classes FSDP must not split (BT2Model gathers them from its backbone); none by default.
+    _no_split_modules: set[str] = set()
+
+    def set_gradient_checkpointing(self, enable: bool, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute activations in the backward pass instead of storing them (``BT2Model.gradient_checkpointing_enable``)."""
+        raise ValueError(
+            f"Backbone {type(self).__name__} has no layers to checkpoint; gradient checkpointing works with hf_vision, "
+            "hf_text and open_clip backbones."
+        )
+
     @property
     def hidden_size(self) -> int:
         """Width of the pooled features."""
@@ -51,10 +61,19 @@ class Backbone(nn.Module):
         """
 
     @classmethod
-    def config_from_pretrained(cls, path: str) -> dict[str, Any]:
-        """The ``backbone_config`` matching a local checkpoint (used before :meth:`load_pretrained_weights`)."""
+    def config_from_pretrained(cls, name_or_path: str, **hub_kwargs: Any) -> dict[str, Any]:
+        """The ``backbone_config`` matching a pretrained checkpoint (used before :meth:`load_pretrained_weights`).
+
+        Args:
+            name_or_path (`str`): a Hub repo id or a local checkpoint (what the backbone type accepts).
+            hub_kwargs: ``revision``, ``token``, ``cache_dir``, ``local_files_only`` for the Hub cache.
+        """
         raise NotImplementedError(f"{cls.__name__} cannot be initialised from a pretrained checkpoint.")
 
-    def load_pretrained_weights(self, path: str) -> None:
-        """Load weights from a local checkpoint directory or file into this (already built) backbone."""
+    def load_pretrained_weights(self, name_or_path: str, **hub_kwargs: Any) -> None:
+        """Load a pretrained checkpoint's weights (Hub repo id or local path) into this (already built) backbone."""
         raise NotImplementedError(f"{type(self).__name__} cannot be initialised from a pretrained checkpoint.")
+
+    def pretrained_processor(self, name_or_path: str, **hub_kwargs: Any) -> Any:
+        """The preprocessing the pretrained checkpoint was trained with (a processor or tokenizer), or ``None``."""
+        return None

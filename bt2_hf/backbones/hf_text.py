@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 
@@ -44,3 +45,9 @@ class HFTextBackbone(HFBackbone):
         if self.pooling == "cls":
             return outputs.last_hidden_state[:, 0]
         return masked_mean(outputs.last_hidden_state, attention_mask)
+
+    def pretrained_processor(self, name_or_path: str, **hub_kwargs: Any) -> Any:
+        """The checkpoint's tokenizer."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)

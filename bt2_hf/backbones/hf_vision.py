@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import torch
 
 from . import register_backbone
 from ._hf_common import HFBackbone
+
+logger = logging.getLogger(__name__)
 
 # Architectures whose `pooler_output` is the natural image embedding; the others use the [CLS] token.
 _POOLER_BY_DEFAULT = {
@@ -44,3 +49,27 @@ class HFVisionBackbone(HFBackbone):
             return hidden[:, 0]
         # mean: (B, C, H, W) feature maps from CNNs, (B, T, H) token sequences from transformers.
         return hidden.mean(dim=(2, 3)) if hidden.ndim == 4 else hidden.mean(dim=1)
+
+    def pretrained_processor(self, name_or_path: str, **hub_kwargs: Any) -> Any:
+        """The checkpoint's own image processor settings (size, crop, resampling, mean/std) as a BT2ImageProcessor."""
+        from transformers import AutoImageProcessor
+
+        from ..processing import BT2ImageProcessor
+
+        try:
+            processor = AutoImageProcessor.from_pretrained(name_or_path, **hub_kwargs)
+        except (OSError, ValueError) as error:
+            logger.warning(
+                "%s has no image processor (%s); using mean/std 0.5 at the model's image size. Set model.processor "
+                "to the preprocessing the backbone was trained with.",
+                name_or_path,
+                str(error).splitlines()[0],
+            )
+            return None
+        converted = BT2ImageProcessor.from_image_processor(processor, source=f"{name_or_path} ({type(processor).__name__})")
+        channels = int(self.backbone_config.get("num_channels", 3))
+        if channels != converted.num_channels:
+            converted = BT2ImageProcessor.from_dict({**converted.to_dict(), "num_channels": channels,
+                                                     "image_mean": converted.image_mean[:channels],
+                                                     "image_std": converted.image_std[:channels]})  # fmt: skip
+        return converted

@@ -1,7 +1,11 @@
-"""open_clip image and text towers as BT² backbones (``pretrained=None``: built from a config, or a local file)."""
+"""open_clip image and text towers as BT² backbones (built from a config; pretrained weights from ``hf-hub:``, a
+local open_clip folder or a weights file)."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,18 +46,36 @@ def _resolve_config(backbone_config: dict[str, Any]) -> dict[str, Any]:
 
 class _OpenCLIPTower(Backbone):
     poolings = ("default",)
+    _no_split_modules = {"ResidualAttentionBlock"}
+
+    def set_gradient_checkpointing(self, enable: bool, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        tower = getattr(self, "visual", None) or self.clip
+        tower.set_grad_checkpointing(enable)
 
     def __init__(self, backbone_config: dict[str, Any], pooling: str = "default"):
         super().__init__(_resolve_config(backbone_config), pooling)
 
     @classmethod
-    def config_from_pretrained(cls, path: str) -> dict[str, Any]:
-        raise ValueError(
-            "open_clip towers are initialised from a local weights file: build the model with "
-            "backbone_config={'model_name': ...} and pass the file to BT2Model.from_pretrained_backbone(path, ...)."
-        )
+    def config_from_pretrained(cls, name_or_path: str, **hub_kwargs: Any) -> dict[str, Any]:
+        config_path = _open_clip_file(name_or_path, OPEN_CLIP_CONFIG, hub_kwargs)
+        if config_path is None:
+            raise ValueError(
+                f"{name_or_path} is an open_clip weights file without its open_clip_config.json: give the "
+                "architecture as backbone_config={'model_name': ...} (or 'model_cfg'), or pass an 'hf-hub:<repo id>' "
+                "or a folder holding open_clip_config.json."
+            )
+        saved = json.loads(Path(config_path).read_text(encoding="utf-8"))
+        if "model_cfg" not in saved:
+            raise ValueError(f"{config_path} has no 'model_cfg'; it is not an open_clip config.")
+        return {"model_cfg": saved["model_cfg"], "preprocess_cfg": saved.get("preprocess_cfg") or {}}
 
-    def load_pretrained_weights(self, path: str) -> None:
+    def load_pretrained_weights(self, name_or_path: str, **hub_kwargs: Any) -> None:
+        path = next(
+            (found for name in OPEN_CLIP_WEIGHTS if (found := _open_clip_file(name_or_path, name, hub_kwargs))),
+            None,
+        )
+        if path is None:
+            raise FileNotFoundError(f"No open_clip weights ({' or '.join(OPEN_CLIP_WEIGHTS)}) in {name_or_path}.")
         # Weights files from open_clip hold the whole CLIP model; keep the keys of our tower only.
         if str(path).endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -67,8 +89,35 @@ class _OpenCLIPTower(Backbone):
         missing, unexpected = self.load_state_dict(own, strict=False)
         if missing:
             raise ValueError(
-                f"The open_clip weights at {path} miss {len(missing)} tensors of this tower: {missing[:5]}"
+                f"The open_clip weights at {name_or_path} miss {len(missing)} tensors of this tower: {missing[:5]}"
             )
+
+
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _open_clip_file(name_or_path: str, filename: str, hub_kwargs: dict[str, Any]) -> str | None:
+    """``filename`` of an open_clip checkpoint: ``hf-hub:<repo id>`` (through the Hub cache), a folder, or the weights
+    file itself (which has no config next to it by name)."""
+    name_or_path = str(name_or_path)
+    if name_or_path.startswith("hf-hub:"):
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            return hf_hub_download(name_or_path.removeprefix("hf-hub:"), filename, library_name="bt2_hf", **hub_kwargs)
+        except EntryNotFoundError:
+            return None
+    if os.path.isdir(name_or_path):
+        candidate = os.path.join(name_or_path, filename)
+        return candidate if os.path.isfile(candidate) else None
+    if os.path.isfile(name_or_path):
+        return name_or_path if filename in OPEN_CLIP_WEIGHTS else None
+    raise FileNotFoundError(
+        f"No open_clip checkpoint at {name_or_path}: pass 'hf-hub:<repo id>', a folder with open_clip_config.json "
+        "and weights, or a weights file."
+    )
 
 
 @register_backbone("open_clip_vision")
@@ -91,6 +140,16 @@ class OpenCLIPVisionBackbone(_OpenCLIPTower):
 
     def _tower_state_dict_from_clip(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v for k, v in state_dict.items() if k.startswith("visual.")}
+
+    def pretrained_processor(self, name_or_path: str, **hub_kwargs: Any) -> Any:
+        """open_clip's evaluation preprocessing from the checkpoint's ``preprocess_cfg`` (bicubic, centre crop, …)."""
+        from ..processing import open_clip_image_processor
+
+        return open_clip_image_processor(
+            self.backbone_config["model_cfg"].get("vision_cfg", {}).get("image_size", 224),
+            self.backbone_config.get("preprocess_cfg"),
+            source=f"{name_or_path} (open_clip preprocess_cfg)",
+        )
 
 
 @register_backbone("open_clip_text")

@@ -92,8 +92,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logger.info("Method %s: %s", training_args.method, dataclasses.asdict(method_config))
     path = train(model_args, data_args, training_args, method_config)
+    _card_and_push(Path(path), training_args)
     logger.info("Done: %s", path)
     return 0
+
+
+def _card_and_push(path: Path, training_args) -> None:
+    """The model card next to the trained model, and the push when asked (main process only)."""
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process or not (path / "config.json").is_file():
+        return  # another process, or a run stopped early (its checkpoints are no models yet)
+    from ..hub import create_or_update_model_card, push_to_hub
+    from ..modeling_bt2 import BT2Model
+
+    create_or_update_model_card(path)
+    logger.info("Wrote the model card %s", path / "README.md")
+    if training_args.push_to_hub:
+        repo_id = training_args.hub_model_id or path.name
+        info = push_to_hub(BT2Model.from_pretrained(path), repo_id)
+        logger.info("Pushed %s to %s at commit %s", path, repo_id, info.oid)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..fingerprint import short_fingerprint
 from ..utils.io import atomic_write_text
+from ..utils.repo_id import hub_id_or_none
 from .metadata import CRITERION_RULE, PAIR_ORDER, criterion_outcome, load_evaluation_results
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,11 @@ END_MARKER = "<!-- bt2_hf:end -->"
 _SECTION = re.compile(r"<!-- bt2_hf:begin (?P<name>[\w.-]+) -->.*?<!-- bt2_hf:end -->", re.DOTALL)
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 # YAML keys a refresh may overwrite; any other key of an existing card (license, datasets, language…) is kept.
-_GENERATED_KEYS = ("library_name", "pipeline_tag", "base_model", "bt2", "model-index", "model_name")
+_GENERATED_KEYS = (
+    "library_name", "pipeline_tag", "base_model", "base_model_relation", "bt2", "model-index", "model_name"
+)  # fmt: skip
+# A card must state a license; "other" (see the card's text) until the user gives one (--license / license=).
+DEFAULT_LICENSE = "other"
 _METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "top10": "top-10", "mAP": "mAP", "mAP@R": "mAP@R"}
 _METRIC_ORDER = ("top1", "top5", "top10", "mAP", "mAP@R")
 _METHOD_LABELS = {"bt2": "BT² (Backward-compatible Training with Basis Transformation)", "bct": "BCT (influence loss)"}
@@ -195,12 +200,22 @@ def build_card_data(
         "fingerprint": config.fingerprint,
         "compatible_with": entries,
     }
+    # The Hub accepts only repo ids in base_model and datasets: a local start or data set goes to the bt2 block.
+    base_model = hub_id_or_none(getattr(config, "base_model", None))
+    init_from = (getattr(config, "training", None) or {}).get("init_from")
+    if init_from and hub_id_or_none(init_from) is None:
+        bt2_block["init_from"] = str(init_from)
+    dataset_id = hub_id_or_none(dataset)
+    if dataset and dataset_id is None:
+        bt2_block["dataset"] = str(dataset)
     card_data = ModelCardData(
         library_name="bt2_hf",
-        license=license,
+        license=license or DEFAULT_LICENSE,
         tags=list(dict.fromkeys(all_tags)),
         pipeline_tag=pipeline_tag,
-        base_model=getattr(config, "base_model", None) or None,
+        base_model=base_model,
+        base_model_relation="finetune" if base_model else None,
+        datasets=[dataset_id] if dataset_id else None,
         model_name=model_name,
         eval_results=eval_results or None,
         bt2=bt2_block,
@@ -351,7 +366,8 @@ def render_model_card(
         "similarity": config.similarity,
         "backbone_type": config.backbone_type,
         "head_type": config.head_type,
-        "base_model": getattr(config, "base_model", None),
+        "base_model": hub_id_or_none(getattr(config, "base_model", None))
+        or (getattr(config, "training", None) or {}).get("init_from"),
         "fingerprint": config.fingerprint or "(not saved yet)",
         "entries": rows_entries,
         "evaluated": evaluated,
@@ -391,8 +407,8 @@ def merge_model_card(existing: ModelCard | str, generated: ModelCard) -> ModelCa
     for key, value in new_meta.items():
         if key == "tags":
             merged["tags"] = list(dict.fromkeys([*(old_meta.get("tags") or []), *(value or [])]))
-        elif key == "license" and value is None:
-            continue
+        elif key in ("license", "datasets") and (value is None or value == DEFAULT_LICENSE) and old_meta.get(key):
+            continue  # the user's own license / data sets win over the generated defaults
         else:
             merged[key] = value
     merged = {k: v for k, v in merged.items() if v is not None}

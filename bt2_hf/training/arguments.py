@@ -202,6 +202,12 @@ class BT2TrainingArguments:
         metadata={"help": "accelerate trackers, comma-separated (tensorboard, wandb, …); JSON/CSV always."},
     )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty output_dir."})
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "`bt2 train`: push the final model with its card (bt2_hf's push)."}
+    )
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "Repo id to push to (default: the output_dir's name in your namespace)."}
+    )
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
 
     def __post_init__(self) -> None:

@@ -563,7 +563,9 @@ def train(
             }
         ]
     accelerator.wait_for_everyone()
-    unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process)
+    # get_state_dict gathers full parameters under FSDP (every process takes part); the fingerprint covers them.
+    full_state_dict = accelerator.get_state_dict(model)
+    unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, state_dict=full_state_dict)
     if accelerator.is_main_process:
         _write_logs(output_dir, history)
         logger.info(

@@ -130,7 +130,8 @@ def test_local_minilm_checkpoint_initialises_text_backbone():
         old_embedding_dim=16,
         extra_dim=8,
     )
-    assert model.config.base_model == str(path)
+    # a local start is no Hub repo id: it is recorded under training, never as the card's base_model
+    assert model.config.base_model is None and model.config.training["init_from"] == str(path)
     assert model.backbone.hidden_size == 384
     sentences = ["a photo of a sneaker", "a red dress", "an ankle boot"]
     pooled = model.backbone(**model.processor(sentences, return_tensors="pt", padding=True))

@@ -10,7 +10,8 @@ Routes (models only):
 
 - ``GET  /api/whoami-v2``
 - ``POST /api/repos/create`` (409 when the repo exists)
-- ``POST /api/validate-yaml``
+- ``POST /api/validate-yaml`` (checks the card YAML as the Hub does for the keys bt2_hf writes: ``base_model`` and
+  ``datasets`` entries must be repo ids, ``base_model_relation`` one of the Hub's values; 400 with ``errors``)
 - ``POST /api/models/{ns}/{name}/preupload/{rev}``
 - ``POST /api/models/{ns}/{name}/commit/{rev}``
 - ``POST /api/models/{ns}/{name}/branch/{branch}`` (409 when the branch exists)
@@ -38,6 +39,47 @@ from urllib.parse import unquote, urlsplit
 DEFAULT_TOKEN = "hf_bt2_test_token"
 USER = "bt2-tester"
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
+
+
+# Hub repo ids: "name" or "namespace/name", letters, digits, "-", "_", "." (no "--" or "..", no leading/trailing "-."),
+# at most 96 characters; the rules of huggingface_hub's validate_repo_id, which the Hub applies to card metadata.
+_REPO_ID = re.compile(r"^(?:[\w\-.]{1,96}/)?[\w\-.]{1,96}$")
+_BASE_MODEL_RELATIONS = {"adapter", "merge", "quantized", "finetune"}
+
+
+def _is_repo_id(value: object) -> bool:
+    if not isinstance(value, str) or not _REPO_ID.match(value) or len(value) > 96:
+        return False
+    return "--" not in value and ".." not in value and not value.startswith(("-", ".")) and not value.endswith(("-", "."))
+
+
+def card_yaml_errors(content: str) -> list[str]:
+    """What the Hub refuses in a README's YAML metadata (the subset bt2_hf cards touch)."""
+    import yaml
+
+    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", content, re.DOTALL)
+    if not match:
+        return []
+    try:
+        metadata = yaml.safe_load(match.group(1)) or {}
+    except yaml.YAMLError as error:
+        return [f"Invalid YAML: {error}"]
+    if not isinstance(metadata, dict):
+        return ["The metadata must be a mapping."]
+    errors = []
+    for key in ("base_model", "datasets"):
+        values = metadata.get(key)
+        values = [values] if isinstance(values, str) or values is None else values
+        for value in values:
+            if value is not None and not _is_repo_id(value):
+                errors.append(f'"{key}" must be a Hub repo id (namespace/name), got {value!r}')
+    relation = metadata.get("base_model_relation")
+    if relation is not None:
+        if relation not in _BASE_MODEL_RELATIONS:
+            errors.append(f'"base_model_relation" must be one of {sorted(_BASE_MODEL_RELATIONS)}, got {relation!r}')
+        if not metadata.get("base_model"):
+            errors.append('"base_model_relation" needs a "base_model"')
+    return errors
 
 
 @dataclass
@@ -158,7 +200,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/repos/create":
             return self._create_repo(json.loads(body or b"{}"))
         if path == "/api/validate-yaml":
-            return self._send(200, {"errors": [], "warnings": []})
+            errors = card_yaml_errors(json.loads(body or b"{}").get("content", ""))
+            return self._send(400 if errors else 200, {"errors": [{"message": e} for e in errors], "warnings": []})
         match = re.match(r"^/api/models/([^/]+/[^/]+)/(preupload|commit|branch)/(.+)$", path)
         if not match:
             return self._error(404, None, f"Unknown route POST {path}")
