@@ -315,7 +315,7 @@ class BT2Model(BT2PreTrainedModel):
         """
         is_main_process = kwargs.get("is_main_process", True)
         # Under FSDP the parameters are shards: the caller passes the full state dict (accelerator.get_state_dict),
-        # and the fingerprint is taken over exactly what is written.
+        # and the fingerprint is taken over those full parameters (what from_pretrained will load and verify).
         state_dict = kwargs.get("state_dict")
         self.config.fingerprint = fingerprint_model(self) if state_dict is None else fingerprint_state_dict(state_dict)
         from .hub.metadata import validate_compatibility_metadata  # refuse to write a config that cannot be read back
