@@ -162,3 +162,12 @@ def test_training_saves_the_processor_of_its_data_size(tmp_path):
     assert processor.image_size == (32, 32)
     model = BT2Model.from_pretrained(out)
     assert model.config.backbone_config["image_size"] == [32, 32]
+
+
+def test_a_processor_file_of_an_earlier_bt2_hf_still_loads(tmp_path):
+    legacy = {"processor_class": "BT2ImageProcessor", "image_size": [28, 28], "num_channels": 1,
+              "image_mean": [0.5], "image_std": [0.5]}  # fmt: skip
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(legacy))
+    processor = BT2ImageProcessor.from_json_file(tmp_path / "preprocessor_config.json")
+    assert processor.size == {"height": 28, "width": 28} and processor.image_size == (28, 28)
+    assert processor.to_dict()["image_processor_type"] == "BT2ImageProcessor"
