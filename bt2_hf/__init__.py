@@ -27,6 +27,7 @@ from .hub import (
 )
 from .modeling_bt2 import BT2Model, BT2Output, BT2PreTrainedModel, FingerprintMismatchError
 from .processing import BT2ImageProcessor, ImageInputError
+from .verify import VerificationResult, verify_compatibility
 
 AutoConfig.register(BT2Config.model_type, BT2Config, exist_ok=True)
 AutoModel.register(BT2Config, BT2Model, exist_ok=True)
@@ -55,4 +56,6 @@ __all__ = [
     "render_model_card",
     "resolve_query_model",
     "validate_compatibility_metadata",
+    "VerificationResult",
+    "verify_compatibility",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 from transformers import PreTrainedConfig
 
 from .backbones import get_backbone_class
-from .heads import validate_bt2_dims
+from .heads import bt2_embedding_dim, validate_bt2_dims
 
 HEAD_TYPES = ("linear", "basis_transformation")
 NONLINEARITIES = ("relu", "none")
@@ -113,7 +113,7 @@ class BT2Config(PreTrainedConfig):
             if old_embedding_dim is None:
                 raise ValueError("A BT² head needs old_embedding_dim: the width of the old model's embedding.")
             validate_bt2_dims(feature_dim, old_embedding_dim, extra_dim)
-            derived = feature_dim + extra_dim
+            derived = bt2_embedding_dim(feature_dim, extra_dim)
             if embedding_dim is not None and embedding_dim != derived:
                 raise ValueError(
                     f"For a BT² head embedding_dim is feature_dim + extra_dim = {derived}, got embedding_dim={embedding_dim}."
@@ -158,7 +158,7 @@ class BT2Config(PreTrainedConfig):
         self.training = dict(training or {})
         self.base_model = base_model
         super().__init__(**kwargs)
-        from .hub.metadata import validate_compatibility_metadata  # lazy: bt2_hf.hub imports the model classes
+        from .compatibility import validate_compatibility_metadata
 
         validate_compatibility_metadata(self)
 

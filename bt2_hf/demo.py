@@ -502,8 +502,12 @@ def _run_seed(
         encoder_name=old_repo,
     )  # fmt: skip
     index.save(output_dir / "gallery_old")
+    from .verify import dataset_fingerprint
+
+    measured_on = {"name": data.name, "split": "validation" if validation else data.test_split,
+                   "size": int(len(labels)), "sha256": dataset_fingerprint(test_data.images, test_data.labels)}  # fmt: skip
     for name, path in model_dirs.items():
-        _write_checkpoint_metadata(name, path, old_model, old_repo, results, data, hub_namespace)
+        _write_checkpoint_metadata(name, path, old_model, old_repo, results, data, hub_namespace, measured_on)
 
     # ---- plots
     title = f"{data.name}: old CNN gallery, new ViTs ({len(labels)} queries)"
@@ -531,11 +535,18 @@ def _run_seed(
 
 
 def _write_checkpoint_metadata(
-    name: str, path: Path, old_model, old_repo: str, results: dict[str, Any], data: DemoData, hub_namespace: str
+    name: str,
+    path: Path,
+    old_model,
+    old_repo: str,
+    results: dict[str, Any],
+    data: DemoData,
+    hub_namespace: str,
+    measured_on: dict[str, Any],
 ) -> None:
     """Name the checkpoint after the data set, record what was measured against the old model, and write its card."""
+    from .compatibility import declare_compatibility
     from .hub.card import create_or_update_model_card
-    from .hub.metadata import declare_compatibility
     from .modeling_bt2 import BT2Model
 
     model = BT2Model.from_pretrained(path)
@@ -547,10 +558,10 @@ def _write_checkpoint_metadata(
     measured = None
     if method in ("bct", "bt2"):
         measured = {pair: results["methods"][name][pair] for pair in PAIRS}
-        judged = results["verdict"][name]["judged_on"]
         declare_compatibility(
-            model.config, old_model, method=method, metrics=measured, name_or_path=old_repo, criterion_metric=judged
-        )
+            model.config, old_model, method=method, metrics=measured, dataset=measured_on, name_or_path=old_repo,
+            criterion_metrics=JUDGED_METRICS,
+        )  # fmt: skip
     model.save_pretrained(path)
     card = create_or_update_model_card(
         path, repo_id=repo_id, metrics=measured, method=method if measured else None, dataset=data.name

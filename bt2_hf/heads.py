@@ -28,6 +28,19 @@ class HeadOutput:
     logits: torch.Tensor | None  # (B, num_labels)
 
 
+def unit_rows(vectors: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """L2-normalise each row; a row with no direction (all zero, e.g. every unit of a ReLU dead for that input) becomes
+    the fixed unit vector ``1/√d``, so that every embedding is unit-norm, as the contract says, whatever the input.
+
+    Args:
+        vectors (`torch.Tensor` of shape `(..., d)`): the rows.
+        eps (`float`, *optional*, defaults to 1e-12): norms at or below it count as zero (F.normalize's epsilon).
+    """
+    norms = vectors.norm(dim=-1, keepdim=True)
+    fallback = torch.full_like(vectors, 1.0 / math.sqrt(max(vectors.shape[-1], 1)))
+    return torch.where(norms > eps, vectors / norms.clamp_min(eps), fallback)
+
+
 class OrthogonalLinear(nn.Module):
     """A bias-free square linear map whose weight is exactly orthogonal at every step.
 
@@ -110,12 +123,12 @@ class LinearHead(nn.Module):
         hidden = self.projection(pooled)
         if self.nonlinearity == "relu":
             hidden = F.relu(hidden)
-        embeddings = F.normalize(hidden, dim=-1)
+        embeddings = unit_rows(hidden)
         logits = self.logit_scale * self.classifier(embeddings) if self.classifier is not None else None
         if self.compatible_dim == self.embedding_dim:
             compatible = embeddings
         else:
-            compatible = F.normalize(embeddings[:, : self.compatible_dim], dim=-1)
+            compatible = unit_rows(embeddings[:, : self.compatible_dim])
         return HeadOutput(embeddings=embeddings, compatible_embeddings=compatible, features=embeddings, logits=logits)
 
 
@@ -130,7 +143,7 @@ class BasisTransformationHead(nn.Module):
         z = [a ; C · P f]                    # (B, k + D), P ∈ O(D)
         b = Q z[:, :D_old]                   # Q ∈ O(D_old): the old-compatible block
         e = z[:, D_old:]                     # (B, k + D - D_old): the extra dimensions
-        embedding = normalize([b ; e])       # (B, D + k); ‖[b ; e]‖ = √(1 + C²) before normalising
+        embedding = normalize([b ; e])       # (B, D + k); ‖[b ; e]‖ = √(1 + C²) before normalising (C if k = 0)
 
     The map ``z → [b ; e]`` is block-orthogonal, so ``f = Pᵀ z[:, k:] / C`` is recoverable from the embedding: the
     basis transformation loses none of the new model's information (see :meth:`recover_features`).
@@ -139,8 +152,8 @@ class BasisTransformationHead(nn.Module):
         input_dim (`int`): width of the backbone's pooled features.
         feature_dim (`int`): ``D``, the new model's own feature width (that of the independently trained model).
         old_embedding_dim (`int`): ``D_old``, the width of the old model's embedding.
-        extra_dim (`int`): ``k``, the dimensions added on top of ``D``; ``extra_dim + feature_dim`` must exceed
-            ``old_embedding_dim``.
+        extra_dim (`int`): ``k >= 0``, the dimensions added on top of ``D`` (see :func:`bt2_embedding_dim` for the
+            width rule). With ``k = 0`` there is no added branch: ``z = C · P f``.
         feature_scale (`float`, *optional*, defaults to 2.0): ``C``; ``a`` carries ``1 / (1 + C²)`` of the squared norm.
         num_labels (`int`, *optional*, defaults to 0): classes of the classifier on ``f``; 0 means no classifier.
         nonlinearity (`str`, *optional*, defaults to `"relu"`): ``"relu"`` (the research code's post-ReLU features)
@@ -167,10 +180,12 @@ class BasisTransformationHead(nn.Module):
         self.feature_scale = feature_scale
         self.nonlinearity = nonlinearity
         self.logit_scale = logit_scale
-        self.embedding_dim = feature_dim + extra_dim
+        self.embedding_dim = bt2_embedding_dim(feature_dim, extra_dim)
         self.compatible_dim = old_embedding_dim
         self.projection = nn.Linear(input_dim, feature_dim + old_embedding_dim)
         self.added_projection = nn.Linear(feature_dim + old_embedding_dim, extra_dim)
+        # ‖z‖ for unit f and a: √(1 + C²), or C when there is no added branch (k = 0).
+        self.norm_constant = math.sqrt(float(extra_dim > 0) + feature_scale**2)
         self.feature_rotation = OrthogonalLinear(feature_dim)  # P
         self.old_rotation = OrthogonalLinear(old_embedding_dim)  # Q
         self.classifier = nn.Linear(feature_dim, num_labels, bias=False) if num_labels > 0 else None
@@ -179,17 +194,17 @@ class BasisTransformationHead(nn.Module):
         hidden = self.projection(pooled)
         if self.nonlinearity == "relu":
             hidden = F.relu(hidden)
-        features = F.normalize(hidden[:, : self.feature_dim], dim=-1)
-        added = F.normalize(self.added_projection(hidden), dim=-1)
+        features = unit_rows(hidden[:, : self.feature_dim])
+        added = unit_rows(self.added_projection(hidden))
         transformed = torch.cat([added, self.feature_scale * self.feature_rotation(features)], dim=-1)
         old_block = self.old_rotation(transformed[:, : self.old_embedding_dim])
         extra_block = transformed[:, self.old_embedding_dim :]
-        # ‖[b ; e]‖ = √(1 + C²) for every input, so dividing by the constant is exactly the L2 normalisation.
-        embeddings = torch.cat([old_block, extra_block], dim=-1) / math.sqrt(1.0 + self.feature_scale**2)
+        # f and a are unit rows, so ‖[b ; e]‖ = norm_constant exactly (the identity recover_features inverts).
+        embeddings = torch.cat([old_block, extra_block], dim=-1) / self.norm_constant
         logits = self.logit_scale * self.classifier(features) if self.classifier is not None else None
         return HeadOutput(
             embeddings=embeddings,
-            compatible_embeddings=F.normalize(old_block, dim=-1),
+            compatible_embeddings=unit_rows(old_block),
             features=features,
             logits=logits,
         )
@@ -204,23 +219,34 @@ class BasisTransformationHead(nn.Module):
         Returns:
             `torch.Tensor` of shape `(batch, feature_dim)`.
         """
-        raw = embeddings * math.sqrt(1.0 + self.feature_scale**2)
+        raw = embeddings * self.norm_constant
         old_block = raw[:, : self.old_embedding_dim] @ self.old_rotation.weight.to(raw.dtype)  # Qᵀ b (row form)
         transformed = torch.cat([old_block, raw[:, self.old_embedding_dim :]], dim=-1)
         scaled = transformed[:, self.extra_dim :] / self.feature_scale
         return scaled @ self.feature_rotation.weight.to(raw.dtype)  # Pᵀ (C P f) / C
 
 
+def bt2_embedding_dim(feature_dim: int, extra_dim: int) -> int:
+    """The width rule of a BT² embedding, stated once: ``feature_dim + extra_dim`` (``D + k``).
+
+    The first ``old_embedding_dim`` dimensions are the old-compatible block, so the rule needs ``D + k > D_old``
+    (:func:`validate_bt2_dims`); ``k = 0`` is valid when ``D > D_old``.
+    """
+    return int(feature_dim) + int(extra_dim)
+
+
 def validate_bt2_dims(feature_dim: int, old_embedding_dim: int, extra_dim: int) -> None:
-    """Raise a clear `ValueError` when the BT² dimensions cannot work."""
+    """Raise a clear `ValueError` when the BT² dimensions cannot work (``bt2_embedding_dim`` must exceed the old
+    width)."""
     for name, value in (("feature_dim", feature_dim), ("old_embedding_dim", old_embedding_dim)):
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}.")
     if extra_dim < 0:
         raise ValueError(f"extra_dim must be >= 0, got {extra_dim}.")
-    if extra_dim + feature_dim <= old_embedding_dim:
+    if bt2_embedding_dim(feature_dim, extra_dim) <= old_embedding_dim:
         raise ValueError(
             f"BT² needs extra_dim + feature_dim > old_embedding_dim, got {extra_dim} + {feature_dim} <= "
             f"{old_embedding_dim}: the embedding would have no dimension left beyond the old-compatible block. "
-            f"Increase extra_dim to at least {old_embedding_dim - feature_dim + 1} (the paper uses 32 for 128-d models)."
+            f"Use extra_dim >= {old_embedding_dim - feature_dim + 1} or a wider feature_dim (the paper adds 32 dims to "
+            "128-d models)."
         )

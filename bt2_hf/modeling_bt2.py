@@ -318,7 +318,7 @@ class BT2Model(BT2PreTrainedModel):
         # and the fingerprint is taken over those full parameters (what from_pretrained will load and verify).
         state_dict = kwargs.get("state_dict")
         self.config.fingerprint = fingerprint_model(self) if state_dict is None else fingerprint_state_dict(state_dict)
-        from .hub.metadata import validate_compatibility_metadata  # refuse to write a config that cannot be read back
+        from .compatibility import validate_compatibility_metadata  # refuse to write a config that cannot be read back
 
         validate_compatibility_metadata(self.config)
         if kwargs.pop("push_to_hub", False):

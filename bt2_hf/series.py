@@ -12,7 +12,7 @@ of its own architecture (new'). The dimension bookkeeping follows from the BT² 
   ``v_j``'s space, and ``v_{j+2}`` reproduces all of ``v_{j+1}``'s first ``d_{j+1} ≥ d_j`` dims).
 
 :func:`run_series` trains every version with the accelerate trainer, records the lineage in each
-``config.compatible_with`` with :func:`bt2_hf.hub.declare_compatibility` (which closes it transitively), and
+``config.compatible_with`` by :func:`bt2_hf.verify.verify_compatibility` (which closes it transitively), and
 computes the compatibility matrix ``C[i][j] = M(v_i queries, v_j gallery)`` with AC and AA, plus each version's
 self-retrieval against its independently trained twin (the compatibility tax).
 """
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .heads import bt2_embedding_dim, validate_bt2_dims
 from .utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -147,12 +148,10 @@ def plan_series(versions: Sequence[SeriesVersion]) -> list[dict[str, Any]]:
             plan.append({"name": version.name, "embedding_dim": width, "compatible_dim": width, "prefixes": {}})
             continue
         previous = plan[-1]["embedding_dim"]
-        if version.feature_dim + version.extra_dim <= previous:
-            raise ValueError(
-                f"{version.name}: BT² needs feature_dim + extra_dim > the previous version's width, got "
-                f"{version.feature_dim} + {version.extra_dim} <= {previous}. Use extra_dim >= "
-                f"{previous - version.feature_dim + 1} (or a wider feature_dim)."
-            )
+        try:
+            validate_bt2_dims(version.feature_dim, previous, version.extra_dim)
+        except ValueError as error:
+            raise ValueError(f"{version.name} (after a {previous}-d version): {error}") from None
         if version.class_subset:
             raise ValueError(
                 f"{version.name}: a BT² step trains on every class (its old-model prototypes need one sample per "
@@ -162,7 +161,7 @@ def plan_series(versions: Sequence[SeriesVersion]) -> list[dict[str, Any]]:
         plan.append(
             {
                 "name": version.name,
-                "embedding_dim": version.feature_dim + version.extra_dim,
+                "embedding_dim": bt2_embedding_dim(version.feature_dim, version.extra_dim),
                 "compatible_dim": previous,
                 "prefixes": prefixes,
             }
@@ -306,42 +305,34 @@ def embed_with(path: str | Path, images: torch.Tensor, batch_size: int = 512) ->
     return embed_images(model, images, batch_size=batch_size).numpy()
 
 
-def record_lineage(model_dirs: Sequence[str | Path], matrix: Any | None = None, method: str = "bt2") -> dict:
-    """Declare each version compatible with its predecessor, oldest first, and re-save the configs.
+def record_lineage(
+    model_dirs: Sequence[str | Path], eval_data: Any, dataset_name: str = "fashion_mnist", split: str = "test"
+) -> dict:
+    """Verify each version against its predecessor, oldest first, on the held-out ``eval_data``.
 
-    :func:`bt2_hf.hub.declare_compatibility` closes the lineage: ``v3`` inherits ``v1`` at ``v1``'s prefix via
-    ``v2``. When the ``matrix`` (a :class:`~bt2_hf.retrieval.compatibility.CompatibilityMatrix`) is given, each direct
-    entry carries its measured old/old, new/old and new/new metrics. The weights are untouched (same fingerprint).
+    Each step is :func:`bt2_hf.verify.verify_compatibility` (the one writer of measured entries): it measures
+    old/old, new/old and new/new, records the entry with its criterion (failing or not) in the version's
+    ``config.json`` and closes the lineage: ``v3`` inherits ``v1`` at ``v1``'s prefix via ``v2``. The weights are
+    untouched (same fingerprint).
 
     Returns:
         `dict`: per version, its ``compatible_with`` entries.
     """
-    from .hub import declare_compatibility
     from .modeling_bt2 import BT2Model
+    from .verify import verify_compatibility
 
     paths = [Path(p) for p in model_dirs]
     lineage: dict[str, Any] = {}
     for index in range(1, len(paths)):
-        old_config = BT2Model.config_class.from_pretrained(paths[index - 1])  # with its own (already closed) lineage
-        model = BT2Model.from_pretrained(paths[index])
-        metrics = None
-        if matrix is not None:
-            metrics = {
-                pair: {metric: float(values[i, j]) for metric, values in matrix.values.items()}
-                for pair, (i, j) in {
-                    "old/old": (index - 1, index - 1),
-                    "new/old": (index, index - 1),
-                    "new/new": (index, index),
-                }.items()
-            }
-        declare_compatibility(
-            model.config, old_config, method=method, metrics=metrics, name_or_path=str(paths[index - 1])
+        verify_compatibility(
+            paths[index], paths[index - 1], eval_data, split=split, dataset_name=dataset_name, update_card=False
         )
-        model.save_pretrained(paths[index])
+        config = BT2Model.config_class.from_pretrained(paths[index])
         lineage[paths[index].name] = [
-            {k: entry.get(k) for k in ("name_or_path", "embedding_dim", "fingerprint", "method", "via", "criterion")}
-            for entry in model.config.compatible_with
-        ]
+            {k: entry.get(k) for k in ("name_or_path", "embedding_dim", "fingerprint", "method", "status", "via",
+                                       "criterion")}
+            for entry in config.compatible_with
+        ]  # fmt: skip
     return lineage
 
 
@@ -433,7 +424,9 @@ def run_series(
             "independent": twin_metrics,
             "tax": {m: twin_metrics[m] - own[m] for m in metrics},  # compatibility tax (positive: BT² is worse)
         }
-    lineage = record_lineage([model_dirs[n] for n in names], matrix)
+    lineage = record_lineage(
+        [model_dirs[n] for n in names], eval_data, dataset_name=_data_name(eval_data, data_dir), split="test"
+    )
     result = SeriesResult(
         plan=plan,
         model_dirs=model_dirs,
@@ -446,6 +439,12 @@ def run_series(
     atomic_write_text(output_dir / "series_results.json", json.dumps(result.to_dict(), indent=2) + "\n")
     logger.info("%s", format_matrix(result))
     return result
+
+
+def _data_name(data: Any, data_dir: str | None) -> str:
+    if getattr(data, "source", "in-memory") != "in-memory":
+        return str(data.source)
+    return Path(data_dir).name if data_dir else "fashion_mnist"
 
 
 def format_matrix(result: SeriesResult, metric: str = "top1") -> str:

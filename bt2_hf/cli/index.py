@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--query-config", required=True, help="the query model's checkpoint dir or config.json")
     search.add_argument("-k", type=int, default=10)
     search.add_argument("--output", help="JSON file for the results (default: print)")
+    search.add_argument(
+        "--allow_unmeasured",
+        action="store_true",
+        help="search even if the query model's compatibility with the gallery's encoder was never measured with "
+        "`bt2 verify` (logged, and recorded in the results as the admission)",
+    )
     return parser
 
 
@@ -93,13 +99,15 @@ def run(args) -> dict:
         return summary
     index = GalleryIndex.load(args.index)
     queries, query_ids = load_embeddings(args.queries)
-    result = index.search(queries, k=args.k, query_config=load_config(args.query_config))
+    result = index.search(
+        queries, k=args.k, query_config=load_config(args.query_config), allow_unmeasured=args.allow_unmeasured
+    )
     query_ids = query_ids or list(range(len(queries)))
     hits = [
         {"query": query_id, "ids": ids, "scores": [round(float(s), 6) for s in scores[: len(ids)]]}
         for query_id, ids, scores in zip(query_ids, result.ids, result.scores)
     ]
-    output = {"prefix_dim": result.prefix_dim, "results": hits}
+    output = {"prefix_dim": result.prefix_dim, "admission": result.admission, "results": hits}
     if args.output:
         from bt2_hf.utils.io import atomic_write_json
 

@@ -1,7 +1,6 @@
-"""Hub support: compatibility metadata, model cards, push and pull, and the choice of a query model for a gallery.
+"""Hub support: model cards, push and pull, and the choice of a query model for a gallery.
 
-- :mod:`~bt2_hf.hub.metadata`: :func:`declare_compatibility` (with lineage closure), :func:`validate_compatibility_metadata`,
-  :func:`load_evaluation_results`.
+- the compatibility metadata rules live in :mod:`bt2_hf.compatibility` (re-exported here for convenience).
 - :mod:`~bt2_hf.hub.card`: :func:`render_model_card`, :func:`create_or_update_model_card`, :func:`merge_model_card`.
 - :mod:`~bt2_hf.hub.push`: :func:`push_to_hub`.
 - :mod:`~bt2_hf.hub.resolve`: :func:`resolve_query_model`, :func:`load_gallery_manifest`.
@@ -12,8 +11,7 @@ Pulling is ``BT2Model.from_pretrained(repo_id, revision=..., token=..., cache_di
 
 from __future__ import annotations
 
-from .card import create_or_update_model_card, merge_model_card, pipeline_tag_for, render_model_card
-from .metadata import (
+from ..compatibility import (
     CompatibilityMetadataError,
     criterion_outcome,
     declare_compatibility,
@@ -22,6 +20,7 @@ from .metadata import (
     load_evaluation_results,
     validate_compatibility_metadata,
 )
+from .card import create_or_update_model_card, merge_model_card, pipeline_tag_for, render_model_card
 from .push import push_to_hub
 from .resolve import load_gallery_manifest, resolve_query_model
 

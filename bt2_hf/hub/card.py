@@ -22,10 +22,10 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..compatibility import CRITERION_RULE, PAIR_ORDER, criterion_outcome, judged_metrics, load_evaluation_results
 from ..fingerprint import short_fingerprint
 from ..utils.io import atomic_write_text
 from ..utils.repo_id import hub_id_or_none
-from .metadata import CRITERION_RULE, PAIR_ORDER, criterion_outcome, load_evaluation_results
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,9 @@ def _entries_with_card_metrics(config: Any, metrics: Any, method: str | None) ->
             "bt2_hf.hub.declare_compatibility(config, old_model, ...) first."
         )
     primary = entries[direct[-1]]
-    parsed = load_evaluation_results(metrics, method=method or primary.get("method"))
+    parsed = load_evaluation_results(metrics)
     primary["metrics"] = {pair: parsed[pair] for pair in _ordered_pairs(parsed)}
-    metric = (primary.get("criterion") or {}).get("metric", "top1")
-    outcome = criterion_outcome(parsed, metric)
+    outcome = criterion_outcome(parsed, judged_metrics(primary.get("criterion") or {"metrics": ["top1", "mAP"]}))
     if outcome is not None:
         primary["criterion"] = outcome
     else:
@@ -100,6 +99,9 @@ def _dataset_name(config: Any, metrics: Any) -> str | None:
             metrics = None
     if isinstance(metrics, Mapping) and isinstance(metrics.get("dataset"), str):
         return metrics["dataset"]
+    measured = [e["dataset"] for e in config.compatible_with if isinstance(e.get("dataset"), Mapping)]
+    if measured:  # the held-out data `bt2 verify` measured on
+        return str(measured[-1].get("name"))
     dataset = (getattr(config, "training", None) or {}).get("dataset")
     if isinstance(dataset, Mapping):
         dataset = dataset.get("name") or dataset.get("path")
@@ -119,22 +121,26 @@ def _criterion_text(entry: Mapping[str, Any]) -> str:
     criterion = entry.get("criterion")
     if not criterion:
         return "—"
-    metric = criterion.get("metric", "top1")
-    new_old = entry["metrics"]["new/old"][metric]
-    old_old = entry["metrics"]["old/old"][metric]
     verdict = "✅ pass" if criterion["passed"] else "❌ fail"
-    sign = ">" if new_old > old_old else "≤"
-    return f"{verdict} ({_metric_label(metric)} {new_old:.2f} {sign} {old_old:.2f})"
+    parts = []
+    for metric in judged_metrics(criterion):
+        new_old = entry["metrics"]["new/old"][metric]
+        old_old = entry["metrics"]["old/old"][metric]
+        parts.append(f"{_metric_label(metric)} {new_old:.2f} {'>' if new_old > old_old else '≤'} {old_old:.2f}")
+    return f"{verdict} ({', '.join(parts)})"
 
 
 def _how(entry: Mapping[str, Any]) -> str:
     if entry.get("via"):
-        return f"through `{entry['via']}` (lineage; not measured)"
+        link = "measured link" if entry.get("link_passed") else "link not measured"
+        return f"through `{entry['via']}` (lineage; {link})"
     criterion = entry.get("criterion")
-    if criterion is None:
-        return "declared; measured without a criterion" if entry.get("metrics") else "declared; not measured"
+    if entry.get("status") != "measured" or criterion is None:
+        return "declared; not measured with `bt2 verify` (galleries refuse it without allow_unmeasured)"
     verdict = "passed" if criterion["passed"] else "FAILED"
-    return f"measured; criterion {verdict} on {_metric_label(criterion.get('metric', 'top1'))}"
+    judged = ", ".join(_metric_label(m) for m in judged_metrics(criterion))
+    dataset = entry.get("dataset") or {}
+    return f"measured on {dataset.get('name')}:{dataset.get('split')} ({dataset.get('size')} items); criterion {verdict} on {judged}"
 
 
 def build_card_data(

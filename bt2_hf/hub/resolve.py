@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..compatibility import IncompatibleModelsError, compatible_prefix
+from ..compatibility import IncompatibleModelsError, admit_query_model
 from ..fingerprint import short_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -109,13 +109,15 @@ def resolve_query_model(
     token: str | bool | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
+    allow_unmeasured: bool = False,
     **model_kwargs: Any,
 ) -> tuple[Any, int]:
     """Load the first candidate that may query a gallery, verified, with the embedding prefix to use.
 
-    Each candidate's ``config.json`` is read first (cheap) and checked with
-    :func:`bt2_hf.compatibility.compatible_prefix` against the gallery's encoder; the first compatible one is loaded
-    with ``BT2Model.from_pretrained`` (which verifies the weights' fingerprint) and checked again.
+    Each candidate's ``config.json`` is read first (cheap) and checked with the admission rule
+    (:func:`bt2_hf.compatibility.admit_query_model`: the gallery's encoder itself, or a measured, passing
+    compatibility entry for it or its lineage); the first admitted one is loaded with ``BT2Model.from_pretrained``
+    (which verifies the weights' fingerprint) and checked again.
 
     Args:
         gallery_manifest_or_old_model_id (`dict`, `GalleryIndex`, `str` or `os.PathLike`): the gallery's manifest
@@ -127,14 +129,16 @@ def resolve_query_model(
         token (`str` or `bool`, *optional*): Hub token.
         cache_dir (`str` or `os.PathLike`, *optional*): Hub cache directory.
         local_files_only (`bool`, *optional*, defaults to `False`): only use local files and the cache.
+        allow_unmeasured (`bool`, *optional*, defaults to `False`): also admit a candidate whose relation to the
+            gallery's encoder was never measured (trained against it, or declared); logged as a warning.
         model_kwargs: more arguments for ``BT2Model.from_pretrained``.
 
     Returns:
         `tuple[BT2Model, int]`: the loaded query model and the prefix length (``model.encode(..., prefix_dim=p)``).
 
     Raises:
-        `bt2_hf.IncompatibleModelsError`: no candidate declares the gallery's encoder in its lineage; the message
-        lists every candidate with the reason.
+        `bt2_hf.IncompatibleModelsError`: no candidate is admitted; the message lists every candidate with the
+        reason and the ``bt2 verify`` command that would measure it.
 
     Example:
 
@@ -150,6 +154,10 @@ def resolve_query_model(
     hub_kwargs = {"token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
     gallery = load_gallery_manifest(gallery_manifest_or_old_model_id, revision=old_revision, **hub_kwargs)
     fingerprint, dim, gallery_name = gallery["fingerprint"], gallery["embedding_dim"], gallery["name_or_path"]
+
+    def admit(config):
+        return admit_query_model(config, fingerprint, dim, gallery_name, allow_unmeasured=allow_unmeasured)
+
     if not candidates:
         raise ValueError("Give at least one candidate query model (a Hub id, a directory or a loaded BT2Model).")
     reasons = []
@@ -157,7 +165,7 @@ def resolve_query_model(
         source, candidate_revision, label = _candidate_spec(candidate, revision)
         if not isinstance(source, str):  # an already loaded model
             try:
-                return source, compatible_prefix(source.config, fingerprint, dim, gallery_name)
+                return source, admit(source.config).prefix_dim
             except IncompatibleModelsError as error:
                 reasons.append(f"- {label}: {error}")
                 continue
@@ -165,24 +173,26 @@ def resolve_query_model(
         config = BT2Config.from_pretrained(source, **kwargs)
         config.name_or_path = source  # config-only loading leaves it empty; error messages need the name
         try:
-            compatible_prefix(config, fingerprint, dim, gallery_name)
+            admit(config)
         except IncompatibleModelsError as error:
             reasons.append(f"- {label}: {error}")
             continue
         model = BT2Model.from_pretrained(source, **kwargs, **model_kwargs)  # verifies the weights' fingerprint
-        prefix = compatible_prefix(model.config, fingerprint, dim, gallery_name)
+        admission = admit(model.config)
+        prefix = admission.prefix_dim
         logger.info(
-            "Query model %s searches the gallery of %s (%s) with a %d-d prefix.",
+            "Query model %s searches the gallery of %s (%s) with a %d-d prefix (%s).",
             label,
             gallery_name,
             short_fingerprint(fingerprint),
             prefix,
+            admission.basis,
         )
         return model, prefix
     raise IncompatibleModelsError(
         f"None of the candidate query models may search the gallery embedded by {gallery_name or '<unnamed model>'} "
         f"(fingerprint {short_fingerprint(fingerprint)}, {dim}-d):\n"
         + "\n".join(reasons)
-        + "\nUse the gallery's own encoder, add a model declared compatible with it (declare_compatibility), or "
-        "re-embed (backfill) the gallery with the new model."
+        + "\nUse the gallery's own encoder, measure a candidate with `bt2 verify` (commands above), or re-embed "
+        "(backfill) the gallery with the new model."
     )

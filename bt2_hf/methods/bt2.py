@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from torch.nn import functional as F
 
+from ..heads import bt2_embedding_dim
 from ..losses import classification_loss, cosine_matching_loss, influence_loss
 from . import register_method
 from .base import CompatibilityMethod, PrototypeInfluenceConfig
@@ -109,7 +110,7 @@ class BT2Method(CompatibilityMethod):
                 f"ancestor_prefix_dims {too_wide} are not shorter than the old model's {reference_dims['old']}-d "
                 "embedding: list only the prefixes of older versions (the whole old embedding is always matched)."
             )
-        if embedding_dim is not None and embedding_dim != feature_dim + self.config.extra_dim:
+        if embedding_dim is not None and embedding_dim != bt2_embedding_dim(feature_dim, self.config.extra_dim):
             raise ValueError(
                 f"A BT² model's embedding_dim is the independent model's width + extra_dim = {feature_dim} + "
                 f"{self.config.extra_dim}; got embedding_dim={embedding_dim}. Leave embedding_dim unset."

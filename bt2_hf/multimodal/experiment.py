@@ -8,7 +8,10 @@ Steps (each skipped when its output directory already holds a model, so a run ca
 3. the independent text tower φ'_text (pretrained text encoder + linear head) aligned with φ'_img's prototypes;
 4. the BT² text tower: same encoder + BT² head, first ``d_old`` dims tied to φ_old (:class:`BT2TextTowerLoss`);
 5. text→image retrieval with held-out captions against the old gallery and the new gallery, written to
-   ``<output_dir>/results.json``, and the BT² tower's ``compatible_with`` entry for φ_old.
+   ``<output_dir>/results.json``; the BT² tower records ``training["trained_against"]`` (φ_old, its fingerprint and
+   prefix width) and its cross-modal results with their criterion, but no ``compatible_with`` entry: that is written
+   only by a measurement with ``bt2 verify`` (which measures image models), so galleries refuse the text tower unless
+   a search passes ``allow_unmeasured=True``.
 """
 
 from __future__ import annotations
@@ -105,8 +108,8 @@ def _train_image_model(path: Path, widths: list[int], dim: int, args: argparse.N
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the experiment; returns (and writes) the results dict."""
     from .. import BT2Model
+    from ..compatibility import trained_against
     from ..data import load_fashion_mnist
-    from ..hub import declare_compatibility
 
     started = time.perf_counter()
     output_dir = Path(args.output_dir)
@@ -225,9 +228,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "statement": "R@1(BT² text → old image) > R@1(independent text → old image)",
         "holds": bool(bt2_r1 > indep_r1),
     }
-    # The BT² tower may query the old gallery at a d_old prefix: record it (the metrics are cross-modal).
-    bt2_tower.config.training = {**bt2_tower.config.training, "text_to_image": results["text_to_image"]}
-    declare_compatibility(bt2_tower.config, old_model, method="bt2_text", name_or_path=str(old_path))
+    # What the BT² tower was trained against, and what this experiment measured, whether its criterion held or
+    # not; it claims no compatibility (no compatible_with entry).
+    bt2_tower.config.training = {
+        **bt2_tower.config.training,
+        "method": "bt2_text",
+        "trained_against": trained_against(str(old_path), old_model.config.fingerprint, old_model.config.embedding_dim),
+        "text_to_image": results["text_to_image"],
+        "text_to_image_criterion": results["criterion"],
+    }
+    bt2_tower.config.compatible_with = []
     bt2_tower.save_pretrained(bt2_path)
     results["seconds"] = round(time.perf_counter() - started, 1)
     atomic_write_text(output_dir / "results.json", json.dumps(results, indent=2) + "\n")

@@ -6,9 +6,9 @@ Layout of a saved index directory (written atomically, so a reader never sees ha
     manifest.json    encoder fingerprint and name, dimension, normalisation, count, ids, index type,
                      bt2_hf version and the sha256 of index.faiss (corruption is detected on load)
 
-Searching checks the query model against the manifest with :func:`bt2_hf.compatibility.compatible_prefix`: the
-query embedding is cut to the prefix the model declares for that gallery and re-normalised; a model that never was
-made compatible with the gallery's encoder is refused with an error naming both models.
+Searching checks the query model against the manifest with :func:`bt2_hf.compatibility.admit_query_model`: the
+query embedding is cut to the prefix of a measured, passing compatibility entry and re-normalised; any other model is
+refused with an error naming both models and the ``bt2 verify`` command that would measure them.
 """
 
 from __future__ import annotations
@@ -172,12 +172,15 @@ def embed_to_shards(
 
 @dataclass
 class SearchResult:
-    """Neighbours of each query: ``ids[i]`` and ``scores[i]`` (cosine), best first; ``indices`` are gallery rows."""
+    """Neighbours of each query: ``ids[i]`` and ``scores[i]`` (cosine), best first; ``indices`` are gallery rows;
+    ``admission`` says why the query model was allowed (``basis``: same_model, measured, lineage,
+    unmeasured_override or unchecked; ``overridden`` when ``allow_unmeasured`` was needed)."""
 
     ids: list[list]
     scores: np.ndarray
     indices: np.ndarray
     prefix_dim: int
+    admission: dict | None = None
 
 
 class GalleryIndex:
@@ -354,19 +357,30 @@ class GalleryIndex:
             )
         return cls(faiss_index, manifest)
 
-    def prefix_for(self, query_config) -> int:
-        """The query prefix length for this gallery, from the compatibility rule (raises if incompatible)."""
-        from ..compatibility import compatible_prefix
+    def admit(self, query_config, allow_unmeasured: bool = False):
+        """The admission of a query model to this gallery (:func:`bt2_hf.compatibility.admit_query_model`): the
+        prefix and its grounds; raises `IncompatibleModelsError` naming both models and the `bt2 verify` command."""
+        from ..compatibility import admit_query_model
 
-        return compatible_prefix(
+        return admit_query_model(
             query_config,
             self.manifest["encoder_fingerprint"],
             self.dimension,
             self.manifest.get("encoder_name_or_path"),
+            allow_unmeasured=allow_unmeasured,
         )
 
+    def prefix_for(self, query_config, allow_unmeasured: bool = False) -> int:
+        """The query prefix length for this gallery, from the admission rule (raises if not admitted)."""
+        return self.admit(query_config, allow_unmeasured).prefix_dim
+
     def search(
-        self, query_embeddings, k: int = 10, query_config=None, check_compatibility: bool = True
+        self,
+        query_embeddings,
+        k: int = 10,
+        query_config=None,
+        check_compatibility: bool = True,
+        allow_unmeasured: bool = False,
     ) -> SearchResult:
         """Search with query embeddings; the prefix rule is applied from the query model's config.
 
@@ -377,6 +391,9 @@ class GalleryIndex:
                 ``compatible_with``); required unless ``check_compatibility=False``.
             check_compatibility (`bool`, *optional*, defaults to `True`): `False` compares the first ``d`` dimensions
                 with no check (only for embeddings you know to be compatible).
+            allow_unmeasured (`bool`, *optional*, defaults to `False`): admit a query model whose compatibility with
+                the gallery's encoder is known but was never measured (logged, and recorded in
+                ``SearchResult.admission``).
 
         Raises:
             `bt2_hf.compatibility.IncompatibleModelsError`: the query model is not compatible with the gallery.
@@ -388,9 +405,10 @@ class GalleryIndex:
                     "Pass query_config=model.config so that the index can check that the query model is compatible "
                     "with the gallery's encoder, or check_compatibility=False to compare prefixes unchecked."
                 )
-            prefix = self.prefix_for(query_config)
+            admission = self.admit(query_config, allow_unmeasured).to_dict()
+            prefix = admission["prefix_dim"]
         else:
-            prefix = self.dimension
+            prefix, admission = self.dimension, {"basis": "unchecked", "prefix_dim": self.dimension}
         if queries.shape[1] < prefix:
             raise ValueError(
                 f"Query embeddings are {queries.shape[1]}-d, narrower than the gallery's {prefix}-d prefix."
@@ -404,10 +422,12 @@ class GalleryIndex:
         order = np.lexsort((np.where(indices < 0, np.iinfo(np.int64).max, indices), -scores), axis=-1)
         scores, indices = np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
         ids = [[self.ids[i] for i in row if i >= 0] for row in indices]
-        return SearchResult(ids, scores, indices, prefix)
+        return SearchResult(ids, scores, indices, prefix, admission)
 
-    def search_with_model(self, model, images=None, texts=None, k: int = 10, batch_size: int = 64) -> SearchResult:
+    def search_with_model(
+        self, model, images=None, texts=None, k: int = 10, batch_size: int = 64, allow_unmeasured: bool = False
+    ) -> SearchResult:
         """Embed queries with ``model.encode`` and search, checking ``model.config`` against the manifest first."""
-        self.prefix_for(model.config)  # refuse before spending time on encoding
+        self.admit(model.config, allow_unmeasured)  # refuse before spending time on encoding
         embeddings = model.encode(images=images, texts=texts, batch_size=batch_size)
-        return self.search(embeddings, k=k, query_config=model.config)
+        return self.search(embeddings, k=k, query_config=model.config, allow_unmeasured=allow_unmeasured)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..compatibility import trained_against
 from ..configuration_bt2 import BT2Config
 from ..data.datasets import ImageClassificationData, load_image_classification
 from ..data.device_loader import DeviceTensorDataLoader, ShardedDataLoader
@@ -551,17 +552,8 @@ def train(
     unwrapped.config.training = _training_metadata(
         method, data, model_args, data_args, args, references, total_steps, accelerator.num_processes
     )
-    old = references.get("old")
-    if old is not None:
-        unwrapped.config.compatible_with = [
-            {
-                "name_or_path": old.name_or_path,
-                "revision": old.revision,
-                "fingerprint": old.model.config.fingerprint,
-                "embedding_dim": old.embedding_dim,
-                "method": method.name,
-            }
-        ]
+    # Training records what it trained against, never compatibility: only `bt2 verify` measures and writes that.
+    unwrapped.config.compatible_with = []
     accelerator.wait_for_everyone()
     # get_state_dict gathers full parameters under FSDP (every process takes part); the fingerprint covers them.
     full_state_dict = accelerator.get_state_dict(model)
@@ -574,6 +566,13 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return output_dir
+
+
+def _trained_against(old: FrozenReference | None) -> dict[str, Any] | None:
+    """The old model a BCT/BT² run trained against (reference, fingerprint, prefix width): a record, not a claim."""
+    if old is None:
+        return None
+    return trained_against(old.name_or_path, old.model.config.fingerprint, old.embedding_dim, old.revision)
 
 
 def _training_metadata(
@@ -599,6 +598,7 @@ def _training_metadata(
         "init_from_independent": model_args.init_from_independent,
         # the checkpoint whose weights this model started from (the model card shows it)
         "started_from": model_args.independent_model if model_args.init_from_independent else None,
+        "trained_against": _trained_against(references.get("old")),
         "bt2_hf_trainer": "accelerate",
         "world_size": world_size,
     }

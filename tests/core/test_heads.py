@@ -104,7 +104,7 @@ def test_linear_head_prefix_and_norms():
     ("feature_dim", "old_dim", "extra_dim", "message"),
     [
         (16, 24, 8, "extra_dim \\+ feature_dim > old_embedding_dim"),
-        (16, 16, 0, "Increase extra_dim to at least 1"),
+        (16, 16, 0, "Use extra_dim >= 1"),
         (0, 16, 8, "feature_dim must be positive"),
         (16, 16, -1, "extra_dim must be >= 0"),
     ],

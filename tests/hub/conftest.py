@@ -55,16 +55,15 @@ def embed(model: BT2Model, seed: int = 0) -> torch.Tensor:
 
 
 FAKE_RESULTS = {
-    # Fake but plausible numbers (percent), in the demo's results.json layout: for card tests only.
-    "dataset": "synthetic",
-    "methods": {
-        "bt2": {
-            "old/old": {"top1": 58.3, "top5": 80.1, "mAP": 31.2},
-            "bt2/old": {"top1": 61.0, "top5": 82.4, "mAP": 33.5},
-            "bt2/bt2": {"top1": 70.2, "top5": 88.1, "mAP": 40.9},
-        }
+    # Fake but plausible numbers (percent), in the one results schema (PairReport.to_dict): for card tests only.
+    "results": {
+        "old/old": {"top1": 58.3, "top5": 80.1, "mAP": 31.2},
+        "new/old": {"top1": 61.0, "top5": 82.4, "mAP": 33.5},
+        "new/new": {"top1": 70.2, "top5": 88.1, "mAP": 40.9},
     },
 }
+# The held-out data the fake numbers claim to come from (a measured entry must name it).
+FAKE_DATASET = {"name": "synthetic", "split": "test", "size": 120, "sha256": "0" * 64}
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from bt2_hf import BT2Config, BT2Model
 from bt2_hf.cli.card import main as card_main
 from bt2_hf.hub import create_or_update_model_card, declare_compatibility, render_model_card
 
-from .conftest import FAKE_RESULTS
+from .conftest import FAKE_DATASET, FAKE_RESULTS
 
 
 @pytest.fixture
@@ -23,6 +23,7 @@ def declared_pair(tmp_path, old_model, bt2_model):
         old_model,
         method="bt2",
         metrics=FAKE_RESULTS,
+        dataset=FAKE_DATASET,
         name_or_path="org/tiny-old",
         revision="0123456789abcdef0123456789abcdef01234567",
     )
@@ -46,7 +47,7 @@ def test_card_yaml_and_sections(declared_pair):
     text = card.text
     for heading in ("## Compatible with", "## Compatibility results", "## How to use", "## Training", "## Citation"):
         assert heading in text
-    assert "| new → old | 61.00 | 82.40 | 33.50 | ✅ pass (top-1 61.00 > 58.30) |" in text
+    assert "| new → old | 61.00 | 82.40 | 33.50 | ✅ pass (top-1 61.00 > 58.30, mAP 33.50 > 31.20) |" in text
     assert "| old → old | 58.30 | 80.10 | 31.20 |" in text
     assert "`org/tiny-old` | `0123456789` |" in text
     assert 'AutoModel.from_pretrained("org/tiny-bt2")' in text and "import bt2_hf" in text
@@ -103,13 +104,13 @@ def test_refresh_keeps_user_sections(declared_pair):
     path.write_text(text)
 
     better = json.loads(json.dumps(FAKE_RESULTS))
-    better["methods"]["bt2"]["bt2/old"]["top1"] = 65.5
+    better["results"]["new/old"]["top1"] = 65.5
     create_or_update_model_card(new_dir, repo_id="org/tiny-bt2", metrics=better)
     refreshed = path.read_text()
     assert "## Our deployment notes\n\nServed behind the search API." in refreshed
     assert "## Limitations\n\nTrained on synthetic data only." in refreshed
     assert refreshed.index("## Our deployment notes") < refreshed.index("## How to use")
-    assert "65.50" in refreshed and "✅ pass (top-1 65.50 > 58.30)" in refreshed
+    assert "65.50" in refreshed and "✅ pass (top-1 65.50 > 58.30, mAP 33.50 > 31.20)" in refreshed
     assert refreshed.count("## Compatibility results") == 1 and refreshed.count("## Citation") == 1
     data = ModelCard.load(path).data
     assert data.license == "apache-2.0" and "my-own-tag" in data.tags and "bt2_hf" in data.tags
@@ -119,9 +120,9 @@ def test_refresh_keeps_user_sections(declared_pair):
 def test_failed_criterion_is_shown(declared_pair):
     _, new_dir = declared_pair
     worse = json.loads(json.dumps(FAKE_RESULTS))
-    worse["methods"]["bt2"]["bt2/old"]["top1"] = 50.0
+    worse["results"]["new/old"]["top1"] = 50.0
     card = render_model_card(BT2Config.from_pretrained(new_dir), repo_id="org/x", metrics=worse)
-    assert "❌ fail (top-1 50.00 ≤ 58.30)" in card.text
+    assert "❌ fail (top-1 50.00 ≤ 58.30, mAP 33.50 > 31.20)" in card.text
 
 
 def test_lineage_entries_are_listed(tmp_path, declared_pair):
@@ -132,7 +133,7 @@ def test_lineage_entries_are_listed(tmp_path, declared_pair):
     v3 = make_bt2_model(seed=3, old_dim=20, feature_dim=20, extra_dim=4)
     declare_compatibility(v3.config, v2, method="bt2", name_or_path="org/tiny-bt2", revision="main")
     card = render_model_card(v3.config, repo_id="org/tiny-v3")
-    assert "through `org/tiny-bt2` (lineage; not measured)" in card.text
+    assert "through `org/tiny-bt2` (lineage; measured link)" in card.text
     assert "| `org/tiny-old` |" in card.text and "| 16 |" in card.text and "| 20 |" in card.text
 
 

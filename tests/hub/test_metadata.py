@@ -15,7 +15,7 @@ from bt2_hf.hub import (
     validate_compatibility_metadata,
 )
 
-from .conftest import FAKE_RESULTS, SMALL_CNN, make_bt2_model, make_old_model
+from .conftest import FAKE_DATASET, FAKE_RESULTS, SMALL_CNN, make_bt2_model, make_old_model
 
 FP_A, FP_B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
 
@@ -49,11 +49,24 @@ def _bt2_config(compatible_with, **kwargs):
 def test_declare_and_round_trip(tmp_path, old_model, bt2_model):
     old_config = _saved_config(old_model, tmp_path / "old")
     entry = declare_compatibility(
-        bt2_model.config, old_config, method="bt2", metrics=FAKE_RESULTS, name_or_path="org/old", revision="v1"
+        bt2_model.config,
+        old_config,
+        method="bt2",
+        metrics=FAKE_RESULTS,
+        dataset=FAKE_DATASET,
+        name_or_path="org/old",
+        revision="v1",
     )
     assert entry["embedding_dim"] == 16 and entry["fingerprint"] == old_config.fingerprint
-    assert entry["metrics"]["new/old"] == {"top1": 61.0, "top5": 82.4, "mAP": 33.5}  # "bt2/old" read as new/old
-    assert entry["criterion"] == {"rule": "M(new/old) > M(old/old)", "metric": "top1", "passed": True}
+    assert entry["status"] == "measured" and entry["dataset"] == FAKE_DATASET
+    assert entry["metrics"]["new/old"] == {"top1": 61.0, "top5": 82.4, "mAP": 33.5}
+    assert entry["criterion"] == {
+        "rule": "M(new/old) > M(old/old)",
+        "metric": "top1",
+        "metrics": ["top1", "mAP"],
+        "passed": True,
+        "margin": {"top1": 2.7, "mAP": 2.3},
+    }
 
     bt2_model.save_pretrained(tmp_path / "new")
     on_disk = json.loads((tmp_path / "new" / "config.json").read_text())
@@ -70,7 +83,9 @@ def test_declare_with_loaded_model_computes_its_fingerprint(old_model, bt2_model
     from bt2_hf import fingerprint_model
 
     assert entry["fingerprint"] == fingerprint_model(old_model)
-    assert "metrics" not in entry and "criterion" not in entry
+    assert "metrics" not in entry and "criterion" not in entry and entry["status"] == "declared"
+    with pytest.raises(CompatibilityMetadataError, match="without the held-out data"):
+        declare_compatibility(bt2_model.config, old_model, method="bt2", name_or_path="org/old", metrics=FAKE_RESULTS)
 
 
 def test_lineage_closes_transitively(tmp_path):
@@ -78,15 +93,18 @@ def test_lineage_closes_transitively(tmp_path):
     v2 = make_bt2_model(seed=1, old_dim=16, feature_dim=24, extra_dim=8)  # 32-d, first 16 compatible with v1
     v3 = make_bt2_model(seed=2, old_dim=32, feature_dim=32, extra_dim=8)  # 40-d, first 32 compatible with v2
     v1_config = _saved_config(v1, tmp_path / "v1")
-    declare_compatibility(v2.config, v1_config, method="bt2", name_or_path="org/v1", revision="r1")
+    measured = {"metrics": FAKE_RESULTS, "dataset": FAKE_DATASET}
+    declare_compatibility(v2.config, v1_config, method="bt2", name_or_path="org/v1", revision="r1", **measured)
     v2_config = _saved_config(v2, tmp_path / "v2")
-    declare_compatibility(v3.config, v2_config, method="bt2", name_or_path="org/v2", revision="r2")
+    declare_compatibility(v3.config, v2_config, method="bt2", name_or_path="org/v2", revision="r2", **measured)
 
     by_name = {e["name_or_path"]: e for e in v3.config.compatible_with}
     assert set(by_name) == {"org/v1", "org/v2"}
     assert by_name["org/v2"]["embedding_dim"] == 32 and "via" not in by_name["org/v2"]
     assert by_name["org/v1"]["embedding_dim"] == 16 and by_name["org/v1"]["via"] == "org/v2"
     assert by_name["org/v1"]["fingerprint"] == v1_config.fingerprint
+    assert by_name["org/v1"]["status"] == "inherited" and by_name["org/v1"]["link_passed"] is True
+    assert by_name["org/v1"]["via_fingerprint"] == v2_config.fingerprint
     v3_config = _saved_config(v3, tmp_path / "v3")
     assert compatible_prefix(v3_config, v1_config.fingerprint, 16, "org/v1") == 16
     assert compatible_prefix(v3_config, v2_config.fingerprint, 32, "org/v2") == 32
@@ -127,6 +145,27 @@ def test_declaring_needs_old_fingerprint_and_method(bt2_model):
         ([_entry(metrics={"new-old": {"top1": 1.0}})], "'query/gallery'"),
         (["org/old"], "not a dict"),
         ([_entry(revision=3)], "revision=3"),
+        ([_entry(status="measured")], "lacks its metrics or criterion"),
+        (
+            [
+                _entry(
+                    status="measured",
+                    metrics={"new/old": {"top1": 61.0}, "old/old": {"top1": 60.0}},
+                    criterion={"passed": True, "metric": "top1"},
+                )
+            ],
+            "does not name the held-out data",
+        ),
+        (
+            [
+                _entry(
+                    metrics={"new/old": {"top1": 61.0, "mAP": 20.0}, "old/old": {"top1": 60.0, "mAP": 30.0}},
+                    criterion={"passed": True, "metrics": ["top1", "mAP"]},
+                )
+            ],
+            "must hold for every judged metric",
+        ),
+        ([_entry(status="guessed")], "status='guessed'"),
     ],
 )
 def test_validation_errors(entries, match):
@@ -157,6 +196,8 @@ def test_valid_metadata_passes():
             _entry(
                 metrics={"old/old": {"top1": 50.0}, "new/old": {"top1": 55.0}},
                 criterion={"rule": "M(new/old) > M(old/old)", "metric": "top1", "passed": True},
+                status="measured",
+                dataset={"name": "d", "split": "test", "size": 10, "sha256": "0" * 64},
             ),
             _entry(name_or_path="org/older", fingerprint=FP_B, embedding_dim=8, via="org/old"),
         ]
@@ -181,25 +222,25 @@ def test_load_evaluation_results_layouts(tmp_path):
     }
     per_pair = {"old/old": {"top1": 40}, "new/old": {"top1": 45}}
     assert load_evaluation_results(per_pair)["new/old"] == {"top1": 45.0}
-    several = {"methods": {"bt2": {"old/old": {"top1": 1}}, "bct": {"old/old": {"top1": 2}}}}
-    with pytest.raises(ValueError, match="several methods"):
-        load_evaluation_results(several)
-    assert load_evaluation_results(several, method="bct", unit="percent") == {"old/old": {"top1": 2.0}}
-    with pytest.raises(ValueError, match="no method 'oca'"):
-        load_evaluation_results(several, method="oca")
+    assert load_evaluation_results(per_pair, unit="fraction")["new/old"] == {"top1": 4500.0}
+    # A private layout (the demo's old {"methods": ...} file) is not a results schema: refused, with the expected one.
+    with pytest.raises(ValueError, match="PairReport.to_dict"):
+        load_evaluation_results({"methods": {"bt2": {"old/old": {"top1": 1}}}})
     with pytest.raises(FileNotFoundError):
         load_evaluation_results(tmp_path / "missing.json")
 
 
 def test_compatible_prefix_refusal_names_both_models_and_lineage(tmp_path, old_model, bt2_model):
     old_config = _saved_config(old_model, tmp_path / "old")
-    declare_compatibility(bt2_model.config, old_config, method="bt2", name_or_path="org/old")
+    declare_compatibility(
+        bt2_model.config, old_config, method="bt2", name_or_path="org/old", metrics=FAKE_RESULTS, dataset=FAKE_DATASET
+    )
     new_config = _saved_config(bt2_model, tmp_path / "new")
     with pytest.raises(IncompatibleModelsError) as error:
         compatible_prefix(new_config, FP_B, 16, "org/stranger")
     message = str(error.value)
     assert "org/stranger" in message and str(tmp_path / "new") in message and "org/old" in message
-    assert "backfill" in message
+    assert "backfill" in message and f"bt2 verify {tmp_path / 'new'} --old org/stranger" in message
     # A bare-hex fingerprint (as some manifests store it) matches the prefixed one.
     assert compatible_prefix(new_config, old_config.fingerprint.removeprefix("sha256:"), 16, "org/old") == 16
 

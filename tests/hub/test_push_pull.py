@@ -18,7 +18,7 @@ from bt2_hf import BT2Model, FingerprintMismatchError, IncompatibleModelsError
 from bt2_hf.cli.push import main as push_main
 from bt2_hf.hub import declare_compatibility, push_to_hub, resolve_query_model
 
-from .conftest import FAKE_RESULTS, embed, make_bt2_model, make_old_model
+from .conftest import FAKE_DATASET, FAKE_RESULTS, embed, make_bt2_model, make_old_model
 from .hubserver import DEFAULT_TOKEN
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +120,10 @@ def test_resolve_query_model_and_refusal(hub, tmp_path):
     old, stranger, new = make_old_model(seed=0), make_old_model(seed=5), make_bt2_model(seed=1)
     push_to_hub(old, "bt2-tester/old", token=hub.token)
     push_to_hub(stranger, "bt2-tester/stranger", token=hub.token)
-    declare_compatibility(new.config, old, method="bt2", name_or_path="bt2-tester/old", revision="main")
+    declare_compatibility(
+        new.config, old, method="bt2", name_or_path="bt2-tester/old", revision="main", metrics=FAKE_RESULTS,
+        dataset=FAKE_DATASET,
+    )  # fmt: skip
     push_to_hub(new, "bt2-tester/new", token=hub.token)
     hub_kwargs = {"cache_dir": hub.cache_dir}
 
@@ -152,7 +155,7 @@ def test_resolve_query_model_and_refusal(hub, tmp_path):
         resolve_query_model(stranger_gallery, ["bt2-tester/new", "bt2-tester/old"], **hub_kwargs)
     message = str(error.value)
     assert "strangers" in message and "bt2-tester/new" in message and "bt2-tester/old" in message
-    assert "backfill" in message and "declare_compatibility" in message
+    assert "backfill" in message and "bt2 verify bt2-tester/new --old strangers" in message
 
 
 def test_pulled_weights_that_differ_from_the_config_are_refused(hub, bt2_model, tmp_path):

@@ -62,6 +62,7 @@ def test_index_build_and_search(rng, tmp_path, capsys):
         "fingerprint": "b" * 64,
         "embedding_dim": 64,
         "compatible_with": [{"fingerprint": "a" * 64, "embedding_dim": 16, "name_or_path": "old_model"}],
+        "training": {"trained_against": {"name_or_path": "old_model", "fingerprint": "a" * 64, "prefix_dim": 16}},
     }
     (tmp_path / "new_config.json").write_text(json.dumps(new_config))
     index_dir = tmp_path / "index"
@@ -69,15 +70,16 @@ def test_index_build_and_search(rng, tmp_path, capsys):
     assert index_cli.main(build + ["--output", str(index_dir)]) == 0
     np.save(tmp_path / "queries.npy", new[:3])
     search = ["search", "--index", str(index_dir), "--queries", str(tmp_path / "queries.npy"), "-k", "2"]
-    assert (
-        index_cli.main(
-            search + ["--query-config", str(tmp_path / "new_config.json"), "--output", str(tmp_path / "hits.json")]
-        )
-        == 0
-    )
+    new_search = search + ["--query-config", str(tmp_path / "new_config.json"), "--output", str(tmp_path / "hits.json")]
+    # Trained against the old model but never measured: refused, with the command that would measure it.
+    capsys.readouterr()
+    assert index_cli.main(new_search) == 2
+    assert "bt2 verify" in capsys.readouterr().err and not (tmp_path / "hits.json").exists()
+    assert index_cli.main(new_search + ["--allow_unmeasured"]) == 0
     hits = json.loads((tmp_path / "hits.json").read_text())
     assert hits["prefix_dim"] == 16 and [h["ids"][0] for h in hits["results"]] == [0, 1, 2]
+    assert hits["admission"]["overridden"] is True and hits["admission"]["basis"] == "unmeasured_override"
     (tmp_path / "stranger.json").write_text(json.dumps({"fingerprint": "c" * 64, "embedding_dim": 64}))
     capsys.readouterr()
     assert index_cli.main(search + ["--query-config", str(tmp_path / "stranger.json")]) == 2
-    assert "not compatible" in capsys.readouterr().err
+    assert "unrelated" in capsys.readouterr().err

@@ -23,8 +23,15 @@ def _old_config():
     return SimpleNamespace(fingerprint=OLD_FP, embedding_dim=16, compatible_with=[], name_or_path="org/old")
 
 
-def _new_config():
-    entry = {"fingerprint": OLD_FP, "embedding_dim": 16, "name_or_path": "org/old"}
+def _new_config(**entry_fields):
+    """A new model with a measured, passing compatibility entry for the old model (as `bt2 verify` writes it)."""
+    entry = {
+        "fingerprint": OLD_FP, "embedding_dim": 16, "name_or_path": "org/old", "method": "bt2", "status": "measured",
+        "metrics": {"old/old": {"top1": 60.0, "mAP": 30.0}, "new/old": {"top1": 62.0, "mAP": 31.0}},
+        "criterion": {"metrics": ["top1", "mAP"], "passed": True},
+        "dataset": {"name": "synthetic", "split": "test", "size": 50, "sha256": "0" * 64},
+        **entry_fields,
+    }  # fmt: skip
     return SimpleNamespace(fingerprint=NEW_FP, embedding_dim=64, compatible_with=[entry], name_or_path="org/new")
 
 
@@ -56,6 +63,7 @@ def test_new_model_searches_old_gallery_through_its_prefix(saved_index, rng):
     result = GalleryIndex.load(path).search(new_queries, k=1, query_config=_new_config())
     assert [row[0] for row in result.ids] == ids[:5]
     np.testing.assert_allclose(result.scores[:, 0], 1.0, atol=1e-6)  # prefix re-normalised -> cosine 1
+    assert result.admission["basis"] == "measured" and result.admission["overridden"] is False
 
 
 def test_incompatible_model_is_refused_naming_both(saved_index):

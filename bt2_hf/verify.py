@@ -1,0 +1,291 @@
+"""Measure whether a new model may search an old model's galleries, and record the measurement in its config.
+
+:func:`verify_compatibility` is the only writer of ``"measured"`` compatibility entries (pipelines such as the demo
+and ``bt2 series`` call it). It embeds a named held-out split with the old, the new (and optionally an independently
+trained) model, evaluates old→old, new→old and new→new with the one evaluator (:mod:`bt2_hf.retrieval`, query =
+gallery = the split, leave-one-out, cosine on the old-width prefix, re-normalised), judges the criterion
+``M(new→old) > M(old→old)`` on every judged metric, and writes the entry (data set name, split, size and content hash;
+metrics; criterion and margin; date; bt2_hf version) into the new model's ``config.json``. A failing criterion is
+recorded as failing, and galleries refuse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .compatibility import DEFAULT_CRITERION_METRICS, declare_compatibility
+from .utils.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_VERIFY_METRICS = ("top1", "top5", "map")
+
+
+@dataclass
+class VerificationResult:
+    """What :func:`verify_compatibility` measured and recorded.
+
+    Args:
+        entry (`dict`): the ``compatible_with`` entry written for the old model (``status="measured"``).
+        report (`PairReport`): the evaluator's report (fractions); ``report.to_dict()`` is the one results schema.
+        dataset (`dict`): ``{"name", "split", "size", "sha256"}`` (plus ``max_per_class`` / ``seed`` if subsampled).
+        new_name (`str`), old_name (`str`): the models, as recorded.
+        written_to (`Path`, *optional*): the ``config.json`` that was rewritten, if any.
+        embeddings (`dict[str, np.ndarray]`): ``"old"``, ``"new"`` (and ``"independent"``) embeddings of the split,
+            for callers that plot or search them without embedding again.
+        labels (`np.ndarray`): the split's labels, in the embeddings' order.
+    """
+
+    entry: dict[str, Any]
+    report: Any
+    dataset: dict[str, Any]
+    new_name: str
+    old_name: str
+    written_to: Path | None = None
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    labels: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        """Whether the criterion held on every judged metric."""
+        return bool(self.entry["criterion"]["passed"])
+
+    @property
+    def margin(self) -> dict[str, float]:
+        """``M(new→old) − M(old→old)`` per judged metric, in percentage points."""
+        return dict(self.entry["criterion"]["margin"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the models, the data set, the recorded entry and ``report.to_dict()``."""
+        return {"new": self.new_name, "old": self.old_name, "dataset": self.dataset, "entry": self.entry,
+                "report": self.report.to_dict()}  # fmt: skip
+
+
+def dataset_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """sha256 over the split's shapes, dtypes and bytes (images then labels): the same items in the same order give
+    the same hash, whatever file they were read from."""
+    digest = hashlib.sha256()
+    for name, tensor in (("images", images), ("labels", labels)):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{str(tensor.dtype).removeprefix('torch.')}|{list(tensor.shape)}\n".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _load_model(model_or_path: Any, role: str):
+    from .modeling_bt2 import BT2Model
+
+    if hasattr(model_or_path, "config") and hasattr(model_or_path, "state_dict"):
+        return model_or_path, None
+    path = str(model_or_path)
+    try:
+        return BT2Model.from_pretrained(path), path  # verifies the weights against their fingerprint
+    except OSError as error:
+        raise OSError(f"Cannot load the {role} model {path!r}: {error}") from error
+
+
+def _load_split(data: Any, split: str, data_dir: str | None, dataset_name: str | None):
+    """(ImageClassificationData, name) for a data spec or already loaded data."""
+    from .data import ImageClassificationData, load_image_classification
+
+    if isinstance(data, ImageClassificationData):
+        return data, dataset_name or (data.source if data.source != "in-memory" else None)
+    if not isinstance(data, (str, os.PathLike)):
+        raise TypeError(
+            f"data must be a dataset name, a directory or an ImageClassificationData, got {type(data).__name__}."
+        )
+    spec = str(data)
+    loaded = load_image_classification(spec, split, data_dir=data_dir)
+    name = dataset_name or (Path(spec).name if Path(spec).expanduser().is_dir() else spec)
+    return loaded, name
+
+
+def _write_entry(checkpoint_dir: Path, config: Any) -> Path:
+    """Rewrite only ``compatible_with`` in ``config.json`` (atomically): the weights, their fingerprint and every other
+    key stay as they are, so the checkpoint still loads and verifies."""
+    path = checkpoint_dir / "config.json"
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    if raw.get("fingerprint") != config.fingerprint:
+        raise ValueError(
+            f"{path} changed while it was verified (fingerprint {raw.get('fingerprint')} vs {config.fingerprint}); "
+            "run bt2 verify again."
+        )
+    raw["compatible_with"] = config.compatible_with
+    atomic_write_json(path, raw)
+    return path
+
+
+def verify_compatibility(
+    new: Any,
+    old: Any,
+    data: Any,
+    independent: Any = None,
+    *,
+    split: str = "test",
+    data_dir: str | os.PathLike | None = None,
+    dataset_name: str | None = None,
+    max_per_class: int | None = None,
+    seed: int = 0,
+    metrics: Sequence[str] = DEFAULT_VERIFY_METRICS,
+    criterion_metrics: Sequence[str] = DEFAULT_CRITERION_METRICS,
+    old_name: str | None = None,
+    old_revision: str | None = None,
+    method: str | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    write: bool = True,
+    update_card: bool = True,
+    repo_id: str | None = None,
+) -> VerificationResult:
+    """Measure old→old, new→old and new→new on a held-out split, judge the criterion and record the entry.
+
+    Args:
+        new (`str`, `os.PathLike` or `BT2Model`): the new (query) model: a saved checkpoint directory (its
+            ``config.json`` is rewritten with the entry and its card refreshed), a Hub id, or a loaded model (only
+            its in-memory ``config`` gets the entry; save it yourself).
+        old (`str`, `os.PathLike` or `BT2Model`): the old model whose galleries the new one should search.
+        data (`str`, `os.PathLike` or `ImageClassificationData`): the held-out data: a dataset name
+            (``"fashion_mnist"``), a directory (IDX files, ``save_to_disk`` output or an imagefolder), a Hub
+            dataset id, or an already loaded split (then give ``dataset_name`` and ``split``).
+        independent (`str`, `os.PathLike` or `BT2Model`, *optional*): an independently trained new model; adds
+            indep→indep, the update gain and the compatibility tax to the report.
+        split (`str`, *optional*, defaults to `"test"`): the held-out split's name (recorded). Never verify on the
+            split the models were trained on.
+        data_dir (`str`, *optional*): directory of the Fashion-MNIST IDX files when ``data="fashion_mnist"``.
+        dataset_name (`str`, *optional*): the name recorded; defaults to ``data`` (or the directory's name).
+        max_per_class (`int`, *optional*): evaluate on at most this many items per class (drawn with ``seed``); the
+            hash and size recorded are those of the subset.
+        seed (`int`, *optional*, defaults to 0): seed of the subsample.
+        metrics (`Sequence[str]`, *optional*, defaults to ``("top1", "top5", "map")``): evaluator metric names.
+        criterion_metrics (`Sequence[str]`, *optional*, defaults to ``("top1", "mAP")``): the criterion must hold on
+            every one of them.
+        old_name (`str`, *optional*): the old model's name to record (its Hub id); defaults to ``old`` as given or
+            its ``config.name_or_path``.
+        old_revision (`str`, *optional*): the old model's Hub revision to record.
+        method (`str`, *optional*): how the new model was trained; defaults to ``config.training["method"]``.
+        batch_size (`int`, *optional*, defaults to 256): images per forward pass.
+        device (`str` or `torch.device`, *optional*): where to embed; defaults to CUDA when available.
+        write (`bool`, *optional*, defaults to `True`): write the entry into ``<new>/config.json`` when ``new`` is
+            a checkpoint directory.
+        update_card (`bool`, *optional*, defaults to `True`): refresh ``<new>/README.md`` from the new metadata.
+        repo_id (`str`, *optional*): the new model's Hub id for the card (defaults to its recorded name).
+
+    Returns:
+        :class:`VerificationResult`: ``.entry`` (recorded), ``.passed``, ``.margin``, ``.report`` (a ``PairReport``),
+        ``.embeddings`` and ``.labels``.
+
+    Raises:
+        `bt2_hf.IncompatibleModelsError`: the old model's width is not the new model's compatible prefix.
+        `ValueError`: the split is empty or not in memory, or the models are text models.
+
+    Example:
+
+    ```python
+    >>> from bt2_hf.verify import verify_compatibility
+    >>> result = verify_compatibility("out/bt2", "out/old", "fashion_mnist", split="test")  # doctest: +SKIP
+    >>> result.passed, result.margin  # doctest: +SKIP
+    (True, {'top1': 1.3, 'mAP': 0.8})
+    ```
+    """
+    from .retrieval.compatibility import compare_models
+    from .retrieval.evaluator import RetrievalEvaluator
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    new_model, new_path = _load_model(new, "new")
+    old_model, old_path = _load_model(old, "old")
+    independent_model = _load_model(independent, "independent")[0] if independent is not None else None
+    for role, model in (("new", new_model), ("old", old_model), ("independent", independent_model)):
+        if model is not None and model.config.modality != "image":
+            raise ValueError(
+                f"The {role} model encodes {model.config.modality}; bt2 verify measures image models on an image "
+                "split. For a text tower use `bt2 eval-text`."
+            )
+    split_data, name = _load_split(data, split, data_dir, dataset_name)
+    if max_per_class is not None:
+        split_data = split_data.take_per_class(max_per_class, seed=seed)
+    if split_data.images is None:
+        raise ValueError("bt2 verify needs the split in memory (load_image_classification(..., in_memory=True)).")
+    if len(split_data) < 2:
+        raise ValueError(f"The {split!r} split has {len(split_data)} items; retrieval needs at least two.")
+    dataset = {
+        "name": name or "unnamed",
+        "split": split,
+        "size": len(split_data),
+        "sha256": dataset_fingerprint(split_data.images, split_data.labels),
+    }
+    if max_per_class is not None:
+        dataset.update(max_per_class=int(max_per_class), seed=int(seed))
+
+    old_name = old_name or (str(old) if old_path is not None else None) or old_model.config.name_or_path
+    new_name = str(new) if new_path is not None else (new_model.config.name_or_path or "<new model>")
+
+    def embed(model) -> np.ndarray:
+        model.to(device).eval()
+        return model.encode(images=split_data.images, batch_size=batch_size, device=device).numpy()
+
+    embeddings = {"old": embed(old_model), "new": embed(new_model)}
+    if independent_model is not None:
+        embeddings["independent"] = embed(independent_model)
+    labels = split_data.labels.numpy()
+    evaluator = RetrievalEvaluator(metrics=metrics)
+    report = compare_models(
+        embeddings["old"], embeddings["new"], labels, independent=embeddings.get("independent"), evaluator=evaluator
+    )
+    entry = declare_compatibility(
+        new_model.config,
+        old_model,
+        method=method,
+        metrics=report.to_dict(),
+        dataset=dataset,
+        revision=old_revision,
+        name_or_path=old_name,
+        criterion_metrics=criterion_metrics,
+    )
+    written_to = None
+    if write and new_path is not None and (Path(new_path) / "config.json").is_file():
+        written_to = _write_entry(Path(new_path), new_model.config)
+        if update_card:
+            from .hub.card import create_or_update_model_card
+
+            create_or_update_model_card(new_path, repo_id=repo_id or new_model.config.name_or_path or None)
+    elif write and new_path is not None:
+        logger.warning("%s is not a local checkpoint directory: the entry was not written to disk.", new_path)
+    outcome = entry["criterion"]
+    logger.info(
+        "%s → %s on %s:%s (%d items): criterion %s (margin %s).",
+        new_name, old_name, dataset["name"], split, dataset["size"], "passed" if outcome["passed"] else "FAILED",
+        ", ".join(f"{m} {v:+.2f}" for m, v in outcome["margin"].items()),
+    )  # fmt: skip
+    return VerificationResult(
+        entry=entry, report=report, dataset=dataset, new_name=new_name, old_name=old_name, written_to=written_to,
+        embeddings=embeddings, labels=labels,
+    )  # fmt: skip
+
+
+def summary_lines(result: VerificationResult) -> list[str]:
+    """Readable lines of a verification: the three settings, the criterion and its margin."""
+    metrics = result.entry["metrics"]
+    names = list(next(iter(metrics.values())))
+    lines = [f"{result.new_name} → {result.old_name} on {result.dataset['name']}:{result.dataset['split']} "
+             f"({result.dataset['size']} items, sha256 {result.dataset['sha256'][:12]})"]  # fmt: skip
+    lines.append(f"{'query → gallery':<18}" + "".join(f"{n:>10}" for n in names))
+    for pair, values in metrics.items():
+        label = pair.replace("/", " → ")
+        lines.append(f"{label:<18}" + "".join(f"{values.get(n, float('nan')):>10.2f}" for n in names))
+    criterion = result.entry["criterion"]
+    verdict = "PASSED" if criterion["passed"] else "FAILED"
+    margins = ", ".join(f"{m} {v:+.2f}" for m, v in criterion["margin"].items())
+    lines.append(f"criterion {criterion['rule']}: {verdict} (margin {margins} points)")
+    return lines
+
+
