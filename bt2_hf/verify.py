@@ -243,7 +243,9 @@ def verify_compatibility(
     )
     entry = declare_compatibility(
         new_model.config,
-        old_model,
+        # The fingerprint galleries record is config.fingerprint (verified by from_pretrained); only a model that was
+        # never saved has none, and then it is computed from the weights.
+        old_model.config if old_model.config.fingerprint else old_model,
         method=method,
         metrics=report.to_dict(),
         dataset=dataset,

@@ -23,14 +23,9 @@ logger = logging.getLogger(__name__)
 
 
 def _bt2_version() -> str:
-    try:
-        from importlib.metadata import version
+    from .. import __version__  # lazy: bt2_hf/__init__ imports this package
 
-        return version("bt2_hf")
-    except Exception:  # an uninstalled checkout
-        from .. import __version__
-
-        return __version__
+    return __version__
 
 
 def _old_identity(old_model_or_config: Any) -> tuple[Any, str | None]:

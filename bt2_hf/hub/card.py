@@ -161,7 +161,7 @@ def build_card_data(
         metrics (`dict`, `str` or `os.PathLike`, *optional*): evaluation results (see
             :func:`~bt2_hf.hub.load_evaluation_results`) for the primary (last direct) ``compatible_with`` entry;
             they override the metrics stored in the config for the card only.
-        method (`str`, *optional*): which method of a ``{"methods": ...}`` results file to read.
+        method (`str`, *optional*): unused; results come in the one schema (``PairReport.to_dict()``).
         dataset (`str`, *optional*): the evaluation dataset's name; defaults to ``results["dataset"]`` or
             ``config.training["dataset"]``.
         license (`str`, *optional*): the card's ``license``.
@@ -294,7 +294,7 @@ def render_model_card(
         revision (`str`, *optional*): a revision to show in the usage snippet.
         metrics (`dict`, `str` or `os.PathLike`, *optional*): evaluation results for the primary compatibility entry
             (see :func:`build_card_data`).
-        method (`str`, *optional*): which method of a ``{"methods": ...}`` results file to read.
+        method (`str`, *optional*): unused; results come in the one schema (``PairReport.to_dict()``).
         dataset (`str`, *optional*): the evaluation dataset's name.
         license (`str`, *optional*): the card's license.
         tags (`list[str]`, *optional*): extra tags.
