@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-text": ("bt2_hf.cli.eval_text", "evaluate text queries against an image gallery (old or new model)"),
     "series": ("bt2_hf.cli.series", "train and evaluate a series of BT² updates v1 → v2 → v3"),
     "verify": ("bt2_hf.cli.verify", "measure whether a new model may search an old model's galleries; record it"),
+    "embed": ("bt2_hf.cli.embed", "embed a dataset with a model into resumable shards with ids and a manifest"),
     "index": ("bt2_hf.cli.index", "build or search a gallery index with a manifest"),
     "push": ("bt2_hf.cli.push", "push a checkpoint with its card to the Hub"),
     "card": ("bt2_hf.cli.card", "render or refresh a model card from a checkpoint and an evaluation JSON"),

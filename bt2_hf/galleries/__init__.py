@@ -1,0 +1,23 @@
+"""Galleries in production: embed datasets into shards, store them (faiss on disk, Milvus), backfill them in place.
+
+- :func:`embed_dataset` (``bt2 embed``): any image or text dataset → resumable fp16/fp32 shards with ids + manifest.
+- :class:`FaissGallery` (``bt2 index build|search``): flat, IVF-Flat, IVF-PQ (exact re-ranking from memory-mapped
+  vectors) or HNSW on disk with its manifest.
+- :func:`backfill` (``bt2 backfill``): re-embed a fraction of a gallery with a newer model, crash-safe, and
+  :func:`mixed_search`, which ranks old and re-embedded items on one scale.
+"""
+
+from .embed import embed_dataset, model_identity
+from .shards import EmbeddingDirectory, EmbeddingDirectoryError
+from .sources import GallerySource, GallerySourceError, TensorSource, open_source
+
+__all__ = [
+    "EmbeddingDirectory",
+    "EmbeddingDirectoryError",
+    "GallerySource",
+    "GallerySourceError",
+    "TensorSource",
+    "embed_dataset",
+    "model_identity",
+    "open_source",
+]

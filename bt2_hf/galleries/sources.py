@@ -1,0 +1,281 @@
+"""Gallery sources: any image or text dataset seen as ``len`` items with stable ids, read by position range.
+
+A source gives random access by position (``items(start, stop)``), the ids of a range, a content hash that
+identifies the dataset in manifests, and its modality. Positions are what shards, indexes and backfills refer to;
+the hash lets a backfill or a resumed embedding refuse a dataset that is not the one the gallery was made from.
+
+Supported:
+
+- a directory of (Fashion-)MNIST IDX files (``split``: ``train``, ``test`` or ``all``);
+- a directory written by ``datasets.Dataset.save_to_disk`` (memory-mapped Arrow: large datasets never load whole);
+- an ``imagefolder`` directory (one sub-directory per class), optionally streamed (``streaming=True``);
+- a text file: ``.txt`` (one item per line) or ``.jsonl`` (``{"id": ..., "text": ...}`` per line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+IMAGE, TEXT = "image", "text"
+
+
+class GallerySourceError(ValueError):
+    """A dataset cannot be read as a gallery source (missing path, unknown format, missing column)."""
+
+
+def _hash_files(paths, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).name.encode())
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+class GallerySource:
+    """Base class: ``len(source)`` items, each with an id, read by position ranges.
+
+    Subclasses set ``modality`` (``"image"`` or ``"text"``), ``name`` and implement :meth:`items`, :meth:`ids` and
+    :meth:`fingerprint`.
+    """
+
+    modality: str = IMAGE
+    name: str = "in-memory"
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def items(self, start: int, stop: int) -> Any:
+        """Items ``start..stop-1``: a uint8 ``(B, C, H, W)`` tensor, a list of PIL images, or a list of strings."""
+        raise NotImplementedError  # pragma: no cover
+
+    def ids(self, start: int = 0, stop: int | None = None) -> list:
+        """The ids of positions ``start..stop-1`` (JSON-serialisable: ints or strings)."""
+        stop = len(self) if stop is None else stop
+        return list(range(start, stop))
+
+    def fingerprint(self) -> str:
+        """A hash of the dataset's content (or of its file listing for large image folders)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def describe(self) -> dict:
+        return {"name": self.name, "modality": self.modality, "count": len(self), "hash": self.fingerprint()}
+
+
+class TensorSource(GallerySource):
+    """In-memory uint8 images ``(N, C, H, W)`` (or ``(N, H, W)``) with optional ids.
+
+    Args:
+        images (`torch.Tensor` or `np.ndarray`): the images.
+        ids (`list`, *optional*): one id per image; defaults to the row numbers.
+        name (`str`, *optional*): recorded in manifests.
+    """
+
+    def __init__(self, images, ids: list | None = None, name: str = "in-memory", fingerprint: str | None = None):
+        images = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+        if images.ndim == 3:
+            images = images.unsqueeze(1)
+        if images.ndim != 4 or images.dtype != torch.uint8:
+            raise GallerySourceError(f"Expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}.")
+        if ids is not None and len(ids) != len(images):
+            raise GallerySourceError(f"{len(ids)} ids for {len(images)} images: give one id per image.")
+        self.images, self._ids, self.name, self._fingerprint = images, ids, name, fingerprint
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def items(self, start: int, stop: int) -> torch.Tensor:
+        return self.images[start:stop]
+
+    def ids(self, start: int = 0, stop: int | None = None) -> list:
+        stop = len(self) if stop is None else stop
+        return list(self._ids[start:stop]) if self._ids is not None else list(range(start, stop))
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            digest = hashlib.sha256(self.images.contiguous().numpy().tobytes())
+            digest.update(json.dumps(self.ids()).encode())
+            self._fingerprint = "sha256:" + digest.hexdigest()
+        return self._fingerprint
+
+
+class IDXSource(TensorSource):
+    """Fashion-MNIST / MNIST IDX files of a directory; ``split="all"`` puts train then test (ids ``train/i``)."""
+
+    def __init__(self, directory: str | os.PathLike, split: str = "train"):
+        from ..data.fashion_mnist import _FILES, find_idx_file, read_idx
+
+        directory = Path(directory)
+        splits = ["train", "test"] if split == "all" else [split]
+        if any(s not in _FILES for s in splits):
+            raise GallerySourceError(f"An IDX directory has splits 'train', 'test' (or 'all'), not {split!r}.")
+        images, ids, files = [], [], []
+        for name in splits:
+            path = find_idx_file(directory, _FILES[name][0])
+            if path is None:
+                raise GallerySourceError(f"No {_FILES[name][0]}[.gz] in {directory}; pass a directory of IDX files.")
+            array = read_idx(path)
+            images.append(torch.from_numpy(array.copy()))
+            ids += [f"{name}/{i}" for i in range(len(array))] if split == "all" else list(range(len(array)))
+            files.append(path)
+        super().__init__(torch.cat(images), ids, name=f"idx:{directory.name}:{split}")
+        self._fingerprint = _hash_files(files)
+
+
+class HFDatasetSource(GallerySource):
+    """A `datasets` dataset (map-style, memory-mapped; or iterable when streamed) of images or texts.
+
+    Args:
+        dataset (`datasets.Dataset` or `datasets.IterableDataset`): the split.
+        column (`str`, *optional*): the image or text column; defaults to the first ``Image`` feature, else ``text``.
+        id_column (`str`, *optional*): a column of ids; defaults to ``id`` when present, else the row numbers.
+        name (`str`): recorded in manifests.
+        fingerprint (`str`, *optional*): the dataset's hash when known from its files.
+    """
+
+    def __init__(self, dataset, column=None, id_column=None, name="datasets", fingerprint=None, ids=None):
+        import datasets
+
+        features = dataset.features or {}
+        if column is None:
+            column = next((k for k, v in features.items() if isinstance(v, datasets.Image)), None)
+            column = column or next((k for k in ("text", "caption", "sentence") if k in features), None)
+        if column is None or (features and column not in features):
+            raise GallerySourceError(
+                f"Cannot find the image or text column of {name} (columns: {list(features)}); pass column=..."
+            )
+        self.modality = IMAGE if isinstance(features.get(column), datasets.Image) else TEXT
+        if id_column is None and "id" in features:
+            id_column = "id"
+        self.dataset, self.column, self.id_column, self.name = dataset, column, id_column, name
+        self.streaming = isinstance(dataset, datasets.IterableDataset)
+        self._fingerprint = fingerprint
+        self._ids = ids
+        if self._ids is None and (self.streaming or id_column):
+            # Ids (and, when streaming, the length) come from one pass over the id column only: no decoding.
+            if id_column:
+                self._ids = (
+                    list(dataset.select_columns([id_column])[id_column])
+                    if not self.streaming
+                    else [row[id_column] for row in dataset.select_columns([id_column])]
+                )
+            else:
+                self._ids = list(range(sum(1 for _ in dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False)))))  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self._ids) if self._ids is not None else len(self.dataset)
+
+    def ids(self, start: int = 0, stop: int | None = None) -> list:
+        stop = len(self) if stop is None else stop
+        return list(self._ids[start:stop]) if self._ids is not None else list(range(start, stop))
+
+    def items(self, start: int, stop: int) -> list:
+        if self.streaming:
+            return [row[self.column] for row in self.dataset.skip(start).take(stop - start)]
+        return list(self.dataset[start:stop][self.column])
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = "datasets:" + str(getattr(self.dataset, "_fingerprint", None) or self.name)
+        return self._fingerprint
+
+
+class TextFileSource(GallerySource):
+    """Texts from a ``.txt`` file (one per line, ids = line numbers) or ``.jsonl`` (``id`` and ``text`` keys)."""
+
+    modality = TEXT
+
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in lines if line.strip()]
+            if any("text" not in row for row in rows):
+                raise GallerySourceError(f"Every line of {path} needs a 'text' key (and optionally 'id').")
+            self.texts = [row["text"] for row in rows]
+            self._ids = [row.get("id", i) for i, row in enumerate(rows)]
+        else:
+            self.texts, self._ids = lines, list(range(len(lines)))
+        self.name, self._fingerprint = f"text:{path.name}", _hash_files([path])
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def items(self, start: int, stop: int) -> list[str]:
+        return self.texts[start:stop]
+
+    def ids(self, start: int = 0, stop: int | None = None) -> list:
+        stop = len(self) if stop is None else stop
+        return self._ids[start:stop]
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+
+def _listing_hash(directory: Path) -> str:
+    # Hashing every image of a large folder would read it all once more; the relative paths and sizes identify it.
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(directory).as_posix()}\0{path.stat().st_size}\n".encode())
+    return "listing-sha256:" + digest.hexdigest()
+
+
+def open_source(
+    data: str | os.PathLike | GallerySource,
+    split: str | None = None,
+    column: str | None = None,
+    id_column: str | None = None,
+    streaming: bool = False,
+) -> GallerySource:
+    """Open a dataset as a :class:`GallerySource`.
+
+    Args:
+        data (`str` or `os.PathLike`): an IDX directory, a ``save_to_disk`` directory, an imagefolder, or a ``.txt`` /
+            ``.jsonl`` file; a :class:`GallerySource` is returned as is.
+        split (`str`, *optional*): IDX: ``train`` (default), ``test`` or ``all``; `datasets`: the split of a
+            ``DatasetDict`` (default: ``train``).
+        column (`str`, *optional*): the image or text column of a `datasets` dataset.
+        id_column (`str`, *optional*): the id column of a `datasets` dataset.
+        streaming (`bool`, *optional*, defaults to `False`): stream an imagefolder instead of indexing it first.
+    """
+    if isinstance(data, GallerySource):
+        return data
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise GallerySourceError(
+            f"Dataset {data} does not exist: pass an IDX directory, a `save_to_disk` directory, an imagefolder or a "
+            ".txt / .jsonl file."
+        )
+    if path.is_file():
+        if path.suffix not in (".txt", ".jsonl"):
+            raise GallerySourceError(
+                f"{path}: a dataset file must be .txt or .jsonl (texts); use a directory for images."
+            )
+        return TextFileSource(path)
+    from ..data.datasets import _is_saved_dataset
+    from ..data.fashion_mnist import is_fashion_mnist_dir
+
+    if is_fashion_mnist_dir(path):
+        return IDXSource(path, split or "train")
+    import datasets
+
+    if _is_saved_dataset(path):
+        loaded = datasets.load_from_disk(str(path))
+        fingerprint = None
+    else:
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
+        fingerprint = _listing_hash(path)
+    if isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        split = split or ("train" if "train" in loaded else next(iter(loaded)))
+        if split not in loaded:
+            raise GallerySourceError(f"{data} has splits {list(loaded)}, not {split!r}.")
+        loaded = loaded[split]
+    return HFDatasetSource(loaded, column, id_column, name=f"datasets:{path.name}:{split}", fingerprint=fingerprint)
