@@ -8,6 +8,8 @@ Examples::
 ``--encoder-config`` / ``--query-config`` take a checkpoint directory (its ``config.json``) or a ``config.json``
 file: the fingerprint, width and ``compatible_with`` lineage come from there. ``.npz`` embedding files hold
 ``embeddings`` (and optionally ``ids``); ``.npy`` files hold the embeddings only (ids default to row numbers).
+Galleries built from an embedding directory or a model + dataset (IVF-PQ, Milvus, backfill) take the options of
+:mod:`bt2_hf.cli.gallery`.
 """
 
 from __future__ import annotations
@@ -118,6 +120,10 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bt2_hf.cli import gallery  # galleries (embedding directories, models, IVF-PQ, Milvus): bt2_hf/cli/gallery.py
+
+    if gallery.handles(list(sys.argv[1:] if argv is None else argv)):
+        return gallery.main(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from bt2_hf.compatibility import IncompatibleModelsError

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("bt2_hf.cli.verify", "measure whether a new model may search an old model's galleries; record it"),
     "embed": ("bt2_hf.cli.embed", "embed a dataset with a model into resumable shards with ids and a manifest"),
     "index": ("bt2_hf.cli.index", "build or search a gallery index with a manifest"),
+    "backfill": ("bt2_hf.cli.backfill", "re-embed a fraction of a gallery with a newer model, in place"),
     "push": ("bt2_hf.cli.push", "push a checkpoint with its card to the Hub"),
     "card": ("bt2_hf.cli.card", "render or refresh a model card from a checkpoint and an evaluation JSON"),
     "demo": ("bt2_hf.cli.demo", "run the end-to-end Fashion-MNIST demo"),

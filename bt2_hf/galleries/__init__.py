@@ -7,11 +7,28 @@
   :func:`mixed_search`, which ranks old and re-embedded items on one scale.
 """
 
+from .backfill import BACKFILL_ORDERS, backfill, finalize_backfill, priority_order
 from .embed import embed_dataset, model_identity
+from .faiss_store import INDEX_TYPES, FaissGallery, GalleryError, default_index_params, is_gallery_directory
+from .mixed import GallerySearchResult, mixed_backfill_curve, search_gallery, slot_rerank, top1_under_rule
 from .shards import EmbeddingDirectory, EmbeddingDirectoryError
 from .sources import GallerySource, GallerySourceError, TensorSource, open_source
 
 __all__ = [
+    "BACKFILL_ORDERS",
+    "INDEX_TYPES",
+    "FaissGallery",
+    "GalleryError",
+    "GallerySearchResult",
+    "backfill",
+    "default_index_params",
+    "finalize_backfill",
+    "is_gallery_directory",
+    "mixed_backfill_curve",
+    "priority_order",
+    "search_gallery",
+    "slot_rerank",
+    "top1_under_rule",
     "EmbeddingDirectory",
     "EmbeddingDirectoryError",
     "GallerySource",

@@ -160,6 +160,8 @@ def _claim_directory(output_dir: Path, plan: dict, is_main: bool, state) -> None
     if is_main:
         if plan_file.exists():
             _check_same_run(plan_file, plan)
+            for stale in output_dir.glob(".shard-*.tmp"):  # left by a killed run; nothing is writing yet
+                stale.unlink(missing_ok=True)
         elif output_dir.exists() and any(output_dir.iterdir()):
             raise EmbeddingDirectoryError(
                 f"{output_dir} is not empty and holds no {PLAN_NAME}: choose an empty or new output directory."

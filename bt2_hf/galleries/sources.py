@@ -57,6 +57,13 @@ class GallerySource:
         """Items ``start..stop-1``: a uint8 ``(B, C, H, W)`` tensor, a list of PIL images, or a list of strings."""
         raise NotImplementedError  # pragma: no cover
 
+    def take(self, positions) -> Any:
+        """Items at arbitrary positions (a backfill reads them in its own order), in the order given."""
+        items = [self.items(int(p), int(p) + 1) for p in positions]
+        if items and isinstance(items[0], torch.Tensor):
+            return torch.cat(items)
+        return [item for chunk in items for item in chunk]
+
     def ids(self, start: int = 0, stop: int | None = None) -> list:
         """The ids of positions ``start..stop-1`` (JSON-serialisable: ints or strings)."""
         stop = len(self) if stop is None else stop
@@ -94,6 +101,9 @@ class TensorSource(GallerySource):
 
     def items(self, start: int, stop: int) -> torch.Tensor:
         return self.images[start:stop]
+
+    def take(self, positions) -> torch.Tensor:
+        return self.images[torch.as_tensor(np.asarray(positions, dtype=np.int64))]
 
     def ids(self, start: int = 0, stop: int | None = None) -> list:
         stop = len(self) if stop is None else stop
@@ -182,6 +192,13 @@ class HFDatasetSource(GallerySource):
             return [row[self.column] for row in self.dataset.skip(start).take(stop - start)]
         return list(self.dataset[start:stop][self.column])
 
+    def take(self, positions) -> list:
+        if self.streaming:
+            raise GallerySourceError(
+                f"{self.name} is streamed: a backfill reads items in its own order; open it without streaming."
+            )
+        return list(self.dataset[[int(p) for p in positions]][self.column])
+
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             self._fingerprint = "datasets:" + str(getattr(self.dataset, "_fingerprint", None) or self.name)
@@ -211,6 +228,9 @@ class TextFileSource(GallerySource):
 
     def items(self, start: int, stop: int) -> list[str]:
         return self.texts[start:stop]
+
+    def take(self, positions) -> list[str]:
+        return [self.texts[int(p)] for p in positions]
 
     def ids(self, start: int = 0, stop: int | None = None) -> list:
         stop = len(self) if stop is None else stop

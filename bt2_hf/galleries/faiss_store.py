@@ -1,0 +1,442 @@
+"""A gallery on disk with faiss: flat, IVF-Flat, IVF-PQ (with exact re-ranking) or HNSW, with its manifest.
+
+Layout of a gallery directory (built in a temporary sibling and moved into place, so a reader sees all of it or
+none of it)::
+
+    manifest.json    encoder identity, dimension, count, index type and parameters, dataset, sha256 of the files,
+                     and, during a backfill, which model embeds which items and how far it got
+    ids.npy          the item ids, by row
+    vectors.npy      the gallery encoder's unit vectors (fp16/fp32), memory-mapped: exact re-ranking of the IVF-PQ
+                     candidates, priority orders and rebuilds read them from disk, never all into RAM
+    index.faiss      the faiss index over vectors.npy
+    backfill/        during a backfill: order.npy (the re-embedding order) and vectors.npy (the new model's rows)
+
+IVF-PQ is trained on a sample (``train_size`` rows) and filled chunk by chunk from the memory map, so building it
+needs memory for the codes plus one chunk, never for the whole gallery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..retrieval.knn import import_faiss
+from ..utils.io import atomic_directory, atomic_write_json
+from .shards import file_sha256, ids_array
+
+logger = logging.getLogger(__name__)
+
+GALLERY_KIND = "bt2-gallery"
+GALLERY_FORMAT = 1
+MANIFEST_NAME = "manifest.json"
+INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
+CHUNK = 65_536
+
+
+class GalleryError(ValueError):
+    """A gallery is missing, corrupted, inconsistent with its manifest, or asked to do something it cannot."""
+
+
+def _normalize(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array, dtype=np.float32)
+    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+
+
+def default_index_params(index_type: str, count: int, dimension: int, **overrides) -> dict:
+    """Index parameters for a gallery of ``count`` × ``dimension`` vectors (overrides win).
+
+    - ``ivf`` / ``ivfpq``: ``nlist ≈ 4·√N`` lists (at least 39 training points each), ``nprobe`` 16 at search time,
+      ``train_size`` 64·nlist sampled rows; ``ivfpq`` adds ``pq_m`` sub-quantizers of 8 bits (``dimension / 8``
+      bytes per vector: 1/32 of float32) and ``rerank`` 100 candidates re-scored exactly.
+    - ``hnsw``: ``M`` 32, ``ef_construction`` 80, ``ef_search`` 64.
+    """
+    if index_type not in INDEX_TYPES:
+        raise GalleryError(f"Unknown index type {index_type!r}; choose one of {INDEX_TYPES}.")
+    params: dict[str, Any] = {}
+    if index_type in ("ivf", "ivfpq"):
+        nlist = max(1, min(int(4 * math.sqrt(count)), count // 39))
+        params = {"nlist": nlist, "nprobe": 16, "train_size": min(count, max(64 * nlist, 10_000)), "seed": 0}
+        if index_type == "ivfpq":
+            pq_m = next(
+                m for m in (dimension // 8, dimension // 4, dimension // 2, dimension) if m and dimension % m == 0
+            )
+            params.update(pq_m=pq_m, pq_bits=8, rerank=100)
+    elif index_type == "hnsw":
+        params = {"M": 32, "ef_construction": 80, "ef_search": 64}
+    unknown = set(overrides) - set(params) - {"rerank"}
+    if unknown:
+        raise GalleryError(
+            f"Parameters {sorted(unknown)} do not apply to a {index_type} index (it takes {sorted(params)})."
+        )
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    return params
+
+
+def build_faiss_index(vectors: np.ndarray, index_type: str, params: dict):
+    """Build a faiss inner-product index over (memory-mapped) unit vectors, training on a sample and adding by chunks."""
+    faiss = import_faiss()
+    count, dimension = vectors.shape
+    if index_type == "flat":
+        index = faiss.IndexFlatIP(dimension)
+    elif index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dimension, params["M"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params["ef_construction"]
+    else:
+        quantizer = faiss.IndexFlatIP(dimension)
+        if index_type == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dimension, params["nlist"], faiss.METRIC_INNER_PRODUCT)
+        else:
+            if count < 2 ** params["pq_bits"] * 39 // 4:
+                raise GalleryError(
+                    f"IVF-PQ needs a few thousand vectors to train its codebooks ({count} given): use 'ivf' or 'flat'."
+                )
+            index = faiss.IndexIVFPQ(
+                quantizer, dimension, params["nlist"], params["pq_m"], params["pq_bits"], faiss.METRIC_INNER_PRODUCT
+            )
+        index.own_fields = True
+        index.quantizer = quantizer
+        quantizer.this.disown()
+        rng = np.random.default_rng(params.get("seed", 0))
+        sample = np.sort(rng.choice(count, size=min(count, params["train_size"]), replace=False))
+        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+    for start in range(0, count, CHUNK):
+        index.add(np.ascontiguousarray(vectors[start : start + CHUNK], dtype=np.float32))
+    return index
+
+
+def _set_search_params(index, index_type: str, params: dict) -> None:
+    faiss = import_faiss()
+    if index_type in ("ivf", "ivfpq"):
+        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+    elif index_type == "hnsw":
+        index.hnsw.efSearch = int(params["ef_search"])
+
+
+class FaissGallery:
+    """A gallery directory: vectors of one encoder, a faiss index over them, ids, manifest, and a backfill state.
+
+    Build with :meth:`build` (from an embedding directory or arrays), open with :meth:`open`, search with
+    :func:`bt2_hf.galleries.search_gallery` (or :meth:`search`), backfill with :func:`bt2_hf.galleries.backfill`.
+    """
+
+    def __init__(self, directory: str | os.PathLike, manifest: dict, index, vectors: np.ndarray, ids: np.ndarray):
+        self.directory = Path(directory)
+        self.manifest = manifest
+        self.index = index
+        self.vectors = vectors
+        self._ids = ids
+        self._backfill_vectors = None
+        self._backfill_order = None
+
+    # -- building and opening -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        directory: str | os.PathLike,
+        vectors,
+        ids: list | np.ndarray | None = None,
+        *,
+        encoder: dict,
+        index_type: str = "flat",
+        dataset: dict | None = None,
+        dtype: str = "float32",
+        overwrite: bool = False,
+        **index_params,
+    ) -> FaissGallery:
+        """Write a gallery directory atomically and open it.
+
+        Args:
+            directory (`str` or `os.PathLike`): where the gallery goes.
+            vectors (`np.ndarray` of shape `(N, d)`, or an iterable of `(vectors, ids)` chunks): the encoder's
+                embeddings (re-normalised here); chunks (e.g. ``EmbeddingDirectory.shards()``) are copied to disk one
+                at a time, so a gallery larger than RAM can be built.
+            ids (`list` or `np.ndarray`, *optional*): one id per row (with an array); defaults to ``0..N-1``.
+            encoder (`dict`): the encoder's identity (:func:`bt2_hf.galleries.model_identity`): ``fingerprint``,
+                ``name_or_path``, ``embedding_dim``.
+            index_type (`str`, *optional*, defaults to `"flat"`): ``"flat"``, ``"ivf"``, ``"ivfpq"`` or ``"hnsw"``.
+            dataset (`dict`, *optional*): the dataset's description (name, hash) from the embedding manifest.
+            dtype (`str`, *optional*, defaults to `"float32"`): of ``vectors.npy`` (``"float16"`` halves the disk).
+            overwrite (`bool`, *optional*, defaults to `False`): replace an existing gallery at ``directory``.
+            index_params: see :func:`default_index_params` (``nlist``, ``nprobe``, ``pq_m``, ``rerank``, ``M`` …).
+        """
+        if not encoder.get("fingerprint"):
+            raise GalleryError(
+                "The encoder has no fingerprint: save it with save_pretrained before building a gallery."
+            )
+        chunks = [(vectors, ids)] if isinstance(vectors, np.ndarray) or hasattr(vectors, "shape") else vectors
+        with atomic_directory(directory, overwrite=overwrite) as tmp:
+            all_ids, count, dimension, memmap = [], 0, None, None
+            chunk_list = list(chunks) if isinstance(chunks, list) else chunks
+            # Two passes over lazy chunks would re-read them: collect shapes from memory-mapped arrays when possible.
+            staged = []
+            for chunk_vectors, chunk_ids in chunk_list:
+                chunk_vectors = (
+                    np.asarray(chunk_vectors) if not isinstance(chunk_vectors, np.memmap) else chunk_vectors
+                )
+                if getattr(chunk_vectors, "ndim", 0) != 2:
+                    raise GalleryError(f"Gallery vectors must be 2-d (N, d), got shape {np.shape(chunk_vectors)}.")
+                dimension = dimension or chunk_vectors.shape[1]
+                if chunk_vectors.shape[1] != dimension:
+                    raise GalleryError(f"Chunks of {chunk_vectors.shape[1]} and {dimension} dims: one encoder only.")
+                chunk_ids = range(count, count + len(chunk_vectors)) if chunk_ids is None else chunk_ids
+                if len(chunk_ids) != len(chunk_vectors):
+                    raise GalleryError(f"{len(chunk_ids)} ids for {len(chunk_vectors)} vectors: give one id per row.")
+                staged.append(chunk_vectors)
+                all_ids.extend(np.asarray(chunk_ids).tolist())
+                count += len(chunk_vectors)
+            if count == 0:
+                raise GalleryError("No vectors to build a gallery from.")
+            if encoder.get("embedding_dim") not in (None, dimension):
+                raise GalleryError(
+                    f"The encoder embeds {encoder['embedding_dim']}-d vectors but {dimension}-d were given: give the "
+                    "vectors of that encoder."
+                )
+            id_array = ids_array(all_ids)
+            if len(np.unique(id_array)) != count:
+                raise GalleryError("Gallery ids must be unique.")
+            memmap = np.lib.format.open_memmap(
+                tmp / "vectors.npy", mode="w+", dtype=np.dtype(dtype), shape=(count, dimension)
+            )
+            row = 0
+            for chunk_vectors in staged:
+                for start in range(0, len(chunk_vectors), CHUNK):
+                    block = _normalize(chunk_vectors[start : start + CHUNK])
+                    memmap[row : row + len(block)] = block
+                    row += len(block)
+            memmap.flush()
+            params = default_index_params(index_type, count, dimension, **index_params)
+            index = build_faiss_index(memmap, index_type, params)
+            del memmap
+            faiss = import_faiss()
+            faiss.write_index(index, str(tmp / "index.faiss"))
+            np.save(tmp / "ids.npy", id_array, allow_pickle=False)
+            manifest = {
+                "kind": GALLERY_KIND,
+                "format": GALLERY_FORMAT,
+                "store": "faiss",
+                "encoder": dict(encoder),
+                "dimension": int(dimension),
+                "count": int(count),
+                "dtype": dtype,
+                "similarity": "cosine",
+                "index": {"type": index_type, "params": params},
+                "dataset": dataset,
+                "files": {name: file_sha256(tmp / name) for name in ("index.faiss", "ids.npy")},
+                "backfill": None,
+            }
+            atomic_write_json(tmp / MANIFEST_NAME, manifest)
+        logger.info("Built a %s gallery of %d × %d-d at %s", index_type, count, dimension, directory)
+        return cls.open(directory)
+
+    @classmethod
+    def from_embeddings(cls, directory, embeddings, **kwargs) -> FaissGallery:
+        """Build from an :class:`~bt2_hf.galleries.EmbeddingDirectory` (shard by shard), keeping its identity."""
+        from .shards import EmbeddingDirectory
+
+        embeddings = embeddings if isinstance(embeddings, EmbeddingDirectory) else EmbeddingDirectory(embeddings)
+        kwargs.setdefault("dtype", embeddings.manifest["dtype"])
+        return cls.build(
+            directory,
+            embeddings.shards(),
+            encoder=embeddings.manifest["model"],
+            dataset=embeddings.manifest["dataset"],
+            **kwargs,
+        )
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike, verify: bool = True) -> FaissGallery:
+        """Open a gallery: check the manifest and the files' sha256, memory-map the vectors, read the index."""
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        if verify:
+            for name, digest in manifest["files"].items():
+                if not (directory / name).exists() or file_sha256(directory / name) != digest:
+                    raise GalleryError(
+                        f"{directory / name} is missing or does not match the sha256 in its manifest: rebuild the "
+                        "gallery (`bt2 index build`)."
+                    )
+        vectors = np.load(directory / "vectors.npy", mmap_mode="r")
+        ids = np.load(directory / "ids.npy", allow_pickle=False)
+        if vectors.shape != (manifest["count"], manifest["dimension"]) or len(ids) != manifest["count"]:
+            raise GalleryError(
+                f"{directory}: the manifest says {manifest['count']} × {manifest['dimension']}-d, the files hold "
+                f"{vectors.shape} vectors and {len(ids)} ids; rebuild the gallery."
+            )
+        faiss = import_faiss()
+        index = faiss.read_index(str(directory / "index.faiss"))
+        if index.ntotal != manifest["count"] or index.d != manifest["dimension"]:
+            raise GalleryError(f"{directory}: index.faiss holds {index.ntotal} × {index.d}-d, not the manifest's.")
+        return cls(directory, manifest, index, vectors, ids)
+
+    # -- the store interface used by search and backfill ----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def dimension(self) -> int:
+        return int(self.manifest["dimension"])
+
+    @property
+    def encoder(self) -> dict:
+        return self.manifest["encoder"]
+
+    @property
+    def backfill_state(self) -> dict | None:
+        return self.manifest.get("backfill")
+
+    def ids_of(self, rows: np.ndarray) -> list:
+        return self._ids[np.asarray(rows)].tolist()
+
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.vectors[np.asarray(rows)], dtype=np.float32)
+
+    def iter_vectors(self, chunk: int = CHUNK):
+        """``(rows, vectors)`` of the encoder's vectors, a chunk at a time."""
+        for start in range(0, len(self), chunk):
+            stop = min(len(self), start + chunk)
+            yield np.arange(start, stop), np.asarray(self.vectors[start:stop], dtype=np.float32)
+
+    def search_encoder_space(self, queries: np.ndarray, depth: int, **search_params) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``depth`` rows by cosine in the encoder's space, best first (IVF-PQ candidates re-scored exactly).
+
+        Args:
+            queries (`np.ndarray` of shape `(n, d)`): unit query vectors in the encoder's space (prefix applied).
+            depth (`int`): how many rows to return.
+            search_params: ``nprobe``, ``ef_search`` or ``rerank`` for this search (defaults: the manifest's).
+        """
+        index_type = self.manifest["index"]["type"]
+        params = dict(self.manifest["index"]["params"], **{k: v for k, v in search_params.items() if v is not None})
+        _set_search_params(self.index, index_type, params)
+        depth = min(depth, len(self))
+        if index_type != "ivfpq":
+            scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+            return _sort(scores, rows)
+        candidates = min(len(self), max(depth, int(params.get("rerank") or depth)))
+        parts = []
+        for start in range(0, len(queries), 1024):  # bounds the re-ranking rows read at once
+            block = np.ascontiguousarray(queries[start : start + 1024], dtype=np.float32)
+            _, rows = self.index.search(block, candidates)
+            parts.append(_sort(exact_scores(self.vectors, block, rows), rows, depth))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    # -- backfill storage: the new model's rows and how far the backfill got -------------------------------------------
+
+    def backfill_order(self) -> np.ndarray:
+        if self._backfill_order is None:
+            self._backfill_order = np.load(self.directory / "backfill" / "order.npy")
+        return self._backfill_order
+
+    def backfill_vectors(self, rows: np.ndarray) -> np.ndarray:
+        if self._backfill_vectors is None:
+            self._backfill_vectors = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r")
+        return np.asarray(self._backfill_vectors[np.asarray(rows)], dtype=np.float32)
+
+    def backfilled_mask(self) -> np.ndarray:
+        """``mask[row]`` is True when the row carries the backfill model's embedding."""
+        mask = np.zeros(len(self), dtype=bool)
+        state = self.backfill_state
+        if state:
+            mask[self.backfill_order()[: state["done"]]] = True
+        return mask
+
+    def start_backfill(self, state: dict, order: np.ndarray) -> None:
+        """Create the backfill files (order, an empty row table) and record the backfill in the manifest."""
+        folder = self.directory / "backfill"
+        if folder.exists():
+            shutil.rmtree(folder)  # left by a crash before the manifest recorded it: nothing refers to it
+        tmp = self.directory / ".backfill.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        np.save(tmp / "order.npy", order.astype(np.int64), allow_pickle=False)
+        dtype = np.dtype(self.manifest["dtype"])
+        table = np.lib.format.open_memmap(
+            tmp / "vectors.npy", mode="w+", dtype=dtype, shape=(len(self), state["dimension"])
+        )
+        del table
+        os.replace(tmp, folder)
+        self._backfill_order, self._backfill_vectors = None, None
+        self._write_manifest(dict(self.manifest, backfill=state))
+
+    def update_backfill_state(self, **changes) -> None:
+        self._write_manifest(dict(self.manifest, backfill=dict(self.manifest["backfill"], **changes)))
+
+    def write_backfill_batch(self, rows: np.ndarray, vectors: np.ndarray, done: int) -> None:
+        """Write rows of the new model, flush them, then record ``done`` in the manifest (the commit point)."""
+        table = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r+")
+        table[np.asarray(rows)] = _normalize(vectors).astype(table.dtype)
+        table.flush()
+        del table
+        self._backfill_vectors = None
+        self._write_manifest(dict(self.manifest, backfill=dict(self.manifest["backfill"], done=int(done))))
+
+    def finalize(self, index_type: str | None = None, **index_params) -> FaissGallery:
+        """Rebuild this (fully backfilled) gallery from the new model's rows, atomically; the encoder becomes it."""
+        state = self.backfill_state
+        index_type = index_type or self.manifest["index"]["type"]
+        table = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r")
+        return FaissGallery.build(
+            self.directory, table, self._ids, encoder=state["model"], index_type=index_type,
+            dataset=self.manifest.get("dataset"), dtype=self.manifest["dtype"], overwrite=True, **index_params,
+        )  # fmt: skip
+
+    def _write_manifest(self, manifest: dict) -> None:
+        atomic_write_json(self.directory / MANIFEST_NAME, manifest)
+        self.manifest = manifest
+
+    def search(self, queries, k: int = 10, query_config=None, **kwargs):
+        """Search with query embeddings and the query model's config; see :func:`bt2_hf.galleries.search_gallery`."""
+        from .mixed import search_gallery
+
+        return search_gallery(self, queries, k=k, query_config=query_config, **kwargs)
+
+
+def exact_scores(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Cosines of each query with its candidate rows, read from (memory-mapped) vectors; -inf for missing rows."""
+    scores = np.full(rows.shape, -np.inf, dtype=np.float32)
+    valid = rows >= 0
+    flat_rows = np.where(valid, rows, 0)
+    unique, inverse = np.unique(flat_rows, return_inverse=True)
+    # Sorted unique rows read the memory map sequentially-ish and each row once.
+    block = np.asarray(vectors[unique], dtype=np.float32)[inverse.reshape(rows.shape)]
+    exact = np.einsum("nkd,nd->nk", block, np.asarray(queries, dtype=np.float32))
+    scores[valid] = exact[valid]
+    return scores
+
+
+def _sort(scores: np.ndarray, rows: np.ndarray, depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    # Descending score, then ascending row: the evaluator's tie rule; missing rows (-1) last.
+    scores = np.where(rows < 0, -np.inf, scores)
+    order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=-1)
+    scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+    return (scores, rows) if depth is None else (scores[:, :depth], rows[:, :depth])
+
+
+def read_manifest(directory: Path) -> dict:
+    path = Path(directory) / MANIFEST_NAME
+    if not path.exists():
+        raise GalleryError(f"{directory} is not a gallery (no {MANIFEST_NAME}); build one with `bt2 index build`.")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise GalleryError(f"{path} is not valid JSON ({error}); rebuild the gallery.") from None
+    if manifest.get("kind") != GALLERY_KIND:
+        raise GalleryError(f"{directory} is not a bt2_hf gallery directory (kind {manifest.get('kind')!r}).")
+    if manifest.get("format") != GALLERY_FORMAT:
+        raise GalleryError(f"{path} has format {manifest.get('format')}; this bt2_hf reads {GALLERY_FORMAT}.")
+    return manifest
+
+
+def is_gallery_directory(directory: str | os.PathLike) -> bool:
+    try:
+        return json.loads((Path(directory) / MANIFEST_NAME).read_text()).get("kind") == GALLERY_KIND
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,177 @@
+"""In-place backfill (crash-safe, kill -9) and the mixed-gallery rule that never ranks on mismatched scales."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from bt2_hf import BT2Model
+from bt2_hf.compatibility import IncompatibleModelsError
+from bt2_hf.galleries import (
+    FaissGallery,
+    GalleryError,
+    backfill,
+    embed_dataset,
+    finalize_backfill,
+    open_source,
+    search_gallery,
+    top1_under_rule,
+)
+
+from .conftest import PYTHON, REPO, subprocess_env, write_idx
+
+OLD, NEW = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+
+class Config:
+    def __init__(self, fingerprint, embedding_dim, compatible_with=()):
+        self.fingerprint, self.embedding_dim, self.name_or_path = fingerprint, embedding_dim, fingerprint[7:10]
+        self.compatible_with = list(compatible_with)
+
+
+OLD_CONFIG = Config(OLD, 2)
+NEW_CONFIG = Config(NEW, 3, [{"fingerprint": OLD, "embedding_dim": 2, "name_or_path": "aaa"}])
+NEW_IDENTITY = {"fingerprint": NEW, "name_or_path": "bbb", "embedding_dim": 3}
+
+
+def _unit(*rows):
+    array = np.asarray(rows, dtype=np.float32)
+    return array / np.linalg.norm(array, axis=1, keepdims=True)
+
+
+def hand_made_case():
+    """One query of class A; gallery item 0 is class A, item 1 class B.
+
+    Old space (2-d): the query's prefix is close to item 0 (cos 0.96) and far from item 1 (cos 0.6): new→old is right.
+    New space (3-d): new/new cosines are all higher (the usual scale mismatch): item 1 re-embedded scores 0.98, above
+    item 0's new/old 0.96, so comparing the two cosines directly picks item 1, the wrong class.
+    """
+    query = _unit([1.0, 0.0, 0.0])
+    old = _unit([0.96, 0.28], [0.6, 0.8])
+    new = _unit([0.99, 0.0, 0.141], [0.98, 0.0, 0.199])
+    new[0], new[1] = _unit([0.995, 0.0, 0.0998])[0], _unit([0.98, 0.0, 0.199])[0]
+    return query, old, new, np.array([0]), np.array([0, 1])
+
+
+def test_hand_made_case_naive_scoring_fails_and_the_rule_does_not(tmp_path):
+    query, old, new, query_labels, gallery_labels = hand_made_case()
+    new_old = top1_under_rule(old, new, query, 2, np.array([False, False]), query_labels, gallery_labels)
+    assert new_old == 100.0
+    item_1_backfilled = np.array([False, True])
+    assert top1_under_rule(old, new, query, 2, item_1_backfilled, query_labels, gallery_labels, rule="naive") == 0.0
+    assert top1_under_rule(old, new, query, 2, item_1_backfilled, query_labels, gallery_labels) == 100.0
+    both = np.array([True, True])
+    assert top1_under_rule(old, new, query, 2, both, query_labels, gallery_labels) == 100.0
+
+    # The same on a gallery on disk, through a real backfill of item 1.
+    gallery = FaissGallery.build(tmp_path / "g", old, ["a", "b"], encoder={"fingerprint": OLD, "embedding_dim": 2})
+    gallery.start_backfill(dict(model=NEW_IDENTITY, dimension=3, order="random", seed=0, done=0, count=2, target=2,
+                                batch_size=1), np.array([1, 0]))  # fmt: skip
+    gallery.write_backfill_batch(np.array([1]), new[[1]], done=1)
+    slots = search_gallery(FaissGallery.open(tmp_path / "g"), query, k=2, query_config=NEW_CONFIG)
+    naive = search_gallery(gallery, query, k=2, query_config=NEW_CONFIG, rule="naive")
+    assert slots.ids == [["a", "b"]] and slots.backfilled.tolist() == [[False, True]]
+    assert naive.ids == [["b", "a"]]
+    np.testing.assert_allclose(slots.new_scores[0, 1], float(query[0] @ new[1]), atol=1e-6)
+    # The old model itself still searches the encoder's vectors only.
+    assert search_gallery(gallery, query[:, :2], k=1, query_config=OLD_CONFIG).ids == [["a"]]
+
+
+def _synthetic_pair(count=600, classes=12, seed=0):
+    """Old and BT²-like new embeddings: new prefix ≈ old, new/new sharper (and on a higher cosine scale)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, count)
+    centres_old, centres_extra = rng.normal(size=(classes, 8)), rng.normal(size=(classes, 4))
+    old = centres_old[labels] + 1.1 * rng.normal(size=(count, 8))
+    new = np.concatenate([old + 0.3 * rng.normal(size=(count, 8)), 2.0 * centres_extra[labels]
+                          + 0.6 * rng.normal(size=(count, 4))], axis=1)  # fmt: skip
+    return old.astype(np.float32), new.astype(np.float32), labels
+
+
+@pytest.mark.parametrize("order", ["random", "centroid-distance"])
+def test_rule_never_falls_below_new_to_old_and_reaches_new_to_new(order):
+    from bt2_hf.retrieval.backfill import backfill_order
+
+    old, new, labels = _synthetic_pair()
+    permutation = backfill_order(old, labels, order)
+    curve = []
+    for beta in (0.0, 0.1, 0.3, 0.5, 0.8, 1.0):
+        use_new = np.zeros(len(old), dtype=bool)
+        use_new[permutation[: int(beta * len(old))]] = True
+        curve.append(top1_under_rule(old, new, new, 8, use_new, labels, depth=len(old)))
+    none = np.zeros(len(old), dtype=bool)
+    new_to_old = top1_under_rule(old, new, new, 8, none, labels, rule="naive")
+    new_to_new = top1_under_rule(new, new, new, 12, ~none, labels, rule="naive")
+    assert new_to_new > new_to_old + 5  # the update is worth backfilling
+    assert curve[0] == new_to_old and curve[-1] == new_to_new
+    assert min(curve) >= new_to_old - 0.5
+
+
+def _gallery_and_models(saved_models, tmp_path, count=96):
+    rng = np.random.default_rng(5)
+    data = write_idx(tmp_path / "data", rng.integers(0, 256, (count, 28, 28)), rng.integers(0, 10, count))
+    old = BT2Model.from_pretrained(saved_models["old"])
+    embeddings = embed_dataset(old, data, tmp_path / "emb", dtype="float32", show_progress=False)
+    FaissGallery.from_embeddings(tmp_path / "g", embeddings)
+    new = BT2Model.from_pretrained(saved_models["new"])
+    return data, new, new.encode(images=open_source(data).items(0, count)).numpy()
+
+
+def test_backfill_in_place_records_models_and_refuses_mixing(saved_models, tmp_path):
+    data, new, expected = _gallery_and_models(saved_models, tmp_path)
+    gallery = FaissGallery.open(tmp_path / "g")
+    state = backfill(gallery, new, data, fraction=0.25, order="priority", batch_size=10, show_progress=False)
+    assert state["done"] == 24 and state["target"] == 24 and state["model"]["fingerprint"] == new.config.fingerprint
+    manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    assert manifest["backfill"]["done"] == 24 and manifest["backfill"]["order"] == "priority"
+    rows = gallery.backfill_order()[:24]
+    np.testing.assert_allclose(gallery.backfill_vectors(rows), expected[rows], atol=1e-5)
+    assert gallery.backfilled_mask().sum() == 24
+    with pytest.raises(GalleryError, match="not 'random'"):
+        backfill(gallery, new, data, fraction=0.5, order="random", show_progress=False)
+    with pytest.raises(IncompatibleModelsError):
+        backfill(gallery, BT2Model.from_pretrained(saved_models["other"]), data, fraction=0.5, show_progress=False)
+    with pytest.raises(GalleryError, match="finish the backfill"):
+        finalize_backfill(gallery)
+    state = backfill(gallery, new, data, fraction=1.0, order="priority", batch_size=50, show_progress=False)
+    assert state["done"] == 96
+    finalize_backfill(gallery)
+    final = FaissGallery.open(tmp_path / "g")
+    assert final.encoder["fingerprint"] == new.config.fingerprint and final.dimension == 12
+    assert final.backfill_state is None
+    np.testing.assert_allclose(np.asarray(final.vectors), expected, atol=1e-5)
+    result = search_gallery(final, expected[:3], k=1, query_config=new.config)
+    assert [row[0] for row in result.ids] == [0, 1, 2]
+
+
+def test_backfill_survives_kill_9_at_any_moment(saved_models, tmp_path):
+    data, new, expected = _gallery_and_models(saved_models, tmp_path, count=200)
+    command = [PYTHON, "-m", "bt2_hf.cli.backfill", "--index", str(tmp_path / "g"), "--model", str(saved_models["new"]),
+               "--data", str(data), "--fraction", "1.0", "--order", "random", "--batch-size", "4",
+               "--embed-batch-size", "4", "--no-progress"]  # fmt: skip
+    process = subprocess.Popen(command, env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    manifest_path = tmp_path / "g" / "manifest.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = json.loads(manifest_path.read_text()).get("backfill")
+        if state and state["done"] >= 12:
+            break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    gallery = FaissGallery.open(tmp_path / "g")
+    done = gallery.backfill_state["done"]
+    assert 12 <= done < 200 and done % 4 == 0  # the state after a completed batch
+    rows = gallery.backfill_order()[:done]
+    np.testing.assert_allclose(gallery.backfill_vectors(rows), expected[rows], atol=1e-5)
+    resumed = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    gallery = FaissGallery.open(tmp_path / "g")
+    assert gallery.backfill_state["done"] == 200 and gallery.backfilled_mask().all()
+    np.testing.assert_allclose(gallery.backfill_vectors(np.arange(200)), expected, atol=1e-5)
