@@ -3,6 +3,8 @@
 - :func:`embed_dataset` (``bt2 embed``): any image or text dataset → resumable fp16/fp32 shards with ids + manifest.
 - :class:`FaissGallery` (``bt2 index build|search``): flat, IVF-Flat, IVF-PQ (exact re-ranking from memory-mapped
   vectors) or HNSW on disk with its manifest.
+- :class:`~bt2_hf.galleries.milvus_store.MilvusGallery`: the same gallery in a Milvus collection (milvus-lite file or
+  server URI), manifest in the collection's properties; :func:`~bt2_hf.galleries.stores.open_gallery` opens either.
 - :func:`backfill` (``bt2 backfill``): re-embed a fraction of a gallery with a newer model, crash-safe, and
   :func:`mixed_search`, which ranks old and re-embedded items on one scale.
 """

@@ -340,6 +340,10 @@ class FaissGallery:
             self._backfill_vectors = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r")
         return np.asarray(self._backfill_vectors[np.asarray(rows)], dtype=np.float32)
 
+    def backfilled(self, rows: np.ndarray) -> np.ndarray:
+        """Whether each of ``rows`` carries the backfill model's embedding."""
+        return self.backfilled_mask()[np.asarray(rows)]
+
     def backfilled_mask(self) -> np.ndarray:
         """``mask[row]`` is True when the row carries the backfill model's embedding."""
         mask = np.zeros(len(self), dtype=bool)

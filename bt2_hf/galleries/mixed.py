@@ -145,7 +145,7 @@ def search_gallery(
     new_scores = np.full(rows.shape, np.nan, dtype=np.float32)
     if new_prefix:
         valid = rows >= 0
-        backfilled[valid] = store.backfilled_mask()[rows[valid]]
+        backfilled[valid] = store.backfilled(rows[valid])
         if backfilled.any():
             new_queries = _unit(queries[:, :new_prefix])
             query_of = np.broadcast_to(np.arange(len(rows))[:, None], rows.shape)[backfilled]

@@ -17,15 +17,15 @@ whose vector file exists is complete.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_bytes, atomic_write_json
 
 PLAN_NAME = "plan.json"
 MANIFEST_NAME = "manifest.json"
@@ -52,17 +52,10 @@ def ids_array(ids: list) -> np.ndarray:
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` through a temporary file and a rename (fsynced), so a reader never sees half an array."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``np.save`` through :func:`~bt2_hf.utils.io.atomic_write_bytes`: a reader never sees half an array."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_shard(directory: Path, shard: int, vectors: np.ndarray, ids: list) -> None:

@@ -1,0 +1,325 @@
+"""A gallery in a Milvus collection (pymilvus): milvus-lite in a local file by default, a server or cluster by URI.
+
+The collection holds one row per item: ``id`` (the gallery row, primary key), ``item_id`` (the item's id as text)
+and ``vector`` (the encoder's unit vector). The manifest, the same one a faiss gallery writes, lives in the
+collection's properties (``bt2.manifest``), so the encoder's fingerprint travels with the data and the same
+compatibility rules refuse the same query models. A backfill adds a companion collection ``<name>__backfill`` with
+``id``, ``rank`` (position in the backfill order) and ``vector`` (the new model's vector); the manifest's ``done``,
+updated after each batch's upsert, says which ranks count, exactly as for faiss.
+
+Index types: ``flat`` (FLAT), ``ivf`` (IVF_FLAT), ``hnsw`` (HNSW), ``ivfpq`` (IVF_PQ on a server; milvus-lite has no
+IVF_PQ, so there it is IVF_SQ8). Candidates of the compressed types are re-scored exactly from the stored vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+
+from .faiss_store import (
+    GALLERY_FORMAT,
+    GALLERY_KIND,
+    GalleryError,
+    _normalize,
+    _sort,
+    default_index_params,
+)
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_KEY = "bt2.manifest"
+BATCH = 2048
+QUERY_LIMIT = 16_384  # Milvus caps the rows one query returns
+
+
+def _client(uri: str):
+    from ..utils.imports import require
+
+    pymilvus = require("pymilvus", extra="milvus")
+    return pymilvus.MilvusClient(uri)
+
+
+def _is_lite(uri: str) -> bool:
+    return not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+
+
+def _milvus_index(index_type: str, params: dict, lite: bool) -> tuple[str, dict, dict]:
+    """(Milvus index type, build params, search params) for one of our index types."""
+    if index_type == "flat":
+        return "FLAT", {}, {}
+    if index_type == "hnsw":
+        return "HNSW", {"M": params["M"], "efConstruction": params["ef_construction"]}, {"ef": params["ef_search"]}
+    if index_type == "ivfpq" and not lite:
+        build = {"nlist": params["nlist"], "m": params["pq_m"], "nbits": params["pq_bits"]}
+        return "IVF_PQ", build, {"nprobe": params["nprobe"]}
+    return (
+        ("IVF_SQ8" if index_type == "ivfpq" else "IVF_FLAT"),
+        {"nlist": params["nlist"]},
+        {"nprobe": params["nprobe"]},
+    )
+
+
+class MilvusGallery:
+    """A gallery in a Milvus collection, with the interface of :class:`~bt2_hf.galleries.FaissGallery`.
+
+    >>> from bt2_hf.galleries.milvus_store import MilvusGallery
+    >>> gallery = MilvusGallery.from_embeddings("galleries.db", "fashion", "gallery_embeddings/")  # doctest: +SKIP
+    >>> search_gallery(gallery, queries, k=10, query_config=new_model.config)  # doctest: +SKIP
+    """
+
+    def __init__(self, client, uri: str, collection: str, manifest: dict):
+        self.client, self.uri, self.collection, self.manifest = client, uri, collection, manifest
+        self._id_type = manifest.get("id_type", "str")
+
+    # -- building and opening -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, uri, collection, vectors, ids=None, *, encoder, index_type="flat", dataset=None, overwrite=False,
+              **index_params) -> MilvusGallery:  # fmt: skip
+        """Create the collection (under a temporary name, renamed when complete), insert, index and load it.
+
+        Arguments as :meth:`FaissGallery.build`; ``uri`` is a milvus-lite path (``galleries.db``) or a server URI.
+        """
+        from pymilvus import DataType
+
+        if not encoder.get("fingerprint"):
+            raise GalleryError(
+                "The encoder has no fingerprint: save it with save_pretrained before building a gallery."
+            )
+        client = _client(uri)
+        if client.has_collection(collection):
+            if not overwrite:
+                raise FileExistsError(
+                    f"Collection {collection!r} exists at {uri}; pass overwrite=True or another name."
+                )
+        chunks = [(vectors, ids)] if hasattr(vectors, "shape") else vectors
+        staging = f"{collection}__building"
+        for name in (staging, f"{staging}__backfill"):
+            if client.has_collection(name):
+                client.drop_collection(name)  # a build that crashed earlier
+        count, dimension, id_types, schema_made = 0, None, set(), False
+        for chunk_vectors, chunk_ids in chunks:
+            chunk_vectors = _normalize(np.asarray(chunk_vectors, dtype=np.float32))
+            if not schema_made:
+                dimension = chunk_vectors.shape[1]
+                if encoder.get("embedding_dim") not in (None, dimension):
+                    raise GalleryError(
+                        f"The encoder embeds {encoder['embedding_dim']}-d vectors but {dimension}-d were given."
+                    )
+                schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+                schema.add_field("id", DataType.INT64, is_primary=True)
+                schema.add_field("item_id", DataType.VARCHAR, max_length=1024)
+                schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dimension)
+                client.create_collection(staging, schema=schema)
+                schema_made = True
+            chunk_ids = (
+                list(range(count, count + len(chunk_vectors))) if chunk_ids is None else np.asarray(chunk_ids).tolist()
+            )
+            if len(chunk_ids) != len(chunk_vectors):
+                raise GalleryError(f"{len(chunk_ids)} ids for {len(chunk_vectors)} vectors: give one id per row.")
+            id_types.update(type(i).__name__ for i in chunk_ids)
+            for start in range(0, len(chunk_vectors), BATCH):
+                client.insert(staging, [
+                    {"id": count + start + j, "item_id": str(item), "vector": vector}
+                    for j, (item, vector) in enumerate(zip(chunk_ids[start : start + BATCH], chunk_vectors[start : start + BATCH]))
+                ])  # fmt: skip
+            count += len(chunk_vectors)
+        if count == 0:
+            raise GalleryError("No vectors to build a gallery from.")
+        params = default_index_params(index_type, count, dimension, **index_params)
+        lite = _is_lite(uri)
+        milvus_type, build_params, _ = _milvus_index(index_type, params, lite)
+        index = client.prepare_index_params()
+        index.add_index(field_name="vector", index_type=milvus_type, metric_type="IP", params=build_params)
+        client.create_index(staging, index)
+        manifest = {
+            "kind": GALLERY_KIND, "format": GALLERY_FORMAT, "store": "milvus", "encoder": dict(encoder),
+            "dimension": int(dimension), "count": int(count), "dtype": "float32", "similarity": "cosine",
+            "index": {"type": index_type, "params": params, "milvus_index": milvus_type}, "dataset": dataset,
+            "id_type": "int" if id_types <= {"int"} else "str", "backfill": None,
+        }  # fmt: skip
+        client.alter_collection_properties(staging, properties={MANIFEST_KEY: json.dumps(manifest)})
+        if client.has_collection(collection):
+            client.drop_collection(collection)
+            if client.has_collection(f"{collection}__backfill"):
+                client.drop_collection(f"{collection}__backfill")
+        client.rename_collection(staging, collection)
+        return cls.open(uri, collection, client=client)
+
+    @classmethod
+    def from_embeddings(cls, uri, collection, embeddings, **kwargs) -> MilvusGallery:
+        """Build from an :class:`~bt2_hf.galleries.EmbeddingDirectory`, shard by shard."""
+        from .shards import EmbeddingDirectory
+
+        embeddings = embeddings if isinstance(embeddings, EmbeddingDirectory) else EmbeddingDirectory(embeddings)
+        return cls.build(uri, collection, embeddings.shards(), encoder=embeddings.manifest["model"],
+                         dataset=embeddings.manifest["dataset"], **kwargs)  # fmt: skip
+
+    @classmethod
+    def open(cls, uri: str, collection: str, client=None) -> MilvusGallery:
+        """Open a collection made by :meth:`build` and read its manifest from the collection's properties."""
+        client = client or _client(uri)
+        if not client.has_collection(collection):
+            raise GalleryError(
+                f"No collection {collection!r} at {uri}; build it with `bt2 index build --output {uri}`."
+            )
+        properties = client.describe_collection(collection).get("properties") or {}
+        if MANIFEST_KEY not in properties:
+            raise GalleryError(f"Collection {collection!r} at {uri} has no bt2 manifest: it is not a bt2_hf gallery.")
+        manifest = json.loads(properties[MANIFEST_KEY])
+        if manifest.get("kind") != GALLERY_KIND or manifest.get("format") != GALLERY_FORMAT:
+            raise GalleryError(f"Collection {collection!r} holds a manifest this bt2_hf cannot read.")
+        client.load_collection(collection)
+        if manifest.get("backfill"):
+            client.load_collection(f"{collection}__backfill")
+        return cls(client, uri, collection, manifest)
+
+    # -- the store interface -------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def dimension(self) -> int:
+        return int(self.manifest["dimension"])
+
+    @property
+    def encoder(self) -> dict:
+        return self.manifest["encoder"]
+
+    @property
+    def backfill_state(self) -> dict | None:
+        return self.manifest.get("backfill")
+
+    @property
+    def _backfill_collection(self) -> str:
+        return f"{self.collection}__backfill"
+
+    def _fetch(self, collection: str, rows, fields: list[str], extra: str = "") -> list[dict]:
+        rows = [int(r) for r in np.unique(np.asarray(rows))]
+        found = []
+        for start in range(0, len(rows), QUERY_LIMIT):
+            part = rows[start : start + QUERY_LIMIT]
+            found += self.client.query(collection, filter=f"id in {part}{extra}", output_fields=["id", *fields])
+        return found
+
+    def ids_of(self, rows) -> list:
+        rows = np.asarray(rows)
+        by_row = {hit["id"]: hit["item_id"] for hit in self._fetch(self.collection, rows, ["item_id"])}
+        cast = int if self._id_type == "int" else str
+        return [cast(by_row[int(r)]) for r in rows]
+
+    def vectors_at(self, rows) -> np.ndarray:
+        rows = np.asarray(rows)
+        by_row = {hit["id"]: hit["vector"] for hit in self._fetch(self.collection, rows, ["vector"])}
+        return np.asarray([by_row[int(r)] for r in rows], dtype=np.float32).reshape(len(rows), self.dimension)
+
+    def iter_vectors(self, chunk: int = QUERY_LIMIT):
+        for start in range(0, len(self), chunk):
+            rows = np.arange(start, min(len(self), start + chunk))
+            yield rows, self.vectors_at(rows)
+
+    def search_encoder_space(self, queries: np.ndarray, depth: int, **search_params) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``depth`` rows by cosine in the encoder's space; compressed indexes' candidates re-scored exactly."""
+        index = self.manifest["index"]
+        params = dict(index["params"], **{k: v for k, v in search_params.items() if v is not None})
+        _, _, milvus_search = _milvus_index(
+            index["type"], params, index["milvus_index"] != "IVF_PQ" and _is_lite(self.uri)
+        )
+        depth = min(depth, len(self))
+        compressed = index["milvus_index"] in ("IVF_PQ", "IVF_SQ8")
+        limit = min(len(self), max(depth, int(params.get("rerank") or depth))) if compressed else depth
+        hits = self.client.search(self.collection, data=np.asarray(queries, np.float32).tolist(), limit=limit,
+                                  anns_field="vector", search_params={"metric_type": "IP", "params": milvus_search})  # fmt: skip
+        rows = np.full((len(queries), limit), -1, dtype=np.int64)
+        scores = np.full((len(queries), limit), -np.inf, dtype=np.float32)
+        for i, row_hits in enumerate(hits):
+            for j, hit in enumerate(row_hits):
+                rows[i, j], scores[i, j] = hit["id"], hit["distance"]
+        if compressed:
+            valid = rows >= 0
+            vectors = self.vectors_at(rows[valid])
+            query_of = np.broadcast_to(np.arange(len(rows))[:, None], rows.shape)[valid]
+            scores[valid] = np.einsum("nd,nd->n", vectors, np.asarray(queries, np.float32)[query_of])
+        return _sort(scores, rows, depth)
+
+    # -- backfill --------------------------------------------------------------------------------------------------------
+
+    def start_backfill(self, state: dict, order: np.ndarray) -> None:
+        """Create the backfill collection with every row's rank in the order (zero vectors until re-embedded)."""
+        from pymilvus import DataType
+
+        name = self._backfill_collection
+        if self.client.has_collection(name):
+            self.client.drop_collection(name)  # left by a crash before the manifest recorded it
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("rank", DataType.INT64)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=state["dimension"])
+        index = self.client.prepare_index_params()
+        index.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
+        self.client.create_collection(name, schema=schema, index_params=index)
+        zero = [0.0] * state["dimension"]
+        for start in range(0, len(order), BATCH):
+            self.client.insert(name, [{"id": int(row), "rank": start + j, "vector": zero}
+                                      for j, row in enumerate(order[start : start + BATCH])])  # fmt: skip
+        self.client.load_collection(name)
+        self._write_manifest(dict(self.manifest, backfill=state))
+
+    def backfill_order(self) -> np.ndarray:
+        done_rows = []
+        for start in range(0, len(self), QUERY_LIMIT):
+            done_rows += self.client.query(self._backfill_collection,
+                                           filter=f"rank >= {start} and rank < {start + QUERY_LIMIT}",
+                                           output_fields=["id", "rank"])  # fmt: skip
+        order = np.empty(len(self), dtype=np.int64)
+        for hit in done_rows:
+            order[hit["rank"]] = hit["id"]
+        return order
+
+    def backfilled(self, rows) -> np.ndarray:
+        done = self.backfill_state["done"]
+        hits = self._fetch(self._backfill_collection, rows, [], extra=f" and rank < {done}")
+        marked = {hit["id"] for hit in hits}
+        return np.asarray([int(r) in marked for r in np.asarray(rows)], dtype=bool)
+
+    def backfill_vectors(self, rows) -> np.ndarray:
+        rows = np.asarray(rows)
+        by_row = {hit["id"]: hit["vector"] for hit in self._fetch(self._backfill_collection, rows, ["vector"])}
+        return np.asarray([by_row[int(r)] for r in rows], dtype=np.float32).reshape(len(rows), -1)
+
+    def update_backfill_state(self, **changes) -> None:
+        self._write_manifest(dict(self.manifest, backfill=dict(self.manifest["backfill"], **changes)))
+
+    def write_backfill_batch(self, rows, vectors, done: int) -> None:
+        """Upsert the new rows (one request), then record ``done`` in the collection's manifest (the commit point)."""
+        state = self.manifest["backfill"]
+        vectors = _normalize(vectors)
+        first = done - len(rows)
+        self.client.upsert(self._backfill_collection, [
+            {"id": int(row), "rank": first + j, "vector": vector} for j, (row, vector) in enumerate(zip(rows, vectors))
+        ])  # fmt: skip
+        self.client.flush(self._backfill_collection)
+        self._write_manifest(dict(self.manifest, backfill=dict(state, done=int(done))))
+
+    def finalize(self, index_type: str | None = None, **index_params) -> MilvusGallery:
+        """Rebuild the collection from the new model's rows; the encoder becomes the new model."""
+        state = self.backfill_state
+        rows = np.arange(len(self))
+        ids = self.ids_of(rows)
+        return MilvusGallery.build(
+            self.uri, self.collection, self.backfill_vectors(rows), ids, encoder=state["model"],
+            index_type=index_type or self.manifest["index"]["type"], dataset=self.manifest.get("dataset"),
+            overwrite=True, **index_params,
+        )  # fmt: skip
+
+    def _write_manifest(self, manifest: dict) -> None:
+        self.client.alter_collection_properties(self.collection, properties={MANIFEST_KEY: json.dumps(manifest)})
+        self.manifest = manifest
+
+    def search(self, queries, k: int = 10, query_config=None, **kwargs):
+        from .mixed import search_gallery
+
+        return search_gallery(self, queries, k=k, query_config=query_config, **kwargs)
