@@ -120,8 +120,10 @@ def main() -> None:
     new_fingerprint = "sha256:" + "1" * 64
 
     class NewConfig:
-        name_or_path, embedding_dim, fingerprint = "bench/new", new_dim, new_fingerprint
-        compatible_with = [{"fingerprint": fingerprint, "embedding_dim": args.dim, "name_or_path": "bench/old"}]
+        name_or_path, embedding_dim = "bench/new", new_dim
+        compatible_with = [{"fingerprint": Config.fingerprint, "embedding_dim": args.dim, "name_or_path": "bench/old"}]
+
+    NewConfig.fingerprint = new_fingerprint
 
     rng = np.random.default_rng(1)
     started = time.perf_counter()

@@ -52,22 +52,23 @@ def _normalize(array: np.ndarray) -> np.ndarray:
 def default_index_params(index_type: str, count: int, dimension: int, **overrides) -> dict:
     """Index parameters for a gallery of ``count`` × ``dimension`` vectors (overrides win).
 
-    - ``ivf`` / ``ivfpq``: ``nlist ≈ 4·√N`` lists (at least 39 training points each), ``nprobe`` 16 at search time,
-      ``train_size`` 64·nlist sampled rows; ``ivfpq`` adds ``pq_m`` sub-quantizers of 8 bits (``dimension / 8``
-      bytes per vector: 1/32 of float32) and ``rerank`` 100 candidates re-scored exactly.
+    - ``ivf`` / ``ivfpq``: ``nlist = √N`` lists, ``nprobe`` 16 at search time, k-means (10 iterations) on a sample
+      of ``train_size = 50·nlist`` rows (at least 10,000); ``ivfpq`` adds ``pq_m`` sub-quantizers of 8 bits
+      (``dimension / 8`` bytes per vector: 1/32 of float32; codebooks trained on 10,240 of the sampled rows) and
+      ``rerank`` 200 candidates re-scored exactly from the vectors on disk.
     - ``hnsw``: ``M`` 32, ``ef_construction`` 80, ``ef_search`` 64.
     """
     if index_type not in INDEX_TYPES:
         raise GalleryError(f"Unknown index type {index_type!r}; choose one of {INDEX_TYPES}.")
     params: dict[str, Any] = {}
     if index_type in ("ivf", "ivfpq"):
-        nlist = max(1, min(int(4 * math.sqrt(count)), count // 39))
-        params = {"nlist": nlist, "nprobe": 16, "train_size": min(count, max(64 * nlist, 10_000)), "seed": 0}
+        nlist = max(1, min(int(math.sqrt(count)), count // 39))
+        params = {"nlist": nlist, "nprobe": 16, "train_size": min(count, max(50 * nlist, 10_000)), "seed": 0}
         if index_type == "ivfpq":
             pq_m = next(
                 m for m in (dimension // 8, dimension // 4, dimension // 2, dimension) if m and dimension % m == 0
             )
-            params.update(pq_m=pq_m, pq_bits=8, rerank=100)
+            params.update(pq_m=pq_m, pq_bits=8, rerank=200)
     elif index_type == "hnsw":
         params = {"M": 32, "ef_construction": 80, "ef_search": 64}
     unknown = set(overrides) - set(params) - {"rerank"}
@@ -100,6 +101,11 @@ def build_faiss_index(vectors: np.ndarray, index_type: str, params: dict):
             index = faiss.IndexIVFPQ(
                 quantizer, dimension, params["nlist"], params["pq_m"], params["pq_bits"], faiss.METRIC_INNER_PRODUCT
             )
+            # Codebooks of sub-vectors converge on a few thousand points; faiss's defaults (25 iterations on up to
+            # 256 points per centroid) made training dominate the build. Exact re-ranking absorbs the difference.
+            index.pq.cp.niter = 10
+            index.pq.cp.max_points_per_centroid = 40
+        index.cp.niter = 10  # the lists need a good partition, not a converged one: build time matters more
         index.own_fields = True
         index.quantizer = quantizer
         quantizer.this.disown()
