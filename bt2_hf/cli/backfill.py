@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embed-batch-size", type=int, default=256, help="items per forward pass")
     parser.add_argument("--device")
     parser.add_argument("--finalize", action="store_true", help="at fraction 1: rebuild as the new model's gallery")
+    parser.add_argument("--allow-unmeasured", action="store_true", help="accept declared, unmeasured compatibility")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         state = backfill(
             store, model, args.data, fraction=args.fraction, order=args.order, seed=args.seed,
             batch_size=args.batch_size, embed_batch_size=args.embed_batch_size, device=args.device, split=args.split,
-            column=args.column, id_column=args.id_column, show_progress=not args.no_progress,
+            column=args.column, id_column=args.id_column, allow_unmeasured=args.allow_unmeasured,
+            show_progress=not args.no_progress,
         )  # fmt: skip
         if args.finalize:
             finalize_backfill(store)

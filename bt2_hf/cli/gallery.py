@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--nprobe", type=int)
     search.add_argument("--rerank", type=int)
     search.add_argument("--output", help="JSON file for the results (default: print)")
+    search.add_argument("--allow-unmeasured", action="store_true", help="admit declared, unmeasured compatibility")
     return parser
 
 
@@ -142,13 +143,15 @@ def run_search(args) -> dict:
     encoder = store.encoder
     from bt2_hf.compatibility import compatible_prefix
 
-    compatible_prefix(
-        model.config, encoder["fingerprint"], store.dimension, encoder.get("name_or_path")
-    )  # refuse early
+    compatible_prefix(  # refuse before encoding the queries
+        model.config, encoder["fingerprint"], store.dimension, encoder.get("name_or_path"),
+        allow_unmeasured=args.allow_unmeasured,
+    )  # fmt: skip
     query_ids, items = _queries(args, model)
     embeddings = encode_items(model, items, 256)
     params = {key: getattr(args, key) for key in ("nprobe", "rerank") if getattr(args, key) is not None}
-    result = search_gallery(store, embeddings, k=args.k, query_config=model.config, depth=args.depth, **params)
+    result = search_gallery(store, embeddings, k=args.k, query_config=model.config, depth=args.depth,
+                            allow_unmeasured=args.allow_unmeasured, **params)  # fmt: skip
     hits = [
         {"query": query, "ids": ids, "scores": [round(float(s), 6) for s in scores[: len(ids)]],
          "backfilled": [bool(b) for b in flags[: len(ids)]]}

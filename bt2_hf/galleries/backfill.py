@@ -78,6 +78,7 @@ def backfill(
     embed_rows: Callable[[np.ndarray], np.ndarray] | None = None,
     identity: dict | None = None,
     query_config=None,
+    allow_unmeasured: bool = False,
     show_progress: bool = True,
 ) -> dict:
     """Re-embed the first ``fraction`` of the gallery's backfill order with a new model, in place.
@@ -96,6 +97,8 @@ def backfill(
             ``identity`` and ``query_config``, e.g. vectors computed elsewhere).
         identity (`dict`, *optional*): the new model's identity when ``embed_rows`` is given.
         query_config (`BT2Config`, *optional*): the new model's config when ``embed_rows`` is given.
+        allow_unmeasured (`bool`, *optional*, defaults to `False`): accept a new model whose compatibility with the
+            gallery's encoder is declared but not measured.
 
     Returns:
         `dict`: the backfill state (``model``, ``order``, ``done``, ``target``, ``count``, ``items_per_second``).
@@ -125,7 +128,8 @@ def backfill(
         raise ValueError("Pass a model and data, or embed_rows with identity and query_config.")
     encoder = store.encoder
     # The same refusal as a search: a model never made compatible with the gallery cannot share it with old items.
-    compatible_prefix(query_config, encoder["fingerprint"], store.dimension, encoder.get("name_or_path"))
+    compatible_prefix(query_config, encoder["fingerprint"], store.dimension, encoder.get("name_or_path"),
+                      allow_unmeasured=allow_unmeasured)  # fmt: skip
     state = store.backfill_state
     count = len(store)
     if state is None:

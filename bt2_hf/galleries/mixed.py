@@ -97,6 +97,7 @@ def search_gallery(
     check_compatibility: bool = True,
     depth: int | None = None,
     rule: str = "slots",
+    allow_unmeasured: bool = False,
     **search_params,
 ) -> GallerySearchResult:
     """Search a gallery (faiss or Milvus) with query embeddings, applying the prefix and compatibility rules.
@@ -110,6 +111,8 @@ def search_gallery(
         depth (`int`, *optional*): candidates re-ranked during a backfill (default: 100, at least ``k``).
         rule (`str`, *optional*, defaults to `"slots"`): ``"slots"`` (see the module docstring) or ``"naive"``
             (re-embedded candidates scored by new/new, old ones by new/old, one sort: shown for comparison only).
+        allow_unmeasured (`bool`, *optional*, defaults to `False`): admit a query model whose compatibility with the
+            gallery's encoder is declared but not measured (`bt2 verify` measures it).
         search_params: ``nprobe``, ``ef_search``, ``rerank`` for this search.
 
     Raises:
@@ -126,7 +129,8 @@ def search_gallery(
             raise ValueError(
                 "Pass query_config=model.config so that the query model can be checked against the gallery."
             )
-        prefix = compatible_prefix(query_config, encoder["fingerprint"], store.dimension, encoder.get("name_or_path"))
+        prefix = compatible_prefix(query_config, encoder["fingerprint"], store.dimension, encoder.get("name_or_path"),
+                                   allow_unmeasured=allow_unmeasured)  # fmt: skip
     else:
         prefix = store.dimension
     if queries.shape[1] < prefix:
@@ -136,7 +140,7 @@ def search_gallery(
     if state and state["done"] > 0 and query_config is not None:
         try:
             new_prefix = compatible_prefix(query_config, state["model"]["fingerprint"], state["dimension"],
-                                           state["model"].get("name_or_path"))  # fmt: skip
+                                           state["model"].get("name_or_path"), allow_unmeasured=allow_unmeasured)  # fmt: skip
         except IncompatibleModelsError:
             new_prefix = None  # e.g. the old model itself: it searches the encoder's vectors only
     depth = max(k, depth or DEFAULT_DEPTH) if new_prefix else k

@@ -73,8 +73,10 @@ def test_hand_made_case_naive_scoring_fails_and_the_rule_does_not(tmp_path):
     gallery.start_backfill(dict(model=NEW_IDENTITY, dimension=3, order="random", seed=0, done=0, count=2, target=2,
                                 batch_size=1), np.array([1, 0]))  # fmt: skip
     gallery.write_backfill_batch(np.array([1]), new[[1]], done=1)
-    slots = search_gallery(FaissGallery.open(tmp_path / "g"), query, k=2, query_config=NEW_CONFIG)
-    naive = search_gallery(gallery, query, k=2, query_config=NEW_CONFIG, rule="naive")
+    slots = search_gallery(
+        FaissGallery.open(tmp_path / "g"), query, k=2, query_config=NEW_CONFIG, allow_unmeasured=True
+    )
+    naive = search_gallery(gallery, query, k=2, query_config=NEW_CONFIG, rule="naive", allow_unmeasured=True)
     assert slots.ids == [["a", "b"]] and slots.backfilled.tolist() == [[False, True]]
     assert naive.ids == [["b", "a"]]
     np.testing.assert_allclose(slots.new_scores[0, 1], float(query[0] @ new[1]), atol=1e-6)
@@ -125,7 +127,9 @@ def _gallery_and_models(saved_models, tmp_path, count=96):
 def test_backfill_in_place_records_models_and_refuses_mixing(saved_models, tmp_path):
     data, new, expected = _gallery_and_models(saved_models, tmp_path)
     gallery = FaissGallery.open(tmp_path / "g")
-    state = backfill(gallery, new, data, fraction=0.25, order="priority", batch_size=10, show_progress=False)
+    state = backfill(
+        gallery, new, data, fraction=0.25, order="priority", batch_size=10, show_progress=False, allow_unmeasured=True
+    )
     assert state["done"] == 24 and state["target"] == 24 and state["model"]["fingerprint"] == new.config.fingerprint
     manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
     assert manifest["backfill"]["done"] == 24 and manifest["backfill"]["order"] == "priority"
@@ -133,12 +137,14 @@ def test_backfill_in_place_records_models_and_refuses_mixing(saved_models, tmp_p
     np.testing.assert_allclose(gallery.backfill_vectors(rows), expected[rows], atol=1e-5)
     assert gallery.backfilled_mask().sum() == 24
     with pytest.raises(GalleryError, match="not 'random'"):
-        backfill(gallery, new, data, fraction=0.5, order="random", show_progress=False)
+        backfill(gallery, new, data, fraction=0.5, order="random", show_progress=False, allow_unmeasured=True)
     with pytest.raises(IncompatibleModelsError):
         backfill(gallery, BT2Model.from_pretrained(saved_models["other"]), data, fraction=0.5, show_progress=False)
     with pytest.raises(GalleryError, match="finish the backfill"):
         finalize_backfill(gallery)
-    state = backfill(gallery, new, data, fraction=1.0, order="priority", batch_size=50, show_progress=False)
+    state = backfill(
+        gallery, new, data, fraction=1.0, order="priority", batch_size=50, show_progress=False, allow_unmeasured=True
+    )
     assert state["done"] == 96
     finalize_backfill(gallery)
     final = FaissGallery.open(tmp_path / "g")
@@ -153,7 +159,7 @@ def test_backfill_survives_kill_9_at_any_moment(saved_models, tmp_path):
     data, new, expected = _gallery_and_models(saved_models, tmp_path, count=200)
     command = [PYTHON, "-m", "bt2_hf.cli.backfill", "--index", str(tmp_path / "g"), "--model", str(saved_models["new"]),
                "--data", str(data), "--fraction", "1.0", "--order", "random", "--batch-size", "4",
-               "--embed-batch-size", "4", "--no-progress"]  # fmt: skip
+               "--embed-batch-size", "4", "--no-progress", "--allow-unmeasured"]  # fmt: skip
     process = subprocess.Popen(command, env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)  # fmt: skip
     manifest_path = tmp_path / "g" / "manifest.json"

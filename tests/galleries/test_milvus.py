@@ -38,27 +38,29 @@ def test_milvus_gallery_matches_faiss_and_refuses_the_same_models(saved_models, 
     queries = open_source(idx_dir, split="test").items(0, 10)
     for model in (old, new):
         embedded = model.encode(images=queries).numpy()
-        a = search_gallery(milvus, embedded, k=5, query_config=model.config)
-        b = search_gallery(faiss_gallery, embedded, k=5, query_config=model.config)
+        a = search_gallery(milvus, embedded, k=5, query_config=model.config, allow_unmeasured=True)
+        b = search_gallery(faiss_gallery, embedded, k=5, query_config=model.config, allow_unmeasured=True)
         assert a.ids == b.ids and a.prefix_dim == b.prefix_dim
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
     other = BT2Model.from_pretrained(saved_models["other"])
     for store in (milvus, faiss_gallery):
-        with pytest.raises(IncompatibleModelsError, match="not compatible"):
+        with pytest.raises(IncompatibleModelsError, match="may not search"):
             search_gallery(store, other.encode(images=queries).numpy(), k=5, query_config=other.config)
         with pytest.raises(IncompatibleModelsError):
             backfill(store, other, idx_dir, split="all", fraction=0.5, show_progress=False)
 
     # The same backfill on both stores gives the same mixed-gallery results.
     for store in (milvus, faiss_gallery):
-        state = backfill(store, new, idx_dir, split="all", fraction=0.5, batch_size=25, show_progress=False)
+        state = backfill(
+            store, new, idx_dir, split="all", fraction=0.5, batch_size=25, show_progress=False, allow_unmeasured=True
+        )
         assert state["done"] == 90
     reopened = MilvusGallery.open(str(tmp_path / "g.db"), "fashion")
     assert reopened.backfill_state["done"] == 90
     np.testing.assert_array_equal(reopened.backfill_order(), faiss_gallery.backfill_order())
     embedded = new.encode(images=queries).numpy()
-    a = search_gallery(reopened, embedded, k=5, query_config=new.config)
-    b = search_gallery(faiss_gallery, embedded, k=5, query_config=new.config)
+    a = search_gallery(reopened, embedded, k=5, query_config=new.config, allow_unmeasured=True)
+    b = search_gallery(faiss_gallery, embedded, k=5, query_config=new.config, allow_unmeasured=True)
     assert a.ids == b.ids and a.backfilled.tolist() == b.backfilled.tolist() and a.backfilled.any()
 
 
@@ -68,9 +70,9 @@ def test_milvus_cli_build_and_search(saved_models, idx_dir, embeddings, tmp_path
                        uri, "--collection", "items"]) == 0  # fmt: skip
     capsys.readouterr()
     assert index_main(["search", "--index", uri, "--collection", "items", "--query-model", str(saved_models["new"]),
-                       "--query-data", str(idx_dir), "--limit", "3", "-k", "2"]) == 0  # fmt: skip
+                       "--query-data", str(idx_dir), "--limit", "3", "-k", "2", "--allow-unmeasured"]) == 0  # fmt: skip
     output = json.loads(capsys.readouterr().out)
     assert output["prefix_dim"] == 8 and [len(hit["ids"]) for hit in output["results"]] == [2, 2, 2]
     assert index_main(["search", "--index", uri, "--collection", "items", "--query-model",
                        str(saved_models["other"]), "--query-data", str(idx_dir), "--limit", "2"]) == 2  # fmt: skip
-    assert "is not compatible" in capsys.readouterr().err
+    assert "may not search" in capsys.readouterr().err

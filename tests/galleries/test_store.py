@@ -72,9 +72,9 @@ def test_query_model_prefix_and_refusal(tmp_path):
     gallery = FaissGallery.build(tmp_path / "g", vectors, encoder=ENCODER)
     new = Config("sha256:" + "b" * 64, 24, [{"fingerprint": OLD, "embedding_dim": 16, "name_or_path": "org/old"}])
     queries = np.concatenate([vectors[:5] * 0.6, np.full((5, 8), 0.2, np.float32)], axis=1)
-    result = search_gallery(gallery, queries, k=1, query_config=new)
+    result = search_gallery(gallery, queries, k=1, query_config=new, allow_unmeasured=True)
     assert result.prefix_dim == 16 and [row[0] for row in result.ids] == [0, 1, 2, 3, 4]
-    with pytest.raises(IncompatibleModelsError, match="not compatible"):
+    with pytest.raises(IncompatibleModelsError, match="may not search"):
         search_gallery(gallery, queries, k=1, query_config=Config("sha256:" + "c" * 64, 24))
 
 
@@ -92,13 +92,13 @@ def test_cli_build_from_model_and_data_then_search_with_query_model(saved_models
     capsys.readouterr()
     hits = tmp_path / "hits.json"
     assert index_main(["search", "--index", str(tmp_path / "g"), "--query-model", str(saved_models["new"]),
-                       "--query-data", str(idx_dir), "--split", "test", "--limit", "4", "-k", "3", "--output",
+                       "--query-data", str(idx_dir), "--split", "test", "--limit", "4", "-k", "3", "--allow-unmeasured", "--output",
                        str(hits)]) == 0  # fmt: skip
     output = json.loads(hits.read_text())
     assert output["prefix_dim"] == 8 and len(output["results"]) == 4 and len(output["results"][0]["ids"]) == 3
     assert index_main(["search", "--index", str(tmp_path / "g"), "--query-model", str(saved_models["other"]),
                        "--query-data", str(idx_dir), "--limit", "2"]) == 2  # fmt: skip
-    assert "is not compatible with the gallery" in capsys.readouterr().err
+    assert "may not search the gallery" in capsys.readouterr().err
 
 
 def test_gallery_from_embedding_directory_keeps_vectors(saved_models, idx_dir, tmp_path):

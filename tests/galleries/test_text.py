@@ -45,7 +45,9 @@ def test_text_gallery_backfill_and_text_to_image_search(saved_models, idx_dir, t
     assert embeddings.ids() == [t["id"] for t in texts] and embeddings.manifest["model"]["modality"] == "text"
     gallery = FaissGallery.from_embeddings(tmp_path / "g", embeddings)
     queries = tower.encode(texts=[t["text"] for t in texts[:3]]).numpy()
-    assert [row[0] for row in search_gallery(gallery, queries, k=1, query_config=tower.config).ids] == [
+    assert [
+        row[0] for row in search_gallery(gallery, queries, k=1, query_config=tower.config, allow_unmeasured=True).ids
+    ] == [
         "t0",
         "t1",
         "t2",
@@ -55,10 +57,18 @@ def test_text_gallery_backfill_and_text_to_image_search(saved_models, idx_dir, t
                                                            "embedding_dim": 12, "method": "bt2"}])  # fmt: skip
     newer.save_pretrained(tmp_path / "newer")
     newer = BT2Model.from_pretrained(tmp_path / "newer")
-    state = backfill(gallery, newer, tmp_path / "captions.jsonl", fraction=0.5, batch_size=4, show_progress=False)
+    state = backfill(
+        gallery,
+        newer,
+        tmp_path / "captions.jsonl",
+        fraction=0.5,
+        batch_size=4,
+        show_progress=False,
+        allow_unmeasured=True,
+    )
     assert state["done"] == 10
     result = search_gallery(gallery, newer.encode(texts=["a photo of item 3 in black"]).numpy(), k=3,
-                            query_config=newer.config)  # fmt: skip
+                            query_config=newer.config, allow_unmeasured=True)  # fmt: skip
     assert len(result.ids[0]) == 3 and result.prefix_dim == 12 and result.backfilled.any()
 
     # Text → image: the tower's compatible prefix searches the old image model's gallery.
@@ -66,7 +76,7 @@ def test_text_gallery_backfill_and_text_to_image_search(saved_models, idx_dir, t
                        str(tmp_path / "images")]) == 0  # fmt: skip
     capsys.readouterr()
     assert index_main(["search", "--index", str(tmp_path / "images"), "--query-model", str(tmp_path / "tower"),
-                       "--query-text", "a red dress", "--query-text", "a shoe", "-k", "2"]) == 0  # fmt: skip
+                       "--query-text", "a red dress", "--query-text", "a shoe", "-k", "2", "--allow-unmeasured"]) == 0  # fmt: skip
     output = json.loads(capsys.readouterr().out)
     assert output["prefix_dim"] == 8 and [len(hit["ids"]) for hit in output["results"]] == [2, 2]
     assert np.all(np.diff(output["results"][0]["scores"]) <= 0)
