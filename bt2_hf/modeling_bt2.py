@@ -7,12 +7,12 @@ are the block compatible with the older model (DESIGN §3.1).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import re
-import shutil
-import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +26,19 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, cached_file
+from transformers.utils.hub import extract_commit_hash
 
 from .backbones import build_backbone, get_backbone_class
 from .configuration_bt2 import BT2Config
-from .fingerprint import fingerprint_model, fingerprint_state_dict, short_fingerprint
+from .errors import BT2InputError
+from .fingerprint import (
+    FingerprintMismatchError,
+    UnverifiedWeightsError,
+    combine_fingerprint,
+    fingerprint_safetensors_files,
+    short_fingerprint,
+    state_fingerprint,
+)
 from .heads import BasisTransformationHead, HeadOutput, LinearHead, OrthogonalLinear
 from .processing import (
     IMAGE_PROCESSOR_FILE,
@@ -38,16 +47,21 @@ from .processing import (
     OpenCLIPTokenizer,
     default_processor,
 )
+from .utils.io import atomic_directory, file_operation_done, recover_directory
 from .utils.repo_id import hub_id_or_none
 
 logger = logging.getLogger(__name__)
 
-# Files save_pretrained writes for the weights; stale ones from an earlier save are removed after a new save.
-_WEIGHT_FILE_PATTERN = re.compile(r"^model(-\d+-of-\d+)?\.safetensors(\.index\.json)?$")
-
-
-class FingerprintMismatchError(ValueError):
-    """The weights loaded do not hash to the fingerprint recorded in ``config.json``."""
+# Files that belong to a saved model (weights, config, preprocessing): a new save never carries over an earlier
+# model's copy of them (e.g. a stale shard, or the image processor of a model that now has a tokenizer).
+_MODEL_FILE_PATTERN = re.compile(
+    r"^(config\.json|model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|pytorch_model.*\.bin(\.index\.json)?"
+    r"|preprocessor_config\.json|open_clip_tokenizer_config\.json|tokenizer(_config)?\.json"
+    r"|special_tokens_map\.json|added_tokens\.json|vocab\.(txt|json)|merges\.txt|generation_config\.json"
+    r"|modules\.json|sentence_bert_config\.json|config_sentence_transformers\.json)$"
+)
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 
 
 @dataclass
@@ -305,22 +319,18 @@ class BT2Model(BT2PreTrainedModel):
     # ----------------------------------------------------------------------------------------- saving & loading
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """Save weights (safetensors), config (with the weights' fingerprint) and processor.
+        """Save weights (safetensors), config (with the model's fingerprint) and processor.
 
-        Files are first written to a temporary directory and then moved into place one by one, ``config.json``
-        last; a stale weight file from an earlier save is removed. A reader thus never pairs a config with weights it
-        does not describe without the fingerprint check noticing. Keyword arguments go to
-        ``PreTrainedModel.save_pretrained`` (``max_shard_size``, …); ``push_to_hub=True`` (with ``repo_id``,
-        ``token``, ``commit_message``, ``private``, ``revision``) also uploads the saved model with :meth:`push_to_hub`.
+        The model is written into a staging folder beside ``save_directory`` and swapped in by one rename when it is
+        complete (:func:`bt2_hf.utils.io.atomic_directory`): a crash at any point leaves the previous model whole.
+        Other entries of an existing directory (training logs, checkpoints, the model card) are carried over; an
+        earlier model's weight or processor files are not. The fingerprint written into ``config.json`` is computed
+        on the staged weight files and the processor. Keyword arguments go to
+        ``PreTrainedModel.save_pretrained`` (``max_shard_size``, ``state_dict`` under FSDP, …); ``push_to_hub=True``
+        (with ``repo_id``, ``token``, ``commit_message``, ``private``, ``revision``) also uploads the saved model with
+        :meth:`push_to_hub`.
         """
         is_main_process = kwargs.get("is_main_process", True)
-        # Under FSDP the parameters are shards: the caller passes the full state dict (accelerator.get_state_dict),
-        # and the fingerprint is taken over those full parameters (what from_pretrained will load and verify).
-        state_dict = kwargs.get("state_dict")
-        self.config.fingerprint = fingerprint_model(self) if state_dict is None else fingerprint_state_dict(state_dict)
-        from .compatibility import validate_compatibility_metadata  # refuse to write a config that cannot be read back
-
-        validate_compatibility_metadata(self.config)
         if kwargs.pop("push_to_hub", False):
             # Save here, then upload through bt2_hf's push (card with the bt2 block, processor, fingerprint).
             push_kwargs = {k: kwargs.pop(k) for k in _PUSH_KWARGS if k in kwargs}
@@ -333,23 +343,45 @@ class BT2Model(BT2PreTrainedModel):
             raise ValueError(f"save_directory {save_directory} is a file; pass a directory.")
         if not is_main_process:
             return
-        save_directory.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".bt2-save-", dir=save_directory.parent))
-        try:
-            super().save_pretrained(staging, *args, **kwargs)
-            if self.processor is not None:
-                self.processor.save_pretrained(staging)
-            from .integrations.sentence_transformers import write_sentence_transformers_files
+        state = state_fingerprint(self)
+        never_keep = _MODEL_FILE_PATTERN.match
+        with atomic_directory(save_directory, keep_other_entries=True, never_keep=never_keep) as staging:
+            self._write_model_files(staging, *args, **kwargs)
+        self._bt2_fingerprint_record = (state, self.config.fingerprint)
 
-            write_sentence_transformers_files(staging, self.config)
-            new_files = sorted(p.name for p in staging.iterdir() if p.is_file())
-            for name in sorted(new_files, key=lambda n: n == "config.json"):  # config.json last
-                os.replace(staging / name, save_directory / name)
-            for stale in save_directory.iterdir():
-                if _WEIGHT_FILE_PATTERN.match(stale.name) and stale.name not in new_files:
-                    stale.unlink()
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    def _write_model_files(self, directory: Path, *args: Any, **kwargs: Any) -> None:
+        """Weights, processor, then ``config.json`` with the fingerprint of the files just written."""
+        super().save_pretrained(directory, *args, **kwargs)
+        file_operation_done()
+        if self.processor is not None:
+            self.processor.save_pretrained(directory)
+            file_operation_done()
+        from .integrations.sentence_transformers import write_sentence_transformers_files
+
+        write_sentence_transformers_files(directory, self.config)
+        # Hashed on the files as written (transformers may rename tensors on save): exactly what loading verifies.
+        self.config.fingerprint = combine_fingerprint(
+            fingerprint_safetensors_files(_weight_files(directory)), self.processor
+        )
+        from .compatibility import validate_compatibility_metadata
+
+        # Refuse a config that cannot be read back (e.g. a lineage listing the model itself), before it is written.
+        validate_compatibility_metadata(self.config)
+        self.config.save_pretrained(directory)
+        file_operation_done()
+
+    def verified_fingerprint(self) -> str | None:
+        """The fingerprint of the weights and preprocessing this model holds *now*, if it is a verified one.
+
+        That is ``config.fingerprint`` when the model is still what :meth:`from_pretrained` verified or
+        :meth:`save_pretrained` wrote (any in-place change to a weight or to the processor since then is seen: the
+        state is hashed again on each call), and ``None`` otherwise (modified in memory, loaded unverified, or
+        never saved). Galleries compare this, not the config, with their encoder's fingerprint.
+        """
+        record = getattr(self, "_bt2_fingerprint_record", None)
+        if record is None or record[1] is None:
+            return None
+        return record[1] if state_fingerprint(self) == record[0] else None
 
     def push_to_hub(
         self,
@@ -409,37 +441,94 @@ class BT2Model(BT2PreTrainedModel):
         pretrained_model_name_or_path: str | os.PathLike,
         *model_args: Any,
         verify_fingerprint: bool = True,
+        trust_unverified_weights: bool = False,
         **kwargs: Any,
     ) -> BT2Model:
         """Load a saved model (local directory or Hub repo id) with its processor, and verify its fingerprint.
 
+        The fingerprint is computed on the tensors as stored in the safetensors files, before any cast, so it is
+        verified whatever ``dtype``, ``device_map`` or quantisation is asked for; it covers the processor too.
+
         Args:
             pretrained_model_name_or_path (`str` or `os.PathLike`): a directory written by :meth:`save_pretrained`,
                 or a Hub repo id.
-            verify_fingerprint (`bool`, *optional*, defaults to `True`): recompute the weights' sha256 and refuse a
-                checkpoint whose weights differ from the fingerprint in its ``config.json``.
+            verify_fingerprint (`bool`, *optional*, defaults to `True`): refuse a checkpoint whose weights or
+                preprocessing differ from the fingerprint in its ``config.json``. `False` loads deliberately edited
+                weights, with a warning; such a model is unverified (galleries refuse it).
+            trust_unverified_weights (`bool`, *optional*, defaults to `False`): load a checkpoint whose
+                ``config.json`` records no fingerprint at all (not saved by bt2_hf), with a warning. Without it such
+                a checkpoint is refused.
             kwargs: passed to ``PreTrainedModel.from_pretrained`` (``revision``, ``token``, ``cache_dir``,
-                ``local_files_only``, ``dtype``, …).
+                ``local_files_only``, ``dtype``, ``device_map``, …).
+
+        Raises:
+            `FingerprintMismatchError`: the stored weights or preprocessing do not match the recorded fingerprint.
+            `UnverifiedWeightsError`: no fingerprint is recorded and ``trust_unverified_weights`` is not set.
+            `BT2InputError`: a weight file is truncated or corrupted (the message names it).
         """
-        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        model.backbone.restore_computed_buffers()
-        recorded = model.config.fingerprint
-        dtype_changed = kwargs.get("dtype", kwargs.get("torch_dtype")) not in (None, "auto")
-        if verify_fingerprint and recorded and not dtype_changed:
-            actual = fingerprint_model(model)
-            if actual != recorded:
-                raise FingerprintMismatchError(
-                    f"The weights loaded from {pretrained_model_name_or_path} have fingerprint "
-                    f"{short_fingerprint(actual)} but its config.json records {short_fingerprint(recorded)}: the "
-                    "weights were changed or only partly written after the config was saved. Re-download or re-save "
-                    "the checkpoint (save_pretrained), or pass verify_fingerprint=False if you changed them on purpose."
-                )
+        name = str(pretrained_model_name_or_path)
+        if not os.path.exists(name) and os.path.isdir(os.path.dirname(os.path.abspath(name))):
+            recover_directory(name)  # a swap cut between its two renames (platforms without an atomic exchange)
         hub_kwargs = {
             k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only", "subfolder") if k in kwargs
         }
+        # Config, weights and processor all come from one commit (a Hub branch may move while we load).
+        config_file = cached_file(name, "config.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+        commit = extract_commit_hash(config_file, None) if config_file else None
+        if commit:
+            hub_kwargs["revision"] = kwargs["revision"] = commit
+        config = kwargs.get("config")
+        if not isinstance(config, BT2Config):
+            config = BT2Config.from_pretrained(name, **hub_kwargs)
+        recorded = config.fingerprint
+        if not recorded:
+            if not trust_unverified_weights:
+                raise UnverifiedWeightsError(
+                    f"{name}: config.json records no fingerprint, so its weights cannot be verified (a bt2_hf "
+                    "checkpoint written by save_pretrained always has one). Re-save it with save_pretrained, or pass "
+                    "trust_unverified_weights=True if you know where these weights come from."
+                )
+            warnings.warn(
+                f"{name} records no fingerprint: loading unverified weights (trust_unverified_weights=True). "
+                "Galleries will refuse this model until it is saved with save_pretrained.",
+                stacklevel=2,
+            )
+        stored = None
+        if recorded and verify_fingerprint:
+            # Hashed as stored, before transformers reads (and maybe casts) them; a truncated file is named here.
+            stored = fingerprint_safetensors_files(_weight_files(name, hub_kwargs))
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model.backbone.restore_computed_buffers()
         processor = _load_processor(pretrained_model_name_or_path, model.config, hub_kwargs)
         if processor is not None:
             model.processor = processor
+        verified = None
+        if stored is not None:
+            actual = combine_fingerprint(stored, model.processor)
+            if actual == recorded:
+                verified = recorded
+            elif stored == recorded and model.processor is not None:
+                warnings.warn(
+                    f"{name} was saved by an older bt2_hf whose fingerprint covers the weights only: the weights are "
+                    "verified, its preprocessing config is not. Re-save it (save_pretrained) to cover both.",
+                    stacklevel=2,
+                )
+                verified = recorded
+            else:
+                raise FingerprintMismatchError(
+                    f"The weights and preprocessing stored in {name} have fingerprint {short_fingerprint(actual)} "
+                    f"but its config.json records {short_fingerprint(recorded)}: the weights (model*.safetensors) or "
+                    "the preprocessing config (preprocessor_config.json / tokenizer files) were changed or only partly "
+                    "written after the config was saved. Re-download or re-save the checkpoint (save_pretrained), or "
+                    "pass verify_fingerprint=False if you changed them on purpose."
+                )
+        elif recorded:
+            warnings.warn(
+                f"Loading {name} with verify_fingerprint=False: its weights are not checked against config.json; "
+                "galleries will refuse this model.",
+                stacklevel=2,
+            )
+        model._bt2_fingerprint_record = (state_fingerprint(model), verified)
         return model
 
     @classmethod
@@ -499,6 +588,43 @@ class BT2Model(BT2PreTrainedModel):
 
 _PUSH_KWARGS = ("repo_id", "commit_message", "private", "token", "revision")
 _FORWARD_INPUTS = {"pixel_values", "input_ids", "attention_mask", "token_type_ids"}
+
+
+def _weight_files(name_or_path: str | os.PathLike, hub_kwargs: dict[str, Any] | None = None) -> list[str]:
+    """The safetensors file(s) of a checkpoint (local directory or Hub repo), as local paths."""
+    hub_kwargs = hub_kwargs or {}
+
+    def fetch(filename: str) -> str | None:
+        return cached_file(
+            str(name_or_path),
+            filename,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **hub_kwargs,
+        )
+
+    single = fetch(SAFE_WEIGHTS_NAME)
+    if single:
+        return [single]
+    index = fetch(SAFE_WEIGHTS_INDEX_NAME)
+    if not index:
+        raise BT2InputError(
+            f"no {SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME}: bt2_hf checkpoints store their weights as "
+            "safetensors (save_pretrained writes them). Save the model again.",
+            name_or_path,
+        )
+    try:
+        with open(index, encoding="utf-8") as handle:
+            shards = sorted(set(json.load(handle)["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise BT2InputError(f"the shard index is not valid ({type(error).__name__}: {error}).", index) from None
+    paths = []
+    for shard in shards:
+        path = fetch(shard)
+        if not path:
+            raise BT2InputError(f"the shard {shard} listed in {SAFE_WEIGHTS_INDEX_NAME} is missing.", name_or_path)
+        paths.append(path)
+    return paths
 
 
 def _load_processor(name_or_path: str | os.PathLike, config: BT2Config, hub_kwargs: dict[str, Any]) -> Any:

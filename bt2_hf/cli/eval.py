@@ -55,28 +55,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_embedding_file(path: str, labels_path: str | None = None):
-    """Read one model's embeddings: returns ``(ModelEmbeddings, query_labels, gallery_labels)``."""
+    """Read one model's embeddings: returns ``(ModelEmbeddings, query_labels, gallery_labels)``.
+
+    Raises:
+        `BT2InputError`: unreadable / empty file, missing or malformed arrays, labels that do not match the rows.
+    """
+    from bt2_hf.errors import BT2InputError
     from bt2_hf.retrieval.compatibility import ModelEmbeddings
+    from bt2_hf.utils.readers import check_embeddings, check_labels, load_npy, load_npz
 
     file = Path(path)
     if not file.exists():
         raise FileNotFoundError(f"Embedding file {file} does not exist.")
     if file.suffix == ".npz":
-        with np.load(file, allow_pickle=False) as data:
-            if "embeddings" not in data:
-                raise ValueError(f"{file} has no 'embeddings' array (keys: {sorted(data.files)}).")
-            query = data["embeddings"]
-            labels = data["labels"] if "labels" in data else None
-            gallery = data["gallery_embeddings"] if "gallery_embeddings" in data else None
-            gallery_labels = data["gallery_labels"] if "gallery_labels" in data else None
+        data = load_npz(file, "embeddings and labels")
+        if "embeddings" not in data:
+            raise BT2InputError(f"has no 'embeddings' array (keys: {sorted(data)}).", file)
+        query = check_embeddings(data["embeddings"], file)
+        labels = data.get("labels")
+        gallery = data.get("gallery_embeddings")
+        gallery_labels = data.get("gallery_labels")
     elif file.suffix == ".npy":
-        query, labels, gallery, gallery_labels = np.load(file, allow_pickle=False), None, None, None
+        query, labels, gallery, gallery_labels = check_embeddings(load_npy(file, "embeddings"), file), None, None, None
     else:
-        raise ValueError(f"{file}: expected a .npz (embeddings + labels) or .npy (embeddings) file.")
+        raise BT2InputError("expected a .npz (embeddings + labels) or .npy (embeddings) file.", file)
+    labels_source = file
     if labels is None:
         if labels_path is None:
-            raise ValueError(f"{file} has no labels: save them in the .npz as 'labels' or pass --labels labels.npy.")
-        labels = np.load(labels_path, allow_pickle=False)
+            raise BT2InputError("has no labels: save them in the .npz as 'labels' or pass --labels labels.npy.", file)
+        labels, labels_source = load_npy(labels_path, "labels"), Path(labels_path)
+    labels = check_labels(labels, labels_source, len(query))
+    if (gallery is None) != (gallery_labels is None):
+        raise BT2InputError("'gallery_embeddings' and 'gallery_labels' go together: give both or neither.", file)
+    if gallery is not None:
+        gallery = check_embeddings(gallery, file, "gallery_embeddings")
+        gallery_labels = check_labels(gallery_labels, file, len(gallery), "gallery_labels")
+        if gallery.shape[1] != query.shape[1]:
+            raise BT2InputError(
+                f"'gallery_embeddings' are {gallery.shape[1]}-d but 'embeddings' are {query.shape[1]}-d: one model "
+                "embeds both.",
+                file,
+            )
     return ModelEmbeddings(query=query, gallery=gallery, name=file.stem), labels, gallery_labels
 
 
@@ -126,6 +145,16 @@ def _print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
 
 def run(args) -> dict:
+    """Evaluate; ``--output-dir`` is written as a whole at the end (staged beside it), so a failed run writes nothing."""
+    if not args.output_dir:
+        return _run(args, None)
+    from bt2_hf.utils.io import atomic_directory
+
+    with atomic_directory(args.output_dir, keep_other_entries=True) as staging:
+        return _run(args, staging)
+
+
+def _run(args, output_dir: Path | None) -> dict:
     from bt2_hf.retrieval.backfill import backfill_curve
     from bt2_hf.retrieval.compatibility import compare_models, compatibility_matrix
     from bt2_hf.retrieval.evaluator import RetrievalEvaluator
@@ -139,7 +168,11 @@ def run(args) -> dict:
     sources = args.models or args.embeddings
     for (_, labels, _), path in zip(loaded, sources):
         if len(labels) != len(query_labels) or not np.array_equal(labels, query_labels):
-            raise ValueError(f"{path} has different labels from {sources[0]}: all inputs must hold the same items.")
+            raise ValueError(
+                f"{path} has different labels from {sources[0]} ({len(labels)} vs {len(query_labels)} items"
+                + (", same count but different values" if len(labels) == len(query_labels) else "")
+                + "): all inputs must hold the same items in the same order."
+            )
     names = args.names or [model.name for model in models]
     if len(names) != len(models):
         raise ValueError(f"--names gives {len(names)} names for {len(models)} embedding files.")
@@ -147,9 +180,6 @@ def run(args) -> dict:
         metrics=args.metrics, backend=args.backend, renormalize=not args.research_protocol, show_progress=True
     )
     metric_names = evaluator.metric_names
-    output_dir = Path(args.output_dir) if args.output_dir else None
-    if output_dir:
-        output_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {
         "protocol": "research (no re-normalisation)" if args.research_protocol else "prefix + re-normalise"
     }
@@ -212,7 +242,7 @@ def run(args) -> dict:
         from bt2_hf.utils.io import atomic_write_json
 
         atomic_write_json(output_dir / "eval.json", report)
-        logger.info("Wrote %s", output_dir / "eval.json")
+        logger.info("Wrote %s", Path(args.output_dir) / "eval.json")
     return report
 
 

@@ -27,29 +27,59 @@ logger = logging.getLogger(__name__)
 
 
 def load_config(path: str) -> SimpleNamespace:
-    """Read a model's ``config.json`` (directory or file) into an object with attribute access."""
+    """Read a model's ``config.json`` (directory or file) into an object with attribute access.
+
+    Raises:
+        `BT2InputError`: the file is missing, not JSON, or lacks a positive integer ``embedding_dim``.
+    """
+    from bt2_hf.errors import BT2InputError
+    from bt2_hf.utils.readers import read_json
+
     file = Path(path)
     if file.is_dir():
         file = file / "config.json"
     if not file.exists():
         raise FileNotFoundError(f"No config.json at {path}: give a checkpoint directory or its config.json.")
-    config = json.loads(file.read_text())
+    config = read_json(file, "model config")
+    if not isinstance(config, dict):
+        raise BT2InputError("the model config is not a JSON object.", file)
+    dim = config.get("embedding_dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise BT2InputError(
+            f"the model config has no valid 'embedding_dim' (got {dim!r}); it is needed to check embedding widths. "
+            "Give the config.json of a model saved by bt2_hf (save_pretrained).",
+            file,
+        )
     config.setdefault("name_or_path", config.get("_name_or_path") or str(Path(path)))
     config.setdefault("compatible_with", [])
     return SimpleNamespace(**config)
 
 
 def load_embeddings(path: str) -> tuple[np.ndarray, list | None]:
+    """Embeddings (and ids) from a ``.npz`` (``embeddings`` [+ ``ids``]) or ``.npy`` file, checked.
+
+    Raises:
+        `BT2InputError`: unreadable file, no ``embeddings`` array, not an (n, d) finite matrix, wrong or duplicate ids.
+    """
+    from bt2_hf.errors import BT2InputError
+    from bt2_hf.utils.readers import check_embeddings, check_unique_ids, load_npy, load_npz
+
     file = Path(path)
     if file.suffix == ".npz":
-        with np.load(file, allow_pickle=False) as data:
-            if "embeddings" not in data:
-                raise ValueError(f"{file} has no 'embeddings' array (keys: {sorted(data.files)}).")
-            ids = data["ids"].tolist() if "ids" in data else None
-            return data["embeddings"], ids
+        data = load_npz(file, "embeddings (and ids)")
+        if "embeddings" not in data:
+            raise BT2InputError(f"has no 'embeddings' array (keys: {sorted(data)}).", file)
+        embeddings = check_embeddings(data["embeddings"], file)
+        ids = None
+        if "ids" in data:
+            ids = data["ids"].tolist()
+            if not isinstance(ids, list) or len(ids) != len(embeddings):
+                raise BT2InputError(f"'ids' must hold one id per embedding ({len(embeddings)}).", file)
+            check_unique_ids(ids, file)
+        return embeddings, ids
     if file.suffix == ".npy":
-        return np.load(file, allow_pickle=False), None
-    raise ValueError(f"{file}: expected .npz (embeddings [+ ids]) or .npy (embeddings).")
+        return check_embeddings(load_npy(file, "embeddings"), file), None
+    raise BT2InputError("expected .npz (embeddings [+ ids]) or .npy (embeddings).", file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,12 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--encoder-config", required=True, help="the gallery encoder's checkpoint dir or config.json")
     build.add_argument("--index-type", default="flat", choices=["flat", "ivf", "hnsw"])
     build.add_argument("--output", required=True, help="index directory to write (atomically)")
-    build.add_argument("--no-overwrite", action="store_true")
+    build.add_argument(
+        "--overwrite", action="store_true", help="replace an existing index at --output (kept until the new is complete)"
+    )
+    build.add_argument("--no-overwrite", action="store_true", help=argparse.SUPPRESS)  # the default now
     search = commands.add_parser("search", help="search a saved index with query embeddings")
     search.add_argument("--index", required=True)
     search.add_argument("--queries", required=True, help=".npz / .npy query embeddings")
     search.add_argument("--query-config", required=True, help="the query model's checkpoint dir or config.json")
-    search.add_argument("-k", type=int, default=10)
+    search.add_argument("-k", type=_positive_int, default=10, help="neighbours per query (≥ 1)")
     search.add_argument("--output", help="JSON file for the results (default: print)")
     search.add_argument(
         "--allow_unmeasured",
@@ -78,15 +111,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def run(args) -> dict:
     from bt2_hf.retrieval.index import GalleryIndex
 
     if args.command == "build":
+        if Path(args.output).exists() and not args.overwrite:
+            raise FileExistsError(
+                f"{args.output} already exists; pass --overwrite to replace it (the old index stays until the new one "
+                "is complete), or choose another --output."
+            )
         config = load_config(args.encoder_config)
         kwargs = dict(
             encoder_fingerprint=getattr(config, "fingerprint", None),
             encoder_name=config.name_or_path,
             index_type=args.index_type,
+            encoder_dim=config.embedding_dim,
         )
         if not kwargs["encoder_fingerprint"]:
             logger.warning("The encoder config has no fingerprint: searches of this index will be refused.")
@@ -95,7 +141,7 @@ def run(args) -> dict:
         else:
             embeddings, ids = load_embeddings(args.embeddings)
             index = GalleryIndex.build(embeddings, ids, **kwargs)
-        index.save(args.output, overwrite=not args.no_overwrite)
+        index.save(args.output, overwrite=args.overwrite)
         summary = {key: index.manifest[key] for key in ("count", "dimension", "index_type", "encoder_fingerprint")}
         print(json.dumps({"output": args.output, **summary}))
         return summary
@@ -131,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run(args)
-    except (IncompatibleModelsError, GalleryIndexError, ValueError, FileNotFoundError) as error:
+    except (IncompatibleModelsError, GalleryIndexError, ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"bt2 index: {error}", file=sys.stderr)
         return 2
     return 0

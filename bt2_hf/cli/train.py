@@ -91,7 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bt2 train: {error}", file=sys.stderr)
         return 2
     logger.info("Method %s: %s", training_args.method, dataclasses.asdict(method_config))
-    path = train(model_args, data_args, training_args, method_config)
+    from ..errors import BT2InputError
+    from ..fingerprint import FingerprintMismatchError
+
+    try:
+        path = train(model_args, data_args, training_args, method_config)
+    except FloatingPointError as error:  # diverged: the step and the loss term, nothing non-finite saved
+        print(f"bt2 train: {error}", file=sys.stderr)
+        return 1
+    except (BT2InputError, FingerprintMismatchError, FileExistsError) as error:  # a bad input file or directory
+        print(f"bt2 train: {error}", file=sys.stderr)
+        return 2
     _card_and_push(Path(path), training_args)
     logger.info("Done: %s", path)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -74,7 +75,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         )
     shape = struct.unpack(f">{ndim}I", data[4:header_size])
     dtype = np.dtype(_IDX_DTYPES[dtype_code])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # exact (a corrupted header can overflow int64)
     payload = data[header_size:]
     if len(payload) != expected:
         raise BT2InputError(

@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BT2InputError
 from ..utils.io import atomic_directory, atomic_write_json
+from ..utils.readers import check_embeddings, check_unique_ids, load_npy, read_json
 from .knn import FaissHNSWKNN, FaissIVFKNN, import_faiss
 from .protocol import as_embedding_array, l2_normalize, truncate
 
@@ -37,8 +39,30 @@ INDEX_TYPES = ("flat", "ivf", "hnsw")
 SHARD_PATTERN = "embeddings-rank{rank:03d}-{shard:05d}.npy"
 
 
-class GalleryIndexError(ValueError):
+class GalleryIndexError(BT2InputError):
     """A gallery index on disk is missing, corrupted, or inconsistent with its manifest."""
+
+
+def _query_model_fingerprint(model) -> str | None:
+    """The fingerprint a query or gallery model may claim: the verified one of the weights it holds now.
+
+    A :class:`~bt2_hf.BT2Model` changed in memory since it was loaded or saved (or never saved) has none, so its
+    ``config.fingerprint`` is not trusted; other models (duck-typed encoders) are taken at their config's word.
+    """
+    recorded = getattr(model.config, "fingerprint", None)
+    if not hasattr(model, "verified_fingerprint"):
+        return recorded
+    verified = model.verified_fingerprint()
+    if recorded and verified != recorded:
+        from ..fingerprint import FingerprintMismatchError, short_fingerprint
+
+        raise FingerprintMismatchError(
+            f"The model {getattr(model.config, 'name_or_path', '') or '<unnamed>'} is not the checkpoint its "
+            f"config.fingerprint {short_fingerprint(recorded)} names: its weights or processor were changed in memory "
+            "since it was loaded or saved (or it was loaded with verify_fingerprint=False). Save it with "
+            "save_pretrained (a new fingerprint) and use the saved model, or reload the original."
+        )
+    return verified
 
 
 def _sha256(data: bytes) -> str:
@@ -104,12 +128,23 @@ def read_embedding_shards(directory: str | os.PathLike) -> tuple[np.ndarray, lis
         raise FileNotFoundError(f"No embedding shards (embeddings-rank*-*.npy) in {directory}.")
     arrays, ids = [], []
     for path in paths:
-        arrays.append(np.load(path, allow_pickle=False))
+        array = check_embeddings(load_npy(path, "embedding shard"), path)
+        if arrays and array.shape[1] != arrays[0].shape[1]:
+            raise GalleryIndexError(
+                f"Shard {path} holds {array.shape[1]}-d embeddings but {paths[0].name} holds {arrays[0].shape[1]}-d: "
+                "the shards come from different models; re-run the embedding step into an empty directory."
+            )
+        arrays.append(array)
         ids_path = path.with_suffix(".ids.json")
         if not ids_path.exists():
             raise GalleryIndexError(f"Shard {path} has no ids file {ids_path.name}; re-run the embedding step.")
-        ids.extend(json.loads(ids_path.read_text()))
-    return np.concatenate(arrays), ids
+        shard_ids = read_json(ids_path, "shard ids file")
+        if not isinstance(shard_ids, list) or len(shard_ids) != len(array):
+            raise GalleryIndexError(
+                f"{ids_path} must list one id per row of {path.name} ({len(array)}); re-run the embedding step."
+            )
+        ids.extend(shard_ids)
+    return np.concatenate(arrays), check_unique_ids(ids, directory, "shard ids")
 
 
 def embed_to_shards(
@@ -223,6 +258,7 @@ class GalleryIndex:
         encoder_name: str | None = None,
         normalize: bool = True,
         index_type: str = "flat",
+        encoder_dim: int | None = None,
         **index_kwargs,
     ) -> GalleryIndex:
         """Build an index from gallery embeddings.
@@ -235,8 +271,16 @@ class GalleryIndex:
             normalize (`bool`, *optional*, defaults to `True`): L2-normalise the rows (cosine search).
             index_type (`str`, *optional*, defaults to `"flat"`): ``"flat"`` (exact), ``"ivf"`` or ``"hnsw"``
                 (approximate; keyword arguments go to :class:`FaissIVFKNN` / :class:`FaissHNSWKNN`).
+            encoder_dim (`int`, *optional*): the encoder's ``embedding_dim``; embeddings of another width are refused
+                (they were not made by that encoder).
         """
         embeddings = as_embedding_array(embeddings, "gallery embeddings")
+        if encoder_dim is not None and embeddings.shape[1] != encoder_dim:
+            raise ValueError(
+                f"The gallery embeddings are {embeddings.shape[1]}-d but their encoder {encoder_name or ''} embeds "
+                f"{encoder_dim}-d: they were not made by that encoder. Pass the embeddings and the config of the "
+                "same model."
+            )
         if normalize:
             embeddings = l2_normalize(embeddings)
         ids = list(range(embeddings.shape[0])) if ids is None else list(ids)
@@ -278,17 +322,31 @@ class GalleryIndex:
     @classmethod
     def from_model(cls, model, inputs: Sequence, ids: Sequence | None = None, modality: str = "images", **kwargs):
         """Embed ``inputs`` with ``model`` (one process) and build an index carrying the model's fingerprint."""
+        fingerprint = _query_model_fingerprint(model)  # refuse a model changed in memory before embedding
         embeddings = model.encode(**{modality: list(inputs)}, batch_size=kwargs.pop("batch_size", 64))
         return cls.build(
             embeddings,
             ids,
-            encoder_fingerprint=model.config.fingerprint,
+            encoder_fingerprint=fingerprint,
             encoder_name=getattr(model.config, "name_or_path", None),
+            encoder_dim=getattr(model.config, "embedding_dim", None),
             **kwargs,
         )
 
-    def save(self, directory: str | os.PathLike, overwrite: bool = True) -> Path:
-        """Write ``index.faiss`` and ``manifest.json`` atomically (a temporary directory moved into place)."""
+    def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write ``index.faiss`` and ``manifest.json`` atomically (a staging directory swapped into place).
+
+        Args:
+            directory (`str` or `os.PathLike`): the index directory.
+            overwrite (`bool`, *optional*, defaults to `False`): replace an existing index there (the previous one
+                stays whole until the new one is complete); without it an existing directory is refused.
+        """
+        directory = Path(directory)
+        if directory.exists() and not overwrite:
+            raise FileExistsError(
+                f"{directory} already exists (a gallery index, {len(list(directory.iterdir()))} entries): pass "
+                "overwrite=True (`bt2 index build --overwrite`) to replace it, or choose another directory."
+            )
         faiss = import_faiss()
         data = faiss.serialize_index(self.faiss_index).tobytes()
         manifest = dict(self.manifest, index_sha256=_sha256(data))
@@ -316,11 +374,11 @@ class GalleryIndex:
                 "build one with `bt2 index build` or GalleryIndex.build(...).save(path)."
             )
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as error:
-            raise GalleryIndexError(
-                f"The manifest {manifest_path} is not valid JSON ({error}); rebuild the index."
-            ) from None
+            manifest = read_json(manifest_path, "gallery manifest")
+        except BT2InputError as error:
+            raise GalleryIndexError(f"{error}; rebuild the index.") from None
+        if not isinstance(manifest, dict):
+            raise GalleryIndexError(f"The manifest {manifest_path} is not a JSON object; rebuild the index.")
         required = (
             "format",
             "encoder_fingerprint",
@@ -338,6 +396,16 @@ class GalleryIndex:
             raise GalleryIndexError(
                 f"{manifest_path} has format {manifest['format']}, this bt2_hf reads format {MANIFEST_FORMAT}."
             )
+        for key, kind in (("dimension", int), ("count", int), ("ids", list), ("normalize", bool)):
+            value = manifest[key]
+            if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+                raise GalleryIndexError(
+                    f"The manifest {manifest_path} has an invalid {key!r} ({value!r}); rebuild the index."
+                )
+        try:
+            check_unique_ids(manifest["ids"], manifest_path)
+        except BT2InputError as error:
+            raise GalleryIndexError(f"{error} Rebuild the index with unique ids.") from None
         data = index_path.read_bytes()
         if _sha256(data) != manifest["index_sha256"]:
             raise GalleryIndexError(
@@ -345,7 +413,12 @@ class GalleryIndex:
                 "replaced. Rebuild the index from the gallery embeddings (`bt2 index build`)."
             )
         faiss = import_faiss()
-        faiss_index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        try:
+            faiss_index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except RuntimeError as error:
+            raise GalleryIndexError(
+                f"{index_path} is not a readable faiss index ({error}); rebuild the index."
+            ) from None
         if faiss_index.ntotal != manifest["count"] or len(manifest["ids"]) != manifest["count"]:
             raise GalleryIndexError(
                 f"The manifest of {directory} says {manifest['count']} items with {len(manifest['ids'])} ids, the index "
@@ -389,8 +462,8 @@ class GalleryIndex:
             k (`int`, *optional*, defaults to `10`): neighbours per query.
             query_config (`BT2Config`, *optional*): the query model's config (``fingerprint``, ``embedding_dim``,
                 ``compatible_with``); required unless ``check_compatibility=False``.
-            check_compatibility (`bool`, *optional*, defaults to `True`): `False` compares the first ``d`` dimensions
-                with no check (only for embeddings you know to be compatible).
+            check_compatibility (`bool`, *optional*, defaults to `True`): `False` skips the compatibility check (only
+                for embeddings you know to be compatible); the queries must then have the gallery's width exactly.
             allow_unmeasured (`bool`, *optional*, defaults to `False`): admit a query model whose compatibility with
                 the gallery's encoder is known but was never measured (logged, and recorded in
                 ``SearchResult.admission``).
@@ -399,6 +472,8 @@ class GalleryIndex:
             `bt2_hf.compatibility.IncompatibleModelsError`: the query model is not compatible with the gallery.
         """
         queries = as_embedding_array(query_embeddings, "query_embeddings")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive number of neighbours, got {k!r}.")
         if check_compatibility:
             if query_config is None:
                 raise ValueError(
@@ -407,8 +482,22 @@ class GalleryIndex:
                 )
             admission = self.admit(query_config, allow_unmeasured).to_dict()
             prefix = admission["prefix_dim"]
+            query_dim = getattr(query_config, "embedding_dim", None)
+            if query_dim is not None and queries.shape[1] not in (query_dim, prefix):
+                # The query model's full embeddings (cut here) or its compatible prefix (cut by the caller); any
+                # other width comes from another model and would be cut silently.
+                raise ValueError(
+                    f"Query embeddings are {queries.shape[1]}-d but the query model "
+                    f"{getattr(query_config, 'name_or_path', '') or ''} embeds {query_dim}-d (compatible prefix "
+                    f"{prefix}): they were not made by that model. Pass the embeddings and the config of the same model."
+                )
         else:
             prefix, admission = self.dimension, {"basis": "unchecked", "prefix_dim": self.dimension}
+            if queries.shape[1] != prefix:
+                raise ValueError(
+                    f"Query embeddings are {queries.shape[1]}-d, the gallery is {prefix}-d; without the compatibility "
+                    "check nothing is cut: pass query_config (the prefix rule) or queries of the gallery's width."
+                )
         if queries.shape[1] < prefix:
             raise ValueError(
                 f"Query embeddings are {queries.shape[1]}-d, narrower than the gallery's {prefix}-d prefix."
@@ -428,6 +517,7 @@ class GalleryIndex:
         self, model, images=None, texts=None, k: int = 10, batch_size: int = 64, allow_unmeasured: bool = False
     ) -> SearchResult:
         """Embed queries with ``model.encode`` and search, checking ``model.config`` against the manifest first."""
+        _query_model_fingerprint(model)  # the weights in memory must be those the config's fingerprint names
         self.admit(model.config, allow_unmeasured)  # refuse before spending time on encoding
         embeddings = model.encode(images=images, texts=texts, batch_size=batch_size)
         return self.search(embeddings, k=k, query_config=model.config, allow_unmeasured=allow_unmeasured)

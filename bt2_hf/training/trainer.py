@@ -33,7 +33,15 @@ from ..methods import CompatibilityMethod, MethodConfig, get_method
 from ..modeling_bt2 import BT2Model
 from ..utils.io import atomic_write_json, atomic_write_text
 from .arguments import BT2TrainingArguments, DataArguments, ModelArguments
-from .checkpointing import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpointing import (
+    finish_run,
+    list_checkpoints,
+    load_checkpoint,
+    read_run,
+    resolve_checkpoint,
+    save_checkpoint,
+    start_run,
+)
 from .prototypes import compute_class_means
 from .references import FrozenReference
 
@@ -88,7 +96,31 @@ def build_optimizer(model: torch.nn.Module, args: BT2TrainingArguments, device: 
     )
 
 
+def _first_non_finite(values: dict[str, torch.Tensor]) -> tuple[str, float] | None:
+    """The first non-finite entry (named loss terms before the total ``loss``), or ``None``."""
+    for key in sorted(values, key=lambda k: (k == "loss", k)):
+        value = float(values[key])
+        if not math.isfinite(value):
+            return key, value
+    return None
+
+
+@torch.no_grad()
+def _check_finite_model(model: torch.nn.Module, step: int) -> None:
+    """Refuse to save a model holding NaN or inf (one pass over the weights, before every save)."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise FloatingPointError(
+                f"Training diverged: after step {step} the weight {name} holds {bad} non-finite values (NaN/inf). "
+                "Nothing was saved for this step; earlier checkpoints are intact. Lower the learning rate or check "
+                "the data."
+            )
+
+
 def _check_output_dir(args: BT2TrainingArguments) -> None:
+    if not (math.isfinite(args.learning_rate) and args.learning_rate >= 0):
+        raise ValueError(f"learning_rate must be a finite number ≥ 0, got {args.learning_rate}.")
     path = Path(args.output_dir)
     if path.is_file():
         raise ValueError(f"output_dir {path} is a file; pass a directory.")
@@ -424,10 +456,12 @@ def train(
     history: list[dict[str, Any]] = []
     resume_path = None
     if args.resume_from_checkpoint:
-        resume_path = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
+        owner = read_run(output_dir)  # "latest" means the newest checkpoint of the run that owns output_dir
+        resume_path = resolve_checkpoint(output_dir, args.resume_from_checkpoint, owner and owner["run_id"])
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        start_run(output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
     accelerator.wait_for_everyone()
+    run = read_run(output_dir)
     if resume_path is not None:
         state = load_checkpoint(accelerator, resume_path)
         global_step = int(state["global_step"])
@@ -489,7 +523,18 @@ def train(
                     step_losses[key] = step_losses.get(key, 0.0) + value.detach().float() / accumulation
                 step_losses["loss"] = step_losses.get("loss", 0.0) + loss.detach().float() / accumulation
             if args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            else:
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+            # One host sync per step: a NaN/inf loss term or gradient stops the run before it reaches the weights.
+            checked = {**step_losses, "grad_norm": torch.as_tensor(grad_norm, dtype=torch.float32, device=device)}
+            if not bool(torch.isfinite(torch.stack([v.reshape(()).to(device) for v in checked.values()])).all()):
+                term, value = _first_non_finite(checked)
+                raise FloatingPointError(
+                    f"Training diverged at step {global_step + 1}: {term} = {value}. Nothing was saved for this step; "
+                    f"earlier checkpoints are intact. Lower the learning rate (now {scheduler.get_last_lr()[0]:.3g}) "
+                    "or check the data."
+                )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -535,10 +580,11 @@ def train(
                     if accelerator.is_main_process:
                         _write_logs(output_dir, history)
             if (args.save_steps and global_step % args.save_steps == 0) or global_step == stop_at < total_steps:
+                _check_finite_model(model, global_step)
                 save_checkpoint(
                     accelerator, output_dir, global_step,
                     {"global_step": global_step, "total_steps": total_steps, "log_history": history},
-                    args.save_total_limit,
+                    args.save_total_limit, run_id=run["run_id"],
                 )  # fmt: skip
     progress.close()
 
@@ -554,12 +600,14 @@ def train(
     )
     # Training records what it trained against, never compatibility: only `bt2 verify` measures and writes that.
     unwrapped.config.compatible_with = []
+    _check_finite_model(unwrapped, global_step)
     accelerator.wait_for_everyone()
     # get_state_dict gathers full parameters under FSDP (every process takes part); the fingerprint covers them.
     full_state_dict = accelerator.get_state_dict(model)
     unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, state_dict=full_state_dict)
     if accelerator.is_main_process:
         _write_logs(output_dir, history)
+        finish_run(output_dir, run)
         logger.info(
             "Saved the %s model to %s (checkpoints: %d)", method.name, output_dir, len(list_checkpoints(output_dir))
         )

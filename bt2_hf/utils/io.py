@@ -228,12 +228,12 @@ def atomic_directory(
             carried over even when the block did not write them (e.g. a previous model's stale weight shards).
     """
     path = Path(path)
+    recover_directory(path)  # first: an interrupted earlier swap may have to put the previous version back
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} is a file; pass a directory.")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True or choose another output directory.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    recover_directory(path)
     staging = path.with_name(f".{path.name}{_STAGE_MARK}{os.getpid()}-{secrets.token_hex(4)}")
     staging.mkdir()
     file_operation_done()
