@@ -65,6 +65,12 @@ def test_save_fingerprints_the_state_dict_it_writes(tmp_path):
     model = build("vit").eval()
     full = {k: v.clone() for k, v in model.state_dict().items()}  # what accelerator.get_state_dict returns
     model.save_pretrained(tmp_path, state_dict=full)
-    assert model.config.fingerprint == fingerprint_state_dict(full)
-    reloaded = BT2Model.from_pretrained(tmp_path)  # fingerprint verified against the loaded weights
+    # The fingerprint is that of the tensors as written (transformers' serialised names) and the processor.
+    from bt2_hf.fingerprint import combine_fingerprint, fingerprint_safetensors_files
+
+    written = fingerprint_safetensors_files([tmp_path / "model.safetensors"])
+    assert model.config.fingerprint == combine_fingerprint(written, model.processor)
+    assert fingerprint_state_dict(full) != written  # ViT tensors are renamed on save: the files are the reference
+    reloaded = BT2Model.from_pretrained(tmp_path)  # fingerprint verified against the stored weights
+    assert reloaded.verified_fingerprint() == model.config.fingerprint
     torch.testing.assert_close(reloaded(**tiny_inputs("vit")).embeddings, model(**tiny_inputs("vit")).embeddings)
