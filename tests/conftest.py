@@ -1,15 +1,40 @@
-"""Shared fixtures: tiny backbones built from configs (no network), and offline settings."""
+"""Shared fixtures: tiny backbones built from configs (no network), and a hermetic environment.
+
+The suite must pass whatever Hugging Face settings the user has exported (``TRANSFORMERS_OFFLINE``, ``HF_TOKEN``,
+``HF_HOME``, an accelerate config under the Hub cache …). huggingface_hub, transformers and datasets read most of them
+once, at import, so they are cleared here, before any of those libraries is imported, and the caches point into a
+temporary home; :func:`_per_test_home` then gives every test a fresh home of its own (in this process and for the
+processes tests start: the ``bt2`` CLI, torchrun, accelerate).
+"""
 
 from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
+import sys
+import tempfile
 from pathlib import Path
 
+# Cleared from the environment of the tests and of every process they start.
+CLEARED_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "ACCELERATE_")
+CLEARED_NAMES = ("XDG_CACHE_HOME", "HF_HOME")
+
+
+def _clear_user_settings() -> None:
+    for name in list(os.environ):
+        if name.startswith(CLEARED_PREFIXES) or name in CLEARED_NAMES:
+            del os.environ[name]
+
+
+_clear_user_settings()
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="bt2-hf-tests-"))
+os.environ["HF_HOME"] = str(_SESSION_HOME / "hf-home")
+os.environ["XDG_CACHE_HOME"] = str(_SESSION_HOME / "xdg-cache")
 # Tests never reach the network: the Hub tests start their own server and set the endpoint themselves.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+OWN_SETTINGS = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+os.environ.update(OWN_SETTINGS)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
@@ -25,6 +50,43 @@ from transformers import (  # noqa: E402
 )
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_session():
+    """The whole session runs without the user's Hugging Face settings (cleared at import, above)."""
+    yield
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _per_test_home(monkeypatch, tmp_path_factory):
+    """A fresh, empty home per test: ``HF_HOME`` and ``XDG_CACHE_HOME`` for child processes, and the cache paths
+    huggingface_hub (and datasets, once imported) computed at import, for this process.
+
+    Fixtures that need other values (the loopback Hub's ``HF_ENDPOINT`` and cache) set them after this one.
+    """
+    from huggingface_hub import constants
+
+    for name in list(os.environ):  # anything an earlier test (or a library it ran) left behind
+        if (name.startswith(CLEARED_PREFIXES) or name in CLEARED_NAMES) and name not in OWN_SETTINGS:
+            monkeypatch.delenv(name)
+    home = tmp_path_factory.mktemp("home")
+    hf_home = home / "huggingface"
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    for name, value in {
+        "HF_HOME": hf_home,
+        "HF_HUB_CACHE": hf_home / "hub",
+        "HF_ASSETS_CACHE": hf_home / "assets",
+        "HF_XET_CACHE": hf_home / "xet",
+        "HF_TOKEN_PATH": hf_home / "token",
+        "HF_STORED_TOKENS_PATH": hf_home / "stored_tokens",
+    }.items():
+        if hasattr(constants, name):
+            monkeypatch.setattr(constants, name, str(value))
+    if "datasets.config" in sys.modules:
+        monkeypatch.setattr(sys.modules["datasets.config"], "HF_DATASETS_CACHE", hf_home / "datasets")
 
 # name -> (backbone_type, backbone_config, modality)
 TINY_BACKBONES: dict[str, tuple[str, dict, str]] = {

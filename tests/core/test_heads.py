@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 from bt2_hf.heads import BasisTransformationHead, LinearHead, OrthogonalLinear, validate_bt2_dims
@@ -63,22 +63,72 @@ def test_bt2_head_contract(feature_dim, old_dim, extra_dim):
     assert torch.allclose(prefix, out.compatible_embeddings, atol=1e-6)
 
 
-def test_bt2_head_matches_hand_computation():
-    head = _head(feature_dim=12, old_dim=12, extra_dim=4, scale=3.0)
-    pooled = torch.randn(5, 20)
-    hidden = torch.relu(head.projection(pooled))
-    f = torch.nn.functional.normalize(hidden[:, :12], dim=-1)
-    a = torch.nn.functional.normalize(head.added_projection(hidden), dim=-1)
-    z = torch.cat([a, 3.0 * f @ head.feature_rotation.weight.T], dim=-1)
-    b = z[:, :12] @ head.old_rotation.weight.T
-    e = z[:, 12:]
-    raw = torch.cat([b, e], dim=-1)
-    # Before normalising, every embedding has norm sqrt(1 + C²).
-    assert torch.allclose(raw.norm(dim=-1), torch.full((5,), math.sqrt(10.0)), atol=1e-5)
-    out = head(pooled)
-    assert torch.allclose(out.embeddings, raw / math.sqrt(10.0), atol=1e-6)
-    assert torch.allclose(out.features, f, atol=1e-6)
-    assert torch.allclose(out.logits, f @ head.classifier.weight.T, atol=1e-6)
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().double().numpy()
+
+
+def _rotation(layer: OrthogonalLinear) -> np.ndarray:
+    """``base · expm(A − Aᵀ)`` in float64 with SciPy's matrix exponential (not torch's)."""
+    skew = _numpy(layer.skew)
+    return _numpy(layer.base) @ scipy.linalg.expm(skew - skew.T)
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    return matrix / np.sqrt((matrix**2).sum(axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize("nonlinearity", ["relu", "none"])
+@pytest.mark.parametrize(("feature_dim", "old_dim", "extra_dim"), [(12, 12, 4), (16, 10, 2), (8, 12, 6)])
+def test_bt2_head_against_float64_matrix_maths(nonlinearity, feature_dim, old_dim, extra_dim):
+    head = _head(feature_dim, old_dim, extra_dim, scale=3.0)
+    head.nonlinearity = nonlinearity
+    head.logit_scale = 4.0
+    with torch.no_grad():  # non-zero biases, so that a dropped bias shows
+        head.projection.bias.normal_()
+        head.added_projection.bias.normal_()
+    x = np.random.default_rng(0).normal(size=(5, 20))
+    h = x @ _numpy(head.projection.weight).T + _numpy(head.projection.bias)
+    if nonlinearity == "relu":
+        h = np.maximum(h, 0.0)
+    f = _unit_rows(h[:, :feature_dim])
+    a = _unit_rows(h @ _numpy(head.added_projection.weight).T + _numpy(head.added_projection.bias))
+    z = np.concatenate([a, 3.0 * f @ _rotation(head.feature_rotation).T], axis=1)
+    b = z[:, :old_dim] @ _rotation(head.old_rotation).T
+    e = z[:, old_dim:]
+    embedding = _unit_rows(np.concatenate([b, e], axis=1))
+    out = head(torch.tensor(x, dtype=torch.float32))
+    np.testing.assert_allclose(_numpy(out.embeddings), embedding, atol=2e-6)
+    np.testing.assert_allclose(_numpy(out.compatible_embeddings), _unit_rows(b), atol=2e-6)
+    np.testing.assert_allclose(_numpy(out.features), f, atol=2e-6)
+    np.testing.assert_allclose(_numpy(out.logits), 4.0 * f @ _numpy(head.classifier.weight).T, atol=1e-5)
+    # before normalising, ‖[b ; e]‖ = √(1 + C²) for every input (float32 parameters: orthogonal to ~1e-8)
+    np.testing.assert_allclose(np.linalg.norm(np.concatenate([b, e], axis=1), axis=1), np.sqrt(10.0), rtol=1e-6)
+
+
+def test_orthogonal_linear_against_scipy_expm():
+    layer = OrthogonalLinear(6)
+    layer.reset_parameters(torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        layer.skew.normal_(std=0.5)
+    x = np.random.default_rng(1).normal(size=(4, 6))
+    np.testing.assert_allclose(_numpy(layer.weight), _rotation(layer), atol=2e-6)
+    np.testing.assert_allclose(_numpy(layer(torch.tensor(x, dtype=torch.float32))), x @ _rotation(layer).T, atol=1e-5)
+
+
+@pytest.mark.parametrize(("nonlinearity", "compatible_dim"), [("none", 8), ("relu", 8), ("none", 12)])
+def test_linear_head_against_float64_matrix_maths(nonlinearity, compatible_dim):
+    torch.manual_seed(0)
+    head = LinearHead(10, 12, num_labels=3, compatible_dim=compatible_dim, nonlinearity=nonlinearity, logit_scale=2.5)
+    x = np.random.default_rng(2).normal(size=(6, 10))
+    h = x @ _numpy(head.projection.weight).T + _numpy(head.projection.bias)
+    if nonlinearity == "relu":
+        h = np.maximum(h, 0.0)
+    embedding = _unit_rows(h)
+    out = head(torch.tensor(x, dtype=torch.float32))
+    np.testing.assert_allclose(_numpy(out.embeddings), embedding, atol=2e-6)
+    np.testing.assert_allclose(_numpy(out.features), embedding, atol=2e-6)
+    np.testing.assert_allclose(_numpy(out.compatible_embeddings), _unit_rows(embedding[:, :compatible_dim]), atol=2e-6)
+    np.testing.assert_allclose(_numpy(out.logits), 2.5 * embedding @ _numpy(head.classifier.weight).T, atol=1e-5)
 
 
 @pytest.mark.parametrize(("feature_dim", "old_dim", "extra_dim"), [(24, 24, 8), (32, 16, 4), (16, 24, 12)])

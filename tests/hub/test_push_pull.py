@@ -205,11 +205,18 @@ def test_endpoint_from_environment_in_a_fresh_process(hub, tmp_path):
         print("OK", info.oid)
         """
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
+    # Only what a user selecting an endpoint sets: no offline switch (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE,
+    # HF_DATASETS_OFFLINE) or other Hugging Face setting may reach the child.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "HUGGINGFACE", "TRANSFORMERS_")) and k != "XDG_CACHE_HOME"
+    }
     env.update(
         HF_ENDPOINT=hub.url,
         HF_TOKEN=DEFAULT_TOKEN,
         HF_HOME=str(tmp_path / "hf-home"),
+        XDG_CACHE_HOME=str(tmp_path / "xdg-cache"),
         HF_HUB_DISABLE_TELEMETRY="1",
         PYTHONPATH=os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]),
     )

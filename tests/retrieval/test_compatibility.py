@@ -57,7 +57,7 @@ def _models(rng, count=60, classes=4):
     return old, new, independent, labels
 
 
-def test_pair_report_matches_separate_evaluations(rng):
+def test_pair_report_results_match_brute_force(rng):
     old, new, independent, labels = _models(rng)
     report = compare_models(old, new, labels, independent=independent, metrics=METRICS)
     for key, (query, gallery) in {
@@ -69,17 +69,69 @@ def test_pair_report_matches_separate_evaluations(rng):
         expected = reference_metrics(dense_scores(query, gallery), labels[:, None] == labels[None, :], True, ks=(1, 5))
         for name in METRICS:
             assert report.results[key].metrics[name] == pytest.approx(expected[name], abs=1e-6), (key, name)
-    m = {key: result.metrics for key, result in report.results.items()}
-    for name in METRICS:
-        assert report.criterion[name] == (m["new/old"][name] > m["old/old"][name])
-        gain = (m["new/old"][name] - m["old/old"][name]) / (m["indep/indep"][name] - m["old/old"][name])
-        assert report.update_gain[name] == pytest.approx(gain)
-        assert report.compatibility_tax[name] == pytest.approx(m["indep/indep"][name] - m["new/new"][name])
-    before = report.results["old/old"].per_query["top1"]
-    after = report.results["new/old"].per_query["top1"]
-    assert report.flips["negative_flip_rate"] == pytest.approx(np.mean(before & ~after))
-    assert report.flips["positive_flip_rate"] == pytest.approx(np.mean(~before & after))
     assert report.to_dict()["compatible"] == all(report.criterion.values())
+
+
+# A hand-made table: 6 items, classes [0, 0, 1, 1, 2, 2], each model embeds item i as the unit vector at angle θ_i
+# (degrees) in the plane, so a cosine ranking is the ranking by |θ_query − θ_gallery| (all gaps < 180°, no ties).
+# Each query has exactly one relevant item among the 5 others (leave-one-out), so with r its rank:
+# top-1 = mean(r == 1) and AP = 1 / r.
+HAND_LABELS = np.array([0, 0, 1, 1, 2, 2])
+HAND_ANGLES = {
+    "old": [100, 15, 125, 165, 0, 105],
+    "new": [40, 55, 15, 90, 80, 110],
+    "independent": [45, 90, 160, 170, 65, 80],
+}
+# Rank of the relevant item per query, worked out from the angles:
+#   old/old      q0 (100°): 105,125,…,15 → item 1 (15°) is 4th: 4;  q1 (15°): 0,100,… → item 0 (100°) 2nd: 2;
+#                q2 (125°): 105,100,165 → 3;  q3 (165°): 125 first → 1;  q4 (0°): 15,100,105 → 3;
+#                q5 (105°): 100,125,165,15,0 → 5.                               ranks [4, 2, 3, 1, 3, 5]
+#   new/old      (new query angle against the old gallery angles, own item left out) ranks [1, 1, 5, 3, 2, 5]
+#   new/new      ranks [1, 1, 4, 5, 3, 2]          indep/indep  ranks [3, 3, 1, 1, 1, 2]
+HAND_TOP1 = {"old/old": 1 / 6, "new/old": 2 / 6, "new/new": 2 / 6, "indep/indep": 3 / 6}
+HAND_MAP = {
+    "old/old": (1 / 4 + 1 / 2 + 1 / 3 + 1 + 1 / 3 + 1 / 5) / 6,  # 157/360
+    "new/old": (1 + 1 + 1 / 5 + 1 / 3 + 1 / 2 + 1 / 5) / 6,  # 194/360
+    "new/new": (1 + 1 + 1 / 4 + 1 / 5 + 1 / 3 + 1 / 2) / 6,  # 197/360
+    "indep/indep": (1 / 3 + 1 / 3 + 1 + 1 + 1 + 1 / 2) / 6,  # 250/360
+}
+
+
+def _hand_embeddings(name):
+    radians = np.deg2rad(HAND_ANGLES[name])
+    return np.stack([np.cos(radians), np.sin(radians)], axis=1).astype(np.float32)
+
+
+def test_criterion_gain_tax_and_flips_on_a_hand_made_table():
+    old, new, independent = (_hand_embeddings(n) for n in ("old", "new", "independent"))
+    report = compare_models(old, new, HAND_LABELS, independent=independent, metrics=["top1", "map"])
+    for key in HAND_TOP1:
+        assert report.results[key].metrics["top1"] == pytest.approx(HAND_TOP1[key], abs=1e-12), key
+        assert report.results[key].metrics["map"] == pytest.approx(HAND_MAP[key], abs=1e-12), key
+    assert report.criterion == {"top1": True, "map": True}  # 2/6 > 1/6; 194/360 > 157/360
+    # gain = (new/old − old/old) / (indep − old/old): top-1 (1/6) / (2/6); mAP (37/360) / (93/360)
+    assert report.update_gain["top1"] == pytest.approx(1 / 2, abs=1e-12)
+    assert report.update_gain["map"] == pytest.approx(37 / 93, abs=1e-12)
+    # tax = indep/indep − new/new: top-1 3/6 − 2/6; mAP (250 − 197) / 360
+    assert report.compatibility_tax["top1"] == pytest.approx(1 / 6, abs=1e-12)
+    assert report.compatibility_tax["map"] == pytest.approx(53 / 360, abs=1e-12)
+    # top-1 hits before (old/old) [_, _, _, q3, _, _], after (new/old) [q0, q1, _, _, _, _]
+    assert report.flips["negative_flip_rate"] == pytest.approx(1 / 6, abs=1e-12)  # q3 lost
+    assert report.flips["positive_flip_rate"] == pytest.approx(2 / 6, abs=1e-12)  # q0, q1 gained
+    assert report.compatible
+
+
+def test_the_criterion_is_strict_and_an_unchanged_model_gains_nothing():
+    old, independent = _hand_embeddings("old"), _hand_embeddings("independent")
+    report = compare_models(old, old.copy(), HAND_LABELS, independent=independent, metrics=["top1", "map"])
+    assert report.criterion == {"top1": False, "map": False}  # equal is not better
+    assert not report.compatible
+    assert report.update_gain == {"top1": 0.0, "map": 0.0}
+    assert report.flips["negative_flip_rate"] == 0.0 and report.flips["positive_flip_rate"] == 0.0
+    # no independent model: no gain, no tax; an independent model as good as the old one: the gain is undefined
+    assert compare_models(old, old, HAND_LABELS, metrics=["top1"]).update_gain == {}
+    same = compare_models(old, _hand_embeddings("new"), HAND_LABELS, independent=old, metrics=["top1"])
+    assert np.isnan(same.update_gain["top1"]) and same.compatibility_tax["top1"] == pytest.approx(1 / 6 - 2 / 6)
 
 
 def test_known_results_are_reused_not_recomputed(rng):
@@ -103,28 +155,36 @@ def test_average_compatibility_and_accuracy_exact():
     assert average_accuracy(matrix) == pytest.approx((0.5 + 0.6 + 0.7 + 0.5 + 0.8 + 0.9) / 6)
 
 
-def test_compatibility_matrix_entries(rng):
-    old, new, independent, labels = _models(rng)
-    matrix = compatibility_matrix([old, new, independent], labels, names=["a", "b", "c"], metrics=["top1", "map"])
-    values = matrix.values["map"]
+def test_compatibility_matrix_on_the_hand_made_table():
+    versions = [_hand_embeddings(n) for n in ("old", "new", "independent")]
+    matrix = compatibility_matrix(versions, HAND_LABELS, names=["a", "b", "c"], metrics=["top1", "map"])
+    values = matrix.values["top1"]
     assert np.isnan(values[0, 1]) and np.isnan(values[0, 2]) and np.isnan(values[1, 2])
-    for i, query in enumerate([old, new, independent]):
-        for j, gallery in enumerate([old, new, independent][: i + 1]):
-            expected = evaluate_retrieval(query, gallery, labels, same_items=True, metrics=["map"]).metrics["map"]
-            assert values[i, j] == expected
+    # rows: query version, columns: gallery version (see HAND_ANGLES); c/a and c/b ranks worked out the same way:
+    # c/a [1, 1, 1, 1, 2, 4] → top-1 4/6;  c/b [1, 4, 2, 5, 4, 1] → top-1 2/6
+    expected_top1 = np.array([[1 / 6, np.nan, np.nan], [2 / 6, 2 / 6, np.nan], [4 / 6, 2 / 6, 3 / 6]])
+    np.testing.assert_allclose(values, expected_top1, atol=1e-12)
+    for i, query in enumerate(versions):  # mAP against the brute-force reference
+        for j, gallery in enumerate(versions[: i + 1]):
+            expected = reference_metrics(dense_scores(query, gallery), HAND_LABELS[:, None] == HAND_LABELS, True)
+            assert matrix.values["map"][i, j] == pytest.approx(expected["map"], abs=1e-9), (i, j)
     out = matrix.to_dict()
-    assert out["AC"]["map"] == average_compatibility(values) and out["AA"]["map"] == average_accuracy(values)
+    # AC: pairs i > j with C[i][j] > C[j][j]: b/a 2/6 > 1/6 yes, c/a 4/6 > 1/6 yes, c/b 2/6 > 2/6 no (a tie)
+    assert out["AC"]["top1"] == pytest.approx(2 / 3, abs=1e-12)
+    assert out["AA"]["top1"] == pytest.approx((1 + 2 + 2 + 4 + 2 + 3) / 6 / 6, abs=1e-12)
+    assert out["names"] == ["a", "b", "c"] and out["matrix"]["top1"][0][1] is None
 
 
 @pytest.mark.parametrize("order", ["random", "centroid-distance"])
 def test_backfill_curve_endpoints(rng, order):
     old, new, _, labels = _models(rng)
     curve = backfill_curve(old, new, labels, betas=[0, 0.25, 0.5, 1.0], order=order, metrics=METRICS)
-    new_old = evaluate_retrieval(new, old, labels, same_items=True, metrics=METRICS).metrics
-    new_new = evaluate_retrieval(new, None, labels, metrics=METRICS).metrics
+    relevant = labels[:, None] == labels[None, :]
+    new_old = reference_metrics(dense_scores(new, old), relevant, True, ks=(1, 5))
+    new_new = reference_metrics(dense_scores(new, new), relevant, True, ks=(1, 5))
     for name in METRICS:
-        assert curve.values[name][0] == new_old[name]
-        assert curve.values[name][-1] == new_new[name]
+        assert curve.values[name][0] == pytest.approx(new_old[name], abs=1e-9)
+        assert curve.values[name][-1] == pytest.approx(new_new[name], abs=1e-9)
         assert curve.area[name] == pytest.approx(np.trapezoid(curve.values[name], [0, 0.25, 0.5, 1.0]))
 
 
@@ -157,5 +217,5 @@ def test_separate_gallery_model_embeddings(rng):
     old_model = ModelEmbeddings(query=old[:20], gallery=old[20:])
     new_model = ModelEmbeddings(query=new[:20], gallery=new[20:])
     report = compare_models(old_model, new_model, labels[:20], labels[20:], metrics=["top1"])
-    expected = evaluate_retrieval(new[:20], old[20:], labels[:20], labels[20:], metrics=["top1"]).metrics["top1"]
-    assert report.results["new/old"].metrics["top1"] == expected
+    expected = reference_metrics(dense_scores(new[:20], old[20:]), labels[:20, None] == labels[None, 20:], False)
+    assert report.results["new/old"].metrics["top1"] == pytest.approx(expected["top1"], abs=1e-12)
