@@ -149,7 +149,13 @@ class BT2TrainingArguments:
     )
     optimizer: str = field(default="adam", metadata={"help": "adam, adamw or sgd (fused on CUDA)."})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "cosine (after warm-up) or constant."})
+    lr_scheduler_type: str = field(
+        default="cosine",
+        metadata={
+            "help": "cosine (after warm-up, decaying towards 0 at the end) or constant; transformers.get_scheduler's "
+            "schedules: the warm-up rises linearly from 0 (optimizer step s of W uses s/W of the peak)."
+        },
+    )
     warmup_epochs: float = field(default=0.0, metadata={"help": "Linear warm-up length in epochs."})
     warmup_steps: int = field(
         default=0, metadata={"help": "Linear warm-up length in optimizer steps (adds to epochs)."}

@@ -173,3 +173,18 @@ def test_logit_scale_multiplies_only_the_logits():
     a, b = plain(pooled), scaled(pooled)
     assert torch.equal(a.embeddings, b.embeddings)
     assert torch.allclose(b.logits, 16.0 * a.logits)
+
+
+def test_orthogonal_base_is_the_sign_corrected_qr_of_a_gaussian():
+    """The base is Haar-distributed: Q of the QR of a Gaussian, with the signs that make diag(R) positive (that
+    decomposition is unique, so NumPy's QR of the same draw must give the same matrix)."""
+    layer = OrthogonalLinear(5)
+    with torch.no_grad():
+        layer.skew.normal_()  # reset must also bring the trained rotation back to the identity
+    layer.reset_parameters(torch.Generator().manual_seed(7))
+    gaussian = torch.randn(5, 5, generator=torch.Generator().manual_seed(7), dtype=torch.float64).numpy()
+    q, r = np.linalg.qr(gaussian)
+    q = q * np.sign(np.diag(r))[None, :]
+    np.testing.assert_allclose(_numpy(layer.base), q, atol=1e-6)
+    assert torch.equal(layer.skew, torch.zeros(5, 5))
+    np.testing.assert_allclose(_numpy(layer.weight), q, atol=1e-6)

@@ -5,7 +5,12 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from bt2_hf.retrieval import RetrievalEvaluator, evaluate_retrieval
-from bt2_hf.retrieval.metrics import average_precision_at_r, average_precision_with_ties, flip_rates
+from bt2_hf.retrieval.metrics import (
+    average_precision_at_r,
+    average_precision_with_ties,
+    flip_rates,
+    parse_metric_name,
+)
 
 from .conftest import quantized_unit_vectors
 from .reference import dense_scores, reference_metrics
@@ -135,3 +140,30 @@ def test_bad_input_errors_name_the_fix():
         RetrievalEvaluator(metrics=["precision"])
     with pytest.raises(ValueError, match="labels"):
         evaluate_retrieval(np.eye(3, dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    ("name", "parsed"),
+    [
+        ("map", ("map", None)), ("MAP@all", ("map", None)), ("map@r", ("map@r", None)), ("map_at_r", ("map@r", None)),
+        ("top1", ("cmc", 1)), ("top-5", ("cmc", 5)), ("cmc@3", ("cmc", 3)), ("recall@10", ("recall", 10)),
+        ("R@2", ("recall", 2)),
+    ],
+)  # fmt: skip
+def test_metric_names(name, parsed):
+    assert parse_metric_name(name) == parsed
+
+
+@pytest.mark.parametrize("name", ["top0", "recall@", "top1.5", "ndcg", "map@5"])
+def test_bad_metric_names_are_refused(name):
+    with pytest.raises(ValueError, match="Unknown metric"):
+        parse_metric_name(name)
+
+
+def test_metric_helpers_refuse_what_they_cannot_compute():
+    with pytest.raises(ValueError, match="needs the top R neighbours; got 2 but a query has R=3"):
+        average_precision_at_r(np.array([[True, False]]), np.array([3]))
+    with pytest.raises(ValueError, match="same queries"):
+        flip_rates(np.array([True, False]), np.array([True]))
+    with pytest.raises(ValueError, match="at least one query"):
+        flip_rates(np.array([], dtype=bool), np.array([], dtype=bool))

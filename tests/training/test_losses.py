@@ -148,3 +148,48 @@ def test_influence_scale_is_an_inverse_temperature():
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     expected = torch.nn.functional.cross_entropy(8.0 * embeddings @ prototypes.T, labels)
     assert torch.allclose(influence_loss(embeddings, prototypes, labels, scale=8.0), expected)
+
+
+@pytest.mark.parametrize(
+    ("method", "config", "message"),
+    [
+        ("bt2", {"feature_scale": 0.0}, "feature_scale must be positive"),
+        ("bt2", {"extra_dim": -1}, "extra_dim must be >= 0"),
+        ("bt2", {"influence_scale": 0.0}, "influence_scale must be positive"),
+        ("bct", {"influence_scale": -1.0}, "influence_scale must be positive"),
+        ("bct", {"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
+        ("independent", {"label_smoothing": -0.1}, r"label_smoothing must be in \[0, 1\)"),
+        ("bt2", {"new_match_weight": -0.5}, "new_match_weight must be >= 0"),
+        ("bct", {"influence_weight": -0.5}, "influence_weight must be >= 0"),
+    ],
+)
+def test_bad_method_configs_are_refused(method, config, message):
+    with pytest.raises(ValueError, match=message):
+        get_method(method, config)
+
+
+def test_boundary_method_configs_are_accepted():
+    config = get_method("bt2", {"label_smoothing": 0.0, "old_match_weight": 0.0, "extra_dim": 0}).config
+    assert (config.label_smoothing, config.old_match_weight, config.extra_dim) == (0.0, 0.0, 0)
+
+
+def test_only_the_prototype_methods_need_prototypes():
+    for name in ("bt2", "bct"):
+        with pytest.raises(ValueError, match=f"Method '{name}' needs the old model's class prototypes"):
+            get_method(name).prepare(None)
+    independent = get_method("independent")
+    independent.prepare(None)
+    assert independent.prototypes is None
+
+
+def test_head_overrides_of_each_method():
+    assert get_method("bct").build_config_overrides({"old": 16}, None) == {
+        "head_type": "linear", "embedding_dim": 16, "compatible_dim": 16,
+    }  # fmt: skip
+    assert get_method("bct").build_config_overrides({"old": 16}, 24)["embedding_dim"] == 24
+    assert get_method("bt2", {"extra_dim": 8}).build_config_overrides({"old": 16, "independent": 24}, None) == {
+        "head_type": "basis_transformation", "feature_dim": 24, "old_embedding_dim": 16, "extra_dim": 8,
+        "feature_scale": 2.0,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="independent model's width \\+ extra_dim = 24 \\+ 8"):
+        get_method("bt2", {"extra_dim": 8}).build_config_overrides({"old": 16, "independent": 24}, 30)
