@@ -187,9 +187,44 @@ def test_head_overrides_of_each_method():
         "head_type": "linear", "embedding_dim": 16, "compatible_dim": 16,
     }  # fmt: skip
     assert get_method("bct").build_config_overrides({"old": 16}, 24)["embedding_dim"] == 24
+    with pytest.raises(ValueError, match=r"BCT needs an embedding at least as wide as the old model's \(16\)"):
+        get_method("bct").build_config_overrides({"old": 16}, 8)
     assert get_method("bt2", {"extra_dim": 8}).build_config_overrides({"old": 16, "independent": 24}, None) == {
         "head_type": "basis_transformation", "feature_dim": 24, "old_embedding_dim": 16, "extra_dim": 8,
         "feature_scale": 2.0,
     }  # fmt: skip
     with pytest.raises(ValueError, match="independent model's width \\+ extra_dim = 24 \\+ 8"):
         get_method("bt2", {"extra_dim": 8}).build_config_overrides({"old": 16, "independent": 24}, 30)
+
+
+def _smoothed_cross_entropy(logits, labels, smoothing):
+    """Hand-written label-smoothed cross-entropy: target (1 − ε) on the label plus ε / C on every class."""
+    total = 0.0
+    for row, label in zip(logits, labels):
+        log_z = math.log(sum(math.exp(v) for v in row))
+        total -= sum(((1 - smoothing) * (c == label) + smoothing / len(row)) * (v - log_z) for c, v in enumerate(row))
+    return total / len(labels)
+
+
+@pytest.mark.parametrize("method", ["independent", "bct", "bt2"])
+def test_every_method_applies_its_label_smoothing_to_the_classification_loss(method):
+    logits = [[2.0, -1.0, 0.5], [0.0, 1.5, -0.5]]
+    labels = [2, 1]
+    outputs = BT2Output(
+        embeddings=unit([[1.0, 2.0, 2.0], [2.0, 1.0, 2.0]]), compatible_embeddings=unit([[1.0, 2.0], [2.0, 1.0]]),
+        features=unit([[1.0, 0.0], [0.0, 1.0]]), logits=torch.tensor(logits),
+    )  # fmt: skip
+    instance = get_method(method, {"label_smoothing": 0.3})
+    instance.prepare(torch.tensor([[0.5, 0.5], [-0.5, 0.2], [0.1, 0.9]]) if instance.uses_prototypes else None)
+    targets = {"old": unit([[1.0, 1.0], [1.0, -1.0]]), "independent": unit([[1.0, 1.0], [1.0, -1.0]])}
+    losses = instance.compute_loss(outputs, targets, torch.tensor(labels))
+    expected = _smoothed_cross_entropy(logits, labels, 0.3)
+    assert losses["classification_loss"].item() == pytest.approx(expected, abs=1e-6)
+    assert expected != pytest.approx(_smoothed_cross_entropy(logits, labels, 0.0), abs=1e-3)
+
+
+def test_cosine_matching_normalises_both_sides():
+    predictions = torch.tensor([[3.0, 4.0], [0.0, -2.0]])  # norms 5 and 2
+    targets = torch.tensor([[8.0, 6.0], [1.0, 0.0]])  # norms 10 and 1
+    # cosines: (24 + 24) / 50 = 0.96 and 0 → loss 1 − 0.48
+    assert cosine_matching_loss(predictions, targets).item() == pytest.approx(0.52, abs=1e-6)
