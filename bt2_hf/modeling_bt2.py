@@ -590,18 +590,21 @@ _PUSH_KWARGS = ("repo_id", "commit_message", "private", "token", "revision")
 _FORWARD_INPUTS = {"pixel_values", "input_ids", "attention_mask", "token_type_ids"}
 
 
+def _fetch_optional(name_or_path: str | os.PathLike, filename: str, hub_kwargs: dict[str, Any] | None) -> str | None:
+    """A file of a checkpoint (local directory or Hub repo) as a local path, or ``None`` when it has no such file."""
+    return cached_file(
+        str(name_or_path),
+        filename,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **(hub_kwargs or {}),
+    )
+
+
 def _weight_files(name_or_path: str | os.PathLike, hub_kwargs: dict[str, Any] | None = None) -> list[str]:
     """The safetensors file(s) of a checkpoint (local directory or Hub repo), as local paths."""
-    hub_kwargs = hub_kwargs or {}
-
     def fetch(filename: str) -> str | None:
-        return cached_file(
-            str(name_or_path),
-            filename,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-            **hub_kwargs,
-        )
+        return _fetch_optional(name_or_path, filename, hub_kwargs)
 
     single = fetch(SAFE_WEIGHTS_NAME)
     if single:
@@ -631,13 +634,7 @@ def _load_processor(name_or_path: str | os.PathLike, config: BT2Config, hub_kwar
     """The processor stored beside the weights (local directory or Hub repo), or ``None``."""
 
     def fetch(filename: str) -> str | None:
-        return cached_file(
-            str(name_or_path),
-            filename,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-            **hub_kwargs,
-        )
+        return _fetch_optional(name_or_path, filename, hub_kwargs)
 
     path = fetch(IMAGE_PROCESSOR_FILE)
     if path:

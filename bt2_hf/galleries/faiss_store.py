@@ -125,7 +125,28 @@ def _set_search_params(index, index_type: str, params: dict) -> None:
         index.hnsw.efSearch = int(params["ef_search"])
 
 
-class FaissGallery:
+class ManifestAccessors:
+    """What every gallery store reads from its manifest: size, width, encoder and backfill state."""
+
+    manifest: dict
+
+    def __len__(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def dimension(self) -> int:
+        return int(self.manifest["dimension"])
+
+    @property
+    def encoder(self) -> dict:
+        return self.manifest["encoder"]
+
+    @property
+    def backfill_state(self) -> dict | None:
+        return self.manifest.get("backfill")
+
+
+class FaissGallery(ManifestAccessors):
     """A gallery directory: vectors of one encoder, a faiss index over them, ids, manifest, and a backfill state.
 
     Build with :meth:`build` (from an embedding directory or arrays), open with :meth:`open`, search with
@@ -284,20 +305,6 @@ class FaissGallery:
 
     # -- the store interface used by search and backfill ----------------------------------------------------------------
 
-    def __len__(self) -> int:
-        return int(self.manifest["count"])
-
-    @property
-    def dimension(self) -> int:
-        return int(self.manifest["dimension"])
-
-    @property
-    def encoder(self) -> dict:
-        return self.manifest["encoder"]
-
-    @property
-    def backfill_state(self) -> dict | None:
-        return self.manifest.get("backfill")
 
     def ids_of(self, rows: np.ndarray) -> list:
         return self._ids[np.asarray(rows)].tolist()

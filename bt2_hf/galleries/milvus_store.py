@@ -22,6 +22,7 @@ from .faiss_store import (
     GALLERY_FORMAT,
     GALLERY_KIND,
     GalleryError,
+    ManifestAccessors,
     _normalize,
     _sort,
     default_index_params,
@@ -61,7 +62,7 @@ def _milvus_index(index_type: str, params: dict, lite: bool) -> tuple[str, dict,
     )
 
 
-class MilvusGallery:
+class MilvusGallery(ManifestAccessors):
     """A gallery in a Milvus collection, with the interface of :class:`~bt2_hf.galleries.FaissGallery`.
 
     >>> from bt2_hf.galleries.milvus_store import MilvusGallery
@@ -178,20 +179,6 @@ class MilvusGallery:
 
     # -- the store interface -------------------------------------------------------------------------------------------
 
-    def __len__(self) -> int:
-        return int(self.manifest["count"])
-
-    @property
-    def dimension(self) -> int:
-        return int(self.manifest["dimension"])
-
-    @property
-    def encoder(self) -> dict:
-        return self.manifest["encoder"]
-
-    @property
-    def backfill_state(self) -> dict | None:
-        return self.manifest.get("backfill")
 
     @property
     def _backfill_collection(self) -> str:
