@@ -21,6 +21,8 @@ import logging
 import sys
 import tempfile
 
+from bt2_hf.cli._output import write_or_print_json
+
 GALLERY_FLAGS = ("--embedding-dir", "--model", "--query-model", "--collection")
 
 
@@ -157,13 +159,8 @@ def run_search(args) -> dict:
          "backfilled": [bool(b) for b in flags[: len(ids)]]}
         for query, ids, scores, flags in zip(query_ids, result.ids, result.scores, result.backfilled)
     ]  # fmt: skip
-    output = {"prefix_dim": result.prefix_dim, "results": hits}
-    if args.output:
-        from bt2_hf.utils.io import atomic_write_json
-
-        atomic_write_json(args.output, output)
-    else:
-        print(json.dumps(output))
+    output = {"prefix_dim": result.prefix_dim, "admission": result.admission, "results": hits}
+    write_or_print_json(output, args.output)
     return output
 
 

@@ -23,6 +23,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from bt2_hf.cli._output import write_or_print_json
+
 logger = logging.getLogger(__name__)
 
 
@@ -156,12 +158,7 @@ def run(args) -> dict:
         for query_id, ids, scores in zip(query_ids, result.ids, result.scores)
     ]
     output = {"prefix_dim": result.prefix_dim, "admission": result.admission, "results": hits}
-    if args.output:
-        from bt2_hf.utils.io import atomic_write_json
-
-        atomic_write_json(args.output, output)
-    else:
-        print(json.dumps(output))
+    write_or_print_json(output, args.output)
     return output
 
 

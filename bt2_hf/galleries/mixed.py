@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..compatibility import IncompatibleModelsError, compatible_prefix
+from ..compatibility import IncompatibleModelsError, admit_query_model, compatible_prefix
 
 RULES = ("slots", "naive")
 DEFAULT_DEPTH = 100
@@ -45,6 +45,9 @@ class GallerySearchResult:
         backfilled (`np.ndarray` of `bool`, shape `(n, k)`): the hit carries the backfill model's embedding.
         new_scores (`np.ndarray` of shape `(n, k)`): full new/new cosine of backfilled hits, NaN for the others.
         prefix_dim (`int`): the query prefix compared with the encoder's vectors.
+        admission (`dict`, *optional*): why the query model was admitted to the encoder's gallery
+            (:meth:`bt2_hf.compatibility.Admission.to_dict`; records an ``allow_unmeasured`` override); ``None`` when
+            the check was skipped.
     """
 
     ids: list[list]
@@ -53,6 +56,7 @@ class GallerySearchResult:
     backfilled: np.ndarray
     new_scores: np.ndarray
     prefix_dim: int
+    admission: dict | None = None
 
 
 def _unit(array: np.ndarray) -> np.ndarray:
@@ -129,10 +133,11 @@ def search_gallery(
             raise ValueError(
                 "Pass query_config=model.config so that the query model can be checked against the gallery."
             )
-        prefix = compatible_prefix(query_config, encoder["fingerprint"], store.dimension, encoder.get("name_or_path"),
-                                   allow_unmeasured=allow_unmeasured)  # fmt: skip
+        admission = admit_query_model(query_config, encoder["fingerprint"], store.dimension,
+                                      encoder.get("name_or_path"), allow_unmeasured=allow_unmeasured)  # fmt: skip
+        prefix = admission.prefix_dim
     else:
-        prefix = store.dimension
+        admission, prefix = None, store.dimension
     if queries.shape[1] < prefix:
         raise ValueError(f"Query embeddings are {queries.shape[1]}-d, narrower than the gallery's {prefix}-d prefix.")
     state = store.backfill_state
@@ -167,7 +172,8 @@ def search_gallery(
                 new_scores, scores = np.take_along_axis(new_scores, order, 1), np.take_along_axis(combined, order, 1)
     rows, scores, backfilled, new_scores = rows[:, :k], scores[:, :k], backfilled[:, :k], new_scores[:, :k]
     ids = [store.ids_of(row[row >= 0]) for row in rows]
-    return GallerySearchResult(ids, scores, rows, backfilled, new_scores, prefix)
+    return GallerySearchResult(ids, scores, rows, backfilled, new_scores, prefix,
+                               admission.to_dict() if admission else None)  # fmt: skip
 
 
 def top1_under_rule(
