@@ -12,7 +12,14 @@
 from .backfill import BACKFILL_ORDERS, backfill, finalize_backfill, priority_order
 from .embed import embed_dataset, model_identity
 from .faiss_store import INDEX_TYPES, FaissGallery, GalleryError, default_index_params, is_gallery_directory
-from .mixed import GallerySearchResult, mixed_backfill_curve, search_gallery, slot_rerank, top1_under_rule
+from .mixed import (
+    GallerySearchResult,
+    fill_slots,
+    mixed_backfill_curve,
+    mixed_backfill_curves,
+    search_gallery,
+    top1_under_rule,
+)
 from .shards import EmbeddingDirectory, EmbeddingDirectoryError
 from .sources import GallerySource, GallerySourceError, TensorSource, open_source
 
@@ -29,7 +36,8 @@ __all__ = [
     "mixed_backfill_curve",
     "priority_order",
     "search_gallery",
-    "slot_rerank",
+    "fill_slots",
+    "mixed_backfill_curves",
     "top1_under_rule",
     "EmbeddingDirectory",
     "EmbeddingDirectoryError",

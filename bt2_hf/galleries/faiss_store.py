@@ -161,6 +161,7 @@ class FaissGallery(ManifestAccessors):
         self._ids = ids
         self._backfill_vectors = None
         self._backfill_order = None
+        self._backfill_search = None  # (done, rows, flat index) of the re-embedded rows
 
     # -- building and opening -----------------------------------------------------------------------------------------
 
@@ -305,7 +306,6 @@ class FaissGallery(ManifestAccessors):
 
     # -- the store interface used by search and backfill ----------------------------------------------------------------
 
-
     def ids_of(self, rows: np.ndarray) -> list:
         return self._ids[np.asarray(rows)].tolist()
 
@@ -353,6 +353,30 @@ class FaissGallery(ManifestAccessors):
             self._backfill_vectors = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r")
         return np.asarray(self._backfill_vectors[np.asarray(rows)], dtype=np.float32)
 
+    def search_backfilled(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``depth`` re-embedded rows by cosine with the backfill model's vectors, best first (-1 pads).
+
+        Exact: the re-embedded rows are searched with an in-memory flat index, built once per backfill step.
+
+        Args:
+            queries (`np.ndarray` of shape `(n, d)`): unit query vectors in the backfill model's space.
+            depth (`int`): how many rows to return.
+        """
+        faiss = import_faiss()
+        done = self.backfill_state["done"] if self.backfill_state else 0
+        if self._backfill_search is None or self._backfill_search[0] != done:
+            rows = np.sort(self.backfill_order()[:done])
+            index = faiss.IndexFlatIP(self.backfill_state["dimension"])
+            for start in range(0, len(rows), CHUNK):
+                index.add(self.backfill_vectors(rows[start : start + CHUNK]))
+            self._backfill_search = (done, rows, index)
+        _, rows, index = self._backfill_search
+        depth = min(depth, len(rows))
+        if depth == 0:
+            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+        scores, positions = index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+        return scores, np.where(positions >= 0, rows[np.maximum(positions, 0)], -1)
+
     def backfilled(self, rows: np.ndarray) -> np.ndarray:
         """Whether each of ``rows`` carries the backfill model's embedding."""
         return self.backfilled_mask()[np.asarray(rows)]
@@ -380,7 +404,7 @@ class FaissGallery(ManifestAccessors):
         )
         del table
         os.replace(tmp, folder)
-        self._backfill_order, self._backfill_vectors = None, None
+        self._backfill_order, self._backfill_vectors, self._backfill_search = None, None, None
         self._write_manifest(dict(self.manifest, backfill=state))
 
     def update_backfill_state(self, **changes) -> None:

@@ -179,7 +179,6 @@ class MilvusGallery(ManifestAccessors):
 
     # -- the store interface -------------------------------------------------------------------------------------------
 
-
     @property
     def _backfill_collection(self) -> str:
         return f"{self.collection}__backfill"
@@ -271,6 +270,22 @@ class MilvusGallery(ManifestAccessors):
         hits = self._fetch(self._backfill_collection, rows, [], extra=f" and rank < {done}")
         marked = {hit["id"] for hit in hits}
         return np.asarray([int(r) in marked for r in np.asarray(rows)], dtype=bool)
+
+    def search_backfilled(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``depth`` re-embedded rows by cosine with the backfill model's vectors, best first (-1 pads)."""
+        done = self.backfill_state["done"] if self.backfill_state else 0
+        depth = min(depth, done)
+        scores = np.full((len(queries), depth), -np.inf, dtype=np.float32)
+        rows = np.full((len(queries), depth), -1, dtype=np.int64)
+        if depth == 0:
+            return scores, rows
+        hits = self.client.search(self._backfill_collection, data=np.asarray(queries, np.float32).tolist(),
+                                  limit=depth, filter=f"rank < {done}", anns_field="vector",
+                                  search_params={"metric_type": "IP"})  # fmt: skip
+        for i, row_hits in enumerate(hits):
+            for j, hit in enumerate(row_hits):
+                rows[i, j], scores[i, j] = hit["id"], hit["distance"]
+        return scores, rows
 
     def backfill_vectors(self, rows) -> np.ndarray:
         rows = np.asarray(rows)

@@ -5,19 +5,21 @@ matching items are typically higher, so re-embedded items outrank the old items 
 first; when the backfill starts with the hardest (least typical) items, those are the ones pushed to the top, and
 top-1 falls well below not backfilling at all (70.6 → 48.6 at 10 % in the demo).
 
-The rule used here ("slot-preserving re-ranking"):
+The rule used here ("slots"): the positions of the ranking belong to the gallery encoder's space, the items that
+fill the backfilled positions to the new model's.
 
 1. every item is scored in the gallery encoder's space: the query's compatible prefix against the encoder's vector,
    which the gallery keeps for every item until the backfill is finalised; this ranking is exactly new→old;
-2. among the top ``depth`` candidates, the *positions* held by re-embedded items are kept, and the re-embedded
-   candidates are re-ordered among those positions by their full new/new score.
+2. the positions that ranking gives to re-embedded items ("slots") are filled, best slot first, by the re-embedded
+   items ranked by their full new/new score, found by a second search over the re-embedded items only;
+   positions held by items not yet re-embedded are unchanged.
 
-An old item never moves, so a re-embedded item can only take a position that new→old retrieval already gave to a
-re-embedded item. At β = 0 this is new→old exactly; at β = 1 it is new/new re-ranking of new→old's top ``depth``
-(new/new itself once ``depth`` covers new/new's top-1, and exactly after :func:`bt2_hf.galleries.finalize_backfill`).
-In between, top-1 changes only for the queries whose new→old top-1 was re-embedded, and then to the best new/new
-match among the candidates, which includes that item: the curve moves from new→old towards new/new without the
-scale mismatch ever deciding between an old and a new item.
+Every score that decides between two positions is an encoder-space cosine, so the two scales are never compared.
+At β = 0 this is new→old exactly; at β = 1 (before finalising) every position is a slot and the ranking is new/new
+exactly. In between, a query's top-1 changes only when new→old's top-1 was re-embedded, and then to new/new's best
+re-embedded item: the rule trades new→old's choice among the re-embedded items for new/new's choice among the same
+items. The curve rises from new→old to new/new without the scale mismatch ever deciding between an old and a new
+item. The top-k is exact whenever the encoder-space search is (flat; approximate indexes bound it by their recall).
 """
 
 from __future__ import annotations
@@ -64,32 +66,38 @@ def _unit(array: np.ndarray) -> np.ndarray:
     return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
 
 
-def slot_rerank(rows: np.ndarray, backfilled: np.ndarray, new_scores: np.ndarray) -> np.ndarray:
-    """Re-order, in every row, the re-embedded candidates among the positions they hold, by new/new score.
+def fill_slots(
+    rows: np.ndarray, backfilled: np.ndarray, backfill_rows: np.ndarray, backfill_scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fill, in every row, the positions held by re-embedded items with the best re-embedded items by new/new score.
 
     Args:
-        rows (`np.ndarray` of shape `(n, depth)`): candidates in encoder-space order.
-        backfilled (`np.ndarray` of `bool`, same shape): which candidates are re-embedded.
-        new_scores (`np.ndarray`, same shape): their new/new scores (ignored elsewhere).
+        rows (`np.ndarray` of shape `(n, k)`): encoder-space ranking (gallery rows, best first; -1 = no item).
+        backfilled (`np.ndarray` of `bool`, same shape): which positions hold re-embedded items ("slots").
+        backfill_rows (`np.ndarray` of shape `(n, m)`): the re-embedded items ranked by new/new score, best first
+            (-1 = no item); ``m`` must be at least the number of slots in each row.
+        backfill_scores (`np.ndarray`, same shape as ``backfill_rows``): their new/new scores.
 
     Returns:
-        `np.ndarray`: the re-ordered rows; positions of old items are unchanged.
+        `tuple`: the new rows and the new/new score of each position (NaN where the item was not re-embedded).
 
     >>> import numpy as np
-    >>> slot_rerank(np.array([[7, 8, 9, 10]]), np.array([[True, False, True, True]]), np.array([[0.1, 0, 0.9, 0.5]]))
-    array([[ 9,  8, 10,  7]])
+    >>> rows, scores = fill_slots(np.array([[7, 8, 9]]), np.array([[True, False, True]]), np.array([[4, 9]]),
+    ...                           np.array([[0.9, 0.5]]))
+    >>> rows
+    array([[4, 8, 9]])
     """
-    return np.take_along_axis(rows, slot_order(backfilled, new_scores), 1)
-
-
-def slot_order(backfilled: np.ndarray, new_scores: np.ndarray) -> np.ndarray:
-    """The permutation of :func:`slot_rerank`: ``result[i, j]`` is the candidate index placed at position ``j``."""
-    key = np.where(backfilled, -np.asarray(new_scores, dtype=np.float64), np.inf)
-    by_new_score = np.argsort(key, axis=1, kind="stable")  # re-embedded first (best new/new first), then the rest
-    positions = np.argsort(~backfilled, axis=1, kind="stable")  # re-embedded positions first, ascending, then the rest
-    permutation = np.empty_like(by_new_score)
-    np.put_along_axis(permutation, positions, by_new_score, 1)
-    return permutation
+    rows = rows.copy()
+    new_scores = np.full(rows.shape, np.nan, dtype=np.float32)
+    # The j-th slot of a row (in position order) gets that row's j-th best re-embedded item.
+    slot_rank = np.cumsum(backfilled, axis=1) - 1
+    if backfilled.any():
+        if int(slot_rank.max()) >= backfill_rows.shape[1]:
+            raise ValueError("fewer re-embedded candidates than slots: search the re-embedded items deeper.")
+        query_of, position = np.nonzero(backfilled)
+        rows[query_of, position] = backfill_rows[query_of, slot_rank[query_of, position]]
+        new_scores[query_of, position] = backfill_scores[query_of, slot_rank[query_of, position]]
+    return rows, new_scores
 
 
 def search_gallery(
@@ -112,9 +120,10 @@ def search_gallery(
         k (`int`, *optional*, defaults to `10`): neighbours per query.
         query_config (`BT2Config`): the query model's config (``fingerprint``, ``embedding_dim``, ``compatible_with``).
         check_compatibility (`bool`, *optional*, defaults to `True`): `False` compares the first ``d`` dims unchecked.
-        depth (`int`, *optional*): candidates re-ranked during a backfill (default: 100, at least ``k``).
         rule (`str`, *optional*, defaults to `"slots"`): ``"slots"`` (see the module docstring) or ``"naive"``
-            (re-embedded candidates scored by new/new, old ones by new/old, one sort: shown for comparison only).
+            (the encoder-space top ``depth`` re-scored, re-embedded items by new/new and the others by new/old, in
+            one sort: shown for comparison only; it mixes the two scales).
+        depth (`int`, *optional*): candidates the ``"naive"`` rule re-scores (default: 100, at least ``k``).
         allow_unmeasured (`bool`, *optional*, defaults to `False`): admit a query model whose compatibility with the
             gallery's encoder is declared but not measured (`bt2 verify` measures it).
         search_params: ``nprobe``, ``ef_search``, ``rerank`` for this search.
@@ -148,7 +157,7 @@ def search_gallery(
                                            state["model"].get("name_or_path"), allow_unmeasured=allow_unmeasured)  # fmt: skip
         except IncompatibleModelsError:
             new_prefix = None  # e.g. the old model itself: it searches the encoder's vectors only
-    depth = max(k, depth or DEFAULT_DEPTH) if new_prefix else k
+    depth = max(k, depth or DEFAULT_DEPTH) if new_prefix and rule == "naive" else k
     scores, rows = store.search_encoder_space(_unit(queries[:, :prefix]), depth, **search_params)
     backfilled = np.zeros(rows.shape, dtype=bool)
     new_scores = np.full(rows.shape, np.nan, dtype=np.float32)
@@ -157,15 +166,14 @@ def search_gallery(
         backfilled[valid] = store.backfilled(rows[valid])
         if backfilled.any():
             new_queries = _unit(queries[:, :new_prefix])
-            query_of = np.broadcast_to(np.arange(len(rows))[:, None], rows.shape)[backfilled]
-            vectors = store.backfill_vectors(rows[backfilled])
-            new_scores[backfilled] = np.einsum("nd,nd->n", vectors, new_queries[query_of])
             if rule == "slots":
-                # Rows, flags and new scores move together; the slot scores stay where they are.
-                order = slot_order(backfilled, new_scores)
-                rows, backfilled = np.take_along_axis(rows, order, 1), np.take_along_axis(backfilled, order, 1)
-                new_scores = np.take_along_axis(new_scores, order, 1)
+                # The second search: the re-embedded items by new/new score; they fill the slots, best first.
+                backfill_scores, backfill_rows = store.search_backfilled(new_queries, int(backfilled.sum(1).max()))
+                rows, new_scores = fill_slots(rows, backfilled, backfill_rows, backfill_scores)
             else:
+                query_of = np.broadcast_to(np.arange(len(rows))[:, None], rows.shape)[backfilled]
+                vectors = store.backfill_vectors(rows[backfilled])
+                new_scores[backfilled] = np.einsum("nd,nd->n", vectors, new_queries[query_of])
                 combined = np.where(backfilled, new_scores, scores)
                 order = np.argsort(-combined, axis=1, kind="stable")
                 rows, backfilled = np.take_along_axis(rows, order, 1), np.take_along_axis(backfilled, order, 1)
@@ -185,22 +193,27 @@ def top1_under_rule(
     query_labels: np.ndarray,
     gallery_labels: np.ndarray | None = None,
     *,
-    rule: str = "slots",
-    depth: int = DEFAULT_DEPTH,
+    rule: str | Sequence[str] = "slots",
     chunk: int = 1024,
-) -> float:
+) -> float | dict[str, float]:
     """Top-1 accuracy (%) of new queries over a gallery whose ``use_new`` items are re-embedded, under a rule.
 
     Exact (brute force), for evaluation: ``old_gallery`` (N, d_old), ``new_gallery`` (N, d_new), ``queries``
     (n, d_new) of the new model; ``gallery_labels=None`` means the queries are the gallery items (leave-one-out).
-    ``rule="naive"`` is :mod:`bt2_hf.retrieval.backfill`'s scoring (one sort of new/new and new/old cosines).
+    ``rule="naive"`` is :mod:`bt2_hf.retrieval.backfill`'s scoring (one sort of new/new and new/old cosines). Give a
+    sequence of rules to get ``{rule: top1}`` from one pass over the scores.
     """
+    rules = [rule] if isinstance(rule, str) else list(rule)
+    for name in rules:
+        if name not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {name!r}.")
     old_gallery, new_gallery, queries = _unit(old_gallery), _unit(new_gallery), np.asarray(queries, np.float32)
+    use_new = np.asarray(use_new, dtype=bool)
     same_items = gallery_labels is None
     gallery_labels = np.asarray(query_labels if same_items else gallery_labels)
     query_labels = np.asarray(query_labels)
     prefix_queries, full_queries = _unit(queries[:, :prefix_dim]), _unit(queries)
-    correct = 0
+    correct = dict.fromkeys(rules, 0)
     for start in range(0, len(queries), chunk):
         stop = min(len(queries), start + chunk)
         old_scores = prefix_queries[start:stop] @ old_gallery.T
@@ -208,18 +221,18 @@ def top1_under_rule(
         if same_items:
             old_scores[np.arange(stop - start), np.arange(start, stop)] = -np.inf
             new_scores[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-        if rule == "naive":
-            best = np.argmax(np.where(use_new[None, :], new_scores, old_scores), axis=1)
-        else:
-            top = np.argpartition(-old_scores, min(depth, old_scores.shape[1] - 1), axis=1)[:, :depth]
-            top = np.take_along_axis(
-                top, np.argsort(-np.take_along_axis(old_scores, top, 1), axis=1, kind="stable"), 1
-            )
-            flags = use_new[top]
-            reranked = slot_rerank(top, flags, np.take_along_axis(new_scores, top, 1))
-            best = reranked[:, 0]
-        correct += int((gallery_labels[best] == query_labels[start:stop]).sum())
-    return 100.0 * correct / len(queries)
+        for name in rules:
+            if name == "naive":
+                best = np.argmax(np.where(use_new[None, :], new_scores, old_scores), axis=1)
+            else:
+                # Top-1 slot: new→old's best item, replaced by new/new's best re-embedded item when it is re-embedded.
+                best = np.argmax(old_scores, axis=1)
+                if use_new.any():
+                    best_new = np.argmax(np.where(use_new[None, :], new_scores, -np.inf), axis=1)
+                    best = np.where(use_new[best], best_new, best)
+            correct[name] += int((gallery_labels[best] == query_labels[start:stop]).sum())
+    values = {name: 100.0 * count / len(queries) for name, count in correct.items()}
+    return values[rule] if isinstance(rule, str) else values
 
 
 def mixed_backfill_curve(
@@ -232,22 +245,40 @@ def mixed_backfill_curve(
     order: str | np.ndarray = "random",
     seed: int = 0,
     rule: str = "slots",
-    depth: int = DEFAULT_DEPTH,
 ) -> dict:
     """Top-1 against the backfilled fraction β for one order and rule (queries = gallery items, leave-one-out).
 
     Returns:
         `dict`: ``{"order", "rule", "betas", "top1", "area"}``.
     """
+    return mixed_backfill_curves(old_embeddings, new_embeddings, labels, prefix_dim, betas=betas, order=order,
+                                 seed=seed, rules=(rule,))[rule]  # fmt: skip
+
+
+def mixed_backfill_curves(
+    old_embeddings: np.ndarray,
+    new_embeddings: np.ndarray,
+    labels: np.ndarray,
+    prefix_dim: int,
+    *,
+    betas: Sequence[float] | None = None,
+    order: str | np.ndarray = "random",
+    seed: int = 0,
+    rules: Sequence[str] = RULES,
+) -> dict[str, dict]:
+    """:func:`mixed_backfill_curve` for several rules at once (one pass over the scores per β): ``{rule: curve}``."""
     from ..retrieval.backfill import backfill_order
 
     betas = np.linspace(0.0, 1.0, 11) if betas is None else np.asarray(betas, dtype=np.float64)
     permutation = backfill_order(old_embeddings, labels, order, seed)
-    values = []
+    values: dict[str, list[float]] = {rule: [] for rule in rules}
     for beta in betas:
         use_new = np.zeros(len(old_embeddings), dtype=bool)
         use_new[permutation[: int(np.floor(beta * len(old_embeddings)))]] = True
-        values.append(top1_under_rule(old_embeddings, new_embeddings, new_embeddings, prefix_dim, use_new, labels,
-                                      rule=rule, depth=depth))  # fmt: skip
-    return {"order": order if isinstance(order, str) else "custom", "rule": rule, "betas": betas.tolist(),
-            "top1": values, "area": float(np.trapezoid(values, betas))}  # fmt: skip
+        top1 = top1_under_rule(old_embeddings, new_embeddings, new_embeddings, prefix_dim, use_new, labels,
+                               rule=list(rules))  # fmt: skip
+        for rule in rules:
+            values[rule].append(top1[rule])
+    name = order if isinstance(order, str) else "custom"
+    return {rule: {"order": name, "rule": rule, "betas": betas.tolist(), "top1": values[rule],
+                   "area": float(np.trapezoid(values[rule], betas))} for rule in rules}  # fmt: skip

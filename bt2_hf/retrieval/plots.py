@@ -80,6 +80,40 @@ def plot_backfill_curves(curves: Sequence, metric: str, path: str | os.PathLike)
     return Path(path)
 
 
+def plot_mixed_backfill_curves(
+    curves: dict, path: str | os.PathLike, new_to_old: float | None = None, new_to_new: float | None = None
+) -> Path:
+    """Top-1 (%) against the backfilled fraction β, per order: the gallery's rule solid, naive scoring dashed.
+
+    Args:
+        curves (`dict`): ``{order: {"betas": [...], "top1": [...], "top1_naive": [...], "area_top1": …}}`` (the
+            demo's ``results["backfill"]``).
+        path (`str` or `os.PathLike`): the PNG to write.
+        new_to_old (`float`, *optional*), new_to_new (`float`, *optional*): reference lines.
+    """
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6.0, 4.2))
+    colours = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+    for colour, (order, curve) in zip(colours, curves.items()):
+        axes.plot(curve["betas"], curve["top1"], marker="o", color=colour,
+                  label=f"{order}, slots rule (area {curve['area_top1']:.1f})")  # fmt: skip
+        if "top1_naive" in curve:
+            axes.plot(curve["betas"], curve["top1_naive"], linestyle="--", marker=".", color=colour, alpha=0.6,
+                      label=f"{order}, naive scores (area {curve['area_top1_naive']:.1f})")  # fmt: skip
+    for value, label in ((new_to_old, "new → old"), (new_to_new, "new → new")):
+        if value is not None:
+            axes.axhline(value, color="#777777", linewidth=0.8, linestyle=":")
+            axes.annotate(label, (1.0, value), textcoords="offset points", xytext=(-4, 3), ha="right", fontsize=7)
+    axes.set_xlabel("backfilled fraction β")
+    axes.set_ylabel("top-1 (%)")
+    axes.set_title("Partial backfill: new queries, mixed gallery")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    _save(plt, figure, path, dpi=120)
+    return Path(path)
+
+
 def plot_method_comparison(
     results: dict, path: str | os.PathLike, metrics: Sequence[str] = ("top1", "mAP"), title: str | None = None
 ) -> Path:

@@ -83,6 +83,11 @@ def test_results_json_schema(demo_output):
     # β = 0 is new/old and β = 1 is new/new.
     assert curve["top1"][0] == pytest.approx(results["methods"]["bt2"]["new/old"]["top1"], abs=0.01)
     assert curve["top1"][-1] == pytest.approx(results["methods"]["bt2"]["new/new"]["top1"], abs=0.01)
+    for curve in results["backfill"].values():  # both orders, the slot rule and naive scoring from the same β grid
+        assert curve["rule"] == "slots" and len(curve["top1_naive"]) == len(curve["top1"]) == len(curve["betas"])
+        assert curve["top1_naive"][0] == curve["top1"][0] and curve["top1_naive"][-1] == curve["top1"][-1]
+        assert curve["least_minus_new_old"] == pytest.approx(min(curve["top1"]) - curve["top1"][0], abs=0.01)
+    assert set(results["backfill"]) == {"random", "centroid-distance"}
     assert results["final_verdict"] == results["verdict"]["bt2"]
     assert results["seeds"]["seeds"] == [0]
 
@@ -146,7 +151,11 @@ def test_plots_and_checkpoints(demo_output):
     entry = bt2.config.compatible_with[0]
     assert entry["fingerprint"] == old.config.fingerprint
     assert entry["embedding_dim"] == 16
-    assert entry["metrics"]["new/old"] == results["methods"]["bt2"]["new/old"]
+    # Recorded by bt2 verify: measured on the named test split with the one evaluator the demo's table comes from.
+    assert entry["status"] == "measured" and entry["bt2_hf_version"] == bt2_hf.__version__
+    assert entry["dataset"]["split"] == "test" and entry["dataset"]["size"] == results["num_queries"]
+    for pair in ("old/old", "new/old", "new/new"):
+        assert entry["metrics"][pair] == pytest.approx(results["methods"]["bt2"][pair], abs=0.006)
     # The metadata says what the verdict says.
     assert entry["criterion"]["passed"] == (results["verdict"]["bt2"]["status"] == "compatible")
     assert results["verdict"]["bt2"]["message"] in (demo_output / "models" / "bt2" / "README.md").read_text()

@@ -105,13 +105,51 @@ def test_rule_never_falls_below_new_to_old_and_reaches_new_to_new(order):
     for beta in (0.0, 0.1, 0.3, 0.5, 0.8, 1.0):
         use_new = np.zeros(len(old), dtype=bool)
         use_new[permutation[: int(beta * len(old))]] = True
-        curve.append(top1_under_rule(old, new, new, 8, use_new, labels, depth=len(old)))
+        curve.append(top1_under_rule(old, new, new, 8, use_new, labels))
     none = np.zeros(len(old), dtype=bool)
     new_to_old = top1_under_rule(old, new, new, 8, none, labels, rule="naive")
     new_to_new = top1_under_rule(new, new, new, 12, ~none, labels, rule="naive")
     assert new_to_new > new_to_old + 5  # the update is worth backfilling
     assert curve[0] == new_to_old and curve[-1] == new_to_new
     assert min(curve) >= new_to_old - 0.5
+
+
+def _backfilled_gallery(tmp_path, old, new, rows):
+    gallery = FaissGallery.build(tmp_path / "g", old, list(range(len(old))),
+                                 encoder={"fingerprint": OLD, "embedding_dim": old.shape[1]})  # fmt: skip
+    order = np.concatenate([rows, np.setdiff1d(np.arange(len(old)), rows)])
+    gallery.start_backfill(dict(model=dict(NEW_IDENTITY, embedding_dim=new.shape[1]), dimension=new.shape[1],
+                                order="random", seed=0, done=0, count=len(old), target=len(old), batch_size=len(rows)),
+                           order)  # fmt: skip
+    if len(rows):
+        gallery.write_backfill_batch(rows, new[rows], done=len(rows))
+    return FaissGallery.open(tmp_path / "g")
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.7, 1.0])
+def test_gallery_search_fills_the_slots_with_the_best_re_embedded_items(tmp_path, fraction):
+    old, new, _ = _synthetic_pair(count=240)
+    new_config = Config(NEW, 12, [{"fingerprint": OLD, "embedding_dim": 8, "name_or_path": "aaa"}])
+    gallery_old, gallery_new, queries = old[:200], new[:200], new[200:]
+    rows = np.random.default_rng(1).permutation(200)[: int(fraction * 200)]
+    gallery = _backfilled_gallery(tmp_path, gallery_old, gallery_new, rows)
+    result = search_gallery(gallery, queries, k=10, query_config=new_config, allow_unmeasured=True)
+
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    old_rank = np.argsort(-(unit(queries[:, :8]) @ unit(gallery_old).T), axis=1)[:, :10]
+    new_scores = unit(queries) @ unit(gallery_new).T
+    is_new = np.isin(np.arange(200), rows)
+    for query in range(len(queries)):
+        slots = is_new[old_rank[query]]
+        # Items not re-embedded keep new→old's positions ...
+        np.testing.assert_array_equal(result.rows[query][~slots], old_rank[query][~slots])
+        # ... and the slots hold the re-embedded items in new/new order, best first.
+        by_new = rows[np.argsort(-new_scores[query, rows])][: slots.sum()]
+        np.testing.assert_array_equal(result.rows[query][slots], by_new)
+        np.testing.assert_allclose(result.new_scores[query][slots], new_scores[query, by_new], atol=1e-5)
+        assert result.backfilled[query].tolist() == slots.tolist()
+    if fraction == 1.0:  # every position is a slot: exactly new/new
+        np.testing.assert_array_equal(result.rows, np.argsort(-new_scores, axis=1)[:, :10])
 
 
 def _gallery_and_models(saved_models, tmp_path, count=96):
