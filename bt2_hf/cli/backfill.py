@@ -17,6 +17,8 @@ import json
 import logging
 import sys
 
+from ._flags import snake_case_flags
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bt2 backfill", description=__doc__.split("\n\n")[0])
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finalize", action="store_true", help="at fraction 1: rebuild as the new model's gallery")
     parser.add_argument("--allow-unmeasured", action="store_true", help="accept declared, unmeasured compatibility")
     parser.add_argument("--no-progress", action="store_true")
-    return parser
+    return snake_case_flags(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

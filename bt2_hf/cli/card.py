@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from ._flags import snake_case_flags
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repo-id", default=None, help="the Hub id shown in the card (default: the directory)")
     parser.add_argument("--dataset", default=None, help="name of the evaluation dataset")
     parser.add_argument("--license", default=None, help="license for the card's metadata")
-    return parser
+    return snake_case_flags(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from ._flags import snake_case_flags
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hub_namespace", "--hub-namespace", dest="hub_namespace", default="bt2-hf-demo",
         help="Namespace used in the cards' repo ids.",
     )  # fmt: skip
-    return parser
+    return snake_case_flags(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,8 @@ import json
 import logging
 import sys
 
+from ._flags import snake_case_flags
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bt2 embed", description=__doc__.split("\n\n")[0])
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", help="cpu, cuda, … (default: the process's accelerate device)")
     parser.add_argument("--no-progress", action="store_true")
-    return parser
+    return snake_case_flags(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

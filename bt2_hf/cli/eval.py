@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._flags import snake_case_flags
+
 logger = logging.getLogger(__name__)
 
 
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", help="where eval.json and the PNG plots go")
     parser.add_argument("--no-plots", action="store_true")
-    return parser
+    return snake_case_flags(parser)
 
 
 def load_embedding_file(path: str, labels_path: str | None = None):

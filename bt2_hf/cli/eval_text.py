@@ -18,6 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
+from ._flags import snake_case_flags
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bt2 eval-text", description=__doc__.split("\n\n")[0])
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics", default="recall@1,recall@5,recall@10,map")
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--output", default=None, help="Write the results as JSON here.")
-    return parser
+    return snake_case_flags(parser)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -23,7 +23,9 @@ import tempfile
 
 from bt2_hf.cli._output import write_or_print_json
 
-GALLERY_FLAGS = ("--embedding-dir", "--model", "--query-model", "--collection")
+from ._flags import snake_case_flags
+
+GALLERY_FLAGS = ("--embedding-dir", "--embedding_dir", "--model", "--query-model", "--query_model", "--collection")
 
 
 def handles(argv: list[str]) -> bool:
@@ -76,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--rerank", type=int)
     search.add_argument("--output", help="JSON file for the results (default: print)")
     search.add_argument("--allow-unmeasured", action="store_true", help="admit declared, unmeasured compatibility")
-    return parser
+    return snake_case_flags(parser)
 
 
 def _index_params(args) -> dict:

@@ -25,6 +25,8 @@ import numpy as np
 
 from bt2_hf.cli._output import write_or_print_json
 
+from ._flags import snake_case_flags
+
 logger = logging.getLogger(__name__)
 
 
@@ -110,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="search even if the query model's compatibility with the gallery's encoder was never measured with "
         "`bt2 verify` (logged, and recorded in the results as the admission)",
     )
-    return parser
+    return snake_case_flags(parser)
 
 
 def _positive_int(text: str) -> int:

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from ._flags import snake_case_flags
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", default=None, help="which method of a {'methods': ...} results file to read")
     parser.add_argument("--commit-message", default=None, help="commit message")
     parser.add_argument("--license", default=None, help="license for the card's metadata")
-    return parser
+    return snake_case_flags(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,8 @@ import json
 import logging
 from pathlib import Path
 
+from ._flags import snake_case_flags
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bt2 series", description=__doc__.split("\n\n")[0])
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
         help="Autocast for every training run (bf16 on a GPU); default: the file's mixed_precision, else accelerate's.",
     )  # fmt: skip
-    return parser
+    return snake_case_flags(parser)
 
 
 def load_series_file(path: str | Path) -> dict:

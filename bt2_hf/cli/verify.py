@@ -18,6 +18,8 @@ import argparse
 import logging
 import sys
 
+from ._flags import snake_case_flags
+
 logger = logging.getLogger(__name__)
 
 
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no_write", action="store_true", help="measure and print only; leave config.json as it is")
     parser.add_argument("--output", help="also write the verification (entry + PairReport) to this JSON file")
-    return parser
+    return snake_case_flags(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

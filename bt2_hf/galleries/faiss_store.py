@@ -335,8 +335,11 @@ class FaissGallery(ManifestAccessors):
             return _sort(scores, rows)
         candidates = min(len(self), max(depth, int(params.get("rerank") or depth)))
         parts = []
-        for start in range(0, len(queries), 1024):  # bounds the re-ranking rows read at once
-            block = np.ascontiguousarray(queries[start : start + 1024], dtype=np.float32)
+        # Queries per block: the candidate vectors read for re-ranking stay within about 64 MiB (page faults on big
+        # temporary arrays, not the arithmetic, dominated re-ranking with 1,024 queries at a time).
+        step = max(1, min(1024, (64 << 20) // (candidates * self.dimension * 4)))
+        for start in range(0, len(queries), step):
+            block = np.ascontiguousarray(queries[start : start + step], dtype=np.float32)
             _, rows = self.index.search(block, candidates)
             parts.append(_sort(exact_scores(self.vectors, block, rows), rows, depth))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
