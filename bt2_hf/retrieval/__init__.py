@@ -7,6 +7,12 @@ with a model) are thin wrappers. faiss is imported only when a faiss backend or 
 from __future__ import annotations
 
 from .evaluator import DEFAULT_METRICS, RetrievalEvaluator, RetrievalResult, evaluate_retrieval
+from .instance_metrics import (
+    InstanceRetrievalResult,
+    compatibility_matrix_to_dict,
+    instance_compatibility_matrix,
+    instance_retrieval_metrics,
+)
 from .knn import FaissFlatKNN, FaissHNSWKNN, FaissIVFKNN, KNNBackend, TorchChunkedKNN, get_backend
 from .metrics import average_precision_at_r, average_precision_with_ties, cmc_hits, flip_rates
 from .protocol import GalleryPart, align_widths, l2_normalize, mixed_gallery, truncate
@@ -17,6 +23,7 @@ __all__ = [
     "FaissHNSWKNN",
     "FaissIVFKNN",
     "GalleryPart",
+    "InstanceRetrievalResult",
     "KNNBackend",
     "RetrievalEvaluator",
     "RetrievalResult",
@@ -25,9 +32,12 @@ __all__ = [
     "average_precision_at_r",
     "average_precision_with_ties",
     "cmc_hits",
+    "compatibility_matrix_to_dict",
     "evaluate_retrieval",
     "flip_rates",
     "get_backend",
+    "instance_compatibility_matrix",
+    "instance_retrieval_metrics",
     "l2_normalize",
     "mixed_gallery",
     "truncate",
