@@ -144,13 +144,10 @@ def run_search(args) -> dict:
 
     store = open_gallery(args.index, collection=args.collection)
     model = BT2Model.from_pretrained(args.query_model)
-    encoder = store.encoder
-    from bt2_hf.compatibility import compatible_prefix
+    from bt2_hf.compatibility import admit_to_gallery
 
-    compatible_prefix(  # refuse before encoding the queries
-        model.config, encoder["fingerprint"], store.dimension, encoder.get("name_or_path"),
-        allow_unmeasured=args.allow_unmeasured,
-    )  # fmt: skip
+    # Refuse before encoding the queries (an image model over a text gallery is admitted through the encoder's lineage).
+    admit_to_gallery(model.config, store.encoder, store.dimension, allow_unmeasured=args.allow_unmeasured)
     query_ids, items = _queries(args, model)
     embeddings = encode_items(model, items, 256)
     params = {key: getattr(args, key) for key in ("nprobe", "rerank") if getattr(args, key) is not None}

@@ -15,7 +15,14 @@ below the retrieval layer. Everything here needs only the standard library.
 
 from __future__ import annotations
 
-from .admission import Admission, admit_query_model, compatible_prefix, is_measured_compatible, verify_command
+from .admission import (
+    Admission,
+    admit_query_model,
+    admit_to_gallery,
+    compatible_prefix,
+    is_measured_compatible,
+    verify_command,
+)
 from .criterion import (
     DEFAULT_CRITERION_METRICS,
     canonical_metric,
@@ -47,6 +54,7 @@ __all__ = [
     "CompatibilityMetadataError",
     "IncompatibleModelsError",
     "admit_query_model",
+    "admit_to_gallery",
     "canonical_metric",
     "compatible_prefix",
     "criterion_outcome",

@@ -8,6 +8,14 @@ This is the one place that decides it (``GalleryIndex``, ``resolve_query_model``
 3. Q reaches G through its lineage: an ``inherited`` entry for G ``via`` V, where Q's own entry for V is measured and
    passing and V was itself admitted to G (``link_passed``).
 
+A gallery's manifest also records its encoder's own ``compatible_with`` entries, and :func:`admit_to_gallery` uses
+them for cross-modal and sideways searches (an old image model's queries over a text tower's gallery, a new image
+tower's queries over a text gallery): Q is admitted on G's vectors cut to a shared prefix when
+
+4. G's entry for Q is measured and passing (G was trained into Q's space): Q's embedding against G's first dims;
+5. G has a measured, passing entry for a model A, and Q is admitted to A's galleries by rules 1–3: both live in A's
+   space, compared on A's width.
+
 Everything else is refused with an error naming both models and the ``bt2 verify`` command that would measure the
 pair. A relation that is known but unmeasured (a ``declared`` entry, an inherited one with an unmeasured link, or only
 ``training.trained_against``) is admitted with ``allow_unmeasured=True``: an explicit override that is logged and
@@ -34,11 +42,14 @@ class Admission:
 
     Args:
         prefix_dim (`int`): leading query-embedding dimensions to compare (then re-normalise).
-        basis (`str`): ``"same_model"``, ``"measured"``, ``"lineage"`` or ``"unmeasured_override"``.
+        basis (`str`): ``"same_model"``, ``"measured"``, ``"lineage"``, ``"unmeasured_override"``,
+            ``"gallery_encoder_measured"`` or ``"shared_ancestor"``.
         query (`str`): the query model, as named in messages.
         gallery (`str`): the gallery's encoder, as named in messages.
         overridden (`bool`): admitted only because ``allow_unmeasured=True`` was passed.
         entry (`dict`, *optional*): the ``compatible_with`` entry (or ``trained_against`` record) it rests on.
+        gallery_prefix_dim (`int`, *optional*): compare with only the leading dims of the gallery's vectors (rules 4
+            and 5 of the module docstring); ``None``: the whole gallery vector.
     """
 
     prefix_dim: int
@@ -47,6 +58,7 @@ class Admission:
     gallery: str
     overridden: bool = False
     entry: dict | None = None
+    gallery_prefix_dim: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -251,3 +263,57 @@ def compatible_prefix(
     return admit_query_model(
         query_config, gallery_fingerprint, gallery_dim, gallery_name, allow_unmeasured=allow_unmeasured
     ).prefix_dim
+
+
+def admit_to_gallery(
+    query_config: Any, encoder: Mapping[str, Any], gallery_dim: int, *, allow_unmeasured: bool = False
+) -> Admission:
+    """:func:`admit_query_model`, then rules 4 and 5 of the module docstring from the encoder's recorded lineage.
+
+    Args:
+        query_config (`BT2Config`): the query model's config.
+        encoder (`dict`): the gallery manifest's encoder record (``fingerprint``, ``name_or_path``, and the encoder's
+            own ``compatible_with`` entries when the gallery was built by bt2_hf ≥ 0.1).
+        gallery_dim (`int`): width of the gallery's vectors.
+        allow_unmeasured (`bool`, *optional*, defaults to `False`): as in :func:`admit_query_model`; it never admits
+            through an entry of the encoder that is not measured and passing.
+
+    Returns:
+        :class:`Admission`: with ``gallery_prefix_dim`` set when only the gallery vectors' leading dims are compared.
+
+    Raises:
+        `IncompatibleModelsError`: no rule admits the query model (the message of :func:`admit_query_model`).
+    """
+    try:
+        return admit_query_model(query_config, encoder.get("fingerprint"), gallery_dim, encoder.get("name_or_path"),
+                                 allow_unmeasured=allow_unmeasured)  # fmt: skip
+    except IncompatibleModelsError as refusal:
+        refused = refusal
+    query = _describe(_name(query_config), getattr(query_config, "fingerprint", None))
+    gallery = _describe(encoder.get("name_or_path"), encoder.get("fingerprint"))
+    best: Admission | None = None
+    for entry in encoder.get("compatible_with") or []:
+        if entry.get("via") or not _measured_passing(entry):
+            continue  # only the encoder's own measured, passing links: an inherited one adds nothing new
+        shared_dim = int(entry["embedding_dim"])
+        if same_fingerprint(getattr(query_config, "fingerprint", None), entry.get("fingerprint")):
+            if int(query_config.embedding_dim) != shared_dim:
+                continue
+            candidate = Admission(shared_dim, "gallery_encoder_measured", query, gallery, entry=dict(entry),
+                                  gallery_prefix_dim=shared_dim)  # fmt: skip
+        else:
+            try:
+                through = admit_query_model(query_config, entry.get("fingerprint"), shared_dim,
+                                            entry.get("name_or_path"), allow_unmeasured=allow_unmeasured)  # fmt: skip
+            except IncompatibleModelsError:
+                continue
+            candidate = Admission(through.prefix_dim, "shared_ancestor", query, gallery, overridden=through.overridden,
+                                  entry={"gallery_encoder": dict(entry), "query": through.entry},
+                                  gallery_prefix_dim=through.prefix_dim)  # fmt: skip
+        if shared_dim <= gallery_dim and (best is None or candidate.prefix_dim > best.prefix_dim):
+            best = candidate
+    if best is None:
+        raise refused
+    logger.info("%s searches the gallery of %s on a shared %d-d prefix (%s).", query, gallery, best.prefix_dim,
+                best.basis)  # fmt: skip
+    return best

@@ -37,7 +37,7 @@ DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
 def model_identity(model) -> dict:
-    """Fingerprint, name, width and compatible prefix of a model, as recorded in gallery manifests."""
+    """Fingerprint, name, width, compatible prefix and lineage of a model, as recorded in gallery manifests."""
     config = model.config
     fingerprint = getattr(config, "fingerprint", None) or fingerprint_model(model)
     return {
@@ -46,6 +46,8 @@ def model_identity(model) -> dict:
         "embedding_dim": int(config.embedding_dim),
         "compatible_dim": int(getattr(config, "compatible_dim", None) or config.embedding_dim),
         "modality": getattr(model, "modality", "image"),
+        # The encoder's own lineage: cross-modal and sideways queries are admitted through it (admit_to_gallery).
+        "compatible_with": [dict(entry) for entry in getattr(config, "compatible_with", None) or []],
     }
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..compatibility import IncompatibleModelsError, admit_query_model, compatible_prefix
+from ..compatibility import IncompatibleModelsError, admit_to_gallery, compatible_prefix
 
 RULES = ("slots", "naive")
 DEFAULT_DEPTH = 100
@@ -100,6 +100,27 @@ def fill_slots(
     return rows, new_scores
 
 
+def prefix_scan(store, queries: np.ndarray, prefix_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top ``k`` rows by cosine between unit ``queries`` and the gallery vectors' first ``prefix_dim`` dims
+    (re-normalised), read a chunk at a time; ``(scores, rows)``, best first, -1 pads."""
+    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_rows = np.full((len(queries), 0), -1, dtype=np.int64)
+    for rows, vectors in store.iter_vectors():
+        scores = queries @ _unit(vectors[:, :prefix_dim]).T
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        best_rows = np.concatenate([best_rows, np.broadcast_to(rows, scores.shape)], axis=1)
+        if best_scores.shape[1] > k:
+            keep = np.argpartition(-best_scores, k - 1, axis=1)[:, :k]
+            best_scores, best_rows = np.take_along_axis(best_scores, keep, 1), np.take_along_axis(best_rows, keep, 1)
+    order = np.lexsort((best_rows, -best_scores), axis=1) if best_scores.size else np.zeros(best_rows.shape, int)
+    best_scores, best_rows = np.take_along_axis(best_scores, order, 1), np.take_along_axis(best_rows, order, 1)
+    if best_rows.shape[1] < k:
+        pad = k - best_rows.shape[1]
+        best_scores = np.pad(best_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        best_rows = np.pad(best_rows, ((0, 0), (0, pad)), constant_values=-1)
+    return best_scores, best_rows
+
+
 def search_gallery(
     store,
     queries,
@@ -142,13 +163,19 @@ def search_gallery(
             raise ValueError(
                 "Pass query_config=model.config so that the query model can be checked against the gallery."
             )
-        admission = admit_query_model(query_config, encoder["fingerprint"], store.dimension,
-                                      encoder.get("name_or_path"), allow_unmeasured=allow_unmeasured)  # fmt: skip
+        admission = admit_to_gallery(query_config, encoder, store.dimension, allow_unmeasured=allow_unmeasured)
         prefix = admission.prefix_dim
     else:
         admission, prefix = None, store.dimension
     if queries.shape[1] < prefix:
         raise ValueError(f"Query embeddings are {queries.shape[1]}-d, narrower than the gallery's {prefix}-d prefix.")
+    if admission is not None and admission.gallery_prefix_dim is not None:
+        # A shared prefix of the gallery's vectors (an older or sibling model's queries): an exact scan of the
+        # encoder's vectors cut to it. The index was built on whole vectors, so it cannot serve this search.
+        scores, rows = prefix_scan(store, _unit(queries[:, :prefix]), admission.gallery_prefix_dim, k)
+        flags, nan = np.zeros(rows.shape, dtype=bool), np.full(rows.shape, np.nan, dtype=np.float32)
+        ids = [store.ids_of(row[row >= 0]) for row in rows]
+        return GallerySearchResult(ids, scores, rows, flags, nan, prefix, admission.to_dict())
     state = store.backfill_state
     new_prefix = None
     if state and state["done"] > 0 and query_config is not None:
