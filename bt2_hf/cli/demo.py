@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--tiny", action="store_true", help="A seconds-long smoke run (few images; numbers are noise).")
     parser.add_argument(
         "--new_steps", "--new-steps", dest="new_steps", type=int, default=None,
-        help="Optimizer steps of every new model (default: the size's, 700 on CPU).",
+        help="Optimizer steps of every new model (default: the size's, 600 on CPU).",
     )  # fmt: skip
     parser.add_argument(
         "--train_fraction", "--train-fraction", dest="train_fraction", type=float, default=1.0,
