@@ -48,7 +48,7 @@ def test_index_types_agree_with_exact_search(tmp_path, index_type):
     assert (np.diff(result.scores, axis=1) <= 1e-7).all()
     if index_type == "ivfpq":
         params = manifest["index"]["params"]
-        assert params["pq_m"] == 2 and params["rerank"] == 200 and gallery.index.code_size == 2
+        assert params["pq_m"] == 2 and params["rerank"] == 1000 and gallery.index.code_size == 2
 
 
 def test_corrupted_or_inconsistent_gallery_is_refused(tmp_path):
