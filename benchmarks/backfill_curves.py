@@ -22,13 +22,12 @@ def main() -> None:
     parser.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int)
-    parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--output")
     args = parser.parse_args()
 
     from bt2_hf import BT2Model
     from bt2_hf.data.fashion_mnist import load_fashion_mnist
-    from bt2_hf.galleries import mixed_backfill_curve
+    from bt2_hf.galleries import mixed_backfill_curves
     from bt2_hf.galleries.embed import encode_items
 
     data = load_fashion_mnist(args.data, args.split)
@@ -38,9 +37,8 @@ def main() -> None:
     prefix = old.config.embedding_dim
     results = {}
     for order in ("random", "centroid-distance"):
-        for rule in ("naive", "slots"):
-            curve = mixed_backfill_curve(old_embeddings, new_embeddings, labels, prefix, order=order, rule=rule,
-                                         depth=args.depth)  # fmt: skip
+        curves = mixed_backfill_curves(old_embeddings, new_embeddings, labels, prefix, order=order)
+        for rule, curve in curves.items():
             results[f"{order}/{rule}"] = curve
             floor = curve["top1"][0]
             print(f"{order:>17} {rule:>5}: " + " ".join(f"{v:5.1f}" for v in curve["top1"])
