@@ -1,6 +1,6 @@
 """``bt2 series``: train and evaluate a series of BT² updates (v1 → v2 → v3) from a YAML or JSON file.
 
-The file lists the versions (fields of :class:`bt2_hf.series.SeriesVersion`) and optional run settings::
+The file lists the versions (fields of :class:`bt2_hf.pipelines.series.SeriesVersion`) and optional run settings::
 
     output_dir: runs/series
     eval_samples: 10000
@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_train_samples", type=int, default=None, help="Override every version's sample count.")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no_reuse", action="store_true", help="Retrain versions whose output already exists.")
+    parser.add_argument(
+        "--retrain_changed", action="store_true",
+        help="Retrain only the versions whose saved settings differ from the file (default: refuse them, naming the "
+        "settings), and those trained against a retrained version.",
+    )  # fmt: skip
     parser.add_argument("--disable_tqdm", action="store_true")
     parser.add_argument(
         "--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
@@ -54,7 +59,7 @@ def load_series_file(path: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bt2_hf.series import SeriesVersion, format_matrix, run_series
+    from bt2_hf.pipelines.series import SeriesVersion, format_matrix, run_series
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_samples=args.eval_samples if args.eval_samples is not None else spec.get("eval_samples"),
         seed=args.seed if args.seed is not None else int(spec.get("seed", 0)),
         reuse=not args.no_reuse,
+        retrain_changed=args.retrain_changed,
         disable_tqdm=args.disable_tqdm,
         mixed_precision=args.mixed_precision or spec.get("mixed_precision"),
     )

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bt2_hf.demo import DemoSize, _patch_size, update_gain_or_reason, verdict
-from bt2_hf.demo_data import dataset_slug, load_demo_data, split_off
 from bt2_hf.errors import BT2InputError
+from bt2_hf.pipelines.demo import DemoSize, _patch_size, update_gain_or_reason, verdict
+from bt2_hf.pipelines.demo_data import dataset_slug, load_demo_data, split_off
 from tests.demo.synthetic import CLASS_NAMES, write_idx, write_texture_idx
 
 

@@ -10,8 +10,8 @@ import torch
 
 from bt2_hf import BT2Model
 from bt2_hf.data import ImageClassificationData
+from bt2_hf.pipelines.series import SeriesVersion, format_matrix, plan_series, run_series
 from bt2_hf.retrieval.compatibility import compatibility_matrix
-from bt2_hf.series import SeriesVersion, format_matrix, plan_series, run_series
 
 CNN = {"num_channels": 1, "widths": [4, 8], "image_size": 12}
 

@@ -1,0 +1,36 @@
+"""Embed a split with a saved (or loaded) model: the one way the pipelines turn images into vectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@torch.no_grad()
+def embed_split(
+    model_or_path: Any, images: Any, batch_size: int = 512, device: str | torch.device | None = None
+) -> np.ndarray:
+    """Embed every image of a split with a model's own preprocessing (:meth:`~bt2_hf.BT2Model.encode`).
+
+    Args:
+        model_or_path (:class:`~bt2_hf.BT2Model`, `str` or `Path`): a loaded model, or a checkpoint directory or Hub
+            id to load (its fingerprint is verified on load).
+        images: what :meth:`~bt2_hf.BT2Model.encode` accepts, typically a uint8 ``(N, C, H, W)`` tensor.
+        batch_size (`int`, *optional*, defaults to 512): images per forward pass (the numbers do not depend on it
+            beyond float rounding).
+        device (`str` or `torch.device`, *optional*): where to run; defaults to the model's device (the CPU for a
+            model loaded here).
+
+    Returns:
+        `np.ndarray` of shape `(N, embedding_dim)`, float32, unit-norm rows, in the order of ``images``.
+    """
+    if isinstance(model_or_path, (str, Path)):
+        from ..modeling_bt2 import BT2Model
+
+        model = BT2Model.from_pretrained(model_or_path)
+    else:
+        model = model_or_path
+    return model.encode(images=images, batch_size=batch_size, device=device).numpy()
