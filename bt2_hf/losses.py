@@ -81,3 +81,51 @@ def cosine_matching_loss(predictions: torch.Tensor, targets: torch.Tensor) -> to
         )
     cosine = (F.normalize(predictions.float(), dim=-1) * F.normalize(targets.float(), dim=-1)).sum(dim=-1)
     return 1.0 - cosine.mean()
+
+
+def contrastive_loss(
+    queries: torch.Tensor, keys: torch.Tensor, temperature: float = 0.05, symmetric: bool = True
+) -> torch.Tensor:
+    r"""In-batch contrastive loss (InfoNCE, as CLIP): each query must pick its own key among the batch's keys.
+
+    With ``q̂_i``, ``k̂_j`` the L2-normalised rows and ``s_ij = q̂_i · k̂_j / temperature``:
+
+    ``L = ½ [ mean_i −log softmax_j(s_ij)[i]  +  mean_j −log softmax_i(s_ij)[j] ]``
+
+    (the second, key→query half only when ``symmetric``). Row ``i`` of ``queries`` and of ``keys`` are a pair (a
+    caption and its image); every other row of the batch is a negative. This is what makes an embedding
+    *discriminate instances*: a cosine match to its own target alone leaves two captions of similar images free to
+    collapse onto one point.
+
+    In a multi-process run the batch is the **global** batch: every process's rows are gathered (with gradients, see
+    :func:`bt2_hf.utils.distributed.gather_with_grad`) and each process scores its own rows against all of them, so
+    2 processes × B rows train exactly as 1 process × 2B rows.
+
+    Args:
+        queries (`torch.Tensor` of shape `(batch, dim)`): e.g. the text tower's embeddings.
+        keys (`torch.Tensor` of shape `(batch, dim)`): their partners, e.g. the paired images' embeddings (a frozen
+            target or another trained tower).
+        temperature (`float`, *optional*, defaults to 0.05): divides the cosines (CLIP learns it and ends near 0.01;
+            a fixed value keeps runs reproducible).
+        symmetric (`bool`, *optional*, defaults to `True`): average with the key→query direction.
+
+    Returns:
+        `torch.Tensor`: the scalar loss, float32.
+    """
+    from .utils.distributed import gather_with_grad
+
+    if queries.shape != keys.shape:
+        raise ValueError(
+            f"Contrastive pairs need queries and keys of one shape, got {tuple(queries.shape)} and {tuple(keys.shape)}."
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+    queries = F.normalize(queries.float(), dim=-1)
+    keys = F.normalize(keys.float(), dim=-1)
+    all_queries, offset = gather_with_grad(queries)
+    all_keys, _ = gather_with_grad(keys)
+    own = torch.arange(offset, offset + len(queries), device=queries.device)
+    loss = F.cross_entropy(queries @ all_keys.T / temperature, own)
+    if symmetric:
+        loss = 0.5 * (loss + F.cross_entropy(keys @ all_queries.T / temperature, own))
+    return loss

@@ -1,4 +1,5 @@
-"""``bt2 train --config recipe.yaml [--key value ...]``: train an old / independent / BCT / BT² model.
+"""``bt2 train --config recipe.yaml [--key value ...]``: train an image tower (old / independent / BCT / BT²) or a
+text tower on image–text data (``--method independent_text | bct_text | bt2_text``).
 
 The recipe is a flat YAML file whose keys are the fields of :class:`~bt2_hf.training.ModelArguments`,
 :class:`~bt2_hf.training.DataArguments`, :class:`~bt2_hf.training.BT2TrainingArguments` and the chosen method's

@@ -1,8 +1,11 @@
-"""Compatibility methods: a registry of ``independent``, ``bct`` and ``bt2`` (config dataclass + loss hooks).
+"""Compatibility methods: a registry (config dataclass + loss hooks, one ``compute_loss`` signature).
+
+Image towers: ``independent``, ``bct``, ``bt2``. Text towers on image–text data: ``independent_text``, ``bct_text``,
+``bt2_text``.
 
 >>> from bt2_hf.methods import get_method, list_methods
 >>> list_methods()
-['bct', 'bt2', 'independent']
+['bct', 'bct_text', 'bt2', 'bt2_text', 'independent', 'independent_text']
 >>> method = get_method("bt2")  # default BT2MethodConfig
 >>> method.requires, method.config.old_match_weight
 (('old', 'independent'), 5.0)
@@ -59,15 +62,31 @@ def list_methods() -> list[str]:
 from .bct import BCTConfig, BCTMethod  # noqa: E402
 from .bt2 import BT2Method, BT2MethodConfig  # noqa: E402
 from .independent import IndependentConfig, IndependentMethod  # noqa: E402
+from .text import (  # noqa: E402
+    BCTTextConfig,
+    BCTTextMethod,
+    BT2TextConfig,
+    BT2TextMethod,
+    ContrastiveConfig,
+    IndependentTextConfig,
+    IndependentTextMethod,
+)
 
 __all__ = [
     "BCTConfig",
     "BCTMethod",
+    "BCTTextConfig",
+    "BCTTextMethod",
     "BT2Method",
     "BT2MethodConfig",
+    "BT2TextConfig",
+    "BT2TextMethod",
     "CompatibilityMethod",
+    "ContrastiveConfig",
     "IndependentConfig",
     "IndependentMethod",
+    "IndependentTextConfig",
+    "IndependentTextMethod",
     "MethodConfig",
     "PrototypeInfluenceConfig",
     "get_method",

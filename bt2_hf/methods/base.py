@@ -70,16 +70,28 @@ class CompatibilityMethod:
     Attributes:
         name (`str`): registry name (``"independent"``, ``"bct"``, ``"bt2"``).
         config_class (`type[MethodConfig]`): the method's config dataclass.
-        requires (`tuple[str, ...]`): the frozen reference models it needs: ``()``, ``("old",)`` or
-            ``("old", "independent")``.
-        uses_prototypes (`bool`): whether it needs the fixed class-mean pseudo-classifier ``W_o`` of the old model.
+        modality (`str`): what it trains: ``"image"`` (an image tower on image–label data), ``"text"`` (a text tower
+            on image–text data) or ``"pair"`` (a text and an image tower together, see
+            :class:`~bt2_hf.training.towers.BT2PairOutput`).
+        requires (`tuple[str, ...]`): the frozen reference models it needs, by role: ``"old"`` (the old *image*
+            model; embeds the image of each row), ``"independent"`` (the independently trained new model of the same
+            modality; for a pair, its two towers ``"independent_image"`` and ``"independent_text"``), ``"image"``
+            (the image model a text tower is aligned with).
+        uses_prototypes (`bool`): whether it uses the fixed class-mean pseudo-classifier ``W_o`` (class means of the
+            ``prototype_reference`` model's embeddings of the training images).
+        prototype_reference (`str`): the reference whose class means form ``W_o`` (default ``"old"``).
+        requires_labels (`bool`): whether the data must have class labels. Methods that do not require them use the
+            label terms (classifier, influence) only when the data has labels (``labels`` is then not ``None``).
         paper (`dict`): ``title``, ``arxiv_id``, ``url`` and ``citation`` (bibtex), for model cards.
     """
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    modality: ClassVar[str] = "image"
     requires: ClassVar[tuple[str, ...]] = ()
     uses_prototypes: ClassVar[bool] = False
+    prototype_reference: ClassVar[str] = "old"
+    requires_labels: ClassVar[bool] = True
     paper: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: MethodConfig | None = None):
@@ -103,20 +115,25 @@ class CompatibilityMethod:
 
     def prepare(self, prototypes: torch.Tensor | None = None) -> None:
         """Receive what is computed once before training (the prototypes ``W_o``, shape `(num_classes, d_old)`)."""
-        if self.uses_prototypes and prototypes is None:
+        if self.uses_prototypes and prototypes is None and self.requires_labels:
             raise ValueError(f"Method {self.name!r} needs the old model's class prototypes; none were given.")
         self.prototypes = prototypes
 
     def compute_loss(
-        self, outputs: Any, targets: dict[str, torch.Tensor], labels: torch.Tensor
+        self, outputs: Any, targets: dict[str, torch.Tensor], labels: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         """The named loss terms of one batch; the trainer sums those whose key ends in ``_loss``.
 
+        The one signature of every method, whatever it trains (image tower, text tower, image–text pair).
+
         Args:
-            outputs (:class:`~bt2_hf.BT2Output`): the trained model's outputs.
-            targets (`dict[str, torch.Tensor]`): the frozen references' embeddings of the same (augmented) inputs,
-                keyed by reference name.
-            labels (`torch.LongTensor` of shape `(batch,)`): class ids.
+            outputs (:class:`~bt2_hf.BT2Output`, or :class:`~bt2_hf.training.towers.BT2PairOutput` for a pair): the
+                trained model's outputs.
+            targets (`dict[str, torch.Tensor]`): the frozen references' embeddings of the same rows, keyed by role
+                (``"old"``: the old image model's embedding of the row's (augmented) image, computed online or
+                precomputed; ``"independent"``: the independent model's embedding of the same input, …).
+            labels (`torch.LongTensor` of shape `(batch,)`, *optional*): class ids; ``None`` for data without labels
+                (only methods with ``requires_labels = False`` are given such data).
 
         Returns:
             `dict[str, torch.Tensor]` of scalar losses, already multiplied by their weights.

@@ -72,6 +72,22 @@ class ModelArguments:
         default=None, metadata={"help": "The frozen independently trained new model (BT²): checkpoint or Hub id."}
     )
     independent_model_revision: str | None = field(default=None, metadata={"help": "Hub revision of it."})
+    image_model: str | None = field(
+        default=None,
+        metadata={"help": "independent_text: the frozen image model the text tower is aligned with (a new model)."},
+    )
+    image_model_revision: str | None = field(default=None, metadata={"help": "Hub revision of image_model."})
+    tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "A text tower built from backbone_config (no init_from) needs a tokenizer: a local folder or Hub "
+            "id (open_clip text towers bring their own)."
+        },
+    )
+    freeze_backbone: bool = field(
+        default=False,
+        metadata={"help": "Train the head only; the backbone stays frozen (and in eval mode: no dropout)."},
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone_config, str):
@@ -87,7 +103,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Which images to train on."""
+    """Which data to train on: images with labels (image towers), or images with captions (text towers, pairs)."""
 
     dataset: str = field(
         default="fashion_mnist",
@@ -116,6 +132,19 @@ class DataArguments:
     )
     image_column: str | None = field(default=None, metadata={"help": "Image column of a `datasets` dataset."})
     label_column: str | None = field(default=None, metadata={"help": "Label column of a `datasets` dataset."})
+    text_column: str | None = field(
+        default=None,
+        metadata={"help": "Caption column of an image–text dataset (default: text or caption; a list gives one row "
+                  "per caption)."},
+    )  # fmt: skip
+    old_target_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "A column holding the old image model's embeddings of the images, precomputed: used as the old "
+            "targets (and for the class prototypes) instead of running the old model."
+        },
+    )
+    max_text_length: int = field(default=64, metadata={"help": "Tokens per caption (longer ones are truncated)."})
     image_size: int | None = field(
         default=None, metadata={"help": "Resize images of a `datasets` dataset to this size when decoding."}
     )
@@ -134,7 +163,13 @@ class BT2TrainingArguments:
     """How to train: method, optimisation, precision, checkpoints and logging."""
 
     output_dir: str = field(metadata={"help": "Where the final model, logs and checkpoints are written."})
-    method: str = field(default="independent", metadata={"help": "Training method: independent, bct or bt2."})
+    method: str = field(
+        default="independent",
+        metadata={
+            "help": "Training method: independent, bct or bt2 (image towers); independent_text, bct_text or bt2_text "
+            "(text towers on image–text data)."
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Seed of initialisation, data order and augmentation."})
     num_train_epochs: int = field(default=1, metadata={"help": "Epochs to train (unless max_steps is set)."})
     max_steps: int = field(

@@ -1,4 +1,8 @@
-"""Frozen reference models (the old model, the independently trained new model): loaded, frozen, eval, no_grad."""
+"""Frozen reference models (the old model, the independently trained new model): loaded, frozen, eval, no_grad.
+
+An image reference embeds the (augmented) image batch; a text reference (an independent text tower) embeds the
+captions, tokenised once with its own tokenizer (:meth:`FrozenReference.tokenize`).
+"""
 
 from __future__ import annotations
 
@@ -16,13 +20,13 @@ logger = logging.getLogger(__name__)
 
 
 class FrozenReference:
-    """A frozen :class:`~bt2_hf.BT2Model` that embeds training batches for targets and prototypes.
+    """A frozen :class:`~bt2_hf.BT2Model` (image or text) that embeds training batches for targets and prototypes.
 
     The model is put in eval mode with ``requires_grad=False`` and is only ever called under ``torch.no_grad()``; it is
     never given to ``accelerator.prepare`` (no DDP wrapper, no optimizer), so its weights stay bit-identical.
 
     Args:
-        name (`str`): the role: ``"old"`` or ``"independent"``.
+        name (`str`): the role: ``"old"``, ``"independent"``, ``"image"``, ``"independent_image"`` …
         model (:class:`~bt2_hf.BT2Model`): the loaded model.
         name_or_path (`str`): where it came from (recorded in the new checkpoint).
         revision (`str`, *optional*): its Hub revision.
@@ -36,12 +40,16 @@ class FrozenReference:
         self.model = model.eval().requires_grad_(False)
         self.name_or_path = name_or_path
         self.revision = revision
-        if model.modality != "image":
-            raise ValueError(
-                f"The {name} model {name_or_path} encodes {model.modality}; the training loop trains image models "
-                "against image references."
-            )
-        self.transform = ModelInputTransform.from_processor(model.processor, channels_last=channels_last)
+        self.tokens: dict[str, torch.Tensor] | None = None
+        self.transform = (
+            ModelInputTransform.from_processor(model.processor, channels_last=channels_last)
+            if model.modality == "image"
+            else None
+        )
+
+    @property
+    def modality(self) -> str:
+        return self.model.modality
 
     @classmethod
     def load(
@@ -86,6 +94,22 @@ class FrozenReference:
             self.model.eval()
         pixel_values = self.transform(images.to(self.device))
         return self.model(pixel_values=pixel_values).embeddings.float()
+
+    def tokenize(self, texts: list[str], max_length: int) -> None:
+        """Tokenise every training caption once with this (text) reference's own tokenizer."""
+        from ..data.image_text import tokenize_texts
+
+        self.tokens = tokenize_texts(self.model.processor, texts, max_length)
+
+    @torch.no_grad()
+    def embed_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``(B, embedding_dim)`` (float32, unit norm) of the captions at data rows ``rows`` (text)."""
+        if self.tokens is None:
+            raise RuntimeError(f"The text reference {self.name} was not given the captions (tokenize) first.")
+        if self.model.training:
+            self.model.eval()
+        inputs = {k: v[rows.cpu()].to(self.device) for k, v in self.tokens.items()}
+        return self.model(**inputs).embeddings.float()
 
     def metadata(self) -> dict[str, Any]:
         """What the trained model records about this reference."""

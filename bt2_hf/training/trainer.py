@@ -1,8 +1,10 @@
-"""One training loop on accelerate for every method (old, independent, BCT, BT²).
+"""One training loop on accelerate for every method and every tower (image towers, text towers, image–text pairs).
 
 :func:`train` is the Python entry point (``bt2 train`` and the demo call it); it takes the three run-argument
 dataclasses and a method config, optionally in-memory data and an evaluation hook, and returns the directory of the
-saved model. Nothing is written before every input has been checked and the references and prototypes are ready, so
+saved model. What differs between towers is only what a batch feeds the model (``pixel_values`` and/or tokens) and
+which frozen reference embeds what (image references the augmented images, text references the captions): the
+batch order, checkpoints, exact resume, multi-process training, mixed precision and the card are one code path. Nothing is written before every input has been checked and the references and prototypes are ready, so
 a bad input leaves no half-written output.
 """
 
@@ -27,6 +29,7 @@ from ..compatibility import trained_against
 from ..configuration_bt2 import BT2Config
 from ..data.datasets import ImageClassificationData, load_image_classification
 from ..data.device_loader import DeviceTensorDataLoader, ShardedDataLoader
+from ..data.image_text import ImageTextData, load_image_text, tokenize_texts
 from ..data.subsets import parse_class_subset
 from ..data.transforms import BatchAugmentation, ModelInputTransform
 from ..methods import CompatibilityMethod, MethodConfig, get_method
@@ -107,8 +110,12 @@ def _first_non_finite(values: dict[str, torch.Tensor]) -> tuple[str, float] | No
 
 @torch.no_grad()
 def _check_finite_model(model: torch.nn.Module, step: int) -> None:
-    """Refuse to save a model holding NaN or inf (one pass over the weights, before every save)."""
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+    """Refuse to save a model holding NaN or inf (one pass over the weights, before every save).
+
+    What is saved is checked (the state dict): a non-persistent buffer such as open_clip's causal attention mask
+    (-inf above the diagonal by design) is rebuilt on load, never saved.
+    """
+    for name, tensor in model.state_dict(keep_vars=True).items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise FloatingPointError(
@@ -133,7 +140,38 @@ def _check_output_dir(args: BT2TrainingArguments) -> None:
         )
 
 
-def _load_train_data(data_args: DataArguments, train_data: Any, seed: int) -> ImageClassificationData:
+def _load_image_text_data(data_args: DataArguments, train_data: Any, seed: int, method) -> ImageTextData:
+    if train_data is None:
+        if data_args.dataset in ("fashion_mnist", "fashion-mnist"):
+            raise ValueError(
+                f"Method {method.name!r} trains a {method.modality} tower on image–text data: pass --dataset with a "
+                "`datasets` folder (save_to_disk) or Hub id holding an image and a text/caption column."
+            )
+        data = load_image_text(
+            data_args.dataset, data_args.train_split, image_column=data_args.image_column,
+            text_column=data_args.text_column, label_column=data_args.label_column,
+            old_target_column=data_args.old_target_column, image_size=data_args.image_size,
+            num_channels=data_args.num_channels, in_memory=data_args.in_memory,
+        )  # fmt: skip
+    elif isinstance(train_data, ImageTextData):
+        data = train_data
+    else:
+        raise TypeError(f"Method {method.name!r} trains on image–text data: train_data must be an ImageTextData.")
+    if method.requires_labels and not data.has_labels:
+        raise ValueError(f"Method {method.name!r} needs class labels; the data has no label column.")
+    if data.class_names is not None:
+        data = data.select_classes(parse_class_subset(data_args.class_subset, data.num_classes))
+    elif data_args.class_subset:
+        raise ValueError("class_subset needs labelled data; this image–text data has no label column.")
+    data = data.take_samples(data_args.max_train_samples, seed=seed)
+    if len(data) == 0:
+        raise ValueError("No training rows left after the class subset / max_train_samples selection.")
+    return data
+
+
+def _load_train_data(data_args: DataArguments, train_data: Any, seed: int, method=None):
+    if method is not None and method.modality != "image":
+        return _load_image_text_data(data_args, train_data, seed, method)
     if train_data is None:
         data = load_image_classification(
             data_args.dataset,
@@ -186,10 +224,17 @@ def _build_model(
             backbone_type=model_args.backbone_type, backbone_config=model_args.backbone_config or {}, **kwargs
         )
         model = BT2Model(config)
-    if model.modality != "image":
+    if model.modality != method.modality:
         raise ValueError(
-            f"The training loop trains image models; backbone {model_args.backbone_type!r} encodes {model.modality}."
+            f"Method {method.name!r} trains a {method.modality} tower, but backbone {model_args.backbone_type!r} "
+            f"encodes {model.modality}; choose a {method.modality} backbone_type."
         )
+    if model.modality == "text" and model_args.tokenizer:
+        from transformers import AutoTokenizer
+
+        model.processor = AutoTokenizer.from_pretrained(model_args.tokenizer)
+    if model_args.freeze_backbone:
+        model.backbone.requires_grad_(False)
     if model_args.init_from_independent:
         if "independent" in references:
             independent = references["independent"].model
@@ -300,10 +345,11 @@ def train(
     training_args: BT2TrainingArguments,
     method_config: MethodConfig | dict[str, Any] | None = None,
     *,
-    train_data: ImageClassificationData | tuple[torch.Tensor, torch.Tensor] | None = None,
+    train_data: ImageClassificationData | ImageTextData | tuple[torch.Tensor, torch.Tensor] | None = None,
     eval_fn: EvalFn | None = None,
 ) -> Path:
-    """Train one model (old, independent, BCT or BT²) and save it with ``save_pretrained``.
+    """Train one model (an image tower: old, independent, BCT or BT²; a text tower: ``independent_text``,
+    ``bct_text``, ``bt2_text``) and save it with ``save_pretrained``.
 
     Args:
         model_args (:class:`ModelArguments`): backbone, head width, frozen reference checkpoints.
@@ -313,6 +359,7 @@ def train(
             defaults to the method's defaults.
         train_data (:class:`~bt2_hf.data.ImageClassificationData` or `(images, labels)`, *optional*): in-memory data
             instead of loading ``data_args.dataset`` (uint8 ``(N, C, H, W)`` images); the class subset still applies.
+            Text towers take an :class:`~bt2_hf.data.image_text.ImageTextData` (images, captions, optional labels).
         eval_fn (`callable`, *optional*): called after every epoch on every process as
             ``eval_fn(model, accelerator, epoch)``; the returned dict of numbers is logged (e.g. retrieval top-1).
 
@@ -352,7 +399,12 @@ def train(
     set_seed(args.seed)
 
     # ---- everything that can fail on bad input happens before anything is written
-    data = _load_train_data(data_args, train_data, args.seed)
+    data = _load_train_data(data_args, train_data, args.seed, method)
+    # The images of the rows (image towers: the data itself; text towers: the captions' paired images, which only the
+    # frozen image references see) and their labels (None for unlabelled image–text data).
+    image_data = data.images if isinstance(data, ImageTextData) else data
+    has_labels = not isinstance(data, ImageTextData) or data.has_labels
+    old_column = data.old_targets if isinstance(data, ImageTextData) else None
     missing = [name for name in method.requires if not getattr(model_args, f"{name}_model")]
     if missing:
         raise ValueError(
@@ -377,6 +429,20 @@ def train(
         for name in method.requires
     }
     for name, ref in references.items():
+        wanted = method.modality if name == "independent" else "image"
+        if ref.modality != wanted:
+            raise ValueError(
+                f"The {name} model {ref.name_or_path} encodes {ref.modality}; method {method.name!r} needs a {wanted} "
+                f"model as its {name} reference."
+            )
+        if ref.modality == "text":
+            ref.tokenize(data.texts, data_args.max_text_length)
+    if old_column is not None and "old" in references and old_column.shape[1] != references["old"].embedding_dim:
+        raise ValueError(
+            f"The column {data_args.old_target_column} holds {old_column.shape[1]}-d old targets, but the old model "
+            f"{references['old'].name_or_path} embeds into {references['old'].embedding_dim} dims."
+        )
+    for name, ref in references.items():
         if ref.model.config.num_classes and ref.model.config.num_classes != data.num_classes and name == "independent":
             logger.warning(
                 "The independent model was trained with %d classes, this data has %d.",
@@ -385,11 +451,21 @@ def train(
             )
     set_seed(args.seed)  # the model's initialisation does not depend on what was loaded before
     model = _build_model(model_args, method, references, data.num_classes)
-    _match_processor_to_data(model, data, model_args)
-    input_transform = ModelInputTransform.from_processor(model.processor, channels_last=use_channels_last)
-    augmentation = BatchAugmentation(data_args.augment_padding, data_args.horizontal_flip)
+    tokens = None  # a text tower's captions, tokenised once (rows are picked per batch)
+    if model.modality == "image":
+        _match_processor_to_data(model, data, model_args)
+        input_transform = ModelInputTransform.from_processor(model.processor, channels_last=use_channels_last)
+    else:
+        tokens = tokenize_texts(model.processor, data.texts, data_args.max_text_length)
+    has_images = not isinstance(data, ImageTextData) or data.has_images
+    augmentation = (
+        BatchAugmentation(data_args.augment_padding, data_args.horizontal_flip)
+        if has_images
+        else BatchAugmentation(0, False)  # 1-pixel placeholders: nothing to augment
+    )
     batch_size = args.per_device_train_batch_size
-    loader = _make_loader(data, batch_size, accelerator, args, args.seed, sharded=True, shuffle=True, drop_last=True)
+    loader = _make_loader(image_data, batch_size, accelerator, args, args.seed, sharded=True, shuffle=True,
+                          drop_last=True)  # fmt: skip
     accumulation = args.gradient_accumulation_steps
     steps_per_epoch = len(loader) // accumulation
     if steps_per_epoch == 0:
@@ -401,7 +477,7 @@ def train(
 
     def no_grad_pass(epoch: int, augment: bool, sharded: bool):
         """(augmented images, labels, rows) over the whole training set, for prototypes and precomputed targets."""
-        pass_loader = _make_loader(data, 4 * batch_size, accelerator, args, args.seed, sharded=sharded,
+        pass_loader = _make_loader(image_data, 4 * batch_size, accelerator, args, args.seed, sharded=sharded,
                                    shuffle=False, drop_last=False)  # fmt: skip
         for batch_index, batch in enumerate(pass_loader.iter_epoch(epoch)):
             params = None
@@ -413,34 +489,51 @@ def train(
             yield augmentation(batch["images"], params), batch["labels"], batch["index"]
 
     prototypes = None
-    if method.uses_prototypes:
-        old = references["old"]
-        with accelerator.autocast():
+    if method.uses_prototypes and has_labels:
+        ref = references[method.prototype_reference]
+        if old_column is not None and method.prototype_reference == "old":
+            # the precomputed column is the old model's word on these images: W_o is its class means
             prototypes = compute_class_means(
-                (
-                    (images, labels)
-                    for images, labels, _ in no_grad_pass(_PROTOTYPE_EPOCH, args.prototype_augmentation, True)
-                ),
-                data.num_classes,
-                old.embed,
-                old.embedding_dim,
-                device,
-                reduce=(lambda t: accelerator.reduce(t, "sum")) if accelerator.num_processes > 1 else None,
+                [(old_column, image_data.labels)], data.num_classes, lambda x: x, old_column.shape[1], device,
                 class_names=data.class_names,
-            )
+            )  # fmt: skip
+        else:
+            with accelerator.autocast():
+                prototypes = compute_class_means(
+                    (
+                        (images, labels)
+                        for images, labels, _ in no_grad_pass(_PROTOTYPE_EPOCH, args.prototype_augmentation, True)
+                    ),
+                    data.num_classes,
+                    ref.embed,
+                    ref.embedding_dim,
+                    device,
+                    reduce=(lambda t: accelerator.reduce(t, "sum")) if accelerator.num_processes > 1 else None,
+                    class_names=data.class_names,
+                )
     method.prepare(prototypes)
     precomputed: dict[str, torch.Tensor] = {}
+    if old_column is not None and "old" in references:
+        precomputed["old"] = old_column.to(device)
     if args.reference_targets == "precomputed" and references:
-        # Each process embeds every image once (a single random augmentation per image, as the research code).
+        # Each process embeds every image once (a single random augmentation per image, as the research code), and
+        # every caption once.
         for name, ref in references.items():
+            if name in precomputed:
+                continue
             table = torch.zeros(len(data), ref.embedding_dim, device=device)
             with accelerator.autocast():
-                for images, _, rows in no_grad_pass(_PRECOMPUTE_EPOCH, True, False):
-                    table[rows.to(device)] = ref.embed(images)
+                if ref.modality == "image":
+                    for images, _, rows in no_grad_pass(_PRECOMPUTE_EPOCH, True, False):
+                        table[rows.to(device)] = ref.embed(images)
+                else:
+                    for start in range(0, len(data), 4 * batch_size):
+                        rows = torch.arange(start, min(start + 4 * batch_size, len(data)))
+                        table[rows.to(device)] = ref.embed_rows(rows)
             precomputed[name] = table
 
     # ---- training state
-    model.train()
+    _train_mode(model, model_args.freeze_backbone)
     if use_channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args, device)
@@ -504,15 +597,20 @@ def train(
                 params = params.slice(batch["global_offset"], batch["global_offset"] + len(batch["labels"]))
                 batch_index += 1
                 images = augmentation(batch["images"], params)
-                labels = batch["labels"]
+                labels = batch["labels"] if has_labels else None
                 with accelerator.autocast():
                     targets = {}
                     for name, ref in references.items():
-                        if precomputed:
+                        if name in precomputed:
                             targets[name] = precomputed[name][batch["index"].to(device)]
-                        else:
+                        elif ref.modality == "image":
                             targets[name] = ref.embed(images)
-                    outputs = forward_model(pixel_values=input_transform(images))
+                        else:
+                            targets[name] = ref.embed_rows(batch["index"])
+                    if tokens is None:
+                        outputs = forward_model(pixel_values=input_transform(images))
+                    else:
+                        outputs = forward_model(**{k: v[batch["index"]].to(device) for k, v in tokens.items()})
                     losses = method.compute_loss(outputs, targets, labels)
                 loss = sum(value for key, value in losses.items() if key.endswith("_loss"))
                 # Only the last micro-batch synchronises gradients across processes.
@@ -571,7 +669,7 @@ def train(
                 unwrapped = accelerator.unwrap_model(model)
                 unwrapped.eval()
                 metrics = eval_fn(unwrapped, accelerator, global_step // steps_per_epoch)
-                unwrapped.train()
+                _train_mode(unwrapped, model_args.freeze_backbone)
                 if metrics:
                     entry = {"step": global_step, "epoch": global_step // steps_per_epoch,
                              **{f"eval_{k}": float(v) for k, v in metrics.items()}}  # fmt: skip
@@ -616,6 +714,13 @@ def train(
     return output_dir
 
 
+def _train_mode(model: torch.nn.Module, freeze_backbone: bool) -> None:
+    """Training mode, except a frozen backbone, which stays in eval mode (no dropout, fixed normalisation)."""
+    model.train()
+    if freeze_backbone:
+        getattr(model, "module", model).backbone.eval()
+
+
 def _trained_against(old: FrozenReference | None) -> dict[str, Any] | None:
     """The old model a BCT/BT² run trained against (reference, fingerprint, prefix width): a record, not a claim."""
     if old is None:
@@ -627,11 +732,13 @@ def _training_metadata(
     method, data, model_args, data_args, args, references, total_steps, world_size
 ) -> dict[str, Any]:
     """``config.training``: how the model was trained (method, its config, references, data and class subset)."""
+    images = data.images if isinstance(data, ImageTextData) else data
     return {
         **method.metadata(),
+        "modality": method.modality,
         "references": {name: ref.metadata() for name, ref in references.items()},
         "dataset": data_args.dataset if data.source == "in-memory" else data.source,
-        "class_subset": data.class_subset,
+        "class_subset": images.class_subset,
         "class_names": data.class_names,
         "num_train_samples": len(data),
         "steps": total_steps,
@@ -643,6 +750,7 @@ def _training_metadata(
         "lr_scheduler_type": args.lr_scheduler_type,
         "reference_targets": args.reference_targets,
         "init_from": model_args.init_from,
+        "freeze_backbone": model_args.freeze_backbone,
         "init_from_independent": model_args.init_from_independent,
         # the checkpoint whose weights this model started from (the model card shows it)
         "started_from": model_args.independent_model if model_args.init_from_independent else None,

@@ -1,0 +1,232 @@
+"""Text towers through the one trainer: the contrastive term, `bt2 train` on image–text data (1 vs 2 processes), resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from training_helpers import CNN, quick_args, synthetic_data
+
+from bt2_hf import BT2Model
+from bt2_hf.data import ImageClassificationData
+from bt2_hf.data.image_text import ImageTextData, from_hf_image_text
+from bt2_hf.losses import contrastive_loss
+from bt2_hf.training import DataArguments, ModelArguments, train
+
+HERE = Path(__file__).parent
+REPO = HERE.parent.parent
+# A 1-layer open_clip text tower built from its config; open_clip's own tokenizer needs the full vocabulary.
+OPEN_CLIP_TEXT = {
+    "model_cfg": {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+}
+WORDS = ["top", "middle", "lower", "bottom"]
+SIZES = ["small", "large", "bright"]
+
+
+def captions_for(labels: torch.Tensor) -> list[str]:
+    """A caption per image: its class's band position, plus a per-row word (instance-ish detail)."""
+    return [f"a {SIZES[i % 3]} band at the {WORDS[int(label)]}" for i, label in enumerate(labels)]
+
+
+def image_text_data(n: int = 48, labelled: bool = True) -> ImageTextData:
+    images, labels = synthetic_data(n=n)
+    return ImageTextData(
+        images=ImageClassificationData(labels=labels, images=images), texts=captions_for(labels), has_labels=labelled
+    )
+
+
+def write_image_text_dataset(path: Path, n: int = 48) -> Path:
+    """A `datasets` folder (save_to_disk) with image, caption and label columns."""
+    import datasets
+    from PIL import Image
+
+    images, labels = synthetic_data(n=n)
+    features = datasets.Features(
+        {"image": datasets.Image(), "caption": datasets.Value("string"),
+         "label": datasets.ClassLabel(names=WORDS)}
+    )  # fmt: skip
+    rows = {
+        "image": [Image.fromarray(image[0].numpy()) for image in images],
+        "caption": captions_for(labels),
+        "label": labels.tolist(),
+    }
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory):
+    """A 16-d old image model, a 24-d new image model, and an independent text tower aligned with the new one."""
+    root = tmp_path_factory.mktemp("towers")
+    data = synthetic_data()
+    old = train(ModelArguments(backbone_config=CNN, embedding_dim=16), DataArguments(),
+                quick_args(root / "old", "independent"), train_data=data)  # fmt: skip
+    new = train(ModelArguments(backbone_config=CNN, embedding_dim=24), DataArguments(),
+                quick_args(root / "new", "independent"), train_data=data)  # fmt: skip
+    independent = train(
+        ModelArguments(backbone_type="open_clip_text", backbone_config=OPEN_CLIP_TEXT, image_model=str(new)),
+        DataArguments(), quick_args(root / "text_independent", "independent_text"), train_data=image_text_data(),
+    )  # fmt: skip
+    return {"old": str(old), "new": str(new), "independent": str(independent)}
+
+
+def test_contrastive_term_on_a_hand_made_batch():
+    queries = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    keys = torch.tensor([[3.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    r = 1 / math.sqrt(2)
+    # cosines s_ij (rows: queries, columns: keys): [[1, r, 0], [0, r, 1], [r, 1, r]]
+    query_to_key = (
+        -math.log(math.e / (math.e + math.exp(r) + 1))
+        - math.log(math.exp(r) / (1 + math.exp(r) + math.e))
+        - math.log(math.exp(r) / (2 * math.exp(r) + math.e))
+    ) / 3
+    key_to_query = (  # columns of s: [1, 0, r], [r, r, 1], [0, 1, r]
+        -math.log(math.e / (math.e + 1 + math.exp(r)))
+        - math.log(math.exp(r) / (2 * math.exp(r) + math.e))
+        - math.log(math.exp(r) / (1 + math.e + math.exp(r)))
+    ) / 3
+    assert contrastive_loss(queries, keys, temperature=1.0, symmetric=False).item() == pytest.approx(query_to_key)
+    assert contrastive_loss(queries, keys, temperature=1.0).item() == pytest.approx((query_to_key + key_to_query) / 2)
+    # the temperature divides the cosines (1 and 0 here): at 0.5 the logits are 2 and 0; norms do not matter
+    pairs = 5 * torch.eye(2)
+    assert contrastive_loss(pairs, pairs, temperature=0.5).item() == pytest.approx(-math.log(math.e**2 / (math.e**2 + 1)))
+    with pytest.raises(ValueError, match="one shape"):
+        contrastive_loss(queries, keys[:2])
+
+
+def test_every_text_method_trains_and_records_what_it_trained_against(tmp_path, towers):
+    common = dict(backbone_type="open_clip_text", backbone_config=OPEN_CLIP_TEXT)
+    bct = train(ModelArguments(**common, old_model=towers["old"]), DataArguments(),
+                quick_args(tmp_path / "bct", "bct_text"), train_data=image_text_data())  # fmt: skip
+    bt2 = train(ModelArguments(**common, old_model=towers["old"], independent_model=towers["independent"]),
+                DataArguments(), quick_args(tmp_path / "bt2", "bt2_text", max_steps=2), {"extra_dim": 4},
+                train_data=image_text_data())  # fmt: skip
+    for path, terms in (
+        (bct, {"old_match_loss", "contrastive_loss", "classification_loss", "influence_loss"}),
+        (bt2, {"old_match_loss", "new_match_loss", "contrastive_loss", "classification_loss", "influence_loss"}),
+    ):
+        log = json.loads((path / "training_log.json").read_text())
+        assert terms <= set(log[-1]), path
+        model = BT2Model.from_pretrained(path)
+        assert model.modality == "text" and model.config.compatible_dim == 16
+        assert model.config.training["trained_against"]["prefix_dim"] == 16
+        assert model.config.training["trained_against"]["name_or_path"] == towers["old"]
+        assert model.encode(texts=["a small band at the top"]).shape[1] == model.config.embedding_dim
+    assert BT2Model.from_pretrained(bt2).config.embedding_dim == 24 + 4  # independent text width + extra_dim
+    independent = BT2Model.from_pretrained(towers["independent"])
+    assert independent.config.training["method"] == "independent_text"
+    assert independent.config.training["trained_against"] is None  # aligned with a new image model, not tied
+
+
+def test_unlabelled_captions_and_precomputed_old_targets(tmp_path, towers):
+    """No labels: no classifier, no influence; the old targets come from a column, so no image is needed."""
+    data = image_text_data(labelled=False)
+    old = BT2Model.from_pretrained(towers["old"])
+    columns = ImageTextData(images=data.images, texts=data.texts, old_targets=old.encode(images=data.images.images),
+                            has_images=False)  # fmt: skip
+    path = train(ModelArguments(backbone_type="open_clip_text", backbone_config=OPEN_CLIP_TEXT,
+                                old_model=towers["old"]), DataArguments(),
+                 quick_args(tmp_path / "bct", "bct_text"), train_data=columns)  # fmt: skip
+    log = json.loads((path / "training_log.json").read_text())
+    assert set(log[-1]) >= {"old_match_loss", "contrastive_loss"}
+    assert "classification_loss" not in log[-1] and "influence_loss" not in log[-1]
+    assert BT2Model.from_pretrained(path).config.num_classes == 0
+    with pytest.raises(ValueError, match="image–text data"):  # the default data set has no captions
+        train(ModelArguments(backbone_type="open_clip_text", backbone_config=OPEN_CLIP_TEXT, old_model=towers["old"]),
+              DataArguments(), quick_args(tmp_path / "x", "bct_text"))  # fmt: skip
+    with pytest.raises(ValueError, match="encodes image"):  # a text method needs a text backbone
+        train(ModelArguments(backbone_config=CNN, old_model=towers["old"]), DataArguments(),
+              quick_args(tmp_path / "y", "bct_text"), train_data=data)  # fmt: skip
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_image_text_dataset_columns(tmp_path):
+    import datasets
+
+    path = write_image_text_dataset(tmp_path / "pairs", n=8)
+    data = from_hf_image_text(datasets.load_from_disk(str(path)), num_channels=1)
+    assert len(data) == 8 and data.has_labels and data.num_classes == 4
+    assert data.images.images.shape == (8, 1, 28, 28)
+    multi = datasets.Dataset.from_dict({"captions": [["a", "b"], ["c"]], "emb": [[1.0, 0.0], [0.0, 1.0]]})
+    flat = from_hf_image_text(multi, old_target_column="emb")  # no image column: the column stands in for it
+    assert flat.texts == ["a", "b", "c"] and flat.old_targets.tolist() == [[1, 0], [1, 0], [0, 1]]
+    with pytest.raises(ValueError, match="caption column"):
+        from_hf_image_text(datasets.Dataset.from_dict({"x": [1]}))
+
+
+def _cli_args(dataset: Path, output: Path, towers, batch_size: int) -> list[str]:
+    return [
+        "--method", "bt2_text", "--backbone_type", "open_clip_text", "--backbone_config", json.dumps(OPEN_CLIP_TEXT),
+        "--old_model", towers["old"], "--independent_model", towers["independent"], "--extra_dim", "4",
+        "--dataset", str(dataset), "--num_channels", "1", "--output_dir", str(output), "--max_steps", "4",
+        "--per_device_train_batch_size", str(batch_size), "--learning_rate", "1e-3", "--logging_steps", "1",
+        "--disable_tqdm", "true", "--seed", "3",
+    ]  # fmt: skip
+
+
+@pytest.mark.multiprocess
+def test_text_tower_through_bt2_train_two_processes_equal_one(tmp_path, towers):
+    from test_distributed import _free_port
+
+    from bt2_hf.cli.train import main
+
+    dataset = write_image_text_dataset(tmp_path / "pairs")
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert main(_cli_args(dataset, single, towers, 8)) == 0
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), "-m", "bt2_hf.cli.train",
+               *_cli_args(dataset, double, towers, 4)]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    log_single = json.loads((single / "training_log.json").read_text())
+    log_double = json.loads((double / "training_log.json").read_text())
+    assert [e["step"] for e in log_double] == [1, 2, 3, 4]
+    for a, b in zip(log_single, log_double):
+        for key in ("loss", "old_match_loss", "new_match_loss", "contrastive_loss", "influence_loss"):
+            assert a[key] == pytest.approx(b[key], abs=2e-4), (a["step"], key)
+    weights_single = load_file(str(single / "model.safetensors"))
+    weights_double = load_file(str(double / "model.safetensors"))
+    for key in weights_single:
+        a, b = weights_single[key], weights_double[key]
+        if key.endswith("attn.in_proj_bias"):
+            # [query; key; value] biases. Softmax over keys ignores a shift shared by every key, so the key bias's
+            # true gradient is exactly zero; Adam rescales the rounding noise it gets, which differs between 1 and 2
+            # processes (the same exclusion as the image-tower test).
+            width = a.shape[0] // 3
+            a, b = torch.cat([a[:width], a[2 * width :]]), torch.cat([b[:width], b[2 * width :]])
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=key)
+    config = json.loads((double / "config.json").read_text())
+    assert config["training"]["world_size"] == 2 and config["training"]["method"] == "bt2_text"
+    assert (double / "README.md").is_file()  # the card, as for image towers
+
+
+def test_text_tower_stop_and_resume_equals_one_run(tmp_path, towers):
+    model_args = dict(backbone_type="open_clip_text", backbone_config=OPEN_CLIP_TEXT, old_model=towers["old"],
+                      independent_model=towers["independent"])  # fmt: skip
+    common = dict(max_steps=5, save_steps=2, per_device_train_batch_size=8, learning_rate=1e-3)
+    whole = train(ModelArguments(**model_args), DataArguments(), quick_args(tmp_path / "whole", "bt2_text", **common),
+                  {"extra_dim": 4}, train_data=image_text_data())  # fmt: skip
+    interrupted = tmp_path / "interrupted"
+    train(ModelArguments(**model_args), DataArguments(),
+          quick_args(interrupted, "bt2_text", stop_after_steps=3, **common), {"extra_dim": 4},
+          train_data=image_text_data())  # fmt: skip
+    assert not (interrupted / "model.safetensors").exists()
+    train(ModelArguments(**model_args), DataArguments(),
+          quick_args(interrupted, "bt2_text", resume_from_checkpoint="latest", **common), {"extra_dim": 4},
+          train_data=image_text_data())  # fmt: skip
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(interrupted / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
