@@ -1,5 +1,6 @@
 """``bt2 train --config recipe.yaml [--key value ...]``: train an image tower (old / independent / BCT / BT²) or a
-text tower on image–text data (``--method independent_text | bct_text | bt2_text``).
+text tower on image–text data (``--method independent_text | bct_text | bt2_text``) or an image–text pair
+(``--method clip | bt2_pair``: two towers, saved as ``output_dir/image_tower`` and ``output_dir/text_tower``).
 
 The recipe is a flat YAML file whose keys are the fields of :class:`~bt2_hf.training.ModelArguments`,
 :class:`~bt2_hf.training.DataArguments`, :class:`~bt2_hf.training.BT2TrainingArguments` and the chosen method's
@@ -112,17 +113,23 @@ def _card_and_push(path: Path, training_args) -> None:
     """The model card next to the trained model, and the push when asked (main process only)."""
     from accelerate import PartialState
 
-    if not PartialState().is_main_process or not (path / "config.json").is_file():
+    from ..training.towers import TOWER_DIRS, is_pair_directory
+
+    # a pair is two models, each with its card (and pushed as <repo>-image_tower, <repo>-text_tower)
+    models = [path / folder for folder in TOWER_DIRS.values()] if is_pair_directory(path) else [path]
+    if not PartialState().is_main_process or not all((model / "config.json").is_file() for model in models):
         return  # another process, or a run stopped early (its checkpoints are no models yet)
     from ..hub import create_or_update_model_card, push_to_hub
     from ..modeling_bt2 import BT2Model
 
-    create_or_update_model_card(path)
-    logger.info("Wrote the model card %s", path / "README.md")
-    if training_args.push_to_hub:
-        repo_id = training_args.hub_model_id or path.name
-        info = push_to_hub(BT2Model.from_pretrained(path), repo_id)
-        logger.info("Pushed %s to %s at commit %s", path, repo_id, info.oid)
+    for model in models:
+        create_or_update_model_card(model)
+        logger.info("Wrote the model card %s", model / "README.md")
+        if training_args.push_to_hub:
+            repo_id = training_args.hub_model_id or path.name
+            repo_id = repo_id if model == path else f"{repo_id}-{model.name}"
+            info = push_to_hub(BT2Model.from_pretrained(model), repo_id)
+            logger.info("Pushed %s to %s at commit %s", model, repo_id, info.oid)
 
 
 if __name__ == "__main__":

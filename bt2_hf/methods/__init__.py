@@ -1,11 +1,11 @@
 """Compatibility methods: a registry (config dataclass + loss hooks, one ``compute_loss`` signature).
 
 Image towers: ``independent``, ``bct``, ``bt2``. Text towers on image–text data: ``independent_text``, ``bct_text``,
-``bt2_text``.
+``bt2_text``. Image–text pairs (two towers together): ``clip``, ``bt2_pair``.
 
 >>> from bt2_hf.methods import get_method, list_methods
 >>> list_methods()
-['bct', 'bct_text', 'bt2', 'bt2_text', 'independent', 'independent_text']
+['bct', 'bct_text', 'bt2', 'bt2_pair', 'bt2_text', 'clip', 'independent', 'independent_text']
 >>> method = get_method("bt2")  # default BT2MethodConfig
 >>> method.requires, method.config.old_match_weight
 (('old', 'independent'), 5.0)
@@ -62,6 +62,7 @@ def list_methods() -> list[str]:
 from .bct import BCTConfig, BCTMethod  # noqa: E402
 from .bt2 import BT2Method, BT2MethodConfig  # noqa: E402
 from .independent import IndependentConfig, IndependentMethod  # noqa: E402
+from .pair import BT2PairConfig, BT2PairMethod, CLIPPairConfig, CLIPPairMethod  # noqa: E402
 from .text import (  # noqa: E402
     BCTTextConfig,
     BCTTextMethod,
@@ -79,8 +80,12 @@ __all__ = [
     "BCTTextMethod",
     "BT2Method",
     "BT2MethodConfig",
+    "BT2PairConfig",
+    "BT2PairMethod",
     "BT2TextConfig",
     "BT2TextMethod",
+    "CLIPPairConfig",
+    "CLIPPairMethod",
     "CompatibilityMethod",
     "ContrastiveConfig",
     "IndependentConfig",

@@ -1,4 +1,4 @@
-"""Training: one accelerate loop for every method, frozen references, prototypes and resumable checkpoints."""
+"""Training: one accelerate loop for every method and tower, frozen references, prototypes, resumable checkpoints."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ from .arguments import BT2TrainingArguments, DataArguments, ModelArguments
 from .checkpointing import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .prototypes import EmptyClassError, compute_class_means
 from .references import FrozenReference
+from .towers import BT2PairModel, BT2PairOutput
 from .trainer import LOG_CSV_FILE, LOG_FILE, build_lr_scheduler, build_optimizer, train
 
 __all__ = [
     "LOG_CSV_FILE",
     "LOG_FILE",
+    "BT2PairModel",
+    "BT2PairOutput",
     "BT2TrainingArguments",
     "DataArguments",
     "EmptyClassError",

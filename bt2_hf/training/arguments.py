@@ -72,6 +72,18 @@ class ModelArguments:
         default=None, metadata={"help": "The frozen independently trained new model (BT²): checkpoint or Hub id."}
     )
     independent_model_revision: str | None = field(default=None, metadata={"help": "Hub revision of it."})
+    text_backbone_type: str | None = field(
+        default=None,
+        metadata={"help": "Pairs (clip, bt2_pair): the text tower's backbone (hf_text, open_clip_text); the image "
+                  "tower's is backbone_type."},
+    )  # fmt: skip
+    text_backbone_config: str | None = field(
+        default=None, metadata={"help": "Pairs: the text tower's backbone config as a JSON object."}
+    )
+    text_init_from: str | None = field(
+        default=None, metadata={"help": "Pairs: start the text tower from this pretrained checkpoint (e.g. MiniLM)."}
+    )
+    text_pooling: str = field(default="default", metadata={"help": "Pairs: how the text backbone pools."})
     image_model: str | None = field(
         default=None,
         metadata={"help": "independent_text: the frozen image model the text tower is aligned with (a new model)."},
@@ -90,15 +102,16 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.backbone_config, str):
-            try:
-                self.backbone_config = json.loads(self.backbone_config) if self.backbone_config.strip() else None
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"backbone_config must be a JSON object, got {self.backbone_config!r}: {error}"
-                ) from None
-        if self.backbone_config is not None and not isinstance(self.backbone_config, dict):
-            raise ValueError(f"backbone_config must be a mapping, got {type(self.backbone_config).__name__}.")
+        for name in ("backbone_config", "text_backbone_config"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value) if value.strip() else None
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{name} must be a JSON object, got {value!r}: {error}") from None
+                setattr(self, name, value)
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"{name} must be a mapping, got {type(value).__name__}.")
 
 
 @dataclass
@@ -167,7 +180,7 @@ class BT2TrainingArguments:
         default="independent",
         metadata={
             "help": "Training method: independent, bct or bt2 (image towers); independent_text, bct_text or bt2_text "
-            "(text towers on image–text data)."
+            "(text towers on image–text data); clip or bt2_pair (an image and a text tower together)."
         },
     )
     seed: int = field(default=42, metadata={"help": "Seed of initialisation, data order and augmentation."})

@@ -31,7 +31,7 @@ _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 # What a training run writes into its output_dir: a moved-aside directory holding only these is removed when the new
 # run completes; one holding anything else (user files) is kept, beside the new run.
 _RUN_OUTPUT = re.compile(
-    r"^(run\.json|config\.json|model.*\.safetensors(\.index\.json)?|preprocessor_config\.json|"
+    r"^(run\.json|pair\.json|image_tower|text_tower|config\.json|model.*\.safetensors(\.index\.json)?|preprocessor_config\.json|"
     r"open_clip_tokenizer_config\.json|tokenizer.*\.json|special_tokens_map\.json|vocab\.(txt|json)|merges\.txt|"
     r"training_log\.(json|csv)|README\.md|checkpoints|logs|\..*)$"
 )

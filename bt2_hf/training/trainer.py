@@ -47,6 +47,7 @@ from .checkpointing import (
 )
 from .prototypes import compute_class_means
 from .references import FrozenReference
+from .towers import TOWER_DIRS, BT2PairModel
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +209,8 @@ def _build_model(
             "old_embedding_dim."
         )
     overrides = method.build_config_overrides(dims, model_args.embedding_dim)
+    if method.modality == "pair":
+        return _build_pair(model_args, overrides, num_classes)
     if model_args.head_nonlinearity is not None:
         overrides["head_nonlinearity"] = model_args.head_nonlinearity
     elif "independent" in references and overrides.get("head_type") == "basis_transformation":
@@ -215,26 +218,13 @@ def _build_model(
         # so it inherits the independent head's nonlinearity (a ReLU'd f cannot match a signed embedding).
         overrides["head_nonlinearity"] = references["independent"].model.config.head_nonlinearity
     kwargs = dict(pooling=model_args.pooling, num_classes=num_classes, logit_scale=model_args.logit_scale, **overrides)
-    if model_args.init_from:
-        if model_args.backbone_config:
-            kwargs["backbone_config"] = model_args.backbone_config
-        model = BT2Model.from_pretrained_backbone(model_args.init_from, model_args.backbone_type, **kwargs)
-    else:
-        config = BT2Config(
-            backbone_type=model_args.backbone_type, backbone_config=model_args.backbone_config or {}, **kwargs
-        )
-        model = BT2Model(config)
+    model = _new_tower(model_args.backbone_type, model_args.backbone_config, model_args.init_from, kwargs)
     if model.modality != method.modality:
         raise ValueError(
             f"Method {method.name!r} trains a {method.modality} tower, but backbone {model_args.backbone_type!r} "
             f"encodes {model.modality}; choose a {method.modality} backbone_type."
         )
-    if model.modality == "text" and model_args.tokenizer:
-        from transformers import AutoTokenizer
-
-        model.processor = AutoTokenizer.from_pretrained(model_args.tokenizer)
-    if model_args.freeze_backbone:
-        model.backbone.requires_grad_(False)
+    _finish_tower(model, model_args)
     if model_args.init_from_independent:
         if "independent" in references:
             independent = references["independent"].model
@@ -274,6 +264,73 @@ def _match_processor_to_data(model: BT2Model, data: ImageClassificationData, mod
         *data_size,
         *processor.image_size,
     )
+
+
+def _new_tower(backbone_type: str, backbone_config: dict | None, init_from: str | None, kwargs: dict) -> BT2Model:
+    """A fresh model: its backbone from a config (random init) or from a pretrained checkpoint, with a fresh head."""
+    if init_from:
+        if backbone_config:
+            kwargs = {**kwargs, "backbone_config": backbone_config}
+        return BT2Model.from_pretrained_backbone(init_from, backbone_type, **kwargs)
+    return BT2Model(BT2Config(backbone_type=backbone_type, backbone_config=backbone_config or {}, **kwargs))
+
+
+def _finish_tower(model: BT2Model, model_args: ModelArguments) -> None:
+    """A text tower's tokenizer (when built from a config) and a frozen backbone, when asked."""
+    if model.modality == "text" and model_args.tokenizer:
+        from transformers import AutoTokenizer
+
+        model.processor = AutoTokenizer.from_pretrained(model_args.tokenizer)
+    if model_args.freeze_backbone:
+        model.backbone.requires_grad_(False)
+
+
+def _build_pair(model_args: ModelArguments, overrides: dict[str, dict], num_classes: int) -> BT2PairModel:
+    """The image tower (``backbone_type`` …) and the text tower (``text_backbone_type`` …) of a pair run."""
+    if model_args.init_from_independent:
+        raise ValueError("init_from_independent is not supported for image–text pairs.")
+    if not model_args.text_backbone_type:
+        raise ValueError(
+            "A pair trains an image and a text tower: pass --text_backbone_type (hf_text or open_clip_text) with "
+            "--text_init_from or --text_backbone_config, next to the image tower's --backbone_type."
+        )
+    specs = {
+        "image": (model_args.backbone_type, model_args.backbone_config, model_args.init_from, model_args.pooling),
+        "text": (model_args.text_backbone_type, model_args.text_backbone_config, model_args.text_init_from,
+                 model_args.text_pooling),
+    }  # fmt: skip
+    towers = {}
+    for tower, (backbone_type, backbone_config, init_from, pooling) in specs.items():
+        kwargs = dict(pooling=pooling, num_classes=num_classes, logit_scale=model_args.logit_scale, **overrides[tower])
+        if model_args.head_nonlinearity is not None:
+            kwargs["head_nonlinearity"] = model_args.head_nonlinearity
+        towers[tower] = _new_tower(backbone_type, backbone_config, init_from, kwargs)
+        if towers[tower].modality != tower:
+            raise ValueError(
+                f"The {tower} tower's backbone {backbone_type!r} encodes {towers[tower].modality}; choose a {tower} "
+                "backbone."
+            )
+        _finish_tower(towers[tower], model_args)
+    return BT2PairModel(towers["image"], towers["text"])
+
+
+def _towers(model: torch.nn.Module) -> dict[str, BT2Model]:
+    """The towers of a trained model: a pair's two, or the model itself."""
+    return model.towers() if isinstance(model, BT2PairModel) else {model.modality: model}
+
+
+def _reference_paths(method: CompatibilityMethod, model_args: ModelArguments) -> dict[str, tuple[str, str | None]]:
+    """Role → (checkpoint, revision) of every frozen reference. A pair's independent reference is a saved pair
+    (``clip``): its two towers become ``independent_image`` and ``independent_text``."""
+    paths = {}
+    for name in method.requires:
+        path, revision = getattr(model_args, f"{name}_model"), getattr(model_args, f"{name}_model_revision")
+        if name == "independent" and method.modality == "pair":
+            for tower, folder in TOWER_DIRS.items():
+                paths[f"independent_{tower}"] = (str(Path(path) / folder), revision)
+        else:
+            paths[name] = (path, revision)
+    return paths
 
 
 @torch.no_grad()
@@ -349,7 +406,9 @@ def train(
     eval_fn: EvalFn | None = None,
 ) -> Path:
     """Train one model (an image tower: old, independent, BCT or BT²; a text tower: ``independent_text``,
-    ``bct_text``, ``bt2_text``) and save it with ``save_pretrained``.
+    ``bct_text``, ``bt2_text``; an image–text pair: ``clip``, ``bt2_pair``) and save it with ``save_pretrained``
+    (a pair: two checkpoints, ``output_dir/image_tower`` and ``output_dir/text_tower``, see
+    :mod:`bt2_hf.training.towers`).
 
     Args:
         model_args (:class:`ModelArguments`): backbone, head width, frozen reference checkpoints.
@@ -420,16 +479,12 @@ def train(
         use_channels_last = backbone_is_cnn and device.type == "cuda"
     references = {
         name: FrozenReference.load(
-            name,
-            getattr(model_args, f"{name}_model"),
-            getattr(model_args, f"{name}_model_revision"),
-            device=device,
-            channels_last=use_channels_last and device.type == "cuda",
+            name, path, revision, device=device, channels_last=use_channels_last and device.type == "cuda"
         )
-        for name in method.requires
+        for name, (path, revision) in _reference_paths(method, model_args).items()
     }
     for name, ref in references.items():
-        wanted = method.modality if name == "independent" else "image"
+        wanted = {"independent": method.modality, "independent_text": "text"}.get(name, "image")
         if ref.modality != wanted:
             raise ValueError(
                 f"The {name} model {ref.name_or_path} encodes {ref.modality}; method {method.name!r} needs a {wanted} "
@@ -451,12 +506,13 @@ def train(
             )
     set_seed(args.seed)  # the model's initialisation does not depend on what was loaded before
     model = _build_model(model_args, method, references, data.num_classes)
-    tokens = None  # a text tower's captions, tokenised once (rows are picked per batch)
-    if model.modality == "image":
-        _match_processor_to_data(model, data, model_args)
-        input_transform = ModelInputTransform.from_processor(model.processor, channels_last=use_channels_last)
-    else:
-        tokens = tokenize_texts(model.processor, data.texts, data_args.max_text_length)
+    towers = _towers(model)
+    input_transform = tokens = None  # tokens: the text tower's captions, tokenised once (rows picked per batch)
+    if "image" in towers:
+        _match_processor_to_data(towers["image"], image_data, model_args)
+        input_transform = ModelInputTransform.from_processor(towers["image"].processor, channels_last=use_channels_last)
+    if "text" in towers:
+        tokens = tokenize_texts(towers["text"].processor, data.texts, data_args.max_text_length)
     has_images = not isinstance(data, ImageTextData) or data.has_images
     augmentation = (
         BatchAugmentation(data_args.augment_padding, data_args.horizontal_flip)
@@ -607,10 +663,10 @@ def train(
                             targets[name] = ref.embed(images)
                         else:
                             targets[name] = ref.embed_rows(batch["index"])
-                    if tokens is None:
-                        outputs = forward_model(pixel_values=input_transform(images))
-                    else:
-                        outputs = forward_model(**{k: v[batch["index"]].to(device) for k, v in tokens.items()})
+                    inputs = {} if input_transform is None else {"pixel_values": input_transform(images)}
+                    if tokens is not None:
+                        inputs.update({k: v[batch["index"]].to(device) for k, v in tokens.items()})
+                    outputs = forward_model(**inputs)
                     losses = method.compute_loss(outputs, targets, labels)
                 loss = sum(value for key, value in losses.items() if key.endswith("_loss"))
                 # Only the last micro-batch synchronises gradients across processes.
@@ -693,11 +749,15 @@ def train(
 
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.eval()
-    unwrapped.config.training = _training_metadata(
+    metadata = _training_metadata(
         method, data, model_args, data_args, args, references, total_steps, accelerator.num_processes
     )
-    # Training records what it trained against, never compatibility: only `bt2 verify` measures and writes that.
-    unwrapped.config.compatible_with = []
+    for tower, tower_model in _towers(unwrapped).items():
+        # a pair's tower records which one it is and where its partner is saved
+        pair = {"pair": {"tower": tower, "partner": TOWER_DIRS[{"image": "text", "text": "image"}[tower]]}}
+        tower_model.config.training = {**metadata, **(pair if isinstance(unwrapped, BT2PairModel) else {})}
+        # Training records what it trained against, never compatibility: only `bt2 verify` measures and writes that.
+        tower_model.config.compatible_with = []
     _check_finite_model(unwrapped, global_step)
     accelerator.wait_for_everyone()
     # get_state_dict gathers full parameters under FSDP (every process takes part); the fingerprint covers them.
@@ -718,7 +778,8 @@ def _train_mode(model: torch.nn.Module, freeze_backbone: bool) -> None:
     """Training mode, except a frozen backbone, which stays in eval mode (no dropout, fixed normalisation)."""
     model.train()
     if freeze_backbone:
-        getattr(model, "module", model).backbone.eval()
+        for tower in _towers(getattr(model, "module", model)).values():
+            tower.backbone.eval()
 
 
 def _trained_against(old: FrozenReference | None) -> dict[str, Any] | None:
@@ -750,6 +811,7 @@ def _training_metadata(
         "lr_scheduler_type": args.lr_scheduler_type,
         "reference_targets": args.reference_targets,
         "init_from": model_args.init_from,
+        **({"text_init_from": model_args.text_init_from} if method.modality == "pair" else {}),
         "freeze_backbone": model_args.freeze_backbone,
         "init_from_independent": model_args.init_from_independent,
         # the checkpoint whose weights this model started from (the model card shows it)

@@ -230,3 +230,91 @@ def test_text_tower_stop_and_resume_equals_one_run(tmp_path, towers):
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(interrupted / "model.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_image_text_pair_writes_two_loadable_towers_tied_to_the_old_model(tmp_path, towers):
+    """`bt2 train --method clip` (the independent pair), then `--method bt2_pair` against it and the old model."""
+    from bt2_hf.cli.train import main
+    from bt2_hf.training.towers import BT2PairModel
+
+    dataset = write_image_text_dataset(tmp_path / "pairs")
+    pair_model = [
+        "--backbone_type", "small_cnn", "--backbone_config", json.dumps(CNN), "--text_backbone_type",
+        "open_clip_text", "--text_backbone_config", json.dumps(OPEN_CLIP_TEXT), "--dataset", str(dataset),
+        "--num_channels", "1", "--max_steps", "3", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
+        "--disable_tqdm", "true",
+    ]  # fmt: skip
+    clip, bt2 = tmp_path / "clip", tmp_path / "bt2"
+    assert main(["--method", "clip", "--embedding_dim", "24", "--output_dir", str(clip), *pair_model]) == 0
+    assert main(["--method", "bt2_pair", "--old_model", towers["old"], "--independent_model", str(clip),
+                 "--extra_dim", "4", "--output_dir", str(bt2), *pair_model]) == 0  # fmt: skip
+    assert json.loads((bt2 / "pair.json").read_text())["towers"] == {"image": "image_tower", "text": "text_tower"}
+    log = json.loads((bt2 / "training_log.json").read_text())
+    assert {"contrastive_loss", "text_old_contrastive_loss", "image_old_match_loss", "text_old_match_loss",
+            "image_new_match_loss", "text_new_match_loss", "image_influence_loss", "text_influence_loss",
+            "image_classification_loss", "text_classification_loss"} <= set(log[-1])  # fmt: skip
+    old_fingerprint = BT2Model.from_pretrained(towers["old"]).config.fingerprint
+    loaded = {}
+    for tower, folder in (("image", "image_tower"), ("text", "text_tower")):
+        model = loaded[tower] = BT2Model.from_pretrained(bt2 / folder)
+        assert model.modality == tower and (bt2 / folder / "README.md").is_file()
+        assert model.config.embedding_dim == 24 + 4 and model.config.compatible_dim == 16
+        against = model.config.training["trained_against"]
+        assert against["name_or_path"] == towers["old"] and against["prefix_dim"] == 16
+        assert against["fingerprint"] == old_fingerprint
+        assert model.config.training["method"] == "bt2_pair" and model.config.compatible_with == []
+        assert BT2Model.from_pretrained(clip / folder).config.training["trained_against"] is None
+    assert loaded["image"].config.training["pair"] == {"tower": "image", "partner": "text_tower"}
+    texts = loaded["text"].encode(texts=["a small band at the top", "a large band at the bottom"])
+    images = loaded["image"].encode(images=synthetic_data(n=4)[0])
+    assert texts.shape == (2, 28) and images.shape == (4, 28)  # one space: a caption searches the images directly
+    pair = BT2PairModel.from_pretrained(bt2)
+    torch.testing.assert_close(pair.text.encode(texts=["a small band at the top"]), texts[:1])
+
+
+@pytest.mark.multiprocess
+def test_clip_pair_two_processes_equal_one(tmp_path):
+    """Both towers learn through the contrastive term: gathered with gradients, 2 × 4 rows train as 1 × 8."""
+    import datasets
+    from PIL import Image
+    from test_distributed import VIT, _free_port
+
+    from bt2_hf.cli.train import main
+
+    images, labels = synthetic_data(n=32, channels=3, size=32)
+    rows = {"image": [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in images],
+            "caption": captions_for(labels)}  # fmt: skip
+    dataset = tmp_path / "pairs"
+    datasets.Dataset.from_dict(rows).save_to_disk(str(dataset))
+
+    def args(output: Path, batch_size: int) -> list[str]:
+        return [
+            "--method", "clip", "--backbone_type", "hf_vision", "--backbone_config", json.dumps(VIT),
+            "--text_backbone_type", "open_clip_text", "--text_backbone_config", json.dumps(OPEN_CLIP_TEXT),
+            "--embedding_dim", "16", "--dataset", str(dataset), "--output_dir", str(output), "--max_steps", "3",
+            "--per_device_train_batch_size", str(batch_size), "--learning_rate", "1e-3", "--logging_steps", "1",
+            "--disable_tqdm", "true",
+        ]  # fmt: skip
+
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert main(args(single, 8)) == 0
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), "-m", "bt2_hf.cli.train", *args(double, 4)]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+    log_single = json.loads((single / "training_log.json").read_text())
+    log_double = json.loads((double / "training_log.json").read_text())
+    for a, b in zip(log_single, log_double, strict=True):
+        assert a["contrastive_loss"] == pytest.approx(b["contrastive_loss"], abs=2e-4), a["step"]
+    for folder in ("image_tower", "text_tower"):
+        weights_single = load_file(str(single / folder / "model.safetensors"))
+        weights_double = load_file(str(double / folder / "model.safetensors"))
+        for key in weights_single:
+            a, b = weights_single[key], weights_double[key]
+            if key.endswith("attention.key.bias"):
+                continue  # a zero true gradient (softmax shift), see test_distributed
+            if key.endswith("attn.in_proj_bias"):  # [query; key; value]: drop the key bias, same reason
+                width = a.shape[0] // 3
+                a, b = torch.cat([a[:width], a[2 * width :]]), torch.cat([b[:width], b[2 * width :]])
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=f"{folder}/{key}")
