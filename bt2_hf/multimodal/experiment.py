@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Fine-tune the text encoder too (GPU); by default only the heads train on its frozen features (CPU).",
     )
-    parser.add_argument("--text_head_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--text_head_learning_rate", type=float, default=1e-3, help="Of the text towers' heads.")
+    parser.add_argument(
+        "--text_learning_rate", type=float, default=5e-5, help="Of the text encoder, with --text_finetune_backbone."
+    )
     parser.add_argument("--gallery_size", type=int, default=None, help="Test images in the gallery (default all).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--disable_tqdm", action="store_true")
@@ -114,7 +117,8 @@ def _train_text_tower(path: Path, method: str, references: dict[str, str], args:
             method=method,
             max_steps=args.text_steps,
             per_device_train_batch_size=args.text_batch_size,
-            learning_rate=args.text_head_learning_rate,
+            learning_rate=args.text_learning_rate,
+            head_learning_rate=args.text_head_learning_rate,
             optimizer="adamw",
             weight_decay=0.01,
             warmup_steps=20,

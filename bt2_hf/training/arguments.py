@@ -191,6 +191,13 @@ class BT2TrainingArguments:
     per_device_train_batch_size: int = field(default=128, metadata={"help": "Images per process and micro-step."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate."})
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the head(s), when it should differ from the backbone's learning_rate "
+            "(e.g. 1e-3 for a fresh head on a pretrained text encoder fine-tuned at 5e-5)."
+        },
+    )
     weight_decay: float = field(
         default=0.0,
         metadata={"help": "Weight decay (coupled L2 for adam/sgd as in the research code; decoupled for adamw)."},
@@ -278,6 +285,8 @@ class BT2TrainingArguments:
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.head_learning_rate is not None and not self.head_learning_rate >= 0:
+            raise ValueError(f"head_learning_rate must be a number ≥ 0, got {self.head_learning_rate}.")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ValueError("Set num_train_epochs > 0 or max_steps > 0.")
 

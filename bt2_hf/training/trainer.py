@@ -4,7 +4,8 @@
 dataclasses and a method config, optionally in-memory data and an evaluation hook, and returns the directory of the
 saved model. What differs between towers is only what a batch feeds the model (``pixel_values`` and/or tokens) and
 which frozen reference embeds what (image references the augmented images, text references the captions): the
-batch order, checkpoints, exact resume, multi-process training, mixed precision and the card are one code path. Nothing is written before every input has been checked and the references and prototypes are ready, so
+batch order, checkpoints, exact resume, multi-process training, mixed precision and the card are one code path.
+Nothing is written before every input has been checked and the references and prototypes are ready, so
 a bad input leaves no half-written output.
 """
 
@@ -88,8 +89,18 @@ def build_lr_scheduler(
 
 
 def build_optimizer(model: torch.nn.Module, args: BT2TrainingArguments, device: torch.device) -> torch.optim.Optimizer:
-    """Adam (coupled L2, as the research code), AdamW or SGD; fused kernels on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Adam (coupled L2, as the research code), AdamW or SGD; fused kernels on CUDA.
+
+    With ``args.head_learning_rate``, the heads train at that rate and the backbones at ``learning_rate`` (a
+    pretrained backbone is fine-tuned gently while a fresh head learns fast); the schedule scales both.
+    """
+    params: Any = [p for p in model.parameters() if p.requires_grad]
+    if args.head_learning_rate is not None:
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        backbone = [p for name, p in named if "backbone." in name]
+        head = [p for name, p in named if "backbone." not in name]
+        params = [group for group in ({"params": backbone, "lr": args.learning_rate},
+                                      {"params": head, "lr": args.head_learning_rate}) if group["params"]]  # fmt: skip
     extra = {"fused": True} if device.type == "cuda" else {}
     if args.optimizer == "adam":
         return torch.optim.Adam(params, lr=args.learning_rate, weight_decay=args.weight_decay, **extra)
@@ -807,6 +818,7 @@ def _training_metadata(
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "learning_rate": args.learning_rate,
+        "head_learning_rate": args.head_learning_rate,
         "optimizer": args.optimizer,
         "lr_scheduler_type": args.lr_scheduler_type,
         "reference_targets": args.reference_targets,

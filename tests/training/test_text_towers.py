@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -318,3 +319,91 @@ def test_clip_pair_two_processes_equal_one(tmp_path):
                 width = a.shape[0] // 3
                 a, b = torch.cat([a[:width], a[2 * width :]]), torch.cat([b[:width], b[2 * width :]])
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=f"{folder}/{key}")
+
+
+def test_precomputed_caption_targets_equal_online_ones_and_heads_get_their_own_rate(tmp_path, towers):
+    """The independent text tower embeds captions (no augmentation): precomputed once or online, the same targets."""
+    model_args = dict(backbone_type="open_clip_text", backbone_config=OPEN_CLIP_TEXT, old_model=towers["old"],
+                      independent_model=towers["independent"])  # fmt: skip
+    logs = {}
+    for mode, head_rate in (("online", 1e-2), ("precomputed", 1e-2), ("unchanged", 0.0)):
+        path = train(ModelArguments(**model_args), DataArguments(),
+                     quick_args(tmp_path / mode, "bt2_text", max_steps=1, reference_targets=mode.replace(
+                         "unchanged", "online"), head_learning_rate=head_rate, learning_rate=0.0),
+                     {"extra_dim": 4}, train_data=image_text_data())  # fmt: skip
+        logs[mode] = json.loads((path / "training_log.json").read_text())[0]
+    assert logs["online"]["new_match_loss"] == pytest.approx(logs["precomputed"]["new_match_loss"], abs=1e-6)
+    # learning_rate 0 (the backbone) and head_learning_rate 1e-2: after one step only the head has moved
+    initial = load_file(str(tmp_path / "unchanged" / "model.safetensors"))
+    trained = load_file(str(tmp_path / "online" / "model.safetensors"))
+    moved = {key for key in initial if not torch.equal(initial[key], trained[key])}
+    assert moved and all(key.startswith("head.") for key in moved)
+    assert "head.projection.weight" in moved
+    config = json.loads((tmp_path / "online" / "config.json").read_text())
+    assert config["training"]["head_learning_rate"] == 1e-2 and config["training"]["learning_rate"] == 0.0
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(labels)), labels].mean())
+
+
+def test_bt2_text_loss_terms_against_an_independent_computation(tmp_path, towers):
+    """One step at learning rate 0 on one batch of every (un-augmented) row: the logged terms are those of the saved
+    weights, recomputed here in float64 from the three models' own outputs."""
+    data = image_text_data(n=16)
+    path = train(
+        ModelArguments(backbone_type="open_clip_text", backbone_config=OPEN_CLIP_TEXT, old_model=towers["old"],
+                       independent_model=towers["independent"]),
+        DataArguments(augment_padding=0, horizontal_flip=False),
+        quick_args(tmp_path / "bt2", "bt2_text", max_steps=1, learning_rate=0.0, per_device_train_batch_size=16,
+                   prototype_augmentation=False),
+        {"extra_dim": 4}, train_data=data,
+    )  # fmt: skip
+    (entry,) = json.loads((path / "training_log.json").read_text())
+    images, labels = data.images.images, data.images.labels.numpy()
+    old_model = BT2Model.from_pretrained(towers["old"]).eval()
+    mean = torch.tensor(old_model.processor.image_mean).view(1, -1, 1, 1)
+    std = torch.tensor(old_model.processor.image_std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        old = old_model(pixel_values=(images.float() / 255.0 - mean) / std).embeddings.double().numpy()
+        independent = BT2Model.from_pretrained(towers["independent"]).eval()
+        target = independent(**independent.processor(data.texts)).embeddings.double().numpy()
+        tower = BT2Model.from_pretrained(path).eval()
+        out = tower(**tower.processor(data.texts))
+    b, f, logits = (getattr(out, k).double().numpy() for k in ("compatible_embeddings", "features", "logits"))
+    prototypes = np.stack([old[labels == c].mean(axis=0) for c in range(4)])  # W_o, not re-normalised
+    similarity = _unit(b) @ _unit(old).T / 0.05
+    own = np.arange(len(labels))
+    expected = {
+        "classification_loss": _cross_entropy(logits, labels),
+        "influence_loss": 10.0 * _cross_entropy(b @ prototypes.T, labels),
+        "old_match_loss": 5.0 * (1.0 - (_unit(b) * _unit(old)).sum(axis=1).mean()),
+        "new_match_loss": 1.0 * (1.0 - (_unit(f) * _unit(target)).sum(axis=1).mean()),
+        "contrastive_loss": 0.5 * (_cross_entropy(similarity, own) + _cross_entropy(similarity.T, own)),
+    }
+    for key, value in expected.items():
+        assert entry[key] == pytest.approx(value, abs=2e-4), key
+    assert entry["loss"] == pytest.approx(sum(expected.values()), abs=1e-3)
+
+
+def test_bt2_train_reads_the_scenes_data_set(tmp_path, towers):
+    """The procedural scenes (image + caption, no labels) train a text tower through `bt2 train` as they are."""
+    from bt2_hf.cli.train import main
+    from bt2_hf.data.scenes import generate_scenes
+
+    generate_scenes(seed=0, preset="tiny", image_size=28, save_to=tmp_path / "scenes")
+    output = tmp_path / "bct_text"
+    assert main([
+        "--method", "bct_text", "--backbone_type", "open_clip_text", "--backbone_config", json.dumps(OPEN_CLIP_TEXT),
+        "--old_model", towers["old"], "--dataset", str(tmp_path / "scenes"), "--num_channels", "1",
+        "--output_dir", str(output), "--max_steps", "2", "--per_device_train_batch_size", "8", "--disable_tqdm", "true",
+    ]) == 0  # fmt: skip
+    model = BT2Model.from_pretrained(output)
+    assert model.config.num_classes == 0 and model.config.training["num_train_samples"] == 48
+    assert set(json.loads((output / "training_log.json").read_text())[-1]) >= {"old_match_loss", "contrastive_loss"}
