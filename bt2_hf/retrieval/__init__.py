@@ -15,6 +15,7 @@ from .instance_metrics import (
 )
 from .knn import FaissFlatKNN, FaissHNSWKNN, FaissIVFKNN, KNNBackend, TorchChunkedKNN, get_backend
 from .metrics import average_precision_at_r, average_precision_with_ties, cmc_hits, flip_rates
+from .post_hoc import LinearMap, fit_least_squares_map, fit_procrustes_map
 from .protocol import GalleryPart, align_widths, l2_normalize, mixed_gallery, truncate
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "GalleryPart",
     "InstanceRetrievalResult",
     "KNNBackend",
+    "LinearMap",
     "RetrievalEvaluator",
     "RetrievalResult",
     "TorchChunkedKNN",
@@ -34,6 +36,8 @@ __all__ = [
     "cmc_hits",
     "compatibility_matrix_to_dict",
     "evaluate_retrieval",
+    "fit_least_squares_map",
+    "fit_procrustes_map",
     "flip_rates",
     "get_backend",
     "instance_compatibility_matrix",

@@ -1,0 +1,119 @@
+"""The image–text experiment's metrics: which searches are measured, with which relevance, and how seeds summarise.
+
+Three searches per method, all over the test split (one image and one caption per scene), with exact relevance:
+
+- ``text_to_old_image``: each caption searches the gallery of *old* image embeddings (the backfill-free case the
+  update is for); relevant = the images the caption describes (:func:`bt2_hf.data.scenes.scene_relevance`).
+- ``text_to_new_image``: each caption searches the new image tower's gallery; same relevance.
+- ``new_image_to_old_image``: each image's new embedding searches the old gallery, leaving the query's own image out.
+
+Image → image relevance (:func:`same_objects_relevance`): an image is relevant to another when both hold the same
+multiset of (shape, colour) objects, whatever their sizes and places. With "only its own image" the old → old
+reference would be trivial (an image always finds its own old embedding first), so both ``new_image_to_old_image`` and
+the reference ``old_image_to_old_image`` leave the query's own image out and ask for *another* image with the same
+objects; queries whose objects no other test image has are left out of the means (counted in ``num_without_relevant``).
+Recall@1 of an image → image search is its top-1 accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..data.scenes import scene_relevance
+from ..retrieval.instance_metrics import compatibility_matrix_to_dict, instance_compatibility_matrix
+
+TASKS = {
+    "text_to_old_image": ("new_text", "old_image"),
+    "text_to_new_image": ("new_text", "new_image"),
+    "new_image_to_old_image": ("new_image", "old_image"),
+}
+REFERENCE_TASK = ("old_image_to_old_image", ("old_image", "old_image"))
+SPACES = ("old_image", "new_image", "new_text")
+IMAGE_TO_IMAGE = {("old_image", "old_image"), ("new_image", "old_image"), ("new_image", "new_image"),
+                  ("old_image", "new_image")}  # fmt: skip
+
+
+def same_objects_relevance(attributes: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """``R[i, j]``: image ``j`` holds the same multiset of (shape, colour) objects as image ``i`` (sizes and places
+    free); the diagonal is `True` (leave it out with ``leave_one_out``)."""
+    same_objects = [
+        {"objects": [{"shape": o["shape"], "colour": o["colour"]} for o in a["objects"]], "count": len(a["objects"])}
+        for a in attributes
+    ]
+    return scene_relevance(same_objects, attributes)
+
+
+class SceneRelevance:
+    """The relevance of every (query space, gallery space) pair over one split: captions or images as queries."""
+
+    def __init__(self, caption_attributes: Sequence[Mapping[str, Any]], attributes: Sequence[Mapping[str, Any]]):
+        self.caption = scene_relevance(caption_attributes, attributes)
+        self.image = same_objects_relevance(attributes)
+
+    def __call__(self, query_space: str, gallery_space: str) -> np.ndarray:
+        return self.caption if query_space.endswith("text") else self.image
+
+
+def method_metrics(
+    spaces: Mapping[str, Any], relevance: SceneRelevance, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, dict[str, float] | None]:
+    """One method's searches: ``{task: {"recall@1": …, "map": …, counts} or None}`` in percent.
+
+    Args:
+        spaces (`Mapping[str, np.ndarray]`): ``old_image``, and whichever of ``new_image`` / ``new_text`` the method
+            has (a text-only method has no new image tower: its tasks that need one are `None`).
+        relevance (:class:`SceneRelevance`): of the split the embeddings come from.
+    """
+    available = [name for name in SPACES if spaces.get(name) is not None]
+    tasks = {task: pair for task, pair in TASKS.items() if set(pair) <= set(available)}
+    matrix = instance_compatibility_matrix(
+        {name: spaces[name] for name in available},
+        pairs=list(tasks.values()),
+        relevance_fn=relevance,
+        leave_one_out=IMAGE_TO_IMAGE,
+        ks=ks,
+    )
+    results = compatibility_matrix_to_dict(matrix, percent=True)
+    return {task: (results[pair[0]][pair[1]] if task in tasks else None) for task, pair in TASKS.items()}
+
+
+def reference_metrics(old_image, relevance: SceneRelevance, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Old image → old images (own image left out): what a new image tower's search of the old gallery must beat."""
+    matrix = instance_compatibility_matrix(
+        {"old_image": old_image}, pairs=[REFERENCE_TASK[1]], relevance_fn=relevance,
+        leave_one_out=[REFERENCE_TASK[1]], ks=ks,
+    )  # fmt: skip
+    return compatibility_matrix_to_dict(matrix, percent=True)["old_image"]["old_image"]
+
+
+def full_compatibility_matrix(spaces: Mapping[str, Any], relevance: SceneRelevance) -> dict:
+    """Every (query, gallery) pair over (old image, new image, new text), incl. old → old; text is only a query (the
+    galleries are image galleries). Image → image pairs leave the query's own image out."""
+    pairs = [(query, gallery) for query in SPACES for gallery in ("old_image", "new_image")]
+    matrix = instance_compatibility_matrix(
+        {name: spaces[name] for name in SPACES}, pairs=pairs, relevance_fn=relevance, leave_one_out=IMAGE_TO_IMAGE
+    )
+    return compatibility_matrix_to_dict(matrix, percent=True)
+
+
+def summarise_seeds(per_seed: Sequence[Any]) -> Any:
+    """Mean and sample standard deviation of every number across seeds, nested like the inputs (``None`` stays).
+
+    A leaf becomes ``{"mean": …, "sd": …, "values": [...]}`` (``sd`` is 0 with one seed); count fields are kept from
+    the first seed.
+    """
+    first = per_seed[0]
+    if first is None:
+        return None
+    if isinstance(first, Mapping):
+        return {key: summarise_seeds([item[key] for item in per_seed]) for key in first}
+    if isinstance(first, bool) or not isinstance(first, (int, float)):
+        return first
+    values = [float(v) for v in per_seed]
+    if all(isinstance(v, int) for v in per_seed):
+        return first  # counts are the same for every seed (same test split)
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": float(np.mean(values)), "sd": sd, "values": values}

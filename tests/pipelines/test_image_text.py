@@ -1,0 +1,111 @@
+"""The image–text experiment: post-hoc maps, the metrics wiring on a hand-made case, and the runner end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bt2_hf.pipelines.image_text_metrics import (
+    SceneRelevance,
+    full_compatibility_matrix,
+    method_metrics,
+    reference_metrics,
+    same_objects_relevance,
+    summarise_seeds,
+)
+from bt2_hf.retrieval import fit_least_squares_map, fit_procrustes_map
+
+
+def _rotation(dim: int, seed: int) -> np.ndarray:
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(dim, dim)))
+    return q * np.sign(np.diag(r))
+
+
+def test_procrustes_recovers_a_known_rotation_and_is_orthogonal():
+    rng = np.random.default_rng(0)
+    new = rng.normal(size=(50, 8))
+    rotation = _rotation(8, 1)
+    fitted = fit_procrustes_map(new, new @ rotation)
+    np.testing.assert_allclose(fitted.weight, rotation, atol=1e-10)
+    np.testing.assert_allclose(fitted.weight.T @ fitted.weight, np.eye(8), atol=1e-12)
+    assert fitted.kind == "procrustes" and not fitted.bias.any()
+    unit = new / np.linalg.norm(new, axis=1, keepdims=True)
+    np.testing.assert_allclose(fitted.apply(new), unit @ rotation, atol=1e-10)
+    # into a narrower old space: orthonormal columns
+    narrow = fit_procrustes_map(new, rng.normal(size=(50, 4)))
+    assert narrow.weight.shape == (8, 4)
+    np.testing.assert_allclose(narrow.weight.T @ narrow.weight, np.eye(4), atol=1e-12)
+
+
+def test_least_squares_map_recovers_an_exact_linear_relation_and_names_bad_input():
+    rng = np.random.default_rng(2)
+    new = rng.normal(size=(40, 6))
+    rotation = _rotation(6, 3)
+    fitted = fit_least_squares_map(new, new @ rotation, ridge=0.0)
+    np.testing.assert_allclose(fitted.weight, rotation, atol=1e-8)
+    np.testing.assert_allclose(fitted.bias, np.zeros(6), atol=1e-8)
+    with pytest.raises(ValueError, match="one old embedding per new embedding"):
+        fit_least_squares_map(new, new[:5])
+    with pytest.raises(ValueError, match="fitted on 6-d embeddings"):
+        fitted.apply(new[:, :4])
+
+
+def _object(shape, colour, size, position):
+    return {"shape": shape, "colour": colour, "size": size, "position": position}
+
+
+# Four hand-made scenes: images 0 and 2 hold the same (shape, colour) objects, 1 and 3 have no twin.
+ATTRIBUTES = [
+    {"objects": [_object("circle", "red", "small", "left")]},
+    {"objects": [_object("square", "blue", "large", "top")]},
+    {"objects": [_object("circle", "red", "large", "right")]},
+    {"objects": [_object("square", "blue", "small", "centre"), _object("circle", "red", "small", "top")]},
+]
+CAPTIONS = [
+    {"objects": [{"shape": "circle", "colour": "red"}], "count": None},  # images 0, 2, 3
+    {"objects": [{"shape": "square", "colour": "blue", "size": "large"}], "count": None},  # image 1
+    {"objects": [{"shape": "circle", "colour": "red", "position": "right"}], "count": None},  # image 2
+    {"objects": [{"shape": "square"}], "count": 2},  # image 3
+]
+OLD_IMAGE = np.eye(4)
+NEW_IMAGE = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0.6, 0.8], [1, 0, 0, 0]], dtype=float)
+NEW_TEXT = np.array([[0.1, 0.9, 0.2, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
+
+
+def test_metrics_wiring_on_a_hand_made_case():
+    relevance = SceneRelevance(CAPTIONS, ATTRIBUTES)
+    np.testing.assert_array_equal(relevance.caption, [[1, 0, 1, 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    np.testing.assert_array_equal(same_objects_relevance(ATTRIBUTES),
+                                  [[1, 0, 1, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]])  # fmt: skip
+    metrics = method_metrics({"old_image": OLD_IMAGE, "new_image": NEW_IMAGE, "new_text": NEW_TEXT}, relevance)
+    # caption 0 ranks image 1 first, then its relevant images 2, 0, 3 at ranks 2–4 (AP (1/2 + 2/3 + 3/4) / 3)
+    ap0 = (1 / 2 + 2 / 3 + 3 / 4) / 3
+    text_old = metrics["text_to_old_image"]
+    assert text_old["recall@1"] == pytest.approx(75.0) and text_old["recall@5"] == pytest.approx(100.0)
+    assert text_old["map"] == pytest.approx(100 * (ap0 + 3) / 4)
+    # against the new images: caption 2 finds image 0 first (rank 2), caption 3's image ties last (rank 4)
+    text_new = metrics["text_to_new_image"]
+    assert text_new["recall@1"] == pytest.approx(25.0)
+    assert text_new["map"] == pytest.approx(100 * (ap0 + 1 + 1 / 2 + 1 / 4) / 4)
+    # images 1 and 3 have no twin: left out; image 0 finds 2 first, image 2 finds 3 then (tie, lower index) 0
+    image_old = metrics["new_image_to_old_image"]
+    assert (image_old["num_evaluated"], image_old["num_without_relevant"]) == (2, 2)
+    assert image_old["recall@1"] == pytest.approx(50.0) and image_old["map"] == pytest.approx(75.0)
+    reference = reference_metrics(OLD_IMAGE, relevance)  # one-hot: every other image ties, lowest index first
+    assert reference["recall@1"] == pytest.approx(50.0) and reference["map"] == pytest.approx(75.0)
+    # a text-only method has no new image tower
+    text_only = method_metrics({"old_image": OLD_IMAGE, "new_text": NEW_TEXT}, relevance)
+    assert text_only["text_to_new_image"] is None and text_only["new_image_to_old_image"] is None
+    assert text_only["text_to_old_image"] == text_old
+    matrix = full_compatibility_matrix({"old_image": OLD_IMAGE, "new_image": NEW_IMAGE, "new_text": NEW_TEXT},
+                                       relevance)  # fmt: skip
+    assert set(matrix) == {"old_image", "new_image", "new_text"}
+    assert matrix["new_text"]["old_image"] == text_old and matrix["old_image"]["old_image"] == reference
+
+
+def test_seeds_summarise_to_mean_and_sd():
+    summary = summarise_seeds([{"a": {"recall@1": 50.0, "num_queries": 4}, "b": None},
+                               {"a": {"recall@1": 70.0, "num_queries": 4}, "b": None}])  # fmt: skip
+    assert summary["b"] is None and summary["a"]["num_queries"] == 4
+    assert summary["a"]["recall@1"]["mean"] == pytest.approx(60.0)
+    assert summary["a"]["recall@1"]["sd"] == pytest.approx(np.sqrt(200.0))
