@@ -48,7 +48,7 @@ from .checkpointing import (
 )
 from .prototypes import compute_class_means
 from .references import FrozenReference
-from .towers import TOWER_DIRS, BT2PairModel
+from .towers import TOWER_DIRS, BT2PairModel, is_pair_directory
 
 logger = logging.getLogger(__name__)
 
@@ -337,6 +337,11 @@ def _reference_paths(method: CompatibilityMethod, model_args: ModelArguments) ->
     for name in method.requires:
         path, revision = getattr(model_args, f"{name}_model"), getattr(model_args, f"{name}_model_revision")
         if name == "independent" and method.modality == "pair":
+            if not is_pair_directory(path):
+                raise ValueError(
+                    f"The independent model of a pair is a saved pair (the output of bt2 train --method clip: "
+                    f"{', '.join(TOWER_DIRS.values())} and pair.json); {path} holds none."
+                )
             for tower, folder in TOWER_DIRS.items():
                 paths[f"independent_{tower}"] = (str(Path(path) / folder), revision)
         else:

@@ -250,6 +250,12 @@ def test_image_text_pair_writes_two_loadable_towers_tied_to_the_old_model(tmp_pa
     assert main(["--method", "bt2_pair", "--old_model", towers["old"], "--independent_model", str(clip),
                  "--extra_dim", "4", "--output_dir", str(bt2), *pair_model]) == 0  # fmt: skip
     assert json.loads((bt2 / "pair.json").read_text())["towers"] == {"image": "image_tower", "text": "text_tower"}
+    with pytest.raises(ValueError, match="holds none"):  # a pair's independent reference is a saved pair
+        train(ModelArguments(backbone_config=CNN, text_backbone_type="open_clip_text",
+                             text_backbone_config=OPEN_CLIP_TEXT, old_model=towers["old"],
+                             independent_model=towers["independent"]),
+              DataArguments(), quick_args(tmp_path / "refused", "bt2_pair"), train_data=image_text_data())  # fmt: skip
+    assert not (tmp_path / "refused").exists()
     log = json.loads((bt2 / "training_log.json").read_text())
     assert {"contrastive_loss", "text_old_contrastive_loss", "image_old_match_loss", "text_old_match_loss",
             "image_new_match_loss", "text_new_match_loss", "image_influence_loss", "text_influence_loss",
