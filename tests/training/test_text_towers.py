@@ -398,6 +398,24 @@ def test_bt2_text_loss_terms_against_an_independent_computation(tmp_path, towers
     assert entry["loss"] == pytest.approx(sum(expected.values()), abs=1e-3)
 
 
+def test_lazily_decoded_images_train_as_in_memory_ones(tmp_path, towers):
+    """in_memory=False decodes the paired images per batch (large sets): the same rows, the same weights."""
+    import datasets
+
+    dataset = datasets.load_from_disk(str(write_image_text_dataset(tmp_path / "pairs", n=16)))
+    weights = {}
+    for in_memory in (True, False):
+        data = from_hf_image_text(dataset, num_channels=1, image_size=28, in_memory=in_memory)
+        assert data.images.in_memory is in_memory
+        path = train(ModelArguments(backbone_type="open_clip_text", backbone_config=OPEN_CLIP_TEXT,
+                                    old_model=towers["old"]), DataArguments(),
+                     quick_args(tmp_path / str(in_memory), "bct_text", max_steps=2, per_device_train_batch_size=8,
+                                num_workers=0), train_data=data)  # fmt: skip
+        weights[in_memory] = load_file(str(path / "model.safetensors"))
+    for key in weights[True]:
+        torch.testing.assert_close(weights[True][key], weights[False][key], rtol=0, atol=1e-6, msg=key)
+
+
 def test_bt2_train_reads_the_scenes_data_set(tmp_path, towers):
     """The procedural scenes (image + caption, no labels) train a text tower through `bt2 train` as they are."""
     from bt2_hf.cli.train import main
