@@ -219,3 +219,26 @@ def test_backfill_survives_kill_9_at_any_moment(saved_models, tmp_path):
     gallery = FaissGallery.open(tmp_path / "g")
     assert gallery.backfill_state["done"] == 200 and gallery.backfilled_mask().all()
     np.testing.assert_allclose(gallery.backfill_vectors(np.arange(200)), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("same_items", [True, False])
+def test_backfill_curves_in_one_pass_equal_the_rule_state_by_state(same_items):
+    from bt2_hf.galleries.mixed import top1_along_backfill
+
+    old, new, labels = _synthetic_pair(count=300, seed=3)
+    # Ties on purpose: duplicated items score equally, and the lowest row must win in both implementations.
+    old[150:160], new[150:160] = old[140:150], new[140:150]
+    gallery_old, gallery_new = (old, new) if same_items else (old[:250], new[:250])
+    queries, query_labels = (new, labels) if same_items else (new[250:], labels[250:])
+    gallery_labels = None if same_items else labels[:250]
+    order = np.random.default_rng(0).permutation(len(gallery_old))
+    counts = [0, 1, 30, 125, 200, len(gallery_old) - 1, len(gallery_old)]
+    # A few candidates force the full re-scoring of the queries they do not decide.
+    fast = top1_along_backfill(gallery_old, gallery_new, queries, 8, order, counts, query_labels, gallery_labels,
+                               candidates=4)  # fmt: skip
+    for position, count in enumerate(counts):
+        use_new = np.zeros(len(gallery_old), dtype=bool)
+        use_new[order[:count]] = True
+        expected = top1_under_rule(gallery_old, gallery_new, queries, 8, use_new, query_labels, gallery_labels,
+                                   rule=["slots", "naive"])  # fmt: skip
+        assert fast["slots"][position] == expected["slots"] and fast["naive"][position] == expected["naive"], count
