@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("bt2_hf.cli.push", "push a checkpoint with its card to the Hub"),
     "card": ("bt2_hf.cli.card", "render or refresh a model card from a checkpoint and an evaluation JSON"),
     "demo": ("bt2_hf.cli.demo", "run the end-to-end Fashion-MNIST demo"),
+    "image-text": ("bt2_hf.cli.image_text", "image–text compatibility on the scenes: BT² pair vs baselines"),
 }
 
 

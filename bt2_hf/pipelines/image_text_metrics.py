@@ -52,6 +52,9 @@ class SceneRelevance:
     def __init__(self, caption_attributes: Sequence[Mapping[str, Any]], attributes: Sequence[Mapping[str, Any]]):
         self.caption = scene_relevance(caption_attributes, attributes)
         self.image = same_objects_relevance(attributes)
+        others = self.image & ~np.eye(len(self.image), dtype=bool)
+        # a tiny split may have no two images with the same objects: then image → image searches are not measured
+        self.image_pairs_measurable = bool(others.any())
 
     def __call__(self, query_space: str, gallery_space: str) -> np.ndarray:
         return self.caption if query_space.endswith("text") else self.image
@@ -60,7 +63,8 @@ class SceneRelevance:
 def method_metrics(
     spaces: Mapping[str, Any], relevance: SceneRelevance, ks: Sequence[int] = (1, 5, 10)
 ) -> dict[str, dict[str, float] | None]:
-    """One method's searches: ``{task: {"recall@1": …, "map": …, counts} or None}`` in percent.
+    """One method's searches: ``{task: {"recall@1": …, "map": …, counts} or None}`` in percent (`None`: the method
+    has no tower for it, or no two images of the split hold the same objects).
 
     Args:
         spaces (`Mapping[str, np.ndarray]`): ``old_image``, and whichever of ``new_image`` / ``new_text`` the method
@@ -68,7 +72,8 @@ def method_metrics(
         relevance (:class:`SceneRelevance`): of the split the embeddings come from.
     """
     available = [name for name in SPACES if spaces.get(name) is not None]
-    tasks = {task: pair for task, pair in TASKS.items() if set(pair) <= set(available)}
+    tasks = {task: pair for task, pair in TASKS.items() if set(pair) <= set(available)
+             and (pair not in IMAGE_TO_IMAGE or relevance.image_pairs_measurable)}  # fmt: skip
     matrix = instance_compatibility_matrix(
         {name: spaces[name] for name in available},
         pairs=list(tasks.values()),
@@ -80,8 +85,11 @@ def method_metrics(
     return {task: (results[pair[0]][pair[1]] if task in tasks else None) for task, pair in TASKS.items()}
 
 
-def reference_metrics(old_image, relevance: SceneRelevance, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Old image → old images (own image left out): what a new image tower's search of the old gallery must beat."""
+def reference_metrics(old_image, relevance: SceneRelevance, ks: Sequence[int] = (1, 5, 10)) -> dict | None:
+    """Old image → old images (own image left out): what a new image tower's search of the old gallery must beat
+    (`None` when no two images of the split hold the same objects)."""
+    if not relevance.image_pairs_measurable:
+        return None
     matrix = instance_compatibility_matrix(
         {"old_image": old_image}, pairs=[REFERENCE_TASK[1]], relevance_fn=relevance,
         leave_one_out=[REFERENCE_TASK[1]], ks=ks,
@@ -92,7 +100,8 @@ def reference_metrics(old_image, relevance: SceneRelevance, ks: Sequence[int] = 
 def full_compatibility_matrix(spaces: Mapping[str, Any], relevance: SceneRelevance) -> dict:
     """Every (query, gallery) pair over (old image, new image, new text), incl. old → old; text is only a query (the
     galleries are image galleries). Image → image pairs leave the query's own image out."""
-    pairs = [(query, gallery) for query in SPACES for gallery in ("old_image", "new_image")]
+    pairs = [(query, gallery) for query in SPACES for gallery in ("old_image", "new_image")
+             if (query, gallery) not in IMAGE_TO_IMAGE or relevance.image_pairs_measurable]  # fmt: skip
     matrix = instance_compatibility_matrix(
         {name: spaces[name] for name in SPACES}, pairs=pairs, relevance_fn=relevance, leave_one_out=IMAGE_TO_IMAGE
     )

@@ -56,6 +56,9 @@ class StageSpec:
             :func:`run_stage` (``dataset`` also names in-memory data in the checkpoint's record).
         class_subset (`str`, *optional*): train on these classes only (``"0-4"``).
         max_train_samples (`int`, *optional*): class-balanced training images.
+        horizontal_flip (`bool`, *optional*): random horizontal flips (off where left and right matter, e.g. scenes
+            whose captions name positions).
+        augment_padding (`int`, *optional*): zero padding before the random crop (0: no crop).
         method_config (`dict`, *optional*): the method's hyper-parameters.
         logging_steps (`int`, *optional*): log the mean losses every N steps.
         mixed_precision (`str`, *optional*): ``no``, ``fp16`` or ``bf16``.
@@ -84,6 +87,8 @@ class StageSpec:
     data_dir: str | None = None
     class_subset: str | None = None
     max_train_samples: int | None = None
+    horizontal_flip: bool | None = None
+    augment_padding: int | None = None
     method_config: Mapping[str, Any] | None = field(default=None)
     logging_steps: int | None = None
     mixed_precision: str | None = None
@@ -124,6 +129,8 @@ def stage_arguments(spec: StageSpec):
             data_dir=spec.data_dir,
             class_subset=spec.class_subset,
             max_train_samples=spec.max_train_samples,
+            horizontal_flip=spec.horizontal_flip,
+            augment_padding=spec.augment_padding,
         )
     )
     training_args = BT2TrainingArguments(

@@ -100,6 +100,13 @@ class ModelArguments:
         default=False,
         metadata={"help": "Train the head only; the backbone stays frozen (and in eval mode: no dropout)."},
     )
+    freeze_text_backbone: bool = field(
+        default=False,
+        metadata={
+            "help": "Pairs: freeze only the text tower's backbone (a pretrained encoder on a CPU budget) while the image "
+            "tower trains whole."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("backbone_config", "text_backbone_config"):

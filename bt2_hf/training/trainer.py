@@ -292,8 +292,13 @@ def _finish_tower(model: BT2Model, model_args: ModelArguments) -> None:
         from transformers import AutoTokenizer
 
         model.processor = AutoTokenizer.from_pretrained(model_args.tokenizer)
-    if model_args.freeze_backbone:
+    if _backbone_frozen(model, model_args.freeze_backbone, model_args.freeze_text_backbone):
         model.backbone.requires_grad_(False)
+
+
+def _backbone_frozen(model: BT2Model, freeze_backbone: bool, freeze_text_backbone: bool) -> bool:
+    """Whether a tower's backbone is frozen: every tower with freeze_backbone, text towers with freeze_text_backbone."""
+    return freeze_backbone or (freeze_text_backbone and model.modality == "text")
 
 
 def _build_pair(model_args: ModelArguments, overrides: dict[str, dict], num_classes: int) -> BT2PairModel:
@@ -605,7 +610,7 @@ def train(
             precomputed[name] = table
 
     # ---- training state
-    _train_mode(model, model_args.freeze_backbone)
+    _train_mode(model, model_args.freeze_backbone, model_args.freeze_text_backbone)
     if use_channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args, device)
@@ -741,7 +746,7 @@ def train(
                 unwrapped = accelerator.unwrap_model(model)
                 unwrapped.eval()
                 metrics = eval_fn(unwrapped, accelerator, global_step // steps_per_epoch)
-                _train_mode(unwrapped, model_args.freeze_backbone)
+                _train_mode(unwrapped, model_args.freeze_backbone, model_args.freeze_text_backbone)
                 if metrics:
                     entry = {"step": global_step, "epoch": global_step // steps_per_epoch,
                              **{f"eval_{k}": float(v) for k, v in metrics.items()}}  # fmt: skip
@@ -790,11 +795,11 @@ def train(
     return output_dir
 
 
-def _train_mode(model: torch.nn.Module, freeze_backbone: bool) -> None:
+def _train_mode(model: torch.nn.Module, freeze_backbone: bool, freeze_text_backbone: bool = False) -> None:
     """Training mode, except a frozen backbone, which stays in eval mode (no dropout, fixed normalisation)."""
     model.train()
-    if freeze_backbone:
-        for tower in _towers(getattr(model, "module", model)).values():
+    for tower in _towers(getattr(model, "module", model)).values():
+        if _backbone_frozen(tower, freeze_backbone, freeze_text_backbone):
             tower.backbone.eval()
 
 
@@ -830,6 +835,7 @@ def _training_metadata(
         "init_from": model_args.init_from,
         **({"text_init_from": model_args.text_init_from} if method.modality == "pair" else {}),
         "freeze_backbone": model_args.freeze_backbone,
+        "freeze_text_backbone": model_args.freeze_text_backbone,
         "init_from_independent": model_args.init_from_independent,
         # the checkpoint whose weights this model started from (the model card shows it)
         "started_from": model_args.independent_model if model_args.init_from_independent else None,

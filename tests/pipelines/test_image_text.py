@@ -109,3 +109,66 @@ def test_seeds_summarise_to_mean_and_sd():
     assert summary["b"] is None and summary["a"]["num_queries"] == 4
     assert summary["a"]["recall@1"]["mean"] == pytest.approx(60.0)
     assert summary["a"]["recall@1"]["sd"] == pytest.approx(np.sqrt(200.0))
+
+
+# Tiny towers built from configs (no downloads): a 2-layer ViT and a 1-layer open_clip text tower.
+TINY_VIT = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 37, "image_size": 32, "patch_size": 8, "num_channels": 3}  # fmt: skip
+TINY_TEXT = {
+    "model_cfg": {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+}
+
+
+def test_runner_end_to_end_on_tiny_scenes_writes_every_baseline_and_metric(tmp_path):
+    import json
+
+    from bt2_hf.cli.image_text import main
+    from bt2_hf.modeling_bt2 import BT2Model
+    from bt2_hf.pipelines.image_text import METHODS
+
+    output = tmp_path / "run"
+    assert main([
+        "--output_dir", str(output), "--scenes_preset", "tiny", "--old_widths", "4", "8", "--old_dim", "8",
+        "--old-steps", "2", "--new_dim", "12", "--extra_dim", "4", "--steps", "2", "--batch_size", "8",
+        "--warmup_steps", "0", "--image_backbone_config", json.dumps(TINY_VIT), "--text_backbone_type",
+        "open_clip_text", "--text_backbone_config", json.dumps(TINY_TEXT), "--max_text_length", "16", "--seeds", "2",
+        "--num_test", "32",
+    ]) == 0  # fmt: skip
+    results = json.loads((output / "results.json").read_text())
+    assert (output / "results.md").is_file() and (output / "image_text.png").stat().st_size > 0
+    assert list(results["per_seed"]) == ["0", "1"] and results["num_scenes"] == {
+        "train": 48, "validation": 16, "test": 32}  # fmt: skip
+    for split in ("validation", "test"):
+        methods = results[split]["methods"]
+        assert set(methods) == set(METHODS)
+        for name in METHODS:
+            text_old = methods[name]["text_to_old_image"]
+            assert set(text_old) >= {"recall@1", "recall@5", "recall@10", "map"}
+            assert len(text_old["recall@1"]["values"]) == 2 and 0 <= text_old["recall@1"]["mean"] <= 100
+            assert text_old["num_queries"] == results["num_scenes"][split]
+        assert methods["bct_text"]["text_to_new_image"] is None and methods["bct_text"]["new_image_to_old_image"] is None
+        # the post-hoc maps keep the independent pair's new gallery
+        assert methods["procrustes"]["text_to_new_image"] == methods["independent"]["text_to_new_image"]
+    # no two of the 16 validation images hold the same objects: image → image is not measured there; 5 test images
+    # have a twin among the 32 test images
+    assert results["validation"]["old_image_to_old_image"] is None
+    assert results["validation"]["methods"]["bt2"]["new_image_to_old_image"] is None
+    test = results["test"]
+    assert test["old_image_to_old_image"]["num_evaluated"] == 5
+    assert test["methods"]["bt2"]["new_image_to_old_image"]["num_evaluated"] == 5
+    assert test["methods"]["least_squares"]["new_image_to_old_image"]["num_evaluated"] == 5
+    assert set(test["compatibility_matrix"]["bt2"]) == {"old_image", "new_image", "new_text"}
+    assert set(test["compatibility_matrix"]["bt2"]["new_image"]) == {"old_image", "new_image"}
+    assert set(results["goals"]) == {"text_to_old_image_recall@1_above_every_baseline",
+                                     "text_to_new_image_recall@1_within_2_points_of_independent",
+                                     "new_image_to_old_image_top1_beats_old_to_old"}  # fmt: skip
+    # the BT² towers are tied to the old image space: old prefix = the old width
+    text_tower = BT2Model.from_pretrained(output / "models" / "seed-0" / "bt2" / "text_tower")
+    assert text_tower.config.compatible_dim == 8 and text_tower.config.embedding_dim == 12 + 4
+    assert text_tower.config.training["trained_against"]["prefix_dim"] == 8
+    bct = BT2Model.from_pretrained(output / "models" / "seed-1" / "bct_text")
+    assert bct.config.embedding_dim == 8
