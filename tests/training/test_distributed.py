@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_helpers import quick_args, synthetic_data
+from training_helpers import quick_args, run_two_processes, synthetic_data
 
 from bt2_hf.training import DataArguments, ModelArguments, train
 
@@ -29,12 +25,6 @@ VIT = {
     "patch_size": 8,
     "num_channels": 3,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.multiprocess
@@ -56,11 +46,7 @@ def test_two_processes_match_one_process(tmp_path):
     double = tmp_path / "double"
     spec = {"model": model, "output_dir": str(double), "method": "bt2", "method_config": {"extra_dim": 4},
             "training": {"per_device_train_batch_size": 4, **training}}  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(HERE)]), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), str(HERE / "distributed_worker.py"), json.dumps(spec)]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_two_processes([str(HERE / "distributed_worker.py"), json.dumps(spec)], pythonpath=[HERE])
 
     log_single = json.loads((single / "training_log.json").read_text())
     log_double = json.loads((double / "training_log.json").read_text())

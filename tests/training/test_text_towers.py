@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -178,19 +175,14 @@ def _cli_args(dataset: Path, output: Path, towers, batch_size: int) -> list[str]
 
 @pytest.mark.multiprocess
 def test_text_tower_through_bt2_train_two_processes_equal_one(tmp_path, towers):
-    from test_distributed import _free_port
+    from training_helpers import run_two_processes
 
     from bt2_hf.cli.train import main
 
     dataset = write_image_text_dataset(tmp_path / "pairs")
     single, double = tmp_path / "single", tmp_path / "double"
     assert main(_cli_args(dataset, single, towers, 8)) == 0
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), "-m", "bt2_hf.cli.train",
-               *_cli_args(dataset, double, towers, 4)]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_two_processes(["-m", "bt2_hf.cli.train", *_cli_args(dataset, double, towers, 4)])
 
     log_single = json.loads((single / "training_log.json").read_text())
     log_double = json.loads((double / "training_log.json").read_text())
@@ -284,7 +276,8 @@ def test_clip_pair_two_processes_equal_one(tmp_path):
     """Both towers learn through the contrastive term: gathered with gradients, 2 × 4 rows train as 1 × 8."""
     import datasets
     from PIL import Image
-    from test_distributed import VIT, _free_port
+    from test_distributed import VIT
+    from training_helpers import run_two_processes
 
     from bt2_hf.cli.train import main
 
@@ -305,11 +298,7 @@ def test_clip_pair_two_processes_equal_one(tmp_path):
 
     single, double = tmp_path / "single", tmp_path / "double"
     assert main(args(single, 8)) == 0
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), "-m", "bt2_hf.cli.train", *args(double, 4)]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_two_processes(["-m", "bt2_hf.cli.train", *args(double, 4)])
     log_single = json.loads((single / "training_log.json").read_text())
     log_double = json.loads((double / "training_log.json").read_text())
     for a, b in zip(log_single, log_double, strict=True):

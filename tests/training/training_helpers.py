@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from bt2_hf.training import BT2TrainingArguments
@@ -32,3 +38,22 @@ def quick_args(output_dir, method: str, **overrides) -> BT2TrainingArguments:
     )
     values.update(overrides)
     return BT2TrainingArguments(**values)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_two_processes(target: list[str], pythonpath: list[str | Path] = ()) -> None:
+    """Run ``target`` (``["-m", module, *args]`` or ``[script, *args]``) under ``torchrun --nproc_per_node 2`` on
+    127.0.0.1 (gloo on CPU), one thread per process; fail the test with the workers' stderr if it fails."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p) for p in (REPO, *pythonpath)), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), *target]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
