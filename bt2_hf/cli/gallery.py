@@ -73,7 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--split")
     search.add_argument("--limit", type=int, help="only the first N queries of --query-data")
     search.add_argument("-k", type=int, default=10)
-    search.add_argument("--depth", type=int, help="candidates re-ranked during a backfill (default 100)")
     search.add_argument("--nprobe", type=int)
     search.add_argument("--rerank", type=int)
     search.add_argument("--output", help="JSON file for the results (default: print)")
@@ -151,7 +150,7 @@ def run_search(args) -> dict:
     query_ids, items = _queries(args, model)
     embeddings = encode_items(model, items, 256)
     params = {key: getattr(args, key) for key in ("nprobe", "rerank") if getattr(args, key) is not None}
-    result = search_gallery(store, embeddings, k=args.k, query_config=model.config, depth=args.depth,
+    result = search_gallery(store, embeddings, k=args.k, query_config=model.config,
                             allow_unmeasured=args.allow_unmeasured, **params)  # fmt: skip
     hits = [
         {"query": query, "ids": ids, "scores": [round(float(s), 6) for s in scores[: len(ids)]],
