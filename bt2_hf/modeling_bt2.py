@@ -567,7 +567,12 @@ class BT2Model(BT2PreTrainedModel):
         """
         backbone_class = get_backbone_class(backbone_type)
         name_or_path = str(name_or_path)
-        hub_kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
+        hub_kwargs = {
+            "revision": revision,
+            "token": token,
+            "cache_dir": cache_dir,
+            "local_files_only": local_files_only,
+        }
         hub_kwargs = {k: v for k, v in hub_kwargs.items() if v not in (None, False)}
         if "backbone_config" not in config_kwargs:
             config_kwargs["backbone_config"] = backbone_class.config_from_pretrained(name_or_path, **hub_kwargs)
@@ -603,6 +608,7 @@ def _fetch_optional(name_or_path: str | os.PathLike, filename: str, hub_kwargs: 
 
 def _weight_files(name_or_path: str | os.PathLike, hub_kwargs: dict[str, Any] | None = None) -> list[str]:
     """The safetensors file(s) of a checkpoint (local directory or Hub repo), as local paths."""
+
     def fetch(filename: str) -> str | None:
         return _fetch_optional(name_or_path, filename, hub_kwargs)
 

@@ -189,8 +189,14 @@ class BT2ImageProcessor(BaseImageProcessor):
         resampling filter and mean/std. Images are always scaled to [0, 1] first (transformers' ``rescale_factor``
         of 1/255 on 0–255 input), so a processor with another rescale factor, or none, is refused.
         """
-        get = processor.get if isinstance(processor, dict) else lambda key, default=None: getattr(processor, key, default)
-        if get("do_rescale", True) is False or not math.isclose(float(get("rescale_factor", 1 / 255) or 1 / 255), 1 / 255):
+        get = (
+            processor.get
+            if isinstance(processor, dict)
+            else lambda key, default=None: getattr(processor, key, default)
+        )
+        if get("do_rescale", True) is False or not math.isclose(
+            float(get("rescale_factor", 1 / 255) or 1 / 255), 1 / 255
+        ):
             raise ValueError(
                 f"{type(processor).__name__} does not scale pixels to [0, 1] with 1/255; BT2ImageProcessor cannot "
                 "reproduce it. Pass a BT2ImageProcessor with the settings you want."
@@ -253,12 +259,16 @@ class BT2ImageProcessor(BaseImageProcessor):
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}.")
         input_data_format = _data_format(input_data_format)
-        pixel_values = torch.stack(
-            [
-                self.transform(image, device=device)
-                for image in _as_float_images(images, input_data_format, self.num_channels, index_offset)
-            ]
-        )
+        batch = _as_float_batch(images, input_data_format, self.num_channels)
+        if batch is not None:  # a valid 4-D batch: one vectorised pass (same numbers as the per-image path)
+            pixel_values = self.transform(batch, device=device)
+        else:
+            pixel_values = torch.stack(
+                [
+                    self.transform(image, device=device)
+                    for image in _as_float_images(images, input_data_format, self.num_channels, index_offset)
+                ]
+            )
         if return_tensors == "np":
             pixel_values = pixel_values.cpu().numpy()
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
@@ -349,7 +359,9 @@ def open_clip_image_processor(image_size: int | Sequence[int], preprocess_cfg: d
     elif cfg["resize_mode"] == "squash":
         geometry = {"size": {"height": height, "width": width}}
     else:
-        raise ValueError(f"open_clip resize_mode {cfg['resize_mode']!r} is not supported (use 'shortest' or 'squash').")
+        raise ValueError(
+            f"open_clip resize_mode {cfg['resize_mode']!r} is not supported (use 'shortest' or 'squash')."
+        )
     return BT2ImageProcessor(
         num_channels=3,
         resample=cfg["interpolation"],
@@ -410,9 +422,45 @@ def _as_float_images(
         return [_to_float_chw(images[i], index_offset + i, fmt, num_channels) for i in range(images.shape[0])]
     else:
         items = [images]
-    return [
-        _to_float_chw(image, index_offset + i, input_data_format, num_channels) for i, image in enumerate(items)
-    ]
+    return [_to_float_chw(image, index_offset + i, input_data_format, num_channels) for i, image in enumerate(items)]
+
+
+def _as_float_batch(images: Any, input_data_format: str | None, num_channels: int) -> torch.Tensor | None:
+    """A 4-D uint8, bool or float batch as one float ``(B, C, H, W)`` tensor in [0, 1], or `None`.
+
+    `None` sends the input to the per-image path: anything else (lists, other dtypes) and any batch that fails a
+    check, so that the error names the offending image.
+    """
+    if not (_is_array(images) and images.ndim == 4) or images.shape[0] == 0:
+        return None
+    try:
+        channel_axis = _batch_channel_axis(images.shape, input_data_format)
+    except ImageInputError:
+        return None
+    if isinstance(images, np.ndarray):
+        if images.dtype.kind not in "buf" or images.dtype == np.uint16 or images.dtype.itemsize > 8:
+            return None
+        tensor = torch.from_numpy(np.array(images, copy=not images.flags.writeable or None))
+    else:
+        tensor = images.detach().cpu()
+    if channel_axis == 3:
+        tensor = tensor.permute(0, 3, 1, 2)
+    channels, height, width = tensor.shape[1:]
+    if channels not in (1, 2, 3, 4) or height == 0 or width == 0:
+        return None
+    if tensor.dtype == torch.uint8:
+        tensor = tensor.float() / 255.0
+    elif tensor.dtype == torch.bool:
+        tensor = tensor.float()
+    elif torch.is_floating_point(tensor):
+        tensor = tensor.float()
+        if not bool(torch.isfinite(tensor).all()) or float(tensor.min()) < 0.0 or float(tensor.max()) > 1.0:
+            return None
+    else:
+        return None
+    if channels in (2, 4):  # drop alpha
+        tensor = tensor[:, : channels - 1]
+    return _convert_channels(tensor, num_channels)
 
 
 def _to_float_chw(image: Any, index: int, input_data_format: str | None, num_channels: int) -> torch.Tensor:

@@ -146,6 +146,7 @@ def verify_compatibility(
     write: bool = True,
     update_card: bool = True,
     repo_id: str | None = None,
+    reuse_old_from: VerificationResult | None = None,
 ) -> VerificationResult:
     """Measure old→old, new→old and new→new on a held-out split, judge the criterion and record the entry.
 
@@ -179,6 +180,11 @@ def verify_compatibility(
             a checkpoint directory.
         update_card (`bool`, *optional*, defaults to `True`): refresh ``<new>/README.md`` from the new metadata.
         repo_id (`str`, *optional*): the new model's Hub id for the card (defaults to its recorded name).
+        reuse_old_from (:class:`VerificationResult`, *optional*): an earlier verification of another new model against
+            the same old model on the same split; its old embeddings and old→old results are reused instead of
+            measured again (pipelines that verify several candidates). Checked, not trusted: the old model's
+            fingerprint, the split's content hash and the metrics must be the same, or a `ValueError` says which
+            differs.
 
     Returns:
         :class:`VerificationResult`: ``.entry`` (recorded), ``.passed``, ``.margin``, ``.report`` (a ``PairReport``),
@@ -233,14 +239,22 @@ def verify_compatibility(
         model.to(device).eval()
         return model.encode(images=split_data.images, batch_size=batch_size, device=device).numpy()
 
-    embeddings = {"old": embed(old_model), "new": embed(new_model)}
+    known_results = {}
+    if reuse_old_from is not None:
+        _check_reusable(reuse_old_from, old_model, dataset, metrics)
+        embeddings = {"old": reuse_old_from.embeddings["old"]}
+        known_results["old/old"] = reuse_old_from.report.results["old/old"]
+    else:
+        embeddings = {"old": embed(old_model)}
+    embeddings["new"] = embed(new_model)
     if independent_model is not None:
         embeddings["independent"] = embed(independent_model)
     labels = split_data.labels.numpy()
     evaluator = RetrievalEvaluator(metrics=metrics)
     report = compare_models(
-        embeddings["old"], embeddings["new"], labels, independent=embeddings.get("independent"), evaluator=evaluator
-    )
+        embeddings["old"], embeddings["new"], labels, independent=embeddings.get("independent"), evaluator=evaluator,
+        known_results=known_results,
+    )  # fmt: skip
     entry = declare_compatibility(
         new_model.config,
         # The fingerprint galleries record is config.fingerprint (verified by from_pretrained); only a model that was
@@ -274,6 +288,32 @@ def verify_compatibility(
     )  # fmt: skip
 
 
+def _check_reusable(
+    prior: VerificationResult, old_model: Any, dataset: dict[str, Any], metrics: Sequence[str]
+) -> None:
+    """Refuse to reuse an earlier verification's old side unless it measured the same old model on the same items."""
+    from .compatibility import same_fingerprint
+    from .fingerprint import fingerprint_model
+
+    old_fingerprint = old_model.config.fingerprint or fingerprint_model(old_model)
+    problems = []
+    if not same_fingerprint(prior.entry["fingerprint"], old_fingerprint):
+        problems.append(f"the old model differs ({prior.entry['fingerprint']} vs {old_fingerprint})")
+    if prior.dataset.get("sha256") != dataset["sha256"]:
+        problems.append(
+            f"the split differs (sha256 {prior.dataset.get('sha256', '?')[:12]} vs {dataset['sha256'][:12]})"
+        )
+    if set(prior.report.results["old/old"].metrics) != set(metrics):
+        problems.append(f"the metrics differ ({sorted(prior.report.results['old/old'].metrics)} vs {sorted(metrics)})")
+    if "old" not in prior.embeddings:
+        problems.append("it kept no old embeddings")
+    if problems:
+        raise ValueError(
+            "Cannot reuse the earlier verification's old→old: " + "; ".join(problems) + ". Verify without "
+            "reuse_old_from."
+        )
+
+
 def summary_lines(result: VerificationResult) -> list[str]:
     """Readable lines of a verification: the three settings, the criterion and its margin."""
     metrics = result.entry["metrics"]
@@ -289,5 +329,3 @@ def summary_lines(result: VerificationResult) -> list[str]:
     margins = ", ".join(f"{m} {v:+.2f}" for m, v in criterion["margin"].items())
     lines.append(f"criterion {criterion['rule']}: {verdict} (margin {margins} points)")
     return lines
-
-

@@ -88,6 +88,7 @@ def _per_test_home(monkeypatch, tmp_path_factory):
     if "datasets.config" in sys.modules:
         monkeypatch.setattr(sys.modules["datasets.config"], "HF_DATASETS_CACHE", hf_home / "datasets")
 
+
 # name -> (backbone_type, backbone_config, modality)
 TINY_BACKBONES: dict[str, tuple[str, dict, str]] = {
     "small_cnn": ("small_cnn", {"num_channels": 1, "widths": [8, 16], "image_size": 28}, "image"),

@@ -66,7 +66,9 @@ class HFVisionBackbone(HFBackbone):
                 str(error).splitlines()[0],
             )
             return None
-        converted = BT2ImageProcessor.from_image_processor(processor, source=f"{name_or_path} ({type(processor).__name__})")
+        converted = BT2ImageProcessor.from_image_processor(
+            processor, source=f"{name_or_path} ({type(processor).__name__})"
+        )
         channels = int(self.backbone_config.get("num_channels", 3))
         if channels != converted.num_channels:
             converted = BT2ImageProcessor.from_dict({**converted.to_dict(), "num_channels": channels,

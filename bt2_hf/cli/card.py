@@ -18,7 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
         "JSON). An existing card is refreshed: generated sections are replaced, the user's own sections are kept.",
     )
     parser.add_argument("checkpoint_dir", help="a directory written by BT2Model.save_pretrained")
-    parser.add_argument("--results", default=None, help="evaluation JSON (a PairReport.to_dict(), e.g. bt2 verify --output, or a per-pair dict)")
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="evaluation JSON (a PairReport.to_dict(), e.g. bt2 verify --output, or a per-pair dict)",
+    )
     parser.add_argument("--method", default=None, help="unused (kept so old command lines still parse)")
     parser.add_argument("--output", default=None, help="where to write the card (default: <checkpoint_dir>/README.md)")
     parser.add_argument("--repo-id", default=None, help="the Hub id shown in the card (default: the directory)")

@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--index-type", default="flat", choices=["flat", "ivf", "hnsw"])
     build.add_argument("--output", required=True, help="index directory to write (atomically)")
     build.add_argument(
-        "--overwrite", action="store_true", help="replace an existing index at --output (kept until the new is complete)"
+        "--overwrite",
+        action="store_true",
+        help="replace an existing index at --output (kept until the new is complete)",
     )
     build.add_argument("--no-overwrite", action="store_true", help=argparse.SUPPRESS)  # the default now
     search = commands.add_parser("search", help="search a saved index with query embeddings")

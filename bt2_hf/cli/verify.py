@@ -25,10 +25,14 @@ logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bt2 verify", description=__doc__.split("\n\n")[0])
-    parser.add_argument("new", help="the new (query) model: a checkpoint directory (or a Hub id, then nothing is written)")
+    parser.add_argument(
+        "new", help="the new (query) model: a checkpoint directory (or a Hub id, then nothing is written)"
+    )
     parser.add_argument("--old", required=True, help="the old model whose galleries the new model should search")
     parser.add_argument(
-        "--data", required=True, help="held-out data: 'fashion_mnist', a directory (IDX, imagefolder, save_to_disk) or a Hub id"
+        "--data",
+        required=True,
+        help="held-out data: 'fashion_mnist', a directory (IDX, imagefolder, save_to_disk) or a Hub id",
     )
     parser.add_argument("--split", default="test", help="the held-out split's name (never the training split)")
     parser.add_argument("--independent", help="an independently trained new model (adds update gain and tax)")
@@ -72,7 +76,14 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             write=not args.no_write,
         )
-    except (ValueError, FileNotFoundError, OSError, TypeError, IncompatibleModelsError, CompatibilityMetadataError) as error:
+    except (
+        ValueError,
+        FileNotFoundError,
+        OSError,
+        TypeError,
+        IncompatibleModelsError,
+        CompatibilityMetadataError,
+    ) as error:
         print(f"bt2 verify: {error}", file=sys.stderr)
         return 2
     for line in summary_lines(result):

@@ -83,7 +83,11 @@ def verify_command(query_name: str | None, gallery_name: str | None, independent
 
 def _find_entry(config: Any, fingerprint: str) -> dict | None:
     return next(
-        (e for e in getattr(config, "compatible_with", None) or [] if same_fingerprint(e.get("fingerprint"), fingerprint)),
+        (
+            e
+            for e in getattr(config, "compatible_with", None) or []
+            if same_fingerprint(e.get("fingerprint"), fingerprint)
+        ),
         None,
     )
 
@@ -129,7 +133,9 @@ def _failing_detail(entry: Mapping[str, Any]) -> str:
     parts = []
     for metric in judged_metrics(criterion):
         try:
-            parts.append(f"{metric} new→old {metrics['new/old'][metric]:.2f} vs old→old {metrics['old/old'][metric]:.2f}")
+            parts.append(
+                f"{metric} new→old {metrics['new/old'][metric]:.2f} vs old→old {metrics['old/old'][metric]:.2f}"
+            )
         except (KeyError, TypeError):
             continue
     dataset = entry.get("dataset") or {}
@@ -223,7 +229,9 @@ def admit_query_model(
                 "Use the gallery's own encoder, re-embed (backfill) the gallery with the new model, or, if the new "
                 f"model was trained to be backward compatible with it, measure the pair with:\n    {command}"
             )
-        prefix = _width_checked(int(trained.get("prefix_dim") or gallery_dim), query_config, gallery_dim, query, gallery)
+        prefix = _width_checked(
+            int(trained.get("prefix_dim") or gallery_dim), query_config, gallery_dim, query, gallery
+        )
         unmeasured_reason = "it was trained against it, but the pair was never measured (`bt2 verify`)"
         admitted_entry = {"trained_against": dict(trained)}
     if not allow_unmeasured:

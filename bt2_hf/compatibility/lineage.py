@@ -112,7 +112,9 @@ def declare_compatibility(
     if getattr(new_config, "fingerprint", None) == old_fingerprint:
         # The new model was initialised from the old checkpoint and still carries its fingerprint; it is stale (the
         # weights changed in training) and save_pretrained recomputes it.
-        logger.warning("%s carries the old model's fingerprint; dropping it (save_pretrained recomputes it).", new_name)
+        logger.warning(
+            "%s carries the old model's fingerprint; dropping it (save_pretrained recomputes it).", new_name
+        )
         new_config.fingerprint = None
     entry: dict[str, Any] = {
         "name_or_path": str(old_name),

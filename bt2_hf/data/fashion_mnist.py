@@ -127,8 +127,7 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, split: str = "
     labels = read_idx(paths[1])
     if images.ndim != 3 or images.dtype != np.uint8:
         raise BT2InputError(
-            f"expected N×H×W uint8 images (IDX type 0x08, 3 dimensions), got {images.dtype} of shape "
-            f"{images.shape}.",
+            f"expected N×H×W uint8 images (IDX type 0x08, 3 dimensions), got {images.dtype} of shape {images.shape}.",
             paths[0],
         )
     if labels.ndim != 1 or len(labels) != len(images):

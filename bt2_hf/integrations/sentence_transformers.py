@@ -38,9 +38,7 @@ def write_sentence_transformers_files(directory: str | os.PathLike, config: Any)
         return []
     directory = Path(directory)
     modality = config.modality
-    atomic_write_json(
-        directory / MODULES_FILE, [{"idx": 0, "name": "0", "path": "", "type": _TRANSFORMER_MODULE}]
-    )
+    atomic_write_json(directory / MODULES_FILE, [{"idx": 0, "name": "0", "path": "", "type": _TRANSFORMER_MODULE}])
     atomic_write_json(
         directory / MODULE_CONFIG_FILE,
         {

@@ -109,8 +109,13 @@ def _train_text_tower(path: Path, method: str, references: dict[str, str], args:
         logger.info("Reusing the text tower at %s", path)
         return path
     return train(
-        ModelArguments(backbone_type="hf_text", init_from=text_model_path, head_nonlinearity="none",
-                       freeze_backbone=not args.text_finetune_backbone, **references),  # fmt: skip
+        ModelArguments(
+            backbone_type="hf_text",
+            init_from=text_model_path,
+            head_nonlinearity="none",
+            freeze_backbone=not args.text_finetune_backbone,
+            **references,
+        ),  # fmt: skip
         DataArguments(),
         BT2TrainingArguments(
             output_dir=str(path),

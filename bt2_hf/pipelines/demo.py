@@ -386,29 +386,39 @@ def _run_seed(
         for name in steps
     }
 
-    # ---- evaluation: every model embeds the test split once; every pair is searched from those embeddings
+    # ---- evaluation: every model embeds the test split once; every pair is searched from those embeddings.
+    # BCT and BT² are measured first, by `bt2 verify` (the only writer of measured entries): the old side is measured
+    # once (later verifications reuse it, checked), and their embeddings and results are the table's.
     eval_started = time.perf_counter()
     images, labels = test_data.images, test_data.labels.numpy()
-    embeddings = {name: embed_split(path, images, batch_size=512, device=device) for name, path in model_dirs.items()}
-    evaluator = RetrievalEvaluator(metrics=("top1", "top5", "map"))
-    references = sorted({_STAGES[name].reference for name in model_dirs if name != "old"})
-    shared = {"old/old": evaluator.evaluate(embeddings["old"], embeddings["old"], labels, labels, same_items=True)}
-    for reference in references:
-        shared[reference] = evaluator.evaluate(
-            embeddings[reference], embeddings[reference], labels, labels, same_items=True
-        )
-    # BCT and BT² are measured by `bt2 verify` (the only writer of measured entries); its new→old and new→new are
-    # the table's, so they are not evaluated twice.
+    metrics = ("top1", "top5", "map")
     split_name = "validation" if validation else data.test_split
     old_repo = f"{hub_namespace}/{data.slug}-old"
-    verifications = {}
+    verifications: dict[str, Any] = {}
     for name, path in model_dirs.items():
         _name_checkpoint(path, f"{hub_namespace}/{data.slug}-{name}")
         if name != "old" and _STAGES[name].method in ("bct", "bt2"):
             verifications[name] = verify_compatibility(
                 path, model_dirs["old"], test_data, split=split_name, dataset_name=data.name, old_name=old_repo,
-                method=_STAGES[name].method, criterion_metrics=JUDGED_METRICS, device=device, update_card=False,
+                method=_STAGES[name].method, metrics=metrics, criterion_metrics=JUDGED_METRICS, device=device,
+                update_card=False, reuse_old_from=next(iter(verifications.values()), None),
             )  # fmt: skip
+    embeddings = {name: result.embeddings["new"] for name, result in verifications.items()}
+    if verifications:
+        embeddings["old"] = next(iter(verifications.values())).embeddings["old"]
+    for name, path in model_dirs.items():
+        if name not in embeddings:
+            embeddings[name] = embed_split(path, images, batch_size=512, device=device)
+    evaluator = RetrievalEvaluator(metrics=metrics)
+    references = sorted({_STAGES[name].reference for name in model_dirs if name != "old"})
+    if verifications:
+        shared = {"old/old": next(iter(verifications.values())).report.results["old/old"]}
+    else:
+        shared = {"old/old": evaluator.evaluate(embeddings["old"], embeddings["old"], labels, labels, same_items=True)}
+    for reference in references:
+        shared[reference] = evaluator.evaluate(
+            embeddings[reference], embeddings[reference], labels, labels, same_items=True
+        )
     reports = {}
     for name in model_dirs:
         if name == "old":

@@ -334,7 +334,10 @@ def _seed_run(settings: ImageTextSettings, seed: int, old_path: Path, splits: di
             new_image, new_text = embed(name, split)
             spaces_of[name] = {"old_image": old_image, "new_image": new_image, "new_text": new_text}
             per_method[name] = method_metrics(spaces_of[name], relevance)
-        independent_image, independent_text = spaces_of["independent"]["new_image"], spaces_of["independent"]["new_text"]
+        independent_image, independent_text = (
+            spaces_of["independent"]["new_image"],
+            spaces_of["independent"]["new_text"],
+        )
         for name, (text_map, image_map) in maps.items():
             mapped = {"old_image": old_image, "new_image": image_map.apply(independent_image),
                       "new_text": text_map.apply(independent_text)}  # fmt: skip
@@ -446,7 +449,9 @@ def table_rows(results: dict, split: str = "test") -> list[list[str]]:
         row += [_cell(None if values is None else values[key]) for key in ("recall@1", "map")]
         rows.append(row)
     reference = summary["old_image_to_old_image"] or {}
-    rows.append(["old → old (reference)"] + ["—"] * 8 + [_cell(reference.get("recall@1")), _cell(reference.get("map"))])
+    rows.append(
+        ["old → old (reference)"] + ["—"] * 8 + [_cell(reference.get("recall@1")), _cell(reference.get("map"))]
+    )
     return rows
 
 

@@ -13,12 +13,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .knn import KNNBackend, get_backend
-from .metrics import average_precision_at_r, average_precision_with_ties, cmc_hits, parse_metric_name
+from .metrics import (
+    average_precision_at_r,
+    average_precision_shared_relevance,
+    average_precision_with_ties,
+    cmc_hits,
+    parse_metric_name,
+)
 from .protocol import GalleryPart, as_embedding_array, gallery_parts, truncate
 
 logger = logging.getLogger(__name__)
@@ -301,23 +308,80 @@ class RetrievalEvaluator:
         return indices_out
 
     def _full_average_precision(self, queries, parts, relevance, num_relevant, exclude) -> np.ndarray:
+        import torch
+
         num_gallery = sum(len(part.positions) for part in parts)
-        aligned = list(self._aligned_parts(queries, parts))
+        aligned = [
+            (torch.from_numpy(np.ascontiguousarray(q)), torch.from_numpy(np.ascontiguousarray(g)), part)
+            for q, g, part in self._aligned_parts(queries, parts)
+        ]
+        # One part holding every gallery row in order (the usual case) needs no scatter into the score matrix.
+        whole = len(aligned) == 1 and np.array_equal(aligned[0][2].positions, np.arange(num_gallery))
         rows_per_chunk = max(1, min(self.chunk_size, self.map_chunk_elements // num_gallery))
         average_precision = np.full(queries.shape[0], np.nan)
-        for start in self._chunks(queries.shape[0], rows_per_chunk, "full-ranking mAP"):
-            rows = np.arange(start, min(start + rows_per_chunk, queries.shape[0]))
-            scores = np.empty((len(rows), num_gallery), dtype=np.float32)  # (chunk, N): bounded by the chunk size
-            for aligned_queries, aligned_gallery, part in aligned:
-                scores[:, part.positions] = aligned_queries[rows] @ aligned_gallery.T
-            relevant = relevance.dense(rows)
-            if exclude is not None:
-                left_out = exclude[rows]
-                has = np.flatnonzero(left_out >= 0)
-                scores[has, left_out[has]] = -np.inf
-                relevant[has, left_out[has]] = False
-            average_precision[rows] = average_precision_with_ties(scores, relevant, num_relevant[rows])
+        by_class = _ClassColumns(relevance) if relevance.mode == "labels" else None
+        num_workers = max(1, torch.get_num_threads())
+        workers = ThreadPoolExecutor(max_workers=num_workers) if by_class else None
+        try:
+            for start in self._chunks(queries.shape[0], rows_per_chunk, "full-ranking mAP"):
+                stop = min(start + rows_per_chunk, queries.shape[0])
+                rows = np.arange(start, stop)
+                # (chunk, N) float32, bounded by the chunk size; torch's matmul is multi-threaded
+                if whole:
+                    scores = aligned[0][0][start:stop] @ aligned[0][1].T
+                else:
+                    scores = torch.empty((len(rows), num_gallery), dtype=torch.float32)
+                    for aligned_queries, aligned_gallery, part in aligned:
+                        scores[:, torch.from_numpy(part.positions)] = (
+                            aligned_queries[start:stop] @ aligned_gallery.T
+                        ).float()
+                if exclude is not None:
+                    has = np.flatnonzero(exclude[rows] >= 0)
+                    scores[torch.from_numpy(has), torch.from_numpy(exclude[rows][has])] = -np.inf
+                if by_class is None:
+                    relevant = relevance.dense(rows)
+                    if exclude is not None:
+                        relevant[has, exclude[rows][has]] = False
+                    average_precision[rows] = average_precision_with_ties(scores.numpy(), relevant, num_relevant[rows])
+                    continue
+                # Label relevance: the rows of one class share their relevant columns; classes run on the workers.
+                jobs = []
+                for code, class_rows in by_class.groups(rows):
+                    for part_rows in np.array_split(class_rows, num_workers):
+                        if len(part_rows):
+                            jobs.append((part_rows, workers.submit(
+                                average_precision_shared_relevance, scores[torch.from_numpy(part_rows - start)],
+                                *by_class.columns(code), num_relevant[part_rows],
+                            )))  # fmt: skip
+                for part_rows, job in jobs:
+                    average_precision[part_rows] = job.result()
+        finally:
+            if workers is not None:
+                workers.shutdown()
         return average_precision
+
+
+class _ClassColumns:
+    """For label relevance: the query rows of each class, and the gallery columns in and out of that class."""
+
+    def __init__(self, relevance: _Relevance):
+        self.relevance = relevance
+        self._columns: dict[int, tuple] = {}
+
+    def groups(self, rows: np.ndarray):
+        """(class code, its rows) for the rows whose label is in the gallery (the others have no relevant item)."""
+        codes = self.relevance.query_codes[rows]
+        for code in np.unique(codes):
+            if code >= 0:
+                yield int(code), rows[codes == code]
+
+    def columns(self, code: int) -> tuple:
+        import torch
+
+        if code not in self._columns:
+            member = self.relevance.gallery_codes == code
+            self._columns[code] = (torch.from_numpy(np.flatnonzero(member)), torch.from_numpy(np.flatnonzero(~member)))
+        return self._columns[code]
 
 
 def evaluate_retrieval(

@@ -56,35 +56,72 @@ def average_precision_with_ties(scores: np.ndarray, relevant: np.ndarray, num_re
         num_relevant (`np.ndarray`, *optional*): relevant count per query; defaults to ``relevant.sum(1)``. Rows with 0
             give NaN (scikit-learn warns and returns a meaningless value there).
     """
-    try:
-        import torch
-    except ModuleNotFoundError:  # pragma: no cover - torch is a core dependency
-        torch = None
-    if torch is not None:
-        # torch.sort is multi-threaded; numpy's argsort is not, and this sort is the whole cost of full mAP.
-        score_tensor = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
-        sorted_scores, order = torch.sort(score_tensor, dim=1, descending=True)
-        sorted_scores, order = sorted_scores.numpy(), order.numpy()
-    else:
-        order = np.argsort(-scores, axis=1)
-        sorted_scores = np.take_along_axis(scores, order, axis=1)
-    sorted_relevant = np.take_along_axis(relevant, order, axis=1)
+    import torch
+
+    # Everything in torch: its sort, gather and scans are multi-threaded (numpy's are not), and this is the whole
+    # cost of full-ranking mAP. Equal float32 inputs give the same result as scikit-learn, ties included.
+    score_tensor = torch.as_tensor(np.ascontiguousarray(scores, dtype=np.float32))
+    relevant_tensor = torch.as_tensor(np.ascontiguousarray(relevant, dtype=bool))
     if num_relevant is None:
-        num_relevant = relevant.sum(axis=1)
+        num_relevant = relevant_tensor.sum(dim=1).numpy()
     num_relevant = np.asarray(num_relevant, dtype=np.float64)
-    width = scores.shape[1]
-    true_positives = np.cumsum(sorted_relevant, axis=1, dtype=np.int64)
+    width = score_tensor.shape[1]
+    sorted_scores, order = torch.sort(score_tensor, dim=1, descending=True)
+    sorted_relevant = torch.gather(relevant_tensor, 1, order)
+    del order
+    true_positives = torch.cumsum(sorted_relevant, dim=1, dtype=torch.int64)
     # A group of tied scores ends where the next score differs (or at the last item).
-    group_end = np.ones_like(sorted_relevant, dtype=bool)
-    group_end[:, :-1] = sorted_scores[:, :-1] != sorted_scores[:, 1:]
-    tp_at_ends = np.where(group_end, true_positives, 0)
+    group_end = torch.ones_like(sorted_relevant)
+    torch.ne(sorted_scores[:, :-1], sorted_scores[:, 1:], out=group_end[:, :-1])
+    del sorted_scores
     # True positives at the end of the previous group (cumulative counts are non-decreasing, so a running max works).
-    previous_tp = np.zeros_like(tp_at_ends)
-    previous_tp[:, 1:] = np.maximum.accumulate(tp_at_ends, axis=1)[:, :-1]
-    ranks = np.arange(1, width + 1, dtype=np.float64)
-    contribution = np.where(group_end, (true_positives - previous_tp) * (true_positives / ranks[None, :]), 0.0)
+    previous_tp = torch.zeros_like(true_positives)
+    previous_tp[:, 1:] = torch.cummax(torch.where(group_end, true_positives, 0), dim=1).values[:, :-1]
+    ranks = torch.arange(1, width + 1, dtype=torch.float64)
+    precision = true_positives.to(torch.float64) / ranks
+    contribution = torch.where(group_end, (true_positives - previous_tp).to(torch.float64) * precision, 0.0)
+    total = contribution.sum(dim=1).numpy()
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(num_relevant > 0, contribution.sum(axis=1) / num_relevant, np.nan)
+        return np.where(num_relevant > 0, total / num_relevant, np.nan)
+
+
+def average_precision_shared_relevance(
+    scores, relevant_columns, other_columns, num_relevant: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`average_precision_with_ties` for rows that share one set of relevant gallery columns (one class),
+    without sorting the whole ranking.
+
+    A relevant item scored ``s`` sits at precision ``#{relevant ≥ s} / #{all ≥ s}`` (tied scores are one group,
+    scikit-learn's convention), so ``AP = mean over relevant items of that ratio``. Only the relevant scores are
+    sorted (a class is a small share of the gallery); every other score is placed among them by binary search and
+    counted. The result equals :func:`average_precision_with_ties` exactly. Items scored ``-inf`` (the left-out
+    query) count nowhere.
+
+    Args:
+        scores (`torch.Tensor` of shape `(n, N)`, float32): similarities to every gallery item.
+        relevant_columns (`torch.LongTensor`): the gallery columns relevant to every row.
+        other_columns (`torch.LongTensor`): the remaining columns.
+        num_relevant (`np.ndarray`, *optional*): relevant count per row without the left-out item; defaults to the
+            finite relevant scores per row.
+    """
+    import torch
+
+    relevant_sorted = torch.sort(scores.index_select(1, relevant_columns), dim=1).values  # ascending
+    num_rows, width = relevant_sorted.shape
+    finite = torch.isfinite(relevant_sorted)
+    if num_relevant is None:
+        num_relevant = finite.sum(dim=1).numpy()
+    num_relevant = np.asarray(num_relevant, dtype=np.float64)
+    # position p of another item = how many relevant scores are <= it: it is ranked at or above exactly the first p
+    positions = torch.searchsorted(relevant_sorted, scores.index_select(1, other_columns), right=True)
+    histogram = torch.zeros(num_rows, width + 1, dtype=torch.int64)
+    histogram.scatter_add_(1, positions, torch.ones_like(positions))
+    others_above = histogram.flip(1).cumsum(dim=1).flip(1)[:, 1:]  # others scored >= the t-th relevant score
+    relevant_above = width - torch.searchsorted(relevant_sorted, relevant_sorted, right=False)
+    ratio = relevant_above.to(torch.float64) / (relevant_above + others_above).to(torch.float64)
+    total = torch.where(finite, ratio, 0.0).sum(dim=1).numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(num_relevant > 0, total / num_relevant, np.nan)
 
 
 def flip_rates(correct_before: np.ndarray, correct_after: np.ndarray) -> dict[str, float]:

@@ -531,7 +531,9 @@ def train(
     input_transform = tokens = None  # tokens: the text tower's captions, tokenised once (rows picked per batch)
     if "image" in towers:
         _match_processor_to_data(towers["image"], image_data, model_args)
-        input_transform = ModelInputTransform.from_processor(towers["image"].processor, channels_last=use_channels_last)
+        input_transform = ModelInputTransform.from_processor(
+            towers["image"].processor, channels_last=use_channels_last
+        )
     if "text" in towers:
         tokens = tokenize_texts(towers["text"].processor, data.texts, data_args.max_text_length)
     has_images = not isinstance(data, ImageTextData) or data.has_images

@@ -195,3 +195,27 @@ def entry_config(path):
 def test_verify_refuses_bad_input_clearly(tmp_path, trained, bands_dir, capsys):
     assert bt2_main(["verify", trained["bct"], "--old", trained["old"], "--data", str(tmp_path / "none")]) == 2
     assert "bt2 verify:" in capsys.readouterr().err
+
+
+def test_a_second_verification_reuses_the_old_side_only_when_it_is_the_same(tmp_path, bands_dir):
+    test = load_fashion_mnist(bands_dir, "test")
+    old_model, weight = spread_model(test.images, seed=0)
+    paths = {"old": tmp_path / "old", "a": tmp_path / "a", "b": tmp_path / "b"}
+    old_model.save_pretrained(paths["old"])
+    for name, noise in (("a", 0.3), ("b", 0.6)):
+        spread_model(test.images, seed=0, base=weight, noise=noise)[0].save_pretrained(paths[name])
+    kwargs = {"split": "test", "dataset_name": "bands", "write": False}
+    first = verify_compatibility(paths["a"], paths["old"], test, **kwargs)
+    alone = verify_compatibility(paths["b"], paths["old"], test, **kwargs)
+    reused = verify_compatibility(paths["b"], paths["old"], test, reuse_old_from=first, **kwargs)
+    assert reused.entry["metrics"] == alone.entry["metrics"]
+    assert reused.entry["criterion"] == alone.entry["criterion"]
+    assert reused.embeddings["old"] is first.embeddings["old"]
+
+    # another split, another old model or other metrics: refused, naming what differs
+    with pytest.raises(ValueError, match="the split differs"):
+        verify_compatibility(paths["b"], paths["old"], test.take_per_class(5, seed=0), reuse_old_from=first, **kwargs)
+    with pytest.raises(ValueError, match="the old model differs"):
+        verify_compatibility(paths["b"], paths["a"], test, reuse_old_from=first, **kwargs)
+    with pytest.raises(ValueError, match="the metrics differ"):
+        verify_compatibility(paths["b"], paths["old"], test, metrics=("top1", "map"), reuse_old_from=first, **kwargs)

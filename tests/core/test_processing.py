@@ -105,7 +105,10 @@ def test_a_3d_array_is_ambiguous_unless_its_layout_is_given():
     "images, message",
     [
         ([], "No images to encode"),
-        ([gradient(8, 8), np.full((8, 8), 3.0, np.float32)], r"Image 1 is float with values in \[3, 3\].*divide it by 255"),
+        (
+            [gradient(8, 8), np.full((8, 8), 3.0, np.float32)],
+            r"Image 1 is float with values in \[3, 3\].*divide it by 255",
+        ),
         ([gradient(8, 8), np.full((8, 8), np.nan, np.float32)], "Image 1 contains NaN"),
         ([gradient(8, 8), gradient(8, 8), np.zeros((0, 8), np.uint8)], "Image 2 is empty"),
         ([gradient(8, 8), np.zeros(8, np.uint8)], "Image 1 has 1 dimensions"),
@@ -171,3 +174,26 @@ def test_a_processor_file_of_an_earlier_bt2_hf_still_loads(tmp_path):
     processor = BT2ImageProcessor.from_json_file(tmp_path / "preprocessor_config.json")
     assert processor.size == {"height": 28, "width": 28} and processor.image_size == (28, 28)
     assert processor.to_dict()["image_processor_type"] == "BT2ImageProcessor"
+
+
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+@pytest.mark.parametrize("dtype", ["uint8", "float32", "bool"])
+def test_a_4d_batch_gives_the_pixels_of_its_images_one_by_one(layout, dtype):
+    processor = BT2ImageProcessor(size={"height": 12, "width": 12}, num_channels=3)
+    images = np.stack([gradient(20, 16, channels=3), gradient(20, 16, channels=3)[::-1]])  # (2, H, W, 3)
+    if dtype == "float32":
+        images = images.astype(np.float32) / 255
+    elif dtype == "bool":
+        images = images > 100
+    batch = images if layout == "channels_last" else images.transpose(0, 3, 1, 2)
+    together = processor(batch, input_data_format=layout)["pixel_values"]
+    one_by_one = torch.cat([processor([image], input_data_format=layout)["pixel_values"] for image in batch])
+    torch.testing.assert_close(together, one_by_one, atol=1e-6, rtol=0)
+    torch.testing.assert_close(processor(torch.from_numpy(batch), input_data_format=layout)["pixel_values"], together)
+
+
+def test_a_bad_image_inside_a_4d_batch_is_named():
+    batch = np.zeros((4, 1, 8, 8), np.float32)
+    batch[2, 0, 3, 3] = 7.0
+    with pytest.raises(ImageInputError, match=r"Image 2 is float with values in \[0, 7\]"):
+        tiny_model().encode(images=batch)

@@ -109,4 +109,3 @@ def test_gallery_from_embedding_directory_keeps_vectors(saved_models, idx_dir, t
     gallery = FaissGallery.from_embeddings(tmp_path / "g", embeddings)
     np.testing.assert_allclose(np.asarray(gallery.vectors), embeddings.vectors(), atol=1e-6)
     assert gallery.ids_of(np.arange(3)) == [0, 1, 2] and gallery.manifest["dtype"] == "float32"
-

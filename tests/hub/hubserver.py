@@ -50,7 +50,9 @@ _BASE_MODEL_RELATIONS = {"adapter", "merge", "quantized", "finetune"}
 def _is_repo_id(value: object) -> bool:
     if not isinstance(value, str) or not _REPO_ID.match(value) or len(value) > 96:
         return False
-    return "--" not in value and ".." not in value and not value.startswith(("-", ".")) and not value.endswith(("-", "."))
+    return (
+        "--" not in value and ".." not in value and not value.startswith(("-", ".")) and not value.endswith(("-", "."))
+    )
 
 
 def card_yaml_errors(content: str) -> list[str]:

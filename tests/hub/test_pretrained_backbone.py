@@ -76,7 +76,9 @@ def test_open_clip_backbone_by_hf_hub_id_uses_its_preprocess_config(hub, tmp_pat
     folder.mkdir()
     preprocess_cfg = {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.25, 0.25], "interpolation": "bicubic",
                       "resize_mode": "shortest"}  # fmt: skip
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}))
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
+    )
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     _upload(hub, "pretrained-org/tiny-clip", folder)
 

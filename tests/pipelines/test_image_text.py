@@ -150,7 +150,9 @@ def test_runner_end_to_end_on_tiny_scenes_writes_every_baseline_and_metric(tmp_p
             assert set(text_old) >= {"recall@1", "recall@5", "recall@10", "map"}
             assert len(text_old["recall@1"]["values"]) == 2 and 0 <= text_old["recall@1"]["mean"] <= 100
             assert text_old["num_queries"] == results["num_scenes"][split]
-        assert methods["bct_text"]["text_to_new_image"] is None and methods["bct_text"]["new_image_to_old_image"] is None
+        assert (
+            methods["bct_text"]["text_to_new_image"] is None and methods["bct_text"]["new_image_to_old_image"] is None
+        )
         # the post-hoc maps keep the independent pair's new gallery
         assert methods["procrustes"]["text_to_new_image"] == methods["independent"]["text_to_new_image"]
     # no two of the 16 validation images hold the same objects: image → image is not measured there; 5 test images

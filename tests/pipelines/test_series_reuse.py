@@ -14,8 +14,9 @@ def versions(v2_old_match_weight: float = 5.0) -> list[SeriesVersion]:
     common = dict(backbone_type="small_cnn", backbone_config=CNN, max_steps=2, batch_size=16)
     return [
         SeriesVersion("v1", feature_dim=8, class_subset="0-1", **common),
-        SeriesVersion("v2", feature_dim=8, extra_dim=4, method_config={"old_match_weight": v2_old_match_weight},
-                      **common),  # fmt: skip
+        SeriesVersion(
+            "v2", feature_dim=8, extra_dim=4, method_config={"old_match_weight": v2_old_match_weight}, **common
+        ),  # fmt: skip
         SeriesVersion("v3", feature_dim=10, extra_dim=6, **common),
     ]
 

@@ -70,7 +70,12 @@ def test_index_build_and_search(rng, tmp_path, capsys):
     assert index_cli.main(build + ["--output", str(index_dir)]) == 0
     np.save(tmp_path / "queries.npy", new[:3])
     search = ["search", "--index", str(index_dir), "--queries", str(tmp_path / "queries.npy"), "-k", "2"]
-    new_search = search + ["--query-config", str(tmp_path / "new_config.json"), "--output", str(tmp_path / "hits.json")]
+    new_search = search + [
+        "--query-config",
+        str(tmp_path / "new_config.json"),
+        "--output",
+        str(tmp_path / "hits.json"),
+    ]
     # Trained against the old model but never measured: refused, with the command that would measure it.
     capsys.readouterr()
     assert index_cli.main(new_search) == 2

@@ -7,6 +7,7 @@ from sklearn.metrics import average_precision_score
 from bt2_hf.retrieval import RetrievalEvaluator, evaluate_retrieval
 from bt2_hf.retrieval.metrics import (
     average_precision_at_r,
+    average_precision_shared_relevance,
     average_precision_with_ties,
     flip_rates,
     parse_metric_name,
@@ -112,6 +113,35 @@ def test_text_to_image_recall_at_k_with_relevance_lists(rng):
     assert result.metrics["recall@1"] == pytest.approx(expected["top1"])
     assert result.metrics["recall@5"] == pytest.approx(expected["top5"])
     assert result.metrics["map"] == pytest.approx(expected["map"])
+
+
+def test_shared_relevance_average_precision_equals_sklearn_with_ties_and_a_left_out_item(rng):
+    torch = pytest.importorskip("torch")
+    scores = rng.integers(0, 4, size=(25, 40)).astype(np.float32)  # heavy ties, across relevant and other items
+    relevant_columns = np.flatnonzero(rng.random(40) < 0.3)
+    relevant = np.zeros((25, 40), dtype=bool)
+    relevant[:, relevant_columns] = True
+    left_out = relevant_columns[rng.integers(0, len(relevant_columns), 25)]  # each row's own item, -inf
+    scores[np.arange(25), left_out] = -np.inf
+    relevant[np.arange(25), left_out] = False
+    others = np.setdiff1d(np.arange(40), relevant_columns)
+    ours = average_precision_shared_relevance(
+        torch.from_numpy(scores), torch.from_numpy(relevant_columns), torch.from_numpy(others)
+    )
+    for row in range(25):
+        finite = np.isfinite(scores[row])
+        expected = average_precision_score(relevant[row, finite], scores[row, finite])
+        assert ours[row] == pytest.approx(expected, abs=1e-12)
+    np.testing.assert_allclose(ours, average_precision_with_ties(scores, relevant), rtol=0, atol=1e-12)
+
+
+def test_label_relevance_and_relevance_lists_give_the_same_map(tied_data):
+    # labels take the per-class path, lists the full sort: two algorithms, one answer
+    embeddings, labels = tied_data
+    lists = [np.flatnonzero(labels == label) for label in labels]
+    by_labels = RetrievalEvaluator(metrics=["map"]).evaluate(embeddings, query_labels=labels)
+    by_lists = RetrievalEvaluator(metrics=["map"]).evaluate(embeddings, query_relevant=lists, same_items=True)
+    np.testing.assert_allclose(by_labels.per_query["map"], by_lists.per_query["map"], rtol=0, atol=1e-12)
 
 
 def test_queries_without_relevant_items_are_skipped():

@@ -98,7 +98,9 @@ def test_contrastive_term_on_a_hand_made_batch():
     assert contrastive_loss(queries, keys, temperature=1.0).item() == pytest.approx((query_to_key + key_to_query) / 2)
     # the temperature divides the cosines (1 and 0 here): at 0.5 the logits are 2 and 0; norms do not matter
     pairs = 5 * torch.eye(2)
-    assert contrastive_loss(pairs, pairs, temperature=0.5).item() == pytest.approx(-math.log(math.e**2 / (math.e**2 + 1)))
+    assert contrastive_loss(pairs, pairs, temperature=0.5).item() == pytest.approx(
+        -math.log(math.e**2 / (math.e**2 + 1))
+    )
     with pytest.raises(ValueError, match="one shape"):
         contrastive_loss(queries, keys[:2])
 

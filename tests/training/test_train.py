@@ -260,7 +260,12 @@ def test_bct_loss_terms_against_an_independent_computation(tmp_path, data, refer
     embedding against W_o (BCT's zero-padded prototypes)."""
     images, labels = data
     out, entry = _one_full_batch_step(
-        tmp_path, data, references, "bct", {"influence_weight": 2.5, "label_smoothing": 0.2}, reference_targets="online"
+        tmp_path,
+        data,
+        references,
+        "bct",
+        {"influence_weight": 2.5, "label_smoothing": 0.2},
+        reference_targets="online",
     )
     y = labels.numpy()
     prototypes = _class_means(_forward(references["old"], images, train_mode=False)["embeddings"], y)
