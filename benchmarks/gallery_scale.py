@@ -56,7 +56,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=10_000)
-    parser.add_argument("--table-queries", type=int, default=2000, help="queries per cell of the nprobe × rerank table")
+    parser.add_argument(
+        "--table-queries", type=int, default=2000, help="queries per cell of the nprobe × rerank table"
+    )
     parser.add_argument("--milvus-count", type=int, default=100_000)
     parser.add_argument("--milvus-queries", type=int, default=1000)
     parser.add_argument("--skip-milvus", action="store_true")

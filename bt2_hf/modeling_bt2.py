@@ -197,6 +197,7 @@ class BT2Model(BT2PreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        backbone_output: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> BT2Output:
         """Embed a batch.
@@ -208,11 +209,18 @@ class BT2Model(BT2PreTrainedModel):
             attention_mask (`torch.LongTensor` of shape `(batch, length)`, *optional*): text padding mask.
             token_type_ids (`torch.LongTensor`, *optional*): BERT-style segment ids.
             labels (`torch.LongTensor` of shape `(batch,)`, *optional*): class ids; gives ``loss`` (cross-entropy).
+            backbone_output (`torch.FloatTensor` of shape `(batch, backbone_dim)`, *optional*): the backbone's
+                pooled output, computed beforehand (a frozen backbone's stored features): the backbone is skipped
+                and only the head runs.
 
         Returns:
             :class:`BT2Output`.
         """
-        if self.modality == "image":
+        if backbone_output is not None:
+            if pixel_values is not None or input_ids is not None:
+                raise ValueError("Pass either backbone_output or the raw inputs (pixel_values / input_ids), not both.")
+            pooled = backbone_output
+        elif self.modality == "image":
             if pixel_values is None:
                 raise ValueError(
                     f"This model encodes images (backbone {self.config.backbone_type!r}); call it with pixel_values"

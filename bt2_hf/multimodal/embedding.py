@@ -84,14 +84,17 @@ def embed_texts(
         batch_size (`int`, *optional*, defaults to 256): captions per forward pass.
         output (`str`, *optional*, defaults to `"embeddings"`): ``"embeddings"`` (the full embedding: its prefix
             searches the old gallery), ``"compatible_embeddings"`` or ``"features"`` (BT²'s ``f``, in the independent
-            text tower's space: searches the new-model gallery).
+            text tower's space: searches the new-model gallery); ``"pooler_output"`` is the backbone's output
+            before the head.
         max_length (`int`, *optional*, defaults to 64): tokens per caption.
 
     Returns:
         `torch.FloatTensor` of shape `(len(texts), width)` on the CPU.
     """
-    if output not in ("embeddings", "compatible_embeddings", "features"):
-        raise ValueError(f"output must be embeddings, compatible_embeddings or features, got {output!r}.")
+    if output not in ("embeddings", "compatible_embeddings", "features", "pooler_output"):
+        raise ValueError(
+            f"output must be embeddings, compatible_embeddings, features or pooler_output, got {output!r}."
+        )
     was_training = model.training
     model.eval()
     chunks = []

@@ -263,18 +263,41 @@ def _train_new(settings: ImageTextSettings, method: str, output_dir: Path, seed:
     )  # fmt: skip
 
 
-def _embed_texts(model, texts: list[str], max_length: int) -> np.ndarray:
-    from ..multimodal.embedding import embed_texts
+class _TextEmbedder:
+    """Embeds captions with text towers. Towers whose backbones hold the same weights (the frozen pretrained MiniLM
+    of every method and seed) share one backbone pass per caption list: only their heads run again."""
 
-    embeddings = embed_texts(model, texts, max_length=max_length)
-    return torch.nn.functional.normalize(embeddings, dim=1).numpy()
+    def __init__(self, max_length: int):
+        self.max_length = max_length
+        self._pooled: dict[tuple[str, str], torch.Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, model, texts: list[str]) -> np.ndarray:
+        import hashlib
+
+        from ..fingerprint import combine_fingerprint, fingerprint_state_dict
+        from ..multimodal.embedding import embed_texts
+
+        # the backbone's weights and the tower's tokenizer decide the pooled output
+        backbone = combine_fingerprint(fingerprint_state_dict(model.backbone.state_dict()), model.processor)
+        key = (backbone, hashlib.sha256("\n".join(texts).encode()).hexdigest())
+        if key not in self._pooled:
+            self._pooled[key] = embed_texts(model, texts, output="pooler_output", max_length=self.max_length)
+        pooled = self._pooled[key]
+        was_training = model.training
+        model.eval()
+        embeddings = torch.cat([model(backbone_output=pooled[start : start + 1024].to(model.device)).embeddings.float()
+                                for start in range(0, len(pooled), 1024)]).cpu()  # fmt: skip
+        model.train(was_training)
+        return torch.nn.functional.normalize(embeddings, dim=1).numpy()
 
 
 # -------------------------------------------------------------------------------------------------------------- run
 
 
 def _seed_run(settings: ImageTextSettings, seed: int, old_path: Path, splits: dict[str, SceneSplit],
-              old_train: np.ndarray, old_eval: dict[str, np.ndarray]) -> dict[str, Any]:  # fmt: skip
+              old_train: np.ndarray, old_eval: dict[str, np.ndarray],
+              text_embedder: _TextEmbedder) -> dict[str, Any]:  # fmt: skip
     """Train (a), (b), (d), fit (c) for one seed; the metrics of every method on validation and test."""
     from ..data import ImageClassificationData
     from ..data.image_text import ImageTextData
@@ -314,7 +337,7 @@ def _seed_run(settings: ImageTextSettings, seed: int, old_path: Path, splits: di
     def embed(name, split: SceneSplit):
         image_tower, text_tower = loaded[name]
         new_image = None if image_tower is None else embed_split(image_tower, split.images)
-        return new_image, _embed_texts(text_tower, split.captions, settings.max_text_length)
+        return new_image, text_embedder(text_tower, split.captions)
 
     # (c) the post-hoc maps: fitted on the training pairs of the independent pair
     train_image, train_text = embed("independent", train)
@@ -403,8 +426,9 @@ def run_image_text(settings: ImageTextSettings) -> dict[str, Any]:
     old_train = embed_split(old_model, splits["train"].images)
     old_eval = {name: embed_split(old_model, splits[name].images) for name in ("validation", "test")}
     per_seed = {}
+    text_embedder = _TextEmbedder(settings.max_text_length)
     for seed in settings.seeds:
-        per_seed[str(seed)] = _seed_run(settings, seed, old_path, splits, old_train, old_eval)
+        per_seed[str(seed)] = _seed_run(settings, seed, old_path, splits, old_train, old_eval, text_embedder)
     results: dict[str, Any] = {"settings": asdict(settings), "per_seed": per_seed}
     for split in ("validation", "test"):
         results[split] = summarise_seeds([run[split] for run in per_seed.values()])

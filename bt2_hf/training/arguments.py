@@ -107,6 +107,14 @@ class ModelArguments:
             "tower trains whole."
         },
     )
+    cache_frozen_text_features: bool = field(
+        default=True,
+        metadata={
+            "help": "A frozen text backbone runs once over every caption before training and the head trains on its "
+            "stored outputs (the same numbers: a frozen backbone is in eval mode, captions are not augmented); "
+            "False runs it on every batch."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("backbone_config", "text_backbone_config"):

@@ -55,14 +55,18 @@ class BT2PairModel(nn.Module):
     def forward(
         self,
         pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        text_backbone_output: torch.Tensor | None = None,
     ) -> BT2PairOutput:
-        return BT2PairOutput(
-            image=self.image(pixel_values=pixel_values),
-            text=self.text(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids),
-        )
+        """Embed image–text pairs; ``text_backbone_output`` replaces the text inputs with a frozen text backbone's
+        stored pooled features (see :meth:`BT2Model.forward`)."""
+        if text_backbone_output is not None:
+            text = self.text(backbone_output=text_backbone_output)
+        else:
+            text = self.text(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return BT2PairOutput(image=self.image(pixel_values=pixel_values), text=text)
 
     def save_pretrained(
         self, save_directory: str | os.PathLike, is_main_process: bool = True,

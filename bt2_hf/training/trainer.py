@@ -594,11 +594,12 @@ def train(
     precomputed: dict[str, torch.Tensor] = {}
     if old_column is not None and "old" in references:
         precomputed["old"] = old_column.to(device)
-    if args.reference_targets == "precomputed" and references:
-        # Each process embeds every image once (a single random augmentation per image, as the research code), and
-        # every caption once.
+    # Captions are never augmented, so a frozen text reference gives one embedding per caption: embed each once.
+    # With precomputed targets, each process also embeds every image once (a single random augmentation per image,
+    # as the research code).
+    if references:
         for name, ref in references.items():
-            if name in precomputed:
+            if name in precomputed or (ref.modality == "image" and args.reference_targets != "precomputed"):
                 continue
             table = torch.zeros(len(data), ref.embedding_dim, device=device)
             with accelerator.autocast():
@@ -613,6 +614,13 @@ def train(
 
     # ---- training state
     _train_mode(model, model_args.freeze_backbone, model_args.freeze_text_backbone)
+    text_features = None  # a frozen text backbone's pooled output per caption, when stored (see the argument)
+    if (
+        tokens is not None
+        and model_args.cache_frozen_text_features
+        and _backbone_frozen(towers["text"], model_args.freeze_backbone, model_args.freeze_text_backbone)
+    ):
+        text_features = _frozen_text_features(towers["text"], tokens, 4 * batch_size, device, accelerator)
     if use_channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args, device)
@@ -687,7 +695,10 @@ def train(
                         else:
                             targets[name] = ref.embed_rows(batch["index"])
                     inputs = {} if input_transform is None else {"pixel_values": input_transform(images)}
-                    if tokens is not None:
+                    if text_features is not None:
+                        key = "text_backbone_output" if "image" in towers else "backbone_output"
+                        inputs[key] = text_features[batch["index"].to(device)]
+                    elif tokens is not None:
                         inputs.update({k: v[batch["index"]].to(device) for k, v in tokens.items()})
                     outputs = forward_model(**inputs)
                     losses = method.compute_loss(outputs, targets, labels)
@@ -795,6 +806,22 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return output_dir
+
+
+@torch.no_grad()
+def _frozen_text_features(tower: BT2Model, tokens: dict, chunk: int, device, accelerator) -> torch.Tensor:
+    """The frozen (eval-mode) text backbone's pooled output for every caption, ``(num_captions, dim)``."""
+    backbone = tower.backbone
+    was_training = backbone.training
+    backbone.eval()
+    count = len(next(iter(tokens.values())))
+    parts = []
+    with accelerator.autocast():
+        for start in range(0, count, chunk):
+            inputs = {k: v[start : start + chunk].to(device) for k, v in tokens.items()}
+            parts.append(backbone(**inputs).float())
+    backbone.train(was_training)
+    return torch.cat(parts)
 
 
 def _train_mode(model: torch.nn.Module, freeze_backbone: bool, freeze_text_backbone: bool = False) -> None:

@@ -422,3 +422,23 @@ def test_bt2_train_reads_the_scenes_data_set(tmp_path, towers):
     model = BT2Model.from_pretrained(output)
     assert model.config.num_classes == 0 and model.config.training["num_train_samples"] == 48
     assert set(json.loads((output / "training_log.json").read_text())[-1]) >= {"old_match_loss", "contrastive_loss"}
+
+
+@pytest.mark.parametrize("method", ["bct_text", "clip"])
+def test_stored_frozen_text_features_train_as_running_the_backbone_every_step(tmp_path, towers, method):
+    """A frozen text backbone's outputs, computed once per caption, give the run it gives when it runs every batch."""
+    model_args = dict(text_backbone_type="open_clip_text", text_backbone_config=OPEN_CLIP_TEXT,
+                      freeze_text_backbone=True)  # fmt: skip
+    if method == "clip":
+        model_args.update(backbone_config=CNN, embedding_dim=16)
+    else:
+        model_args.update(backbone_type="open_clip_text", backbone_config=OPEN_CLIP_TEXT, old_model=towers["old"])
+    states = {}
+    for cached in (True, False):
+        path = train(ModelArguments(**model_args, cache_frozen_text_features=cached), DataArguments(),
+                     quick_args(tmp_path / str(cached), method, max_steps=3), train_data=image_text_data())  # fmt: skip
+        weights = path / ("text_tower" if method == "clip" else "") / "model.safetensors"
+        states[cached] = load_file(str(weights))
+    assert set(states[True]) == set(states[False])
+    for key, value in states[False].items():
+        torch.testing.assert_close(states[True][key], value, atol=2e-5, rtol=1e-4, msg=key)
