@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "card": ("bt2_hf.cli.card", "render or refresh a model card from a checkpoint and an evaluation JSON"),
     "demo": ("bt2_hf.cli.demo", "run the end-to-end Fashion-MNIST demo"),
     "image-text": ("bt2_hf.cli.image_text", "image–text compatibility on the scenes: BT² pair vs baselines"),
+    "text-tower": ("bt2_hf.cli.text_tower", "class-level BT² text tower searching an old Fashion-MNIST gallery"),
 }
 
 

@@ -1,10 +1,12 @@
-"""End-to-end runners (the demo, a series of updates) and the pieces they share.
+"""End-to-end runners (the demo, a series of updates, the image–text experiments) and the pieces they share.
 
 - :mod:`~bt2_hf.pipelines.stages`: a stage declared once (:class:`~bt2_hf.pipelines.stages.StageSpec`), its trainer
   arguments, and reuse of a finished stage only when its recorded settings match;
 - :mod:`~bt2_hf.pipelines.embedding`: :func:`~bt2_hf.pipelines.embedding.embed_split`;
 - :mod:`~bt2_hf.pipelines.cards`: :func:`~bt2_hf.pipelines.cards.write_pipeline_card`;
-- :mod:`~bt2_hf.pipelines.demo` (``bt2 demo``) and :mod:`~bt2_hf.pipelines.series` (``bt2 series``).
+- the runners: :mod:`~bt2_hf.pipelines.demo` (``bt2 demo``), :mod:`~bt2_hf.pipelines.series` (``bt2 series``),
+  :mod:`~bt2_hf.pipelines.image_text` (``bt2 image-text``) and :mod:`~bt2_hf.pipelines.text_tower`
+  (``bt2 text-tower``).
 
 Import the runners from their modules; this package imports nothing heavy.
 """

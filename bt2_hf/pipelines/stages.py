@@ -39,7 +39,7 @@ class StageSpec:
         output_dir (`str` or `Path`): where the model is saved (and looked for when reusing).
         method (`str`): the registered training method (``independent``, ``bct``, ``bt2`` …).
         backbone_type (`str`): a registered backbone (``small_cnn``, ``hf_vision`` …).
-        backbone_config (`dict`): its config.
+        backbone_config (`dict`): its config (``{}`` for a backbone started from ``init_from`` with its own config).
         steps (`int`): optimizer steps (``max_steps``).
         seed (`int`): seed of initialisation, data order and augmentation.
         batch_size (`int`): images per process and step.
@@ -50,8 +50,15 @@ class StageSpec:
         head_nonlinearity (`str`, *optional*): the head's nonlinearity.
         logit_scale (`float`, *optional*): fixed factor on the training classifier's logits.
         old_model, independent_model (`str`, *optional*): the frozen reference checkpoints.
+        image_model (`str`, *optional*): the frozen image model an ``independent_text`` tower is aligned with.
         old_embedding_dim (`int`, *optional*): the old model's prefix width.
         init_from_independent (`bool`, *optional*, defaults to `False`): start from ``independent_model``'s weights.
+        init_from (`str`, *optional*): start the backbone from this local pretrained checkpoint (a text encoder).
+        freeze_backbone (`bool`, *optional*): train the head only.
+        head_learning_rate (`float`, *optional*): the head's peak learning rate, when it differs from the backbone's.
+        optimizer (`str`, *optional*): ``adam``, ``adamw`` or ``sgd``.
+        weight_decay (`float`, *optional*): weight decay (not recorded in ``config.training``, so not compared when
+            reusing).
         dataset, data_dir (`str`, *optional*): the data set to load when no in-memory data is given to
             :func:`run_stage` (``dataset`` also names in-memory data in the checkpoint's record).
         class_subset (`str`, *optional*): train on these classes only (``"0-4"``).
@@ -82,7 +89,13 @@ class StageSpec:
     old_model: str | None = None
     old_embedding_dim: int | None = None
     independent_model: str | None = None
+    image_model: str | None = None
     init_from_independent: bool = False
+    init_from: str | None = None
+    freeze_backbone: bool | None = None
+    head_learning_rate: float | None = None
+    optimizer: str | None = None
+    weight_decay: float | None = None
     dataset: str | None = None
     data_dir: str | None = None
     class_subset: str | None = None
@@ -121,6 +134,9 @@ def stage_arguments(spec: StageSpec):
             old_model=spec.old_model,
             old_embedding_dim=spec.old_embedding_dim,
             independent_model=spec.independent_model,
+            image_model=spec.image_model,
+            init_from=spec.init_from,
+            freeze_backbone=spec.freeze_backbone,
         ),
     )
     data_args = DataArguments(
@@ -148,6 +164,9 @@ def stage_arguments(spec: StageSpec):
             logging_steps=spec.logging_steps,
             mixed_precision=spec.mixed_precision,
             data_on_device=spec.data_on_device,
+            head_learning_rate=spec.head_learning_rate,
+            optimizer=spec.optimizer,
+            weight_decay=spec.weight_decay,
         ),
     )
     method_config = dict(spec.method_config) if spec.method_config is not None else None
@@ -168,8 +187,10 @@ def stage_differences(spec: StageSpec, checkpoint_dir: str | Path | None = None)
     Compared, from the checkpoint's ``config.json``: the architecture (backbone type, every key of the spec's
     ``backbone_config``, the head's width and nonlinearity, the logit scale) and ``config.training`` (method, steps,
     seed, batch size, learning rate, start from the independent model, class subset, every key of the spec's
-    ``method_config``), and the frozen references it trained against (the old and independent models' fingerprints
-    now on disk, so a stage is not reused after a model it depends on was retrained).
+    ``method_config``, and, when the spec sets them, the head's learning rate, the optimizer, the pretrained checkpoint
+    it started from and whether its backbone was frozen), and the frozen references it trained against (the old,
+    independent and image models' fingerprints now on disk, so a stage is not reused after a model it depends on was
+    retrained).
 
     Args:
         spec (:class:`StageSpec`): what the pipeline asks for now.
@@ -199,6 +220,9 @@ def stage_differences(spec: StageSpec, checkpoint_dir: str | Path | None = None)
         expected["embedding_dim"] = (saved.get("embedding_dim"), spec.embedding_dim)
     if spec.head_nonlinearity is not None:
         expected["head_nonlinearity"] = (saved.get("head_nonlinearity"), spec.head_nonlinearity)
+    for key in ("head_learning_rate", "optimizer", "init_from", "freeze_backbone"):
+        if getattr(spec, key) is not None:
+            expected[key] = (training.get(key), getattr(spec, key))
     saved_backbone = saved.get("backbone_config") or {}
     for key, value in spec.backbone_config.items():
         # JSON has no tuples: (16, 32) is saved as [16, 32]
@@ -207,7 +231,8 @@ def stage_differences(spec: StageSpec, checkpoint_dir: str | Path | None = None)
     for key, value in (spec.method_config or {}).items():
         expected[f"method_config.{key}"] = (saved_method.get(key), json.loads(json.dumps(value)))
     references = training.get("references") or {}
-    for role, checkpoint in (("old", spec.old_model), ("independent", spec.independent_model)):
+    for role, checkpoint in (("old", spec.old_model), ("independent", spec.independent_model),
+                             ("image", spec.image_model)):  # fmt: skip
         if checkpoint is None:
             continue
         now = _fingerprint_of(checkpoint)
