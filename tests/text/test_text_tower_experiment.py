@@ -15,8 +15,8 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from bt2_hf import BT2Model
 from bt2_hf.cli.main import main as bt2_main
-from bt2_hf.pipelines.stages import StageSettingsError
-from bt2_hf.pipelines.text_tower import REUSE_FIX, TextTowerSettings, run_text_tower
+from bt2_hf.pipelines.stages import StageSettingsError, stage_arguments, stage_differences
+from bt2_hf.pipelines.text_tower import REUSE_FIX, TextTowerSettings, run_text_tower, text_tower_stage
 from tests.conftest import write_fashion_like_idx
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,3 +118,25 @@ def test_a_step_trained_with_other_settings_is_refused_naming_them(tiny_run, tmp
     assert "head_learning_rate: saved 0.001, asked 0.002" in message
     assert f"init_from: saved {settings.text_model!r}, asked {str(other_encoder)!r}" in message
     assert message.endswith(f"Fix: {REUSE_FIX}.")
+
+
+def test_text_steps_carry_their_settings_and_track_the_image_model_they_align_with(tiny_run):
+    settings, _ = tiny_run
+    output_dir = Path(settings.output_dir)
+    spec = text_tower_stage(settings, "text_independent", "independent_text", settings.text_model,
+                            {"image_model": str(output_dir / "new_image")})  # fmt: skip
+    model_args, _, training_args, _ = stage_arguments(spec)
+    assert (model_args.init_from, model_args.freeze_backbone, model_args.image_model) == (
+        settings.text_model, True, str(output_dir / "new_image"),
+    )  # fmt: skip
+    assert (training_args.optimizer, training_args.weight_decay, training_args.head_learning_rate) == (
+        "adamw", 0.01, 1e-3,
+    )  # fmt: skip
+    assert (training_args.learning_rate, training_args.warmup_steps, training_args.logging_steps) == (5e-5, 20, 50)
+    assert stage_differences(spec) == []
+    # aligned with another image model (old_image's fingerprint): no longer the same step
+    fingerprints = {name: BT2Model.from_pretrained(output_dir / name).config.fingerprint for name in STEPS[:2]}
+    moved = replace(spec, image_model=str(output_dir / "old_image"))
+    assert stage_differences(moved) == [
+        f"image_model fingerprint: saved {fingerprints['new_image']!r}, asked {fingerprints['old_image']!r}"
+    ]
