@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Fine-tune the text encoder too (a GPU run); by default it stays frozen and its head trains (CPU).")  # fmt: skip
     add("--contrastive_temperature", type=float, default=defaults.contrastive_temperature)
     add("--method_config", type=_json_object, default={}, help="bt2_pair settings, e.g. '{\"old_match_weight\": 5}'.")
+    add("--train_with_labels", action="store_true",
+        help="Give the new models the old model's classes (main objects): influence through W_o, classifiers.")  # fmt: skip
     add("--ridge", type=float, default=defaults.ridge, help="Penalty of the least-squares map.")
     add("--seed", type=int, default=0, help="The first training seed.")
     add("--seeds", type=int, default=1, help="Run this many seeds (seed, seed+1, …) and report mean ± sd.")

@@ -91,6 +91,9 @@ class ImageTextSettings:
             a MiniLM backward pass costs about 3 s per batch of 64 on one core); the ViT trains whole.
         method_config (`dict`): ``bt2_pair``'s settings (weights); ``clip`` and ``bct_text`` get the same contrastive
             temperature.
+        train_with_labels (`bool`): give the new models the old model's classes (each scene's main object): BCT's
+            and BT²'s influence through the old class means ``W_o`` and a classifier on every tower, for every
+            method alike. Off: the new models see image–caption pairs only.
         ridge (`float`): the least-squares map's penalty.
         seeds (`list[int]`): training seeds.
     """
@@ -123,6 +126,7 @@ class ImageTextSettings:
     freeze_text_backbone: bool = True
     contrastive_temperature: float = 0.05
     method_config: dict = field(default_factory=dict)
+    train_with_labels: bool = False
     ridge: float = 1e-3
     seeds: list[int] = field(default_factory=lambda: [0])
     disable_tqdm: bool = True
@@ -306,10 +310,18 @@ def _seed_run(settings: ImageTextSettings, seed: int, old_path: Path, splits: di
 
     root = Path(settings.output_dir) / "models" / f"seed-{seed}"
     train = splits["train"]
-    data = ImageTextData(
-        images=ImageClassificationData(labels=torch.zeros(len(train.captions), dtype=torch.long), images=train.images),
-        texts=train.captions, has_labels=False, old_targets=torch.as_tensor(old_train),
-    )  # fmt: skip
+    if settings.train_with_labels:  # the old model's classes: W_o influence and each tower's classifier
+        labels, names = main_object_labels(train.attributes)
+        # only the classes the training scenes hold: W_o needs at least one image of each
+        present, labels = np.unique(labels, return_inverse=True)
+        images = ImageClassificationData(labels=torch.as_tensor(labels), images=train.images,
+                                         class_names=[names[i] for i in present])  # fmt: skip
+    else:
+        images = ImageClassificationData(
+            labels=torch.zeros(len(train.captions), dtype=torch.long), images=train.images
+        )
+    data = ImageTextData(images=images, texts=train.captions, has_labels=settings.train_with_labels,
+                         old_targets=torch.as_tensor(old_train))  # fmt: skip
     contrastive = {"contrastive_temperature": settings.contrastive_temperature}
     paths, timings = {}, {}
     stages = (

@@ -208,3 +208,28 @@ def test_freeze_text_backbone_keeps_the_pretrained_text_encoder(tmp_path):
     for key, value in backbones[True].items():
         torch.testing.assert_close(value, pretrained[key], rtol=0, atol=0, msg=key)
     assert any(not torch.equal(value, pretrained[key]) for key, value in backbones[False].items())
+
+
+def test_train_with_labels_gives_every_new_model_the_old_models_classes(tmp_path):
+    import json
+
+    from bt2_hf.cli.image_text import main
+    from bt2_hf.data.scenes import load_scenes
+    from bt2_hf.modeling_bt2 import BT2Model
+    from bt2_hf.pipelines.image_text import load_split, main_object_labels
+
+    output = tmp_path / "run"
+    assert main([
+        "--output_dir", str(output), "--scenes_preset", "tiny", "--old_widths", "4", "8", "--old_dim", "8",
+        "--old_steps", "2", "--new_dim", "12", "--extra_dim", "4", "--steps", "2", "--batch_size", "8",
+        "--warmup_steps", "0", "--image_backbone_config", json.dumps(TINY_VIT), "--text_backbone_type",
+        "open_clip_text", "--text_backbone_config", json.dumps(TINY_TEXT), "--max_text_length", "16",
+        "--train_with_labels",
+    ]) == 0  # fmt: skip
+    classes = len(set(main_object_labels(load_split(load_scenes(output / "data")["train"]).attributes)[0]))
+    seed = output / "models" / "seed-0"
+    for path in (seed / "independent" / "text_tower", seed / "bt2" / "image_tower", seed / "bct_text"):
+        assert BT2Model.from_pretrained(path).config.num_classes == classes, path
+    log = json.loads((seed / "bt2" / "training_log.json").read_text())[-1]
+    assert {"image_influence_loss", "text_influence_loss", "image_classification_loss"} <= set(log)
+    assert json.loads((output / "results.json").read_text())["settings"]["train_with_labels"] is True
