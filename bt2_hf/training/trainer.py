@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import io
 import logging
 import math
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from ..data.device_loader import DeviceTensorDataLoader, ShardedDataLoader
 from ..data.image_text import ImageTextData, load_image_text, tokenize_texts
 from ..data.subsets import parse_class_subset
 from ..data.transforms import BatchAugmentation, ModelInputTransform
+from ..fingerprint import combine_fingerprint, fingerprint_state_dict
 from ..methods import CompatibilityMethod, MethodConfig, get_method
 from ..modeling_bt2 import BT2Model
 from ..utils.io import atomic_write_json, atomic_write_text
@@ -808,10 +811,29 @@ def train(
     return output_dir
 
 
+# Frozen text features of the runs of this process, by (backbone weights + tokenizer, captions, precision, device): the
+# stages of a pipeline that share a frozen pretrained encoder run it once. Bounded: a few caption sets at most.
+_FROZEN_TEXT_FEATURES: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_FROZEN_TEXT_FEATURES_KEPT = 4
+
+
 @torch.no_grad()
 def _frozen_text_features(tower: BT2Model, tokens: dict, chunk: int, device, accelerator) -> torch.Tensor:
     """The frozen (eval-mode) text backbone's pooled output for every caption, ``(num_captions, dim)``."""
+    captions = hashlib.sha256()
+    for name in sorted(tokens):
+        captions.update(name.encode())
+        captions.update(tokens[name].cpu().contiguous().numpy().tobytes())
     backbone = tower.backbone
+    key = (
+        combine_fingerprint(fingerprint_state_dict(backbone.state_dict()), tower.processor),
+        captions.hexdigest(),
+        str(accelerator.mixed_precision),
+        str(device),
+    )
+    if key in _FROZEN_TEXT_FEATURES:
+        _FROZEN_TEXT_FEATURES.move_to_end(key)
+        return _FROZEN_TEXT_FEATURES[key]
     was_training = backbone.training
     backbone.eval()
     count = len(next(iter(tokens.values())))
@@ -821,7 +843,10 @@ def _frozen_text_features(tower: BT2Model, tokens: dict, chunk: int, device, acc
             inputs = {k: v[start : start + chunk].to(device) for k, v in tokens.items()}
             parts.append(backbone(**inputs).float())
     backbone.train(was_training)
-    return torch.cat(parts)
+    features = _FROZEN_TEXT_FEATURES[key] = torch.cat(parts)
+    while len(_FROZEN_TEXT_FEATURES) > _FROZEN_TEXT_FEATURES_KEPT:
+        _FROZEN_TEXT_FEATURES.popitem(last=False)
+    return features
 
 
 def _train_mode(model: torch.nn.Module, freeze_backbone: bool, freeze_text_backbone: bool = False) -> None:

@@ -442,3 +442,20 @@ def test_stored_frozen_text_features_train_as_running_the_backbone_every_step(tm
     assert set(states[True]) == set(states[False])
     for key, value in states[False].items():
         torch.testing.assert_close(states[True][key], value, atol=2e-5, rtol=1e-4, msg=key)
+
+
+def test_frozen_text_features_are_computed_once_per_encoder_and_caption_set(tmp_path, towers):
+    from bt2_hf.training import trainer
+
+    trainer._FROZEN_TEXT_FEATURES.clear()
+    model_args = dict(backbone_type="open_clip_text", backbone_config=OPEN_CLIP_TEXT, old_model=towers["old"],
+                      freeze_backbone=True)  # fmt: skip
+    for run in ("first", "second"):  # the same encoder (built from one seed) and captions: one entry, reused
+        train(ModelArguments(**model_args), DataArguments(), quick_args(tmp_path / run, "bct_text", max_steps=1),
+              train_data=image_text_data())  # fmt: skip
+    assert len(trainer._FROZEN_TEXT_FEATURES) == 1
+    other_captions = image_text_data()
+    other_captions.texts = [f"{text} again" for text in other_captions.texts]
+    train(ModelArguments(**model_args), DataArguments(), quick_args(tmp_path / "third", "bct_text", max_steps=1),
+          train_data=other_captions)  # fmt: skip
+    assert len(trainer._FROZEN_TEXT_FEATURES) == 2
