@@ -123,6 +123,18 @@ TINY_TEXT = {
 }
 
 
+def tiny_run_args() -> list[str]:
+    """`bt2 image-text` flags of a run of seconds: tiny scenes, towers and steps."""
+    import json
+
+    return [
+        "--scenes_preset", "tiny", "--old_widths", "4", "8", "--old_dim", "8", "--new_dim", "12", "--extra_dim", "4",
+        "--steps", "2", "--batch_size", "8", "--warmup_steps", "0", "--image_backbone_config", json.dumps(TINY_VIT),
+        "--text_backbone_type", "open_clip_text", "--text_backbone_config", json.dumps(TINY_TEXT),
+        "--max_text_length", "16",
+    ]  # fmt: skip
+
+
 def test_runner_end_to_end_on_tiny_scenes_writes_every_baseline_and_metric(tmp_path):
     import json
 
@@ -131,13 +143,8 @@ def test_runner_end_to_end_on_tiny_scenes_writes_every_baseline_and_metric(tmp_p
     from bt2_hf.pipelines.image_text import METHODS
 
     output = tmp_path / "run"
-    assert main([
-        "--output_dir", str(output), "--scenes_preset", "tiny", "--old_widths", "4", "8", "--old_dim", "8",
-        "--old-steps", "2", "--new_dim", "12", "--extra_dim", "4", "--steps", "2", "--batch_size", "8",
-        "--warmup_steps", "0", "--image_backbone_config", json.dumps(TINY_VIT), "--text_backbone_type",
-        "open_clip_text", "--text_backbone_config", json.dumps(TINY_TEXT), "--max_text_length", "16", "--seeds", "2",
-        "--num_test", "32",
-    ]) == 0  # fmt: skip
+    assert main(["--output_dir", str(output), *tiny_run_args(), "--old-steps", "2", "--seeds", "2",
+                 "--num_test", "32"]) == 0  # fmt: skip
     results = json.loads((output / "results.json").read_text())
     assert (output / "results.md").is_file() and (output / "image_text.png").stat().st_size > 0
     assert list(results["per_seed"]) == ["0", "1"] and results["num_scenes"] == {
@@ -219,13 +226,7 @@ def test_train_with_labels_gives_every_new_model_the_old_models_classes(tmp_path
     from bt2_hf.pipelines.image_text import load_split, main_object_labels
 
     output = tmp_path / "run"
-    assert main([
-        "--output_dir", str(output), "--scenes_preset", "tiny", "--old_widths", "4", "8", "--old_dim", "8",
-        "--old_steps", "2", "--new_dim", "12", "--extra_dim", "4", "--steps", "2", "--batch_size", "8",
-        "--warmup_steps", "0", "--image_backbone_config", json.dumps(TINY_VIT), "--text_backbone_type",
-        "open_clip_text", "--text_backbone_config", json.dumps(TINY_TEXT), "--max_text_length", "16",
-        "--train_with_labels",
-    ]) == 0  # fmt: skip
+    assert main(["--output_dir", str(output), *tiny_run_args(), "--old_steps", "2", "--train_with_labels"]) == 0
     classes = len(set(main_object_labels(load_split(load_scenes(output / "data")["train"]).attributes)[0]))
     seed = output / "models" / "seed-0"
     for path in (seed / "independent" / "text_tower", seed / "bt2" / "image_tower", seed / "bct_text"):
