@@ -111,7 +111,7 @@ class ImageTextSettings:
     old_batch_size: int = 128
     new_dim: int = 128
     extra_dim: int = 32
-    steps: int = 100
+    steps: int = 400
     batch_size: int = 64
     learning_rate: float = 1e-3
     head_learning_rate: float = 1e-3
