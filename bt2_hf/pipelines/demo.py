@@ -786,7 +786,8 @@ def seeds_table(results: dict[str, Any]):
 def summary_lines(results: dict[str, Any]) -> list[str]:
     """The update gains (or why they are n/a) and the verdicts, one line each; the last line is the final verdict."""
     lines = []
-    methods = _in_stage_order(results["update_gain"])
+    # An independent model's "update gain" is its own cross-model score against itself: not a figure to act on.
+    methods = [m for m in _in_stage_order(results["update_gain"]) if _STAGES[m].method != "independent"]
     for method in methods:
         gains, notes = results["update_gain"][method], results["update_gain_note"].get(method, {})
         parts = [f"{metric} {_format_gain(gains[metric])}" for metric in JUDGED_METRICS]
