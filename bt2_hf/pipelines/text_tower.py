@@ -184,18 +184,14 @@ def run_text_tower(settings: TextTowerSettings) -> dict[str, Any]:
     run_options = dict(retrain_changed=settings.retrain_changed, reuse_fix=REUSE_FIX)
 
     # 1. image models (the old gallery's model and a new image model for the independent text tower)
-    old_path = (
-        Path(settings.old_model)
-        if settings.old_model
-        else run_stage(image_model_stage(settings, "old_image", [16, 32, 64], settings.old_dim),
-                       train_data=train_data, **run_options)
-    )  # fmt: skip
-    new_path = (
-        Path(settings.new_image_model)
-        if settings.new_image_model
-        else run_stage(image_model_stage(settings, "new_image", [32, 64, 128], settings.new_dim),
-                       train_data=train_data, **run_options)
-    )  # fmt: skip
+    def image_model_path(given: str | None, name: str, widths: list[int], dim: int) -> Path:
+        # A model the user passed is used as it is; otherwise the step is trained (or reused when it matches).
+        if given:
+            return Path(given)
+        return run_stage(image_model_stage(settings, name, widths, dim), train_data=train_data, **run_options)
+
+    old_path = image_model_path(settings.old_model, "old_image", [16, 32, 64], settings.old_dim)
+    new_path = image_model_path(settings.new_image_model, "new_image", [32, 64, 128], settings.new_dim)
     old_model = BT2Model.from_pretrained(old_path).eval()
     new_model = BT2Model.from_pretrained(new_path).eval()
     subset = train_data.take_per_class(settings.image_train_samples, seed=settings.seed)
