@@ -17,7 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
         "retrieval, say whether to upgrade, and save plots, results.json and Hub-ready checkpoints with model cards. "
         "Default data: Fashion-MNIST.",
     )
-    parser.add_argument("--output", default="bt2_demo_output", help="Output directory (default: %(default)s).")
+    parser.add_argument(
+        "--output_dir", "--output", dest="output", metavar="DIR", default="bt2_demo_output",
+        help="Output directory (default: %(default)s). --output is the older spelling, kept as an alias.",
+    )  # fmt: skip
     parser.add_argument(
         "--data_dir",
         "--data-dir",

@@ -46,3 +46,13 @@ def test_index_routes_snake_case_gallery_flags_to_the_gallery_commands(tmp_path)
     from bt2_hf.cli import gallery
 
     assert gallery.handles(["build", "--embedding_dir", str(tmp_path), "--output", str(tmp_path / "g")])
+
+
+def test_run_directories_are_output_dir_everywhere():
+    # bt2 demo, image-text, series and text-tower all write a run directory: one spelling for it (older ones kept)
+    demo = importlib.import_module("bt2_hf.cli.demo").build_parser()
+    for spelling in ("--output_dir", "--output-dir", "--output"):
+        assert demo.parse_args([spelling, "runs/x"]).output == "runs/x"
+    for module_name in ("bt2_hf.cli.image_text", "bt2_hf.cli.series", "bt2_hf.cli.text_tower"):
+        parser = importlib.import_module(module_name).build_parser()
+        assert "--output_dir" in parser._option_string_actions, module_name
