@@ -40,12 +40,15 @@ import torch
 from ..utils.io import atomic_write_json, atomic_write_text
 from .embedding import embed_split
 from .image_text_metrics import (
+    CAPTION_GROUPS,
     TASKS,
     SceneRelevance,
+    caption_groups,
     full_compatibility_matrix,
     method_metrics,
     reference_metrics,
     summarise_seeds,
+    text_metrics_by_group,
 )
 from .stages import StageSpec, run_stage
 
@@ -163,6 +166,17 @@ class SceneSplit:
     captions: list[str]
     attributes: list[dict]
     caption_attributes: list[dict]
+    novel_pair: list[bool] | None = None  # the caption mentions a held-out (shape, colour) pair (test split)
+    novel_template: list[bool] | None = None  # the caption uses a held-out phrasing (test split)
+
+    def caption_groups(self) -> dict[str, np.ndarray] | None:
+        """The captions' :data:`~bt2_hf.pipelines.image_text_metrics.CAPTION_GROUPS`, or `None` when the split has no
+        held-out pair or phrasing (nothing to break down)."""
+        if self.novel_pair is None or self.novel_template is None:
+            return None
+        if not (any(self.novel_pair) or any(self.novel_template)):
+            return None
+        return caption_groups(self.novel_pair, self.novel_template)
 
     def relevance(self) -> SceneRelevance:
         return SceneRelevance(self.caption_attributes, self.attributes)
@@ -172,8 +186,10 @@ def load_split(dataset) -> SceneSplit:
     from ..data.datasets import pil_to_uint8
 
     images = torch.stack([pil_to_uint8(image, 3, None) for image in dataset["image"]])
+    novelty = {column: (list(dataset[column]) if column in dataset.column_names else None)
+               for column in ("novel_pair", "novel_template")}  # fmt: skip
     return SceneSplit(images, list(dataset["caption"]), list(dataset["attributes"]),
-                      list(dataset["caption_attributes"]))  # fmt: skip
+                      list(dataset["caption_attributes"]), **novelty)  # fmt: skip
 
 
 def prepare_scenes(settings: ImageTextSettings):
@@ -380,6 +396,7 @@ def _seed_run(settings: ImageTextSettings, seed: int, old_path: Path, splits: di
             # the new gallery keeps the unmapped independent pair: its text → new image search is (a)'s
             metrics["text_to_new_image"] = per_method["independent"]["text_to_new_image"]
             per_method[name] = metrics
+            spaces_of[name] = mapped
         results[split_name] = {
             "methods": {name: per_method[name] for name in METHODS},
             "old_image_to_old_image": reference_metrics(old_image, relevance),
@@ -387,6 +404,12 @@ def _seed_run(settings: ImageTextSettings, seed: int, old_path: Path, splits: di
                 name: full_compatibility_matrix(spaces_of[name], relevance) for name in ("independent", "bt2")
             },
         }
+        groups = split.caption_groups()
+        if groups is not None:  # the test split: seen vs held-out pairs and phrasings
+            by_group = {name: text_metrics_by_group(spaces_of[name], relevance, groups) for name in METHODS}
+            for name in maps:  # as above: a map's text → new image search is the independent pair's
+                by_group[name]["text_to_new_image"] = by_group["independent"]["text_to_new_image"]
+            results[split_name]["by_caption_group"] = by_group
     results["train_seconds"] = timings
     return results
 
@@ -495,6 +518,34 @@ TABLE_HEADER = ["method", "text→old R@1", "R@5", "R@10", "mAP", "text→new R@
                 "new img→old top-1", "mAP"]  # fmt: skip
 
 
+GROUP_LABELS = {"seen": "seen", "novel_pair": "held-out pair", "novel_phrasing": "held-out phrasing",
+                "novel_pair_and_phrasing": "both held out"}  # fmt: skip
+
+
+def group_table_rows(results: dict, split: str = "test") -> tuple[list[str], list[list[str]], str] | None:
+    """Recall@1 of each text search per caption group: ``(header, rows, counts)`` (``counts`` says how many captions
+    each group holds), or `None` when the split has no groups."""
+    summary = results[split].get("by_caption_group")
+    if summary is None:
+        return None
+    header = ["method"] + [f"{arrow} R@1, {GROUP_LABELS[group]}" for arrow in ("text→old", "text→new")
+                           for group in CAPTION_GROUPS]  # fmt: skip
+    rows = []
+    for name in METHODS:
+        row = [METHOD_LABELS[name]]
+        for task in ("text_to_old_image", "text_to_new_image"):
+            per_group = summary[name][task]
+            for group in CAPTION_GROUPS:
+                values = None if per_group is None else per_group[group]
+                row.append(_cell(None if values is None else values["recall@1"]))
+        rows.append(row)
+    any_method = next(summary[name][task] for name in METHODS for task in ("text_to_old_image",)
+                      if summary[name][task] is not None)  # fmt: skip
+    counts = ", ".join(f"{GROUP_LABELS[g]} {any_method[g]['num_queries'] if any_method[g] else 0}"
+                       for g in CAPTION_GROUPS)  # fmt: skip
+    return header, rows, f"Captions per group: {counts}."
+
+
 def _verdict(met: bool | None) -> str:
     return "not measured" if met is None else ("met" if met else "NOT met")
 
@@ -508,6 +559,13 @@ def format_table(results: dict) -> str:
                   "| " + " | ".join(TABLE_HEADER) + " |", "|" + " --- |" * len(TABLE_HEADER)]  # fmt: skip
         lines += ["| " + " | ".join(row) + " |" for row in table_rows(results, split)]
         lines.append("")
+    grouped = group_table_rows(results, "test")
+    if grouped is not None:
+        header, rows, counts = grouped
+        lines += ["### test by caption group (Recall@1, %; the validation split has only seen pairs and phrasings)",
+                  "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]  # fmt: skip
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["", counts, ""]
     lines.append("### Goals (test, mean Recall@1)")
     lines.append("")
     for goal, outcome in results["goals"].items():

@@ -13,6 +13,11 @@ reference would be trivial (an image always finds its own old embedding first), 
 the reference ``old_image_to_old_image`` leave the query's own image out and ask for *another* image with the same
 objects; queries whose objects no other test image has are left out of the means (counted in ``num_without_relevant``).
 Recall@1 of an image → image search is its top-1 accuracy.
+
+The test split's captions also come in four groups (:func:`caption_groups`): seen attribute pairs and phrasings, a
+held-out (shape, colour) pair, a held-out phrasing, or both. :func:`text_metrics_by_group` reports each text search
+per group, so a method that does well on the seen captions and falls on the held-out ones shows it (the validation
+split has no held-out captions, so the last three groups measure what settings chosen there cannot see).
 """
 
 from __future__ import annotations
@@ -23,7 +28,11 @@ from typing import Any
 import numpy as np
 
 from ..data.scenes import scene_relevance
-from ..retrieval.instance_metrics import compatibility_matrix_to_dict, instance_compatibility_matrix
+from ..retrieval.instance_metrics import (
+    compatibility_matrix_to_dict,
+    instance_compatibility_matrix,
+    instance_retrieval_metrics,
+)
 
 TASKS = {
     "text_to_old_image": ("new_text", "old_image"),
@@ -83,6 +92,60 @@ def method_metrics(
     )
     results = compatibility_matrix_to_dict(matrix, percent=True)
     return {task: (results[pair[0]][pair[1]] if task in tasks else None) for task, pair in TASKS.items()}
+
+
+CAPTION_GROUPS = ("seen", "novel_pair", "novel_phrasing", "novel_pair_and_phrasing")
+TEXT_TASKS = ("text_to_old_image", "text_to_new_image")
+
+
+def caption_groups(novel_pair: Sequence[bool], novel_template: Sequence[bool]) -> dict[str, np.ndarray]:
+    """Split a split's captions into the four :data:`CAPTION_GROUPS` (a partition: every caption is in one).
+
+    Args:
+        novel_pair (`Sequence[bool]`): the caption mentions a held-out (shape, colour) pair (the ``novel_pair`` column).
+        novel_template (`Sequence[bool]`): it uses a held-out phrasing (the ``novel_template`` column).
+
+    Returns:
+        `dict[str, np.ndarray]`: a boolean mask over the captions for each group.
+    """
+    pair, phrasing = np.asarray(novel_pair, dtype=bool), np.asarray(novel_template, dtype=bool)
+    if pair.shape != phrasing.shape:
+        raise ValueError(f"novel_pair has {pair.shape} values and novel_template {phrasing.shape}; one per caption.")
+    return {"seen": ~pair & ~phrasing, "novel_pair": pair & ~phrasing, "novel_phrasing": ~pair & phrasing,
+            "novel_pair_and_phrasing": pair & phrasing}  # fmt: skip
+
+
+def text_metrics_by_group(
+    spaces: Mapping[str, Any], relevance: SceneRelevance, groups: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, dict[str, float | int] | None] | None]:
+    """Each text search of one method, per caption group: ``{task: {group: {"recall@1", "map", "num_queries"} or
+    None}}`` in percent (`None`: the method has no gallery for the task, or the group has no caption).
+
+    The numbers are the whole search's per-caption results restricted to the group (the gallery is every image of the
+    split), so the groups' means weighted by ``num_queries`` give the whole split's.
+    """
+    out: dict[str, Any] = {}
+    for task in TEXT_TASKS:
+        query_space, gallery_space = TASKS[task]
+        if spaces.get(query_space) is None or spaces.get(gallery_space) is None:
+            out[task] = None
+            continue
+        result = instance_retrieval_metrics(
+            relevance=relevance.caption, query_embeddings=spaces[query_space], gallery_embeddings=spaces[gallery_space]
+        )
+        evaluated = result.first_relevant_rank > 0
+        out[task] = {}
+        for group, mask in groups.items():
+            members = mask & evaluated
+            if not members.any():
+                out[task][group] = None
+                continue
+            out[task][group] = {
+                "recall@1": 100.0 * float(np.mean(result.first_relevant_rank[members] == 1)),
+                "map": 100.0 * float(np.mean(result.average_precision[members])),
+                "num_queries": int(members.sum()),
+            }
+    return out
 
 
 def reference_metrics(old_image, relevance: SceneRelevance, ks: Sequence[int] = (1, 5, 10)) -> dict | None:

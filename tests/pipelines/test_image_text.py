@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 
 from bt2_hf.pipelines.image_text_metrics import (
+    CAPTION_GROUPS,
     SceneRelevance,
+    caption_groups,
     full_compatibility_matrix,
     method_metrics,
     reference_metrics,
     same_objects_relevance,
     summarise_seeds,
+    text_metrics_by_group,
 )
 from bt2_hf.retrieval import fit_least_squares_map, fit_procrustes_map
 
@@ -103,6 +106,37 @@ def test_metrics_wiring_on_a_hand_made_case():
     assert matrix["new_text"]["old_image"] == text_old and matrix["old_image"]["old_image"] == reference
 
 
+def test_text_metrics_by_caption_group_on_the_hand_made_case():
+    groups = caption_groups([False, True, False, True], [False, False, True, True])
+    assert list(groups) == list(CAPTION_GROUPS)
+    np.testing.assert_array_equal(np.sum([mask.astype(int) for mask in groups.values()], axis=0), [1, 1, 1, 1])
+    relevance = SceneRelevance(CAPTIONS, ATTRIBUTES)
+    spaces = {"old_image": OLD_IMAGE, "new_image": NEW_IMAGE, "new_text": NEW_TEXT}
+    by_group = text_metrics_by_group(spaces, relevance, groups)
+    # one caption a group: caption 0 (seen) misses its first rank against the old images, the others hit
+    text_old = by_group["text_to_old_image"]
+    assert [text_old[g]["recall@1"] for g in CAPTION_GROUPS] == [0.0, 100.0, 100.0, 100.0]
+    assert text_old["seen"]["map"] == pytest.approx(100 * (1 / 2 + 2 / 3 + 3 / 4) / 3)
+    assert all(text_old[g]["num_queries"] == 1 for g in CAPTION_GROUPS)
+    # against the new images only caption 1 (held-out pair) is first (see test_metrics_wiring_on_a_hand_made_case)
+    text_new = by_group["text_to_new_image"]
+    assert [text_new[g]["recall@1"] for g in CAPTION_GROUPS] == [0.0, 100.0, 0.0, 0.0]
+    assert [text_new[g]["map"] for g in CAPTION_GROUPS[2:]] == pytest.approx([50.0, 25.0])
+    # the groups' means, weighted by their captions, are the whole split's
+    whole = method_metrics(spaces, relevance)
+    for task in ("text_to_old_image", "text_to_new_image"):
+        for key in ("recall@1", "map"):
+            weighted = sum(by_group[task][g][key] * by_group[task][g]["num_queries"] for g in CAPTION_GROUPS) / 4
+            assert weighted == pytest.approx(whole[task][key])
+    # a group without captions, and a method without a new image tower
+    empty = caption_groups([False] * 4, [False, False, True, True])
+    assert text_metrics_by_group(spaces, relevance, empty)["text_to_old_image"]["novel_pair"] is None
+    assert text_metrics_by_group({"old_image": OLD_IMAGE, "new_text": NEW_TEXT}, relevance, groups)[
+        "text_to_new_image"] is None  # fmt: skip
+    with pytest.raises(ValueError, match="one per caption"):
+        caption_groups([True, False], [True])
+
+
 def test_seeds_summarise_to_mean_and_sd():
     summary = summarise_seeds([{"a": {"recall@1": 50.0, "num_queries": 4}, "b": None},
                                {"a": {"recall@1": 70.0, "num_queries": 4}, "b": None}])  # fmt: skip
@@ -170,6 +204,14 @@ def test_runner_end_to_end_on_tiny_scenes_writes_every_baseline_and_metric(tmp_p
     assert test["old_image_to_old_image"]["num_evaluated"] == 5
     assert test["methods"]["bt2"]["new_image_to_old_image"]["num_evaluated"] == 5
     assert test["methods"]["least_squares"]["new_image_to_old_image"]["num_evaluated"] == 5
+    # the test split's captions by group (seen / held-out pair / phrasing / both), the validation split has none
+    assert "by_caption_group" not in results["validation"]
+    groups = test["by_caption_group"]
+    assert set(groups) == set(METHODS) and groups["bct_text"]["text_to_new_image"] is None
+    assert groups["procrustes"]["text_to_new_image"] == groups["independent"]["text_to_new_image"]
+    counts = [g["num_queries"] for g in groups["bt2"]["text_to_old_image"].values() if g is not None]
+    assert sum(counts) == 32 and len(counts) >= 2
+    assert "### test by caption group" in (output / "results.md").read_text()
     assert set(test["compatibility_matrix"]["bt2"]) == {"old_image", "new_image", "new_text"}
     assert set(test["compatibility_matrix"]["bt2"]["new_image"]) == {"old_image", "new_image"}
     assert set(results["goals"]) == {"text_to_old_image_recall@1_above_every_baseline",
