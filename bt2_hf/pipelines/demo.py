@@ -783,6 +783,18 @@ def seeds_table(results: dict[str, Any]):
     return table
 
 
+def _gain_points(results: dict[str, Any], method: str, metric: str) -> str:
+    """The points behind a defined update gain: a ratio over a small possible gain (a new model barely better than
+    the old one) is large whatever its sign, so the line says what it divides."""
+    if results["update_gain"][method][metric] is None:
+        return ""
+    pairs = results["methods"][method]
+    old_old = pairs["old/old"][metric]
+    independent = pairs["new/new"][metric] + results["compatibility_tax"][method][metric]
+    return (f" (new → old {pairs['new/old'][metric] - old_old:+.2f} points of the {independent - old_old:+.2f} the "
+            "independent model gains)")  # fmt: skip
+
+
 def summary_lines(results: dict[str, Any]) -> list[str]:
     """The update gains (or why they are n/a) and the verdicts, one line each; the last line is the final verdict."""
     lines = []
@@ -790,7 +802,8 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     methods = [m for m in _in_stage_order(results["update_gain"]) if _STAGES[m].method != "independent"]
     for method in methods:
         gains, notes = results["update_gain"][method], results["update_gain_note"].get(method, {})
-        parts = [f"{metric} {_format_gain(gains[metric])}" for metric in JUDGED_METRICS]
+        parts = [f"{metric} {_format_gain(gains[metric])}{_gain_points(results, method, metric)}"
+                 for metric in JUDGED_METRICS]  # fmt: skip
         reason = f" ({notes['top1']})" if "top1" in notes else ""
         lines.append(f"Update gain of {method}: {', '.join(parts)}{reason}")
     for method in methods:

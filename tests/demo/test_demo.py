@@ -242,3 +242,22 @@ def test_quickstart_notebook_executes(demo_output, textures_dir, monkeypatch):
     )
     assert "prefix used: 16" in outputs
     assert "refused:" in outputs
+
+
+def test_a_defined_update_gain_says_what_it_divides():
+    # the shape of results.json from a run where the new model is barely better than the old one (hand-made numbers)
+    pairs = {"old/old": {"top1": 70.0, "mAP": 40.0}, "new/old": {"top1": 60.0, "mAP": 44.0},
+             "new/new": {"top1": 71.5, "mAP": 50.0}}  # fmt: skip
+    results = {
+        "dataset": "hand-made",
+        "methods": {"bt2": pairs},
+        "compatibility_tax": {"bt2": {"top1": 0.5, "mAP": 10.0}},  # independent: 72.0 top-1, 60.0 mAP
+        "update_gain": {"bt2": {"top1": -500.0, "mAP": 20.0}},
+        "update_gain_note": {"bt2": {}},
+        "verdict": {"bt2": {"message": "not compatible: …"}},
+        "final_verdict": {"message": "not compatible: …"},
+    }
+    assert summary_lines(results)[0] == (
+        "Update gain of bt2: top1 -500.0% (new → old -10.00 points of the +2.00 the independent model gains), "
+        "mAP +20.0% (new → old +4.00 points of the +20.00 the independent model gains)"
+    )
