@@ -94,6 +94,7 @@ class BT2PairConfig(BT2MethodConfig, ContrastiveConfig):
     """Configuration of ``bt2_pair``: each tower's BT² terms plus the CLIP term (weights as ``bt2``).
 
     ``L = contrastive_weight · InfoNCE(ê_text, ê_image) + old_contrastive_weight · InfoNCE(b̂_text, φ_old(x))``
+    ``  + image_old_contrastive_weight · InfoNCE(b̂_image, φ_old(x))``
     ``  + Σ_tower [ old_match_weight · (1 − cos(b̂, φ_old(x))) + new_match_weight · (1 − cos(f̂, φ'_tower)) ]``
     ``  [+ Σ_tower CE(W f, y) + influence_weight · CE(b̂ · W_oᵀ, y)  with labels]``
 
@@ -101,12 +102,18 @@ class BT2PairConfig(BT2MethodConfig, ContrastiveConfig):
         contrastive_weight, contrastive_temperature: the CLIP term between the two towers' full embeddings.
         old_contrastive_weight (`float`, *optional*, defaults to 1.0): in-batch contrastive term of the text tower's
             compatible block against the old image embeddings of the batch (text → old gallery, instance level).
+        image_old_contrastive_weight (`float`, *optional*, defaults to 0.0): the same term for the image tower's
+            compatible block (new image → old gallery); off by default.
         old_match_weight, new_match_weight, influence_weight, influence_scale, extra_dim, feature_scale,
             label_smoothing: as :class:`~bt2_hf.methods.BT2MethodConfig`, for each tower.
     """
 
     old_contrastive_weight: float = field(
         default=1.0, metadata={"help": "Weight of InfoNCE(b̂_text, φ_old(image)): the text block vs the old images."}
+    )
+    image_old_contrastive_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of InfoNCE(b̂_image, φ_old(image)): the new image block vs the old images (0: off)."},
     )
 
 
@@ -150,6 +157,10 @@ class BT2PairMethod(CompatibilityMethod):
         if config.old_contrastive_weight:
             losses["text_old_contrastive_loss"] = config.old_contrastive_weight * contrastive_loss(
                 text.compatible_embeddings, old, temperature=config.contrastive_temperature
+            )
+        if config.image_old_contrastive_weight:
+            losses["image_old_contrastive_loss"] = config.image_old_contrastive_weight * contrastive_loss(
+                image.compatible_embeddings, old, temperature=config.contrastive_temperature
             )
         for tower, tower_outputs in (("image", image), ("text", text)):
             compatible = tower_outputs.compatible_embeddings

@@ -228,3 +228,29 @@ def test_cosine_matching_normalises_both_sides():
     targets = torch.tensor([[8.0, 6.0], [1.0, 0.0]])  # norms 10 and 1
     # cosines: (24 + 24) / 50 = 0.96 and 0 → loss 1 − 0.48
     assert cosine_matching_loss(predictions, targets).item() == pytest.approx(0.52, abs=1e-6)
+
+
+def test_bt2_pair_image_old_contrastive_term_is_off_by_default_and_weighted_when_on():
+    from types import SimpleNamespace
+
+    from bt2_hf.losses import contrastive_loss
+
+    generator = torch.Generator().manual_seed(0)
+
+    def tower():
+        return SimpleNamespace(embeddings=torch.randn(6, 12, generator=generator),
+                               compatible_embeddings=torch.randn(6, 8, generator=generator),
+                               features=torch.randn(6, 10, generator=generator), logits=None)  # fmt: skip
+
+    outputs = SimpleNamespace(image=tower(), text=tower())
+    targets = {"old": torch.randn(6, 8, generator=generator), "independent_image": torch.randn(6, 10, generator=generator),
+               "independent_text": torch.randn(6, 10, generator=generator)}  # fmt: skip
+    default = get_method("bt2_pair").compute_loss(outputs, targets, None)
+    assert "image_old_contrastive_loss" not in default
+    weighted = get_method("bt2_pair", {"image_old_contrastive_weight": 2.0}).compute_loss(outputs, targets, None)
+    expected = 2.0 * contrastive_loss(outputs.image.compatible_embeddings, targets["old"], temperature=0.05)
+    torch.testing.assert_close(weighted["image_old_contrastive_loss"], expected)
+    # every other term is unchanged
+    assert {k: v for k, v in weighted.items() if k != "image_old_contrastive_loss"}.keys() == default.keys()
+    for key in default:
+        torch.testing.assert_close(weighted[key], default[key])
