@@ -78,10 +78,16 @@ class DemoSize:
 
     - the short-schedule settings, shared by every method: a logit scale of 16 on the training classifier and an
       inverse temperature of 10 on the influence loss (both 1 in the research code, which trains 100 epochs);
-    - BCT and BT² share the influence weight (10, the research code's) and its temperature; BT²'s own old-match weight
-      is 20 (5 in the research code): on the validation split it raised BT²'s new/old top-1 from 57.7 to 65.4 at the
-      same new/new (from scratch, 4 epochs = 1 872 steps, the budget before it was counted in steps). BCT has no
-      old-match term, so no other weight differs between the methods;
+    - BCT and BT² share the influence weight and its temperature; BT²'s own old-match weight is 20 (5 in the research
+      code): on the validation split it raised BT²'s new/old top-1 from 57.7 to 65.4 at the same new/new (from
+      scratch, 4 epochs = 1 872 steps, the budget before it was counted in steps). BCT has no old-match term, so no
+      other weight differs between the methods;
+    - the influence weight is 3 (10 in the research code, kept by ``full()``), chosen at the 600-step budget over
+      seeds 0–2 of the validation split: BT²'s new/old top-1 58.3 → 61.4 and its tax 3.4 → 2.8 top-1 points against
+      10, with new/old mAP above old/old by at least 2.6 points on every seed. Weight 1 gave a higher top-1 (62.5) but
+      a mAP margin of 1.0 on seed 0, and the rule fixed beforehand asked for at least 2 on every seed. At 600 steps
+      the old-match weight does not help: 50 and 100 moved seed 0's new/old top-1 from 56.5 to 58.4 / 59.6 and cost
+      1.4 / 1.6 points of new/new top-1 and 1.6 / 2.7 of new/old mAP;
     - ``new_steps = 600``: what fits the 10-minute budget for the three new models at batch 128 (a ViT trains at
       about 500 images/s on 2 idle cores, so about 2.5 minutes a model; the old CNN takes 11 s and the evaluation
       about 1.5 minutes); 1.3 epochs of Fashion-MNIST's 60 000 training images, 10 epochs of ⅛ of them. It is a time
@@ -108,7 +114,7 @@ class DemoSize:
     learning_rate: float = 1e-3
     logit_scale: float = 16.0
     influence_scale: float = 10.0
-    influence_weight: float = 10.0
+    influence_weight: float = 3.0
     old_match_weight: float = 20.0
     from_independent: bool = False
     validation_fraction: float = 1 / 6
@@ -136,6 +142,7 @@ class DemoSize:
             vit_heads=6,
             new_steps=7030,
             batch_size=256,
+            influence_weight=10.0,  # the research code's: the 3 above was chosen for the 600-step CPU budget
         )
 
     @classmethod
