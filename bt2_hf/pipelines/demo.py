@@ -797,7 +797,8 @@ def _gain_points(results: dict[str, Any], method: str, metric: str) -> str:
         return ""
     pairs = results["methods"][method]
     old_old = pairs["old/old"][metric]
-    independent = pairs["new/new"][metric] + results["compatibility_tax"][method][metric]
+    # the independent model the gain divides by: the method's reference stage, whose new/new is its indep/indep
+    independent = results["methods"][results["references"][method]]["new/new"][metric]
     return (f" (new → old {pairs['new/old'][metric] - old_old:+.2f} points of the {independent - old_old:+.2f} the "
             "independent model gains)")  # fmt: skip
 

@@ -45,8 +45,9 @@ from .image_text_metrics import (
     SceneRelevance,
     caption_groups,
     full_compatibility_matrix,
-    method_metrics,
+    method_searches,
     reference_metrics,
+    searches_to_metrics,
     summarise_seeds,
     text_metrics_by_group,
 )
@@ -379,12 +380,12 @@ def _seed_run(settings: ImageTextSettings, seed: int, old_path: Path, splits: di
         split = splits[split_name]
         relevance = split.relevance()
         old_image = old_eval[split_name]
-        per_method = {}
-        spaces_of = {}
+        per_method, spaces_of, searches_of = {}, {}, {}
         for name in ("independent", "bct_text", "bt2"):
             new_image, new_text = embed(name, split)
             spaces_of[name] = {"old_image": old_image, "new_image": new_image, "new_text": new_text}
-            per_method[name] = method_metrics(spaces_of[name], relevance)
+            searches_of[name] = method_searches(spaces_of[name], relevance)
+            per_method[name] = searches_to_metrics(searches_of[name])
         independent_image, independent_text = (
             spaces_of["independent"]["new_image"],
             spaces_of["independent"]["new_text"],
@@ -392,11 +393,10 @@ def _seed_run(settings: ImageTextSettings, seed: int, old_path: Path, splits: di
         for name, (text_map, image_map) in maps.items():
             mapped = {"old_image": old_image, "new_image": image_map.apply(independent_image),
                       "new_text": text_map.apply(independent_text)}  # fmt: skip
-            metrics = method_metrics(mapped, relevance)
             # the new gallery keeps the unmapped independent pair: its text → new image search is (a)'s
-            metrics["text_to_new_image"] = per_method["independent"]["text_to_new_image"]
-            per_method[name] = metrics
-            spaces_of[name] = mapped
+            searches_of[name] = {**method_searches(mapped, relevance),
+                                 "text_to_new_image": searches_of["independent"]["text_to_new_image"]}  # fmt: skip
+            per_method[name] = searches_to_metrics(searches_of[name])
         results[split_name] = {
             "methods": {name: per_method[name] for name in METHODS},
             "old_image_to_old_image": reference_metrics(old_image, relevance),
@@ -406,10 +406,9 @@ def _seed_run(settings: ImageTextSettings, seed: int, old_path: Path, splits: di
         }
         groups = split.caption_groups()
         if groups is not None:  # the test split: seen vs held-out pairs and phrasings
-            by_group = {name: text_metrics_by_group(spaces_of[name], relevance, groups) for name in METHODS}
-            for name in maps:  # as above: a map's text → new image search is the independent pair's
-                by_group[name]["text_to_new_image"] = by_group["independent"]["text_to_new_image"]
-            results[split_name]["by_caption_group"] = by_group
+            results[split_name]["by_caption_group"] = {
+                name: text_metrics_by_group(searches_of[name], groups) for name in METHODS
+            }
     results["train_seconds"] = timings
     return results
 

@@ -29,9 +29,9 @@ import numpy as np
 
 from ..data.scenes import scene_relevance
 from ..retrieval.instance_metrics import (
+    InstanceRetrievalResult,
     compatibility_matrix_to_dict,
     instance_compatibility_matrix,
-    instance_retrieval_metrics,
 )
 
 TASKS = {
@@ -69,11 +69,12 @@ class SceneRelevance:
         return self.caption if query_space.endswith("text") else self.image
 
 
-def method_metrics(
+def method_searches(
     spaces: Mapping[str, Any], relevance: SceneRelevance, ks: Sequence[int] = (1, 5, 10)
-) -> dict[str, dict[str, float] | None]:
-    """One method's searches: ``{task: {"recall@1": …, "map": …, counts} or None}`` in percent (`None`: the method
-    has no tower for it, or no two images of the split hold the same objects).
+) -> dict[str, InstanceRetrievalResult | None]:
+    """One method's searches, with their per-query ranks: ``{task: InstanceRetrievalResult or None}`` (`None`: the
+    method has no tower for it, or no two images of the split hold the same objects). :func:`searches_to_metrics`
+    summarises them; :func:`text_metrics_by_group` breaks the text searches down by caption group.
 
     Args:
         spaces (`Mapping[str, np.ndarray]`): ``old_image``, and whichever of ``new_image`` / ``new_text`` the method
@@ -90,8 +91,20 @@ def method_metrics(
         leave_one_out=IMAGE_TO_IMAGE,
         ks=ks,
     )
-    results = compatibility_matrix_to_dict(matrix, percent=True)
-    return {task: (results[pair[0]][pair[1]] if task in tasks else None) for task, pair in TASKS.items()}
+    return {task: (matrix[pair[0]][pair[1]] if task in tasks else None) for task, pair in TASKS.items()}
+
+
+def searches_to_metrics(searches: Mapping[str, InstanceRetrievalResult | None]) -> dict[str, dict | None]:
+    """``{task: {"recall@1": …, "map": …, counts} or None}`` in percent, from :func:`method_searches`."""
+    return {task: None if result is None else result.to_dict(percent=True) for task, result in searches.items()}
+
+
+def method_metrics(
+    spaces: Mapping[str, Any], relevance: SceneRelevance, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, dict[str, float] | None]:
+    """One method's searches summarised: ``{task: {"recall@1": …, "map": …, counts} or None}`` in percent (see
+    :func:`method_searches` for the arguments and when a task is `None`)."""
+    return searches_to_metrics(method_searches(spaces, relevance, ks))
 
 
 CAPTION_GROUPS = ("seen", "novel_pair", "novel_phrasing", "novel_pair_and_phrasing")
@@ -116,23 +129,24 @@ def caption_groups(novel_pair: Sequence[bool], novel_template: Sequence[bool]) -
 
 
 def text_metrics_by_group(
-    spaces: Mapping[str, Any], relevance: SceneRelevance, groups: Mapping[str, np.ndarray]
+    searches: Mapping[str, InstanceRetrievalResult | None], groups: Mapping[str, np.ndarray]
 ) -> dict[str, dict[str, dict[str, float | int] | None] | None]:
     """Each text search of one method, per caption group: ``{task: {group: {"recall@1", "map", "num_queries"} or
     None}}`` in percent (`None`: the method has no gallery for the task, or the group has no caption).
 
-    The numbers are the whole search's per-caption results restricted to the group (the gallery is every image of the
-    split), so the groups' means weighted by ``num_queries`` give the whole split's.
+    Args:
+        searches: the method's :func:`method_searches` (the whole split's searches: the gallery is every image).
+        groups: :func:`caption_groups` of the split's captions.
+
+    The numbers are the whole searches' per-caption results restricted to each group, so the groups' means weighted
+    by ``num_queries`` give the whole split's.
     """
     out: dict[str, Any] = {}
     for task in TEXT_TASKS:
-        query_space, gallery_space = TASKS[task]
-        if spaces.get(query_space) is None or spaces.get(gallery_space) is None:
+        result = searches.get(task)
+        if result is None:
             out[task] = None
             continue
-        result = instance_retrieval_metrics(
-            relevance=relevance.caption, query_embeddings=spaces[query_space], gallery_embeddings=spaces[gallery_space]
-        )
         evaluated = result.first_relevant_rank > 0
         out[task] = {}
         for group, mask in groups.items():

@@ -250,8 +250,9 @@ def test_a_defined_update_gain_says_what_it_divides():
              "new/new": {"top1": 71.5, "mAP": 50.0}}  # fmt: skip
     results = {
         "dataset": "hand-made",
-        "methods": {"bt2": pairs},
-        "compatibility_tax": {"bt2": {"top1": 0.5, "mAP": 10.0}},  # independent: 72.0 top-1, 60.0 mAP
+        "methods": {"bt2": pairs, "independent": {"new/new": {"top1": 72.0, "mAP": 60.0}}},
+        "references": {"bt2": "independent"},
+        "compatibility_tax": {"bt2": {"top1": 0.5, "mAP": 10.0}},
         "update_gain": {"bt2": {"top1": -500.0, "mAP": 20.0}},
         "update_gain_note": {"bt2": {}},
         "verdict": {"bt2": {"message": "not compatible: …"}},

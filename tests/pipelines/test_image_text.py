@@ -11,6 +11,7 @@ from bt2_hf.pipelines.image_text_metrics import (
     caption_groups,
     full_compatibility_matrix,
     method_metrics,
+    method_searches,
     reference_metrics,
     same_objects_relevance,
     summarise_seeds,
@@ -112,7 +113,7 @@ def test_text_metrics_by_caption_group_on_the_hand_made_case():
     np.testing.assert_array_equal(np.sum([mask.astype(int) for mask in groups.values()], axis=0), [1, 1, 1, 1])
     relevance = SceneRelevance(CAPTIONS, ATTRIBUTES)
     spaces = {"old_image": OLD_IMAGE, "new_image": NEW_IMAGE, "new_text": NEW_TEXT}
-    by_group = text_metrics_by_group(spaces, relevance, groups)
+    by_group = text_metrics_by_group(method_searches(spaces, relevance), groups)
     # one caption a group: caption 0 (seen) misses its first rank against the old images, the others hit
     text_old = by_group["text_to_old_image"]
     assert [text_old[g]["recall@1"] for g in CAPTION_GROUPS] == [0.0, 100.0, 100.0, 100.0]
@@ -130,9 +131,9 @@ def test_text_metrics_by_caption_group_on_the_hand_made_case():
             assert weighted == pytest.approx(whole[task][key])
     # a group without captions, and a method without a new image tower
     empty = caption_groups([False] * 4, [False, False, True, True])
-    assert text_metrics_by_group(spaces, relevance, empty)["text_to_old_image"]["novel_pair"] is None
-    assert text_metrics_by_group({"old_image": OLD_IMAGE, "new_text": NEW_TEXT}, relevance, groups)[
-        "text_to_new_image"] is None  # fmt: skip
+    assert text_metrics_by_group(method_searches(spaces, relevance), empty)["text_to_old_image"]["novel_pair"] is None
+    text_only = method_searches({"old_image": OLD_IMAGE, "new_text": NEW_TEXT}, relevance)
+    assert text_metrics_by_group(text_only, groups)["text_to_new_image"] is None
     with pytest.raises(ValueError, match="one per caption"):
         caption_groups([True, False], [True])
 
