@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from bt2_hf.pipelines.series import SeriesVersion
+from bt2_hf.experiments.series import SeriesVersion
 
 
 def main() -> None:

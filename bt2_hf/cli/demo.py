@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
-    from ..pipelines.demo import DemoSize, results_table, run_demo, seeds_table, summary_lines
+    from ..experiments.demo import DemoSize, results_table, run_demo, seeds_table, summary_lines
 
     console = Console(width=max(110, Console().width))
     try:

@@ -21,7 +21,7 @@ def _json_object(text: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..pipelines.image_text import ImageTextSettings
+    from ..experiments.image_text import ImageTextSettings
 
     defaults = ImageTextSettings(output_dir="")
     parser = argparse.ArgumentParser(
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..pipelines.image_text import ImageTextSettings, print_table, run_image_text
+    from ..experiments.image_text import ImageTextSettings, print_table, run_image_text
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -1,6 +1,6 @@
 """``bt2 series``: train and evaluate a series of BT² updates (v1 → v2 → v3) from a YAML or JSON file.
 
-The file lists the versions (fields of :class:`bt2_hf.pipelines.series.SeriesVersion`) and optional run settings::
+The file lists the versions (fields of :class:`bt2_hf.experiments.series.SeriesVersion`) and optional run settings::
 
     output_dir: runs/series
     eval_samples: 10000
@@ -59,7 +59,7 @@ def load_series_file(path: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bt2_hf.pipelines.series import SeriesVersion, format_matrix, run_series
+    from bt2_hf.experiments.series import SeriesVersion, format_matrix, run_series
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -1,5 +1,5 @@
 """``bt2 text-tower``: the Fashion-MNIST class-level text-tower experiment (a BT² text tower searching an old image
-gallery; see :mod:`bt2_hf.pipelines.text_tower`)."""
+gallery; see :mod:`bt2_hf.experiments.text_tower`)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def build_parser(prog: str = "bt2 text-tower") -> argparse.ArgumentParser:
 
 
 def _defaults():
-    from ..pipelines.text_tower import TextTowerSettings
+    from ..experiments.text_tower import TextTowerSettings
 
     return TextTowerSettings(output_dir="")
 
@@ -56,7 +56,7 @@ def _defaults():
 def main(argv: list[str] | None = None, prog: str = "bt2 text-tower") -> int:
     import torch
 
-    from ..pipelines.text_tower import TextTowerSettings, run_text_tower
+    from ..experiments.text_tower import TextTowerSettings, run_text_tower
 
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -3,8 +3,7 @@
 - :mod:`~bt2_hf.multimodal.captions`: class-name templates → captions, image–text `datasets`, (image_id, caption) rows.
 - :mod:`~bt2_hf.multimodal.embedding`: embedding helpers (images, captions, class prototypes) and text→image
   evaluation. Text towers train through the one trainer (``bt2 train --method bt2_text``, :mod:`bt2_hf.methods.text`).
-- The Fashion-MNIST text-tower experiment that uses them is :mod:`bt2_hf.pipelines.text_tower` (``bt2 text-tower``;
-  ``python -m bt2_hf.multimodal.experiment`` is its deprecated alias).
+- The Fashion-MNIST text-tower experiment that uses them is :mod:`bt2_hf.experiments.text_tower` (``bt2 text-tower``).
 """
 
 from __future__ import annotations

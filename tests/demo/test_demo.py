@@ -15,7 +15,7 @@ from transformers import AutoModel
 import bt2_hf
 from bt2_hf.cli.demo import build_parser
 from bt2_hf.cli.demo import main as demo_main
-from bt2_hf.pipelines.demo import (
+from bt2_hf.experiments.demo import (
     FROM_INDEPENDENT,
     JUDGED_METRICS,
     METHODS,

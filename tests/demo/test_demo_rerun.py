@@ -11,7 +11,7 @@ import pytest
 import bt2_hf.training
 from bt2_hf import BT2Model
 from bt2_hf.cli.demo import main as demo_main
-from bt2_hf.pipelines.demo import DemoSize, run_demo
+from bt2_hf.experiments.demo import DemoSize, run_demo
 from bt2_hf.retrieval.index import GalleryIndex
 from tests.conftest import write_fashion_like_idx
 

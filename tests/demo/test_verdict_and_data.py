@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from bt2_hf.errors import BT2InputError
-from bt2_hf.pipelines.demo import DemoSize, _patch_size, update_gain_or_reason, verdict
-from bt2_hf.pipelines.demo_data import dataset_slug, load_demo_data, split_off
+from bt2_hf.experiments.demo import DemoSize, _patch_size, update_gain_or_reason, verdict
+from bt2_hf.experiments.demo_data import dataset_slug, load_demo_data, split_off
 from tests.demo.synthetic import CLASS_NAMES, write_idx, write_texture_idx
 
 

@@ -10,7 +10,7 @@ import torch
 
 from bt2_hf import BT2Model
 from bt2_hf.data import ImageClassificationData
-from bt2_hf.pipelines.series import SeriesVersion, format_matrix, plan_series, run_series
+from bt2_hf.experiments.series import SeriesVersion, format_matrix, plan_series, run_series
 from bt2_hf.retrieval.compatibility import compatibility_matrix
 
 CNN = {"num_channels": 1, "widths": [4, 8], "image_size": 12}

@@ -1,12 +1,9 @@
-"""``bt2 text-tower`` (bt2_hf.pipelines.text_tower): its CLI, the deprecated old module path, and the runner end to end
+"""``bt2 text-tower`` (bt2_hf.experiments.text_tower): its CLI, the deprecated old module path, and the runner end to end
 on tiny Fashion-MNIST-shaped data with a 1-layer BERT (reuse of finished steps, refusal of changed ones)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,8 +12,8 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from bt2_hf import BT2Model
 from bt2_hf.cli.main import main as bt2_main
-from bt2_hf.pipelines.stages import StageSettingsError, stage_arguments, stage_differences
-from bt2_hf.pipelines.text_tower import REUSE_FIX, TextTowerSettings, run_text_tower, text_tower_stage
+from bt2_hf.experiments.stages import StageSettingsError, stage_arguments, stage_differences
+from bt2_hf.experiments.text_tower import REUSE_FIX, TextTowerSettings, run_text_tower, text_tower_stage
 from tests.conftest import write_fashion_like_idx
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,19 +31,6 @@ def test_bt2_text_tower_help_lists_snake_case_flags(capsys):
                  "--retrain_changed"):  # fmt: skip
         kebab = "--" + flag[2:].replace("_", "-")
         assert f"{flag}, {kebab}" in out or f"{flag} {flag[2:].upper()}, {kebab}" in out, flag
-
-
-def test_the_old_module_path_still_runs_with_a_deprecation_warning():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(
-        [sys.executable, "-m", "bt2_hf.multimodal.experiment", "--help"],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith("usage: python -m bt2_hf.multimodal.experiment")
-    assert "--text_finetune_backbone, --text-finetune-backbone" in result.stdout
-    warning = "warning: `python -m bt2_hf.multimodal.experiment` is deprecated, use `bt2 text-tower` (same flags)."
-    assert [line for line in result.stderr.splitlines() if "deprecated" in line] == [warning]  # one line
 
 
 def run_id(directory: Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bt2_hf.pipelines.image_text_metrics import (
+from bt2_hf.experiments.image_text_metrics import (
     CAPTION_GROUPS,
     SceneRelevance,
     caption_groups,
@@ -174,8 +174,8 @@ def test_runner_end_to_end_on_tiny_scenes_writes_every_baseline_and_metric(tmp_p
     import json
 
     from bt2_hf.cli.image_text import main
+    from bt2_hf.experiments.image_text import METHODS
     from bt2_hf.modeling_bt2 import BT2Model
-    from bt2_hf.pipelines.image_text import METHODS
 
     output = tmp_path / "run"
     assert main(["--output_dir", str(output), *tiny_run_args(), "--old-steps", "2", "--seeds", "2",
@@ -265,8 +265,8 @@ def test_train_with_labels_gives_every_new_model_the_old_models_classes(tmp_path
 
     from bt2_hf.cli.image_text import main
     from bt2_hf.data.scenes import load_scenes
+    from bt2_hf.experiments.image_text import load_split, main_object_labels
     from bt2_hf.modeling_bt2 import BT2Model
-    from bt2_hf.pipelines.image_text import load_split, main_object_labels
 
     output = tmp_path / "run"
     assert main(["--output_dir", str(output), *tiny_run_args(), "--old_steps", "2", "--train_with_labels"]) == 0

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 from bt2_hf.cli.series import build_parser
-from bt2_hf.pipelines.series import SeriesVersion, run_series
-from tests.pipelines.test_stages import CNN, three_bands
+from bt2_hf.experiments.series import SeriesVersion, run_series
+from tests.experiments.test_stages import CNN, three_bands
 
 
 def versions(v2_old_match_weight: float = 5.0) -> list[SeriesVersion]:

@@ -15,7 +15,7 @@
      image) with :mod:`bt2_hf.retrieval.post_hoc`; the new gallery keeps the unmapped pair;
    - (d) ``bt2``: the same pair with a BT² head on each tower tied to the old image space (``bt2_pair``: old prefix =
      the old width), trained CLIP-style on the full embeddings, with the independent pair as BT²'s new reference.
-3. The searches of :mod:`bt2_hf.pipelines.image_text_metrics` on the validation split (where settings are chosen)
+3. The searches of :mod:`bt2_hf.experiments.image_text_metrics` on the validation split (where settings are chosen)
    and on the test split (reported), mean ± sd over seeds, ``results.json``, a table and a PNG.
 
 Why the old model names the main object: a legacy image model is usually a classifier of what an image mainly shows,
@@ -171,7 +171,7 @@ class SceneSplit:
     novel_template: list[bool] | None = None  # the caption uses a held-out phrasing (test split)
 
     def caption_groups(self) -> dict[str, np.ndarray] | None:
-        """The captions' :data:`~bt2_hf.pipelines.image_text_metrics.CAPTION_GROUPS`, or `None` when the split has no
+        """The captions' :data:`~bt2_hf.experiments.image_text_metrics.CAPTION_GROUPS`, or `None` when the split has no
         held-out pair or phrasing (nothing to break down)."""
         if self.novel_pair is None or self.novel_template is None:
             return None

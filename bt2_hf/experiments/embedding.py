@@ -1,4 +1,4 @@
-"""Embed a split with a saved (or loaded) model: the one way the pipelines turn images into vectors."""
+"""Embed a split with a saved (or loaded) model: the one way the experiments turn images into vectors."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The Fashion-MNIST class-level text-tower experiment, end to end (``bt2 text-tower``).
 
 :func:`run_text_tower` trains, through the one trainer (:func:`bt2_hf.training.train`, each step a
-:class:`~bt2_hf.pipelines.stages.StageSpec` run by :func:`~bt2_hf.pipelines.stages.run_stage`):
+:class:`~bt2_hf.experiments.stages.StageSpec` run by :func:`~bt2_hf.experiments.stages.run_stage`):
 
 1. the OLD image model φ_old (small CNN, ``old_dim``) and a NEW independent image model φ'_img (wider CNN), unless
    given (``old_model`` / ``new_image_model``);
@@ -22,7 +22,7 @@ A step whose output directory already holds a model is reused when that model wa
 interrupted run resumes; one trained with other settings is refused, naming them, or retrained with
 ``retrain_changed``.
 
-The instance-level image–text experiment on the procedural scenes is :mod:`bt2_hf.pipelines.image_text`.
+The instance-level image–text experiment on the procedural scenes is :mod:`bt2_hf.experiments.image_text`.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def run_text_tower(settings: TextTowerSettings) -> dict[str, Any]:
 
     Raises:
         `ValueError`: no text model (``text_model`` unset and the MiniLM package missing).
-        :class:`~bt2_hf.pipelines.stages.StageSettingsError`: a step's output directory holds a model trained with
+        :class:`~bt2_hf.experiments.stages.StageSettingsError`: a step's output directory holds a model trained with
             other settings and ``retrain_changed`` is off.
     """
     from .. import BT2Model

@@ -12,9 +12,9 @@ import torch
 
 from bt2_hf import BT2Model
 from bt2_hf.data import ImageClassificationData
-from bt2_hf.pipelines.cards import CardSection, write_pipeline_card
-from bt2_hf.pipelines.embedding import embed_split
-from bt2_hf.pipelines.stages import StageSettingsError, StageSpec, run_stage, stage_arguments
+from bt2_hf.experiments.cards import CardSection, write_pipeline_card
+from bt2_hf.experiments.embedding import embed_split
+from bt2_hf.experiments.stages import StageSettingsError, StageSpec, run_stage, stage_arguments
 
 CNN = {"num_channels": 1, "widths": [4, 8], "image_size": 12}
 

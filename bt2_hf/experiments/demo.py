@@ -664,7 +664,7 @@ def run_demo(
             ``gallery_old/`` (the old model's gallery index of the test split, with its manifest); further seeds
             under ``seeds/seed-<s>/``.
         data_dir (`str` or `Path`, *optional*): a directory of IDX files, an imagefolder or ``save_to_disk``
-            directory, or a Hub dataset id (see :func:`bt2_hf.pipelines.demo_data.load_demo_data`); defaults to the Debian
+            directory, or a Hub dataset id (see :func:`bt2_hf.experiments.demo_data.load_demo_data`); defaults to the Debian
             package's Fashion-MNIST.
         dataset_name (`str`, *optional*): the name used in titles, repo ids and cards (default: from the source).
         device (`str`, *optional*): ``"cpu"`` or ``"cuda"``; defaults to CUDA when available.

@@ -125,7 +125,7 @@ def plan_series(versions: Sequence[SeriesVersion]) -> list[dict[str, Any]]:
         ValueError: a BT² step with ``feature_dim + extra_dim <= `` the previous width (names the fix), or a class
             subset on a BT² step.
 
-    >>> from bt2_hf.pipelines.series import SeriesVersion, plan_series
+    >>> from bt2_hf.experiments.series import SeriesVersion, plan_series
     >>> plan = plan_series([
     ...     SeriesVersion("v1", "small_cnn", {}, feature_dim=32),
     ...     SeriesVersion("v2", "small_cnn", {}, feature_dim=48, extra_dim=16),
@@ -257,7 +257,7 @@ def version_stage(
 def embed_with(path: str | Path, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
     """Embed uint8 images ``(N, C, H, W)`` with the saved model at ``path`` (its own preprocessing).
 
-    The same as :func:`bt2_hf.pipelines.embedding.embed_split` (kept for callers of the earlier name).
+    The same as :func:`bt2_hf.experiments.embedding.embed_split` (kept for callers of the earlier name).
     """
     return embed_split(path, images, batch_size=batch_size)
 
@@ -320,7 +320,7 @@ def run_series(
         metrics (`Sequence[str]`, *optional*): retrieval metrics (default top-1, top-5, mAP).
         seed (`int`, *optional*, defaults to 0): training seed.
         reuse (`bool`, *optional*, defaults to `True`): skip a training run whose output already holds a model
-            trained with the same settings (:func:`bt2_hf.pipelines.stages.run_stage`); one trained with other
+            trained with the same settings (:func:`bt2_hf.experiments.stages.run_stage`); one trained with other
             settings is refused, naming them. `False` retrains every version.
         retrain_changed (`bool`, *optional*, defaults to `False`): retrain the versions whose saved settings differ
             (and, through the reference fingerprints, every version trained against one of them) instead of refusing.
