@@ -48,8 +48,12 @@ class HFBackbone(Backbone):
     @property
     def hidden_size(self) -> int:
         config = self.model.config
+        if getattr(config, "neck_hidden_sizes", None):  # MobileViT: the last 1×1 "expand" conv is what is pooled
+            return int(config.neck_hidden_sizes[-1])
         if getattr(config, "hidden_sizes", None):
             return int(config.hidden_sizes[-1])
+        if isinstance(getattr(config, "embed_dim", None), (list, tuple)):  # CvT: one width per stage
+            return int(config.embed_dim[-1])
         return int(config.hidden_size)
 
     @classmethod

@@ -21,7 +21,11 @@ _POOLER_BY_DEFAULT = {
     "regnet",
     "efficientnet",
     "mobilenet_v2",
+    "mobilevit",
 }
+# Architectures whose last hidden state is a (B, C, H, W) feature map (CvT without a class token in its last stage):
+# the spatial mean is the embedding.
+_MEAN_BY_DEFAULT = {"cvt"}
 
 
 @register_backbone("hf_vision")
@@ -29,8 +33,8 @@ class HFVisionBackbone(HFBackbone):
     """Any transformers vision model from its config dict (``ViTConfig(...).to_dict()`` and so on).
 
     Poolings: ``"pooler"`` (the model's ``pooler_output``), ``"cls"`` (first token of ``last_hidden_state``, ViT
-    style), ``"mean"`` (mean over tokens or spatial positions). ``"default"`` picks ``pooler`` for CNNs and CLIP vision,
-    ``cls`` for ViT-like models.
+    style), ``"mean"`` (mean over tokens or spatial positions). ``"default"`` picks ``pooler`` for CNNs, MobileViT and
+    CLIP vision, ``mean`` for CvT (its output is a feature map), ``cls`` for ViT-like models.
     """
 
     modality = "image"
@@ -38,6 +42,8 @@ class HFVisionBackbone(HFBackbone):
     poolings = ("default", "pooler", "cls", "mean")
 
     def default_pooling(self, model_type: str) -> str:
+        if model_type in _MEAN_BY_DEFAULT:
+            return "mean"
         return "pooler" if model_type in _POOLER_BY_DEFAULT else "cls"
 
     def forward(self, pixel_values: torch.Tensor, **unused: torch.Tensor) -> torch.Tensor:

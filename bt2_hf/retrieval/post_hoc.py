@@ -11,7 +11,8 @@ embedding of the same item, e.g. a caption's text embedding and the old model's 
   the new space's geometry and only turns it towards the old one.
 
 Both work on unit-normalised rows (the retrieval protocol's cosine), so what is fitted is a direction map. The result
-is a :class:`LinearMap` whose :meth:`~LinearMap.apply` maps (and re-normalises) new embeddings.
+is a :class:`LinearMap` whose :meth:`~LinearMap.apply` maps (and re-normalises) new embeddings. The closed forms are
+:mod:`bt2_hf.adapters`' (whose modules are the adapters a query model carries); this is their numpy view.
 """
 
 from __future__ import annotations
@@ -71,14 +72,9 @@ def _as_rows(values, name: str, normalize: bool) -> np.ndarray:
 
 
 def _training_pairs(new_embeddings, old_embeddings) -> tuple[np.ndarray, np.ndarray]:
-    x = _as_rows(new_embeddings, "new_embeddings", normalize=True)
-    y = _as_rows(old_embeddings, "old_embeddings", normalize=True)
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"{x.shape[0]} new embeddings but {y.shape[0]} old ones: the training pairs need one old embedding per "
-            "new embedding (row i of each is the same item)."
-        )
-    return x, y
+    from ..adapters import _paired_rows
+
+    return _paired_rows(new_embeddings, old_embeddings)
 
 
 def fit_least_squares_map(new_embeddings, old_embeddings, ridge: float = 1e-3) -> LinearMap:
@@ -96,13 +92,10 @@ def fit_least_squares_map(new_embeddings, old_embeddings, ridge: float = 1e-3) -
     """
     if not ridge >= 0:
         raise ValueError(f"ridge must be a number ≥ 0; got {ridge}.")
+    from ..adapters import reduced_rank_regression
+
     x, y = _training_pairs(new_embeddings, old_embeddings)
-    # centring separates the bias from W, so the penalty shrinks W only
-    x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
-    xc, yc = x - x_mean, y - y_mean
-    gram = xc.T @ xc + ridge * len(x) * np.eye(x.shape[1])
-    weight = np.linalg.lstsq(gram, xc.T @ yc, rcond=None)[0]
-    bias = y_mean - x_mean @ weight
+    weight, bias = reduced_rank_regression(x, y, rank=None, ridge=ridge)
     return LinearMap(weight=weight, bias=bias, kind="least_squares")
 
 
@@ -120,6 +113,7 @@ def fit_procrustes_map(new_embeddings, old_embeddings) -> LinearMap:
     Returns:
         :class:`LinearMap` with ``kind="procrustes"`` and a zero bias.
     """
+    from ..adapters import procrustes_rotation
+
     x, y = _training_pairs(new_embeddings, old_embeddings)
-    u, _, vt = np.linalg.svd(x.T @ y, full_matrices=False)
-    return LinearMap(weight=u @ vt, bias=np.zeros(y.shape[1]), kind="procrustes")
+    return LinearMap(weight=procrustes_rotation(x, y), bias=np.zeros(y.shape[1]), kind="procrustes")
