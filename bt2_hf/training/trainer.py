@@ -41,6 +41,7 @@ from ..modeling_bt2 import BT2Model
 from ..utils.io import atomic_write_json, atomic_write_text
 from .arguments import BT2TrainingArguments, DataArguments, ModelArguments
 from .checkpointing import (
+    check_no_pickles,
     finish_run,
     list_checkpoints,
     load_checkpoint,
@@ -630,9 +631,8 @@ def train(
     warmup = args.warmup_steps + int(round(args.warmup_epochs * steps_per_epoch))
     scheduler = build_lr_scheduler(optimizer, args.lr_scheduler_type, warmup, total_steps)
     # The scheduler is stepped by hand once per optimizer step (not prepared: accelerate would step it once per
-    # process), and saved with the checkpoint through register_for_checkpointing.
+    # process). Checkpoints save it as JSON (checkpointing.py), never through accelerate's pickled custom state.
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     forward_model = torch.compile(model) if args.torch_compile else model
 
     global_step = 0
@@ -641,12 +641,13 @@ def train(
     if args.resume_from_checkpoint:
         owner = read_run(output_dir)  # "latest" means the newest checkpoint of the run that owns output_dir
         resume_path = resolve_checkpoint(output_dir, args.resume_from_checkpoint, owner and owner["run_id"])
+        check_no_pickles(resume_path)  # before anything is written or read: a pickle would run its code
     if accelerator.is_main_process:
         start_run(output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
     accelerator.wait_for_everyone()
     run = read_run(output_dir)
     if resume_path is not None:
-        state = load_checkpoint(accelerator, resume_path)
+        state = load_checkpoint(accelerator, resume_path, model=model, optimizer=optimizer, scheduler=scheduler)
         global_step = int(state["global_step"])
         history = list(state.get("log_history", []))
         logger.info("Resumed from %s at step %d", resume_path, global_step)
@@ -775,7 +776,7 @@ def train(
                 save_checkpoint(
                     accelerator, output_dir, global_step,
                     {"global_step": global_step, "total_steps": total_steps, "log_history": history},
-                    args.save_total_limit, run_id=run["run_id"],
+                    args.save_total_limit, run_id=run["run_id"], model=model, optimizer=optimizer, scheduler=scheduler,
                 )  # fmt: skip
     progress.close()
 
