@@ -8,11 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 from training_helpers import CNN, quick_args, synthetic_data  # noqa: E402
 
+from bt2_hf import BT2Model  # noqa: E402
 from bt2_hf.errors import BT2InputError  # noqa: E402
+from bt2_hf.fingerprint import state_fingerprint as fingerprint_state_and_processor  # noqa: E402
 from bt2_hf.training import DataArguments, ModelArguments, train  # noqa: E402
 from bt2_hf.training.checkpointing import list_checkpoints  # noqa: E402
 
@@ -56,3 +60,42 @@ def test_a_pickle_planted_in_a_checkpoint_is_refused_and_runs_nothing(tmp_path, 
         _train_independent(out, data, resume_from_checkpoint="latest")
     assert not marker.exists()
     assert not (out / "model.safetensors").exists()
+
+
+# ---- 2. The fingerprint covers what is loaded
+
+
+def _tampered_copy(saved_model):
+    """The model's weights with its biggest tensor zeroed: what an attacker wants loaded."""
+    weights = load_file(saved_model / "model.safetensors")
+    name = max(weights, key=lambda k: weights[k].numel())
+    weights[name] = torch.zeros_like(weights[name])
+    return weights
+
+
+def test_a_tampered_pytorch_model_bin_beside_good_safetensors_is_not_loaded(saved_model):
+    torch.save(_tampered_copy(saved_model), saved_model / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="use_safetensors=False.*pytorch_model.bin"):
+        BT2Model.from_pretrained(saved_model, use_safetensors=False)
+    # without the switch the untouched safetensors load, and that is what is verified
+    model = BT2Model.from_pretrained(saved_model)
+    assert model.verified_fingerprint() == fingerprint_state_and_processor(model)
+
+
+def test_a_variant_file_beside_good_safetensors_is_not_loaded(saved_model):
+    save_file(_tampered_copy(saved_model), saved_model / "model.evil.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="variant='evil'.*model.<variant>.safetensors"):
+        BT2Model.from_pretrained(saved_model, variant="evil")
+
+
+def test_a_state_dict_passed_to_from_pretrained_is_refused(saved_model):
+    with pytest.raises(ValueError, match="state_dict="):
+        BT2Model.from_pretrained(saved_model, state_dict=_tampered_copy(saved_model))
+
+
+def test_only_a_pickled_bin_is_never_loaded(saved_model, tmp_path):
+    """A checkpoint whose safetensors were replaced by a .bin: nothing is unpickled, the load is refused."""
+    torch.save(_tampered_copy(saved_model), saved_model / "pytorch_model.bin")
+    (saved_model / "model.safetensors").unlink()
+    with pytest.raises(BT2InputError, match="model.safetensors"):
+        BT2Model.from_pretrained(saved_model)
