@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 from training_helpers import CNN, quick_args, synthetic_data  # noqa: E402
 
 from bt2_hf import BT2Model  # noqa: E402
+from bt2_hf.compatibility import IncompatibleModelsError, entry_content_hash, seal_entry  # noqa: E402
 from bt2_hf.errors import BT2InputError  # noqa: E402
 from bt2_hf.fingerprint import state_fingerprint as fingerprint_state_and_processor  # noqa: E402
 from bt2_hf.training import DataArguments, ModelArguments, train  # noqa: E402
@@ -99,3 +102,138 @@ def test_only_a_pickled_bin_is_never_loaded(saved_model, tmp_path):
     (saved_model / "model.safetensors").unlink()
     with pytest.raises(BT2InputError, match="model.safetensors"):
         BT2Model.from_pretrained(saved_model)
+
+
+# ---- 3. Claims are bound to the model, and 4. measurements never overstate
+
+
+@pytest.fixture(scope="module")
+def measured_pair(tmp_path_factory):
+    """A 16-d old model, a BCT model verified against it (a measured entry on the whole 120-item test split), and an
+    independent 16-d model never measured against it."""
+    from bt2_hf.data import load_fashion_mnist
+    from bt2_hf.verify import verify_compatibility
+    from tests.conftest import write_fashion_like_idx
+
+    root = tmp_path_factory.mktemp("measured")
+    bands = write_fashion_like_idx(root / "bands")
+    data = load_fashion_mnist(bands, "train")
+
+    def fit(name, method, seed=42, **model):
+        args = quick_args(root / name, method, per_device_train_batch_size=32, max_steps=12, seed=seed)
+        return train(ModelArguments(backbone_config=CNN, embedding_dim=16, logit_scale=16.0, **model),
+                     DataArguments(), args, train_data=data)  # fmt: skip
+
+    old = fit("old", "independent")
+    bct = fit("bct", "bct", old_model=str(old))
+    independent = fit("independent", "independent", seed=7)
+    verify_compatibility(bct, old, str(bands), split="test", dataset_name="bands", update_card=False)
+    return {"old": Path(old), "bct": Path(bct), "independent": Path(independent), "bands": bands}
+
+
+def _config(path):
+    return json.loads((Path(path) / "config.json").read_text())
+
+
+def _write_config(path, config):
+    (Path(path) / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _admit(path, old):
+    from bt2_hf.compatibility import admit_query_model
+
+    model = BT2Model.from_pretrained(path)
+    return admit_query_model(model.config, _config(old)["fingerprint"], 16, str(old))
+
+
+def _passing(entry):
+    """The attacker's edit: numbers that pass on every metric."""
+    for metric in ("top1", "top5", "mAP"):
+        entry["metrics"]["new/old"][metric] = entry["metrics"]["old/old"][metric] + 5.0
+    entry["criterion"].update(passed=True, margin={m: 5.0 for m in entry["criterion"]["metrics"]})
+    return entry
+
+
+@pytest.fixture
+def copies(measured_pair, tmp_path):
+    """Copies of the three models that each attack may edit."""
+    return {
+        name: Path(shutil.copytree(measured_pair[name], tmp_path / name)) for name in ("old", "bct", "independent")
+    }
+
+
+def test_the_measured_entry_records_what_it_measured(measured_pair):
+    entry = _config(measured_pair["bct"])["compatible_with"][0]
+    assert entry["query_fingerprint"] == _config(measured_pair["bct"])["fingerprint"]
+    assert entry["fingerprint"] == _config(measured_pair["old"])["fingerprint"]
+    assert entry["dataset"]["size"] == 120 and len(entry["dataset"]["sha256"]) == 64
+    assert entry["entry_sha256"] == entry_content_hash(entry)
+
+
+@pytest.mark.parametrize("reseal", [False, True], ids=["as-pasted", "hash-recomputed"])
+def test_an_entry_copied_into_the_independent_models_config_is_refused(copies, reseal):
+    entry = _passing(_config(copies["bct"])["compatible_with"][0])
+    if reseal:
+        seal_entry(entry)
+    config = _config(copies["independent"])
+    config["compatible_with"] = [entry]
+    _write_config(copies["independent"], config)
+    with pytest.raises(IncompatibleModelsError, match="measured on another query model.*copied"):
+        _admit(copies["independent"], copies["old"])
+
+
+def test_an_entry_edited_to_pass_is_refused(copies):
+    config = _config(copies["bct"])
+    _passing(config["compatible_with"][0])
+    _write_config(copies["bct"], config)
+    with pytest.raises(IncompatibleModelsError, match="content hash does not match.*edited"):
+        _admit(copies["bct"], copies["old"])
+
+
+@pytest.mark.parametrize("drop_top1", [False, True], ids=["judged-on-mAP-only", "top1-removed"])
+def test_an_entry_rejudged_on_fewer_metrics_is_refused_even_with_its_hash_recomputed(copies, drop_top1):
+    config = _config(copies["bct"])
+    entry = config["compatible_with"][0]
+    old_old = entry["metrics"]["old/old"]
+    entry["metrics"]["new/old"].update(top1=old_old["top1"] - 5.0, mAP=old_old["mAP"] + 5.0)  # top-1 fails
+    if drop_top1:
+        for values in entry["metrics"].values():
+            values.pop("top1")
+    entry["criterion"].update(metric="mAP", metrics=["mAP"], passed=True, margin={"mAP": 5.0})
+    _write_config(copies["bct"], {**config, "compatible_with": [seal_entry(entry)]})
+    match = "no new/old and old/old \\['top1'\\]" if drop_top1 else "FAILED.*top1 new→old"
+    with pytest.raises(IncompatibleModelsError, match=match):
+        _admit(copies["bct"], copies["old"])
+
+
+def test_a_smaller_measurement_does_not_replace_a_larger_one(copies, measured_pair, capsys):
+    from bt2_hf.cli.main import main as bt2_main
+
+    before = _config(copies["bct"])["compatible_with"][0]
+    command = ["verify", str(copies["bct"]), "--old", str(copies["old"]), "--data", str(measured_pair["bands"]),
+               "--dataset_name", "bands", "--max_per_class", "3"]  # fmt: skip
+    assert bt2_main(command) == 2
+    assert "120 items" in capsys.readouterr().err
+    assert _config(copies["bct"])["compatible_with"][0] == before  # the 120-item entry stays
+
+    bt2_main([*command, "--no_write"])
+    assert "not recorded (--no_write)" in capsys.readouterr().out
+    assert _config(copies["bct"])["compatible_with"][0] == before
+
+    bt2_main([*command, "--replace"])
+    entry = _config(copies["bct"])["compatible_with"][0]
+    assert entry["dataset"]["size"] == 30  # 3 of each of the 10 classes: per class, not in all
+    assert entry["replaced"]["dataset"]["size"] == 120 and "--replace" in capsys.readouterr().out
+
+
+def test_admission_says_which_measurement_it_used(measured_pair):
+    from bt2_hf.compatibility import AdmissionPolicy, admit_query_model
+
+    model = BT2Model.from_pretrained(measured_pair["bct"])
+    old = _config(measured_pair["old"])["fingerprint"]
+    entry = model.config.compatible_with[0]
+    lenient = AdmissionPolicy(required_metrics=("top1", "mAP"), min_margin=-100.0)
+    admission = admit_query_model(model.config, old, 16, "old", policy=lenient)
+    assert "bands:test (120 items" in admission.evidence and entry["entry_sha256"][:12] in admission.evidence
+    with pytest.raises(IncompatibleModelsError, match="120 held-out items.*at least 1000"):
+        admit_query_model(model.config, old, 16, "old", policy=AdmissionPolicy(min_margin=-100.0, min_size=1000))
