@@ -76,18 +76,76 @@ def read_run(output_dir: str | os.PathLike) -> dict[str, Any] | None:
     return run
 
 
-def start_run(output_dir: str | os.PathLike, overwrite: bool, resume: bool) -> dict[str, Any]:
+# Settings that may change between a run and its resume without changing what is trained.
+RESUMABLE_SETTINGS = frozenset({
+    "output_dir", "resume_from_checkpoint", "resume_with_changes", "stop_after_steps", "logging_steps", "log_with",
+    "disable_tqdm", "save_steps", "save_total_limit", "overwrite_output_dir", "torch_compile",
+})  # fmt: skip
+
+
+def settings_differences(recorded: dict[str, Any], asked: dict[str, Any]) -> list[str]:
+    """``"name: recorded X, asked Y"`` for each setting that differs (both dicts of JSON values, by section)."""
+    differences = []
+    for section in sorted(set(recorded) | set(asked)):
+        before, now = recorded.get(section) or {}, asked.get(section) or {}
+        for name in sorted(set(before) | set(now)):
+            if name in RESUMABLE_SETTINGS or before.get(name) == now.get(name):
+                continue
+            differences.append(f"{name}: recorded {before.get(name)!r}, asked {now.get(name)!r}")
+    return differences
+
+
+def check_resume_settings(output_dir: str | os.PathLike, settings: dict[str, Any], allow_changes: bool) -> list[str]:
+    """Refuse to resume the run that owns ``output_dir`` with other settings than it recorded, unless
+    ``allow_changes`` (``--resume_with_changes``); return the differences.
+
+    Raises:
+        `ValueError`: naming each differing setting (recorded and asked) and the fix.
+    """
+    run = read_run(output_dir)
+    if run is None or "settings" not in run:
+        logger.warning("%s records no settings (written by an older bt2_hf): resuming without comparing them.",
+                       output_dir)  # fmt: skip
+        return []
+    differences = settings_differences(run["settings"], settings)
+    if differences and not allow_changes:
+        raise ValueError(
+            f"Cannot resume the run in {output_dir} with other settings than it was started with: "
+            + "; ".join(differences)
+            + ". Resume with the recorded settings, start a new run (--overwrite_output_dir or another output_dir), "
+            "or pass --resume_with_changes to continue with these (recorded in run.json)."
+        )
+    return differences
+
+
+def start_run(
+    output_dir: str | os.PathLike,
+    overwrite: bool,
+    resume: bool,
+    settings: dict[str, Any] | None = None,
+    changes: list[str] | None = None,
+) -> dict[str, Any]:
     """Make ``output_dir`` belong to this run (main process only) and return its record.
 
     A fresh run into a non-empty directory (allowed by ``overwrite``) first moves the previous contents aside with one
     rename; a resumed run keeps the directory's run (or adopts a directory written before run ids).
+
+    Args:
+        settings (`dict`, *optional*): the run's settings (JSON), recorded so that a resume can compare them.
+        changes (`list[str]`, *optional*): settings a resume changed (``--resume_with_changes``), recorded.
     """
     output_dir = Path(output_dir).resolve()
     if resume:
         run = read_run(output_dir)
         if run is not None:
+            if changes:
+                resumed = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                run.setdefault("resumed_with_changes", []).append({"at": resumed, "changes": changes})
+                atomic_write_json(output_dir / RUN_FILE, run)
             return run
     run = {"run_id": new_run_id(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "replaced": None}
+    if settings is not None:
+        run["settings"] = settings
     if not resume and overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
         previous = read_run(output_dir) if (output_dir / RUN_FILE).is_file() else None
         label = previous["run_id"] if previous else time.strftime("%Y%m%d-%H%M%S", time.gmtime())

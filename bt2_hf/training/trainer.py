@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -42,6 +43,7 @@ from ..utils.io import atomic_write_json, atomic_write_text
 from .arguments import BT2TrainingArguments, DataArguments, ModelArguments
 from .checkpointing import (
     check_no_pickles,
+    check_resume_settings,
     finish_run,
     list_checkpoints,
     load_checkpoint,
@@ -409,6 +411,17 @@ def _make_loader(data: ImageClassificationData, batch_size: int, accelerator, ar
     )
 
 
+def _run_settings(model_args, data_args, args, method) -> dict[str, Any]:
+    """What a run trains with, as JSON (recorded in run.json; a resume must ask the same, see check_resume_settings)."""
+
+    def plain(values: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(json.dumps(values, default=str))
+
+    return {"model": plain(dataclasses.asdict(model_args)), "data": plain(dataclasses.asdict(data_args)),
+            "training": plain(dataclasses.asdict(args)),
+            "method": plain({"name": method.name, **method.config.to_dict()})}  # fmt: skip
+
+
 def _write_logs(output_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_json(output_dir / LOG_FILE, history)
     keys: list[str] = []
@@ -642,8 +655,13 @@ def train(
         owner = read_run(output_dir)  # "latest" means the newest checkpoint of the run that owns output_dir
         resume_path = resolve_checkpoint(output_dir, args.resume_from_checkpoint, owner and owner["run_id"])
         check_no_pickles(resume_path)  # before anything is written or read: a pickle would run its code
+    settings = _run_settings(model_args, data_args, args, method)
+    changes = (
+        check_resume_settings(output_dir, settings, args.resume_with_changes) if args.resume_from_checkpoint else None
+    )
     if accelerator.is_main_process:
-        start_run(output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
+        start_run(output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint),
+                  settings=settings, changes=changes)  # fmt: skip
     accelerator.wait_for_everyone()
     run = read_run(output_dir)
     if resume_path is not None:

@@ -237,3 +237,22 @@ def test_admission_says_which_measurement_it_used(measured_pair):
     assert "bands:test (120 items" in admission.evidence and entry["entry_sha256"][:12] in admission.evidence
     with pytest.raises(IncompatibleModelsError, match="120 held-out items.*at least 1000"):
         admit_query_model(model.config, old, 16, "old", policy=AdmissionPolicy(min_margin=-100.0, min_size=1000))
+
+
+# ---- 5. Resume is this run's
+
+
+def test_resuming_with_other_settings_is_refused_naming_each_difference(tmp_path):
+    data = synthetic_data(n=48)
+    out = tmp_path / "run"
+    _train_independent(out, data, stop_after_steps=2, seed=1, learning_rate=1e-3)
+    with pytest.raises(ValueError) as error:
+        _train_independent(out, data, seed=2, learning_rate=5e-3, resume_from_checkpoint="latest")
+    message = str(error.value)
+    assert "seed: recorded 1, asked 2" in message and "learning_rate: recorded 0.001, asked 0.005" in message
+    assert "--resume_with_changes" in message and not (out / "model.safetensors").exists()
+
+    _train_independent(out, data, seed=2, learning_rate=5e-3, resume_from_checkpoint="latest",
+                       resume_with_changes=True)  # fmt: skip
+    recorded = json.loads((out / "run.json").read_text())["resumed_with_changes"]
+    assert any("seed: recorded 1, asked 2" in change for change in recorded[0]["changes"])
