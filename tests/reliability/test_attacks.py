@@ -6,9 +6,11 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -256,3 +258,68 @@ def test_resuming_with_other_settings_is_refused_naming_each_difference(tmp_path
                        resume_with_changes=True)  # fmt: skip
     recorded = json.loads((out / "run.json").read_text())["resumed_with_changes"]
     assert any("seed: recorded 1, asked 2" in change for change in recorded[0]["changes"])
+
+
+# ---- 6. Galleries check their files
+
+ENCODER = {"fingerprint": "sha256:" + "a" * 64, "name_or_path": "org/old", "embedding_dim": 8}
+
+
+def _gallery(path, **kwargs):
+    from bt2_hf.galleries import FaissGallery
+
+    vectors = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+    return FaissGallery.build(path, vectors, encoder=ENCODER, **kwargs)
+
+
+def test_reversed_vectors_rows_are_detected(tmp_path):
+    from bt2_hf.galleries import FaissGallery
+
+    _gallery(tmp_path / "g", index_type="ivf", nlist=2)
+    vectors = np.load(tmp_path / "g" / "vectors.npy")
+    np.save(tmp_path / "g" / "vectors.npy", vectors[::-1].copy())  # same size, every re-ranking answer changes
+    with pytest.raises(BT2InputError, match="vectors.npy.*sha256"):
+        FaissGallery.open(tmp_path / "g")
+    with open(tmp_path / "g" / "vectors.npy", "ab") as handle:  # and a size change is caught without hashing
+        handle.write(b"\0" * 32)
+    with pytest.raises(BT2InputError, match="vectors.npy holds .* bytes"):
+        FaissGallery.open(tmp_path / "g", verify=False)
+
+
+@pytest.mark.parametrize("key", ["encoder", "dimension", "files"])
+def test_a_manifest_missing_a_key_is_named_not_a_key_error(tmp_path, key):
+    from bt2_hf.galleries import FaissGallery
+
+    _gallery(tmp_path / "g")
+    manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    del manifest[key]
+    (tmp_path / "g" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BT2InputError, match=f"manifest has no '{key}'"):
+        FaissGallery.open(tmp_path / "g")
+
+
+def test_of_two_concurrent_builds_into_a_new_directory_exactly_one_succeeds(tmp_path, monkeypatch):
+    """Build B starts after build A's existence check and finishes first: A must fail, B's gallery stays."""
+    from bt2_hf.galleries import FaissGallery, faiss_store
+
+    target = tmp_path / "g"
+    real_build_index = faiss_store.build_faiss_index
+    other = {}
+
+    def build_index_while_another_build_finishes(vectors, index_type, params):
+        if not other:  # build B: another process, run to completion inside build A
+            other["started"] = True
+            script = (
+                "import json, sys, numpy as np\nfrom bt2_hf.galleries import FaissGallery\n"
+                "FaissGallery.build(sys.argv[1], np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32),"
+                " encoder=json.loads(sys.argv[2]))\n"
+            )
+            env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+            subprocess.run([sys.executable, "-c", script, str(target), json.dumps(ENCODER)], check=True, env=env)
+        return real_build_index(vectors, index_type, params)
+
+    monkeypatch.setattr(faiss_store, "build_faiss_index", build_index_while_another_build_finishes)
+    with pytest.raises(FileExistsError, match="appeared while this one was being built"):
+        _gallery(target, index_type="hnsw")
+    assert FaissGallery.open(target).manifest["index"]["type"] == "flat"  # B's gallery, not replaced
+    assert [p.name for p in tmp_path.iterdir()] == ["g"]  # A's staging folder is gone
