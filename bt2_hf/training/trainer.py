@@ -126,6 +126,12 @@ def _first_non_finite(values: dict[str, torch.Tensor]) -> tuple[str, float] | No
     return None
 
 
+# Divergence short of NaN: a step's loss above this multiple of the run's first logged loss, or a weight above this
+# absolute value at a save, stops the run (nothing is saved). Trained weights of these models stay far below it.
+DIVERGENCE_FACTOR = 100.0
+WEIGHT_BOUND = 1e6
+
+
 @torch.no_grad()
 def _check_finite_model(model: torch.nn.Module, step: int) -> None:
     """Refuse to save a model holding NaN or inf (one pass over the weights, before every save).
@@ -141,6 +147,14 @@ def _check_finite_model(model: torch.nn.Module, step: int) -> None:
                 "Nothing was saved for this step; earlier checkpoints are intact. Lower the learning rate or check "
                 "the data."
             )
+        if tensor.is_floating_point() and tensor.numel():
+            largest = float(tensor.detach().abs().max())
+            if largest > WEIGHT_BOUND:
+                raise FloatingPointError(
+                    f"Training diverged: after step {step} the weight {name} reaches {largest:.3g} in absolute value "
+                    f"(the bound is {WEIGHT_BOUND:g}). Nothing was saved for this step; earlier checkpoints are "
+                    "intact. Lower the learning rate."
+                )
 
 
 def _check_output_dir(args: BT2TrainingArguments) -> None:
@@ -674,6 +688,8 @@ def train(
             "bt2_hf", config={**dataclasses.asdict(args), **method.config.to_dict(), "method": method.name}
         )
 
+    # the loss divergence is judged against: the run's first logged loss (kept in the log across a resume)
+    first_loss = next((float(e["loss"]) for e in history if "loss" in e), None)
     stop_at = min(total_steps, args.stop_after_steps) if args.stop_after_steps else total_steps
     progress = tqdm(
         total=total_steps,
@@ -738,12 +754,23 @@ def train(
                 grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
             # One host sync per step: a NaN/inf loss term or gradient stops the run before it reaches the weights.
             checked = {**step_losses, "grad_norm": torch.as_tensor(grad_norm, dtype=torch.float32, device=device)}
-            if not bool(torch.isfinite(torch.stack([v.reshape(()).to(device) for v in checked.values()])).all()):
+            checked_values = torch.stack([v.reshape(()).to(device) for v in checked.values()]).tolist()
+            if not all(math.isfinite(v) for v in checked_values):
                 term, value = _first_non_finite(checked)
                 raise FloatingPointError(
                     f"Training diverged at step {global_step + 1}: {term} = {value}. Nothing was saved for this step; "
                     f"earlier checkpoints are intact. Lower the learning rate (now {scheduler.get_last_lr()[0]:.3g}) "
                     "or check the data."
+                )
+            # A finite but exploding loss diverges too: far above where this run started, it stops, saving nothing.
+            step_loss = checked_values[list(checked).index("loss")]
+            if first_loss is None:
+                first_loss = step_loss
+            elif step_loss > DIVERGENCE_FACTOR * max(first_loss, 0.1):
+                raise FloatingPointError(
+                    f"Training diverged at step {global_step + 1}: loss = {step_loss:.4g}, more than "
+                    f"{DIVERGENCE_FACTOR:g}× the first logged loss ({first_loss:.4g}). Nothing was saved for this step; "
+                    f"earlier checkpoints are intact. Lower the learning rate (now {scheduler.get_last_lr()[0]:.3g})."
                 )
             optimizer.step()
             scheduler.step()

@@ -323,3 +323,15 @@ def test_of_two_concurrent_builds_into_a_new_directory_exactly_one_succeeds(tmp_
         _gallery(target, index_type="hnsw")
     assert FaissGallery.open(target).manifest["index"]["type"] == "flat"  # B's gallery, not replaced
     assert [p.name for p in tmp_path.iterdir()] == ["g"]  # A's staging folder is gone
+
+
+# ---- 7. Smaller holes
+
+
+def test_training_at_lr_1e6_stops_with_the_step_and_saves_nothing(tmp_path):
+    from bt2_hf.cli.main import main as bt2_main  # noqa: F401  (the CLI maps the error to a non-zero exit)
+
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match=r"diverged (at|after) step \d+"):
+        _train_independent(out, synthetic_data(n=48), learning_rate=1e6, max_steps=6, save_steps=0)
+    assert not (out / "model.safetensors").exists() and not list_checkpoints(out)
