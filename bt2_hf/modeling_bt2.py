@@ -475,6 +475,9 @@ class BT2Model(BT2PreTrainedModel):
             `BT2InputError`: a weight file is truncated or corrupted (the message names it).
         """
         name = str(pretrained_model_name_or_path)
+        _refuse_other_weight_sources(name, kwargs)
+        # transformers then reads model*.safetensors, the files hashed below, and never falls back to a pickled .bin
+        kwargs["use_safetensors"] = True
         if not os.path.exists(name) and os.path.isdir(os.path.dirname(os.path.abspath(name))):
             recover_directory(name)  # a swap cut between its two renames (platforms without an atomic exchange)
         hub_kwargs = {
@@ -612,6 +615,36 @@ def _fetch_optional(name_or_path: str | os.PathLike, filename: str, hub_kwargs: 
         _raise_exceptions_for_connection_errors=False,
         **(hub_kwargs or {}),
     )
+
+
+# from_pretrained options that make transformers read weights other than model*.safetensors (the files the
+# fingerprint is computed on), with what each would load instead.
+_OTHER_WEIGHT_SOURCES = {
+    "use_safetensors": "pytorch_model.bin (a pickle) instead of model.safetensors",
+    "variant": "model.<variant>.safetensors instead of model.safetensors",
+    "gguf_file": "a GGUF file",
+    "from_tf": "TensorFlow weights",
+    "from_flax": "Flax weights",
+    "state_dict": "the given state dict instead of the stored weights",
+}
+
+
+def _refuse_other_weight_sources(name: str, kwargs: dict[str, Any]) -> None:
+    """Refuse the switches that would load weights the fingerprint does not cover: the model would otherwise report
+    the recorded fingerprint as verified for files that were never hashed."""
+    for option, loads in _OTHER_WEIGHT_SOURCES.items():
+        value = kwargs.get(option)
+        if option == "use_safetensors":
+            harmless = value is None or value is True
+        else:
+            harmless = value in (None, False, "")
+        if harmless:
+            continue
+        raise ValueError(
+            f"BT2Model.from_pretrained({name!r}, {option}={value!r}) would load {loads}, which the fingerprint in "
+            "config.json does not cover. bt2_hf checkpoints load from model*.safetensors only: drop "
+            f"{option}=, or re-save the weights you mean with save_pretrained (which fingerprints them)."
+        )
 
 
 def _weight_files(name_or_path: str | os.PathLike, hub_kwargs: dict[str, Any] | None = None) -> list[str]:

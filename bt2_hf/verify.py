@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .compatibility import DEFAULT_CRITERION_METRICS, declare_compatibility
+from .fingerprint import fingerprint_model
 from .utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ def verify_compatibility(
     update_card: bool = True,
     repo_id: str | None = None,
     reuse_old_from: VerificationResult | None = None,
+    replace: bool = False,
 ) -> VerificationResult:
     """Measure old→old, new→old and new→new on a held-out split, judge the criterion and record the entry.
 
@@ -164,8 +166,8 @@ def verify_compatibility(
             split the models were trained on.
         data_dir (`str`, *optional*): directory of the Fashion-MNIST IDX files when ``data="fashion_mnist"``.
         dataset_name (`str`, *optional*): the name recorded; defaults to ``data`` (or the directory's name).
-        max_per_class (`int`, *optional*): evaluate on at most this many items per class (drawn with ``seed``); the
-            hash and size recorded are those of the subset.
+        max_per_class (`int`, *optional*): evaluate on at most this many items of each class (drawn with ``seed``);
+            the hash and size recorded are those of the subset.
         seed (`int`, *optional*, defaults to 0): seed of the subsample.
         metrics (`Sequence[str]`, *optional*, defaults to ``("top1", "top5", "map")``): evaluator metric names.
         criterion_metrics (`Sequence[str]`, *optional*, defaults to ``("top1", "mAP")``): the criterion must hold on
@@ -185,6 +187,10 @@ def verify_compatibility(
             measured again (pipelines that verify several candidates). Checked, not trusted: the old model's
             fingerprint, the split's content hash and the metrics must be the same, or a `ValueError` says which
             differs.
+        replace (`bool`, *optional*, defaults to `False`): let this measurement replace an existing measured entry
+            for the same old model that used more items or another split (recorded in the entry as ``replaced``).
+            Without it such a replacement is refused before anything is embedded: a smaller measurement never
+            silently overrides a larger one.
 
     Returns:
         :class:`VerificationResult`: ``.entry`` (recorded), ``.passed``, ``.margin``, ``.report`` (a ``PairReport``),
@@ -218,7 +224,7 @@ def verify_compatibility(
             )
     split_data, name = _load_split(data, split, data_dir, dataset_name)
     if max_per_class is not None:
-        split_data = split_data.take_per_class(max_per_class, seed=seed)
+        split_data = split_data.take_each_class(max_per_class, seed=seed)
     if split_data.images is None:
         raise ValueError("bt2 verify needs the split in memory (load_image_classification(..., in_memory=True)).")
     if len(split_data) < 2:
@@ -233,6 +239,8 @@ def verify_compatibility(
         dataset.update(max_per_class=int(max_per_class), seed=int(seed))
 
     old_name = old_name or (str(old) if old_path is not None else None) or old_model.config.name_or_path
+    old_fingerprint = old_model.config.fingerprint or fingerprint_model(old_model)
+    replaced = _check_replacement(new_model.config, old_fingerprint, dataset, replace) if write else None
     new_name = str(new) if new_path is not None else (new_model.config.name_or_path or "<new model>")
 
     def embed(model) -> np.ndarray:
@@ -266,6 +274,9 @@ def verify_compatibility(
         revision=old_revision,
         name_or_path=old_name,
         criterion_metrics=criterion_metrics,
+        # the verified fingerprint of the weights measured (a never-saved model: of its state now)
+        query_fingerprint=fingerprint_model(new_model),
+        replaced=replaced,
     )
     written_to = None
     if write and new_path is not None and (Path(new_path) / "config.json").is_file():
@@ -276,6 +287,8 @@ def verify_compatibility(
             create_or_update_model_card(new_path, repo_id=repo_id or new_model.config.name_or_path or None)
     elif write and new_path is not None:
         logger.warning("%s is not a local checkpoint directory: the entry was not written to disk.", new_path)
+    elif not write:
+        logger.info("Not written (write=False): %s's config.json is unchanged.", new_name)
     outcome = entry["criterion"]
     logger.info(
         "%s → %s on %s:%s (%d items): criterion %s (margin %s).",
@@ -286,6 +299,35 @@ def verify_compatibility(
         entry=entry, report=report, dataset=dataset, new_name=new_name, old_name=old_name, written_to=written_to,
         embeddings=embeddings, labels=labels,
     )  # fmt: skip
+
+
+def _check_replacement(
+    new_config: Any, old_fingerprint: str, dataset: dict[str, Any], replace: bool
+) -> dict[str, Any] | None:
+    """Refuse to replace a measured entry with one on fewer items or another split, unless ``replace``; return what
+    is replaced (recorded in the new entry) when it is."""
+    from .compatibility import entry_status, same_fingerprint
+
+    existing = next(
+        (e for e in new_config.compatible_with or [] if same_fingerprint(e.get("fingerprint"), old_fingerprint)), None
+    )
+    if existing is None or entry_status(existing) != "measured":
+        return None
+    before = existing.get("dataset") or {}
+    smaller = not isinstance(before.get("size"), int) or dataset["size"] < before["size"]
+    other_split = (before.get("name"), before.get("split")) != (dataset["name"], dataset["split"])
+    if not (smaller or other_split):
+        return None
+    described = f"{before.get('name')}:{before.get('split')} ({before.get('size')} items)"
+    if not replace:
+        raise ValueError(
+            f"{new_config.name_or_path or 'The new model'} already records a measurement against this old model on "
+            f"{described}; this one is on {dataset['name']}:{dataset['split']} ({dataset['size']} items). A measured "
+            "entry is replaced only by one on at least as many items of the same split: measure on the whole split "
+            "(without --max_per_class), or pass --replace (replace=True) to replace it anyway (recorded in the entry)."
+        )
+    logger.warning("Replacing the measurement on %s with one on %d items (--replace).", described, dataset["size"])
+    return {"dataset": dict(before), "date": existing.get("date"), "entry_sha256": existing.get("entry_sha256")}
 
 
 def _check_reusable(

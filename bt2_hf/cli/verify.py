@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--independent", help="an independently trained new model (adds update gain and tax)")
     parser.add_argument("--data_dir", help="directory of the Fashion-MNIST IDX files for --data fashion_mnist")
     parser.add_argument("--dataset_name", help="the data set's name to record (default: --data)")
-    parser.add_argument("--max_per_class", type=int, help="evaluate on at most this many items per class")
+    parser.add_argument("--max_per_class", type=int, help="evaluate on at most this many items of each class")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --max_per_class subsample")
     parser.add_argument("--old_name", help="the old model's name to record, e.g. its Hub id (default: --old)")
     parser.add_argument("--old_revision", help="the old model's Hub revision to record")
@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no_write", action="store_true", help="measure and print only; leave config.json as it is")
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace an existing measurement on more items or another split (recorded in the entry)",
+    )
     parser.add_argument("--output", help="also write the verification (entry + PairReport) to this JSON file")
     return snake_case_flags(parser)
 
@@ -75,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             device=args.device,
             write=not args.no_write,
+            replace=args.replace,
         )
     except (
         ValueError,
@@ -89,7 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     for line in summary_lines(result):
         print(line)
     if result.written_to is not None:
-        print(f"recorded in {result.written_to}")
+        replaced = result.entry.get("replaced")
+        note = (
+            f" (replacing the measurement on {replaced['dataset'].get('size')} items, --replace)" if replaced else ""
+        )
+        print(f"recorded in {result.written_to}{note}")
+    elif args.no_write:
+        print("not recorded (--no_write): config.json is unchanged")
     if args.output:
         from bt2_hf.utils.io import atomic_write_json
 

@@ -16,6 +16,12 @@ tower's queries over a text gallery): Q is admitted on G's vectors cut to a shar
 5. G has a measured, passing entry for a model A, and Q is admitted to A's galleries by rules 1–3: both live in A's
    space, compared on A's width.
 
+A measured entry counts only when it is bound to the query model and re-judged by the gallery (:func:`check_measured`):
+its ``query_fingerprint`` is the query model's (verified) fingerprint, so an entry copied from another model's config
+is refused; its ``entry_sha256`` matches its content, so an entry edited after ``bt2 verify`` wrote it is refused;
+and the criterion is judged again from its recorded metrics with the gallery's :class:`AdmissionPolicy` (which metrics,
+minimum margin, minimum held-out size), never with the entry's own ``criterion`` (its ``metrics`` and ``passed``).
+
 Everything else is refused with an error naming both models and the ``bt2 verify`` command that would measure the
 pair. A relation that is known but unmeasured (a ``declared`` entry, an inherited one with an unmeasured link, or only
 ``training.trained_against``) is admitted with ``allow_unmeasured=True``: an explicit override that is logged and
@@ -31,9 +37,111 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..fingerprint import short_fingerprint
-from .schema import IncompatibleModelsError, entry_status, judged_metrics, same_fingerprint
+from .criterion import DEFAULT_CRITERION_METRICS, canonical_metric
+from .schema import (
+    ENTRY_HASH_KEY,
+    IncompatibleModelsError,
+    entry_content_hash,
+    entry_status,
+    same_fingerprint,
+)
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AdmissionPolicy:
+    """The gallery owner's rule for measured entries: what a measurement must show for a query model to be admitted.
+
+    Args:
+        required_metrics (`tuple[str]`, *optional*, defaults to ``("top1", "mAP")``): ``M(new/old) − M(old/old)``
+            must exceed ``min_margin`` on every one of them; an entry that lacks one is refused.
+        min_margin (`float`, *optional*, defaults to 0.0): the margin each required metric must exceed, in points.
+        min_size (`int`, *optional*, defaults to 0): the fewest held-out items a measurement may have used.
+    """
+
+    required_metrics: tuple[str, ...] = DEFAULT_CRITERION_METRICS
+    min_margin: float = 0.0
+    min_size: int = 0
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> AdmissionPolicy:
+        """A policy from a gallery manifest's ``policy`` (``None``: the default policy)."""
+        if values is None:
+            return cls()
+        if not isinstance(values, Mapping):
+            raise ValueError(f"an admission policy must be a dict, got {type(values).__name__}")
+        unknown = set(values) - {"required_metrics", "min_margin", "min_size"}
+        if unknown:
+            raise ValueError(f"unknown admission policy keys {sorted(unknown)}")
+        metrics = values.get("required_metrics", DEFAULT_CRITERION_METRICS)
+        if isinstance(metrics, str) or not metrics or not all(isinstance(m, str) for m in metrics):
+            raise ValueError(f"required_metrics must be a non-empty list of metric names, got {metrics!r}")
+        margin, size = values.get("min_margin", 0.0), values.get("min_size", 0)
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+            raise ValueError(f"min_margin must be a number of points, got {margin!r}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"min_size must be an int >= 0, got {size!r}")
+        return cls(tuple(canonical_metric(m) for m in metrics), float(margin), size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"required_metrics": list(self.required_metrics), "min_margin": self.min_margin,
+                "min_size": self.min_size}  # fmt: skip
+
+
+def check_measured(
+    entry: Mapping[str, Any], query_fingerprint: str | None, policy: AdmissionPolicy | None = None
+) -> str | None:
+    """Why a measured entry does not admit its query model to the entry's gallery, or ``None`` when it does.
+
+    Checked in this order: the entry names the query model it measured (``query_fingerprint``, equal to
+    ``query_fingerprint`` given: the query model's verified fingerprint); its content hash matches; its data set
+    is large enough; and, re-judged from the recorded metrics with ``policy`` (never the entry's own criterion),
+    ``M(new/old) − M(old/old) > min_margin`` on every required metric.
+    """
+    policy = policy or AdmissionPolicy()
+    measured_query = entry.get("query_fingerprint")
+    if not measured_query:
+        return ("the entry does not record which query model it measured (written by an older bt2_hf, or by "
+                "hand); re-run `bt2 verify`, which binds the entry to the model")  # fmt: skip
+    if not same_fingerprint(measured_query, query_fingerprint):
+        return (f"the entry was measured on another query model (fingerprint {short_fingerprint(measured_query)}, "
+                f"this model is {short_fingerprint(query_fingerprint)}): it was copied from another model's config")  # fmt: skip
+    recorded_hash = entry.get(ENTRY_HASH_KEY)
+    try:
+        actual_hash = entry_content_hash(entry)
+    except (TypeError, ValueError):
+        actual_hash = None
+    if recorded_hash != actual_hash:
+        return ("the entry's content hash does not match its content: it was edited after `bt2 verify` wrote it "
+                "(or written by hand)")  # fmt: skip
+    size = (entry.get("dataset") or {}).get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < policy.min_size:
+        return f"it was measured on {size} held-out items; the gallery's policy needs at least {policy.min_size}"
+    metrics = entry.get("metrics") or {}
+    failing, missing = [], []
+    for metric in policy.required_metrics:
+        try:
+            new_old, old_old = float(metrics["new/old"][metric]), float(metrics["old/old"][metric])
+        except (KeyError, TypeError, ValueError):
+            missing.append(metric)
+            continue
+        if not new_old - old_old > policy.min_margin:
+            failing.append(f"{metric} new→old {new_old:.2f} vs old→old {old_old:.2f}")
+    if missing:
+        return (f"the entry has no new/old and old/old {missing}; the gallery's policy judges "
+                f"{list(policy.required_metrics)} (an entry judged on fewer metrics does not count)")  # fmt: skip
+    if failing:
+        return (f"re-judged with the gallery's policy (every one of {list(policy.required_metrics)} must beat "
+                f"old→old by more than {policy.min_margin:g} points), the criterion FAILED: {'; '.join(failing)}")  # fmt: skip
+    return None
+
+
+def _evidence(entry: Mapping[str, Any]) -> str:
+    dataset = entry.get("dataset") or {}
+    return (f"{dataset.get('name')}:{dataset.get('split')} ({dataset.get('size')} items, data sha256 "
+            f"{str(dataset.get('sha256'))[:12]}, measured {entry.get('date')}, entry "
+            f"{str(entry.get(ENTRY_HASH_KEY))[:12]})")  # fmt: skip
 
 
 @dataclass
@@ -50,6 +158,7 @@ class Admission:
         entry (`dict`, *optional*): the ``compatible_with`` entry (or ``trained_against`` record) it rests on.
         gallery_prefix_dim (`int`, *optional*): compare with only the leading dims of the gallery's vectors (rules 4
             and 5 of the module docstring); ``None``: the whole gallery vector.
+        evidence (`str`, *optional*): which measurement it used (data set, split, size, date, entry hash).
     """
 
     prefix_dim: int
@@ -59,6 +168,7 @@ class Admission:
     overridden: bool = False
     entry: dict | None = None
     gallery_prefix_dim: int | None = None
+    evidence: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,11 +202,15 @@ def _find_entry(config: Any, fingerprint: str) -> dict | None:
     )
 
 
-def _measured_passing(entry: Mapping[str, Any] | None) -> bool:
-    return bool(entry) and entry_status(entry) == "measured" and bool((entry.get("criterion") or {}).get("passed"))
+def _measured_passing(
+    entry: Mapping[str, Any] | None, query_fingerprint: str | None, policy: AdmissionPolicy | None = None
+) -> bool:
+    return (
+        bool(entry) and entry_status(entry) == "measured" and check_measured(entry, query_fingerprint, policy) is None
+    )
 
 
-def is_measured_compatible(config: Any, gallery_fingerprint: str) -> bool:
+def is_measured_compatible(config: Any, gallery_fingerprint: str, policy: AdmissionPolicy | None = None) -> bool:
     """Whether ``config``'s model is admitted to ``gallery_fingerprint``'s galleries by measurement alone (rules 1–3
     of the module docstring; no override). Used to close lineages: an inherited entry records it as ``link_passed``."""
     if same_fingerprint(getattr(config, "fingerprint", None), gallery_fingerprint):
@@ -105,11 +219,12 @@ def is_measured_compatible(config: Any, gallery_fingerprint: str) -> bool:
     if entry is None:
         return False
     status = entry_status(entry)
+    own = getattr(config, "fingerprint", None)
     if status == "measured":
-        return _measured_passing(entry)
+        return _measured_passing(entry, own, policy)
     if status == "inherited":
         via = _find_entry(config, entry.get("via_fingerprint") or "") if entry.get("via_fingerprint") else None
-        return bool(entry.get("link_passed")) and _measured_passing(via)
+        return bool(entry.get("link_passed")) and _measured_passing(via, own, policy)
     return False
 
 
@@ -128,10 +243,10 @@ def _width_checked(prefix: int, query_config: Any, gallery_dim: int, query: str,
     return prefix
 
 
-def _failing_detail(entry: Mapping[str, Any]) -> str:
-    criterion, metrics = entry.get("criterion") or {}, entry.get("metrics") or {}
+def _failing_detail(entry: Mapping[str, Any], policy: AdmissionPolicy | None = None) -> str:
+    metrics = entry.get("metrics") or {}
     parts = []
-    for metric in judged_metrics(criterion):
+    for metric in (policy or AdmissionPolicy()).required_metrics:
         try:
             parts.append(
                 f"{metric} new→old {metrics['new/old'][metric]:.2f} vs old→old {metrics['old/old'][metric]:.2f}"
@@ -150,6 +265,7 @@ def admit_query_model(
     gallery_name: str | None = None,
     *,
     allow_unmeasured: bool = False,
+    policy: AdmissionPolicy | None = None,
 ) -> Admission:
     """Decide whether a query model may search a gallery, and with which prefix (the rule of this module).
 
@@ -162,6 +278,9 @@ def admit_query_model(
         allow_unmeasured (`bool`, *optional*, defaults to `False`): admit a known but unmeasured relation (a declared
             entry, an unmeasured lineage link, or a model only trained against the gallery's encoder). The override
             is logged as a warning and recorded in the returned :class:`Admission` (``overridden=True``).
+        policy (:class:`AdmissionPolicy`, *optional*): the gallery's rule for measured entries (defaults: top-1 and
+            mAP, margin > 0, any size). ``query_config.fingerprint`` must be the query model's verified fingerprint
+            (``BT2Model.from_pretrained`` verifies it; galleries check ``verified_fingerprint()``).
 
     Returns:
         :class:`Admission`: the prefix length and the grounds.
@@ -202,17 +321,27 @@ def admit_query_model(
     if entry is not None:
         prefix = _width_checked(int(entry["embedding_dim"]), query_config, gallery_dim, query, gallery)
         status = entry_status(entry)
+        own = getattr(query_config, "fingerprint", None)
         if status == "measured":
-            if _measured_passing(entry):
-                return Admission(prefix, "measured", query, gallery, entry=dict(entry))
+            problem = check_measured(entry, own, policy)
+            if problem is None:
+                evidence = _evidence(entry)
+                logger.info("%s admitted to the gallery of %s on the measurement %s.", query, gallery, evidence)
+                return Admission(prefix, "measured", query, gallery, entry=dict(entry), evidence=evidence)
+            if "FAILED" in problem:
+                raise IncompatibleModelsError(
+                    f"{query} may not search the gallery of {gallery}: compatibility was measured and the criterion "
+                    f"M(new→old) > M(old→old) FAILED ({_failing_detail(entry, policy)}). Its queries would do worse "
+                    "than the old model's own: keep querying with the old model, or re-embed (backfill) the gallery "
+                    f"with the new model. After retraining, measure again with:\n    {command}"
+                )
             raise IncompatibleModelsError(
-                f"{query} may not search the gallery of {gallery}: compatibility was measured and the criterion "
-                f"M(new→old) > M(old→old) FAILED ({_failing_detail(entry)}). Its queries would do worse than the old "
-                "model's own: keep querying with the old model, or re-embed (backfill) the gallery with the new "
-                f"model. After retraining, measure again with:\n    {command}"
+                f"{query} may not search the gallery of {gallery}: its measured compatible_with entry for it is not "
+                f"accepted: {problem}. Measure the pair with:\n    {command}"
             )
-        if status == "inherited" and is_measured_compatible(query_config, gallery_fingerprint):
-            return Admission(prefix, "lineage", query, gallery, entry=dict(entry))
+        if status == "inherited" and is_measured_compatible(query_config, gallery_fingerprint, policy):
+            via = _find_entry(query_config, entry.get("via_fingerprint") or "")
+            return Admission(prefix, "lineage", query, gallery, entry=dict(entry), evidence=via and _evidence(via))
         if status == "inherited":
             unmeasured_reason = (
                 f"it reaches {gallery} only through {entry.get('via')!r}, and that link was not measured as passing"
@@ -274,7 +403,12 @@ def compatible_prefix(
 
 
 def admit_to_gallery(
-    query_config: Any, encoder: Mapping[str, Any], gallery_dim: int, *, allow_unmeasured: bool = False
+    query_config: Any,
+    encoder: Mapping[str, Any],
+    gallery_dim: int,
+    *,
+    allow_unmeasured: bool = False,
+    policy: AdmissionPolicy | None = None,
 ) -> Admission:
     """:func:`admit_query_model`, then rules 4 and 5 of the module docstring from the encoder's recorded lineage.
 
@@ -285,6 +419,7 @@ def admit_to_gallery(
         gallery_dim (`int`): width of the gallery's vectors.
         allow_unmeasured (`bool`, *optional*, defaults to `False`): as in :func:`admit_query_model`; it never admits
             through an entry of the encoder that is not measured and passing.
+        policy (:class:`AdmissionPolicy`, *optional*): the gallery's rule for measured entries (its manifest's).
 
     Returns:
         :class:`Admission`: with ``gallery_prefix_dim`` set when only the gallery vectors' leading dims are compared.
@@ -294,14 +429,14 @@ def admit_to_gallery(
     """
     try:
         return admit_query_model(query_config, encoder.get("fingerprint"), gallery_dim, encoder.get("name_or_path"),
-                                 allow_unmeasured=allow_unmeasured)  # fmt: skip
+                                 allow_unmeasured=allow_unmeasured, policy=policy)  # fmt: skip
     except IncompatibleModelsError as refusal:
         refused = refusal
     query = _describe(_name(query_config), getattr(query_config, "fingerprint", None))
     gallery = _describe(encoder.get("name_or_path"), encoder.get("fingerprint"))
     best: Admission | None = None
     for entry in encoder.get("compatible_with") or []:
-        if entry.get("via") or not _measured_passing(entry):
+        if entry.get("via") or not _measured_passing(entry, encoder.get("fingerprint"), policy):
             continue  # only the encoder's own measured, passing links: an inherited one adds nothing new
         shared_dim = int(entry["embedding_dim"])
         if same_fingerprint(getattr(query_config, "fingerprint", None), entry.get("fingerprint")):
@@ -312,7 +447,8 @@ def admit_to_gallery(
         else:
             try:
                 through = admit_query_model(query_config, entry.get("fingerprint"), shared_dim,
-                                            entry.get("name_or_path"), allow_unmeasured=allow_unmeasured)  # fmt: skip
+                                            entry.get("name_or_path"), allow_unmeasured=allow_unmeasured,
+                                            policy=policy)  # fmt: skip
             except IncompatibleModelsError:
                 continue
             candidate = Admission(through.prefix_dim, "shared_ancestor", query, gallery, overridden=through.overridden,

@@ -16,6 +16,7 @@ from .schema import (
     CompatibilityMetadataError,
     IncompatibleModelsError,
     is_fingerprint,
+    seal_entry,
     validate_compatibility_metadata,
 )
 
@@ -47,6 +48,8 @@ def declare_compatibility(
     revision: str | None = None,
     name_or_path: str | None = None,
     criterion_metrics: str | Sequence[str] = DEFAULT_CRITERION_METRICS,
+    query_fingerprint: str | None = None,
+    replaced: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the ``compatible_with`` entry of ``new_config`` for an older model, and close the lineage.
 
@@ -74,6 +77,11 @@ def declare_compatibility(
         revision (`str`, *optional*): the old model's Hub revision; defaults to the commit the old config came from.
         name_or_path (`str`, *optional*): the old model's Hub id or path; defaults to ``old_config.name_or_path``.
         criterion_metrics (`str` or `Sequence[str]`, *optional*, defaults to ``("top1", "mAP")``): judged metrics.
+        query_fingerprint (`str`, *optional*): the fingerprint of the new model that was measured (its verified
+            one); defaults to ``new_config.fingerprint``. A measured entry records it and its own content hash
+            (``entry_sha256``), so admission refuses it in another model's config or once edited.
+        replaced (`dict`, *optional*): the earlier measurement this one deliberately replaces (``bt2 verify
+            --replace``), recorded in the entry.
 
     Returns:
         `dict`: the direct entry that was written.
@@ -145,7 +153,19 @@ def declare_compatibility(
             dataset={key: dataset[key] for key in (*DATASET_KEYS, *sorted(set(dataset) - set(DATASET_KEYS)))},
             date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             bt2_hf_version=_bt2_version(),
+            query_fingerprint=query_fingerprint or getattr(new_config, "fingerprint", None),
         )
+        if replaced is not None:
+            entry["replaced"] = dict(replaced)
+        if not is_fingerprint(entry["query_fingerprint"]):
+            # Never bound later (save_pretrained would bind a copied entry to whatever model it is pasted into):
+            # galleries refuse an unbound entry, and say so.
+            entry.pop("query_fingerprint")
+            logger.warning(
+                "%s has no fingerprint, so the measured entry for %s is not bound to it and galleries will refuse it; "
+                "save the model first and measure the saved checkpoint with `bt2 verify`.", new_name, old_name,
+            )  # fmt: skip
+        seal_entry(entry)
     entries = [e for e in new_config.compatible_with if e.get("fingerprint") != old_fingerprint]
     entries.append(entry)
     direct = {e.get("fingerprint") for e in entries if not e.get("via")}
@@ -174,7 +194,7 @@ def declare_compatibility(
         new_config.compatible_with = previous
         raise
     logger.info(
-        "Recorded %s → %s (%s) at a %d-d prefix (%d entries in its lineage).",
+        "Entry %s → %s (%s) at a %d-d prefix set in the config in memory (%d entries in its lineage).",
         new_name, old_name, entry["status"], old_dim, len(entries),
     )  # fmt: skip
     return entry

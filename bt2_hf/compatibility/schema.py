@@ -15,8 +15,17 @@ may query. Every entry has a ``status``:
         "criterion": {"rule": "M(new/old) > M(old/old)", "metric": "top1", "metrics": ["top1", "mAP"],
                       "passed": true, "margin": {"top1": 1.3, "mAP": 0.4}},
         "dataset": {"name": "fashion_mnist", "split": "test", "size": 10000, "sha256": "…"},
-        "date": "2026-11-30T13:00:00+00:00", "bt2_hf_version": "0.1.0"
+        "date": "2026-11-30T13:00:00+00:00", "bt2_hf_version": "0.1.0",
+        "query_fingerprint": "sha256:…",  # the new (query) model that was measured
+        "entry_sha256": "…"               # sha256 of the entry's other keys (canonical JSON)
       }
+
+  The entry is bound to what it measured: ``query_fingerprint`` (this model), ``fingerprint`` (the old model),
+  the data set's hash and size, and its own content hash, so admission refuses an entry copied into another model's
+  config or edited after it was written (see :mod:`bt2_hf.compatibility.admission`, which also re-judges the
+  criterion from the metrics with the gallery's own policy). The content hash is not a signature: whoever can write
+  a config can recompute it, so only a measurement the gallery makes itself (``bt2 gallery admit``) resists a forger
+  who edits the numbers too.
 
 - ``"inherited"``: closed through the lineage (``via`` the intermediate model, ``via_fingerprint`` its fingerprint);
   ``link_passed`` says whether the intermediate model was itself admitted to that gallery by measurement.
@@ -29,6 +38,8 @@ Training never writes entries: it records ``config.training["trained_against"]``
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import re
@@ -51,7 +62,11 @@ OPTIONAL_ENTRY_KEYS = (
     "via",
     "via_fingerprint",
     "link_passed",
+    "query_fingerprint",
+    "entry_sha256",
+    "replaced",
 )
+ENTRY_HASH_KEY = "entry_sha256"
 STATUSES = ("measured", "inherited", "declared")
 DATASET_KEYS = ("name", "split", "size", "sha256")
 PAIR_ORDER = ("old/old", "new/old", "new/new", "indep/indep")
@@ -77,6 +92,20 @@ def same_fingerprint(a: str | None, b: str | None) -> bool:
     if not a or not b:
         return False
     return a.removeprefix(FINGERPRINT_PREFIX).lower() == b.removeprefix(FINGERPRINT_PREFIX).lower()
+
+
+def entry_content_hash(entry: Mapping[str, Any]) -> str:
+    """sha256 of a ``compatible_with`` entry without its ``entry_sha256``, over canonical JSON (sorted keys, no
+    spaces): any edit of a key or value after :func:`seal_entry` changes it."""
+    content = {k: v for k, v in entry.items() if k != ENTRY_HASH_KEY}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def seal_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """Record ``entry``'s content hash in it (``entry_sha256``) and return it; ``bt2 verify`` seals what it writes."""
+    entry[ENTRY_HASH_KEY] = entry_content_hash(entry)
+    return entry
 
 
 def entry_status(entry: Mapping[str, Any]) -> str:

@@ -107,6 +107,18 @@ class ImageClassificationData:
         rows = torch.sort(torch.cat(picked)).values[:max_samples]
         return self._take(rows)
 
+    def take_each_class(self, per_class: int | None, seed: int = 0) -> ImageClassificationData:
+        """At most ``per_class`` samples *of each class* (drawn with a fixed seed, kept in their original order);
+        unlike :meth:`take_per_class`, whose number is the total."""
+        if per_class is None:
+            return self
+        if per_class < 1:
+            raise ValueError(f"per_class must be at least 1, got {per_class}.")
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self), generator=generator)
+        picked = [order[self.labels[order] == label][:per_class] for label in torch.unique(self.labels).tolist()]
+        return self._take(torch.sort(torch.cat(picked)).values)
+
     def get_image(self, index: int) -> torch.Tensor:
         """One uint8 ``(C, H, W)`` image."""
         if self.images is not None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BT2InputError
 from ..retrieval.knn import import_faiss
 from ..utils.io import atomic_directory, atomic_write_json
 from .shards import file_sha256, ids_array
@@ -36,11 +37,14 @@ logger = logging.getLogger(__name__)
 GALLERY_KIND = "bt2-gallery"
 GALLERY_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
+DATA_FILES = ("index.faiss", "ids.npy", "vectors.npy")
+# manifest key → the type it must have (read_manifest refuses a manifest without them, naming the key)
+_MANIFEST_KEYS = {"encoder": dict, "dimension": int, "count": int, "dtype": str, "index": dict, "files": dict}
 INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
 CHUNK = 65_536
 
 
-class GalleryError(ValueError):
+class GalleryError(BT2InputError):
     """A gallery is missing, corrupted, inconsistent with its manifest, or asked to do something it cannot."""
 
 
@@ -260,7 +264,9 @@ class FaissGallery(ManifestAccessors):
                 "similarity": "cosine",
                 "index": {"type": index_type, "params": params},
                 "dataset": dataset,
-                "files": {name: file_sha256(tmp / name) for name in ("index.faiss", "ids.npy")},
+                # every data file, with its hash and size (vectors.npy re-ranks IVF-PQ results: it is data too)
+                "files": {name: file_sha256(tmp / name) for name in DATA_FILES},
+                "file_sizes": {name: (tmp / name).stat().st_size for name in DATA_FILES},
                 "backfill": None,
             }
             atomic_write_json(tmp / MANIFEST_NAME, manifest)
@@ -287,6 +293,22 @@ class FaissGallery(ManifestAccessors):
         """Open a gallery: check the manifest and the files' sha256, memory-map the vectors, read the index."""
         directory = Path(directory)
         manifest = read_manifest(directory)
+        unlisted = [name for name in DATA_FILES if name not in manifest["files"]]
+        if unlisted:
+            raise GalleryError(
+                f"the manifest lists no sha256 for {', '.join(unlisted)} (a gallery written by an older bt2_hf, or "
+                "edited): its content cannot be checked. Rebuild the gallery (`bt2 index build --overwrite`).",
+                directory / MANIFEST_NAME,
+            )
+        for name, size in (manifest.get("file_sizes") or {}).items():
+            # cheap, on every open: a truncated or replaced file usually changes size
+            actual = (directory / name).stat().st_size if (directory / name).is_file() else None
+            if actual != size:
+                raise GalleryError(
+                    f"{directory / name} holds {actual} bytes, its manifest says {size}: the file is missing, truncated "
+                    "or replaced. Rebuild the gallery (`bt2 index build --overwrite`).",
+                    directory / name,
+                )
         if verify:
             for name, digest in manifest["files"].items():
                 if not (directory / name).exists() or file_sha256(directory / name) != digest:
@@ -479,6 +501,17 @@ def read_manifest(directory: Path) -> dict:
         raise GalleryError(f"{directory} is not a bt2_hf gallery directory (kind {manifest.get('kind')!r}).")
     if manifest.get("format") != GALLERY_FORMAT:
         raise GalleryError(f"{path} has format {manifest.get('format')}; this bt2_hf reads {GALLERY_FORMAT}.")
+    for key, kind in _MANIFEST_KEYS.items():
+        value = manifest.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            problem = "has no" if value is None else f"has a {type(value).__name__} as its"
+            raise GalleryError(
+                f"the manifest {problem} {key!r} (a {kind.__name__} is needed): it is damaged or was edited. Rebuild "
+                "the gallery (`bt2 index build --overwrite`).",
+                path,
+            )
+    if not manifest["encoder"].get("fingerprint"):
+        raise GalleryError("the manifest's encoder has no fingerprint; rebuild the gallery.", path)
     return manifest
 
 

@@ -265,6 +265,13 @@ class BT2TrainingArguments:
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "A checkpoint directory, or 'latest' for the newest under output_dir."}
     )
+    resume_with_changes: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume although settings differ from those the run recorded (seed, learning rate, method, …); "
+            "the differences are recorded in run.json. Without it such a resume is refused, naming each difference."
+        },
+    )
     stop_after_steps: int | None = field(
         default=None,
         metadata={

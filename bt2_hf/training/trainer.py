@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -41,6 +42,8 @@ from ..modeling_bt2 import BT2Model
 from ..utils.io import atomic_write_json, atomic_write_text
 from .arguments import BT2TrainingArguments, DataArguments, ModelArguments
 from .checkpointing import (
+    check_no_pickles,
+    check_resume_settings,
     finish_run,
     list_checkpoints,
     load_checkpoint,
@@ -123,6 +126,12 @@ def _first_non_finite(values: dict[str, torch.Tensor]) -> tuple[str, float] | No
     return None
 
 
+# Divergence short of NaN: a step's loss above this multiple of the run's first logged loss, or a weight above this
+# absolute value at a save, stops the run (nothing is saved). Trained weights of these models stay far below it.
+DIVERGENCE_FACTOR = 100.0
+WEIGHT_BOUND = 1e6
+
+
 @torch.no_grad()
 def _check_finite_model(model: torch.nn.Module, step: int) -> None:
     """Refuse to save a model holding NaN or inf (one pass over the weights, before every save).
@@ -138,6 +147,14 @@ def _check_finite_model(model: torch.nn.Module, step: int) -> None:
                 "Nothing was saved for this step; earlier checkpoints are intact. Lower the learning rate or check "
                 "the data."
             )
+        if tensor.is_floating_point() and tensor.numel():
+            largest = float(tensor.detach().abs().max())
+            if largest > WEIGHT_BOUND:
+                raise FloatingPointError(
+                    f"Training diverged: after step {step} the weight {name} reaches {largest:.3g} in absolute value "
+                    f"(the bound is {WEIGHT_BOUND:g}). Nothing was saved for this step; earlier checkpoints are "
+                    "intact. Lower the learning rate."
+                )
 
 
 def _check_output_dir(args: BT2TrainingArguments) -> None:
@@ -408,6 +425,17 @@ def _make_loader(data: ImageClassificationData, batch_size: int, accelerator, ar
     )
 
 
+def _run_settings(model_args, data_args, args, method) -> dict[str, Any]:
+    """What a run trains with, as JSON (recorded in run.json; a resume must ask the same, see check_resume_settings)."""
+
+    def plain(values: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(json.dumps(values, default=str))
+
+    return {"model": plain(dataclasses.asdict(model_args)), "data": plain(dataclasses.asdict(data_args)),
+            "training": plain(dataclasses.asdict(args)),
+            "method": plain({"name": method.name, **method.config.to_dict()})}  # fmt: skip
+
+
 def _write_logs(output_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_json(output_dir / LOG_FILE, history)
     keys: list[str] = []
@@ -630,9 +658,8 @@ def train(
     warmup = args.warmup_steps + int(round(args.warmup_epochs * steps_per_epoch))
     scheduler = build_lr_scheduler(optimizer, args.lr_scheduler_type, warmup, total_steps)
     # The scheduler is stepped by hand once per optimizer step (not prepared: accelerate would step it once per
-    # process), and saved with the checkpoint through register_for_checkpointing.
+    # process). Checkpoints save it as JSON (checkpointing.py), never through accelerate's pickled custom state.
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     forward_model = torch.compile(model) if args.torch_compile else model
 
     global_step = 0
@@ -641,12 +668,18 @@ def train(
     if args.resume_from_checkpoint:
         owner = read_run(output_dir)  # "latest" means the newest checkpoint of the run that owns output_dir
         resume_path = resolve_checkpoint(output_dir, args.resume_from_checkpoint, owner and owner["run_id"])
+        check_no_pickles(resume_path)  # before anything is written or read: a pickle would run its code
+    settings = _run_settings(model_args, data_args, args, method)
+    changes = (
+        check_resume_settings(output_dir, settings, args.resume_with_changes) if args.resume_from_checkpoint else None
+    )
     if accelerator.is_main_process:
-        start_run(output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
+        start_run(output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint),
+                  settings=settings, changes=changes)  # fmt: skip
     accelerator.wait_for_everyone()
     run = read_run(output_dir)
     if resume_path is not None:
-        state = load_checkpoint(accelerator, resume_path)
+        state = load_checkpoint(accelerator, resume_path, model=model, optimizer=optimizer, scheduler=scheduler)
         global_step = int(state["global_step"])
         history = list(state.get("log_history", []))
         logger.info("Resumed from %s at step %d", resume_path, global_step)
@@ -655,6 +688,8 @@ def train(
             "bt2_hf", config={**dataclasses.asdict(args), **method.config.to_dict(), "method": method.name}
         )
 
+    # the loss divergence is judged against: the run's first logged loss (kept in the log across a resume)
+    first_loss = next((float(e["loss"]) for e in history if "loss" in e), None)
     stop_at = min(total_steps, args.stop_after_steps) if args.stop_after_steps else total_steps
     progress = tqdm(
         total=total_steps,
@@ -719,12 +754,23 @@ def train(
                 grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
             # One host sync per step: a NaN/inf loss term or gradient stops the run before it reaches the weights.
             checked = {**step_losses, "grad_norm": torch.as_tensor(grad_norm, dtype=torch.float32, device=device)}
-            if not bool(torch.isfinite(torch.stack([v.reshape(()).to(device) for v in checked.values()])).all()):
+            checked_values = torch.stack([v.reshape(()).to(device) for v in checked.values()]).tolist()
+            if not all(math.isfinite(v) for v in checked_values):
                 term, value = _first_non_finite(checked)
                 raise FloatingPointError(
                     f"Training diverged at step {global_step + 1}: {term} = {value}. Nothing was saved for this step; "
                     f"earlier checkpoints are intact. Lower the learning rate (now {scheduler.get_last_lr()[0]:.3g}) "
                     "or check the data."
+                )
+            # A finite but exploding loss diverges too: far above where this run started, it stops, saving nothing.
+            step_loss = checked_values[list(checked).index("loss")]
+            if first_loss is None:
+                first_loss = step_loss
+            elif step_loss > DIVERGENCE_FACTOR * max(first_loss, 0.1):
+                raise FloatingPointError(
+                    f"Training diverged at step {global_step + 1}: loss = {step_loss:.4g}, more than "
+                    f"{DIVERGENCE_FACTOR:g}× the first logged loss ({first_loss:.4g}). Nothing was saved for this step; "
+                    f"earlier checkpoints are intact. Lower the learning rate (now {scheduler.get_last_lr()[0]:.3g})."
                 )
             optimizer.step()
             scheduler.step()
@@ -775,7 +821,7 @@ def train(
                 save_checkpoint(
                     accelerator, output_dir, global_step,
                     {"global_step": global_step, "total_steps": total_steps, "log_history": history},
-                    args.save_total_limit, run_id=run["run_id"],
+                    args.save_total_limit, run_id=run["run_id"], model=model, optimizer=optimizer, scheduler=scheduler,
                 )  # fmt: skip
     progress.close()
 

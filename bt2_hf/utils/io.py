@@ -163,6 +163,33 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, f"could not swap {a} and {b}: {os.strerror(code)}")
 
 
+_RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(a: Path, b: Path) -> bool:
+    """Rename ``a`` to ``b`` only if ``b`` does not exist, in one step (Linux ``renameat2(RENAME_NOREPLACE)``);
+    `False` where that is not available. Raises `FileExistsError` when ``b`` exists."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    if code == errno.EEXIST:
+        raise FileExistsError(
+            f"{b} appeared while this one was being built (another process created it); nothing was replaced. Pass "
+            "overwrite=True (--overwrite) to replace it, or choose another output directory."
+        )
+    raise OSError(code, f"could not rename {a} to {b}: {os.strerror(code)}")
+
+
 def _link_tree(source: Path, destination: Path) -> None:
     """Hard-link ``source`` (file or directory tree) to ``destination``; copy where links are not possible."""
     if source.is_symlink():
@@ -246,7 +273,17 @@ def atomic_directory(
                     continue
                 _link_tree(entry, target)
                 file_operation_done()
-        swap_into_place(staging, path)
+        if overwrite:
+            swap_into_place(staging, path)
+        else:
+            # the existence check above and the creation are one step: of two concurrent writers, one fails here
+            _fsync_directory(staging)
+            if not _rename_noreplace(staging, path):
+                if path.exists():
+                    raise FileExistsError(f"{path} appeared while this one was being built; nothing was replaced.")
+                os.rename(staging, path)
+            file_operation_done()
+            _fsync_directory(path.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

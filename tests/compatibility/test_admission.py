@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bt2_hf.compatibility import IncompatibleModelsError, admit_query_model, verify_command
+from bt2_hf.compatibility import IncompatibleModelsError, admit_query_model, seal_entry, verify_command
 
 FP = {name: "sha256:" + letter * 64 for name, letter in (("v1", "a"), ("v2", "b"), ("v3", "c"), ("x", "d"))}
 DATASET = {"name": "bands", "split": "test", "size": 120, "sha256": "0" * 64}
@@ -28,8 +28,11 @@ def inherited(name, dim, via, link_passed=True):
 
 
 def config(name, dim, entries=(), training=None):
+    """A query model's config; its measured entries are bound to it and sealed, as `bt2 verify` writes them."""
+    entries = [seal_entry({**e, "query_fingerprint": FP[name]}) if e.get("status") == "measured" else e
+               for e in entries]  # fmt: skip
     return SimpleNamespace(name_or_path=f"org/{name}", fingerprint=FP[name], embedding_dim=dim,
-                           compatible_with=list(entries), training=training or {})  # fmt: skip
+                           compatible_with=entries, training=training or {})  # fmt: skip
 
 
 def test_same_model_and_measured_passing_entry():

@@ -85,13 +85,16 @@ def test_text_gallery_backfill_and_text_to_image_search(saved_models, idx_dir, t
 DATASET = {"name": "bands", "split": "test", "size": 120, "sha256": "0" * 64}
 
 
-def measured_entry(model, dim, passed=True):
-    """A measured entry as `bt2 verify` writes it (metrics, criterion, held-out data set)."""
-    return {"name_or_path": str(model.config.name_or_path), "fingerprint": model.config.fingerprint,
+def measured_entry(model, dim, passed=True, *, query):
+    """A measured entry as `bt2 verify` writes it (metrics, criterion, held-out data set), bound to the ``query``
+    model it measured and sealed with its content hash."""
+    from bt2_hf.compatibility import seal_entry
+
+    return seal_entry({"query_fingerprint": query.config.fingerprint, "name_or_path": str(model.config.name_or_path), "fingerprint": model.config.fingerprint,
             "embedding_dim": dim, "method": "bt2", "status": "measured", "dataset": DATASET,
             "metrics": {"old/old": {"top1": 60.0, "mAP": 30.0}, "new/old": {"top1": 62.0 if passed else 58.0,
                                                                           "mAP": 31.0}},
-            "criterion": {"metrics": ["top1", "mAP"], "passed": passed}}  # fmt: skip
+            "criterion": {"metrics": ["top1", "mAP"], "passed": passed}})  # fmt: skip
 
 
 def _unit(array):
@@ -105,14 +108,15 @@ def test_image_queries_search_a_text_gallery_through_the_towers_lineage(saved_mo
     (tmp_path / "captions.jsonl").write_text("\n".join(json.dumps(t) for t in texts) + "\n")
     image_old = BT2Model.from_pretrained(saved_models["old"])
     image_new = BT2Model.from_pretrained(saved_models["new"])  # 12-d, its first 8 dims in the old image space
-    image_new.config.compatible_with = [measured_entry(image_old, 8)]
+    image_new.config.compatible_with = [measured_entry(image_old, 8, query=image_new)]
     pictures = open_source(idx_dir, split="test").items(0, 6)
     images = image_old.encode(images=pictures).numpy()
 
     for passed in (True, False):
-        tower = text_tower(0, 8, [measured_entry(image_old, 8, passed=passed)])
+        tower = text_tower(0, 8)
         tower.save_pretrained(tmp_path / f"tower-{passed}")
         tower = BT2Model.from_pretrained(tmp_path / f"tower-{passed}")
+        tower.config.compatible_with = [measured_entry(image_old, 8, passed=passed, query=tower)]
         embeddings = embed_dataset(tower, tmp_path / "captions.jsonl", tmp_path / f"emb-{passed}", dtype="float32",
                                    show_progress=False)  # fmt: skip
         gallery = FaissGallery.from_embeddings(tmp_path / f"g-{passed}", embeddings)

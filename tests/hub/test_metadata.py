@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bt2_hf import BT2Config, BT2Model, IncompatibleModelsError, compatible_prefix
+from bt2_hf import BT2Config, BT2Model, IncompatibleModelsError, compatible_prefix, fingerprint_model
 from bt2_hf.hub import (
     CompatibilityMetadataError,
     declare_compatibility,
@@ -56,6 +56,7 @@ def test_declare_and_round_trip(tmp_path, old_model, bt2_model):
         dataset=FAKE_DATASET,
         name_or_path="org/old",
         revision="v1",
+        query_fingerprint=fingerprint_model(bt2_model),  # what save_pretrained will record: the entry is bound to it
     )
     assert entry["embedding_dim"] == 16 and entry["fingerprint"] == old_config.fingerprint
     assert entry["status"] == "measured" and entry["dataset"] == FAKE_DATASET
@@ -94,9 +95,11 @@ def test_lineage_closes_transitively(tmp_path):
     v3 = make_bt2_model(seed=2, old_dim=32, feature_dim=32, extra_dim=8)  # 40-d, first 32 compatible with v2
     v1_config = _saved_config(v1, tmp_path / "v1")
     measured = {"metrics": FAKE_RESULTS, "dataset": FAKE_DATASET}
-    declare_compatibility(v2.config, v1_config, method="bt2", name_or_path="org/v1", revision="r1", **measured)
+    declare_compatibility(v2.config, v1_config, method="bt2", name_or_path="org/v1", revision="r1", **measured,
+                          query_fingerprint=fingerprint_model(v2))  # fmt: skip
     v2_config = _saved_config(v2, tmp_path / "v2")
-    declare_compatibility(v3.config, v2_config, method="bt2", name_or_path="org/v2", revision="r2", **measured)
+    declare_compatibility(v3.config, v2_config, method="bt2", name_or_path="org/v2", revision="r2", **measured,
+                          query_fingerprint=fingerprint_model(v3))  # fmt: skip
 
     by_name = {e["name_or_path"]: e for e in v3.config.compatible_with}
     assert set(by_name) == {"org/v1", "org/v2"}
@@ -233,7 +236,13 @@ def test_load_evaluation_results_layouts(tmp_path):
 def test_compatible_prefix_refusal_names_both_models_and_lineage(tmp_path, old_model, bt2_model):
     old_config = _saved_config(old_model, tmp_path / "old")
     declare_compatibility(
-        bt2_model.config, old_config, method="bt2", name_or_path="org/old", metrics=FAKE_RESULTS, dataset=FAKE_DATASET
+        bt2_model.config,
+        old_config,
+        method="bt2",
+        name_or_path="org/old",
+        metrics=FAKE_RESULTS,
+        dataset=FAKE_DATASET,
+        query_fingerprint=fingerprint_model(bt2_model),
     )
     new_config = _saved_config(bt2_model, tmp_path / "new")
     with pytest.raises(IncompatibleModelsError) as error:

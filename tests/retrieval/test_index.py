@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bt2_hf.compatibility import IncompatibleModelsError
+from bt2_hf.compatibility import IncompatibleModelsError, seal_entry
 from bt2_hf.retrieval.index import (
     GalleryIndex,
     GalleryIndexError,
@@ -30,8 +30,10 @@ def _new_config(**entry_fields):
         "metrics": {"old/old": {"top1": 60.0, "mAP": 30.0}, "new/old": {"top1": 62.0, "mAP": 31.0}},
         "criterion": {"metrics": ["top1", "mAP"], "passed": True},
         "dataset": {"name": "synthetic", "split": "test", "size": 50, "sha256": "0" * 64},
+        "query_fingerprint": NEW_FP,
         **entry_fields,
     }  # fmt: skip
+    seal_entry(entry)
     return SimpleNamespace(fingerprint=NEW_FP, embedding_dim=64, compatible_with=[entry], name_or_path="org/new")
 
 
