@@ -30,6 +30,10 @@ METHODS = ("independent", "bct", "bt2")
 # The side-by-side variant: BCT and BT² fine-tune the independent model, and an independent twin trains as many
 # steps again without compatibility terms, so their tax is measured against a model trained as long as they are.
 FROM_INDEPENDENT = ("independent_continued", "bct_from_independent", "bt2_from_independent")
+# The practitioner's first try: the independent model plus a post-hoc map into the old space (bt2_hf.adapters), fitted
+# on the training split's paired embeddings. Rows of the table, not trained stages: their new/new is the independent
+# model's own (a backfilled gallery holds unmapped independent embeddings), so their tax is zero by construction.
+ADAPTER_ROWS = ("procrustes", "low_rank_affine", "residual_mlp")
 PAIRS = ("old/old", "new/old", "new/new")
 REPORTED_METRICS = {"top1": "top1", "top5": "top5", "map": "mAP"}
 # The metrics the compatibility criterion M(new/old) > M(old/old) is judged on, in this order.
@@ -102,6 +106,7 @@ class DemoSize:
     old_steps: int = 190
     embedding_dim: int = 64
     extra_dim: int = 16
+    new_architecture: str = "vit"
     vit_hidden_size: int = 128
     vit_layers: int = 4
     vit_heads: int = 4
@@ -119,6 +124,10 @@ class DemoSize:
     from_independent: bool = False
     validation_fraction: float = 1 / 6
     eval_samples: int | None = None  # None: the whole test split
+    adapter_train_samples: int | None = 20000  # class-balanced training images the adapters are fitted on
+    adapter_rank: int = 32  # the low-rank affine adapter's rank bound
+    adapter_hidden_dim: int = 256  # the residual MLP adapter's hidden width
+    adapter_epochs: int = 20
     backfill_points: int = 11
 
     def __post_init__(self) -> None:
@@ -163,6 +172,10 @@ class DemoSize:
             batch_size=64,
             eval_samples=300,
             backfill_points=3,
+            adapter_train_samples=300,
+            adapter_rank=4,
+            adapter_hidden_dim=16,
+            adapter_epochs=2,
         )
 
 
@@ -247,6 +260,9 @@ def _patch_size(image_size: int, preferred: int) -> int:
     return min(divisors, key=lambda p: (abs(image_size // p - 4), p))
 
 
+NEW_ARCHITECTURES = ("vit", "cvt", "mobilevit")
+
+
 def _vit_config(size: DemoSize, image_size: int, num_channels: int) -> dict[str, Any]:
     from transformers import ViTConfig
 
@@ -261,6 +277,70 @@ def _vit_config(size: DemoSize, image_size: int, num_channels: int) -> dict[str,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     ).to_dict()
+
+
+def _cvt_config(size: DemoSize, image_size: int, num_channels: int) -> dict[str, Any]:
+    """A three-stage CvT (convolutional token embeddings and projections) whose last stage is ``vit_hidden_size`` wide.
+
+    Small images (under 56 px) start with a 3×3 stride-2 token embedding (28 px → 14 → 7 → 4 tokens a side); larger
+    ones with CvT's own 7×7 stride 4. Stage ``i`` has at least ``i + 1`` blocks: transformers' CvT indexes its
+    stochastic-depth rates by stage, so a shallower stage fails to build.
+    """
+    from transformers import CvtConfig
+
+    width = size.vit_hidden_size
+    small = image_size < 56
+    stages = 3
+    heads = max(1, size.vit_heads)
+    config = CvtConfig(
+        num_channels=num_channels,
+        patch_sizes=[3 if small else 7, 3, 3],
+        patch_stride=[2 if small else 4, 2, 2],
+        patch_padding=[1 if small else 2, 1, 1],
+        embed_dim=[width // 4, width // 2, width],
+        num_heads=[max(1, heads // 4), max(1, heads // 2), heads],
+        depth=[1, 2, max(3, size.vit_layers - 1)],
+        mlp_ratio=[2.0] * stages,
+        attention_drop_rate=[0.0] * stages,
+        drop_rate=[0.0] * stages,
+        drop_path_rate=[0.0] * stages,
+        qkv_bias=[True] * stages,
+        cls_token=[False] * stages,
+        qkv_projection_method=["dw_bn"] * stages,
+        kernel_qkv=[3] * stages,
+        padding_kv=[1] * stages,
+        stride_kv=[2] * stages,
+        padding_q=[1] * stages,
+        stride_q=[1] * stages,
+    ).to_dict()
+    # CvT works at any size and its config has no image size: recorded so the saved processor keeps the data's size.
+    return {**config, "image_size": image_size}
+
+
+def _mobilevit_config(size: DemoSize, image_size: int, num_channels: int) -> dict[str, Any]:
+    """A MobileViT (MobileNet blocks with transformer blocks on unfolded 2×2 patches) of about the ViT's width."""
+    from transformers import MobileViTConfig
+
+    width = size.vit_hidden_size
+    return MobileViTConfig(
+        num_channels=num_channels,
+        image_size=image_size,
+        patch_size=2,
+        hidden_sizes=[width // 2, (5 * width) // 8, (3 * width) // 4],
+        neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 2 * width],
+        num_attention_heads=max(1, size.vit_heads),
+        mlp_ratio=2.0,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        classifier_dropout_prob=0.0,
+    ).to_dict()
+
+
+def _new_backbone_config(size: DemoSize, image_size: int, num_channels: int) -> dict[str, Any]:
+    builders = {"vit": _vit_config, "cvt": _cvt_config, "mobilevit": _mobilevit_config}
+    if size.new_architecture not in builders:
+        raise ValueError(f"DemoSize.new_architecture must be one of {list(builders)}, got {size.new_architecture!r}.")
+    return builders[size.new_architecture](size, image_size, num_channels)
 
 
 def _old_classes(size: DemoSize, num_classes: int) -> str:
@@ -309,7 +389,7 @@ def _stage_spec(name: str, size: DemoSize, models_dir: Path, device: str, seed: 
     return StageSpec(
         method=stage.method,
         backbone_type="hf_vision",
-        backbone_config=_vit_config(size, data.image_size, data.num_channels),
+        backbone_config=_new_backbone_config(size, data.image_size, data.num_channels),
         embedding_dim=None if stage.method == "bt2" else size.embedding_dim,
         init_from_independent=stage.start_from is not None,
         max_train_samples=size.new_train_samples,
@@ -335,6 +415,35 @@ def _percent(metrics: dict[str, float]) -> dict[str, float]:
 
 def _stage_names(size: DemoSize) -> list[str]:
     return ["old", *METHODS, *(FROM_INDEPENDENT if size.from_independent else ())]
+
+
+def _method(name: str) -> str:
+    """A row's method: a trained stage's (independent, bct, bt2), or ``adapter`` for a post-hoc map."""
+    return "adapter" if name in ADAPTER_ROWS else _STAGES[name].method
+
+
+def _reference(name: str) -> str:
+    """The independent model a row's tax and update gain are measured against."""
+    return "independent" if name in ADAPTER_ROWS else _STAGES[name].reference
+
+
+def _fit_adapters(model_dirs: dict[str, Path], data: DemoData, size: DemoSize, seed: int, device: str) -> dict:
+    """The three post-hoc adapters from the independent model's space into the old one, fitted on training pairs.
+
+    Both models embed the same class-balanced ``adapter_train_samples`` training images (no augmentation); the maps
+    never see the split they are evaluated on.
+    """
+    from ..adapters import fit_adapter
+
+    train = data.train.take_per_class(size.adapter_train_samples, seed=seed)
+    new = embed_split(model_dirs["independent"], train.images, batch_size=512, device=device)
+    old = embed_split(model_dirs["old"], train.images, batch_size=512, device=device)
+    settings = {
+        "procrustes": {},
+        "low_rank_affine": {"rank": min(size.adapter_rank, new.shape[1], old.shape[1])},
+        "residual_mlp": {"hidden_dim": size.adapter_hidden_dim, "epochs": size.adapter_epochs, "seed": seed},
+    }
+    return {kind: fit_adapter(kind, new, old, **settings[kind]) for kind in ADAPTER_ROWS}
 
 
 # ---------------------------------------------------------------------------------------------------- one seed
@@ -392,6 +501,7 @@ def _run_seed(
         name: steps[name] + (steps[_STAGES[name].start_from] if name != "old" and _STAGES[name].start_from else 0)
         for name in steps
     }
+    total_steps.update({kind: total_steps["independent"] for kind in ADAPTER_ROWS})
 
     # ---- evaluation: every model embeds the test split once; every pair is searched from those embeddings.
     # BCT and BT² are measured first, by `bt2 verify` (the only writer of measured entries): the old side is measured
@@ -440,6 +550,15 @@ def _run_seed(
             embeddings["old"], embeddings[name], labels, independent=embeddings[reference], evaluator=evaluator,
             known_results=known,
         )  # fmt: skip
+    adapters_started = time.perf_counter()
+    for kind, adapter in _fit_adapters(model_dirs, data, size, seed, device).items():
+        embeddings[kind] = adapter.apply(embeddings["independent"])
+        known = {"old/old": shared["old/old"], "indep/indep": shared["independent"], "new/new": shared["independent"]}
+        reports[kind] = compare_models(
+            embeddings["old"], embeddings[kind], labels, independent=embeddings["independent"], evaluator=evaluator,
+            known_results=known,
+        )  # fmt: skip
+    timings["adapters"] = round(time.perf_counter() - adapters_started, 1)
     # Partial backfill, both orders: top-1 under the galleries' slot rule, and under naive scoring for contrast.
     prefix_dim = embeddings["old"].shape[1]
     curves = {
@@ -463,7 +582,7 @@ def _run_seed(
         "seed": seed,
         "steps": steps,
         "total_steps": total_steps,
-        "references": {name: _STAGES[name].reference for name in reports},
+        "references": {name: _reference(name) for name in reports},
         "methods": {},
         "criterion": {},
         "update_gain": {},
@@ -508,7 +627,7 @@ def _run_seed(
             m: round(independent[m] - pairs["new/new"][m], 2) for m in JUDGED_METRICS
         }
         results["negative_flip_rate"][name] = round(100 * report.flips.get("negative_flip_rate", float("nan")), 2)
-        results["verdict"][name] = verdict(pairs, independent, _STAGES[name].method)
+        results["verdict"][name] = verdict(pairs, independent, _method(name))
     results["final_verdict"] = results["verdict"]["bt2"]
 
     # ---- the old gallery, and cards: what verify measured (failing criteria as failing) and the verdict on every card
@@ -717,7 +836,7 @@ def _relocated(result: DemoResult, staging: Path, final_dir: Path) -> DemoResult
 
 def _in_stage_order(names) -> list[str]:
     """Methods in the order they are trained (results.json sorts its keys)."""
-    order = list(_STAGES)
+    order = [*_STAGES, *ADAPTER_ROWS]
     return sorted(names, key=lambda name: order.index(name) if name in order else len(order))
 
 
@@ -748,6 +867,8 @@ def results_table(results: dict[str, Any]):
                 tax = f"{results['compatibility_tax'][method]['top1']:+.2f}"
             query = "old" if pair.startswith("old") else method
             gallery = "old" if pair.endswith("old") else method
+            if pair == "new/new" and _method(method) == "adapter":  # the gallery re-embedded: no map is applied
+                query = gallery = "independent"
             table.add_row(
                 method if pair == "old/old" else "",
                 str(results["total_steps"][method]) if pair == "old/old" else "",
@@ -807,7 +928,7 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     """The update gains (or why they are n/a) and the verdicts, one line each; the last line is the final verdict."""
     lines = []
     # An independent model's "update gain" is its own cross-model score against itself: not a figure to act on.
-    methods = [m for m in _in_stage_order(results["update_gain"]) if _STAGES[m].method != "independent"]
+    methods = [m for m in _in_stage_order(results["update_gain"]) if _method(m) != "independent"]
     for method in methods:
         gains, notes = results["update_gain"][method], results["update_gain_note"].get(method, {})
         parts = [f"{metric} {_format_gain(gains[metric])}{_gain_points(results, method, metric)}"

@@ -129,7 +129,8 @@ def plot_method_comparison(
     methods = list(results["methods"])
     pairs = ("old/old", "new/old", "new/new")
     colours = {"old/old": "#9e9e9e", "new/old": "#1f77b4", "new/new": "#ff7f0e"}
-    figure, axes_list = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 4), squeeze=False)
+    panel_width = max(5.0, 0.9 * len(methods) + 1.5)
+    figure, axes_list = plt.subplots(1, len(metrics), figsize=(panel_width * len(metrics), 4), squeeze=False)
     width = 0.26
     for axes, metric in zip(axes_list[0], metrics):
         positions = np.arange(len(methods))
@@ -137,7 +138,7 @@ def plot_method_comparison(
             values = [results["methods"][m][pair][metric] for m in methods]
             bars = axes.bar(positions + (offset - 1) * width, values, width, label=pair, color=colours[pair])
             axes.bar_label(bars, fmt="%.1f", fontsize=7)
-        axes.set_xticks(positions, methods)
+        axes.set_xticks(positions, methods, rotation=20, ha="right")
         axes.set_ylabel(f"{metric} (%)")
         axes.set_title(f"{metric}: query model / gallery model")
         axes.grid(axis="y", alpha=0.3)

@@ -16,6 +16,7 @@ import bt2_hf
 from bt2_hf.cli.demo import build_parser
 from bt2_hf.cli.demo import main as demo_main
 from bt2_hf.experiments.demo import (
+    ADAPTER_ROWS,
     FROM_INDEPENDENT,
     JUDGED_METRICS,
     METHODS,
@@ -56,7 +57,7 @@ def weak_new_output(tmp_path_factory, textures_dir) -> Path:
 
 def test_results_json_schema(demo_output):
     results = json.loads((demo_output / "results.json").read_text())
-    assert set(results["methods"]) == {*METHODS, *FROM_INDEPENDENT}
+    assert set(results["methods"]) == {*METHODS, *FROM_INDEPENDENT, *ADAPTER_ROWS}
     for method in METHODS:
         for pair in PAIRS:
             values = results["methods"][method][pair]
@@ -77,6 +78,7 @@ def test_results_json_schema(demo_output):
     assert results["dims"] == {
         "old": 16, "independent": 16, "bct": 16, "bt2": 20,
         "independent_continued": 16, "bct_from_independent": 16, "bt2_from_independent": 20,
+        **dict.fromkeys(ADAPTER_ROWS, 16),
     }  # fmt: skip
     curve = results["backfill"]["random"]
     assert curve["betas"][0] == 0.0 and curve["betas"][-1] == 1.0
@@ -96,9 +98,12 @@ def test_budgets_are_optimizer_steps_and_equal(demo_output):
     results = json.loads((demo_output / "results.json").read_text())
     assert results["steps"] == {"old": 5, **{name: 6 for name in (*METHODS, *FROM_INDEPENDENT)}}
     # Fine-tuned models had the independent model's 6 steps first; so had their twin, which they are measured against.
-    assert results["total_steps"] == {"old": 5, **dict.fromkeys(METHODS, 6), **dict.fromkeys(FROM_INDEPENDENT, 12)}
+    assert results["total_steps"] == {
+        "old": 5, **dict.fromkeys(METHODS, 6), **dict.fromkeys(FROM_INDEPENDENT, 12), **dict.fromkeys(ADAPTER_ROWS, 6)
+    }  # fmt: skip
     assert results["references"] == {
-        **dict.fromkeys(METHODS, "independent"), **dict.fromkeys(FROM_INDEPENDENT, "independent_continued")
+        **dict.fromkeys(METHODS, "independent"), **dict.fromkeys(FROM_INDEPENDENT, "independent_continued"),
+        **dict.fromkeys(ADAPTER_ROWS, "independent"),
     }  # fmt: skip
     for name, steps in results["steps"].items():
         training = AutoModel.from_pretrained(demo_output / "models" / name).config.training
@@ -109,6 +114,41 @@ def test_budgets_are_optimizer_steps_and_equal(demo_output):
         assert results["compatibility_tax"][name]["top1"] == round(
             twin - results["methods"][name]["new/new"]["top1"], 2
         )
+
+
+def test_adapter_rows_map_the_independent_model_into_the_old_space(demo_output, textures_dir):
+    """The practitioner's first try, as rows: the independent model's test embeddings mapped by each post-hoc adapter
+    (fitted on the training split) search the old gallery; re-embedding gives the independent model's own new/new."""
+    from bt2_hf.adapters import fit_adapter
+    from bt2_hf.experiments.demo import _prepare_data
+    from bt2_hf.experiments.demo_data import load_demo_data
+    from bt2_hf.experiments.embedding import embed_split
+    from bt2_hf.retrieval import RetrievalEvaluator
+
+    results = json.loads((demo_output / "results.json").read_text())
+    size = DemoSize.tiny()
+    independent = results["methods"]["independent"]["new/new"]
+    for kind in ADAPTER_ROWS:
+        assert results["methods"][kind]["new/new"] == independent
+        assert results["compatibility_tax"][kind] == {"top1": 0.0, "mAP": 0.0}
+        assert results["verdict"][kind]["status"] in ("compatible", "not_compatible", "do_not_upgrade")
+    # An independent reference: refit Procrustes from the saved models and search the old embeddings with numpy.
+    data, _ = _prepare_data(load_demo_data(textures_dir), size, validation=False)
+    train = data.train.take_per_class(size.adapter_train_samples, seed=0)
+    models = demo_output / "models"
+    procrustes = fit_adapter("procrustes", embed_split(models / "independent", train.images),
+                             embed_split(models / "old", train.images))  # fmt: skip
+    test = data.test.take_per_class(size.eval_samples, seed=0)
+    queries = procrustes.apply(embed_split(models / "independent", test.images))
+    gallery = embed_split(models / "old", test.images)
+    gallery = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    scores = queries @ gallery.T
+    np.fill_diagonal(scores, -np.inf)
+    labels = test.labels.numpy()
+    top1 = 100 * float(np.mean(labels[scores.argmax(axis=1)] == labels))
+    assert results["methods"]["procrustes"]["new/old"]["top1"] == pytest.approx(top1, abs=0.01)
+    expected = RetrievalEvaluator(metrics=("top1",)).evaluate(queries, gallery, labels, labels, same_items=True)
+    assert top1 == pytest.approx(100 * expected.metrics["top1"], abs=1e-6)
 
 
 def test_the_data_sets_name_is_everywhere(demo_output):
