@@ -121,6 +121,10 @@ class DemoSize:
     influence_scale: float = 10.0
     influence_weight: float = 3.0
     old_match_weight: float = 20.0
+    # BCT's and BT²'s frozen references embed each training image once, before training (one augmented view each, as
+    # the research code; the old model's table also gives W_o): fewer forward passes than online targets whenever a
+    # stage sees more images than the training split holds, and the prototypes need no pass of their own.
+    reference_targets: str = "precomputed"
     from_independent: bool = False
     validation_fraction: float = 1 / 6
     eval_samples: int | None = None  # None: the whole test split
@@ -386,6 +390,8 @@ def _stage_spec(name: str, size: DemoSize, models_dir: Path, device: str, seed: 
         # BT² matches its feature to the independent model trained for new_steps (its φ'_new); a fine-tuned model
         # starts from that same model.
         references["independent_model"] = str(models_dir / "independent")
+    if stage.method in ("bct", "bt2"):
+        common["reference_targets"] = size.reference_targets
     return StageSpec(
         method=stage.method,
         backbone_type="hf_vision",

@@ -70,6 +70,8 @@ class StageSpec:
         logging_steps (`int`, *optional*): log the mean losses every N steps.
         mixed_precision (`str`, *optional*): ``no``, ``fp16`` or ``bf16``.
         data_on_device (`bool`, *optional*): keep the training tensors on the device (in-memory data, no workers).
+        reference_targets (`str`, *optional*): ``online`` (the frozen references embed every augmented batch) or
+            ``precomputed`` (each training image once, before training).
         disable_tqdm (`bool`, *optional*, defaults to `False`): no progress bar.
     """
 
@@ -106,6 +108,7 @@ class StageSpec:
     logging_steps: int | None = None
     mixed_precision: str | None = None
     data_on_device: bool | None = None
+    reference_targets: str | None = None
     disable_tqdm: bool = False
 
 
@@ -164,6 +167,7 @@ def stage_arguments(spec: StageSpec):
             logging_steps=spec.logging_steps,
             mixed_precision=spec.mixed_precision,
             data_on_device=spec.data_on_device,
+            reference_targets=spec.reference_targets,
             head_learning_rate=spec.head_learning_rate,
             optimizer=spec.optimizer,
             weight_decay=spec.weight_decay,

@@ -598,13 +598,37 @@ def train(
                 )
             yield augmentation(batch["images"], params), batch["labels"], batch["index"]
 
+    precomputed: dict[str, torch.Tensor] = {}
+    if old_column is not None and "old" in references:
+        precomputed["old"] = old_column.to(device)
+    # Captions are never augmented, so a frozen text reference gives one embedding per caption: embed each once.
+    # With precomputed targets, each process also embeds every image once (a single random augmentation per image,
+    # as the research code); the old model's table then also gives the prototypes W_o (below). Cheaper than online
+    # targets whenever a run sees more images than the data set holds (steps × batch > N).
+    if references:
+        for name, ref in references.items():
+            if name in precomputed or (ref.modality == "image" and args.reference_targets != "precomputed"):
+                continue
+            table = torch.zeros(len(data), ref.embedding_dim, device=device)
+            with accelerator.autocast():
+                if ref.modality == "image":
+                    for images, _, rows in no_grad_pass(_PRECOMPUTE_EPOCH, True, False):
+                        table[rows.to(device)] = ref.embed(images)
+                else:
+                    for start in range(0, len(data), 4 * batch_size):
+                        rows = torch.arange(start, min(start + 4 * batch_size, len(data)))
+                        table[rows.to(device)] = ref.embed_rows(rows)
+            precomputed[name] = table
+
     prototypes = None
     if method.uses_prototypes and has_labels:
         ref = references[method.prototype_reference]
-        if old_column is not None and method.prototype_reference == "old":
-            # the precomputed column is the old model's word on these images: W_o is its class means
+        table = precomputed.get(method.prototype_reference) if ref.modality == "image" else None
+        if table is not None and (old_column is not None or args.prototype_augmentation):
+            # The stored targets are the reference's word on every training image (one augmented view each, or the
+            # given column): W_o is their class means, and no second pass over the data is needed.
             prototypes = compute_class_means(
-                [(old_column, image_data.labels)], data.num_classes, lambda x: x, old_column.shape[1], device,
+                [(table, image_data.labels)], data.num_classes, lambda x: x, table.shape[1], device,
                 class_names=data.class_names,
             )  # fmt: skip
         else:
@@ -622,26 +646,6 @@ def train(
                     class_names=data.class_names,
                 )
     method.prepare(prototypes)
-    precomputed: dict[str, torch.Tensor] = {}
-    if old_column is not None and "old" in references:
-        precomputed["old"] = old_column.to(device)
-    # Captions are never augmented, so a frozen text reference gives one embedding per caption: embed each once.
-    # With precomputed targets, each process also embeds every image once (a single random augmentation per image,
-    # as the research code).
-    if references:
-        for name, ref in references.items():
-            if name in precomputed or (ref.modality == "image" and args.reference_targets != "precomputed"):
-                continue
-            table = torch.zeros(len(data), ref.embedding_dim, device=device)
-            with accelerator.autocast():
-                if ref.modality == "image":
-                    for images, _, rows in no_grad_pass(_PRECOMPUTE_EPOCH, True, False):
-                        table[rows.to(device)] = ref.embed(images)
-                else:
-                    for start in range(0, len(data), 4 * batch_size):
-                        rows = torch.arange(start, min(start + 4 * batch_size, len(data)))
-                        table[rows.to(device)] = ref.embed_rows(rows)
-            precomputed[name] = table
 
     # ---- training state
     _train_mode(model, model_args.freeze_backbone, model_args.freeze_text_backbone)
