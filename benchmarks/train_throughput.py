@@ -6,7 +6,16 @@ frozen references are embedded online in both). The plain loop is what a researc
 bt2_hf's loop uses bf16 autocast on CUDA, channels-last CNNs, fused Adam, the dataset resident on the device with
 augmentation there, and optionally ``torch.compile``.
 
+``--demo`` measures the demo's own stages instead: for each new architecture (ViT, CvT), the wall time and images/s
+of the independent, BCT and BT² stages as the demo runs them (``run_stage`` on Fashion-MNIST, data and references
+included), with the frozen references' targets computed online (before) and precomputed (after), all in one run, and
+the BCT / BT² stage time as a multiple of the independent stage's. ``--demo_scale`` shrinks the training split and the
+step budget by the same factor, so a stage sees the training split the same number of times as in the demo.
+
 Examples::
+
+    # the demo's stages, before and after, on 2 CPU cores (a quarter of the demo's data and steps)
+    python benchmarks/train_throughput.py --demo --demo_scale 0.25
 
     # GPU (the goal: >= 3x for the BT² stage with ResNet-50 on 32x32)
     python benchmarks/train_throughput.py --backbone resnet50 --image-size 32 --batch-size 256 --steps 50
@@ -122,8 +131,59 @@ def bt2_hf_loop(stage, backbone_type, backbone_config, refs, images, labels, arg
     return sum(measured) / len(measured)
 
 
+def demo_stages(architectures: list[str], scale: float, data_dir: str | None) -> list[dict]:
+    """Wall time of the demo's stages per architecture, online vs precomputed targets; prints a table, returns rows."""
+    from dataclasses import replace
+
+    from bt2_hf.experiments.demo import DemoSize, _stage_spec
+    from bt2_hf.experiments.demo_data import load_demo_data, split_off
+    from bt2_hf.experiments.stages import run_stage
+
+    data = load_demo_data(data_dir)
+    if scale < 1.0:
+        data = replace(data, train=split_off(data.train, scale, seed=0)[1])
+    rows = []
+    print(f"threads {torch.get_num_threads()}; {len(data.train)} training images; scale {scale}")
+    print(
+        f"{'architecture':<12} {'stage':<12} {'targets':<12} {'steps':>6} {'seconds':>8} {'img/s':>8} {'× independent':>14}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for architecture in architectures:
+            size = DemoSize(new_architecture=architecture)
+            size = replace(
+                size, new_steps=max(1, round(size.new_steps * scale)), old_steps=max(1, round(size.old_steps * scale))
+            )
+            models = work / architecture
+            for name in ("old", "independent"):
+                run_stage(_stage_spec(name, size, models, "cpu", 0, data), train_data=data.train, reuse=False)
+            timed = [("independent", "-")] + [(m, t) for t in ("online", "precomputed") for m in ("bct", "bt2")]
+            base = None
+            for method, targets in timed:
+                trial = size if targets == "-" else replace(size, reference_targets=targets)
+                spec = _stage_spec(method, trial, models / f"timed-{targets}", "cpu", 0, data)
+                if method != "independent":  # the references live in the first models folder
+                    spec = replace(spec, old_model=str(models / "old"), independent_model=str(models / "independent"))
+                started = time.perf_counter()
+                run_stage(spec, train_data=data.train, reuse=False)
+                seconds = time.perf_counter() - started
+                base = seconds if method == "independent" else base
+                row = {"architecture": architecture, "stage": method, "targets": targets, "steps": size.new_steps,
+                       "seconds": round(seconds, 1), "images_per_second": round(size.new_steps * size.batch_size / seconds, 1),
+                       "ratio_to_independent": round(seconds / base, 3)}  # fmt: skip
+                rows.append(row)
+                print(f"{architecture:<12} {method:<12} {targets:<12} {row['steps']:>6} {row['seconds']:>8.1f} "
+                      f"{row['images_per_second']:>8.1f} {row['ratio_to_independent']:>13.2f}x", flush=True)  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--demo", action="store_true", help="time the demo's stages (see the module docstring)")
+    parser.add_argument("--demo_architectures", nargs="+", default=["vit", "cvt"])
+    parser.add_argument("--demo_scale", type=float, default=0.25)
+    parser.add_argument("--data_dir", default=None, help="the demo's data (default: Debian's Fashion-MNIST)")
+    parser.add_argument("--output", default=None, help="write the --demo rows as JSON here")
     parser.add_argument("--backbone", default="resnet50", choices=["resnet50", "resnet_tiny", "vit_tiny", "small_cnn"])
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=3)
@@ -138,6 +198,11 @@ def main() -> None:
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast in bt2_hf's loop")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.demo:
+        rows = demo_stages(args.demo_architectures, args.demo_scale, args.data_dir)
+        if args.output:
+            Path(args.output).write_text(json.dumps(rows, indent=2))
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backbone_type, backbone_config = backbone_spec(args.backbone, args.image_size, args.channels)
     generator = torch.Generator().manual_seed(0)

@@ -27,6 +27,8 @@ from .stages import StageSpec, run_stage
 logger = logging.getLogger(__name__)
 
 METHODS = ("independent", "bct", "bt2")
+# Trained only with DemoSize.baselines (`bt2 demo --baselines`): BCT, the paper's baseline, one flag away.
+BASELINE_METHODS = ("bct", "bct_from_independent")
 # The side-by-side variant: BCT and BT² fine-tune the independent model, and an independent twin trains as many
 # steps again without compatibility terms, so their tax is measured against a model trained as long as they are.
 FROM_INDEPENDENT = ("independent_continued", "bct_from_independent", "bt2_from_independent")
@@ -125,6 +127,7 @@ class DemoSize:
     # the research code; the old model's table also gives W_o): fewer forward passes than online targets whenever a
     # stage sees more images than the training split holds, and the prototypes need no pass of their own.
     reference_targets: str = "precomputed"
+    baselines: bool = False  # also train BCT (and, with from_independent, BCT from the independent model)
     from_independent: bool = False
     validation_fraction: float = 1 / 6
     eval_samples: int | None = None  # None: the whole test split
@@ -420,7 +423,8 @@ def _percent(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _stage_names(size: DemoSize) -> list[str]:
-    return ["old", *METHODS, *(FROM_INDEPENDENT if size.from_independent else ())]
+    names = ["old", *METHODS, *(FROM_INDEPENDENT if size.from_independent else ())]
+    return [name for name in names if size.baselines or name not in BASELINE_METHODS]
 
 
 def _method(name: str) -> str:

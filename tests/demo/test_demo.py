@@ -42,7 +42,8 @@ def textures_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def demo_output(tmp_path_factory, textures_dir) -> Path:
     output = tmp_path_factory.mktemp("demo") / "out"
-    run_demo(output, data_dir=textures_dir, device="cpu", size=replace(DemoSize.tiny(), from_independent=True))
+    size = replace(DemoSize.tiny(), from_independent=True, baselines=True)
+    run_demo(output, data_dir=textures_dir, device="cpu", size=size)
     return output
 
 
@@ -50,7 +51,7 @@ def demo_output(tmp_path_factory, textures_dir) -> Path:
 def weak_new_output(tmp_path_factory, textures_dir) -> Path:
     """The old CNN trained 30 steps (it separates the textures), the new ViTs a single step: the new model is weaker."""
     output = tmp_path_factory.mktemp("weak") / "out"
-    size = replace(DemoSize.tiny(), old_steps=30, new_steps=1, learning_rate=3e-3, backfill_points=2)
+    size = replace(DemoSize.tiny(), old_steps=30, new_steps=1, learning_rate=3e-3, backfill_points=2, baselines=True)
     run_demo(output, data_dir=textures_dir, device="cpu", size=size)
     return output
 
