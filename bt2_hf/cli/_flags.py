@@ -80,3 +80,13 @@ def with_examples(parser: argparse.ArgumentParser, examples: str) -> argparse.Ar
     parser.epilog = f"Examples:\n{body}"
     parser.formatter_class = ExamplesHelpFormatter
     return parser
+
+
+def hub_namespace(value: str) -> str:
+    """An argparse ``type`` for ``--hub_namespace``: a Hub user or organisation name, else a usage error naming it."""
+    from bt2_hf.utils.repo_id import validate_hub_namespace
+
+    try:
+        return validate_hub_namespace(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

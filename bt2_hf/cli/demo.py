@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from ._flags import snake_case_flags, with_examples
+from ._flags import hub_namespace, snake_case_flags, with_examples
 
 EXAMPLES = """\
 bt2 demo --output_dir bt2_demo_output                 # Fashion-MNIST, CPU-sized (minutes)
@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="The first seed (default: %(default)s).")
     parser.add_argument("--seeds", type=int, default=1, help="Run this many seeds and report mean ± sd.")
     parser.add_argument(
-        "--hub_namespace", "--hub-namespace", dest="hub_namespace", default="bt2-hf-demo",
-        help="Namespace used in the cards' repo ids.",
+        "--hub_namespace", "--hub-namespace", dest="hub_namespace", default="bt2-hf-demo", type=hub_namespace,
+        help="Hub user or organisation named in the cards' repo ids (letters, digits, '-', '_', '.').",
     )  # fmt: skip
     return with_examples(snake_case_flags(parser), EXAMPLES)
 
