@@ -50,3 +50,43 @@ def _demo_parser() -> argparse.ArgumentParser:  # for the docstring example
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch-size", type=int)
     return parser
+
+
+class ExamplesHelpFormatter(argparse.HelpFormatter):
+    """Wraps the description's prose as argparse does, but prints indented lines (examples, commands) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.strip("\n").split("\n\n"):
+            lines = paragraph.splitlines()
+            if any(line.startswith("  ") for line in lines) or lines[0].rstrip().endswith(":"):
+                paragraphs.append("\n".join(indent + line for line in lines))
+            else:
+                paragraphs.append(super()._fill_text(paragraph, width, indent))
+        return "\n\n".join(paragraphs)
+
+
+def with_examples(parser: argparse.ArgumentParser, examples: str) -> argparse.ArgumentParser:
+    """Show ``examples`` (one command a line, each with its comment) at the end of ``parser``'s ``--help``.
+
+    Args:
+        parser (`argparse.ArgumentParser`): the command's parser, modified in place.
+        examples (`str`): the lines to show under "Examples:", as they should be typed.
+
+    Returns:
+        `argparse.ArgumentParser`: the same parser.
+    """
+    body = "\n".join("  " + line if line else "" for line in examples.strip("\n").splitlines())
+    parser.epilog = f"Examples:\n{body}"
+    parser.formatter_class = ExamplesHelpFormatter
+    return parser
+
+
+def hub_namespace(value: str) -> str:
+    """An argparse ``type`` for ``--hub_namespace``: a Hub user or organisation name, else a usage error naming it."""
+    from bt2_hf.utils.repo_id import validate_hub_namespace
+
+    try:
+        return validate_hub_namespace(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

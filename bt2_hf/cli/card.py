@@ -6,9 +6,16 @@ import argparse
 import logging
 import sys
 
-from ._flags import snake_case_flags
+from ._flags import snake_case_flags, with_examples
 
 logger = logging.getLogger(__name__)
+
+
+EXAMPLES = """\
+bt2 card bt2_demo_output/models/bt2                    # refresh README.md, keeping the demo's sections
+bt2 card runs/bt2 --results verify.json --repo_id my-org/my-bt2
+bt2 card runs/bt2 --output /tmp/card.md                  # write elsewhere
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repo-id", default=None, help="the Hub id shown in the card (default: the directory)")
     parser.add_argument("--dataset", default=None, help="name of the evaluation dataset")
     parser.add_argument("--license", default=None, help="license for the card's metadata")
-    return snake_case_flags(parser)
+    return with_examples(snake_case_flags(parser), EXAMPLES)
 
 
 def main(argv: list[str] | None = None) -> int:

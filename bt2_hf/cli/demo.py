@@ -6,7 +6,15 @@ import argparse
 import logging
 import sys
 
-from ._flags import snake_case_flags
+from ._flags import hub_namespace, snake_case_flags, with_examples
+
+EXAMPLES = """\
+bt2 demo --output_dir bt2_demo_output                 # Fashion-MNIST, CPU-sized (minutes)
+bt2 demo --tiny --output_dir /tmp/bt2_smoke               # seconds; the numbers are noise
+bt2 demo --full --device cuda --seeds 3                   # the GPU-sized run, mean ± sd over 3 seeds
+bt2 demo --data_dir my_photos/ --dataset_name my-photos   # any imagefolder (one sub-directory per class)
+bt2 demo --hub_namespace my-org                           # cards name my-org/<data set>-<model> repos
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,10 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="The first seed (default: %(default)s).")
     parser.add_argument("--seeds", type=int, default=1, help="Run this many seeds and report mean ± sd.")
     parser.add_argument(
-        "--hub_namespace", "--hub-namespace", dest="hub_namespace", default="bt2-hf-demo",
-        help="Namespace used in the cards' repo ids.",
+        "--hub_namespace", "--hub-namespace", dest="hub_namespace", default="bt2-hf-demo", type=hub_namespace,
+        help="Hub user or organisation named in the cards' repo ids (letters, digits, '-', '_', '.').",
     )  # fmt: skip
-    return snake_case_flags(parser)
+    return with_examples(snake_case_flags(parser), EXAMPLES)
 
 
 def main(argv: list[str] | None = None) -> int:

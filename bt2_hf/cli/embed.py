@@ -15,7 +15,16 @@ import json
 import logging
 import sys
 
-from ._flags import snake_case_flags
+from ._flags import snake_case_flags, with_examples
+
+EXAMPLES = """\
+bt2 embed --model bt2_demo_output/models/old --data /usr/share/datasets/fashion-mnist --split test --output emb_old
+bt2 embed --model runs/old --data my_photos/ --output emb_photos               # an imagefolder
+bt2 embed --model runs/old --data my_photos/ --streaming --output emb_photos    # without listing it first
+bt2 embed --model runs/text --data captions.jsonl --output emb_text             # .txt or .jsonl lines
+bt2 embed --model runs/old --data saved_dataset/ --split test --column image --id_column id --output emb
+accelerate launch -m bt2_hf.cli.embed --model runs/old --data my_photos/ --output emb   # several processes
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", help="cpu, cuda, … (default: the process's accelerate device)")
     parser.add_argument("--no-progress", action="store_true")
-    return snake_case_flags(parser)
+    return with_examples(snake_case_flags(parser), EXAMPLES)
 
 
 def main(argv: list[str] | None = None) -> int:

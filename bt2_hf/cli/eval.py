@@ -21,9 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ._flags import snake_case_flags
+from ._flags import snake_case_flags, with_examples
 
 logger = logging.getLogger(__name__)
+
+
+EXAMPLES = """\
+bt2 eval --embeddings old.npz bt2.npz --independent independent.npz --output_dir eval_out
+bt2 eval --models bt2_demo_output/models/old bt2_demo_output/models/bt2 --dataset fashion_mnist --data_dir /usr/share/datasets/fashion-mnist
+bt2 eval --embeddings v1.npz v2.npz v3.npz --output_dir matrix   # three or more: the compatibility matrix
+bt2 eval --embeddings old.npz bt2.npz --backfill --output_dir backfill_curves
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", help="where eval.json and the PNG plots go")
     parser.add_argument("--no-plots", action="store_true")
-    return snake_case_flags(parser)
+    return with_examples(snake_case_flags(parser), EXAMPLES)
 
 
 def load_embedding_file(path: str, labels_path: str | None = None):

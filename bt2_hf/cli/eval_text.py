@@ -18,7 +18,12 @@ import logging
 import sys
 from pathlib import Path
 
-from ._flags import snake_case_flags
+from ._flags import snake_case_flags, with_examples
+
+EXAMPLES = """\
+bt2 eval-text --text_models runs/text_bt2 --gallery_models runs/old runs/new --data_dir /usr/share/datasets/fashion-mnist
+bt2 eval-text --text_models runs/text_bt2 --gallery_models runs/old --templates all --output text.json
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics", default="recall@1,recall@5,recall@10,map")
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--output", default=None, help="Write the results as JSON here.")
-    return snake_case_flags(parser)
+    return with_examples(snake_case_flags(parser), EXAMPLES)
 
 
 def run(args: argparse.Namespace) -> dict:

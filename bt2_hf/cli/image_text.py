@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from ._flags import snake_case_flags
+from ._flags import snake_case_flags, with_examples
 
 
 def _json_object(text: str) -> dict:
@@ -18,6 +18,12 @@ def _json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
+
+
+EXAMPLES = """\
+bt2 image-text --output_dir runs/image_text
+bt2 image-text --output_dir /tmp/image_text_smoke --scenes_preset tiny --steps 20
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="The first training seed.")
     add("--seeds", type=int, default=1, help="Run this many seeds (seed, seed+1, …) and report mean ± sd.")
     add("--show_progress", action="store_true", help="Progress bars while training.")
-    return snake_case_flags(parser)
+    return with_examples(snake_case_flags(parser), EXAMPLES)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,27 +11,42 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("bt2_hf.cli.train", "train an old / independent / BCT / BT² model from a recipe"),
-    "eval": ("bt2_hf.cli.eval", "evaluate compatibility between models (old/old, new/old, new/new, matrix)"),
-    "eval-text": ("bt2_hf.cli.eval_text", "evaluate text queries against an image gallery (old or new model)"),
-    "series": ("bt2_hf.cli.series", "train and evaluate a series of BT² updates v1 → v2 → v3"),
-    "verify": ("bt2_hf.cli.verify", "measure whether a new model may search an old model's galleries; record it"),
-    "embed": ("bt2_hf.cli.embed", "embed a dataset with a model into resumable shards with ids and a manifest"),
-    "index": ("bt2_hf.cli.index", "build or search a gallery index with a manifest"),
-    "backfill": ("bt2_hf.cli.backfill", "re-embed a fraction of a gallery with a newer model, in place"),
-    "push": ("bt2_hf.cli.push", "push a checkpoint with its card to the Hub"),
-    "card": ("bt2_hf.cli.card", "render or refresh a model card from a checkpoint and an evaluation JSON"),
-    "demo": ("bt2_hf.cli.demo", "run the end-to-end Fashion-MNIST demo"),
-    "image-text": ("bt2_hf.cli.image_text", "image–text compatibility on the scenes: BT² pair vs baselines"),
-    "text-tower": ("bt2_hf.cli.text_tower", "class-level BT² text tower searching an old Fashion-MNIST gallery"),
-}
+# (module, one-line help, arguments put before the user's). The first block is the story in the order a user meets
+# it; ``bt2 --help`` prints it as such.
+STORY: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "demo": ("bt2_hf.cli.demo", "run the whole story on Fashion-MNIST: old, independent, BCT and BT² models, verdict", ()),
+    "train": ("bt2_hf.cli.train", "train an old / independent / BCT / BT² model from a recipe", ()),
+    "verify": ("bt2_hf.cli.verify", "measure whether a new model may search an old model's galleries; record it", ()),
+    "embed": ("bt2_hf.cli.embed", "embed a dataset with a model into resumable shards with ids and a manifest", ()),
+    "index": ("bt2_hf.cli.index", "build a gallery (faiss or Milvus) from embeddings or a model and a dataset", ()),
+    "search": ("bt2_hf.cli.index", "search a gallery with a (newer, compatible) query model: `bt2 index search`", ("search",)),
+    "backfill": ("bt2_hf.cli.backfill", "re-embed a fraction of a gallery with a newer model, in place", ()),
+    "push": ("bt2_hf.cli.push", "push a checkpoint with its card to the Hub", ()),
+}  # fmt: skip
+MORE: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "card": ("bt2_hf.cli.card", "render or refresh a model card from a checkpoint (keeps the pipeline's sections)", ()),
+    "eval": ("bt2_hf.cli.eval", "evaluate compatibility between models (old/old, new/old, new/new, matrix)", ()),
+    "eval-text": ("bt2_hf.cli.eval_text", "evaluate text queries against an image gallery (old or new model)", ()),
+    "series": ("bt2_hf.cli.series", "train and evaluate a series of BT² updates v1 → v2 → v3", ()),
+    "image-text": ("bt2_hf.cli.image_text", "image–text compatibility on the scenes: BT² pair vs baselines", ()),
+    "text-tower": ("bt2_hf.cli.text_tower", "class-level BT² text tower searching an old Fashion-MNIST gallery", ()),
+    "hub-serve": ("bt2_hf.cli.hub_serve", "serve a local Hub on 127.0.0.1 to try push and pull offline", ()),
+}  # fmt: skip
+COMMANDS = {**STORY, **MORE}
 
 
 def _usage() -> str:
-    lines = ["usage: bt2 <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items()]
-    lines += ["", "Run `bt2 <command> --help` for the options of one command."]
+    lines = ["usage: bt2 <command> [options]", "", "The story, in order:"]
+    lines += [f"  {name:<11} {help_text}" for name, (_, help_text, _) in STORY.items()]
+    lines += ["", "More commands:"]
+    lines += [f"  {name:<11} {help_text}" for name, (_, help_text, _) in MORE.items()]
+    lines += [
+        "",
+        "Example, from a fresh machine:",
+        "  bt2 demo --output_dir bt2_demo_output",
+        "",
+        "Run `bt2 <command> --help` for the options of one command, with examples.",
+    ]
     return "\n".join(lines)
 
 
@@ -44,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"bt2: unknown command {name!r}.\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    module_name, _, leading_arguments = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    return int(module.main([*leading_arguments, *rest]) or 0)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,13 @@ import json
 import logging
 from pathlib import Path
 
-from ._flags import snake_case_flags
+from ._flags import snake_case_flags, with_examples
+
+EXAMPLES = """\
+bt2 series recipes/fashion_mnist_series/series_cpu.yaml --output_dir runs/series
+bt2 series recipes/fashion_mnist_series/series_cpu.yaml --output_dir runs/series --max_steps_scale 0.1   # quick
+bt2 series recipes/fashion_mnist_series/series_cpu.yaml --output_dir runs/series --retrain_changed
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
         help="Autocast for every training run (bf16 on a GPU); default: the file's mixed_precision, else accelerate's.",
     )  # fmt: skip
-    return snake_case_flags(parser)
+    return with_examples(snake_case_flags(parser), EXAMPLES)
 
 
 def load_series_file(path: str | Path) -> dict:
@@ -59,9 +65,9 @@ def load_series_file(path: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # before the heavy imports: --help answers at once
     from bt2_hf.experiments.series import SeriesVersion, format_matrix, run_series
 
-    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     spec = load_series_file(args.config)
     versions = []

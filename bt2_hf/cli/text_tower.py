@@ -8,9 +8,14 @@ import json
 import logging
 import sys
 
+EXAMPLES = """\
+bt2 text-tower --output_dir runs/text_tower
+bt2 text-tower --output_dir runs/text_tower --old_model runs/old --new_image_model runs/new
+"""
+
 
 def build_parser(prog: str = "bt2 text-tower") -> argparse.ArgumentParser:
-    from ._flags import snake_case_flags
+    from ._flags import snake_case_flags, with_examples
 
     defaults = _defaults()
     parser = argparse.ArgumentParser(
@@ -44,7 +49,7 @@ def build_parser(prog: str = "bt2 text-tower") -> argparse.ArgumentParser:
     add("--retrain_changed", action="store_true",
         help="Retrain a step whose saved model in OUTPUT_DIR was trained with other settings (default: refuse it, "
         "naming the settings); a step with the same settings is always reused.")  # fmt: skip
-    return snake_case_flags(parser)
+    return with_examples(snake_case_flags(parser), EXAMPLES)
 
 
 def _defaults():

@@ -51,6 +51,27 @@ def build_parser(method_name: str):
     return parser
 
 
+# The methods `bt2 train --method` accepts (tests check this list against the registry in bt2_hf.methods).
+METHOD_NAMES = ("independent", "bct", "bt2", "independent_text", "bct_text", "bt2_text", "clip", "bt2_pair")
+
+OVERVIEW = f"""usage: bt2 train --config RECIPE.yaml [--option value ...]
+       bt2 train --method METHOD --output_dir DIR [--option value ...]
+       bt2 train --method METHOD --help
+
+Train a backward-compatible embedding model. A recipe is a flat YAML file whose keys are the options of
+`bt2 train --method METHOD --help`; options given on the command line override it.
+
+METHOD (default: the recipe's `method`, else independent): {", ".join(METHOD_NAMES)}.
+
+Examples:
+  bt2 train --config recipes/fashion_mnist_cnn_to_vit/old.yaml
+  bt2 train --config recipes/fashion_mnist_cnn_to_vit/bt2.yaml --max_steps 200 --output_dir runs/bt2
+  accelerate launch -m bt2_hf.cli.train --config recipes/fashion_mnist_cnn_to_vit/bt2.yaml
+  bt2 train --config recipes/fashion_mnist_cnn_to_vit/bt2.yaml --resume_from_checkpoint latest
+  bt2 train --method bt2 --help          # every option of one method, with its help and default
+"""
+
+
 def parse_args(argv: list[str] | None = None):
     """Parse ``argv`` (YAML recipe + overrides) into ``(model_args, data_args, training_args, method_config)``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -82,6 +103,10 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``bt2 train``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv) and not any(a.split("=")[0] in {"--method", "--config"} for a in argv):
+        print(OVERVIEW)  # the full option list needs transformers' TrainingArguments: `--method X --help` shows it
+        return 0
     from ..training import train
 
     logging.basicConfig(

@@ -18,9 +18,16 @@ import argparse
 import logging
 import sys
 
-from ._flags import snake_case_flags
+from ._flags import snake_case_flags, with_examples
 
 logger = logging.getLogger(__name__)
+
+
+EXAMPLES = """\
+bt2 verify bt2_demo_output/models/bt2 --old bt2_demo_output/models/old --data fashion_mnist --split test
+bt2 verify runs/new --old runs/old --data my_photos/ --split test --independent runs/independent
+bt2 verify runs/new --old my-org/old-model --data fashion_mnist --split test --no_write   # measure, write nothing
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace an existing measurement on more items or another split (recorded in the entry)",
     )
     parser.add_argument("--output", help="also write the verification (entry + PairReport) to this JSON file")
-    return snake_case_flags(parser)
+    return with_examples(snake_case_flags(parser), EXAMPLES)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,11 +21,12 @@ from ..compatibility import (
     validate_compatibility_metadata,
 )
 from .card import create_or_update_model_card, merge_model_card, pipeline_tag_for, render_model_card
-from .push import push_to_hub
+from .push import HubUnreachableError, push_to_hub
 from .resolve import load_gallery_manifest, resolve_query_model
 
 __all__ = [
     "CompatibilityMetadataError",
+    "HubUnreachableError",
     "create_or_update_model_card",
     "criterion_outcome",
     "declare_compatibility",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
@@ -20,6 +21,44 @@ _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 # Weight files of an earlier push that this push does not re-upload (e.g. a different sharding) must go, or a reader
 # could pair the new config with stale shards; the fingerprint check would catch it, but the repo should be clean.
 _STALE_WEIGHT_PATTERNS = ["model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json"]
+
+
+class HubUnreachableError(OSError):
+    """The Hub endpoint could not be reached (offline, wrong ``HF_ENDPOINT``, no network): one line, with the fix."""
+
+
+# Transport failures of the HTTP clients huggingface_hub has used (httpx, its httpx2 fork, requests/urllib3); matched
+# by name so that no client has to be importable here.
+_TRANSPORT_ERROR_NAMES = {"TransportError", "ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError",
+                          "ConnectionError", "NewConnectionError", "MaxRetryError"}  # fmt: skip
+
+
+def _is_transport_error(error: BaseException) -> bool:
+    return any(
+        cls.__name__ in _TRANSPORT_ERROR_NAMES
+        and cls.__module__.split(".")[0] in {"httpx", "httpx2", "requests", "urllib3"}
+        for cls in type(error).__mro__
+    )
+
+
+@contextlib.contextmanager
+def _reporting_unreachable_hub(endpoint: str, action: str):
+    """Turn a transport failure or huggingface_hub's offline refusal into one :class:`HubUnreachableError` line."""
+    try:
+        yield
+    except Exception as error:
+        if constants.HF_HUB_OFFLINE and isinstance(error, OSError) and "offline" in str(error).lower():
+            raise HubUnreachableError(
+                f"Cannot {action}: HF_HUB_OFFLINE is set, so nothing may reach the Hub. Unset it (HF_HUB_OFFLINE=0) "
+                f"to push to {endpoint}, or point HF_ENDPOINT at a local Hub (`bt2 hub-serve --help`)."
+            ) from None
+        if _is_transport_error(error):
+            raise HubUnreachableError(
+                f"Cannot {action}: the Hub at {endpoint} is unreachable ({type(error).__name__}: {error}). Check the "
+                "network, or set HF_ENDPOINT to a reachable Hub (for a local one: `bt2 hub-serve --help`); "
+                "HF_HUB_OFFLINE=1 keeps everything local."
+            ) from None
+        raise
 
 
 def _bt2_version() -> str:
@@ -82,6 +121,13 @@ def push_to_hub(
         raise ValueError(f"revision={revision!r} is a commit sha; push to a branch name (e.g. 'main' or 'v2').")
     endpoint = endpoint or constants.ENDPOINT
     api = HfApi(endpoint=endpoint, token=token, library_name="bt2_hf", library_version=_bt2_version())
+    with _reporting_unreachable_hub(endpoint, f"push {repo_id}"):
+        return _push_folder(api, endpoint, model, repo_id, revision, commit_message, private, card_metrics,
+                            card_kwargs, max_shard_size, cache_dir)  # fmt: skip
+
+
+def _push_folder(api, endpoint, model, repo_id, revision, commit_message, private, card_metrics, card_kwargs,
+                 max_shard_size, cache_dir) -> CommitInfo:  # fmt: skip
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if revision and revision != constants.DEFAULT_REVISION:
         api.create_branch(repo_id, branch=revision, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 
@@ -21,3 +22,34 @@ def hub_id_or_none(value: Any) -> str | None:
     except HFValidationError:
         return None
     return candidate
+
+
+# A Hub user or organisation name: letters, digits, "-", "_", "."; no leading/trailing "-" or ".", no "--" or "..".
+_NAMESPACE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
+
+
+def validate_hub_namespace(value: str) -> str:
+    """Return ``value`` when it can be the namespace of a Hub repo id (a user or organisation name), else refuse it.
+
+    Args:
+        value (`str`): the namespace, e.g. ``"my-org"`` (without ``/`` or a repo name).
+
+    Returns:
+        `str`: ``value`` unchanged.
+
+    Raises:
+        `ValueError`: naming the value and the characters a namespace may hold (``"bad name/../x"`` is refused).
+
+    Example:
+
+    ```python
+    >>> validate_hub_namespace("my-org")
+    'my-org'
+    ```
+    """
+    if not isinstance(value, str) or not _NAMESPACE.match(value) or "--" in value or ".." in value:
+        raise ValueError(
+            f"{value!r} is not a Hub namespace: use a user or organisation name of letters, digits, '-', '_' and '.' "
+            "(no '/', no spaces, no '--' or '..', not starting or ending with '-' or '.'), e.g. my-org."
+        )
+    return value

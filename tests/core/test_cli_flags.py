@@ -9,7 +9,7 @@ import pytest
 
 from bt2_hf.cli.main import COMMANDS
 
-ARGPARSE_COMMANDS = [module for name, (module, _) in COMMANDS.items() if name != "train"]
+ARGPARSE_COMMANDS = sorted({module for name, (module, *_) in COMMANDS.items() if name != "train"})
 
 
 def _long_options(parser: argparse.ArgumentParser):

@@ -17,8 +17,7 @@ import torch
 from huggingface_hub import constants
 
 from bt2_hf import BT2Config, BT2Model
-
-from .hubserver import DEFAULT_TOKEN, HubServer
+from bt2_hf.hub.local_server import DEFAULT_TOKEN, HubServer
 
 SMALL_CNN = {"num_channels": 1, "widths": [8, 16], "image_size": 28}
 

@@ -17,9 +17,9 @@ from transformers import AutoModel
 from bt2_hf import BT2Model, FingerprintMismatchError, IncompatibleModelsError
 from bt2_hf.cli.push import main as push_main
 from bt2_hf.hub import declare_compatibility, push_to_hub, resolve_query_model
+from bt2_hf.hub.local_server import DEFAULT_TOKEN
 
 from .conftest import FAKE_DATASET, FAKE_RESULTS, embed, make_bt2_model, make_old_model
-from .hubserver import DEFAULT_TOKEN
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

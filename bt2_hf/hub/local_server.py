@@ -1,7 +1,8 @@
-"""A Hub-compatible HTTP server for tests: the subset of the Hugging Face Hub API that ``huggingface_hub`` and
-``transformers`` use to push and pull model repos (reference/hf-conventions.md §3).
+"""A local Hub-compatible HTTP server: the subset of the Hugging Face Hub API that ``huggingface_hub`` and
+``transformers`` use to push and pull model repos, for trying ``bt2 push`` and ``from_pretrained`` without a network
+(``bt2 hub-serve``) and for the tests, which push and pull through it for real.
 
-It is test infrastructure only: the library never imports it. Repos live in memory as git-like snapshots
+Nothing else in the library imports it. Repos live in memory as git-like snapshots
 (commit sha → {path: bytes}) with branches, so pushes to several revisions and pulls by branch or commit sha behave
 as on the Hub. Every file is uploaded inline ("regular" upload mode, base64 in the NDJSON commit), and no response
 carries ``X-Xet-Hash``, so the real client talks plain HTTP even with ``hf_xet`` installed.
@@ -436,9 +437,13 @@ class HubServer(ThreadingHTTPServer):
         self.stop()
 
 
-if __name__ == "__main__":  # manual use: python tests/hub/hubserver.py, then HF_ENDPOINT=<printed url>
-    with HubServer() as server:
-        print(f"Fake Hub at {server.url} (token {DEFAULT_TOKEN}); Ctrl-C to stop.", flush=True)
+def serve_until_interrupted(port: int = 0, host: str = "127.0.0.1", ready=print) -> None:
+    """Serve a fresh in-memory Hub until Ctrl-C (``bt2 hub-serve``); ``ready`` gets the line that names its URL."""
+    with HubServer(host=host, port=port) as server:
+        ready(
+            f"Local Hub at {server.url} (in memory, user {USER}, token {DEFAULT_TOKEN}); Ctrl-C to stop.\n"
+            f"In another shell: export HF_ENDPOINT={server.url} HF_TOKEN={DEFAULT_TOKEN} HF_HUB_OFFLINE=0"
+        )
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
