@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         "more), shown side by side with the from-scratch rows.",
     )  # fmt: skip
     parser.add_argument(
+        "--overwrite", action="store_true",
+        help="Replace a finished run of another size or data set in the output directory (refused without it).",
+    )  # fmt: skip
+    parser.add_argument(
         "--baselines", action="store_true",
         help="Also train BCT, the paper's baseline (one more new model: about a third more time).",
     )  # fmt: skip
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             seeds=args.seeds,
             validation=args.validation,
             hub_namespace=args.hub_namespace,
+            overwrite=args.overwrite,
         )
     except (FileNotFoundError, ValueError) as error:  # missing data, no CUDA device: say what to do, no traceback
         console.print(f"[red]bt2 demo: {error}[/red]")

@@ -8,6 +8,7 @@ card record what was measured. Everything is named after the data set. ``bt2 dem
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -784,6 +785,7 @@ def run_demo(
     seeds: int = 1,
     validation: bool = False,
     hub_namespace: str = "bt2-hf-demo",
+    overwrite: bool = False,
 ) -> DemoResult:
     """Train old → independent → BCT → BT² on a data set, evaluate, give a verdict, plot, save Hub-ready checkpoints.
 
@@ -805,6 +807,9 @@ def run_demo(
             split and report on that split (how the settings are chosen; the test split is not read for numbers).
         hub_namespace (`str`, *optional*, defaults to `"bt2-hf-demo"`): the namespace of the repo ids written into
             the metadata and cards (``<namespace>/<dataset>-<model>``), so the folders can be pushed as is.
+        overwrite (`bool`, *optional*, defaults to `False`): replace a finished run of another size or data set in
+            ``output_dir`` (without it, such a run is refused before anything is trained: a ``--tiny`` smoke run
+            never silently replaces a full run's output).
 
     Returns:
         :class:`DemoResult` of the first seed, whose ``results`` carry the seeds' summary under ``"seeds"``.
@@ -818,6 +823,8 @@ def run_demo(
     final_dir = Path(output_dir)
     # The data is read before anything is trained, so missing data fails at once with how to get it.
     data = load_demo_data(data_dir, dataset_name=dataset_name)
+    if not overwrite:
+        _refuse_to_replace_another_run(final_dir, size, data.name)
     # The whole run (every seed) is built beside output_dir and swapped in at the end: a failed or killed re-run
     # leaves the previous run (its models, gallery and results, which refer to each other) untouched.
     with atomic_directory(final_dir, keep_other_entries=True) as staging:
@@ -830,6 +837,28 @@ def run_demo(
         first.results["seeds"] = summarize_seeds([run.results for run in runs])
         atomic_write_json(staging / "results.json", first.results)
     return _relocated(first, staging, final_dir)
+
+
+def _refuse_to_replace_another_run(output_dir: Path, size: DemoSize, dataset: str) -> None:
+    """A finished run of another size or data set in ``output_dir`` is replaced only when asked (``--overwrite``)."""
+    previous = output_dir / "results.json"
+    if not previous.is_file():
+        return
+    try:
+        recorded = json.loads(previous.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = {}
+    asked = json.loads(json.dumps(asdict(size)))  # tuples as lists, as results.json stores them
+    differences = [f"{key}: {recorded.get('size', {}).get(key)!r} there, {value!r} asked"
+                   for key, value in asked.items() if recorded.get("size", {}).get(key) != value]  # fmt: skip
+    if recorded.get("dataset") != dataset:
+        differences.insert(0, f"dataset: {recorded.get('dataset')!r} there, {dataset!r} asked")
+    if differences:
+        shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
+        raise ValueError(
+            f"{output_dir} holds a finished demo run of another size or data set ({shown}). Pass --overwrite to "
+            "replace it, or choose another --output_dir."
+        )
 
 
 def _relocated(result: DemoResult, staging: Path, final_dir: Path) -> DemoResult:
