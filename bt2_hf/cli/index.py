@@ -334,7 +334,6 @@ def run_search(args) -> dict:
             config = BT2Model.from_pretrained(args.query_model).config  # its weights verified
         store.admit(config, args.allow_unmeasured)
         query_ids = query_ids or list(range(len(embeddings)))
-        _check_query_width(embeddings, config, store)
     else:
         if args.query_config:
             raise ValueError("--query_config goes with precomputed --queries; to embed queries pass --query_model.")
@@ -362,18 +361,6 @@ def run_search(args) -> dict:
     elif not args.output:
         write_or_print_json(output, None)
     return output
-
-
-def _check_query_width(embeddings: np.ndarray, config, store) -> None:
-    query_dim = int(config.embedding_dim)
-    admitted = store.admit(config)
-    if embeddings.shape[1] not in (query_dim, admitted.prefix_dim):
-        raise ValueError(
-            f"Query embeddings are {embeddings.shape[1]}-d but the query model "
-            f"{getattr(config, 'name_or_path', '') or ''} embeds {query_dim}-d (compatible prefix "
-            f"{admitted.prefix_dim}): they were not made by that model. Pass the embeddings and the config of the "
-            "same model."
-        )
 
 
 def results_table(output: dict) -> str:

@@ -692,22 +692,23 @@ def _sort(scores: np.ndarray, rows: np.ndarray, depth: int | None = None) -> tup
 
 def read_manifest(directory: Path) -> dict:
     """The manifest of a gallery directory, its required keys checked (a former-format gallery is refused)."""
+    from ..compatibility.resolve import is_legacy_manifest, legacy_gallery_message
+    from ..utils.readers import read_json
+
     path = Path(directory) / MANIFEST_NAME
     if not path.exists():
         raise GalleryError(f"{directory} is not a gallery (no {MANIFEST_NAME}); build one with `bt2 index build`.")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise GalleryError(f"{path} is not valid JSON ({error}); rebuild the gallery.") from None
-    from ..compatibility.resolve import is_legacy_manifest, legacy_gallery_message
-
+        manifest = read_json(path, "gallery manifest")
+    except BT2InputError as error:
+        raise GalleryError(f"{error.problem} Rebuild the gallery (`bt2 index build --overwrite`).", path) from None
     if isinstance(manifest, dict) and is_legacy_manifest(manifest):
         raise LegacyGalleryFormatError(legacy_gallery_message(directory), path)
     if not isinstance(manifest, dict) or manifest.get("kind") != GALLERY_KIND:
         kind = manifest.get("kind") if isinstance(manifest, dict) else None
-        raise GalleryError(f"{directory} is not a bt2_hf gallery directory (kind {kind!r}).")
+        raise GalleryError(f"not the manifest of a bt2_hf gallery (kind {kind!r}, expected {GALLERY_KIND!r}).", path)
     if manifest.get("format") != GALLERY_FORMAT:
-        raise GalleryError(f"{path} has format {manifest.get('format')}; this bt2_hf reads {GALLERY_FORMAT}.")
+        raise GalleryError(f"has format {manifest.get('format')!r}; this bt2_hf reads {GALLERY_FORMAT}.", path)
     for key, kind in _MANIFEST_KEYS.items():
         value = manifest.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -719,7 +720,26 @@ def read_manifest(directory: Path) -> dict:
             )
     if not manifest["encoder"].get("fingerprint"):
         raise GalleryError("the manifest's encoder has no fingerprint; rebuild the gallery.", path)
+    sizes = manifest.get("file_sizes", {})
+    names_ok = all(_safe_name(name) and isinstance(digest, str) for name, digest in manifest["files"].items())
+    sizes_ok = isinstance(sizes, dict) and all(
+        _safe_name(name) and isinstance(size, int) and not isinstance(size, bool) for name, size in sizes.items()
+    )
+    index = manifest["index"]
+    if not (names_ok and sizes_ok and index.get("type") in INDEX_TYPES and isinstance(index.get("params"), dict)):
+        raise GalleryError("the manifest's files, sizes or index are malformed: it is damaged or was edited. Rebuild "
+                           "the gallery (`bt2 index build --overwrite`).", path)  # fmt: skip
+    for key in ("items", "probe", "policy", "backfill"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise GalleryError(f"the manifest's {key!r} must be an object; it is damaged or was edited.", path)
+    if not isinstance(manifest.get("admissions", []), list):
+        raise GalleryError("the manifest's 'admissions' (the admission log) must be a list; it was edited.", path)
     return manifest
+
+
+def _safe_name(name) -> bool:
+    # a data file's name inside the gallery: never absolute, never upwards, never a NUL (stat would raise)
+    return isinstance(name, str) and name and "\x00" not in name and not name.startswith("/") and ".." not in name
 
 
 def is_gallery_directory(directory: str | os.PathLike) -> bool:

@@ -189,6 +189,8 @@ def search_gallery(
     queries = np.asarray(getattr(queries, "numpy", lambda: queries)(), dtype=np.float32)
     if queries.ndim != 2:
         raise ValueError(f"Query embeddings must be 2-d (n, d), got shape {queries.shape}.")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive number of neighbours, got {k!r}.")
     encoder = store.encoder
     if check_compatibility:
         if query_config is None:
@@ -200,8 +202,22 @@ def search_gallery(
         else:
             admission = admit_to_gallery(query_config, encoder, store.dimension, allow_unmeasured=allow_unmeasured)
         prefix = admission.prefix_dim
+        query_dim = getattr(query_config, "embedding_dim", None)
+        if query_dim is not None and queries.shape[1] not in (int(query_dim), prefix):
+            # The query model's full embeddings (cut here) or its compatible prefix (cut by the caller); any other
+            # width comes from another model and would be cut silently.
+            raise ValueError(
+                f"Query embeddings are {queries.shape[1]}-d but the query model "
+                f"{getattr(query_config, 'name_or_path', '') or ''} embeds {query_dim}-d (compatible prefix {prefix}): "
+                "they were not made by that model. Pass the embeddings and the config of the same model."
+            )
     else:
         admission, prefix = None, store.dimension
+        if queries.shape[1] != prefix:
+            raise ValueError(
+                f"Query embeddings are {queries.shape[1]}-d, the gallery is {prefix}-d; without the compatibility check "
+                "nothing is cut: pass query_config (the prefix rule) or queries of the gallery's width."
+            )
     if queries.shape[1] < prefix:
         raise ValueError(f"Query embeddings are {queries.shape[1]}-d, narrower than the gallery's {prefix}-d prefix.")
     if admission is not None and admission.gallery_prefix_dim is not None:
