@@ -4,10 +4,15 @@ Examples::
 
     bt2 backfill --index gallery/ --model new_model/ --data /usr/share/datasets/fashion-mnist --split all \\
         --fraction 0.1 --order priority
+    bt2 backfill --index gallery/ --model new_model/ --data /usr/share/datasets/fashion-mnist --split all \
+        --fraction 0.5                    # continues in the recorded (priority) order
+    bt2 backfill --index galleries.db --collection fashion --model new_model/ --data ... --fraction 0.1  # Milvus
     bt2 backfill --index gallery/ --model new_model/ --data ... --fraction 1.0 --finalize
 
 Run it again with a larger ``--fraction`` to continue, or with the same one after an interruption: it resumes at
-the last completed batch. ``--finalize`` (at fraction 1) makes the gallery a plain gallery of the new model.
+the last completed batch, in the order the gallery recorded when the backfill started (no need to repeat
+``--order``). ``--index`` is a gallery directory, or a Milvus URI (a milvus-lite ``.db`` file or ``http://…``) with
+``--collection``. ``--finalize`` (at fraction 1) makes the gallery a plain gallery of the new model.
 """
 
 from __future__ import annotations
@@ -21,7 +26,12 @@ from ._flags import snake_case_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bt2 backfill", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="bt2 backfill",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--index", required=True, help="gallery directory, or a Milvus URI (.db file, http://…)")
     parser.add_argument("--collection", help="Milvus collection name (with a Milvus URI)")
     parser.add_argument("--model", required=True, help="the new model's checkpoint directory (or Hub id)")
@@ -30,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--column")
     parser.add_argument("--id-column")
     parser.add_argument("--fraction", type=float, required=True, help="backfilled fraction to reach, in [0, 1]")
-    parser.add_argument("--order", default="random", choices=["random", "priority"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--order",
+        choices=["random", "priority"],
+        help="order of a new backfill (default random); a backfill in progress continues in its recorded order",
+    )
+    parser.add_argument("--seed", type=int, help="seed of a new backfill's order (default 0; recorded)")
     parser.add_argument("--batch-size", type=int, default=1024, help="items per committed batch")
     parser.add_argument("--embed-batch-size", type=int, default=256, help="items per forward pass")
     parser.add_argument("--device")

@@ -1,15 +1,35 @@
-"""``bt2 index build|search``: a gallery index with a manifest, searched with a compatibility check.
+"""``bt2 index build|search``: build a gallery (faiss on disk or Milvus) and search it with a query model.
 
-Examples::
+Every gallery is one format (:mod:`bt2_hf.galleries`): a directory with ``manifest.json`` (the encoder's identity,
+the owner's admission policy, the file hashes, an optional probe set), or a Milvus collection with the same manifest.
 
-    bt2 index build --embeddings gallery.npz --encoder-config old_model/ --output gallery_index/
-    bt2 index search --index gallery_index/ --queries queries.npy --query-config new_model/ -k 10 --output hits.json
+Build, from one of three sources::
 
-``--encoder-config`` / ``--query-config`` take a checkpoint directory (its ``config.json``) or a ``config.json``
-file: the fingerprint, width and ``compatible_with`` lineage come from there. ``.npz`` embedding files hold
-``embeddings`` (and optionally ``ids``); ``.npy`` files hold the embeddings only (ids default to row numbers).
-Galleries built from an embedding directory or a model + dataset (IVF-PQ, Milvus, backfill) take the options of
-:mod:`bt2_hf.cli.gallery`.
+    # 1. the directory `bt2 embed --output emb` wrote
+    bt2 index build --embedding_dir emb/ --output gallery/
+    bt2 index build --embedding_dir emb/ --index_type ivfpq --output gallery/
+    # 2. a model and a dataset (embedded first; --embeddings_output keeps the embeddings, resumable)
+    bt2 index build --model old_model/ --data /usr/share/datasets/fashion-mnist --split test --output gallery/
+    # 3. precomputed embeddings (.npz with 'embeddings' [+ 'ids'], or .npy) and the encoder's config
+    bt2 index build --embeddings gallery.npz --encoder_config old_model/ --output gallery/
+    # into Milvus: a milvus-lite file (*.db) or a server URI (http://…) as --output, with a collection
+    bt2 index build --embedding_dir emb/ --output galleries.db --collection fashion
+    # with a probe set for the gallery's gate (`bt2 gallery admit`) and the owner's admission policy
+    bt2 index build --model old_model/ --data fmnist/ --split train --output gallery/ \\
+        --probe_from fmnist/ --probe_split test --probe_size 500 --min_margin 0.5 --min_size 300
+
+Search, with queries as a dataset, image files, texts or precomputed embeddings::
+
+    bt2 index search --index gallery/ --query_model new_model/ --query_data fmnist/ --split test --limit 5
+    bt2 index search --index gallery/ --query_model new_model/ --query_images shoe.png bag.png -k 5 --format table
+    bt2 index search --index text_gallery/ --query_model text_tower/ --query_text "a red dress" -k 5
+    bt2 index search --index gallery/ --queries queries.npz --query_config new_model/ -k 10 --output hits.json
+    bt2 index search --index galleries.db --collection fashion --query_model new_model/ --query_data fmnist/
+
+Results carry each hit's item id, gallery row, score and, where the gallery has them, its label and file path
+(JSON by default; ``--format table`` prints a readable table). A query model is admitted by the gallery's encoder,
+the gallery's own measurement (`bt2 gallery admit`) or a measured compatibility entry judged with the gallery's
+policy; anything else is refused with the command that would measure it.
 """
 
 from __future__ import annotations
@@ -18,6 +38,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -86,37 +107,6 @@ def load_embeddings(path: str) -> tuple[np.ndarray, list | None]:
     raise BT2InputError("expected .npz (embeddings [+ ids]) or .npy (embeddings).", file)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bt2 index", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build", help="build and save an index from gallery embeddings or shards")
-    source = build.add_mutually_exclusive_group(required=True)
-    source.add_argument("--embeddings", help=".npz / .npy gallery embeddings")
-    source.add_argument("--shards", help="directory of embedding shards (embeddings-rank*-*.npy + .ids.json)")
-    build.add_argument("--encoder-config", required=True, help="the gallery encoder's checkpoint dir or config.json")
-    build.add_argument("--index-type", default="flat", choices=["flat", "ivf", "hnsw"])
-    build.add_argument("--output", required=True, help="index directory to write (atomically)")
-    build.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing index at --output (kept until the new is complete)",
-    )
-    build.add_argument("--no-overwrite", action="store_true", help=argparse.SUPPRESS)  # the default now
-    search = commands.add_parser("search", help="search a saved index with query embeddings")
-    search.add_argument("--index", required=True)
-    search.add_argument("--queries", required=True, help=".npz / .npy query embeddings")
-    search.add_argument("--query-config", required=True, help="the query model's checkpoint dir or config.json")
-    search.add_argument("-k", type=_positive_int, default=10, help="neighbours per query (≥ 1)")
-    search.add_argument("--output", help="JSON file for the results (default: print)")
-    search.add_argument(
-        "--allow_unmeasured",
-        action="store_true",
-        help="search even if the query model's compatibility with the gallery's encoder was never measured with "
-        "`bt2 verify` (logged, and recorded in the results as the admission)",
-    )
-    return snake_case_flags(parser)
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -124,61 +114,283 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def run(args) -> dict:
-    from bt2_hf.retrieval.index import GalleryIndex
+def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=prog, description=doc, epilog=__doc__.split("\n\n", 2)[2] if prog == "bt2 index" else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
 
-    if args.command == "build":
-        if Path(args.output).exists() and not args.overwrite:
-            raise FileExistsError(
-                f"{args.output} already exists; pass --overwrite to replace it (the old index stays until the new one "
-                "is complete), or choose another --output."
-            )
-        config = load_config(args.encoder_config)
-        kwargs = dict(
-            encoder_fingerprint=getattr(config, "fingerprint", None),
-            encoder_name=config.name_or_path,
-            index_type=args.index_type,
-            encoder_dim=config.embedding_dim,
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _parser("bt2 index", __doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    examples = __doc__.split("\n\n")
+    build = commands.add_parser(
+        "build", help="build a gallery (faiss directory or Milvus collection)",
+        description="Build a gallery from an embedding directory, a model + dataset, or precomputed embeddings.",
+        epilog="\n\n".join(examples[2:4]), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    source = build.add_mutually_exclusive_group(required=True)
+    source.add_argument("--embedding-dir", "--shards", dest="embedding_dir",
+                        help="a directory written by `bt2 embed --output DIR`")  # fmt: skip
+    source.add_argument("--model", help="embed --data with this model checkpoint first")
+    source.add_argument("--embeddings", help=".npz (embeddings [+ ids]) or .npy file, with --encoder_config")
+    build.add_argument("--encoder-config", help="with --embeddings: the encoder's checkpoint dir or config.json")
+    build.add_argument("--data", help="with --model: the dataset to embed (IDX dir, imagefolder, save_to_disk, .txt)")
+    build.add_argument("--split", help="split of --data (IDX: train, test or all)")
+    build.add_argument("--column", help="image or text column of a datasets dataset")
+    build.add_argument("--id-column", help="id column of a datasets dataset")
+    build.add_argument("--streaming", action="store_true", help="stream an imagefolder (--model)")
+    build.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="of the stored vectors")
+    build.add_argument("--batch-size", type=int, default=256)
+    build.add_argument("--embeddings-output", help="with --model: keep the embeddings here (resumable)")
+    build.add_argument("--index-type", default="flat", choices=["flat", "ivf", "ivfpq", "hnsw"])
+    for name in ("nlist", "nprobe", "pq-m", "rerank", "hnsw-m", "ef-search"):
+        build.add_argument(f"--{name}", type=int, help=f"index parameter {name} (see bt2_hf.galleries)")
+    build.add_argument("--output", required=True,
+                       help="gallery directory, or a Milvus URI (a milvus-lite .db file, http://…) with --collection")  # fmt: skip
+    build.add_argument("--collection", help="Milvus collection name (default bt2_gallery)")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing gallery (kept until the new one "
+                       "is complete)")  # fmt: skip
+    gate = build.add_argument_group("the gallery's gate (probe set and admission policy)")
+    gate.add_argument("--probe-from", help="labelled held-out data to sample the probe set from (faiss galleries)")
+    gate.add_argument("--probe-split", help="split of --probe_from (IDX: test)")
+    gate.add_argument("--probe-size", type=_positive_int, default=500, help="probe items, class-balanced")
+    gate.add_argument("--probe-seed", type=int, default=0)
+    gate.add_argument("--encoder", help="the encoder checkpoint that embeds the probe set (default: --model, or "
+                      "the model recorded by the embedding directory)")  # fmt: skip
+    gate.add_argument("--required-metrics", default="top1,mAP", help="metrics new→old must beat old→old on")
+    gate.add_argument("--min-margin", type=float, default=0.0, help="points each required metric must win by")
+    gate.add_argument("--min-size", type=int, default=0, help="fewest held-out items a measurement may use")
+    gate.add_argument("--require-gate", action="store_true",
+                      help="admit other models only on the gallery's own measurement, never on a config's entry")  # fmt: skip
+
+    search = commands.add_parser(
+        "search", help="search a gallery with a query model",
+        description="Search a gallery; the query model is checked against the gallery first.",
+        epilog=examples[4] + "\n\n" + examples[5], formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    search.add_argument("--index", required=True, help="gallery directory, or a Milvus URI with --collection")
+    search.add_argument("--collection", help="Milvus collection name (default bt2_gallery)")
+    model = search.add_mutually_exclusive_group(required=True)
+    model.add_argument("--query-model", help="the query model's checkpoint (or Hub id): embeds the queries")
+    model.add_argument("--query-config", help="with --queries: the query model's checkpoint dir or config.json")
+    queries = search.add_mutually_exclusive_group(required=True)
+    queries.add_argument("--query-data", help="a dataset of query images or texts (IDX, folder, .txt/.jsonl)")
+    queries.add_argument("--query-images", nargs="+", help="image files")
+    queries.add_argument("--query-text", action="append", help="a query string (repeatable)")
+    queries.add_argument("--queries", "--query-embeddings", dest="queries",
+                         help="precomputed query embeddings (.npz with 'embeddings' [+ 'ids'], or .npy)")  # fmt: skip
+    search.add_argument("--split", help="split of --query_data")
+    search.add_argument("--limit", type=_positive_int, help="only the first N queries of --query_data")
+    search.add_argument("-k", type=_positive_int, default=10, help="neighbours per query (≥ 1)")
+    search.add_argument("--nprobe", type=int)
+    search.add_argument("--rerank", type=int)
+    search.add_argument("--format", choices=["json", "table"], default="json", help="what is printed")
+    search.add_argument("--output", help="JSON file for the results (written whatever --format prints)")
+    search.add_argument(
+        "--allow-unmeasured", action="store_true",
+        help="search even if the query model's compatibility was never measured (logged, and recorded in the "
+        "results as the admission)",
+    )  # fmt: skip
+    return snake_case_flags(parser)
+
+
+def _index_params(args) -> dict:
+    names = {"nlist": "nlist", "nprobe": "nprobe", "pq_m": "pq_m", "rerank": "rerank", "hnsw_m": "M",
+             "ef_search": "ef_search"}  # fmt: skip
+    return {target: getattr(args, name) for name, target in names.items() if getattr(args, name) is not None}
+
+
+def _policy(args) -> dict:
+    metrics = [name.strip() for name in args.required_metrics.split(",") if name.strip()]
+    return {"required_metrics": metrics, "min_margin": args.min_margin, "min_size": args.min_size,
+            "require_gate": bool(args.require_gate)}  # fmt: skip
+
+
+def _probe(args, encoder_identity: dict, loaded_model=None):
+    """The probe set of ``--probe_from``, embedded by the gallery's encoder (checked to be that encoder)."""
+    if not args.probe_from:
+        return None
+    from bt2_hf import BT2Model
+    from bt2_hf.compatibility import same_fingerprint
+    from bt2_hf.galleries.gate import make_probe
+
+    model = loaded_model
+    if model is None:
+        location = args.encoder or encoder_identity.get("name_or_path")
+        if not location:
+            raise ValueError("--probe_from needs the encoder's checkpoint: pass --encoder.")
+        model = BT2Model.from_pretrained(location)
+    if not same_fingerprint(model.config.fingerprint, encoder_identity.get("fingerprint")):
+        raise ValueError(
+            f"The probe encoder {model.config.name_or_path} is not the model that made the gallery's vectors "
+            "(fingerprints differ): pass --encoder with that model's checkpoint."
         )
-        if not kwargs["encoder_fingerprint"]:
-            logger.warning("The encoder config has no fingerprint: searches of this index will be refused.")
-        if args.shards:
-            index = GalleryIndex.from_shards(args.shards, **kwargs)
+    return make_probe(model, args.probe_from, args.probe_size, split=args.probe_split, seed=args.probe_seed,
+                      batch_size=args.batch_size)  # fmt: skip
+
+
+def run_build(args) -> dict:
+    from bt2_hf.galleries import EmbeddingDirectory, FaissGallery, embed_dataset
+    from bt2_hf.galleries.stores import is_milvus_uri
+
+    milvus = is_milvus_uri(args.output)
+    if not milvus and Path(args.output).exists() and not args.overwrite:
+        raise FileExistsError(
+            f"{args.output} already exists; pass --overwrite to replace it (the old gallery stays until the new one "
+            "is complete), or choose another --output."
+        )
+    if milvus and args.probe_from:
+        raise ValueError("--probe_from applies to gallery directories; a Milvus gallery has no probe set yet.")
+    policy, model = _policy(args), None
+    extra = {"policy": policy} if not milvus else {}
+    if args.embeddings:
+        if not args.encoder_config:
+            raise ValueError("--embeddings needs --encoder_config (the encoder's checkpoint dir or config.json).")
+        if milvus:
+            raise ValueError("Build a Milvus gallery from an embedding directory (`bt2 embed`): --embedding_dir.")
+        config = load_config(args.encoder_config)
+        if not getattr(config, "fingerprint", None):
+            raise ValueError(f"{args.encoder_config} has no fingerprint: save the encoder with save_pretrained first.")
+        vectors, ids = load_embeddings(args.embeddings)
+        encoder = {"fingerprint": config.fingerprint, "name_or_path": config.name_or_path,
+                   "embedding_dim": int(config.embedding_dim),
+                   "compatible_dim": int(getattr(config, "compatible_dim", None) or config.embedding_dim),
+                   "modality": "image", "compatible_with": list(config.compatible_with or [])}  # fmt: skip
+        gallery = FaissGallery.build(
+            args.output, vectors, ids, encoder=encoder, index_type=args.index_type, overwrite=args.overwrite,
+            dataset={"name": Path(args.embeddings).name}, dtype=args.dtype, probe=_probe(args, encoder), **extra,
+            **_index_params(args),
+        )  # fmt: skip
+        return _summary(args, gallery)
+    if args.model:
+        from bt2_hf import BT2Model
+
+        if not args.data:
+            raise ValueError("--model needs --data (the dataset to embed).")
+        directory = args.embeddings_output or tempfile.mkdtemp(prefix="bt2-embed-")
+        model = BT2Model.from_pretrained(args.model)
+        embeddings = embed_dataset(
+            model, args.data, directory, split=args.split, column=args.column, id_column=args.id_column,
+            streaming=args.streaming, dtype=args.dtype, batch_size=args.batch_size,
+        )  # fmt: skip
+    else:
+        embeddings = EmbeddingDirectory(args.embedding_dir)
+    if milvus:
+        from bt2_hf.galleries.milvus_store import MilvusGallery
+        from bt2_hf.galleries.stores import DEFAULT_COLLECTION
+
+        gallery = MilvusGallery.from_embeddings(
+            args.output, args.collection or DEFAULT_COLLECTION, embeddings, index_type=args.index_type,
+            overwrite=args.overwrite, **_index_params(args),
+        )  # fmt: skip
+        gallery.set_policy(policy)
+    else:
+        probe = _probe(args, embeddings.manifest["model"], model)
+        gallery = FaissGallery.from_embeddings(
+            args.output, embeddings, index_type=args.index_type, overwrite=args.overwrite, probe=probe, **extra,
+            **_index_params(args),
+        )  # fmt: skip
+    return _summary(args, gallery)
+
+
+def _summary(args, gallery) -> dict:
+    manifest = gallery.manifest
+    summary = {"output": str(args.output), "count": manifest["count"], "dimension": manifest["dimension"],
+               "index": manifest["index"], "encoder": manifest["encoder"]["fingerprint"],
+               "labels": bool((manifest.get("items") or {}).get("labels")),
+               "probe": (manifest.get("probe") or {}).get("size"), "policy": manifest.get("policy")}  # fmt: skip
+    print(json.dumps(summary))
+    return summary
+
+
+def _queries(args):
+    from PIL import Image
+
+    from bt2_hf.galleries import open_source
+
+    if args.query_text:
+        return list(range(len(args.query_text))), args.query_text
+    if args.query_images:
+        return list(args.query_images), [Image.open(path).convert("RGB") for path in args.query_images]
+    source = open_source(args.query_data, split=args.split)
+    count = min(len(source), args.limit or len(source))
+    return source.ids(0, count), source.items(0, count)
+
+
+def run_search(args) -> dict:
+    from bt2_hf.galleries import search_gallery
+    from bt2_hf.galleries.stores import open_gallery
+
+    store = open_gallery(args.index, collection=args.collection)
+    if args.queries:
+        embeddings, query_ids = load_embeddings(args.queries)
+        if args.query_config:
+            config = load_config(args.query_config)
         else:
-            embeddings, ids = load_embeddings(args.embeddings)
-            index = GalleryIndex.build(embeddings, ids, **kwargs)
-        index.save(args.output, overwrite=args.overwrite)
-        summary = {key: index.manifest[key] for key in ("count", "dimension", "index_type", "encoder_fingerprint")}
-        print(json.dumps({"output": args.output, **summary}))
-        return summary
-    index = GalleryIndex.load(args.index)
-    queries, query_ids = load_embeddings(args.queries)
-    result = index.search(
-        queries, k=args.k, query_config=load_config(args.query_config), allow_unmeasured=args.allow_unmeasured
-    )
-    query_ids = query_ids or list(range(len(queries)))
+            from bt2_hf import BT2Model
+
+            config = BT2Model.from_pretrained(args.query_model).config  # its weights verified
+        store.admit(config, args.allow_unmeasured)
+        query_ids = query_ids or list(range(len(embeddings)))
+    else:
+        if args.query_config:
+            raise ValueError("--query_config goes with precomputed --queries; to embed queries pass --query_model.")
+        from bt2_hf import BT2Model
+        from bt2_hf.galleries.embed import encode_items
+
+        model = BT2Model.from_pretrained(args.query_model)
+        config = model.config
+        # Refuse before encoding the queries (an image model over a text gallery is admitted through the lineage).
+        store.admit(config, args.allow_unmeasured)
+        query_ids, items = _queries(args)
+        embeddings = encode_items(model, items, 256)
+    params = {key: getattr(args, key) for key in ("nprobe", "rerank") if getattr(args, key) is not None}
+    result = search_gallery(store, embeddings, k=args.k, query_config=config,
+                            allow_unmeasured=args.allow_unmeasured, **params)  # fmt: skip
     hits = [
-        {"query": query_id, "ids": ids, "scores": [round(float(s), 6) for s in scores[: len(ids)]]}
-        for query_id, ids, scores in zip(query_ids, result.ids, result.scores)
-    ]
+        {"query": query, "ids": ids, "scores": [round(float(s), 6) for s in scores[: len(ids)]], "items": items}
+        for query, ids, scores, items in zip(query_ids, result.ids, result.scores, result.hits())
+    ]  # fmt: skip
     output = {"prefix_dim": result.prefix_dim, "admission": result.admission, "results": hits}
-    write_or_print_json(output, args.output)
+    if args.output:
+        write_or_print_json(output, args.output)
+    if args.format == "table":
+        print(results_table(output))
+    elif not args.output:
+        write_or_print_json(output, None)
     return output
 
 
-def main(argv: list[str] | None = None) -> int:
-    from bt2_hf.cli import gallery  # galleries (embedding directories, models, IVF-PQ, Milvus): bt2_hf/cli/gallery.py
+def results_table(output: dict) -> str:
+    """A readable table of ``bt2 index search`` results: one block per query, one line per hit."""
+    admission = output.get("admission") or {}
+    lines = [f"prefix {output['prefix_dim']} dims, admitted as {admission.get('basis', 'unchecked')}"]
+    for result in output["results"]:
+        lines.append(f"\nquery {result['query']}")
+        columns = ["rank", "score", "id", "row"] + [
+            c for c in ("label", "path") if result["items"] and c in result["items"][0]
+        ]
+        rows = [[str(rank), f"{hit['score']:.4f}", str(hit["id"]), str(hit["row"])] + [str(hit[c]) for c in columns[4:]]
+                for rank, hit in enumerate(result["items"], start=1)]  # fmt: skip
+        widths = [max(len(column), *(len(row[i]) for row in rows)) if rows else len(column)
+                  for i, column in enumerate(columns)]  # fmt: skip
+        lines.append("  ".join(column.ljust(width) for column, width in zip(columns, widths)))
+        lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
 
-    if gallery.handles(list(sys.argv[1:] if argv is None else argv)):
-        return gallery.main(argv)
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from bt2_hf.compatibility import IncompatibleModelsError
-    from bt2_hf.retrieval.index import GalleryIndexError
+    from bt2_hf.galleries import EmbeddingDirectoryError, GalleryError, GallerySourceError
 
     try:
-        run(args)
-    except (IncompatibleModelsError, GalleryIndexError, ValueError, FileNotFoundError, FileExistsError) as error:
+        run_build(args) if args.command == "build" else run_search(args)
+    except (IncompatibleModelsError, GalleryError, EmbeddingDirectoryError, GallerySourceError, ValueError,
+            FileNotFoundError, FileExistsError) as error:  # fmt: skip
         print(f"bt2 index: {error}", file=sys.stderr)
         return 2
     return 0

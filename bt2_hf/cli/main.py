@@ -21,6 +21,7 @@ STORY: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "index": ("bt2_hf.cli.index", "build a gallery (faiss or Milvus) from embeddings or a model and a dataset", ()),
     "search": ("bt2_hf.cli.index", "search a gallery with a (newer, compatible) query model: `bt2 index search`", ("search",)),
     "backfill": ("bt2_hf.cli.backfill", "re-embed a fraction of a gallery with a newer model, in place", ()),
+    "gallery": ("bt2_hf.cli.gallery", "check, upgrade or inspect a gallery; admit a model at its gate (probe set)", ()),
     "push": ("bt2_hf.cli.push", "push a checkpoint with its card to the Hub", ()),
 }  # fmt: skip
 MORE: dict[str, tuple[str, str, tuple[str, ...]]] = {

@@ -7,10 +7,13 @@ which gallery.
   :func:`load_evaluation_results` (the one results schema: ``PairReport.to_dict()``).
 - :mod:`~bt2_hf.compatibility.lineage`: :func:`declare_compatibility` (the entry writer ``bt2 verify`` uses) and
   the lineage closure.
-- :mod:`~bt2_hf.compatibility.admission`: :func:`admit_query_model`, the one gallery admission rule.
+- :mod:`~bt2_hf.compatibility.admission`: :func:`admit_query_model`, the one gallery admission rule, and the
+  gallery owner's :class:`AdmissionPolicy`.
+- :mod:`~bt2_hf.compatibility.resolve`: model-to-gallery resolution (:func:`resolve_query_model`,
+  :func:`load_gallery_manifest`, :func:`query_model_fingerprint`); it loads models lazily.
 
 Measuring a pair (embedding held-out data, running the evaluator) is :func:`bt2_hf.verify.verify_compatibility`,
-below the retrieval layer. Everything here needs only the standard library.
+below the retrieval layer. Everything here but :mod:`.resolve` needs only the standard library.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from .admission import (
     admit_to_gallery,
     check_measured,
     compatible_prefix,
+    gate_entry,
     is_measured_compatible,
+    judge_metrics,
     verify_command,
 )
 from .criterion import (
@@ -33,6 +38,14 @@ from .criterion import (
     ordered_pairs,
 )
 from .lineage import declare_compatibility, lineage
+from .resolve import (
+    LegacyGalleryError,
+    is_legacy_manifest,
+    legacy_gallery_message,
+    load_gallery_manifest,
+    query_model_fingerprint,
+    resolve_query_model,
+)
 from .schema import (
     CRITERION_RULE,
     DATASET_KEYS,
@@ -58,6 +71,7 @@ __all__ = [
     "AdmissionPolicy",
     "CompatibilityMetadataError",
     "IncompatibleModelsError",
+    "LegacyGalleryError",
     "admit_query_model",
     "admit_to_gallery",
     "check_measured",
@@ -67,12 +81,19 @@ __all__ = [
     "declare_compatibility",
     "entry_content_hash",
     "entry_status",
+    "gate_entry",
     "is_fingerprint",
+    "is_legacy_manifest",
     "is_measured_compatible",
+    "judge_metrics",
     "judged_metrics",
+    "legacy_gallery_message",
     "lineage",
     "load_evaluation_results",
+    "load_gallery_manifest",
     "ordered_pairs",
+    "query_model_fingerprint",
+    "resolve_query_model",
     "same_fingerprint",
     "seal_entry",
     "trained_against",

@@ -1,9 +1,13 @@
 """The admission rule: may query model Q search a gallery embedded by G, and with which embedding prefix?
 
-This is the one place that decides it (``GalleryIndex``, ``resolve_query_model`` and ``bt2 index`` call
-:func:`admit_query_model`). Q is admitted when
+This is the one place that decides it (galleries, :func:`~bt2_hf.compatibility.resolve_query_model` and
+``bt2 index`` call :func:`admit_query_model` / :func:`admit_to_gallery`). Q is admitted when
 
 1. Q *is* G (same fingerprint): the whole embedding;
+0. (before rules 2–5) the gallery measured Q itself on its own probe set (``bt2 gallery admit``): the newest entry of
+   the gallery's admission log for Q's fingerprint decides, re-judged with the gallery's policy. A passing one
+   admits Q; a failing one refuses Q whatever Q's config claims. With ``AdmissionPolicy(require_gate=True)`` only
+   rules 1 and 0 admit: the gallery trusts no config at all;
 2. Q's ``compatible_with`` has a **measured, passing** entry for G (written by ``bt2 verify``): that entry's prefix;
 3. Q reaches G through its lineage: an ``inherited`` entry for G ``via`` V, where Q's own entry for V is measured and
    passing and V was itself admitted to G (``link_passed``).
@@ -32,7 +36,7 @@ measurement says the new model's queries are worse than the old model's on that 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -58,11 +62,15 @@ class AdmissionPolicy:
             must exceed ``min_margin`` on every one of them; an entry that lacks one is refused.
         min_margin (`float`, *optional*, defaults to 0.0): the margin each required metric must exceed, in points.
         min_size (`int`, *optional*, defaults to 0): the fewest held-out items a measurement may have used.
+        require_gate (`bool`, *optional*, defaults to `False`): admit a model other than the gallery's encoder only
+            on the gallery's own measurement (``bt2 gallery admit``), never on a ``compatible_with`` entry of its
+            config.
     """
 
     required_metrics: tuple[str, ...] = DEFAULT_CRITERION_METRICS
     min_margin: float = 0.0
     min_size: int = 0
+    require_gate: bool = False
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> AdmissionPolicy:
@@ -71,7 +79,7 @@ class AdmissionPolicy:
             return cls()
         if not isinstance(values, Mapping):
             raise ValueError(f"an admission policy must be a dict, got {type(values).__name__}")
-        unknown = set(values) - {"required_metrics", "min_margin", "min_size"}
+        unknown = set(values) - {"required_metrics", "min_margin", "min_size", "require_gate"}
         if unknown:
             raise ValueError(f"unknown admission policy keys {sorted(unknown)}")
         metrics = values.get("required_metrics", DEFAULT_CRITERION_METRICS)
@@ -82,11 +90,44 @@ class AdmissionPolicy:
             raise ValueError(f"min_margin must be a number of points, got {margin!r}")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"min_size must be an int >= 0, got {size!r}")
-        return cls(tuple(canonical_metric(m) for m in metrics), float(margin), size)
+        require_gate = values.get("require_gate", False)
+        if not isinstance(require_gate, bool):
+            raise ValueError(f"require_gate must be true or false, got {require_gate!r}")
+        return cls(tuple(canonical_metric(m) for m in metrics), float(margin), size, require_gate)
 
     def to_dict(self) -> dict[str, Any]:
         return {"required_metrics": list(self.required_metrics), "min_margin": self.min_margin,
-                "min_size": self.min_size}  # fmt: skip
+                "min_size": self.min_size, "require_gate": self.require_gate}  # fmt: skip
+
+
+def judge_metrics(metrics: Mapping[str, Any], size: Any, policy: AdmissionPolicy | None = None) -> str | None:
+    """Why recorded metrics do not pass the gallery's policy, or ``None`` when they do.
+
+    Args:
+        metrics (`dict`): ``{"old/old": {metric: percent}, "new/old": {...}}``.
+        size (`int`): how many held-out items were measured.
+        policy (:class:`AdmissionPolicy`, *optional*): the gallery's rule (default: top-1 and mAP, margin > 0).
+    """
+    policy = policy or AdmissionPolicy()
+    if isinstance(size, bool) or not isinstance(size, int) or size < policy.min_size:
+        return f"it was measured on {size} held-out items; the gallery's policy needs at least {policy.min_size}"
+    metrics = metrics or {}
+    failing, missing = [], []
+    for metric in policy.required_metrics:
+        try:
+            new_old, old_old = float(metrics["new/old"][metric]), float(metrics["old/old"][metric])
+        except (KeyError, TypeError, ValueError):
+            missing.append(metric)
+            continue
+        if not new_old - old_old > policy.min_margin:
+            failing.append(f"{metric} new→old {new_old:.2f} vs old→old {old_old:.2f}")
+    if missing:
+        return (f"the entry has no new/old and old/old {missing}; the gallery's policy judges "
+                f"{list(policy.required_metrics)} (an entry judged on fewer metrics does not count)")  # fmt: skip
+    if failing:
+        return (f"re-judged with the gallery's policy (every one of {list(policy.required_metrics)} must beat "
+                f"old→old by more than {policy.min_margin:g} points), the criterion FAILED: {'; '.join(failing)}")  # fmt: skip
+    return None
 
 
 def check_measured(
@@ -115,25 +156,19 @@ def check_measured(
     if recorded_hash != actual_hash:
         return ("the entry's content hash does not match its content: it was edited after `bt2 verify` wrote it "
                 "(or written by hand)")  # fmt: skip
-    size = (entry.get("dataset") or {}).get("size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < policy.min_size:
-        return f"it was measured on {size} held-out items; the gallery's policy needs at least {policy.min_size}"
-    metrics = entry.get("metrics") or {}
-    failing, missing = [], []
-    for metric in policy.required_metrics:
-        try:
-            new_old, old_old = float(metrics["new/old"][metric]), float(metrics["old/old"][metric])
-        except (KeyError, TypeError, ValueError):
-            missing.append(metric)
-            continue
-        if not new_old - old_old > policy.min_margin:
-            failing.append(f"{metric} new→old {new_old:.2f} vs old→old {old_old:.2f}")
-    if missing:
-        return (f"the entry has no new/old and old/old {missing}; the gallery's policy judges "
-                f"{list(policy.required_metrics)} (an entry judged on fewer metrics does not count)")  # fmt: skip
-    if failing:
-        return (f"re-judged with the gallery's policy (every one of {list(policy.required_metrics)} must beat "
-                f"old→old by more than {policy.min_margin:g} points), the criterion FAILED: {'; '.join(failing)}")  # fmt: skip
+    return judge_metrics(entry.get("metrics") or {}, (entry.get("dataset") or {}).get("size"), policy)
+
+
+def gate_entry(
+    admissions: Sequence[Mapping[str, Any]] | None, query_fingerprint: str | None, encoder_fingerprint: str | None
+) -> Mapping[str, Any] | None:
+    """The newest entry of a gallery's admission log for this query model and this encoder (``None``: never
+    measured at the gate). Entries are written by :func:`bt2_hf.galleries.gate.admit_candidate`."""
+    for entry in reversed(list(admissions or [])):
+        if same_fingerprint(entry.get("query_fingerprint"), query_fingerprint) and same_fingerprint(
+            entry.get("encoder_fingerprint"), encoder_fingerprint
+        ):
+            return entry
     return None
 
 
@@ -266,6 +301,8 @@ def admit_query_model(
     *,
     allow_unmeasured: bool = False,
     policy: AdmissionPolicy | None = None,
+    admissions: Sequence[Mapping[str, Any]] | None = None,
+    gallery_location: str | None = None,
 ) -> Admission:
     """Decide whether a query model may search a gallery, and with which prefix (the rule of this module).
 
@@ -281,6 +318,10 @@ def admit_query_model(
         policy (:class:`AdmissionPolicy`, *optional*): the gallery's rule for measured entries (defaults: top-1 and
             mAP, margin > 0, any size). ``query_config.fingerprint`` must be the query model's verified fingerprint
             (``BT2Model.from_pretrained`` verifies it; galleries check ``verified_fingerprint()``).
+        admissions (`list[dict]`, *optional*): the gallery's own admission log (its manifest's ``admissions``,
+            written by ``bt2 gallery admit``); its newest entry for the query model decides before any config entry.
+        gallery_location (`str`, *optional*): the gallery's directory, for the ``bt2 gallery admit`` command in
+            messages.
 
     Returns:
         :class:`Admission`: the prefix length and the grounds.
@@ -316,12 +357,35 @@ def admit_query_model(
             )
         return Admission(int(gallery_dim), "same_model", query, gallery)
 
+    policy = policy or AdmissionPolicy()
+    own = getattr(query_config, "fingerprint", None)
+    admit_command = f"bt2 gallery admit {gallery_location or 'GALLERY'} {query_name or 'NEW_MODEL'}"
+    measured_here = gate_entry(admissions, own, gallery_fingerprint)
+    if measured_here is not None:
+        # The gallery's own measurement outranks anything the model's config says, passing or failing.
+        evidence = (f"the gallery's probe set ({measured_here.get('size')} items, measured {measured_here.get('date')}, "
+                    f"probe sha256 {str(measured_here.get('probe_sha256'))[:12]})")  # fmt: skip
+        problem = judge_metrics(measured_here.get("metrics") or {}, measured_here.get("size"), policy)
+        if problem is None:
+            prefix = _width_checked(int(measured_here["prefix_dim"]), query_config, gallery_dim, query, gallery)
+            logger.info("%s admitted to the gallery of %s by its own measurement on %s.", query, gallery, evidence)
+            return Admission(prefix, "gallery_measured", query, gallery, entry=dict(measured_here), evidence=evidence)
+        raise IncompatibleModelsError(
+            f"{query} may not search the gallery of {gallery}: the gallery measured it on {evidence} and {problem}. "
+            "Whatever the model's config claims, the gallery's own measurement decides."
+        )
+    if policy.require_gate:
+        raise IncompatibleModelsError(
+            f"{query} may not search the gallery of {gallery}: the gallery's policy admits other models only on its "
+            f"own measurement, and it has not measured this one. Measure it at the gallery's gate with:\n"
+            f"    {admit_command}"
+        )
+
     entry = _find_entry(query_config, gallery_fingerprint)
     unmeasured_reason = None
     if entry is not None:
         prefix = _width_checked(int(entry["embedding_dim"]), query_config, gallery_dim, query, gallery)
         status = entry_status(entry)
-        own = getattr(query_config, "fingerprint", None)
         if status == "measured":
             problem = check_measured(entry, own, policy)
             if problem is None:
@@ -409,6 +473,8 @@ def admit_to_gallery(
     *,
     allow_unmeasured: bool = False,
     policy: AdmissionPolicy | None = None,
+    admissions: Sequence[Mapping[str, Any]] | None = None,
+    gallery_location: str | None = None,
 ) -> Admission:
     """:func:`admit_query_model`, then rules 4 and 5 of the module docstring from the encoder's recorded lineage.
 
@@ -420,6 +486,8 @@ def admit_to_gallery(
         allow_unmeasured (`bool`, *optional*, defaults to `False`): as in :func:`admit_query_model`; it never admits
             through an entry of the encoder that is not measured and passing.
         policy (:class:`AdmissionPolicy`, *optional*): the gallery's rule for measured entries (its manifest's).
+        admissions (`list[dict]`, *optional*): the gallery's own admission log (see :func:`admit_query_model`).
+        gallery_location (`str`, *optional*): the gallery's directory, for messages.
 
     Returns:
         :class:`Admission`: with ``gallery_prefix_dim`` set when only the gallery vectors' leading dims are compared.
@@ -429,9 +497,13 @@ def admit_to_gallery(
     """
     try:
         return admit_query_model(query_config, encoder.get("fingerprint"), gallery_dim, encoder.get("name_or_path"),
-                                 allow_unmeasured=allow_unmeasured, policy=policy)  # fmt: skip
+                                 allow_unmeasured=allow_unmeasured, policy=policy, admissions=admissions,
+                                 gallery_location=gallery_location)  # fmt: skip
     except IncompatibleModelsError as refusal:
         refused = refusal
+    measured_here = gate_entry(admissions, getattr(query_config, "fingerprint", None), encoder.get("fingerprint"))
+    if measured_here is not None or (policy and policy.require_gate):
+        raise refused  # the gallery's own word (or its policy) is final: no sideways route around it
     query = _describe(_name(query_config), getattr(query_config, "fingerprint", None))
     gallery = _describe(encoder.get("name_or_path"), encoder.get("fingerprint"))
     best: Admission | None = None

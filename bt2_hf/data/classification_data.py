@@ -33,7 +33,8 @@ class ImageClassificationData:
     class_names: list[str] | None = None
     source: str = "in-memory"
     class_subset: list[int] | None = None
-    indices: torch.Tensor | None = field(default=None, repr=False)  # rows of `dataset` when subsetted lazily
+    # rows of the source split this subset was taken from (of `dataset` when lazy): galleries record them as item ids
+    indices: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if (self.images is None) == (self.dataset is None):
@@ -71,12 +72,12 @@ class ImageClassificationData:
         return self.images is not None
 
     def _take(self, rows: torch.Tensor, **changes: Any) -> ImageClassificationData:
+        base = self.indices[rows] if self.indices is not None else rows
         if self.images is not None:
             return ImageClassificationData(
                 labels=self.labels[rows], images=self.images[rows], class_names=self.class_names,
-                source=self.source, class_subset=changes.get("class_subset", self.class_subset),
+                source=self.source, class_subset=changes.get("class_subset", self.class_subset), indices=base,
             )  # fmt: skip
-        base = self.indices[rows] if self.indices is not None else rows
         return ImageClassificationData(
             labels=self.labels[rows], dataset=self.dataset, class_names=self.class_names, source=self.source,
             class_subset=changes.get("class_subset", self.class_subset), indices=base,

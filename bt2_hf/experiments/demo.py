@@ -480,11 +480,12 @@ def _run_seed(
     hub_namespace: str,
     validation: bool,
 ) -> DemoResult:
+    from ..galleries import FaissGallery, model_identity
+    from ..galleries.gate import sample_probe
     from ..galleries.mixed import mixed_backfill_curves
     from ..modeling_bt2 import BT2Model
     from ..retrieval import RetrievalEvaluator
     from ..retrieval.compatibility import compare_models
-    from ..retrieval.index import GalleryIndex
     from ..retrieval.plots import plot_method_comparison, plot_mixed_backfill_curves, plot_retrieval_grid
     from ..verify import verify_compatibility
 
@@ -643,11 +644,15 @@ def _run_seed(
 
     # ---- the old gallery, and cards: what verify measured (failing criteria as failing) and the verdict on every card
     old_model = BT2Model.from_pretrained(model_dirs["old"])
-    index = GalleryIndex.build(
-        embeddings["old"], ids=list(range(len(labels))), encoder_fingerprint=old_model.config.fingerprint,
-        encoder_name=old_repo,
+    # Item ids are the rows of the split the images came from (so `bt2 backfill --data` finds them); the labels and a
+    # probe set (for `bt2 gallery admit`) are kept with the vectors.
+    rows = test_data.indices.tolist() if test_data.indices is not None else list(range(len(labels)))
+    FaissGallery.build(
+        output_dir / "gallery_old", embeddings["old"], ids=rows, labels=labels, label_names=data.train.class_names,
+        encoder=dict(model_identity(old_model), name_or_path=old_repo), dataset={"name": data.name, "split": split_name},
+        probe=sample_probe(images, labels, embeddings["old"], min(500, len(labels)), seed=seed,
+                           description={"dataset": data.name, "split": split_name}),
     )  # fmt: skip
-    index.save(output_dir / "gallery_old")
 
     for name, path in model_dirs.items():
         _write_card(name, path, results, data, hub_namespace)

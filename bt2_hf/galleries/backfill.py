@@ -67,8 +67,8 @@ def backfill(
     data=None,
     *,
     fraction: float,
-    order: str = "random",
-    seed: int = 0,
+    order: str | None = None,
+    seed: int | None = None,
     batch_size: int = 1024,
     embed_batch_size: int = 256,
     device=None,
@@ -88,9 +88,10 @@ def backfill(
         model (`BT2Model`, *optional*): the new model; it must be compatible with the gallery's encoder.
         data (`str` or `GallerySource`, *optional*): the gallery's dataset (matched by its hash, else by item ids).
         fraction (`float`): the backfilled fraction to reach, in [0, 1]; rerun with a larger one to continue.
-        order (`str`, *optional*, defaults to `"random"`): ``"random"`` or ``"priority"`` (see :func:`priority_order`);
-            fixed for the whole backfill.
-        seed (`int`, *optional*, defaults to `0`): seed of the order.
+        order (`str`, *optional*): ``"random"`` or ``"priority"`` (see :func:`priority_order`); fixed for the whole
+            backfill: a backfill in progress continues in the order it recorded (``None``), and a new one starts in
+            ``"random"`` order unless told otherwise.
+        seed (`int`, *optional*): seed of the order (``None``: the recorded one, or 0 for a new backfill).
         batch_size (`int`, *optional*, defaults to `1024`): items per committed batch (the unit of crash safety).
         embed_batch_size (`int`, *optional*, defaults to `256`): items per forward pass.
         embed_rows (`Callable`, *optional*): instead of ``model`` + ``data``: gallery rows → new vectors (with
@@ -109,8 +110,14 @@ def backfill(
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}.")
-    if order not in BACKFILL_ORDERS:
+    if order is not None and order not in BACKFILL_ORDERS:
         raise ValueError(f"Unknown backfill order {order!r}; choose one of {BACKFILL_ORDERS}.")
+    recorded = store.backfill_state
+    if recorded is not None:
+        # A backfill continues in the order it started with: only a differing explicit choice is refused below.
+        order = recorded["order"] if order is None else order
+        seed = recorded["seed"] if seed is None else seed
+    order, seed = order or "random", 0 if seed is None else seed
     if model is not None:
         identity, query_config = model_identity(model), model.config
         source = open_source(data, split=split, column=column, id_column=id_column)
@@ -145,7 +152,8 @@ def backfill(
         if (state["order"], state["seed"]) != (order, int(seed)):
             raise GalleryError(
                 f"This gallery's backfill runs in {state['order']!r} order (seed {state['seed']}), not {order!r} "
-                f"(seed {seed}): rerun with the same order so that no item is re-embedded twice."
+                f"(seed {seed}): leave --order and --seed out to continue in the recorded order, so that no item is "
+                "re-embedded twice."
             )
     target = int(math.floor(fraction * count + 1e-9))
     if target > store.backfill_state["target"]:

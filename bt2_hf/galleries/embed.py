@@ -166,12 +166,31 @@ def embed_dataset(
     rate = embedded * world / elapsed if elapsed > 0 and embedded else None
     if is_main:
         if not (output_dir / MANIFEST_NAME).exists() or todo:
-            write_manifest(output_dir, plan, {"items_per_second": rate, "num_processes": world})
+            items = _write_item_files(output_dir, source)
+            write_manifest(output_dir, plan, {"items_per_second": rate, "num_processes": world, "items": items})
         if rate:
             logger.info("Embedded %d items in %.1f s: %.0f %s/s.", embedded * world, elapsed, rate, source.modality)
     if state is not None:
         state.wait_for_everyone()
     return EmbeddingDirectory(output_dir)
+
+
+def _write_item_files(output_dir: Path, source: GallerySource) -> dict:
+    """Labels and file paths of the items, by position, when the dataset has them: galleries built from this
+    directory show them in search results. Read from the dataset's columns, never by decoding an item."""
+    from .shards import atomic_save_npy, file_sha256, ids_array
+
+    items: dict = {"labels": None, "label_names": None, "paths": None, "sha256": {}}
+    labels = source.labels()
+    if labels is not None and len(labels) == len(source):
+        atomic_save_npy(output_dir / "labels.npy", np.asarray(labels, dtype=np.int64))
+        items.update(labels="labels.npy", label_names=source.label_names())
+    paths = source.paths()
+    if paths is not None and len(paths) == len(source):
+        atomic_save_npy(output_dir / "paths.npy", ids_array(["" if p is None else str(p) for p in paths]))
+        items["paths"] = "paths.npy"
+    items["sha256"] = {name: file_sha256(output_dir / name) for name in (items["labels"], items["paths"]) if name}
+    return items
 
 
 def _claim_directory(output_dir: Path, plan: dict, is_main: bool, state) -> None:

@@ -9,7 +9,15 @@ none of it)::
     vectors.npy      the gallery encoder's unit vectors (fp16/fp32), memory-mapped: exact re-ranking of the IVF-PQ
                      candidates, priority orders and rebuilds read them from disk, never all into RAM
     index.faiss      the faiss index over vectors.npy
+    labels.npy       optional: each item's class id (int64, -1 when unknown); names in the manifest's ``items``
+    paths.npy        optional: each item's file path or dataset row (unicode)
+    probe/           optional: the gallery's probe set for its gate (``bt2 gallery admit``): embeddings.npy (the
+                     encoder's vectors of held-out items), labels.npy and items.npy (uint8 images) or texts.json
     backfill/        during a backfill: order.npy (the re-embedding order) and vectors.npy (the new model's rows)
+
+The manifest also holds the owner's admission policy (``policy``) and the gallery's own admission log
+(``admissions``: what ``bt2 gallery admit`` measured), both read by every search. Every data file, optional ones
+included, is listed in ``files`` with its sha256 and in ``file_sizes``.
 
 IVF-PQ is trained on a sample (``train_size`` rows) and filled chunk by chunk from the memory map, so building it
 needs memory for the codes plus one chunk, never for the whole gallery.
@@ -38,6 +46,7 @@ GALLERY_KIND = "bt2-gallery"
 GALLERY_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 DATA_FILES = ("index.faiss", "ids.npy", "vectors.npy")
+PROBE_DIR = "probe"
 # manifest key → the type it must have (read_manifest refuses a manifest without them, naming the key)
 _MANIFEST_KEYS = {"encoder": dict, "dimension": int, "count": int, "dtype": str, "index": dict, "files": dict}
 INDEX_TYPES = ("flat", "ivf", "ivfpq", "hnsw")
@@ -46,6 +55,10 @@ CHUNK = 65_536
 
 class GalleryError(BT2InputError):
     """A gallery is missing, corrupted, inconsistent with its manifest, or asked to do something it cannot."""
+
+
+class LegacyGalleryFormatError(GalleryError):
+    """A gallery in the former ``GalleryIndex`` format; ``bt2 gallery upgrade DIR`` converts it once, in place."""
 
 
 def _normalize(array: np.ndarray) -> np.ndarray:
@@ -152,6 +165,89 @@ class ManifestAccessors:
     def backfill_state(self) -> dict | None:
         return self.manifest.get("backfill")
 
+    @property
+    def policy(self):
+        """The owner's :class:`~bt2_hf.compatibility.AdmissionPolicy` (the manifest's ``policy``; default if none)."""
+        from ..compatibility import AdmissionPolicy
+
+        try:
+            return AdmissionPolicy.from_dict(self.manifest.get("policy"))
+        except ValueError as error:
+            raise GalleryError(f"the manifest's admission policy is invalid ({error}); fix it with "
+                               "`bt2 gallery policy`.") from None  # fmt: skip
+
+    @property
+    def admissions(self) -> list[dict]:
+        """The gallery's own admission log: one entry per ``bt2 gallery admit``, oldest first."""
+        return list(self.manifest.get("admissions") or [])
+
+    @property
+    def location(self) -> str:
+        return str(getattr(self, "directory", None) or getattr(self, "uri", ""))
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return (self.manifest.get("items") or {}).get("label_names")
+
+    def labels_of(self, rows) -> list | None:
+        """Class names (or ids when the gallery has no names) of ``rows``; ``None`` when it stores no labels."""
+        return None
+
+    def paths_of(self, rows) -> list | None:
+        """File paths or dataset rows of ``rows``; ``None`` when the gallery stores none."""
+        return None
+
+    def append_admission(self, entry: dict) -> None:
+        """Append one measurement to the gallery's admission log (the manifest, rewritten atomically)."""
+        self._write_manifest(dict(self.manifest, admissions=self.admissions + [dict(entry)]))
+
+    def set_policy(self, policy) -> None:
+        """Store the owner's admission policy in the manifest (atomically)."""
+        self._write_manifest(dict(self.manifest, policy=_policy_dict(policy)))
+
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.vectors[np.asarray(rows)], dtype=np.float32)
+
+    def iter_vectors(self, chunk: int = CHUNK):
+        """``(rows, vectors)`` of the encoder's vectors, a chunk at a time."""
+        for start in range(0, len(self), chunk):
+            stop = min(len(self), start + chunk)
+            yield np.arange(start, stop), np.asarray(self.vectors[start:stop], dtype=np.float32)
+
+    def search_encoder_space(self, queries: np.ndarray, depth: int, **search_params) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``depth`` rows by cosine in the encoder's space, best first (IVF-PQ candidates re-scored exactly).
+
+        Args:
+            queries (`np.ndarray` of shape `(n, d)`): unit query vectors in the encoder's space (prefix applied).
+            depth (`int`): how many rows to return.
+            search_params: ``nprobe``, ``ef_search`` or ``rerank`` for this search (defaults: the manifest's).
+        """
+        index_type = self.manifest["index"]["type"]
+        params = dict(self.manifest["index"]["params"], **{k: v for k, v in search_params.items() if v is not None})
+        _set_search_params(self.index, index_type, params)
+        depth = min(depth, len(self))
+        if index_type != "ivfpq":
+            scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+            return _sort(scores, rows)
+        candidates = min(len(self), max(depth, int(params.get("rerank") or depth)))
+        parts = []
+        # Queries per block: the candidate vectors read for re-ranking stay within about 64 MiB (page faults on big
+        # temporary arrays, not the arithmetic, dominated re-ranking with 1,024 queries at a time).
+        step = max(1, min(1024, (64 << 20) // (candidates * self.dimension * 4)))
+        for start in range(0, len(queries), step):
+            block = np.ascontiguousarray(queries[start : start + step], dtype=np.float32)
+            _, rows = self.index.search(block, candidates)
+            parts.append(_sort(exact_scores(self.vectors, block, rows), rows, depth))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def admit(self, query_config, allow_unmeasured: bool = False):
+        """The :class:`~bt2_hf.compatibility.Admission` of a query model to this gallery, with its policy and log."""
+        from ..compatibility import admit_to_gallery
+
+        return admit_to_gallery(query_config, self.encoder, self.dimension, allow_unmeasured=allow_unmeasured,
+                                policy=self.policy, admissions=self.admissions,
+                                gallery_location=self.location)  # fmt: skip
+
 
 class FaissGallery(ManifestAccessors):
     """A gallery directory: vectors of one encoder, a faiss index over them, ids, manifest, and a backfill state.
@@ -169,6 +265,7 @@ class FaissGallery(ManifestAccessors):
         self._backfill_vectors = None
         self._backfill_order = None
         self._backfill_search = None  # (done, rows, flat index) of the re-embedded rows
+        self._labels = self._paths = None
 
     # -- building and opening -----------------------------------------------------------------------------------------
 
@@ -184,6 +281,12 @@ class FaissGallery(ManifestAccessors):
         dataset: dict | None = None,
         dtype: str = "float32",
         overwrite: bool = False,
+        labels=None,
+        label_names: list[str] | None = None,
+        paths: list | None = None,
+        probe: dict | None = None,
+        policy=None,
+        admissions: list[dict] | None = None,
         **index_params,
     ) -> FaissGallery:
         """Write a gallery directory atomically and open it.
@@ -200,6 +303,15 @@ class FaissGallery(ManifestAccessors):
             dataset (`dict`, *optional*): the dataset's description (name, hash) from the embedding manifest.
             dtype (`str`, *optional*, defaults to `"float32"`): of ``vectors.npy`` (``"float16"`` halves the disk).
             overwrite (`bool`, *optional*, defaults to `False`): replace an existing gallery at ``directory``.
+            labels (`np.ndarray` of int, *optional*): each item's class id (-1: unknown), shown in search results.
+            label_names (`list[str]`, *optional*): the class names, by id.
+            paths (`list[str]`, *optional*): each item's file path or dataset row, shown in search results.
+            probe (`dict`, *optional*): the gallery's probe set for its gate (:func:`bt2_hf.galleries.gate.make_probe`):
+                ``embeddings`` (this encoder's vectors of held-out items), ``labels`` and ``images`` (uint8) or
+                ``texts``, plus ``description``.
+            policy (:class:`~bt2_hf.compatibility.AdmissionPolicy` or `dict`, *optional*): the owner's admission
+                policy, stored in the manifest (default: top-1 and mAP must beat old→old, any size).
+            admissions (`list[dict]`, *optional*): an admission log to carry over (a rebuild of the same encoder).
             index_params: see :func:`default_index_params` (``nlist``, ``nprobe``, ``pq_m``, ``rerank``, ``M`` …).
         """
         if not encoder.get("fingerprint"):
@@ -253,6 +365,13 @@ class FaissGallery(ManifestAccessors):
             faiss = import_faiss()
             faiss.write_index(index, str(tmp / "index.faiss"))
             np.save(tmp / "ids.npy", id_array, allow_pickle=False)
+            data_files = list(DATA_FILES)
+            items = _write_item_files(tmp, count, labels, label_names, paths)
+            data_files += [name for name in (items.get("labels"), items.get("paths")) if name]
+            probe_record = None
+            if probe is not None:
+                probe_record, probe_files = _write_probe(tmp, probe, dimension, encoder)
+                data_files += probe_files
             manifest = {
                 "kind": GALLERY_KIND,
                 "format": GALLERY_FORMAT,
@@ -265,8 +384,12 @@ class FaissGallery(ManifestAccessors):
                 "index": {"type": index_type, "params": params},
                 "dataset": dataset,
                 # every data file, with its hash and size (vectors.npy re-ranks IVF-PQ results: it is data too)
-                "files": {name: file_sha256(tmp / name) for name in DATA_FILES},
-                "file_sizes": {name: (tmp / name).stat().st_size for name in DATA_FILES},
+                "files": {name: file_sha256(tmp / name) for name in data_files},
+                "file_sizes": {name: (tmp / name).stat().st_size for name in data_files},
+                "items": items,
+                "probe": probe_record,
+                "policy": _policy_dict(policy),
+                "admissions": list(admissions or []),
                 "backfill": None,
             }
             atomic_write_json(tmp / MANIFEST_NAME, manifest)
@@ -280,6 +403,10 @@ class FaissGallery(ManifestAccessors):
 
         embeddings = embeddings if isinstance(embeddings, EmbeddingDirectory) else EmbeddingDirectory(embeddings)
         kwargs.setdefault("dtype", embeddings.manifest["dtype"])
+        if kwargs.get("labels") is None and embeddings.labels() is not None:
+            kwargs.update(labels=embeddings.labels(), label_names=kwargs.get("label_names") or embeddings.label_names)
+        if kwargs.get("paths") is None and embeddings.paths() is not None:
+            kwargs["paths"] = embeddings.paths()
         return cls.build(
             directory,
             embeddings.shards(),
@@ -329,45 +456,97 @@ class FaissGallery(ManifestAccessors):
             raise GalleryError(f"{directory}: index.faiss holds {index.ntotal} × {index.d}-d, not the manifest's.")
         return cls(directory, manifest, index, vectors, ids)
 
+    @classmethod
+    def from_model(
+        cls,
+        directory: str | os.PathLike,
+        model,
+        inputs,
+        ids: list | None = None,
+        *,
+        modality: str | None = None,
+        batch_size: int = 64,
+        **kwargs,
+    ) -> FaissGallery:
+        """Embed ``inputs`` (images or texts) with ``model`` in this process and build a gallery of its vectors.
+
+        The model must hold the weights its ``config.fingerprint`` names (a model changed in memory is refused), so
+        the manifest's encoder is the model that really made the vectors.
+
+        Args:
+            directory (`str` or `os.PathLike`): where the gallery goes.
+            model (`BT2Model`): the encoder, saved (it needs a fingerprint).
+            inputs (`Sequence`): images (PIL, arrays, a uint8 tensor) or texts.
+            ids (`list`, *optional*): one id per input (defaults to ``0..N-1``).
+            modality (`str`, *optional*): ``"images"`` or ``"texts"`` (defaults to the model's).
+            batch_size (`int`, *optional*, defaults to `64`): inputs per forward pass.
+            kwargs: as :meth:`build` (``labels``, ``paths``, ``probe``, ``policy``, ``index_type`` …).
+        """
+        from ..compatibility import query_model_fingerprint
+        from .embed import model_identity
+
+        fingerprint = query_model_fingerprint(model)  # refuse a model changed in memory before embedding
+        modality = modality or ("texts" if getattr(model, "modality", "image") == "text" else "images")
+        vectors = model.encode(**{modality: inputs}, batch_size=batch_size)
+        identity = dict(model_identity(model), fingerprint=fingerprint)
+        return cls.build(directory, np.asarray(vectors, dtype=np.float32), ids, encoder=identity, **kwargs)
+
     # -- the store interface used by search and backfill ----------------------------------------------------------------
 
     def ids_of(self, rows: np.ndarray) -> list:
         return self._ids[np.asarray(rows)].tolist()
 
-    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.vectors[np.asarray(rows)], dtype=np.float32)
+    def labels_of(self, rows) -> list | None:
+        name = (self.manifest.get("items") or {}).get("labels")
+        if not name:
+            return None
+        if self._labels is None:
+            self._labels = np.load(self.directory / name, allow_pickle=False)
+        names = self.label_names
+        values = self._labels[np.asarray(rows, dtype=np.int64)].tolist()
+        return [None if v < 0 else (names[v] if names and v < len(names) else int(v)) for v in values]
 
-    def iter_vectors(self, chunk: int = CHUNK):
-        """``(rows, vectors)`` of the encoder's vectors, a chunk at a time."""
-        for start in range(0, len(self), chunk):
-            stop = min(len(self), start + chunk)
-            yield np.arange(start, stop), np.asarray(self.vectors[start:stop], dtype=np.float32)
+    def paths_of(self, rows) -> list | None:
+        name = (self.manifest.get("items") or {}).get("paths")
+        if not name:
+            return None
+        if self._paths is None:
+            self._paths = np.load(self.directory / name, allow_pickle=False)
+        return [str(p) or None for p in self._paths[np.asarray(rows, dtype=np.int64)].tolist()]
 
-    def search_encoder_space(self, queries: np.ndarray, depth: int, **search_params) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``depth`` rows by cosine in the encoder's space, best first (IVF-PQ candidates re-scored exactly).
+    def probe(self) -> dict | None:
+        """The gallery's probe set: ``embeddings`` (its encoder's), ``labels``, and ``images`` or ``texts``."""
+        record = self.manifest.get("probe")
+        if not record:
+            return None
+        folder = self.directory / PROBE_DIR
+        probe = {"embeddings": np.load(folder / "embeddings.npy", allow_pickle=False),
+                 "labels": np.load(folder / "labels.npy", allow_pickle=False)}  # fmt: skip
+        if record.get("modality") == "text":
+            probe["texts"] = json.loads((folder / "texts.json").read_text(encoding="utf-8"))
+        else:
+            probe["images"] = np.load(folder / "items.npy", allow_pickle=False)
+        return probe
 
-        Args:
-            queries (`np.ndarray` of shape `(n, d)`): unit query vectors in the encoder's space (prefix applied).
-            depth (`int`): how many rows to return.
-            search_params: ``nprobe``, ``ef_search`` or ``rerank`` for this search (defaults: the manifest's).
+    def check(self) -> list[str]:
+        """Hash every data file listed in the manifest, a chunk at a time; the problems found (empty: all intact).
+
+        Unlike :meth:`open`, it does not stop at the first problem: each damaged, missing or unlisted file is named.
         """
-        index_type = self.manifest["index"]["type"]
-        params = dict(self.manifest["index"]["params"], **{k: v for k, v in search_params.items() if v is not None})
-        _set_search_params(self.index, index_type, params)
-        depth = min(depth, len(self))
-        if index_type != "ivfpq":
-            scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
-            return _sort(scores, rows)
-        candidates = min(len(self), max(depth, int(params.get("rerank") or depth)))
-        parts = []
-        # Queries per block: the candidate vectors read for re-ranking stay within about 64 MiB (page faults on big
-        # temporary arrays, not the arithmetic, dominated re-ranking with 1,024 queries at a time).
-        step = max(1, min(1024, (64 << 20) // (candidates * self.dimension * 4)))
-        for start in range(0, len(queries), step):
-            block = np.ascontiguousarray(queries[start : start + step], dtype=np.float32)
-            _, rows = self.index.search(block, candidates)
-            parts.append(_sort(exact_scores(self.vectors, block, rows), rows, depth))
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        problems = []
+        unlisted = [name for name in DATA_FILES if name not in self.manifest["files"]]
+        problems += [f"{name}: not listed in the manifest, so its content cannot be checked" for name in unlisted]
+        for name, digest in sorted(self.manifest["files"].items()):
+            path = self.directory / name
+            if not path.is_file():
+                problems.append(f"{path}: missing")
+                continue
+            size = (self.manifest.get("file_sizes") or {}).get(name)
+            if size is not None and path.stat().st_size != size:
+                problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {size}")
+            elif file_sha256(path) != digest:
+                problems.append(f"{path}: sha256 differs from the manifest's (the content was changed)")
+        return problems
 
     # -- backfill storage: the new model's rows and how far the backfill got -------------------------------------------
 
@@ -452,9 +631,18 @@ class FaissGallery(ManifestAccessors):
         state = self.backfill_state
         index_type = index_type or self.manifest["index"]["type"]
         table = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r")
+        items = self.manifest.get("items") or {}
+        labels = np.load(self.directory / items["labels"]) if items.get("labels") else None
+        paths = np.load(self.directory / items["paths"]).tolist() if items.get("paths") else None
+        if self.manifest.get("probe"):
+            # The probe's embeddings are the old encoder's: the new encoder's gate needs a new probe set.
+            logger.warning("The probe set of %s was made by the old encoder and is dropped; rebuild the gallery "
+                           "with --probe_from to give the new encoder a gate.", self.directory)  # fmt: skip
         return FaissGallery.build(
             self.directory, table, self._ids, encoder=state["model"], index_type=index_type,
-            dataset=self.manifest.get("dataset"), dtype=self.manifest["dtype"], overwrite=True, **index_params,
+            dataset=self.manifest.get("dataset"), dtype=self.manifest["dtype"], overwrite=True, labels=labels,
+            label_names=items.get("label_names"), paths=paths, policy=self.manifest.get("policy"),
+            admissions=self.admissions, **index_params,
         )  # fmt: skip
 
     def _write_manifest(self, manifest: dict) -> None:
@@ -466,6 +654,19 @@ class FaissGallery(ManifestAccessors):
         from .mixed import search_gallery
 
         return search_gallery(self, queries, k=k, query_config=query_config, **kwargs)
+
+    def search_with_model(self, model, images=None, texts=None, k: int = 10, batch_size: int = 64, **kwargs):
+        """Embed queries with ``model.encode`` and search, checking the model against the gallery first.
+
+        The model must hold the weights its ``config.fingerprint`` names (checked again here: a model changed in
+        memory is refused), and is admitted before any query is embedded.
+        """
+        from ..compatibility import query_model_fingerprint
+
+        query_model_fingerprint(model)
+        self.admit(model.config, kwargs.get("allow_unmeasured", False))  # refuse before spending time on encoding
+        embeddings = model.encode(images=images, texts=texts, batch_size=batch_size)
+        return self.search(embeddings, k=k, query_config=model.config, **kwargs)
 
 
 def exact_scores(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -490,17 +691,24 @@ def _sort(scores: np.ndarray, rows: np.ndarray, depth: int | None = None) -> tup
 
 
 def read_manifest(directory: Path) -> dict:
+    """The manifest of a gallery directory, its required keys checked (a former-format gallery is refused)."""
+    from ..compatibility.resolve import is_legacy_manifest, legacy_gallery_message
+    from ..utils.readers import read_json
+
     path = Path(directory) / MANIFEST_NAME
     if not path.exists():
         raise GalleryError(f"{directory} is not a gallery (no {MANIFEST_NAME}); build one with `bt2 index build`.")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise GalleryError(f"{path} is not valid JSON ({error}); rebuild the gallery.") from None
-    if manifest.get("kind") != GALLERY_KIND:
-        raise GalleryError(f"{directory} is not a bt2_hf gallery directory (kind {manifest.get('kind')!r}).")
+        manifest = read_json(path, "gallery manifest")
+    except BT2InputError as error:
+        raise GalleryError(f"{error.problem} Rebuild the gallery (`bt2 index build --overwrite`).", path) from None
+    if isinstance(manifest, dict) and is_legacy_manifest(manifest):
+        raise LegacyGalleryFormatError(legacy_gallery_message(directory), path)
+    if not isinstance(manifest, dict) or manifest.get("kind") != GALLERY_KIND:
+        kind = manifest.get("kind") if isinstance(manifest, dict) else None
+        raise GalleryError(f"not the manifest of a bt2_hf gallery (kind {kind!r}, expected {GALLERY_KIND!r}).", path)
     if manifest.get("format") != GALLERY_FORMAT:
-        raise GalleryError(f"{path} has format {manifest.get('format')}; this bt2_hf reads {GALLERY_FORMAT}.")
+        raise GalleryError(f"has format {manifest.get('format')!r}; this bt2_hf reads {GALLERY_FORMAT}.", path)
     for key, kind in _MANIFEST_KEYS.items():
         value = manifest.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -512,7 +720,26 @@ def read_manifest(directory: Path) -> dict:
             )
     if not manifest["encoder"].get("fingerprint"):
         raise GalleryError("the manifest's encoder has no fingerprint; rebuild the gallery.", path)
+    sizes = manifest.get("file_sizes", {})
+    names_ok = all(_safe_name(name) and isinstance(digest, str) for name, digest in manifest["files"].items())
+    sizes_ok = isinstance(sizes, dict) and all(
+        _safe_name(name) and isinstance(size, int) and not isinstance(size, bool) for name, size in sizes.items()
+    )
+    index = manifest["index"]
+    if not (names_ok and sizes_ok and index.get("type") in INDEX_TYPES and isinstance(index.get("params"), dict)):
+        raise GalleryError("the manifest's files, sizes or index are malformed: it is damaged or was edited. Rebuild "
+                           "the gallery (`bt2 index build --overwrite`).", path)  # fmt: skip
+    for key in ("items", "probe", "policy", "backfill"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise GalleryError(f"the manifest's {key!r} must be an object; it is damaged or was edited.", path)
+    if not isinstance(manifest.get("admissions", []), list):
+        raise GalleryError("the manifest's 'admissions' (the admission log) must be a list; it was edited.", path)
     return manifest
+
+
+def _safe_name(name) -> bool:
+    # a data file's name inside the gallery: never absolute, never upwards, never a NUL (stat would raise)
+    return isinstance(name, str) and name and "\x00" not in name and not name.startswith("/") and ".." not in name
 
 
 def is_gallery_directory(directory: str | os.PathLike) -> bool:
@@ -520,3 +747,118 @@ def is_gallery_directory(directory: str | os.PathLike) -> bool:
         return json.loads((Path(directory) / MANIFEST_NAME).read_text()).get("kind") == GALLERY_KIND
     except (OSError, ValueError):
         return False
+
+
+def _policy_dict(policy) -> dict:
+    from ..compatibility import AdmissionPolicy
+
+    if policy is None or isinstance(policy, dict):
+        try:
+            policy = AdmissionPolicy.from_dict(policy)
+        except ValueError as error:
+            raise GalleryError(f"Invalid admission policy: {error}.") from None
+    return policy.to_dict()
+
+
+def _write_item_files(folder: Path, count: int, labels, label_names, paths) -> dict:
+    """Write ``labels.npy`` / ``paths.npy`` when given; the manifest's ``items`` record."""
+    items: dict[str, Any] = {"labels": None, "label_names": None, "paths": None}
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+            raise GalleryError(f"labels must be {count} integer class ids (one per item), got {labels.dtype} "
+                               f"{labels.shape}.")  # fmt: skip
+        np.save(folder / "labels.npy", labels.astype(np.int64), allow_pickle=False)
+        items["labels"] = "labels.npy"
+        items["label_names"] = [str(name) for name in label_names] if label_names is not None else None
+    if paths is not None:
+        paths = ["" if p is None else str(p) for p in paths]
+        if len(paths) != count:
+            raise GalleryError(f"{len(paths)} paths for {count} items: give one path (or dataset row) per item.")
+        np.save(folder / "paths.npy", np.asarray(paths, dtype=np.str_), allow_pickle=False)
+        items["paths"] = "paths.npy"
+    return items
+
+
+def _write_probe(folder: Path, probe: dict, dimension: int, encoder: dict) -> tuple[dict, list[str]]:
+    """Write the probe set into ``folder/probe``; its manifest record and the files written (relative)."""
+    embeddings = np.asarray(probe["embeddings"], dtype=np.float32)
+    labels = np.asarray(probe["labels"])
+    if embeddings.ndim != 2 or embeddings.shape[1] != dimension:
+        raise GalleryError(f"The probe embeddings must be {dimension}-d rows of the gallery's encoder, got shape "
+                           f"{embeddings.shape}.")  # fmt: skip
+    if labels.shape != (len(embeddings),) or not np.issubdtype(labels.dtype, np.integer):
+        raise GalleryError(f"The probe needs one integer label per item ({len(embeddings)}), got {labels.shape}.")
+    (folder / PROBE_DIR).mkdir()
+    np.save(folder / PROBE_DIR / "embeddings.npy", _normalize(embeddings), allow_pickle=False)
+    np.save(folder / PROBE_DIR / "labels.npy", labels.astype(np.int64), allow_pickle=False)
+    files = [f"{PROBE_DIR}/embeddings.npy", f"{PROBE_DIR}/labels.npy"]
+    if probe.get("texts") is not None:
+        texts = [str(t) for t in probe["texts"]]
+        if len(texts) != len(embeddings):
+            raise GalleryError(f"{len(texts)} probe texts for {len(embeddings)} probe embeddings.")
+        atomic_write_json(folder / PROBE_DIR / "texts.json", texts)
+        files.append(f"{PROBE_DIR}/texts.json")
+        modality = "text"
+    else:
+        images = np.asarray(probe["images"])
+        if images.dtype != np.uint8 or len(images) != len(embeddings):
+            raise GalleryError(f"The probe images must be uint8, one per embedding ({len(embeddings)}), got "
+                               f"{images.dtype} {images.shape}.")  # fmt: skip
+        np.save(folder / PROBE_DIR / "items.npy", images, allow_pickle=False)
+        files.append(f"{PROBE_DIR}/items.npy")
+        modality = "image"
+    record = {"size": int(len(embeddings)), "modality": modality, "encoder": encoder.get("fingerprint"),
+              "num_classes": int(len(np.unique(labels))), **(probe.get("description") or {})}  # fmt: skip
+    return record, files
+
+
+def upgrade_legacy_gallery(directory: str | os.PathLike) -> FaissGallery:
+    """Convert, in place and atomically, a gallery written by the former ``GalleryIndex`` into this format.
+
+    The former format kept one ``index.faiss`` (flat, IVF or HNSW over unit vectors) and the ids in its manifest.
+    The vectors are read back from the index (checked first against the recorded sha256), so nothing is re-embedded;
+    the encoder's name and fingerprint carry over. Its encoder's own lineage was not recorded then, so sideways
+    searches through it need a rebuild.
+
+    Raises:
+        `GalleryError`: ``directory`` is not a former-format gallery, or its index does not match its manifest.
+    """
+    import hashlib
+
+    from ..compatibility.resolve import is_legacy_manifest
+
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    try:
+        legacy = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GalleryError(f"{directory} has no {MANIFEST_NAME}: it is not a gallery.", directory) from None
+    except json.JSONDecodeError as error:
+        raise GalleryError(f"not valid JSON ({error}); it cannot be upgraded.", path) from None
+    if not isinstance(legacy, dict) or not is_legacy_manifest(legacy):
+        if isinstance(legacy, dict) and legacy.get("kind") == GALLERY_KIND:
+            raise GalleryError(f"{directory} is already in the current gallery format: nothing to upgrade.")
+        raise GalleryError("not a manifest of the former gallery index format; nothing to upgrade.", path)
+    data = (directory / "index.faiss").read_bytes()
+    if hashlib.sha256(data).hexdigest() != legacy["index_sha256"]:
+        raise GalleryError("does not match the sha256 of its manifest: it was damaged or replaced; rebuild the "
+                           "gallery from its embeddings instead (`bt2 index build`).", directory / "index.faiss")  # fmt: skip
+    faiss = import_faiss()
+    index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.make_direct_map()  # IVF lists do not know their rows' order otherwise
+    vectors = index.reconstruct_n(0, index.ntotal)
+    ids = legacy.get("ids") or list(range(index.ntotal))
+    if len(ids) != index.ntotal or index.d != legacy.get("dimension"):
+        raise GalleryError(f"the manifest says {len(ids)} items of {legacy.get('dimension')}-d, the index holds "
+                           f"{index.ntotal} of {index.d}-d; rebuild the gallery.", path)  # fmt: skip
+    encoder = {"fingerprint": legacy["encoder_fingerprint"], "name_or_path": legacy.get("encoder_name_or_path"),
+               "embedding_dim": int(index.d), "compatible_dim": int(index.d), "modality": "image",
+               "compatible_with": []}  # fmt: skip
+    index_type = legacy.get("index_type") if legacy.get("index_type") in INDEX_TYPES else "flat"
+    logger.info("Upgrading %s (%d items, %s) to the gallery format %d.", directory, len(ids), index_type,
+                GALLERY_FORMAT)  # fmt: skip
+    return FaissGallery.build(directory, vectors, ids, encoder=encoder, index_type=index_type, overwrite=True,
+                              dataset={"upgraded_from": "GalleryIndex format 1"})  # fmt: skip

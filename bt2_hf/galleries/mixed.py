@@ -50,6 +50,8 @@ class GallerySearchResult:
         admission (`dict`, *optional*): why the query model was admitted to the encoder's gallery
             (:meth:`bt2_hf.compatibility.Admission.to_dict`; records an ``allow_unmeasured`` override); ``None`` when
             the check was skipped.
+        labels (`list[list]`, *optional*): each hit's class name (or id), when the gallery stores labels.
+        paths (`list[list]`, *optional*): each hit's file path or dataset row, when the gallery stores them.
     """
 
     ids: list[list]
@@ -59,6 +61,36 @@ class GallerySearchResult:
     new_scores: np.ndarray
     prefix_dim: int
     admission: dict | None = None
+    labels: list[list] | None = None
+    paths: list[list] | None = None
+
+    def hits(self) -> list[list[dict]]:
+        """Each query's hits as dicts: ``id``, ``row``, ``score``, ``backfilled`` and, when the gallery has them,
+        ``label`` and ``path``; what ``bt2 index search`` prints."""
+        table = []
+        for query, ids in enumerate(self.ids):
+            row_hits = []
+            for position, item_id in enumerate(ids):
+                hit = {"id": item_id, "row": int(self.rows[query, position]),
+                       "score": round(float(self.scores[query, position]), 6),
+                       "backfilled": bool(self.backfilled[query, position])}  # fmt: skip
+                if self.labels is not None:
+                    hit["label"] = self.labels[query][position]
+                if self.paths is not None:
+                    hit["path"] = self.paths[query][position]
+                row_hits.append(hit)
+            table.append(row_hits)
+        return table
+
+
+def _described(store, rows: np.ndarray, ids, scores, backfilled, new_scores, prefix, admission):
+    """The result with each hit's label and path read from the store (when it keeps them)."""
+    kept = [row[row >= 0] for row in rows]
+    labels = [store.labels_of(row) for row in kept] if hasattr(store, "labels_of") else None
+    paths = [store.paths_of(row) for row in kept] if hasattr(store, "paths_of") else None
+    labels = None if labels is None or any(part is None for part in labels) else labels
+    paths = None if paths is None or any(part is None for part in paths) else paths
+    return GallerySearchResult(ids, scores, rows, backfilled, new_scores, prefix, admission, labels, paths)
 
 
 def _unit(array: np.ndarray) -> np.ndarray:
@@ -157,16 +189,35 @@ def search_gallery(
     queries = np.asarray(getattr(queries, "numpy", lambda: queries)(), dtype=np.float32)
     if queries.ndim != 2:
         raise ValueError(f"Query embeddings must be 2-d (n, d), got shape {queries.shape}.")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive number of neighbours, got {k!r}.")
     encoder = store.encoder
     if check_compatibility:
         if query_config is None:
             raise ValueError(
                 "Pass query_config=model.config so that the query model can be checked against the gallery."
             )
-        admission = admit_to_gallery(query_config, encoder, store.dimension, allow_unmeasured=allow_unmeasured)
+        if hasattr(store, "admit"):  # the store's own policy and admission log take part
+            admission = store.admit(query_config, allow_unmeasured)
+        else:
+            admission = admit_to_gallery(query_config, encoder, store.dimension, allow_unmeasured=allow_unmeasured)
         prefix = admission.prefix_dim
+        query_dim = getattr(query_config, "embedding_dim", None)
+        if query_dim is not None and queries.shape[1] not in (int(query_dim), prefix):
+            # The query model's full embeddings (cut here) or its compatible prefix (cut by the caller); any other
+            # width comes from another model and would be cut silently.
+            raise ValueError(
+                f"Query embeddings are {queries.shape[1]}-d but the query model "
+                f"{getattr(query_config, 'name_or_path', '') or ''} embeds {query_dim}-d (compatible prefix {prefix}): "
+                "they were not made by that model. Pass the embeddings and the config of the same model."
+            )
     else:
         admission, prefix = None, store.dimension
+        if queries.shape[1] != prefix:
+            raise ValueError(
+                f"Query embeddings are {queries.shape[1]}-d, the gallery is {prefix}-d; without the compatibility check "
+                "nothing is cut: pass query_config (the prefix rule) or queries of the gallery's width."
+            )
     if queries.shape[1] < prefix:
         raise ValueError(f"Query embeddings are {queries.shape[1]}-d, narrower than the gallery's {prefix}-d prefix.")
     if admission is not None and admission.gallery_prefix_dim is not None:
@@ -175,7 +226,7 @@ def search_gallery(
         scores, rows = prefix_scan(store, _unit(queries[:, :prefix]), admission.gallery_prefix_dim, k)
         flags, nan = np.zeros(rows.shape, dtype=bool), np.full(rows.shape, np.nan, dtype=np.float32)
         ids = [store.ids_of(row[row >= 0]) for row in rows]
-        return GallerySearchResult(ids, scores, rows, flags, nan, prefix, admission.to_dict())
+        return _described(store, rows, ids, scores, flags, nan, prefix, admission.to_dict())
     state = store.backfill_state
     new_prefix = None
     if state and state["done"] > 0 and query_config is not None:
@@ -207,8 +258,8 @@ def search_gallery(
                 new_scores, scores = np.take_along_axis(new_scores, order, 1), np.take_along_axis(combined, order, 1)
     rows, scores, backfilled, new_scores = rows[:, :k], scores[:, :k], backfilled[:, :k], new_scores[:, :k]
     ids = [store.ids_of(row[row >= 0]) for row in rows]
-    return GallerySearchResult(ids, scores, rows, backfilled, new_scores, prefix,
-                               admission.to_dict() if admission else None)  # fmt: skip
+    return _described(store, rows, ids, scores, backfilled, new_scores, prefix,
+                      admission.to_dict() if admission else None)  # fmt: skip
 
 
 def top1_under_rule(

@@ -6,7 +6,9 @@ Layout::
     shard-00000.npy              vectors of items [0, shard_size) (fp16 or fp32, memory-mappable)
     shard-00000.ids.npy          their ids (int64 or unicode; no pickle)
     ...
+    labels.npy, paths.npy        optional, by position: class ids and file paths when the dataset has them
     manifest.json                written last, when every shard exists: the plan + per-shard sha256 + throughput
+                                 (+ ``items``: the optional files, class names and their sha256)
 
 Shard ``s`` always holds positions ``[s * shard_size, (s + 1) * shard_size)`` of the dataset, whichever process
 wrote it: the files do not depend on the number of processes, a finished shard is never written again, and no item
@@ -134,6 +136,29 @@ class EmbeddingDirectory:
         """All vectors in one array (loads them: use :meth:`shards` for galleries larger than memory)."""
         return np.concatenate([np.asarray(v, dtype=dtype) for v, _ in self.shards()])
 
+    @property
+    def label_names(self) -> list[str] | None:
+        return (self.manifest.get("items") or {}).get("label_names")
+
+    def _item_file(self, key: str) -> np.ndarray | None:
+        name = (self.manifest.get("items") or {}).get(key)
+        if not name:
+            return None
+        array = np.load(self.directory / name, allow_pickle=False)
+        if len(array) != len(self):
+            raise EmbeddingDirectoryError(f"{self.directory / name} holds {len(array)} rows for {len(self)} items; "
+                                          "re-run `bt2 embed` into a new directory.")  # fmt: skip
+        return array
+
+    def labels(self) -> np.ndarray | None:
+        """Each item's class id, by position (``None`` when the dataset had no labels)."""
+        return self._item_file("labels")
+
+    def paths(self) -> list[str] | None:
+        """Each item's file path, by position (``None`` when the dataset had no files)."""
+        array = self._item_file("paths")
+        return None if array is None else array.tolist()
+
     def verify(self) -> None:
         """Check every shard against the sha256 recorded in the manifest."""
         for shard, entry in enumerate(self.manifest["shards"]):
@@ -141,6 +166,10 @@ class EmbeddingDirectory:
                 raise EmbeddingDirectoryError(
                     f"Shard {shard} of {self.directory} does not match its manifest sha256; re-run `bt2 embed`."
                 )
+        for name, digest in ((self.manifest.get("items") or {}).get("sha256") or {}).items():
+            if file_sha256(self.directory / name) != digest:
+                raise EmbeddingDirectoryError(f"{self.directory / name} does not match its manifest sha256; re-run "
+                                              "`bt2 embed` into a new directory.")  # fmt: skip
 
 
 def write_manifest(directory: Path, plan: dict, extra: dict) -> dict:

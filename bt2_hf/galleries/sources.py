@@ -73,6 +73,18 @@ class GallerySource:
         """A hash of the dataset's content (or of its file listing for large image folders)."""
         raise NotImplementedError  # pragma: no cover
 
+    def labels(self) -> np.ndarray | None:
+        """Each item's class id (int64), or ``None`` when the dataset has no labels; read without decoding items."""
+        return None
+
+    def label_names(self) -> list[str] | None:
+        """The class names by id, when the dataset names them."""
+        return None
+
+    def paths(self) -> list[str] | None:
+        """Each item's file path (or ``None`` when the dataset has no files), for search results."""
+        return None
+
     def describe(self) -> dict:
         return {"name": self.name, "modality": self.modality, "count": len(self), "hash": self.fingerprint()}
 
@@ -86,7 +98,15 @@ class TensorSource(GallerySource):
         name (`str`, *optional*): recorded in manifests.
     """
 
-    def __init__(self, images, ids: list | None = None, name: str = "in-memory", fingerprint: str | None = None):
+    def __init__(
+        self,
+        images,
+        ids: list | None = None,
+        name: str = "in-memory",
+        fingerprint: str | None = None,
+        labels=None,
+        label_names: list[str] | None = None,
+    ):
         images = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
         if images.ndim == 3:
             images = images.unsqueeze(1)
@@ -95,6 +115,10 @@ class TensorSource(GallerySource):
         if ids is not None and len(ids) != len(images):
             raise GallerySourceError(f"{len(ids)} ids for {len(images)} images: give one id per image.")
         self.images, self._ids, self.name, self._fingerprint = images, ids, name, fingerprint
+        self._labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        if self._labels is not None and len(self._labels) != len(images):
+            raise GallerySourceError(f"{len(self._labels)} labels for {len(images)} images: give one label per image.")
+        self._label_names = list(label_names) if label_names is not None else None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -116,6 +140,12 @@ class TensorSource(GallerySource):
             self._fingerprint = "sha256:" + digest.hexdigest()
         return self._fingerprint
 
+    def labels(self) -> np.ndarray | None:
+        return self._labels
+
+    def label_names(self) -> list[str] | None:
+        return self._label_names
+
 
 class IDXSource(TensorSource):
     """Fashion-MNIST / MNIST IDX files of a directory; ``split="all"`` puts train then test (ids ``train/i``)."""
@@ -127,7 +157,7 @@ class IDXSource(TensorSource):
         splits = ["train", "test"] if split == "all" else [split]
         if any(s not in _FILES for s in splits):
             raise GallerySourceError(f"An IDX directory has splits 'train', 'test' (or 'all'), not {split!r}.")
-        images, ids, files = [], [], []
+        images, ids, files, labels = [], [], [], []
         for name in splits:
             path = find_idx_file(directory, _FILES[name][0])
             if path is None:
@@ -136,7 +166,17 @@ class IDXSource(TensorSource):
             images.append(torch.from_numpy(array.copy()))
             ids += [f"{name}/{i}" for i in range(len(array))] if split == "all" else list(range(len(array)))
             files.append(path)
-        super().__init__(torch.cat(images), ids, name=f"idx:{directory.name}:{split}")
+            label_path = find_idx_file(directory, _FILES[name][1])
+            label_array = read_idx(label_path) if label_path is not None else None
+            labels.append(label_array if label_array is not None and len(label_array) == len(array) else None)
+        all_labels = None if any(part is None for part in labels) else np.concatenate(labels).astype(np.int64)
+        names_file = directory / "class_names.txt"
+        # Without class_names.txt an IDX directory is (Fashion-)MNIST-style: which of the two is not written down,
+        # so labels stay numbers rather than risk naming digits as garments.
+        names = [line.strip() for line in names_file.read_text(encoding="utf-8").splitlines() if line.strip()] \
+            if names_file.is_file() else None  # fmt: skip
+        super().__init__(torch.cat(images), ids, name=f"idx:{directory.name}:{split}", labels=all_labels,
+                         label_names=names)  # fmt: skip
         self._fingerprint = _hash_files(files)
 
 
@@ -204,6 +244,32 @@ class HFDatasetSource(GallerySource):
             self._fingerprint = "datasets:" + str(getattr(self.dataset, "_fingerprint", None) or self.name)
         return self._fingerprint
 
+    def _label_column(self) -> str | None:
+        import datasets
+
+        features = self.dataset.features or {}
+        return next((k for k in ("label", "labels") if isinstance(features.get(k), datasets.ClassLabel)), None)
+
+    def labels(self) -> np.ndarray | None:
+        column = self._label_column()
+        if column is None or self.streaming:
+            return None
+        return np.asarray(self.dataset.select_columns([column])[column], dtype=np.int64)
+
+    def label_names(self) -> list[str] | None:
+        column = self._label_column()
+        return list(self.dataset.features[column].names) if column else None
+
+    def paths(self) -> list[str] | None:
+        import datasets
+
+        if self.modality != IMAGE or self.streaming:
+            return None
+        # The image column undecoded: its file paths, without reading a pixel.
+        raw = self.dataset.select_columns([self.column]).cast_column(self.column, datasets.Image(decode=False))
+        paths = [(cell or {}).get("path") for cell in raw[self.column]]
+        return paths if any(paths) else None
+
 
 class TextFileSource(GallerySource):
     """Texts from a ``.txt`` file (one per line, ids = line numbers) or ``.jsonl`` (``id`` and ``text`` keys)."""
@@ -238,6 +304,10 @@ class TextFileSource(GallerySource):
 
     def fingerprint(self) -> str:
         return self._fingerprint
+
+    def paths(self) -> list[str] | None:
+        # a text item's "path" is its line: enough to find it in the file
+        return [f"{self.name.removeprefix('text:')}:{position + 1}" for position in range(len(self))]
 
 
 def _listing_hash(directory: Path) -> str:

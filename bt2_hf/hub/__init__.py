@@ -3,7 +3,7 @@
 - the compatibility metadata rules live in :mod:`bt2_hf.compatibility` (re-exported here for convenience).
 - :mod:`~bt2_hf.hub.card`: :func:`render_model_card`, :func:`create_or_update_model_card`, :func:`merge_model_card`.
 - :mod:`~bt2_hf.hub.push`: :func:`push_to_hub`.
-- :mod:`~bt2_hf.hub.resolve`: :func:`resolve_query_model`, :func:`load_gallery_manifest`.
+- :func:`resolve_query_model`, :func:`load_gallery_manifest`: re-exported from :mod:`bt2_hf.compatibility.resolve`.
 
 Pulling is ``BT2Model.from_pretrained(repo_id, revision=..., token=..., cache_dir=...)`` or
 ``AutoModel.from_pretrained`` after ``import bt2_hf``.
@@ -18,11 +18,12 @@ from ..compatibility import (
     is_fingerprint,
     lineage,
     load_evaluation_results,
+    load_gallery_manifest,
+    resolve_query_model,
     validate_compatibility_metadata,
 )
 from .card import create_or_update_model_card, merge_model_card, pipeline_tag_for, render_model_card
 from .push import HubUnreachableError, push_to_hub
-from .resolve import load_gallery_manifest, resolve_query_model
 
 __all__ = [
     "CompatibilityMetadataError",

@@ -1,4 +1,4 @@
-"""Retrieval evaluation and search at scale: protocol, k-NN backends, metrics, compatibility, backfill, gallery index.
+"""Retrieval evaluation: protocol, k-NN backends, metrics, compatibility, backfill curves (galleries: bt2_hf.galleries).
 
 Everything here works on plain embedding arrays; the model-based helpers (embedding a dataset, searching a gallery
 with a model) are thin wrappers. faiss is imported only when a faiss backend or an index is used.

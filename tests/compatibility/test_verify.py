@@ -13,8 +13,8 @@ import bt2_hf
 from bt2_hf import BT2Config, BT2Model, IncompatibleModelsError
 from bt2_hf.cli.main import main as bt2_main
 from bt2_hf.data import load_fashion_mnist
+from bt2_hf.galleries import FaissGallery, model_identity
 from bt2_hf.hub import resolve_query_model
-from bt2_hf.retrieval.index import GalleryIndex
 from bt2_hf.verify import dataset_fingerprint, verify_compatibility
 
 CNN = {"num_channels": 1, "widths": [8, 16], "image_size": 28}
@@ -66,11 +66,10 @@ def _embed(path, images) -> np.ndarray:
     return BT2Model.from_pretrained(path).encode(images=images, batch_size=64).numpy()
 
 
-def _old_gallery(old_dir, images) -> GalleryIndex:
+def _old_gallery(old_dir, images, directory) -> FaissGallery:
     old = BT2Model.from_pretrained(old_dir)
-    return GalleryIndex.build(
-        old.encode(images=images).numpy(), encoder_fingerprint=old.config.fingerprint, encoder_name=str(old_dir)
-    )
+    encoder = dict(model_identity(old), name_or_path=str(old_dir))
+    return FaissGallery.build(directory, old.encode(images=images).numpy(), encoder=encoder)
 
 
 def test_verify_writes_a_measured_entry(tmp_path, bands_dir):
@@ -120,7 +119,7 @@ def test_verify_writes_a_measured_entry(tmp_path, bands_dir):
     assert reloaded.config.fingerprint == before["fingerprint"] and reloaded.config.compatible_with == [entry]
     assert "measured on bands:test (120 items)" in (new_dir / "README.md").read_text()
 
-    gallery = _old_gallery(old_dir, test.images)
+    gallery = _old_gallery(old_dir, test.images, tmp_path / "gallery")
     if result.passed:
         assert gallery.search(new[:3], k=1, query_config=reloaded.config).admission["basis"] == "measured"
     else:
@@ -128,7 +127,8 @@ def test_verify_writes_a_measured_entry(tmp_path, bands_dir):
             gallery.search(new[:3], k=1, query_config=reloaded.config, allow_unmeasured=True)
 
 
-def test_trained_but_unverified_model_is_refused_and_accepted_with_the_override(trained, bands_dir, caplog):
+def test_trained_but_unverified_model_is_refused_and_accepted_with_the_override(trained, bands_dir, caplog,
+                                                                                tmp_path):  # fmt: skip
     bct = BT2Model.from_pretrained(trained["bct"])
     old_fingerprint = BT2Model.from_pretrained(trained["old"]).config.fingerprint
     assert bct.config.compatible_with == []
@@ -136,7 +136,7 @@ def test_trained_but_unverified_model_is_refused_and_accepted_with_the_override(
         "name_or_path": trained["old"], "revision": None, "fingerprint": old_fingerprint, "prefix_dim": 16
     }  # fmt: skip
     test = load_fashion_mnist(bands_dir, "test")
-    gallery = _old_gallery(trained["old"], test.images)
+    gallery = _old_gallery(trained["old"], test.images, tmp_path / "gallery")
     queries = bct.encode(images=test.images[:4]).numpy()
 
     with pytest.raises(IncompatibleModelsError) as error:
@@ -180,7 +180,7 @@ def test_failing_criterion_is_recorded_and_refused(tmp_path, trained, bands_dir,
     assert saved["report"]["compatible"] is False
 
     test = load_fashion_mnist(bands_dir, "test")
-    gallery = _old_gallery(trained["old"], test.images)
+    gallery = _old_gallery(trained["old"], test.images, tmp_path / "gallery")
     for allow_unmeasured in (False, True):  # measured and failed: the override does not apply
         with pytest.raises(IncompatibleModelsError) as error:
             gallery.search(test.images[:1].flatten(1)[:, :16].float(), query_config=entry_config(tmp_path / "twin"),

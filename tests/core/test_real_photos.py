@@ -68,12 +68,12 @@ def test_one_photo_gives_one_embedding_through_every_surface(bt2_dir, photos):
         torch.testing.assert_close(embeddings.float(), expected, atol=1e-5, rtol=0, msg=name)
 
 
-def test_search_finds_each_photo_from_a_smaller_copy(bt2_dir, photos):
+def test_search_finds_each_photo_from_a_smaller_copy(bt2_dir, photos, tmp_path):
     pytest.importorskip("faiss")
-    from bt2_hf.retrieval.index import GalleryIndex
+    from bt2_hf.galleries import FaissGallery
 
     model = BT2Model.from_pretrained(bt2_dir)
-    gallery = GalleryIndex.from_model(model, list(photos.values()), ids=list(photos))
+    gallery = FaissGallery.from_model(tmp_path / "gallery", model, list(photos.values()), ids=list(photos))
     queries = [image.resize((image.width // 2, image.height // 2)) for image in photos.values()]
     result = gallery.search_with_model(model, images=queries, k=1)
     assert [row[0] for row in result.ids] == list(photos)

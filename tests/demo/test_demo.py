@@ -27,7 +27,7 @@ from bt2_hf.experiments.demo import (
     summarize_seeds,
     summary_lines,
 )
-from bt2_hf.retrieval.index import GalleryIndex
+from bt2_hf.galleries import FaissGallery
 from tests.demo.synthetic import CLASS_NAMES, write_texture_idx
 
 REPO = Path(__file__).resolve().parents[2]
@@ -200,8 +200,9 @@ def test_plots_and_checkpoints(demo_output):
     # The metadata says what the verdict says.
     assert entry["criterion"]["passed"] == (results["verdict"]["bt2"]["status"] == "compatible")
     assert results["verdict"]["bt2"]["message"] in (demo_output / "models" / "bt2" / "README.md").read_text()
-    gallery = GalleryIndex.load(demo_output / "gallery_old")
-    assert gallery.dimension == 16
+    gallery = FaissGallery.open(demo_output / "gallery_old")
+    assert gallery.dimension == 16 and gallery.manifest["probe"]["size"] == min(500, results["num_queries"])
+    assert gallery.labels_of([0])[0] in results["class_names"]
 
 
 def test_do_not_upgrade_when_the_new_model_is_weaker(weak_new_output):

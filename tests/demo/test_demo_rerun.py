@@ -12,7 +12,7 @@ import bt2_hf.training
 from bt2_hf import BT2Model
 from bt2_hf.cli.demo import main as demo_main
 from bt2_hf.experiments.demo import DemoSize, run_demo
-from bt2_hf.retrieval.index import GalleryIndex
+from bt2_hf.galleries import FaissGallery
 from tests.conftest import write_fashion_like_idx
 
 
@@ -54,7 +54,7 @@ def test_crash_in_a_later_stage_keeps_the_previous_run(first_run, fashion_dir, m
     assert _leftovers(first_run.parent) == []
     # The gallery still belongs to the old model that is there.
     old = BT2Model.from_pretrained(first_run / "models" / "old")
-    assert GalleryIndex.load(first_run / "gallery_old").manifest["encoder_fingerprint"] == old.config.fingerprint
+    assert FaissGallery.open(first_run / "gallery_old").encoder["fingerprint"] == old.config.fingerprint
 
 
 def test_rerun_with_an_out_of_range_label_is_refused_before_anything_is_written(first_run, tmp_path, capsys):

@@ -74,7 +74,7 @@ def test_query_model_prefix_and_refusal(tmp_path):
     queries = np.concatenate([vectors[:5] * 0.6, np.full((5, 8), 0.2, np.float32)], axis=1)
     result = search_gallery(gallery, queries, k=1, query_config=new, allow_unmeasured=True)
     assert result.prefix_dim == 16 and [row[0] for row in result.ids] == [0, 1, 2, 3, 4]
-    # The override is recorded in the result, as GalleryIndex.search does.
+    # The override is recorded in the result.
     assert result.admission["overridden"] is True and result.admission["prefix_dim"] == 16
     with pytest.raises(IncompatibleModelsError, match="may not search"):
         search_gallery(gallery, queries, k=1, query_config=Config("sha256:" + "c" * 64, 24))

@@ -135,20 +135,13 @@ def test_resolve_query_model_and_refusal(hub, tmp_path):
         torch.nn.functional.normalize(embed(model)[:, :prefix], dim=-1),
         embed(new).narrow(1, 0, 16) / embed(new).narrow(1, 0, 16).norm(dim=-1, keepdim=True),
     )
-    # The gallery given by its old model's Hub id; a manifest file as bt2_hf.retrieval.index writes it.
+    # The gallery given by its old model's Hub id, or a gallery directory as bt2_hf.galleries writes it.
     assert resolve_query_model("bt2-tester/old", ["bt2-tester/new"], **hub_kwargs)[1] == 16
-    manifest_file = tmp_path / "gallery" / "manifest.json"
-    manifest_file.parent.mkdir()
-    manifest_file.write_text(
-        json.dumps(
-            {
-                "encoder_fingerprint": old.config.fingerprint.removeprefix("sha256:"),
-                "encoder_name_or_path": "bt2-tester/old",
-                "dimension": 16,
-            }
-        )
-    )
-    assert resolve_query_model(manifest_file.parent, ["bt2-tester/new"], **hub_kwargs)[1] == 16
+    from bt2_hf.galleries import FaissGallery
+
+    encoder = {"fingerprint": old.config.fingerprint, "name_or_path": "bt2-tester/old", "embedding_dim": 16}
+    FaissGallery.build(tmp_path / "gallery", embed(old).numpy(), encoder=encoder)
+    assert resolve_query_model(tmp_path / "gallery", ["bt2-tester/new"], **hub_kwargs)[1] == 16
 
     stranger_gallery = {"fingerprint": stranger.config.fingerprint, "embedding_dim": 16, "name_or_path": "strangers"}
     with pytest.raises(IncompatibleModelsError) as error:

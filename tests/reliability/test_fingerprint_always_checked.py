@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from bt2_hf import BT2Model, FingerprintMismatchError
 from bt2_hf.errors import BT2InputError
 from bt2_hf.fingerprint import UnverifiedWeightsError, fingerprint_model, fingerprint_state_dict
-from bt2_hf.retrieval.index import GalleryIndex
+from bt2_hf.galleries import FaissGallery
 
 from .conftest import tiny_model
 
@@ -63,25 +63,25 @@ def test_truncated_safetensors_names_the_file(saved_model):
 
 def test_gallery_refuses_a_model_changed_in_memory(saved_model, tmp_path):
     model = BT2Model.from_pretrained(saved_model)
-    gallery = GalleryIndex.from_model(model, IMAGES)
-    assert gallery.manifest["encoder_fingerprint"] == model.config.fingerprint
+    gallery = FaissGallery.from_model(tmp_path / "gallery", model, IMAGES)
+    assert gallery.encoder["fingerprint"] == model.config.fingerprint
     assert gallery.search_with_model(model, images=IMAGES[:1], k=1).ids == [[0]]
     with torch.no_grad():
         next(model.parameters()).zero_()  # config.fingerprint still names the saved weights
     with pytest.raises(FingerprintMismatchError, match="changed in memory"):
         gallery.search_with_model(model, images=IMAGES[:1], k=1)
     with pytest.raises(FingerprintMismatchError, match="changed in memory"):
-        GalleryIndex.from_model(model, IMAGES)
+        FaissGallery.from_model(tmp_path / "other", model, IMAGES)
     # Saved, it is another model with another fingerprint, which the old gallery refuses as incompatible.
     model.save_pretrained(tmp_path / "edited")
     edited = BT2Model.from_pretrained(tmp_path / "edited")
-    assert edited.config.fingerprint != gallery.manifest["encoder_fingerprint"]
+    assert edited.config.fingerprint != gallery.encoder["fingerprint"]
     with pytest.raises(ValueError, match="may not search"):
         gallery.search_with_model(edited, images=IMAGES[:1], k=1)
 
 
-def test_a_model_loaded_unverified_cannot_search_a_gallery(saved_model):
-    gallery = GalleryIndex.from_model(BT2Model.from_pretrained(saved_model), IMAGES)
+def test_a_model_loaded_unverified_cannot_search_a_gallery(saved_model, tmp_path):
+    gallery = FaissGallery.from_model(tmp_path / "gallery", BT2Model.from_pretrained(saved_model), IMAGES)
     with pytest.warns(UserWarning, match="verify_fingerprint=False"):
         unverified = BT2Model.from_pretrained(saved_model, verify_fingerprint=False)
     with pytest.raises(FingerprintMismatchError):

@@ -10,7 +10,7 @@ import pytest
 
 from bt2_hf.cli import eval as eval_cli
 from bt2_hf.cli import index as index_cli
-from bt2_hf.retrieval.index import GalleryIndex, GalleryIndexError
+from bt2_hf.galleries import FaissGallery, GalleryError
 
 FP = "sha256:" + "a" * 64
 
@@ -55,7 +55,7 @@ def test_build_refuses_an_existing_gallery_and_a_wrong_width(gallery, capsys):
     # With --overwrite and matching widths the gallery is replaced.
     assert index_cli.main(["build", "--embeddings", str(tmp_path / "g64.npy"), "--encoder-config", encoder,
                            "--output", str(output), "--overwrite", "--index-type", "hnsw"]) == 0  # fmt: skip
-    assert GalleryIndex.load(output).manifest["index_type"] == "hnsw"
+    assert FaissGallery.open(output).manifest["index"]["type"] == "hnsw"
 
 
 def test_search_refuses_queries_of_another_width_and_k_0(gallery, capsys):
@@ -66,7 +66,7 @@ def test_search_refuses_queries_of_another_width_and_k_0(gallery, capsys):
     with pytest.raises(SystemExit) as exit_info:
         index_cli.main(search[:-2] + ["--query-config", encoder, "-k", "0"])
     assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
-    index = GalleryIndex.load(output)
+    index = FaissGallery.open(output)
     queries = np.load(tmp_path / "g80.npy")
     with pytest.raises(ValueError, match="80-d"):
         index.search(queries, check_compatibility=False)  # no silent prefix cut
@@ -87,13 +87,16 @@ def test_config_without_embedding_dim_names_the_file(gallery, capsys):
     assert "embedding_dim" in err and str(tmp_path / "nodim" / "config.json") in err
 
 
-def test_duplicate_ids_in_a_manifest_are_refused(gallery):
-    _, output, _ = gallery
-    manifest = json.loads((output / "manifest.json").read_text())
-    manifest["ids"][5] = manifest["ids"][4]
-    (output / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(GalleryIndexError, match="duplicate id 4"):
-        GalleryIndex.load(output)
+def test_duplicate_ids_are_refused(gallery, capsys):
+    tmp_path, _, encoder = gallery
+    ids = np.arange(200)
+    ids[5] = 4
+    np.savez(tmp_path / "dup.npz", embeddings=np.load(tmp_path / "g64.npy"), ids=ids)
+    argv = ["build", "--embeddings", str(tmp_path / "dup.npz"), "--encoder-config", encoder, "--output"]
+    assert index_cli.main([*argv, str(tmp_path / "dup")]) == 2
+    assert "duplicate id 4" in capsys.readouterr().err and not (tmp_path / "dup").exists()
+    with pytest.raises(GalleryError, match="unique"):
+        FaissGallery.build(tmp_path / "dup", np.load(tmp_path / "g64.npy"), ids.tolist(), encoder={"fingerprint": FP})
 
 
 @pytest.mark.parametrize(

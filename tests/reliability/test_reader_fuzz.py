@@ -18,7 +18,7 @@ from bt2_hf.cli.eval import load_embedding_file
 from bt2_hf.cli.index import load_config, load_embeddings
 from bt2_hf.data.fashion_mnist import read_idx
 from bt2_hf.errors import BT2InputError
-from bt2_hf.retrieval.index import GalleryIndex
+from bt2_hf.galleries import FaissGallery
 
 CASES_PER_FORMAT = 60
 
@@ -94,11 +94,11 @@ def test_fuzz_npz_embeddings(tmp_path):
 def test_fuzz_gallery_manifest(tmp_path):
     rng = np.random.default_rng(0)
     gallery = rng.standard_normal((12, 4)).astype(np.float32)
-    GalleryIndex.build(gallery, [f"id-{i}" for i in range(12)], encoder_fingerprint="sha256:" + "a" * 64).save(
-        tmp_path / "gallery"
-    )
+    encoder = {"fingerprint": "sha256:" + "a" * 64, "embedding_dim": 4}
+    FaissGallery.build(tmp_path / "gallery", gallery, [f"id-{i}" for i in range(12)], encoder=encoder,
+                       labels=np.arange(12) % 3)  # fmt: skip
     manifest = tmp_path / "gallery" / "manifest.json"
-    _fuzz(manifest, manifest.read_bytes(), lambda path: GalleryIndex.load(path.parent), seed=5)
+    _fuzz(manifest, manifest.read_bytes(), lambda path: FaissGallery.open(path.parent), seed=5)
 
 
 def test_fuzz_model_config(tmp_path):
