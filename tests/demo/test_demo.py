@@ -168,7 +168,7 @@ def test_the_data_sets_name_is_everywhere(demo_output):
     bt2 = AutoModel.from_pretrained(demo_output / "models" / "bt2").config
     assert bt2.compatible_with[0]["name_or_path"] == f"bt2-hf-demo/{NAME}-old"
     manifest = json.loads((demo_output / "gallery_old" / "manifest.json").read_text())
-    assert manifest["encoder_name_or_path"] == f"bt2-hf-demo/{NAME}-old"
+    assert manifest["encoder"]["name_or_path"] == f"bt2-hf-demo/{NAME}-old"
     assert results_table(results).title.startswith(f"{NAME} retrieval")
     assert summary_lines(results)[-1].startswith(f"Verdict (BT², {NAME}): ")
 
