@@ -7,7 +7,7 @@ import json
 import pytest
 from huggingface_hub import ModelCard, metadata_load
 
-from bt2_hf import BT2Config, BT2Model
+from bt2_hf import BT2Config, BT2Model, fingerprint_model
 from bt2_hf.cli.card import main as card_main
 from bt2_hf.hub import create_or_update_model_card, declare_compatibility, render_model_card
 
@@ -26,6 +26,7 @@ def declared_pair(tmp_path, old_model, bt2_model):
         dataset=FAKE_DATASET,
         name_or_path="org/tiny-old",
         revision="0123456789abcdef0123456789abcdef01234567",
+        query_fingerprint=fingerprint_model(bt2_model),  # bound to the model saved below, as bt2 verify binds it
     )
     bt2_model.save_pretrained(tmp_path / "new")
     return tmp_path / "old", tmp_path / "new"
