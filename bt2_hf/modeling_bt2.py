@@ -265,15 +265,16 @@ class BT2Model(BT2PreTrainedModel):
         Args:
             images (*optional*): for image models: one image or a list of images of any sizes (PIL, numpy, torch),
                 or a 4-D batch. The accepted dtypes, ranges and layouts are the input contract of
-                :mod:`bt2_hf.processing` (uint8, uint16 or float in [0, 1]; 3-D arrays need ``input_data_format``).
+                :mod:`bt2_hf.processing` (uint8, uint16 or float in [0, 1]; a 3-D array's channel axis is inferred
+                as transformers infers it, e.g. ``np.asarray(pil_image)``).
             texts (`str` or `list[str]`, *optional*): for text models.
             batch_size (`int`, *optional*, defaults to 64): inputs per forward pass.
             device (`str` or `torch.device`, *optional*): where to run; defaults to the model's device.
             prefix_dim (`int`, *optional*): keep only the first ``prefix_dim`` dimensions and re-normalise (e.g.
                 ``config.compatible_dim`` to compare with the old gallery).
             show_progress (`bool`, *optional*, defaults to `False`): show a progress bar.
-            input_data_format (`str`, *optional*): ``"channels_last"`` or ``"channels_first"`` for 3-D (and
-                ambiguous 4-D) image arrays.
+            input_data_format (`str`, *optional*): ``"channels_last"`` or ``"channels_first"`` for 3-D and 4-D
+                image arrays whose shape leaves the channel axis ambiguous (such as ``(3, H, 3)``).
 
         Returns:
             `torch.FloatTensor` of shape `(n, embedding_dim or prefix_dim)` on the CPU, unit-norm rows: one row per

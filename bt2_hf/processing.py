@@ -8,9 +8,11 @@ Image input contract (the one place it is defined; ``encode``, the pipeline and 
 
 - **What**: one image or a list/tuple of images. An image is a ``PIL.Image``, a numpy array or a torch tensor. A 4-D
   array or tensor is a batch of images.
-- **Layout**: a 2-D array is one grayscale image ``(H, W)``. A 3-D array is ambiguous (an ``(H, W, C)`` image, a
-  ``(C, H, W)`` image, or a stack of grayscale images) and is refused unless ``input_data_format`` says
-  ``"channels_last"`` or ``"channels_first"``; for a stack of grayscale images pass a list of 2-D arrays. A 4-D batch
+- **Layout**: a 2-D array is one grayscale image ``(H, W)``. A 3-D array is an ``(H, W, C)`` or ``(C, H, W)`` image,
+  read as transformers reads it (``infer_channel_dimension_format``): the end of the shape that is a channel count
+  (1, 3 or 4) holds the channels. A shape where both ends could (``(3, H, 3)``), or neither, is refused unless
+  ``input_data_format`` says ``"channels_last"`` or ``"channels_first"``; for a stack of grayscale images pass a list
+  of 2-D arrays. A 4-D batch
   takes its channel axis from ``input_data_format``, or from its shape when only one of axes 1 and 3 can be a channel
   axis (1, 3 or 4 entries).
 - **Dtype and range**: ``uint8`` is read as 0–255, ``uint16`` as 0–65535 (16-bit photos), ``bool`` as 0/1, floating
@@ -48,6 +50,8 @@ _RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "
 _TORCH_MODES = {"nearest": "nearest-exact", "bilinear": "bilinear", "bicubic": "bicubic"}
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, the weights of PIL's convert("L")
 CHANNELS_FIRST, CHANNELS_LAST = "channels_first", "channels_last"
+# Channel counts a 3-D image's layout is inferred from (transformers' infer_channel_dimension_format, plus RGBA).
+_INFERABLE_CHANNELS = (1, 3, 4)
 
 
 class ImageInputError(ValueError):
@@ -251,7 +255,8 @@ class BT2ImageProcessor(BaseImageProcessor):
             images: one image, a list of images, or a 4-D batch (see the input contract in the module docstring).
             return_tensors (`str`, *optional*, defaults to `"pt"`): ``"pt"`` (torch) or ``"np"`` (numpy).
             input_data_format (`str`, *optional*): ``"channels_last"`` (``(H, W, C)`` images) or
-                ``"channels_first"`` (``(C, H, W)``) for 3-D arrays and tensors; required for them.
+                ``"channels_first"`` (``(C, H, W)``) for 3-D arrays and tensors; inferred from the shape when only
+                one end of it can be a channel count (1, 3 or 4).
             device (`str` or `torch.device`, *optional*): where to resize and normalise.
             index_offset (`int`, *optional*, defaults to 0): added to the image indices that errors name (for
                 callers that preprocess a long input in chunks, such as ``BT2Model.encode``).
@@ -496,11 +501,7 @@ def _checked_float_chw(image: Any, index: int, input_data_format: str | None, nu
         tensor = tensor.unsqueeze(0)
     elif tensor.ndim == 3:
         if input_data_format is None:
-            raise ImageInputError(
-                f"{where} is a 3-D array of shape {tuple(tensor.shape)}: it could be an (H, W, C) image, a (C, H, W) "
-                "image or a stack of grayscale images. Pass input_data_format='channels_last' for (H, W, C) or "
-                "'channels_first' for (C, H, W); pass a list of 2-D arrays for several grayscale images."
-            )
+            input_data_format = _inferred_data_format(tuple(tensor.shape), where)
         if input_data_format == CHANNELS_LAST:
             tensor = tensor.permute(2, 0, 1)
     else:
@@ -520,6 +521,28 @@ def _checked_float_chw(image: Any, index: int, input_data_format: str | None, nu
     if channels in (2, 4):  # drop alpha
         tensor = tensor[: channels - 1]
     return _convert_channels(tensor[None], num_channels)[0]
+
+
+def _inferred_data_format(shape: tuple[int, ...], where: str) -> str:
+    """The channel axis of a 3-D image read as transformers reads it: the one end of the shape that can be a channel
+    count (1, 3 or 4). When both ends can (``(3, H, 3)``) the image is refused instead of guessed."""
+    from transformers.image_utils import ChannelDimension, infer_channel_dimension_format
+
+    first, last = shape[0] in _INFERABLE_CHANNELS, shape[-1] in _INFERABLE_CHANNELS
+    if first and last:
+        raise ImageInputError(
+            f"{where} has shape {shape}: both its first and its last axis could hold the channels, so it could be an "
+            "(H, W, C) or a (C, H, W) image. Pass input_data_format='channels_last' for (H, W, C) or "
+            "'channels_first' for (C, H, W)."
+        )
+    if not (first or last):
+        raise ImageInputError(
+            f"{where} is a 3-D array of shape {shape}: neither end is a channel count (1, 3 or 4), so it is no (H, W, C) "
+            "or (C, H, W) image. For several grayscale images pass a list of 2-D arrays; for 2-channel images "
+            "(grayscale + alpha) pass input_data_format='channels_last' or 'channels_first'."
+        )
+    inferred = infer_channel_dimension_format(np.empty(shape, dtype=np.uint8), num_channels=_INFERABLE_CHANNELS)
+    return CHANNELS_FIRST if inferred == ChannelDimension.FIRST else CHANNELS_LAST
 
 
 def _to_unit_range(tensor: torch.Tensor, where: str) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 
 from .compatibility import DEFAULT_CRITERION_METRICS, declare_compatibility
 from .fingerprint import fingerprint_model
-from .utils.io import atomic_write_json
+from .utils.io import atomic_write_json, final_location
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +238,9 @@ def verify_compatibility(
     if max_per_class is not None:
         dataset.update(max_per_class=int(max_per_class), seed=int(seed))
 
-    old_name = old_name or (str(old) if old_path is not None else None) or old_model.config.name_or_path
+    # A local old model is recorded where it will live (never inside a staging folder that is about to be renamed).
+    old_local = final_location(old_path) if old_path is not None and Path(old_path).is_dir() else None
+    old_name = old_name or old_local or (str(old) if old_path is not None else None) or old_model.config.name_or_path
     old_fingerprint = old_model.config.fingerprint or fingerprint_model(old_model)
     replaced = _check_replacement(new_model.config, old_fingerprint, dataset, replace) if write else None
     new_name = str(new) if new_path is not None else (new_model.config.name_or_path or "<new model>")
@@ -277,6 +279,7 @@ def verify_compatibility(
         # the verified fingerprint of the weights measured (a never-saved model: of its state now)
         query_fingerprint=fingerprint_model(new_model),
         replaced=replaced,
+        local_path=old_local,
     )
     written_to = None
     if write and new_path is not None and (Path(new_path) / "config.json").is_file():

@@ -28,14 +28,33 @@ def _clear_user_settings() -> None:
             del os.environ[name]
 
 
-_clear_user_settings()
-_SESSION_HOME = Path(tempfile.mkdtemp(prefix="bt2-hf-tests-"))
-os.environ["HF_HOME"] = str(_SESSION_HOME / "hf-home")
-os.environ["XDG_CACHE_HOME"] = str(_SESSION_HOME / "xdg-cache")
-# Tests never reach the network: the Hub tests start their own server and set the endpoint themselves.
+def _first_load_of_this_file():
+    """The module object of this file that ran first in this process, or ``None`` if this is the first.
+
+    pytest imports this file as ``conftest``; a test that imports ``tests.conftest`` runs it again as another module.
+    The environment is set up once per process: doing it again inside a test would wipe what that test's fixtures set
+    (the loopback Hub's ``HF_ENDPOINT`` and ``HF_TOKEN``), and its requests would then reach the Hub without a token.
+    """
+    here = Path(__file__).resolve()
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if name != __name__ and path and Path(path).resolve() == here and hasattr(module, "_SESSION_HOME"):
+            return module
+    return None
+
+
 OWN_SETTINGS = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-os.environ.update(OWN_SETTINGS)
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+_first_load = _first_load_of_this_file()
+if _first_load is not None:
+    _SESSION_HOME = _first_load._SESSION_HOME
+else:
+    _clear_user_settings()
+    _SESSION_HOME = Path(tempfile.mkdtemp(prefix="bt2-hf-tests-"))
+    os.environ["HF_HOME"] = str(_SESSION_HOME / "hf-home")
+    os.environ["XDG_CACHE_HOME"] = str(_SESSION_HOME / "xdg-cache")
+    # Tests never reach the network: the Hub tests start their own server and set the endpoint themselves.
+    os.environ.update(OWN_SETTINGS)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -27,7 +27,7 @@ bt2 image-text --output_dir /tmp/image_text_smoke --scenes_preset tiny --steps 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..experiments.image_text import ImageTextSettings
+    from ..experiments.image_text_settings import ImageTextSettings
 
     defaults = ImageTextSettings(output_dir="")
     parser = argparse.ArgumentParser(
@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # before the heavy imports: --help answers at once
     from ..experiments.image_text import ImageTextSettings, print_table, run_image_text
 
-    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     values = vars(args)
     seed, seeds, show = values.pop("seed"), values.pop("seeds"), values.pop("show_progress")

@@ -53,17 +53,17 @@ def build_parser(prog: str = "bt2 text-tower") -> argparse.ArgumentParser:
 
 
 def _defaults():
-    from ..experiments.text_tower import TextTowerSettings
+    from ..experiments.text_tower_settings import TextTowerSettings
 
     return TextTowerSettings(output_dir="")
 
 
 def main(argv: list[str] | None = None, prog: str = "bt2 text-tower") -> int:
+    args = build_parser(prog).parse_args(argv)  # before the heavy imports: --help answers at once
     import torch
 
     from ..experiments.text_tower import TextTowerSettings, run_text_tower
 
-    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
     results = run_text_tower(TextTowerSettings(**vars(args)))

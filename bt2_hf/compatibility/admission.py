@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from ..fingerprint import short_fingerprint
@@ -226,6 +227,16 @@ def verify_command(query_name: str | None, gallery_name: str | None, independent
     return command
 
 
+def _runnable_old_name(gallery_name: str | None, record: Mapping[str, Any] | None) -> str | None:
+    """The old model's name for a printed command: its local copy when the record names a repo not yet pushed."""
+    if record:
+        for candidate in (record.get("local_path"), record.get("name_or_path")):
+            # a name_or_path that is a directory here (a local reference) runs as printed; a Hub id may not exist yet
+            if candidate and (Path(str(candidate)) / "config.json").is_file():
+                return str(candidate)
+    return gallery_name
+
+
 def _find_entry(config: Any, fingerprint: str) -> dict | None:
     return next(
         (
@@ -382,6 +393,15 @@ def admit_query_model(
         )
 
     entry = _find_entry(query_config, gallery_fingerprint)
+    trained = (getattr(query_config, "training", None) or {}).get("trained_against") or {}
+    known_old = (
+        entry
+        if entry is not None
+        else trained
+        if same_fingerprint(trained.get("fingerprint"), gallery_fingerprint)
+        else None
+    )
+    command = verify_command(query_name, _runnable_old_name(gallery_name, known_old))
     unmeasured_reason = None
     if entry is not None:
         prefix = _width_checked(int(entry["embedding_dim"]), query_config, gallery_dim, query, gallery)
@@ -414,7 +434,6 @@ def admit_query_model(
             unmeasured_reason = "its compatible_with entry for it was declared, not measured on a named held-out split"
         admitted_entry = dict(entry)
     else:
-        trained = (getattr(query_config, "training", None) or {}).get("trained_against") or {}
         if not same_fingerprint(trained.get("fingerprint"), gallery_fingerprint):
             raise IncompatibleModelsError(
                 f"{query} may not search the gallery embedded by {gallery}: the models are unrelated (the query model "

@@ -50,6 +50,7 @@ def declare_compatibility(
     criterion_metrics: str | Sequence[str] = DEFAULT_CRITERION_METRICS,
     query_fingerprint: str | None = None,
     replaced: Mapping[str, Any] | None = None,
+    local_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Write the ``compatible_with`` entry of ``new_config`` for an older model, and close the lineage.
 
@@ -82,6 +83,9 @@ def declare_compatibility(
             (``entry_sha256``), so admission refuses it in another model's config or once edited.
         replaced (`dict`, *optional*): the earlier measurement this one deliberately replaces (``bt2 verify
             --replace``), recorded in the entry.
+        local_path (`str` or `os.PathLike`, *optional*): the local checkpoint of the old model that was measured, when
+            ``name_or_path`` names a Hub repo it is yet to be pushed to; cards and refusals then name the local copy,
+            so the commands they print run before the push.
 
     Returns:
         `dict`: the direct entry that was written.
@@ -132,6 +136,8 @@ def declare_compatibility(
         "method": method,
         "status": "declared",
     }
+    if local_path is not None and str(local_path) != str(old_name):
+        entry["local_path"] = str(local_path)
     if metrics is not None:
         if not isinstance(dataset, Mapping) or any(dataset.get(key) in (None, "") for key in DATASET_KEYS):
             raise CompatibilityMetadataError(

@@ -65,6 +65,8 @@ OPTIONAL_ENTRY_KEYS = (
     "query_fingerprint",
     "entry_sha256",
     "replaced",
+    # the local checkpoint measured when name_or_path is the Hub id it is to be pushed to (not on the Hub yet)
+    "local_path",
 )
 ENTRY_HASH_KEY = "entry_sha256"
 STATUSES = ("measured", "inherited", "declared")

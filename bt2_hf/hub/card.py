@@ -43,7 +43,12 @@ _GENERATED_KEYS = (
 DEFAULT_LICENSE = "other"
 _METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "top10": "top-10", "mAP": "mAP", "mAP@R": "mAP@R"}
 _METRIC_ORDER = ("top1", "top5", "top10", "mAP", "mAP@R")
-_METHOD_LABELS = {"bt2": "BT² (Backward-compatible Training with Basis Transformation)", "bct": "BCT (influence loss)"}
+_METHOD_LABELS = {
+    "bt2": "BT² (Backward-compatible Training with Basis Transformation)",
+    "bct": "BCT (influence loss)",
+    "independent": "independent training (no backward-compatibility objective)",
+}
+_VERDICT_LABELS = {"compatible": "✅ compatible", "failed": "❌ not compatible", "not measured": "not measured"}
 _PAIR_LABELS = {"old/old": "old → old", "new/old": "new → old", "new/new": "new → new", "indep/indep": "indep → indep"}
 
 
@@ -117,30 +122,76 @@ def _format_value(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _metric_outcomes(entry: Mapping[str, Any]) -> list[tuple[str, bool, float, float, float]]:
+    """``(label, passed, new→old, old→old, margin)`` for each metric the entry's criterion judged."""
+    outcomes = []
+    for metric in judged_metrics(entry["criterion"]):
+        new_old = float(entry["metrics"]["new/old"][metric])
+        old_old = float(entry["metrics"]["old/old"][metric])
+        outcomes.append((_metric_label(metric), new_old > old_old, new_old, old_old, new_old - old_old))
+    return outcomes
+
+
 def _criterion_text(entry: Mapping[str, Any]) -> str:
+    """The criterion's verdict, then each judged metric's own outcome and margin (a failing entry may fail on one)."""
     criterion = entry.get("criterion")
     if not criterion:
         return "—"
     verdict = "✅ pass" if criterion["passed"] else "❌ fail"
-    parts = []
-    for metric in judged_metrics(criterion):
-        new_old = entry["metrics"]["new/old"][metric]
-        old_old = entry["metrics"]["old/old"][metric]
-        parts.append(f"{_metric_label(metric)} {new_old:.2f} {'>' if new_old > old_old else '≤'} {old_old:.2f}")
-    return f"{verdict} ({', '.join(parts)})"
+    parts = [
+        f"{label} {'✅' if passed else '❌'} {new_old:.2f} {'>' if passed else '≤'} {old_old:.2f}, margin {margin:+.2f}"
+        for label, passed, new_old, old_old, margin in _metric_outcomes(entry)
+    ]
+    return f"{verdict}: {'; '.join(parts)}"
 
 
-def _how(entry: Mapping[str, Any]) -> str:
+def entry_verdict(entry: Mapping[str, Any], entries: list[Mapping[str, Any]] | None = None) -> str:
+    """What a card may say about one ``compatible_with`` entry: ``"compatible"``, ``"failed"`` or ``"not measured"``.
+
+    Only a measured entry whose criterion passed (or a lineage entry whose every link passed) is ``"compatible"``; the
+    card makes compatible claims for those alone.
+
+    Args:
+        entry (`dict`): the entry.
+        entries (`list[dict]`, *optional*): all the model's entries (to follow a lineage entry's first link).
+    """
+    if entry.get("via"):
+        first_link = next(
+            (e for e in entries or [] if not e.get("via") and e.get("fingerprint") == entry.get("via_fingerprint")),
+            None,
+        )
+        link_ok = first_link is not None and entry_verdict(first_link) == "compatible"
+        return "compatible" if entry.get("link_passed") and link_ok else "not measured"
+    criterion = entry.get("criterion")
+    if entry.get("status") != "measured" or criterion is None:
+        return "not measured"
+    return "compatible" if criterion["passed"] else "failed"
+
+
+def _old_model_label(entry: Mapping[str, Any]) -> str:
+    """The old model as a reader can reach it: its local copy too when the entry names a repo not pushed yet."""
+    name = f"`{entry['name_or_path']}`"
+    if entry.get("local_path"):
+        name += f" (not yet pushed; local copy `{entry['local_path']}`)"
+    return name
+
+
+def _how(entry: Mapping[str, Any], entries: list[Mapping[str, Any]] | None = None) -> str:
     if entry.get("via"):
         link = "measured link" if entry.get("link_passed") else "link not measured"
         return f"through `{entry['via']}` (lineage; {link})"
     criterion = entry.get("criterion")
     if entry.get("status") != "measured" or criterion is None:
         return "declared; not measured with `bt2 verify` (galleries refuse it without allow_unmeasured)"
-    verdict = "passed" if criterion["passed"] else "FAILED"
-    judged = ", ".join(_metric_label(m) for m in judged_metrics(criterion))
     dataset = entry.get("dataset") or {}
-    return f"measured on {dataset.get('name')}:{dataset.get('split')} ({dataset.get('size')} items); criterion {verdict} on {judged}"
+    where = f"measured on {dataset.get('name')}:{dataset.get('split')} ({dataset.get('size')} items)"
+    if criterion["passed"]:
+        return f"{where}; criterion passed on every judged metric"
+    outcomes = ", ".join(
+        f"{label} {'passes' if passed else 'FAILS'} ({margin:+.2f})" for label, passed, _, _, margin in
+        _metric_outcomes(entry)
+    )  # fmt: skip
+    return f"{where}; criterion FAILED: {outcomes}"
 
 
 def build_card_data(
@@ -331,9 +382,14 @@ def render_model_card(
                     else (f"`{revision_value}`" if revision_value else "—")
                 ),
                 "short_fingerprint": short_fingerprint(entry.get("fingerprint")),
-                "how": _how(entry),
+                "how": _how(entry, entries),
+                "label": _old_model_label(entry),
+                "verdict": _VERDICT_LABELS[entry_verdict(entry, entries)],
             }
         )
+    compatible = [e for e in entries if entry_verdict(e, entries) == "compatible"]
+    failed = [e for e in entries if entry_verdict(e, entries) == "failed"]
+    unmeasured = [e for e in entries if entry_verdict(e, entries) == "not measured"]
     evaluated = []
     for entry in entries:
         if not entry.get("metrics"):
@@ -359,7 +415,7 @@ def render_model_card(
         )
     training = dict(getattr(config, "training", None) or {})
     method_name = training.get("method") or (entries[-1]["method"] if entries else None)
-    prefixes = sorted({e["embedding_dim"] for e in entries})
+    prefixes = sorted({e["embedding_dim"] for e in compatible})
     template_kwargs = {
         "model_name": repo_id,
         "repo_id": repo_id,
@@ -375,7 +431,11 @@ def render_model_card(
         "base_model": hub_id_or_none(getattr(config, "base_model", None))
         or (getattr(config, "training", None) or {}).get("init_from"),
         "fingerprint": config.fingerprint or "(not saved yet)",
+        "article": "An" if str(config.modality)[:1].lower() in "aeiou" else "A",
         "entries": rows_entries,
+        "compatible": [_old_model_label(e) for e in compatible],
+        "failed": [f"{_old_model_label(e)} ({_how(e, entries)})" for e in failed],
+        "unmeasured": [_old_model_label(e) for e in unmeasured],
         "evaluated": evaluated,
         "criterion_rule": CRITERION_RULE,
         "encode_argument": "images=images" if config.modality == "image" else 'texts=["a query"]',
@@ -388,6 +448,41 @@ def render_model_card(
         return ModelCard.from_template(card_data, template_path=str(path), **template_kwargs)
     except ImportError as error:  # huggingface_hub renders with Jinja, an optional dependency of its own
         raise ImportError("Rendering a bt2_hf model card needs jinja2: pip install jinja2") from error
+
+
+# A pipeline's own section (the demo's verdict, a series step): <!-- bt2_<pipeline>:begin <name> --> … :end -->.
+_PIPELINE_SECTION = re.compile(
+    r"<!-- bt2_(?P<pipeline>(?!hf:)\w+):begin (?P<name>[\w.-]+) -->.*?<!-- bt2_(?P=pipeline):end -->\n?", re.DOTALL
+)
+_PIPELINE_ANCHOR = BEGIN_MARKER.format(name="compatible-with")
+
+
+def carry_pipeline_sections(source: str, target: str) -> str:
+    """``target`` with every pipeline section of ``source`` (``<!-- bt2_<pipeline>:begin <name> -->`` blocks).
+
+    A section ``target`` already has is replaced; another goes after the summary (before "Compatible with"), where
+    pipelines put them. Used when a card is rebuilt from another copy (the Hub's) so a pipeline's verdict survives.
+
+    Args:
+        source (`str`): the card that holds the pipeline's sections (a checkpoint folder's README.md).
+        target (`str`): the card to carry them into.
+    """
+    for match in _PIPELINE_SECTION.finditer(source):
+        block = match.group(0) if match.group(0).endswith("\n") else match.group(0) + "\n"
+        same = re.compile(
+            re.escape(f"<!-- bt2_{match.group('pipeline')}:begin {match.group('name')} -->")
+            + r".*?"
+            + re.escape(f"<!-- bt2_{match.group('pipeline')}:end -->")
+            + r"\n?",
+            re.DOTALL,
+        )
+        if same.search(target):
+            target = same.sub(lambda _m, block=block: block, target, count=1)
+        elif _PIPELINE_ANCHOR in target:
+            target = target.replace(_PIPELINE_ANCHOR, block + "\n" + _PIPELINE_ANCHOR, 1)
+        else:
+            target = target.rstrip("\n") + "\n\n" + block
+    return target
 
 
 def _sections(text: str) -> dict[str, str]:
@@ -456,7 +551,8 @@ def create_or_update_model_card(
     Args:
         checkpoint_dir (`str` or `os.PathLike`): a directory written by ``BT2Model.save_pretrained``.
         output (`str` or `os.PathLike`, *optional*): where to write the card; defaults to
-            ``<checkpoint_dir>/README.md``. An existing file there is refreshed with :func:`merge_model_card`.
+            ``<checkpoint_dir>/README.md``. An existing file there is refreshed with :func:`merge_model_card`; a card
+            written elsewhere keeps the sections of the checkpoint's own README.md (a pipeline's verdict, user notes).
         config (`BT2Config`, *optional*): the config to render from; defaults to the checkpoint's ``config.json``.
         render_kwargs: passed to :func:`render_model_card` (``repo_id``, ``metrics``, ``method``, ``dataset`` …).
 
@@ -473,10 +569,18 @@ def create_or_update_model_card(
             )
         config = BT2Config.from_pretrained(checkpoint_dir)
     generated = render_model_card(config, **render_kwargs)
-    output = Path(output) if output is not None else checkpoint_dir / README_NAME
+    own_card = checkpoint_dir / README_NAME
+    output = Path(output) if output is not None else own_card
     if output.is_file():
-        card = merge_model_card(output.read_text(encoding="utf-8"), generated)
+        existing = output.read_text(encoding="utf-8")
+        if own_card.is_file() and output.resolve() != own_card.resolve():
+            # a card written elsewhere still carries what the pipeline wrote on the checkpoint's own card
+            existing = carry_pipeline_sections(own_card.read_text(encoding="utf-8"), existing)
+        card = merge_model_card(existing, generated)
         logger.info("Refreshed the generated sections of %s (user sections kept).", output)
+    elif own_card.is_file():
+        # a new card elsewhere starts from the checkpoint's own: its pipeline and user sections are kept
+        card = merge_model_card(own_card.read_text(encoding="utf-8"), generated)
     else:
         card = generated
     atomic_write_text(output, str(card))

@@ -13,7 +13,7 @@ from typing import Any
 from huggingface_hub import CommitInfo, HfApi, constants
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
-from .card import README_NAME, create_or_update_model_card
+from .card import README_NAME, carry_pipeline_sections, create_or_update_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ def _push_folder(api, endpoint, model, repo_id, revision, commit_message, privat
         save_kwargs = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}
         model.save_pretrained(staging, **save_kwargs)
         _fetch_existing_card(api, repo_id, revision, staging / README_NAME, cache_dir)
+        _carry_local_card(model, staging / README_NAME)
         create_or_update_model_card(
             staging,
             config=model.config,
@@ -156,6 +157,23 @@ def _push_folder(api, endpoint, model, repo_id, revision, commit_message, privat
         "Pushed %s (fingerprint %s) to %s at commit %s.", repo_id, model.config.fingerprint, endpoint, info.oid
     )
     return info
+
+
+def _carry_local_card(model: Any, target: Path) -> None:
+    """Keep the card of the folder the model was loaded from: a pipeline's sections (the demo's verdict) live there.
+
+    With no card on the Hub yet, the folder's card is the starting point; otherwise the Hub's card (which may hold
+    edits made on the Hub) gets the folder card's pipeline sections.
+    """
+    source = Path(str(getattr(model.config, "name_or_path", None) or getattr(model, "name_or_path", None) or ""))
+    local_card = source / README_NAME
+    if not str(source) or not (source / "config.json").is_file() or not local_card.is_file():
+        return  # a model built in memory or pulled from the Hub: the Hub's card is the only one
+    local_text = local_card.read_text(encoding="utf-8")
+    if target.is_file():
+        target.write_text(carry_pipeline_sections(local_text, target.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        shutil.copyfile(local_card, target)
 
 
 def _fetch_existing_card(api: HfApi, repo_id: str, revision: str | None, target: Path, cache_dir: str | None) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from ..data.transforms import ModelInputTransform
 from ..modeling_bt2 import BT2Model
+from ..utils.io import final_location
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ class FrozenReference:
     def metadata(self) -> dict[str, Any]:
         """What the trained model records about this reference."""
         return {
-            "name_or_path": self.name_or_path,
+            # where the reference will live: a run inside a staging folder must not record the staging path
+            "name_or_path": final_location(self.name_or_path),
             "revision": self.revision,
             "fingerprint": self.model.config.fingerprint,
             "embedding_dim": self.embedding_dim,

@@ -39,7 +39,7 @@ from ..data.transforms import BatchAugmentation, ModelInputTransform
 from ..fingerprint import combine_fingerprint, fingerprint_state_dict
 from ..methods import CompatibilityMethod, MethodConfig, get_method
 from ..modeling_bt2 import BT2Model
-from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.io import atomic_write_json, atomic_write_text, final_location
 from .arguments import BT2TrainingArguments, DataArguments, ModelArguments
 from .checkpointing import (
     check_no_pickles,
@@ -428,8 +428,19 @@ def _make_loader(data: ImageClassificationData, batch_size: int, accelerator, ar
 def _run_settings(model_args, data_args, args, method) -> dict[str, Any]:
     """What a run trains with, as JSON (recorded in run.json; a resume must ask the same, see check_resume_settings)."""
 
+    def at_final_location(value: Any) -> Any:
+        # paths inside a staging folder (a demo run) are recorded where they will live; a resume computes its asked
+        # settings the same way, so the comparison is unchanged
+        if isinstance(value, str):
+            return final_location(value)
+        if isinstance(value, dict):
+            return {key: at_final_location(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [at_final_location(item) for item in value]
+        return value
+
     def plain(values: dict[str, Any]) -> dict[str, Any]:
-        return json.loads(json.dumps(values, default=str))
+        return at_final_location(json.loads(json.dumps(values, default=str)))
 
     return {"model": plain(dataclasses.asdict(model_args)), "data": plain(dataclasses.asdict(data_args)),
             "training": plain(dataclasses.asdict(args)),
@@ -911,7 +922,13 @@ def _trained_against(old: FrozenReference | None) -> dict[str, Any] | None:
     """The old model a BCT/BT² run trained against (reference, fingerprint, prefix width): a record, not a claim."""
     if old is None:
         return None
-    return trained_against(old.name_or_path, old.model.config.fingerprint, old.embedding_dim, old.revision)
+    return trained_against(final_location(old.name_or_path), old.model.config.fingerprint, old.embedding_dim,
+                           old.revision)  # fmt: skip
+
+
+def _recorded_path(name_or_path: str | None) -> str | None:
+    """A start or reference as the config records it: where it will live after any staging folder is swapped in."""
+    return None if name_or_path is None else final_location(name_or_path)
 
 
 def _training_metadata(
@@ -936,13 +953,13 @@ def _training_metadata(
         "optimizer": args.optimizer,
         "lr_scheduler_type": args.lr_scheduler_type,
         "reference_targets": args.reference_targets,
-        "init_from": model_args.init_from,
-        **({"text_init_from": model_args.text_init_from} if method.modality == "pair" else {}),
+        "init_from": _recorded_path(model_args.init_from),
+        **({"text_init_from": _recorded_path(model_args.text_init_from)} if method.modality == "pair" else {}),
         "freeze_backbone": model_args.freeze_backbone,
         "freeze_text_backbone": model_args.freeze_text_backbone,
         "init_from_independent": model_args.init_from_independent,
         # the checkpoint whose weights this model started from (the model card shows it)
-        "started_from": model_args.independent_model if model_args.init_from_independent else None,
+        "started_from": _recorded_path(model_args.independent_model) if model_args.init_from_independent else None,
         "trained_against": _trained_against(references.get("old")),
         "bt2_hf_trainer": "accelerate",
         "world_size": world_size,

@@ -33,6 +33,8 @@ _PREVIOUS_MARK = ".bt2-prev-"
 # staging folders of bt2_hf < 0.2 (model saves): random names with no owner, removed when their parent is written
 _LEGACY_STAGING = re.compile(r"^\.bt2-save-[A-Za-z0-9_]{8}$")
 _file_operations = 0
+# The staging folders atomic_directory is building in this process (absolute path) and the directory each becomes.
+_ACTIVE_STAGING: dict[str, Path] = {}
 
 
 def file_operation_done() -> None:
@@ -264,6 +266,8 @@ def atomic_directory(
     staging = path.with_name(f".{path.name}{_STAGE_MARK}{os.getpid()}-{secrets.token_hex(4)}")
     staging.mkdir()
     file_operation_done()
+    staging_key = os.path.abspath(staging)
+    _ACTIVE_STAGING[staging_key] = path
     try:
         yield staging
         if keep_other_entries and path.is_dir():
@@ -287,3 +291,42 @@ def atomic_directory(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        _ACTIVE_STAGING.pop(staging_key, None)
+
+
+def final_location(path: str | os.PathLike) -> str:
+    """Where ``path`` will be once the staging folders of :func:`atomic_directory` that hold it are swapped in.
+
+    What a run records about its inputs (a reference model's path in ``config.json``, a card) must name them where they
+    will live: a run built inside a staging folder (the demo's output, a model being saved) would otherwise record a
+    ``.<name>.bt2-stage-…`` path that disappears at the swap. Anything else (a Hub id, a path outside staging folders)
+    is returned unchanged.
+
+    Args:
+        path (`str` or `os.PathLike`): a path as a run was given it.
+
+    Returns:
+        `str`: the path after the swaps (relative if the final directory was given relative), or ``path`` unchanged.
+
+    Example:
+
+    ```python
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> target = Path(tempfile.mkdtemp()) / "out"
+    >>> with atomic_directory(target) as staging:
+    ...     final_location(staging / "models" / "old") == str(target / "models" / "old")
+    True
+    ```
+    """
+    location = str(path)
+    for _ in range(len(_ACTIVE_STAGING)):  # nested staging folders: the innermost is swapped first
+        absolute = os.path.abspath(location)
+        for staging, final in list(_ACTIVE_STAGING.items()):
+            if absolute == staging or absolute.startswith(staging + os.sep):
+                location = str(final / os.path.relpath(absolute, staging)) if absolute != staging else str(final)
+                break
+        else:
+            break
+    return location

@@ -17,7 +17,20 @@ from bt2_hf.cli.main import STORY
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "faiss", "rich", "pymilvus")
-OWN_COMMANDS = ["demo", "train", "verify", "embed", "push", "card", "eval", "eval-text", "series", "hub-serve"]
+OWN_COMMANDS = [
+    "demo",
+    "train",
+    "verify",
+    "embed",
+    "push",
+    "card",
+    "eval",
+    "eval-text",
+    "series",
+    "hub-serve",
+    "image-text",
+    "text-tower",
+]
 
 
 def _python(code: str) -> str:

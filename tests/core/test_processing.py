@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor
+from transformers.image_utils import ChannelDimension, infer_channel_dimension_format
 
 from bt2_hf import BT2Config, BT2ImageProcessor, BT2Model, ImageInputError
 
@@ -72,6 +73,7 @@ def test_pil_numpy_torch_and_dtypes_give_the_same_pixels():
     reference = processor(Image.fromarray(rgb))["pixel_values"]
     variants = {
         "numpy hwc": processor(rgb, input_data_format="channels_last"),
+        "numpy hwc, layout inferred": processor(rgb),
         "torch chw": processor(torch.from_numpy(rgb).permute(2, 0, 1), input_data_format="channels_first"),
         "float [0,1]": processor(rgb.astype(np.float32) / 255, input_data_format="channels_last"),
         "uint16": processor(rgb.astype(np.uint16) * 257, input_data_format="channels_last"),
@@ -92,13 +94,45 @@ def test_channel_conversion_grayscale_to_rgb_and_rgb_to_gray():
     torch.testing.assert_close(to_gray[0, 0].double(), torch.from_numpy((luma - 0.5) / 0.5), atol=1e-6, rtol=0)
 
 
-def test_a_3d_array_is_ambiguous_unless_its_layout_is_given():
+def test_a_3d_array_is_read_as_transformers_reads_it_and_only_a_truly_ambiguous_one_is_refused():
     model = tiny_model()
     stack = np.stack([gradient(28, 28), gradient(28, 28)[::-1], gradient(28, 28)[:, ::-1]])  # (3, 28, 28)
-    with pytest.raises(ImageInputError, match="Image 0 is a 3-D array.*input_data_format"):
-        model.encode(images=stack)
-    assert model.encode(images=list(stack)).shape == (3, 8)  # three grayscale images
-    assert model.encode(images=stack, input_data_format="channels_first").shape == (1, 8)  # one RGB image
+    one_rgb = model.encode(images=stack, input_data_format="channels_first")
+    torch.testing.assert_close(model.encode(images=stack), one_rgb)  # (C, H, W), as transformers infers it
+    assert model.encode(images=list(stack)).shape == (3, 8)  # three grayscale images: a list of 2-D arrays
+    ambiguous = np.zeros((3, 28, 3), np.uint8)
+    with pytest.raises(ImageInputError, match=r"Image 0 has shape \(3, 28, 3\).*input_data_format='channels_last'"):
+        model.encode(images=ambiguous)
+    assert model.encode(images=ambiguous, input_data_format="channels_last").shape == (1, 8)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_hwc_and_chw_arrays_with_1_3_or_4_channels_need_no_layout(channels):
+    processor = BT2ImageProcessor(size={"height": 12, "width": 12}, num_channels=3)
+    hwc = gradient(20, 16, channels=3)
+    hwc = {1: hwc[..., :1], 3: hwc, 4: np.dstack([hwc, np.full(hwc.shape[:2], 9, np.uint8)])}[channels]
+    expected = processor(hwc, input_data_format="channels_last")["pixel_values"]
+    torch.testing.assert_close(processor(hwc)["pixel_values"], expected)
+    torch.testing.assert_close(processor(np.moveaxis(hwc, -1, 0))["pixel_values"], expected)
+    inferred = infer_channel_dimension_format(hwc, num_channels=(1, 3, 4))
+    assert inferred == ChannelDimension.LAST  # the layout transformers reads, too
+
+
+def test_real_photos_as_numpy_arrays_embed_like_the_pil_images():
+    skimage_data = pytest.importorskip("skimage.data")
+    model = tiny_model(num_channels=3)
+    processor = BT2ImageProcessor(size={"height": 32, "width": 32}, num_channels=3)
+    for photo in (skimage_data.astronaut(), skimage_data.coffee(), skimage_data.chelsea(), skimage_data.camera()):
+        pil = Image.fromarray(photo)
+        expected = processor(pil)["pixel_values"]
+        torch.testing.assert_close(processor(np.asarray(pil))["pixel_values"], expected)  # (H, W, C) or (H, W)
+        if photo.ndim == 3:
+            torch.testing.assert_close(processor(np.ascontiguousarray(photo.transpose(2, 0, 1)))["pixel_values"],
+                                       expected)  # fmt: skip
+            rgba = np.asarray(pil.convert("RGBA"))
+            torch.testing.assert_close(processor(rgba)["pixel_values"], expected)
+    photo = np.asarray(Image.fromarray(skimage_data.astronaut()))
+    torch.testing.assert_close(model.encode(images=photo), model.encode(images=Image.fromarray(photo)))
 
 
 @pytest.mark.parametrize(
@@ -113,7 +147,7 @@ def test_a_3d_array_is_ambiguous_unless_its_layout_is_given():
         ([gradient(8, 8), gradient(8, 8), np.zeros((0, 8), np.uint8)], "Image 2 is empty"),
         ([gradient(8, 8), np.zeros(8, np.uint8)], "Image 1 has 1 dimensions"),
         ([np.zeros((8, 8), np.int64)], "Image 0 has dtype torch.int64.*value range is unknown"),
-        ([np.zeros((8, 8, 5), np.uint8)], "input_data_format"),
+        ([np.zeros((8, 8, 5), np.uint8)], "neither end is a channel count"),
         ([gradient(8, 8), "photo.jpg"], "Image 1 has unsupported type str"),
     ],
 )

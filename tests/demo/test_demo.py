@@ -304,3 +304,14 @@ def test_a_defined_update_gain_says_what_it_divides():
         "Update gain of bt2: top1 -500.0% (new → old -10.00 points of the +2.00 the independent model gains), "
         "mAP +20.0% (new → old +4.00 points of the +20.00 the independent model gains)"
     )
+
+
+def test_no_staging_path_in_any_card_config_or_run_record(demo_output):
+    """The demo trains inside a staging folder; what it records names the models where they live after the swap."""
+    written = [p for p in demo_output.rglob("*") if p.suffix in (".json", ".md")]
+    assert [p for p in written if ".bt2-stage-" in p.read_text(encoding="utf-8")] == []
+    bt2 = json.loads((demo_output / "models" / "bt2" / "config.json").read_text())
+    assert bt2["training"]["trained_against"]["name_or_path"] == str(demo_output / "models" / "old")
+    # the old model's repo id is not on the Hub yet: the entry and the card name its local copy, so commands run
+    assert bt2["compatible_with"][0]["local_path"] == str(demo_output / "models" / "old")
+    assert "(not yet pushed; local copy" in (demo_output / "models" / "bt2" / "README.md").read_text()

@@ -7,7 +7,7 @@ import json
 import pytest
 from huggingface_hub import ModelCard, metadata_load
 
-from bt2_hf import BT2Config, BT2Model
+from bt2_hf import BT2Config, BT2Model, fingerprint_model
 from bt2_hf.cli.card import main as card_main
 from bt2_hf.hub import create_or_update_model_card, declare_compatibility, render_model_card
 
@@ -26,6 +26,7 @@ def declared_pair(tmp_path, old_model, bt2_model):
         dataset=FAKE_DATASET,
         name_or_path="org/tiny-old",
         revision="0123456789abcdef0123456789abcdef01234567",
+        query_fingerprint=fingerprint_model(bt2_model),  # bound to the model saved below, as bt2 verify binds it
     )
     bt2_model.save_pretrained(tmp_path / "new")
     return tmp_path / "old", tmp_path / "new"
@@ -47,9 +48,10 @@ def test_card_yaml_and_sections(declared_pair):
     text = card.text
     for heading in ("## Compatible with", "## Compatibility results", "## How to use", "## Training", "## Citation"):
         assert heading in text
-    assert "| new → old | 61.00 | 82.40 | 33.50 | ✅ pass (top-1 61.00 > 58.30, mAP 33.50 > 31.20) |" in text
+    passing = "✅ pass: top-1 ✅ 61.00 > 58.30, margin +2.70; mAP ✅ 33.50 > 31.20, margin +2.30"
+    assert f"| new → old | 61.00 | 82.40 | 33.50 | {passing} |" in text
     assert "| old → old | 58.30 | 80.10 | 31.20 |" in text
-    assert "`org/tiny-old` | `0123456789` |" in text
+    assert "`org/tiny-old` | `0123456789` |" in text and "| ✅ compatible |" in text
     assert 'AutoModel.from_pretrained("org/tiny-bt2")' in text and "import bt2_hf" in text
     assert "prefix_dim=prefix_dim" in text
     assert "| learning_rate | 0.01 |" in text
@@ -110,7 +112,7 @@ def test_refresh_keeps_user_sections(declared_pair):
     assert "## Our deployment notes\n\nServed behind the search API." in refreshed
     assert "## Limitations\n\nTrained on synthetic data only." in refreshed
     assert refreshed.index("## Our deployment notes") < refreshed.index("## How to use")
-    assert "65.50" in refreshed and "✅ pass (top-1 65.50 > 58.30, mAP 33.50 > 31.20)" in refreshed
+    assert "65.50" in refreshed and "✅ pass: top-1 ✅ 65.50 > 58.30, margin +7.20" in refreshed
     assert refreshed.count("## Compatibility results") == 1 and refreshed.count("## Citation") == 1
     data = ModelCard.load(path).data
     assert data.license == "apache-2.0" and "my-own-tag" in data.tags and "bt2_hf" in data.tags
@@ -122,7 +124,7 @@ def test_failed_criterion_is_shown(declared_pair):
     worse = json.loads(json.dumps(FAKE_RESULTS))
     worse["results"]["new/old"]["top1"] = 50.0
     card = render_model_card(BT2Config.from_pretrained(new_dir), repo_id="org/x", metrics=worse)
-    assert "❌ fail (top-1 50.00 ≤ 58.30, mAP 33.50 > 31.20)" in card.text
+    assert "❌ fail: top-1 ❌ 50.00 ≤ 58.30, margin -8.30; mAP ✅ 33.50 > 31.20, margin +2.30" in card.text
 
 
 def test_lineage_entries_are_listed(tmp_path, declared_pair):

@@ -14,7 +14,7 @@ import torch
 from huggingface_hub import HfApi, ModelCard, constants
 from transformers import AutoModel
 
-from bt2_hf import BT2Model, FingerprintMismatchError, IncompatibleModelsError
+from bt2_hf import BT2Model, FingerprintMismatchError, IncompatibleModelsError, fingerprint_model
 from bt2_hf.cli.push import main as push_main
 from bt2_hf.hub import declare_compatibility, push_to_hub, resolve_query_model
 from bt2_hf.hub.local_server import DEFAULT_TOKEN
@@ -122,7 +122,7 @@ def test_resolve_query_model_and_refusal(hub, tmp_path):
     push_to_hub(stranger, "bt2-tester/stranger", token=hub.token)
     declare_compatibility(
         new.config, old, method="bt2", name_or_path="bt2-tester/old", revision="main", metrics=FAKE_RESULTS,
-        dataset=FAKE_DATASET,
+        dataset=FAKE_DATASET, query_fingerprint=fingerprint_model(new),  # bound to the model push_to_hub saves
     )  # fmt: skip
     push_to_hub(new, "bt2-tester/new", token=hub.token)
     hub_kwargs = {"cache_dir": hub.cache_dir}
