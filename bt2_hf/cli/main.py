@@ -21,10 +21,10 @@ STORY: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "index": ("bt2_hf.cli.index", "build a gallery (faiss or Milvus) from embeddings or a model and a dataset", ()),
     "search": ("bt2_hf.cli.index", "search a gallery with a (newer, compatible) query model: `bt2 index search`", ("search",)),
     "backfill": ("bt2_hf.cli.backfill", "re-embed a fraction of a gallery with a newer model, in place", ()),
-    "gallery": ("bt2_hf.cli.gallery", "check, upgrade or inspect a gallery; admit a model at its gate (probe set)", ()),
     "push": ("bt2_hf.cli.push", "push a checkpoint with its card to the Hub", ()),
 }  # fmt: skip
 MORE: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "gallery": ("bt2_hf.cli.gallery", "check, upgrade or inspect a gallery; admit a model at its gate (probe set)", ()),
     "card": ("bt2_hf.cli.card", "render or refresh a model card from a checkpoint (keeps the pipeline's sections)", ()),
     "eval": ("bt2_hf.cli.eval", "evaluate compatibility between models (old/old, new/old, new/new, matrix)", ()),
     "eval-text": ("bt2_hf.cli.eval_text", "evaluate text queries against an image gallery (old or new model)", ()),

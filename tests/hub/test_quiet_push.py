@@ -80,8 +80,12 @@ def test_bt2_hub_serve_prints_the_hf_endpoint_recipe_and_stops_on_ctrl_c():
         text=True,
     )
     try:
-        server.stdout.readline()
-        recipe = server.stdout.readline()
+        # the recipe line comes within the first few lines (a busy machine may print a warning first)
+        lines = [server.stdout.readline() for _ in range(2)]
+        while not any("HF_ENDPOINT=" in line for line in lines) and len(lines) < 10 and lines[-1]:
+            lines.append(server.stdout.readline())
+        recipe = next((line for line in lines if "HF_ENDPOINT=" in line), None)
+        assert recipe is not None, (lines, server.stderr.read() if server.poll() is not None else "")
         endpoint = recipe.split("HF_ENDPOINT=")[1].split()[0]
         assert endpoint.startswith("http://127.0.0.1:")
         request = urllib.request.Request(
