@@ -59,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Train on this class-balanced fraction of the training split (e.g. 0.125); the step budget is unchanged.",
     )  # fmt: skip
     parser.add_argument(
-        "--from_independent", "--from-independent", dest="from_independent", action="store_true",
-        help="Also fine-tune BCT and BT² from the independent model (and train the independent model as many steps "
-        "more), shown side by side with the from-scratch rows.",
+        "--from_scratch", "--from-scratch", dest="from_scratch", action="store_true",
+        help="Train BT² (and BCT) from scratch for --new_steps, measured against the independent model of as many "
+        "steps, instead of fine-tuning the independent model for --new_steps more (the default).",
     )  # fmt: skip
     parser.add_argument(
         "--overwrite", action="store_true",
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         size = DemoSize.full() if args.full else DemoSize.tiny() if args.tiny else DemoSize()
         changes = {
             "train_fraction": args.train_fraction,
-            "from_independent": args.from_independent,
+            "start_from_independent": not args.from_scratch,
             "baselines": args.baselines,
         }
         if args.new_steps is not None:

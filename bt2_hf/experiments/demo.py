@@ -29,10 +29,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("independent", "bct", "bt2")
 # Trained only with DemoSize.baselines (`bt2 demo --baselines`): BCT, the paper's baseline, one flag away.
-BASELINE_METHODS = ("bct", "bct_from_independent")
-# The side-by-side variant: BCT and BT² fine-tune the independent model, and an independent twin trains as many
-# steps again without compatibility terms, so their tax is measured against a model trained as long as they are.
-FROM_INDEPENDENT = ("independent_continued", "bct_from_independent", "bt2_from_independent")
+BASELINE_METHODS = ("bct",)
 # The practitioner's first try: the independent model plus a post-hoc map into the old space (bt2_hf.adapters), fitted
 # on the training split's paired embeddings. Rows of the table, not trained stages: their new/new is the independent
 # model's own (a backfilled gallery holds unmapped independent embeddings), so their tax is zero by construction.
@@ -50,23 +47,30 @@ class _Stage:
     method: str  # independent | bct | bt2
     start_from: str | None  # a stage whose weights this one starts from
     reference: str  # the independent model this one's tax and update gain are measured against
-    label: str
 
 
-_STAGES = {
-    "independent": _Stage("independent", "independent", None, "independent", "independent ViT"),
-    "bct": _Stage("bct", "bct", None, "independent", "BCT ViT"),
-    "bt2": _Stage("bt2", "bt2", None, "independent", "BT² ViT"),
-    "independent_continued": _Stage(
-        "independent_continued", "independent", "independent", "independent_continued", "independent ViT, 2× steps"
-    ),
-    "bct_from_independent": _Stage(
-        "bct_from_independent", "bct", "independent", "independent_continued", "BCT ViT from independent"
-    ),
-    "bt2_from_independent": _Stage(
-        "bt2_from_independent", "bt2", "independent", "independent_continued", "BT² ViT from independent"
-    ),
-}
+_STAGE_METHODS = {"independent": "independent", "independent_continued": "independent", "bct": "bct", "bt2": "bt2"}
+
+
+def _stage(name: str, size: DemoSize) -> _Stage:
+    """What a stage trains, where it starts and what it is measured against, in the size's protocol.
+
+    By default (``start_from_independent``) the upgrade is made the way a team with a new model in hand makes it:
+    BCT and BT² fine-tune the independent model for ``new_steps`` more steps, and ``independent_continued`` trains it
+    as many more steps without compatibility terms: their tax and the adapters are measured against that twin, of
+    the same budget. With ``start_from_independent=False`` every new model trains from scratch for ``new_steps``.
+    """
+    method = _STAGE_METHODS[name]
+    if name == "independent":
+        return _Stage(name, method, None, "independent")
+    if size.start_from_independent:
+        return _Stage(name, method, "independent", "independent_continued")
+    return _Stage(name, method, None, "independent")
+
+
+def reference_independent(size: DemoSize) -> str:
+    """The independent model of the compatible models' budget: taxes, update gains and adapters are measured on it."""
+    return "independent_continued" if size.start_from_independent else "independent"
 
 
 @dataclass
@@ -128,8 +132,8 @@ class DemoSize:
     # the research code; the old model's table also gives W_o): fewer forward passes than online targets whenever a
     # stage sees more images than the training split holds, and the prototypes need no pass of their own.
     reference_targets: str = "precomputed"
-    baselines: bool = False  # also train BCT (and, with from_independent, BCT from the independent model)
-    from_independent: bool = False
+    baselines: bool = False  # also train BCT, the paper's baseline
+    start_from_independent: bool = True  # BCT and BT² fine-tune the independent model (False: from scratch)
     validation_fraction: float = 1 / 6
     eval_samples: int | None = None  # None: the whole test split
     adapter_train_samples: int | None = 20000  # class-balanced training images the adapters are fitted on
@@ -385,7 +389,7 @@ def _stage_spec(name: str, size: DemoSize, models_dir: Path, device: str, seed: 
             max_train_samples=size.old_train_samples,
             **common,
         )
-    stage = _STAGES[name]
+    stage = _stage(name, size)
     references: dict[str, Any] = {}
     if stage.method in ("bct", "bt2"):
         references["old_model"] = str(models_dir / "old")
@@ -410,7 +414,7 @@ def _stage_spec(name: str, size: DemoSize, models_dir: Path, device: str, seed: 
 
 
 def _method_config(name: str, size: DemoSize) -> dict[str, Any] | None:
-    method = "old" if name == "old" else _STAGES[name].method
+    method = "old" if name == "old" else _STAGE_METHODS[name]
     shared = {"influence_scale": size.influence_scale, "influence_weight": size.influence_weight}
     if method == "bt2":
         return {**shared, "extra_dim": size.extra_dim, "old_match_weight": size.old_match_weight}
@@ -424,22 +428,23 @@ def _percent(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _stage_names(size: DemoSize) -> list[str]:
-    names = ["old", *METHODS, *(FROM_INDEPENDENT if size.from_independent else ())]
+    names = ["old", "independent", *(["independent_continued"] if size.start_from_independent else []), "bct", "bt2"]
     return [name for name in names if size.baselines or name not in BASELINE_METHODS]
 
 
 def _method(name: str) -> str:
     """A row's method: a trained stage's (independent, bct, bt2), or ``adapter`` for a post-hoc map."""
-    return "adapter" if name in ADAPTER_ROWS else _STAGES[name].method
+    return "adapter" if name in ADAPTER_ROWS else _STAGE_METHODS[name]
 
 
-def _reference(name: str) -> str:
+def _reference(name: str, size: DemoSize) -> str:
     """The independent model a row's tax and update gain are measured against."""
-    return "independent" if name in ADAPTER_ROWS else _STAGES[name].reference
+    return reference_independent(size) if name in ADAPTER_ROWS else _stage(name, size).reference
 
 
 def _fit_adapters(model_dirs: dict[str, Path], data: DemoData, size: DemoSize, seed: int, device: str) -> dict:
-    """The three post-hoc adapters from the independent model's space into the old one, fitted on training pairs.
+    """The three post-hoc adapters from the independent model's space (the one of the compatible models' budget) into
+    the old one, fitted on training pairs.
 
     Both models embed the same class-balanced ``adapter_train_samples`` training images (no augmentation); the maps
     never see the split they are evaluated on.
@@ -447,7 +452,7 @@ def _fit_adapters(model_dirs: dict[str, Path], data: DemoData, size: DemoSize, s
     from ..adapters import fit_adapter
 
     train = data.train.take_per_class(size.adapter_train_samples, seed=seed)
-    new = embed_split(model_dirs["independent"], train.images, batch_size=512, device=device)
+    new = embed_split(model_dirs[reference_independent(size)], train.images, batch_size=512, device=device)
     old = embed_split(model_dirs["old"], train.images, batch_size=512, device=device)
     settings = {
         "procrustes": {},
@@ -510,10 +515,11 @@ def _run_seed(
         timings[f"train_{name}"] = round(time.perf_counter() - stage_started, 1)
     # A fine-tuned model has also had the steps of the model it started from.
     total_steps = {
-        name: steps[name] + (steps[_STAGES[name].start_from] if name != "old" and _STAGES[name].start_from else 0)
+        name: steps[name] + (steps[_stage(name, size).start_from] if name != "old" and _stage(name, size).start_from
+                             else 0)
         for name in steps
-    }
-    total_steps.update({kind: total_steps["independent"] for kind in ADAPTER_ROWS})
+    }  # fmt: skip
+    total_steps.update({kind: total_steps[reference_independent(size)] for kind in ADAPTER_ROWS})
 
     # ---- evaluation: every model embeds the test split once; every pair is searched from those embeddings.
     # BCT and BT² are measured first, by `bt2 verify` (the only writer of measured entries): the old side is measured
@@ -526,10 +532,10 @@ def _run_seed(
     verifications: dict[str, Any] = {}
     for name, path in model_dirs.items():
         _name_checkpoint(path, f"{hub_namespace}/{data.slug}-{name}")
-        if name != "old" and _STAGES[name].method in ("bct", "bt2"):
+        if name != "old" and _STAGE_METHODS[name] in ("bct", "bt2"):
             verifications[name] = verify_compatibility(
                 path, model_dirs["old"], test_data, split=split_name, dataset_name=data.name, old_name=old_repo,
-                method=_STAGES[name].method, metrics=metrics, criterion_metrics=JUDGED_METRICS, device=device,
+                method=_STAGE_METHODS[name], metrics=metrics, criterion_metrics=JUDGED_METRICS, device=device,
                 update_card=False, reuse_old_from=next(iter(verifications.values()), None),
             )  # fmt: skip
     embeddings = {name: result.embeddings["new"] for name, result in verifications.items()}
@@ -539,7 +545,7 @@ def _run_seed(
         if name not in embeddings:
             embeddings[name] = embed_split(path, images, batch_size=512, device=device)
     evaluator = RetrievalEvaluator(metrics=metrics)
-    references = sorted({_STAGES[name].reference for name in model_dirs if name != "old"})
+    references = sorted({_stage(name, size).reference for name in model_dirs if name != "old"})
     if verifications:
         shared = {"old/old": next(iter(verifications.values())).report.results["old/old"]}
     else:
@@ -552,7 +558,7 @@ def _run_seed(
     for name in model_dirs:
         if name == "old":
             continue
-        reference = _STAGES[name].reference
+        reference = _stage(name, size).reference
         known = {"old/old": shared["old/old"], "indep/indep": shared[reference]}
         if name == reference:
             known["new/new"] = shared[reference]
@@ -563,11 +569,12 @@ def _run_seed(
             known_results=known,
         )  # fmt: skip
     adapters_started = time.perf_counter()
+    independent = reference_independent(size)
     for kind, adapter in _fit_adapters(model_dirs, data, size, seed, device).items():
-        embeddings[kind] = adapter.apply(embeddings["independent"])
-        known = {"old/old": shared["old/old"], "indep/indep": shared["independent"], "new/new": shared["independent"]}
+        embeddings[kind] = adapter.apply(embeddings[independent])
+        known = {"old/old": shared["old/old"], "indep/indep": shared[independent], "new/new": shared[independent]}
         reports[kind] = compare_models(
-            embeddings["old"], embeddings[kind], labels, independent=embeddings["independent"], evaluator=evaluator,
+            embeddings["old"], embeddings[kind], labels, independent=embeddings[independent], evaluator=evaluator,
             known_results=known,
         )  # fmt: skip
     timings["adapters"] = round(time.perf_counter() - adapters_started, 1)
@@ -594,7 +601,7 @@ def _run_seed(
         "seed": seed,
         "steps": steps,
         "total_steps": total_steps,
-        "references": {name: _reference(name) for name in reports},
+        "references": {name: _reference(name, size) for name in reports},
         "methods": {},
         "criterion": {},
         "update_gain": {},
@@ -698,7 +705,7 @@ def _name_checkpoint(path: Path, repo_id: str) -> None:
 
 def _write_card(name: str, path: Path, results: dict[str, Any], data: DemoData, hub_namespace: str) -> None:
     """The checkpoint's card: what `bt2 verify` measured against the old model, and the demo's verdict."""
-    method = None if name == "old" else _STAGES[name].method
+    method = None if name == "old" else _STAGE_METHODS[name]
     measured = {pair: results["methods"][name][pair] for pair in PAIRS} if method in ("bct", "bt2") else None
     write_pipeline_card(
         path, repo_id=f"{hub_namespace}/{data.slug}-{name}", metrics=measured, method=method if measured else None,
@@ -880,7 +887,7 @@ def _relocated(result: DemoResult, staging: Path, final_dir: Path) -> DemoResult
 
 def _in_stage_order(names) -> list[str]:
     """Methods in the order they are trained (results.json sorts its keys)."""
-    order = [*_STAGES, *ADAPTER_ROWS]
+    order = ["independent", "independent_continued", "bct", "bt2", *ADAPTER_ROWS]
     return sorted(names, key=lambda name: order.index(name) if name in order else len(order))
 
 
