@@ -919,14 +919,12 @@ def results_table(results: dict[str, Any]):
                 criterion = " ".join(f"{k}:{'✓' if outcome[k] else '✗'}" for k in JUDGED_METRICS)
             if pair == "new/new":
                 tax = f"{results['compatibility_tax'][method]['top1']:+.2f}"
-            query = "old" if pair.startswith("old") else method
-            gallery = "old" if pair.endswith("old") else method
-            if pair == "new/new" and _method(method) == "adapter":  # the gallery re-embedded: no map is applied
-                query = gallery = "independent"
+            # the pair, not the model names: the method column names the model (an adapter's new/new is its
+            # independent model re-embedding the gallery: no map is applied)
             table.add_row(
                 method if pair == "old/old" else "",
                 str(results["total_steps"][method]) if pair == "old/old" else "",
-                f"{query}/{gallery}",
+                pair,
                 f"{values['top1']:.2f}",
                 f"{values['top5']:.2f}",
                 f"{values['mAP']:.2f}",
