@@ -134,9 +134,13 @@ def backfill(
     elif embed_rows is None or identity is None or query_config is None:
         raise ValueError("Pass a model and data, or embed_rows with identity and query_config.")
     encoder = store.encoder
-    # The same refusal as a search: a model never made compatible with the gallery cannot share it with old items.
-    compatible_prefix(query_config, encoder["fingerprint"], store.dimension, encoder.get("name_or_path"),
-                      allow_unmeasured=allow_unmeasured)  # fmt: skip
+    # The same admission as a search (the gallery's policy and its own admission log included): a model never made
+    # compatible with the gallery cannot share it with old items.
+    if hasattr(store, "admit"):
+        store.admit(query_config, allow_unmeasured=allow_unmeasured)
+    else:
+        compatible_prefix(query_config, encoder["fingerprint"], store.dimension, encoder.get("name_or_path"),
+                          allow_unmeasured=allow_unmeasured)  # fmt: skip
     state = store.backfill_state
     count = len(store)
     if state is None:

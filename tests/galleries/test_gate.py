@@ -189,3 +189,26 @@ def test_admit_without_a_probe_set_names_the_fix(models, tmp_path, capsys):
                        "--output", str(tmp_path / "plain")]) == 0  # fmt: skip
     assert gallery_main(["admit", str(tmp_path / "plain"), str(models["bct"])]) == 2
     assert "--probe_from" in capsys.readouterr().err
+
+
+def test_a_backfill_is_admitted_by_the_same_rule_as_a_search(gallery, models, tmp_path, capsys):
+    """The gallery's own measurement decides for a backfill as for a search: a model refused at the gate cannot
+    backfill (whatever its config says), and one admitted there can, even when its config entry would fail."""
+    from bt2_hf.cli.backfill import main as backfill_main
+
+    def backfill(model) -> int:
+        return backfill_main(["--index", str(gallery), "--model", str(model), "--data", str(models["bands"]),
+                              "--split", "train", "--fraction", "0.1", "--no_progress"])  # fmt: skip
+
+    forged = _forged_copy(models, tmp_path)
+    assert gallery_main(["admit", str(gallery), str(forged)]) == 1
+    capsys.readouterr()
+    assert backfill(forged) == 2
+    assert "the gallery measured it" in capsys.readouterr().err
+    assert FaissGallery.open(gallery).backfill_state is None  # nothing was started
+
+    assert gallery_main(["policy", str(gallery), "--require_gate", "true"]) == 0
+    assert gallery_main(["admit", str(gallery), str(models["bct"])]) == 0
+    capsys.readouterr()
+    assert backfill(models["bct"]) == 0
+    assert FaissGallery.open(gallery).backfill_state["done"] > 0
