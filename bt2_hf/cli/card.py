@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ._flags import snake_case_flags, with_examples
+from ._output import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``bt2 card``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     from ..hub.card import create_or_update_model_card
 
     render_kwargs = {

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from ._flags import hub_namespace, snake_case_flags, with_examples
+from ._output import configure_logging
 
 EXAMPLES = """\
 bt2 demo --output_dir bt2_demo_output                 # Fashion-MNIST, CPU-sized (minutes)
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     from dataclasses import replace
 
     from rich.console import Console

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from ._flags import snake_case_flags, with_examples
+from ._output import configure_logging
 
 EXAMPLES = """\
 bt2 embed --model bt2_demo_output/models/old --data /usr/share/datasets/fashion-mnist --split test --output emb_old
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(format="%(message)s")
     from bt2_hf import BT2Model
     from bt2_hf.compatibility import IncompatibleModelsError
     from bt2_hf.galleries import EmbeddingDirectoryError, GallerySourceError, embed_dataset

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ._flags import snake_case_flags, with_examples
+from ._output import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ def _file_safe(name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(format="%(message)s")
     try:
         run(args)
     except (ValueError, FileNotFoundError) as error:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ._flags import snake_case_flags, with_examples
+from ._output import configure_logging
 
 EXAMPLES = """\
 bt2 eval-text --text_models runs/text_bt2 --gallery_models runs/old runs/new --data_dir /usr/share/datasets/fashion-mnist
@@ -106,7 +107,7 @@ def _print(results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    configure_logging(format=logging.BASIC_FORMAT, level=logging.WARNING)
     try:
         results = run(args)
     except (ValueError, FileNotFoundError, OSError) as error:

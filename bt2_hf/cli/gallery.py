@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from ._flags import snake_case_flags
+from ._output import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +113,7 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(format="%(message)s")
     from bt2_hf.compatibility import IncompatibleModelsError
     from bt2_hf.galleries import GalleryError
 

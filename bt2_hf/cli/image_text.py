@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from ._flags import snake_case_flags, with_examples
+from ._output import configure_logging
 
 
 def _json_object(text: str) -> dict:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before the heavy imports: --help answers at once
     from ..experiments.image_text import ImageTextSettings, print_table, run_image_text
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging(format="%(asctime)s %(name)s: %(message)s")
     values = vars(args)
     seed, seeds, show = values.pop("seed"), values.pop("seeds"), values.pop("show_progress")
     if seeds < 1:

@@ -44,7 +44,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from bt2_hf.cli._output import write_or_print_json
+from bt2_hf.cli._output import configure_logging, write_or_print_json
 
 from ._flags import snake_case_flags
 
@@ -383,7 +383,7 @@ def results_table(output: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(format="%(message)s")
     from bt2_hf.compatibility import IncompatibleModelsError
     from bt2_hf.galleries import EmbeddingDirectoryError, GalleryError, GallerySourceError
 

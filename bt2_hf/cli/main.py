@@ -4,6 +4,10 @@ Each sub-command module (``bt2_hf.cli.<name>``) exposes ``main(argv: list[str] |
 arguments, so ``python -m bt2_hf.cli.<name>`` works too and every command can be tested without a subprocess.
 Modules are imported lazily so that ``bt2 --help`` stays fast and an optional extra missing for one command does not
 break the others.
+
+Logging is set here once for every sub-command: the HTTP clients' per-request lines (httpx, httpcore,
+huggingface_hub, urllib3) are hidden unless ``bt2 --verbose <command>``, ``BT2_LOG_LEVEL=DEBUG`` or a command's own
+``--verbose`` (``bt2 push``) asks for them.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ COMMANDS = {**STORY, **MORE}
 
 
 def _usage() -> str:
-    lines = ["usage: bt2 <command> [options]", "", "The story, in order:"]
+    lines = ["usage: bt2 [--verbose] <command> [options]", "", "The story, in order:"]
     lines += [f"  {name:<11} {help_text}" for name, (_, help_text, _) in STORY.items()]
     lines += ["", "More commands:"]
     lines += [f"  {name:<11} {help_text}" for name, (_, help_text, _) in MORE.items()]
@@ -47,12 +51,21 @@ def _usage() -> str:
         "  bt2 demo --output_dir bt2_demo_output",
         "",
         "Run `bt2 <command> --help` for the options of one command, with examples.",
+        "Add `bt2 --verbose <command>` (or set BT2_LOG_LEVEL=DEBUG) to log at debug level, every HTTP request included.",
     ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = bool(argv) and argv[0] in {"-v", "--verbose"}
+    if verbose:
+        argv = argv[1:]
+    from ._output import set_verbose
+
+    # Before the command's module is imported: the HTTP clients log from their first request, whichever command
+    # makes it, and a command that never configures logging itself is quiet too.
+    set_verbose(verbose)
     if not argv or argv[0] in {"-h", "--help"}:
         print(_usage())
         return 0

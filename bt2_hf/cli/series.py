@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 from ._flags import snake_case_flags, with_examples
+from ._output import configure_logging
 
 EXAMPLES = """\
 bt2 series recipes/fashion_mnist_series/series_cpu.yaml --output_dir runs/series
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before the heavy imports: --help answers at once
     from bt2_hf.experiments.series import SeriesVersion, format_matrix, run_series
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging(format="%(asctime)s %(name)s: %(message)s")
     spec = load_series_file(args.config)
     versions = []
     for item in spec["versions"]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
+
+from ._output import configure_logging
 
 EXAMPLES = """\
 bt2 text-tower --output_dir runs/text_tower
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None, prog: str = "bt2 text-tower") -> int:
 
     from ..experiments.text_tower import TextTowerSettings, run_text_tower
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_logging(format="%(asctime)s %(name)s: %(message)s")
     torch.manual_seed(args.seed)
     results = run_text_tower(TextTowerSettings(**vars(args)))
     print(json.dumps({"text_to_image": results["text_to_image"], "criterion": results["criterion"]}, indent=2))

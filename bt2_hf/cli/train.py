@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._output import configure_logging
+
 logger = logging.getLogger(__name__)
 
 
@@ -109,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from ..training import train
 
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stderr
-    )
+    configure_logging(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         model_args, data_args, training_args, method_config = parse_args(argv)
     except (ValueError, FileNotFoundError) as error:

@@ -19,6 +19,7 @@ import logging
 import sys
 
 from ._flags import snake_case_flags, with_examples
+from ._output import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(format="%(message)s")
     from bt2_hf.compatibility import CompatibilityMetadataError, IncompatibleModelsError
     from bt2_hf.verify import summary_lines, verify_compatibility
 

@@ -21,7 +21,7 @@ from .mixed import (
     top1_under_rule,
 )
 from .shards import EmbeddingDirectory, EmbeddingDirectoryError
-from .sources import GallerySource, GallerySourceError, TensorSource, open_source
+from .sources import GallerySource, GallerySourceError, TensorSource, UnreadableItemError, open_source
 
 __all__ = [
     "BACKFILL_ORDERS",
@@ -44,6 +44,7 @@ __all__ = [
     "GallerySource",
     "GallerySourceError",
     "TensorSource",
+    "UnreadableItemError",
     "embed_dataset",
     "model_identity",
     "open_source",

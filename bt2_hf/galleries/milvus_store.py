@@ -46,6 +46,17 @@ def _is_lite(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "tcp://", "unix:"))
 
 
+def _create_index(client, collection: str, index_params, lite: bool) -> None:
+    """Create ``collection``'s index; on a Milvus server, wait until it is built.
+
+    pymilvus waits for an index by first asking the server for a timestamp (``AllocTimestamp``). milvus-lite does not
+    implement that call: its gRPC server logs a ``NotImplementedError`` traceback (pymilvus then ignores the error)
+    although the build succeeds. milvus-lite builds an index synchronously when the collection is loaded and always
+    reports it finished, so there is nothing to wait for: the call is skipped there rather than its log hidden.
+    """
+    client.create_index(collection, index_params, sync=not lite)
+
+
 def _milvus_index(index_type: str, params: dict, lite: bool) -> tuple[str, dict, dict]:
     """(Milvus index type, build params, search params) for one of our index types."""
     if index_type == "flat":
@@ -134,7 +145,7 @@ class MilvusGallery(ManifestAccessors):
         milvus_type, build_params, _ = _milvus_index(index_type, params, lite)
         index = client.prepare_index_params()
         index.add_index(field_name="vector", index_type=milvus_type, metric_type="IP", params=build_params)
-        client.create_index(staging, index)
+        _create_index(client, staging, index, lite)
         manifest = {
             "kind": GALLERY_KIND, "format": GALLERY_FORMAT, "store": "milvus", "encoder": dict(encoder),
             "dimension": int(dimension), "count": int(count), "dtype": "float32", "similarity": "cosine",
@@ -246,7 +257,10 @@ class MilvusGallery(ManifestAccessors):
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=state["dimension"])
         index = self.client.prepare_index_params()
         index.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
-        self.client.create_collection(name, schema=schema, index_params=index)
+        # Created, then indexed: create_collection(index_params=...) would wait for the index the way milvus-lite
+        # cannot answer (see _create_index).
+        self.client.create_collection(name, schema=schema)
+        _create_index(self.client, name, index, _is_lite(self.uri))
         zero = [0.0] * state["dimension"]
         for start in range(0, len(order), BATCH):
             self.client.insert(name, [{"id": int(row), "rank": start + j, "vector": zero}

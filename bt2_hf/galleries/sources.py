@@ -23,11 +23,38 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import BT2InputError
+
 IMAGE, TEXT = "image", "text"
 
 
 class GallerySourceError(ValueError):
     """A dataset cannot be read as a gallery source (missing path, unknown format, missing column)."""
+
+
+class UnreadableItemError(BT2InputError, GallerySourceError):
+    """One item of a dataset cannot be decoded (a truncated or corrupt image file).
+
+    The message names the item's position (its row in the dataset), its id when that differs, and its file, and says
+    what to do. It is both a `BT2InputError` (``error.path`` is the file, when the item has one) and a
+    `GallerySourceError`, so every command that reports bad datasets reports it as one line.
+
+    Args:
+        position (`int`): the item's row in the dataset.
+        item_id: the item's id.
+        path (`str`, *optional*): the item's file.
+        cause (`Exception`): what the decoder raised.
+    """
+
+    def __init__(self, position: int, item_id, path: str | None, cause: Exception):
+        self.position, self.item_id = position, item_id
+        where = ", ".join(part for part in (f"id {item_id!r}" if item_id != position else "", path or "") if part)
+        reason = str(cause) or type(cause).__name__
+        super().__init__(
+            f"cannot read image {position}{f' ({where})' if where else ''}: {reason}; remove or re-save that file, "
+            "then rerun (the dataset has changed: an embedding or gallery of it needs a new output directory)",
+            path=path,
+        )
 
 
 def _hash_files(paths, chunk: int = 1 << 20) -> str:
@@ -229,15 +256,55 @@ class HFDatasetSource(GallerySource):
 
     def items(self, start: int, stop: int) -> list:
         if self.streaming:
-            return [row[self.column] for row in self.dataset.skip(start).take(stop - start)]
-        return list(self.dataset[start:stop][self.column])
+            decoded = []
+            try:
+                for row in self.dataset.skip(start).take(stop - start):
+                    decoded.append(row[self.column])
+            except Exception as error:
+                # The stream stops at the first item it cannot decode: the next position is that item.
+                self._raise_unreadable([start + len(decoded)], error)
+            return decoded
+        try:
+            return list(self.dataset[start:stop][self.column])
+        except Exception as error:
+            self._raise_unreadable(range(start, stop), error)
 
     def take(self, positions) -> list:
         if self.streaming:
             raise GallerySourceError(
                 f"{self.name} is streamed: a backfill reads items in its own order; open it without streaming."
             )
-        return list(self.dataset[[int(p) for p in positions]][self.column])
+        positions = [int(p) for p in positions]
+        try:
+            return list(self.dataset[positions][self.column])
+        except Exception as error:
+            self._raise_unreadable(positions, error)
+
+    def _raise_unreadable(self, positions, error: Exception):
+        """Re-raise a failed batch decode as an :class:`UnreadableItemError` naming the first item that fails.
+
+        `datasets` decodes a batch as one call and its error names neither the row nor the file, so the batch's
+        items are decoded again one at a time with the column's own feature. When every one of them decodes, the
+        failure was not an item's (a real bug, a full disk): the original error is raised unchanged.
+        """
+        import datasets
+
+        feature = (self.dataset.features or {}).get(self.column)
+        if self.modality != IMAGE or not isinstance(feature, datasets.Image) or not feature.decode:
+            raise error
+        undecoded = self.dataset.select_columns([self.column]).cast_column(self.column, datasets.Image(decode=False))
+        positions = list(positions)
+        if self.streaming:
+            cells = [row[self.column] for row in undecoded.skip(positions[0]).take(1)]
+        else:
+            cells = list(undecoded[positions][self.column])
+        for position, cell in zip(positions, cells):
+            try:
+                feature.decode_example(cell)
+            except Exception as cause:
+                path = (cell or {}).get("path") if isinstance(cell, dict) else None
+                raise UnreadableItemError(position, self.ids(position, position + 1)[0], path, cause) from error
+        raise error
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
