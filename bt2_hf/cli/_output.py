@@ -21,6 +21,8 @@ def write_or_print_json(output: dict, path: str | Path | None) -> None:
 
 # Libraries that log one line per HTTP request at INFO: shown only when verbose.
 HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "huggingface_hub", "urllib3")
+# Libraries that narrate their own start-up at INFO (faiss: which CPU build it loaded, after failing the others).
+CHATTY_LOGGERS = ("faiss.loader",)
 # The environment variable that sets the commands' log level (DEBUG also shows the HTTP requests).
 LOG_LEVEL_VARIABLE = "BT2_LOG_LEVEL"
 _verbose_for_every_command = False  # set by `bt2 --verbose <command>` (cli/main.py)
@@ -49,7 +51,7 @@ def is_verbose(verbose: bool | None = None) -> bool:
 def quiet_http_loggers(verbose: bool | None = None) -> None:
     """Put the HTTP clients' loggers at WARNING (their per-request INFO lines hidden), or at DEBUG when verbose."""
     verbose = is_verbose(verbose)
-    for name in HTTP_LOGGERS:
+    for name in HTTP_LOGGERS + CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     if verbose:
         # huggingface_hub sets its logger's level from HF_HUB_VERBOSITY when it is first imported, which may be

@@ -42,10 +42,13 @@ def test_both_spellings_parse_to_the_same_value():
     assert (snake.batch_size, snake.shard_size) == (kebab.batch_size, kebab.shard_size) == (7, 9)
 
 
-def test_index_routes_snake_case_gallery_flags_to_the_gallery_commands(tmp_path):
-    from bt2_hf.cli import gallery
+def test_index_subcommands_take_snake_case_flags_with_kebab_aliases(tmp_path):
+    from bt2_hf.cli.index import build_parser
 
-    assert gallery.handles(["build", "--embedding_dir", str(tmp_path), "--output", str(tmp_path / "g")])
+    parser = build_parser()
+    for spelling in ("--embedding_dir", "--embedding-dir", "--shards"):
+        args = parser.parse_args(["build", spelling, str(tmp_path), "--output", str(tmp_path / "g")])
+        assert (args.command, args.embedding_dir) == ("build", str(tmp_path))
 
 
 def test_run_directories_are_output_dir_everywhere():
