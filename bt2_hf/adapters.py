@@ -41,7 +41,7 @@ def register_adapter(kind: str) -> Callable[[type[EmbeddingAdapter]], type[Embed
     return decorate
 
 
-def _paired_rows(new_embeddings: Any, old_embeddings: Any) -> tuple[np.ndarray, np.ndarray]:
+def paired_rows(new_embeddings: Any, old_embeddings: Any) -> tuple[np.ndarray, np.ndarray]:
     """Both matrices as float64 unit rows, checked: same row count, finite, non-empty."""
 
     def rows(values: Any, name: str) -> np.ndarray:
@@ -165,7 +165,7 @@ class ProcrustesAdapter(EmbeddingAdapter):
     @classmethod
     def fit(cls, new_embeddings: Any, old_embeddings: Any) -> ProcrustesAdapter:
         """The orthogonal Procrustes solution on the paired rows (closed form)."""
-        x, y = _paired_rows(new_embeddings, old_embeddings)
+        x, y = paired_rows(new_embeddings, old_embeddings)
         adapter = cls(x.shape[1], y.shape[1])
         adapter.weight.data = torch.from_numpy(procrustes_rotation(x, y)).float()
         return adapter
@@ -208,7 +208,7 @@ class LowRankAffineAdapter(EmbeddingAdapter):
         """
         if not ridge >= 0:
             raise ValueError(f"ridge must be ≥ 0; got {ridge}.")
-        x, y = _paired_rows(new_embeddings, old_embeddings)
+        x, y = paired_rows(new_embeddings, old_embeddings)
         adapter = cls(x.shape[1], y.shape[1], rank=rank, ridge=ridge)
         weight, bias = reduced_rank_regression(x, y, adapter.rank, ridge)
         # W = A B through the SVD of W (exactly rank ≤ r after the projection)
@@ -260,7 +260,7 @@ class ResidualMLPAdapter(EmbeddingAdapter):
             epochs, batch_size, learning_rate, weight_decay: the optimisation (AdamW); deterministic for a seed.
             seed (`int`, *optional*, defaults to 0): initialisation and batch order.
         """
-        x, y = _paired_rows(new_embeddings, old_embeddings)
+        x, y = paired_rows(new_embeddings, old_embeddings)
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng():
             torch.manual_seed(seed)

@@ -71,6 +71,13 @@ from transformers import (  # noqa: E402
 torch.set_num_threads(2)
 
 
+def pytest_collection_modifyitems(items):
+    """A test that starts several processes is also ``slow``: ``-m "not slow"`` (the inner loop) leaves it out."""
+    for item in items:
+        if item.get_closest_marker("multiprocess") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _hermetic_session():
     """The whole session runs without the user's Hugging Face settings (cleared at import, above)."""

@@ -62,7 +62,8 @@ def pil_to_uint8(image: Any, num_channels: int, image_size: int | None) -> torch
     return tensor
 
 
-def _is_saved_dataset(path: Path) -> bool:
+def is_saved_dataset(path: Path) -> bool:
+    """Whether ``path`` is a directory written by ``datasets``' ``save_to_disk`` (a DatasetDict or one Dataset)."""
     return any((path / name).is_file() for name in ("dataset_dict.json", "state.json", "dataset_info.json"))
 
 
@@ -77,7 +78,7 @@ def load_hf_split(name_or_path: str, split: str) -> Any:
 
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        if _is_saved_dataset(path):
+        if is_saved_dataset(path):
             loaded = datasets.load_from_disk(str(path))
         else:
             loaded = datasets.load_dataset("imagefolder", data_dir=str(path))

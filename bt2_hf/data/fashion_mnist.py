@@ -28,7 +28,8 @@ FASHION_MNIST_CLASSES = (
     "Bag",
     "Ankle boot",
 )
-_FILES = {
+# split → (images, labels) IDX file stems, each found with or without .gz (find_idx_file)
+IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
@@ -98,7 +99,7 @@ def find_idx_file(directory: Path, stem: str) -> Path | None:
 def is_fashion_mnist_dir(directory: str | os.PathLike) -> bool:
     """Whether ``directory`` holds the training IDX files of (Fashion-)MNIST."""
     directory = Path(directory)
-    return directory.is_dir() and all(find_idx_file(directory, stem) for stem in _FILES["train"])
+    return directory.is_dir() and all(find_idx_file(directory, stem) for stem in IDX_FILES["train"])
 
 
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None, split: str = "train") -> ImageClassificationData:
@@ -112,12 +113,12 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, split: str = "
     Raises:
         FileNotFoundError: when the files are missing, with how to get them.
     """
-    if split not in _FILES:
+    if split not in IDX_FILES:
         raise ValueError(f"Fashion-MNIST has splits 'train' and 'test', got {split!r}.")
     directory = Path(data_dir or DEFAULT_FASHION_MNIST_DIR)
-    paths = [find_idx_file(directory, stem) for stem in _FILES[split]]
+    paths = [find_idx_file(directory, stem) for stem in IDX_FILES[split]]
     if not all(paths):
-        missing = [f"{stem}[.gz]" for stem, path in zip(_FILES[split], paths) if path is None]
+        missing = [f"{stem}[.gz]" for stem, path in zip(IDX_FILES[split], paths) if path is None]
         raise FileNotFoundError(
             f"Fashion-MNIST {split} files not found in {directory} (missing {', '.join(missing)}). Install them with "
             "`apt-get install dataset-fashion-mnist` (files under /usr/share/datasets/fashion-mnist/), or pass "

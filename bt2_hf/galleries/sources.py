@@ -178,22 +178,24 @@ class IDXSource(TensorSource):
     """Fashion-MNIST / MNIST IDX files of a directory; ``split="all"`` puts train then test (ids ``train/i``)."""
 
     def __init__(self, directory: str | os.PathLike, split: str = "train"):
-        from ..data.fashion_mnist import _FILES, find_idx_file, read_idx
+        from ..data.fashion_mnist import IDX_FILES, find_idx_file, read_idx
 
         directory = Path(directory)
         splits = ["train", "test"] if split == "all" else [split]
-        if any(s not in _FILES for s in splits):
+        if any(s not in IDX_FILES for s in splits):
             raise GallerySourceError(f"An IDX directory has splits 'train', 'test' (or 'all'), not {split!r}.")
         images, ids, files, labels = [], [], [], []
         for name in splits:
-            path = find_idx_file(directory, _FILES[name][0])
+            path = find_idx_file(directory, IDX_FILES[name][0])
             if path is None:
-                raise GallerySourceError(f"No {_FILES[name][0]}[.gz] in {directory}; pass a directory of IDX files.")
+                raise GallerySourceError(
+                    f"No {IDX_FILES[name][0]}[.gz] in {directory}; pass a directory of IDX files."
+                )
             array = read_idx(path)
             images.append(torch.from_numpy(array.copy()))
             ids += [f"{name}/{i}" for i in range(len(array))] if split == "all" else list(range(len(array)))
             files.append(path)
-            label_path = find_idx_file(directory, _FILES[name][1])
+            label_path = find_idx_file(directory, IDX_FILES[name][1])
             label_array = read_idx(label_path) if label_path is not None else None
             labels.append(label_array if label_array is not None and len(label_array) == len(array) else None)
         all_labels = None if any(part is None for part in labels) else np.concatenate(labels).astype(np.int64)
@@ -417,14 +419,14 @@ def open_source(
                 f"{path}: a dataset file must be .txt or .jsonl (texts); use a directory for images."
             )
         return TextFileSource(path)
-    from ..data.datasets import _is_saved_dataset
+    from ..data.datasets import is_saved_dataset
     from ..data.fashion_mnist import is_fashion_mnist_dir
 
     if is_fashion_mnist_dir(path):
         return IDXSource(path, split or "train")
     import datasets
 
-    if _is_saved_dataset(path):
+    if is_saved_dataset(path):
         loaded = datasets.load_from_disk(str(path))
         fingerprint = None
     else:

@@ -72,9 +72,9 @@ def _as_rows(values, name: str, normalize: bool) -> np.ndarray:
 
 
 def _training_pairs(new_embeddings, old_embeddings) -> tuple[np.ndarray, np.ndarray]:
-    from ..adapters import _paired_rows
+    from ..adapters import paired_rows
 
-    return _paired_rows(new_embeddings, old_embeddings)
+    return paired_rows(new_embeddings, old_embeddings)
 
 
 def fit_least_squares_map(new_embeddings, old_embeddings, ridge: float = 1e-3) -> LinearMap:

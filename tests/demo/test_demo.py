@@ -55,6 +55,7 @@ def weak_new_output(tmp_path_factory, textures_dir) -> Path:
     return output
 
 
+@pytest.mark.slow
 def test_results_json_schema(demo_output):
     results = json.loads((demo_output / "results.json").read_text())
     assert set(results["methods"]) == {*METHODS, "independent_continued", *ADAPTER_ROWS}
@@ -93,6 +94,7 @@ def test_results_json_schema(demo_output):
     assert results["seeds"]["seeds"] == [0]
 
 
+@pytest.mark.slow
 def test_budgets_are_optimizer_steps_and_equal(demo_output):
     """BCT and BT² fine-tune the independent model for the same steps again; their twin trains as many more steps
     without compatibility terms, and their tax (and the adapters, fitted on the twin) is measured against it."""
@@ -117,6 +119,7 @@ def test_budgets_are_optimizer_steps_and_equal(demo_output):
         )
 
 
+@pytest.mark.slow
 def test_adapter_rows_map_the_independent_model_into_the_old_space(demo_output, textures_dir):
     """The practitioner's first try, as rows: the independent model's test embeddings mapped by each post-hoc adapter
     (fitted on the training split) search the old gallery; re-embedding gives the independent model's own new/new."""
@@ -152,6 +155,7 @@ def test_adapter_rows_map_the_independent_model_into_the_old_space(demo_output, 
     assert top1 == pytest.approx(100 * expected.metrics["top1"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_the_data_sets_name_is_everywhere(demo_output):
     results = json.loads((demo_output / "results.json").read_text())
     assert results["dataset"] == NAME
@@ -173,6 +177,7 @@ def test_the_data_sets_name_is_everywhere(demo_output):
     assert summary_lines(results)[-1].startswith(f"Verdict (BT², {NAME}): ")
 
 
+@pytest.mark.slow
 def test_plots_and_checkpoints(demo_output):
     for name in ("compatibility_table.png", "backfill_curve.png", "retrieval_grid.png"):
         data = (demo_output / "plots" / name).read_bytes()
@@ -205,6 +210,7 @@ def test_plots_and_checkpoints(demo_output):
     assert gallery.labels_of([0])[0] in results["class_names"]
 
 
+@pytest.mark.slow
 def test_do_not_upgrade_when_the_new_model_is_weaker(weak_new_output):
     results = json.loads((weak_new_output / "results.json").read_text())
     old_old = results["methods"]["bt2"]["old/old"]["top1"]
@@ -254,6 +260,7 @@ def test_cli_options():
     assert parser.parse_args(["--baselines"]).baselines and not parser.parse_args([]).baselines
 
 
+@pytest.mark.slow
 def test_summarize_seeds_mean_and_sample_sd(demo_output):
     first = json.loads((demo_output / "results.json").read_text())
     second = json.loads(json.dumps(first))
@@ -270,6 +277,7 @@ def test_summarize_seeds_mean_and_sample_sd(demo_output):
     assert summary["verdicts"]["bt2"] == [first["verdict"]["bt2"]["status"]] * 2
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_executes(demo_output, textures_dir, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
@@ -308,6 +316,7 @@ def test_a_defined_update_gain_says_what_it_divides():
     )
 
 
+@pytest.mark.slow
 def test_no_staging_path_in_any_card_config_or_run_record(demo_output):
     """The demo trains inside a staging folder; what it records names the models where they live after the swap."""
     written = [p for p in demo_output.rglob("*") if p.suffix in (".json", ".md")]

@@ -36,6 +36,7 @@ def first_run(tmp_path_factory, fashion_dir) -> Path:
     return output
 
 
+@pytest.mark.slow
 def test_crash_in_a_later_stage_keeps_the_previous_run(first_run, fashion_dir, monkeypatch):
     before = _snapshot(first_run)
     real_train, stages = bt2_hf.training.train, []
@@ -57,6 +58,7 @@ def test_crash_in_a_later_stage_keeps_the_previous_run(first_run, fashion_dir, m
     assert FaissGallery.open(first_run / "gallery_old").encoder["fingerprint"] == old.config.fingerprint
 
 
+@pytest.mark.slow
 def test_rerun_with_an_out_of_range_label_is_refused_before_anything_is_written(first_run, tmp_path, capsys):
     bad = tmp_path / "bad-fashion"
     shutil.copytree(write_fashion_like_idx(tmp_path / "fashion"), bad)

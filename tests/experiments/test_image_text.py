@@ -170,6 +170,7 @@ def tiny_run_args() -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_runner_end_to_end_on_tiny_scenes_writes_every_baseline_and_metric(tmp_path):
     import json
 
@@ -226,6 +227,7 @@ def test_runner_end_to_end_on_tiny_scenes_writes_every_baseline_and_metric(tmp_p
     assert bct.config.embedding_dim == 8
 
 
+@pytest.mark.slow
 def test_freeze_text_backbone_keeps_the_pretrained_text_encoder(tmp_path):
     """A pair with freeze_text_backbone: the pretrained MiniLM backbone is saved unchanged (its head and the ViT train)."""
     import torch
@@ -260,6 +262,7 @@ def test_freeze_text_backbone_keeps_the_pretrained_text_encoder(tmp_path):
     assert any(not torch.equal(value, pretrained[key]) for key, value in backbones[False].items())
 
 
+@pytest.mark.slow
 def test_train_with_labels_gives_every_new_model_the_old_models_classes(tmp_path):
     import json
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bt2_hf.cli.series import build_parser
 from bt2_hf.experiments.series import SeriesVersion, run_series
 from tests.experiments.test_stages import CNN, three_bands
@@ -25,6 +27,7 @@ def run_ids(root) -> dict[str, str]:
     return {p.name: json.loads((p / "run.json").read_text())["run_id"] for p in sorted(root.iterdir()) if p.is_dir()}
 
 
+@pytest.mark.slow
 def test_retrain_changed_retrains_the_changed_version_and_its_dependants_only(tmp_path):
     kwargs = dict(train_data=three_bands(48, seed=0), eval_data=three_bands(30, seed=1), disable_tqdm=True)
     run_series(versions(), tmp_path, **kwargs)

@@ -193,6 +193,7 @@ def test_backfill_in_place_records_models_and_refuses_mixing(saved_models, tmp_p
     assert [row[0] for row in result.ids] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_backfill_survives_kill_9_at_any_moment(saved_models, tmp_path):
     data, new, expected = _gallery_and_models(saved_models, tmp_path, count=200)
     command = [PYTHON, "-m", "bt2_hf.cli.backfill", "--index", str(tmp_path / "g"), "--model", str(saved_models["new"]),

@@ -92,6 +92,7 @@ def test_two_processes_write_the_same_embeddings_as_one(saved_models, idx_dir, t
     np.testing.assert_allclose(vectors_one, vectors_two, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_keeps_finished_shards_and_writes_each_item_once(saved_models, tmp_path):
     rng = np.random.default_rng(2)
     data = tmp_path / "data"

@@ -9,11 +9,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from bt2_hf.galleries import FaissGallery
 from bt2_hf.utils.io import KILL_AFTER_FILE_OPS_ENV
 
 from .conftest import REPO
+
+pytestmark = pytest.mark.slow  # a fresh interpreter per kill
 
 ENCODER = {"fingerprint": "sha256:" + "c" * 64, "name_or_path": "old", "embedding_dim": 8}
 

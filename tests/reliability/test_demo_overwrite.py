@@ -12,6 +12,8 @@ import pytest
 from bt2_hf.experiments.demo import DemoSize, run_demo
 from tests.conftest import write_fashion_like_idx
 
+pytestmark = pytest.mark.slow  # every test runs the demo end to end
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:

@@ -70,6 +70,7 @@ def test_matrix_ac_aa_on_known_embeddings():
     assert matrix.average_accuracy("top1") == pytest.approx(np.mean([1.0, 1.0, matrix.values["top1"][1, 1]]))
 
 
+@pytest.mark.slow
 def test_run_series_trains_records_lineage_and_matrix(tmp_path):
     versions = tiny_versions()
     versions[1].method_config = {"old_match_weight": 7.0}
@@ -112,6 +113,7 @@ def test_run_series_trains_records_lineage_and_matrix(tmp_path):
     assert "AC = " in format_matrix(result)
 
 
+@pytest.mark.slow
 def test_rerun_reuses_identical_versions_and_refuses_changed_ones(tmp_path):
     train_data, eval_data = synthetic_data(48, seed=0), synthetic_data(30, seed=1)
     kwargs = dict(train_data=train_data, eval_data=eval_data, disable_tqdm=True)

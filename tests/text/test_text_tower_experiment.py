@@ -57,6 +57,7 @@ def tiny_run(tmp_path_factory):
     return settings, run_text_tower(settings)
 
 
+@pytest.mark.slow
 def test_the_run_trains_every_step_and_writes_its_results(tiny_run):
     settings, results = tiny_run
     output_dir = Path(settings.output_dir)
@@ -80,6 +81,7 @@ def test_the_run_trains_every_step_and_writes_its_results(tiny_run):
     assert independent["references"]["image"]["name_or_path"] == str(output_dir / "new_image")
 
 
+@pytest.mark.slow
 def test_a_rerun_with_the_same_settings_reuses_every_step(tiny_run):
     settings, results = tiny_run
     output_dir = Path(settings.output_dir)
@@ -89,6 +91,7 @@ def test_a_rerun_with_the_same_settings_reuses_every_step(tiny_run):
     assert again["text_to_image"] == results["text_to_image"]
 
 
+@pytest.mark.slow
 def test_a_step_trained_with_other_settings_is_refused_naming_them(tiny_run, tmp_path):
     settings, _ = tiny_run
     other_encoder = tmp_path / "other_bert"
@@ -104,6 +107,7 @@ def test_a_step_trained_with_other_settings_is_refused_naming_them(tiny_run, tmp
     assert message.endswith(f"Fix: {REUSE_FIX}.")
 
 
+@pytest.mark.slow
 def test_text_steps_carry_their_settings_and_track_the_image_model_they_align_with(tiny_run):
     settings, _ = tiny_run
     output_dir = Path(settings.output_dir)
