@@ -326,3 +326,26 @@ def test_no_staging_path_in_any_card_config_or_run_record(demo_output):
     # the old model's repo id is not on the Hub yet: the entry and the card name its local copy, so commands run
     assert bt2["compatible_with"][0]["local_path"] == str(demo_output / "models" / "old")
     assert "(not yet pushed; local copy" in (demo_output / "models" / "bt2" / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_runs_from_the_repository_root(demo_output, textures_dir, tmp_path, monkeypatch):
+    """`jupyter execute notebooks/quickstart.ipynb` from the root: the kernel runs in notebooks/, and the notebook
+    finds the demo's default output folder one level up."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    root = tmp_path / "checkout"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "bt2_demo_output").symlink_to(demo_output, target_is_directory=True)
+    notebook = nbformat.read(REPO / "notebooks" / "quickstart.ipynb", as_version=4)
+    monkeypatch.delenv("BT2_DEMO_DIR", raising=False)
+    monkeypatch.setenv("BT2_DATA_DIR", str(textures_dir))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    client = nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root / "notebooks")}}
+    )
+    client.execute(env=dict(os.environ))
+    outputs = "\n".join(
+        output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+    )
+    assert "prefix used: 16" in outputs or "refused:" in outputs
