@@ -41,20 +41,26 @@ def register_adapter(kind: str) -> Callable[[type[EmbeddingAdapter]], type[Embed
     return decorate
 
 
+def checked_rows(values: Any, name: str) -> np.ndarray:
+    """``values`` (numpy or torch rows) as a float64 matrix, checked: two-dimensional, non-empty, finite."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 2 or 0 in array.shape:
+        raise ValueError(f"{name} must be a non-empty (rows, dim) matrix; got shape {array.shape}.")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values; embed the items again.")
+    return array
+
+
 def paired_rows(new_embeddings: Any, old_embeddings: Any) -> tuple[np.ndarray, np.ndarray]:
     """Both matrices as float64 unit rows, checked: same row count, finite, non-empty."""
 
-    def rows(values: Any, name: str) -> np.ndarray:
-        if hasattr(values, "detach"):
-            values = values.detach().cpu().numpy()
-        array = np.asarray(values, dtype=np.float64)
-        if array.ndim != 2 or 0 in array.shape:
-            raise ValueError(f"{name} must be a non-empty (rows, dim) matrix; got shape {array.shape}.")
-        if not np.isfinite(array).all():
-            raise ValueError(f"{name} contains NaN or infinite values; embed the items again.")
+    def unit(values: Any, name: str) -> np.ndarray:
+        array = checked_rows(values, name)
         return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
 
-    x, y = rows(new_embeddings, "new_embeddings"), rows(old_embeddings, "old_embeddings")
+    x, y = unit(new_embeddings, "new_embeddings"), unit(old_embeddings, "old_embeddings")
     if len(x) != len(y):
         raise ValueError(
             f"{len(x)} new embeddings but {len(y)} old ones: the training pairs need one old embedding per new "
@@ -307,7 +313,9 @@ __all__ = [
     "LowRankAffineAdapter",
     "ProcrustesAdapter",
     "ResidualMLPAdapter",
+    "checked_rows",
     "fit_adapter",
+    "paired_rows",
     "procrustes_rotation",
     "reduced_rank_regression",
     "register_adapter",

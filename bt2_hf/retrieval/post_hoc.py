@@ -61,13 +61,9 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 
 def _as_rows(values, name: str, normalize: bool) -> np.ndarray:
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 2 or 0 in array.shape:
-        raise ValueError(f"{name} must be a non-empty (rows, dim) matrix; got shape {array.shape}.")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or infinite values.")
+    from ..adapters import checked_rows
+
+    array = checked_rows(values, name)
     return _normalize(array) if normalize else array
 
 

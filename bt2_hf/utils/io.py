@@ -147,20 +147,27 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); `False` where that is not available."""
+def _renameat2(a: Path, b: Path, flags: int) -> int | None:
+    """Linux ``renameat2(a, b, flags)``: 0 on success, the errno on failure, `None` where the call does not exist."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (AttributeError, OSError):
-        return False
+        return None
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     renameat2.restype = ctypes.c_int
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), flags) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); `False` where that is not available."""
+    code = _renameat2(a, b, _RENAME_EXCHANGE)
+    if code == 0:
         return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+    if code is None or code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False  # a filesystem without the exchange: fall back to two renames
     raise OSError(code, f"could not swap {a} and {b}: {os.strerror(code)}")
 
@@ -171,18 +178,10 @@ _RENAME_NOREPLACE = 1
 def _rename_noreplace(a: Path, b: Path) -> bool:
     """Rename ``a`` to ``b`` only if ``b`` does not exist, in one step (Linux ``renameat2(RENAME_NOREPLACE)``);
     `False` where that is not available. Raises `FileExistsError` when ``b`` exists."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_NOREPLACE) == 0:
+    code = _renameat2(a, b, _RENAME_NOREPLACE)
+    if code == 0:
         return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+    if code is None or code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
     if code == errno.EEXIST:
         raise FileExistsError(
