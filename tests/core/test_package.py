@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from graphs import find_cycle
 
 try:
     import tomllib
@@ -61,20 +62,8 @@ def test_modules_import_each_other_without_cycles():
     graph = _module_graph()
     assert {"bt2_hf.data.datasets", "bt2_hf.data.fashion_mnist"} <= graph.keys()
     assert "bt2_hf.data.classification_data" in graph["bt2_hf.data.fashion_mnist"]
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for target in sorted(graph[node]):
-            if state.get(target) == 1:
-                pytest.fail("import cycle: " + " → ".join(path[path.index(target) :] + [node, target]))
-            if target not in state:
-                visit(target, path + [node])
-        state[node] = 2
-
-    for node in sorted(graph):
-        if node not in state:
-            visit(node, [])
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " → ".join(cycle or [])
 
 
 @pytest.mark.parametrize("recipe", sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("recipes/*/*.yaml")))
