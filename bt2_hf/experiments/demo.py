@@ -862,7 +862,13 @@ def _refuse_to_replace_another_run(output_dir: Path, size: DemoSize, dataset: st
     try:
         recorded = json.loads(previous.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        recorded = {}
+        recorded = None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("size"), dict):
+        # unreadable or edited by hand: nothing says it is a run of this size, so it is not replaced silently
+        raise ValueError(
+            f"{previous} is not a results file this demo wrote (unreadable or edited). Pass --overwrite to replace "
+            f"{output_dir}, or choose another --output_dir."
+        )
     asked = json.loads(json.dumps(asdict(size)))  # tuples as lists, as results.json stores them
     differences = [f"{key}: {recorded.get('size', {}).get(key)!r} there, {value!r} asked"
                    for key, value in asked.items() if recorded.get("size", {}).get(key) != value]  # fmt: skip

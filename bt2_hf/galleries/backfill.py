@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..compatibility import compatible_prefix, same_fingerprint
+from ..compatibility import same_fingerprint
 from .embed import encode_items, model_identity
 from .faiss_store import GalleryError
 from .sources import open_source
@@ -133,14 +133,9 @@ def backfill(
             return restored
     elif embed_rows is None or identity is None or query_config is None:
         raise ValueError("Pass a model and data, or embed_rows with identity and query_config.")
-    encoder = store.encoder
     # The same admission as a search (the gallery's policy and its own admission log included): a model never made
     # compatible with the gallery cannot share it with old items.
-    if hasattr(store, "admit"):
-        store.admit(query_config, allow_unmeasured=allow_unmeasured)
-    else:
-        compatible_prefix(query_config, encoder["fingerprint"], store.dimension, encoder.get("name_or_path"),
-                          allow_unmeasured=allow_unmeasured)  # fmt: skip
+    store.admit(query_config, allow_unmeasured=allow_unmeasured)
     state = store.backfill_state
     count = len(store)
     if state is None:

@@ -47,3 +47,13 @@ def test_the_cli_names_the_flag(tmp_path, data_dir, capsys):
     capsys.readouterr()
     assert main(["--tiny", "--data_dir", str(data_dir), "--output_dir", str(output)]) == 2
     assert "Pass --overwrite to replace it" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("edited", ["[1, 2, 3]", "{not json", '{"dataset": "x", "size": "all of it"}'])
+def test_an_edited_results_file_is_not_taken_for_a_run_of_this_size(tmp_path, data_dir, edited):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "results.json").write_text(edited)
+    with pytest.raises(ValueError, match="is not a results file this demo wrote.*--overwrite"):
+        run_demo(output, data_dir=data_dir, device="cpu", size=DemoSize.tiny())
+    assert (output / "results.json").read_text() == edited  # nothing replaced
