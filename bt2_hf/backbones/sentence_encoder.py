@@ -148,7 +148,8 @@ class SentenceEncoder:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 over the stored tensors of the folder's safetensors files, the tokenizer, pooling and length."""
+        """sha256 over the stored tensors of the folder's safetensors files, the tokenizer, pooling and length (what
+        decides the pooled features; :meth:`encode` normalises them or not)."""
         if self._fingerprint is None:
             from ..fingerprint import combine_fingerprint, fingerprint_safetensors_files
 
@@ -156,7 +157,7 @@ class SentenceEncoder:
             identity = combine_fingerprint(weights, self.tokenizer)
             import hashlib
 
-            extra = f"{identity}|pooling={self.pooling}|max_length={self.max_length}|normalize=True"
+            extra = f"{identity}|pooling={self.pooling}|max_length={self.max_length}"
             self._fingerprint = "sha256:" + hashlib.sha256(extra.encode()).hexdigest()
         return self._fingerprint
 
@@ -171,12 +172,14 @@ class SentenceEncoder:
             self._backbone = backbone.eval().requires_grad_(False)
         return self._backbone
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Embed ``texts`` (float32, L2-normalised rows, input order). Texts are batched by length (less padding).
+    def encode(self, texts: Sequence[str], batch_size: int = 32, normalize: bool = True) -> np.ndarray:
+        """Embed ``texts`` (float32 rows, input order). Texts are batched by length (less padding).
 
         Args:
             texts (`Sequence[str]`): the texts.
             batch_size (`int`, *optional*, defaults to 32): texts per forward pass.
+            normalize (`bool`, *optional*, defaults to `True`): L2-normalise (the sentence embedding); `False`
+                returns the pooled features a head on this encoder would take.
         """
         import torch
         from torch.nn import functional as F
@@ -196,7 +199,8 @@ class SentenceEncoder:
                     return_tensors="pt",
                 )
                 features = backbone(**batch)
-                output[rows] = F.normalize(features.float(), dim=-1).numpy()
+                features = features.float()
+                output[rows] = (F.normalize(features, dim=-1) if normalize else features).numpy()
         return output
 
 

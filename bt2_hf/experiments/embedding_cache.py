@@ -1,4 +1,7 @@
-"""Embeddings of a list of texts by a frozen encoder, cached on disk so that a rerun skips the encoder.
+"""Features of a list of texts by a frozen encoder, cached on disk so that a rerun skips the encoder.
+
+What is cached is the encoder's pooled output before normalisation (what a head trained on the frozen encoder
+takes); :func:`embed_texts_cached` returns it L2-normalised (the sentence embedding) unless ``normalize=False``.
 
 The key is the encoder's fingerprint (its stored weights, tokenizer, pooling and truncation) and a digest of the texts
 in order, so another model, another tokenizer or any changed text is a miss, never a stale hit. Each entry is one
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import time
@@ -21,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BT2InputError
-from ..utils.io import atomic_write_bytes
+from ..utils.io import atomic_write_bytes, atomic_write_json
 from ..utils.readers import load_npy
 
 logger = logging.getLogger(__name__)
@@ -44,14 +48,17 @@ class CachedEmbeddings:
     Args:
         embeddings (`np.ndarray` of float32, shape `(len(texts), dim)`): unit rows in input order.
         path (`Path`): the cache entry.
-        seconds (`float`): the time spent embedding (0 on a cache hit).
+        seconds (`float`): the time spent embedding now (0 on a cache hit).
         from_cache (`bool`): whether the entry was read rather than computed.
+        embed_seconds (`float`, *optional*): the time it took to compute the entry (now, or as recorded beside the
+            entry when it was written; `None` if unknown).
     """
 
     embeddings: np.ndarray
     path: Path
     seconds: float
     from_cache: bool
+    embed_seconds: float | None = None
 
 
 def cache_path(cache_dir: str | os.PathLike, fingerprint: str, texts: Sequence[str]) -> Path:
@@ -60,16 +67,21 @@ def cache_path(cache_dir: str | os.PathLike, fingerprint: str, texts: Sequence[s
 
 
 def embed_texts_cached(
-    encoder: Any, texts: Sequence[str], cache_dir: str | os.PathLike | None, batch_size: int = 32
+    encoder: Any,
+    texts: Sequence[str],
+    cache_dir: str | os.PathLike | None,
+    batch_size: int = 32,
+    normalize: bool = True,
 ) -> CachedEmbeddings:
     """``encoder.encode(texts)``, read from / written to ``cache_dir`` (no cache when ``cache_dir`` is ``None``).
 
     Args:
-        encoder: anything with ``fingerprint``, ``embedding_dim`` and ``encode(texts, batch_size)`` (a
+        encoder: anything with ``fingerprint``, ``embedding_dim`` and ``encode(texts, batch_size, normalize)`` (a
             :class:`~bt2_hf.backbones.sentence_encoder.SentenceEncoder`).
         texts (`Sequence[str]`): the texts, in the order of the rows returned.
         cache_dir (`str` or `os.PathLike`, *optional*): the cache folder.
         batch_size (`int`, *optional*, defaults to 32): passed to ``encode``.
+        normalize (`bool`, *optional*, defaults to `True`): return unit rows (else the raw pooled features).
     """
     texts = list(texts)
     expected = (len(texts), encoder.embedding_dim)
@@ -78,12 +90,13 @@ def embed_texts_cached(
         try:
             cached = load_npy(path, "cached embeddings")
             if cached.shape == expected and cached.dtype == np.float32 and np.isfinite(cached).all():
-                return CachedEmbeddings(cached, path, 0.0, True)
+                output = _normalized(cached) if normalize else cached
+                return CachedEmbeddings(output, path, 0.0, True, _recorded_seconds(path))
             logger.warning("Cache entry %s has shape %s (expected %s); recomputing it.", path, cached.shape, expected)
         except BT2InputError as error:
             logger.warning("Unreadable cache entry (%s); recomputing it.", error)
     start = time.perf_counter()
-    embeddings = np.ascontiguousarray(encoder.encode(texts, batch_size=batch_size), dtype=np.float32)
+    embeddings = np.ascontiguousarray(encoder.encode(texts, batch_size=batch_size, normalize=False), np.float32)
     seconds = time.perf_counter() - start
     if embeddings.shape != expected:
         raise ValueError(
@@ -93,7 +106,21 @@ def embed_texts_cached(
         buffer = io.BytesIO()
         np.save(buffer, embeddings, allow_pickle=False)
         atomic_write_bytes(path, buffer.getvalue())
-    return CachedEmbeddings(embeddings, path, seconds, False)
+        atomic_write_json(path.with_suffix(".json"), {"rows": len(texts), "seconds": seconds})
+    output = _normalized(embeddings) if normalize else embeddings
+    return CachedEmbeddings(output, path, seconds, False, seconds)
+
+
+def _recorded_seconds(path: Path) -> float | None:
+    try:
+        value = json.loads(path.with_suffix(".json").read_text(encoding="utf-8")).get("seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _normalized(features: np.ndarray) -> np.ndarray:
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
 __all__ = ["CachedEmbeddings", "cache_path", "embed_texts_cached", "texts_digest"]

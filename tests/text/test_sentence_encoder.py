@@ -85,7 +85,8 @@ class CountingEncoder:
     def __init__(self, fingerprint="sha256:" + "ab" * 32):
         self.fingerprint, self.calls = fingerprint, 0
 
-    def encode(self, texts, batch_size=32):
+    def encode(self, texts, batch_size=32, normalize=True):
+        assert not normalize  # the cache stores the raw features
         self.calls += 1
         return np.asarray([[len(t), 1.0, 0.0] for t in texts], dtype=np.float32)
 
@@ -95,12 +96,16 @@ def test_cache_hits_misses_and_repairs(tmp_path):
     first = embed_texts_cached(encoder, TEXTS, tmp_path)
     again = embed_texts_cached(encoder, TEXTS, tmp_path)
     assert (encoder.calls, first.from_cache, again.from_cache) == (1, False, True)
+    assert again.seconds == 0 and again.embed_seconds == first.embed_seconds == first.seconds
     np.testing.assert_array_equal(first.embeddings, again.embeddings)
+    raw = np.asarray([[len(t), 1.0, 0.0] for t in TEXTS], dtype=np.float32)
+    np.testing.assert_allclose(first.embeddings, raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-6)
+    np.testing.assert_array_equal(embed_texts_cached(encoder, TEXTS, tmp_path, normalize=False).embeddings, raw)
     embed_texts_cached(encoder, [*TEXTS[:-1], "changed"], tmp_path)  # other texts: a miss
     embed_texts_cached(CountingEncoder("sha256:" + "cd" * 32), TEXTS, tmp_path)  # another model: its own entry
-    assert encoder.calls == 2 and len(list(tmp_path.glob("*.npy"))) == 3
+    assert encoder.calls == 2 and len(list(tmp_path.glob("*.npy"))) == 3 == len(list(tmp_path.glob("*.json")))
     first.path.write_bytes(first.path.read_bytes()[:50])  # a damaged entry is recomputed and replaced
     repaired = embed_texts_cached(encoder, TEXTS, tmp_path)
     assert not repaired.from_cache and encoder.calls == 3
     assert embed_texts_cached(encoder, TEXTS, tmp_path).from_cache
-    assert not [p for p in tmp_path.iterdir() if p.suffix != ".npy"]  # no temporary files left
+    assert not [p for p in tmp_path.iterdir() if p.suffix not in (".npy", ".json")]  # no temporary files left
