@@ -100,7 +100,7 @@ def _mean_sd(runs: list[dict[str, float]]) -> dict[str, Any]:
 class _Embeddings:
     """The corpus and each split's queries embedded by one encoder (cached), plus what it cost."""
 
-    def __init__(self, encoder: SentenceEncoder, data, settings: TextUpgradeSettings, cache_dir: Path):
+    def __init__(self, side: str, encoder: SentenceEncoder, data, settings: TextUpgradeSettings, cache_dir: Path):
         self.encoder = encoder
         self.features: dict[str, np.ndarray] = {}
         self.unit: dict[str, np.ndarray] = {}
@@ -110,7 +110,7 @@ class _Embeddings:
             texts = data[name]["text"]
             cached = embed_texts_cached(encoder, texts, cache_dir, settings.batch_size, normalize=False)
             logger.info(
-                "%s: %d %s texts %s (%.1f s)", encoder.path.name, len(texts), name,
+                "%s model: %d %s texts %s (%.1f s)", side, len(texts), name,
                 "from the cache" if cached.from_cache else "embedded", cached.embed_seconds or 0.0,
             )  # fmt: skip
             self.features[name] = cached.embeddings
@@ -385,8 +385,8 @@ def run_text_upgrade(settings: TextUpgradeSettings) -> dict[str, Any]:
     train_doc_rows = np.asarray([rows[0] for rows in relevant["train"]])
     old_encoder = SentenceEncoder.from_pretrained(settings.old_model or default_old_model_path())
     new_encoder = SentenceEncoder.from_pretrained(settings.new_model)
-    old = _Embeddings(old_encoder, data, settings, cache_dir)
-    new = _Embeddings(new_encoder, data, settings, cache_dir)
+    old = _Embeddings("old", old_encoder, data, settings, cache_dir)
+    new = _Embeddings("new", new_encoder, data, settings, cache_dir)
     embedding_seconds = time.perf_counter() - started
     k = settings.k
     results: dict[str, Any] = {
