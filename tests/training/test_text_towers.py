@@ -410,7 +410,7 @@ def test_lazily_decoded_images_train_as_in_memory_ones(tmp_path, towers):
 def test_bt2_train_reads_the_scenes_data_set(tmp_path, towers):
     """The procedural scenes (image + caption, no labels) train a text tower through `bt2 train` as they are."""
     from bt2_hf.cli.train import main
-    from bt2_hf.data.scenes import generate_scenes
+    from bt2_hf.experiments.scenes import generate_scenes
 
     generate_scenes(seed=0, preset="tiny", image_size=28, save_to=tmp_path / "scenes")
     output = tmp_path / "bct_text"
