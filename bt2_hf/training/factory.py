@@ -88,10 +88,14 @@ def match_processor_to_data(model: BT2Model, data: ImageClassificationData, mode
     if processor.image_size == data_size:
         return
     given = (model_args.backbone_config or {}).get("image_size")
-    if model.config.backbone_type == "small_cnn" and given is None:
+    if type(model.backbone).size_agnostic and given is None:
         model.processor = type(processor).from_dict({**processor.to_dict(), "size": list(data_size)})
         model.config.backbone_config["image_size"] = list(data_size)
-        logger.info("The processor takes the training data's size %s (small_cnn works at any size).", data_size)
+        logger.info(
+            "The processor takes the training data's size %s (%s works at any size).",
+            data_size,
+            model.config.backbone_type,
+        )
         return
     logger.warning(
         "The training images are %d×%d; the model's processor resizes them to %d×%d for training and at inference "

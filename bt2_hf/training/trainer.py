@@ -369,10 +369,10 @@ def _load_references(
 def _uses_channels_last(args: BT2TrainingArguments, model_args: ModelArguments, device: torch.device) -> bool:
     if args.channels_last is not None:
         return args.channels_last
-    backbone_is_cnn = model_args.backbone_type == "small_cnn" or (
-        (model_args.backbone_config or {}).get("model_type") in ("resnet", "convnext", "regnet", "efficientnet")
-    )
-    return backbone_is_cnn and device.type == "cuda"
+    from ..backbones import get_backbone_class
+
+    backbone_class = get_backbone_class(model_args.backbone_type)
+    return backbone_class.prefers_channels_last(model_args.backbone_config or {}) and device.type == "cuda"
 
 
 def _reference_tables(
