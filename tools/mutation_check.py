@@ -12,11 +12,11 @@ a user sees can change) or a missing test.
 
 Usage (from the repository root; not part of CI: each mutation starts a pytest process, ~10-60 s each)::
 
-    python benchmarks/mutation_check.py                    # the four places
-    python benchmarks/mutation_check.py --place heads      # one place
-    python benchmarks/mutation_check.py --only losses-3 heads-1
-    python benchmarks/mutation_check.py --list
-    python benchmarks/mutation_check.py --json mutation_results.json
+    python tools/mutation_check.py                    # the four places
+    python tools/mutation_check.py --place heads      # one place
+    python tools/mutation_check.py --only losses-3 heads-1
+    python tools/mutation_check.py --list
+    python tools/mutation_check.py --json mutation_results.json
 """
 
 from __future__ import annotations
