@@ -202,7 +202,8 @@ def run_heads(settings: TextUpgradeSettings, old: _Embeddings, new: _Embeddings,
         from ..methods.retrieval import RetrievalHeadConfig
         from ..training.retrieval_head import head_embeddings, train_retrieval_head
     except ImportError as error:
-        reason = f"pending: the head trainer on cached features is not installed here ({error})"
+        logger.info("BCT / BT² rows pending: %s", error)
+        reason = "pending: bt2_hf.training.retrieval_head not installed"
         return {method: {"path": "head", "status": reason} for method in HEAD_METHODS}
     k = settings.k
     doc_rows = np.asarray(train_doc_rows)
@@ -271,10 +272,19 @@ def verdict(results: dict[str, Any], k: int) -> str:
             f"{best['fit_seconds']:.1f} s to fit, {extra_us:.0f} µs per query). Use {best_name} while backfilling "
             f"({cost}), then switch to the new model's own embeddings."
         )
-    return (
+    line = (
         f"Re-embedding wins: nDCG@{k} {new_new:.1f}; no adapter beats staying on the old model ({old_old:.1f}; best "
         f"{best_name} {best_value:.1f}). Keep the old model until the corpus is re-embedded ({cost})."
     )
+    curve = results.get("backfill", {}).get(best_name)
+    if curve:
+        crossing = next((b for b, v in zip(curve["betas"], curve[metric]) if 100 * v >= old_old), None)
+        if crossing is not None:
+            line += (
+                f" During a backfill, {best_name} queries under the slot rule pass the old model from "
+                f"{100 * crossing:.0f} % re-embedded."
+            )
+    return line
 
 
 def results_table(results: dict[str, Any], k: int) -> str:
