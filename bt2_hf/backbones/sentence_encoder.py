@@ -14,6 +14,7 @@ without loading the model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -155,8 +156,6 @@ class SentenceEncoder:
 
             weights = fingerprint_safetensors_files(sorted(self.path.glob("*.safetensors")))
             identity = combine_fingerprint(weights, self.tokenizer)
-            import hashlib
-
             extra = f"{identity}|pooling={self.pooling}|max_length={self.max_length}"
             self._fingerprint = "sha256:" + hashlib.sha256(extra.encode()).hexdigest()
         return self._fingerprint
