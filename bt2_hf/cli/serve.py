@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--closed-reads", action="store_true", help="searches and descriptions need the token too")
     parser.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body (413 above)")
     parser.add_argument("--rule", help="ranking rule during a backfill (default: the galleries' default)")
-    parser.add_argument("--backfill-with", help="start (or resume) a backfill with this loaded model, beside the service")
+    parser.add_argument(
+        "--backfill-with", help="start (or resume) a backfill with this loaded model, beside the service"
+    )
     parser.add_argument("--backfill-gallery", help="the gallery or alias to backfill (default: the only one)")
     parser.add_argument("--backfill-data", help="the gallery's dataset (as given to `bt2 embed`)")
     parser.add_argument("--backfill-split")

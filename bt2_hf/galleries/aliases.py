@@ -91,7 +91,9 @@ class GalleryRoot:
             or table.get("kind") != ALIASES_KIND
             or not isinstance(aliases, dict)
             or not isinstance(table.get("history", []), list)
-            or not all(isinstance(record, dict) and isinstance(record.get("target"), str) for record in aliases.values())
+            or not all(
+                isinstance(record, dict) and isinstance(record.get("target"), str) for record in aliases.values()
+            )
         ):
             raise GalleryError("is not a valid alias table (kind, aliases, history): it was edited or damaged.",
                                self.path)  # fmt: skip

@@ -128,8 +128,10 @@ class _Guard:
 
     async def _too_large(self, send, size):
         limit = f"{self.max_body / (1 << 20):.0f} MiB"
-        detail = f"The request body is {'over' if size is None else f'{size / (1 << 20):.1f} MiB, over'} the " \
-                 f"service's limit of {limit}: send a smaller image (or start the service with a larger --max_body_mb)."
+        detail = (
+            f"The request body is {'over' if size is None else f'{size / (1 << 20):.1f} MiB, over'} the "
+            f"service's limit of {limit}: send a smaller image (or start the service with a larger --max_body_mb)."
+        )
         payload = json.dumps({"detail": detail}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
@@ -241,7 +243,12 @@ def create_app(service: GalleryService, token: str | None = None, open_reads: bo
                 k = int(form.get("k", 10))
             except ValueError:
                 raise ServingError(f"k must be an integer, got {form.get('k')!r}.", 422) from None
-            arguments = {"gallery": form.get("gallery"), "k": k, "image": await upload.read(), "model": form.get("model")}
+            arguments = {
+                "gallery": form.get("gallery"),
+                "k": k,
+                "image": await upload.read(),
+                "model": form.get("model"),
+            }
         else:
             raise ServingError(f"Send the query as application/json or multipart/form-data, not "
                                f"{kind or 'no content type'!r}.", 415)  # fmt: skip

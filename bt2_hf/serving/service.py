@@ -482,7 +482,9 @@ class GalleryService:
                 loaded = self.registry.load(spec["model"])
                 self._start_job(served, loaded, spec)
                 resumed.append(name)
-                logger.info("Resumed the backfill of %s at %s items.", name, (served.store.backfill_state or {}).get("done", 0))
+                logger.info(
+                    "Resumed the backfill of %s at %s items.", name, (served.store.backfill_state or {}).get("done", 0)
+                )
             except Exception as error:  # a job that cannot resume is reported, never fatal to serving
                 logger.error("Cannot resume the backfill of %s: %s", name, error)
         return resumed
@@ -554,7 +556,9 @@ class GalleryService:
             gauges.append(("bt2_gallery_items", "Items in the gallery.", labels, len(served.store)))
             progress = self.progress(served)
             if progress:
-                gauges.append(("bt2_backfill_done_items", "Items re-embedded by the backfill.", labels, progress["done"]))
+                gauges.append(
+                    ("bt2_backfill_done_items", "Items re-embedded by the backfill.", labels, progress["done"])
+                )
                 gauges.append(("bt2_backfill_fraction", "Backfilled fraction of the gallery.", labels,
                                progress["done"] / max(1, progress["count"])))  # fmt: skip
                 gauges.append(("bt2_backfill_running", "1 while a backfill job runs.", labels,
