@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backfill-split")
     parser.add_argument("--backfill-batch-size", type=int, default=256, help="items per committed batch")
     parser.add_argument("--backfill-order", choices=["random", "priority"])
+    parser.add_argument("--backfill-pause", type=float, default=0.0,
+                        help="seconds to wait between batches (leaves CPU to the searches)")  # fmt: skip
     parser.add_argument("--allow-unmeasured", action="store_true", help="backfill with declared, unmeasured compat.")
     return snake_case_flags(parser)
 
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             if served.job is None:  # not already resumed from the folder's record
                 service.start_backfill(gallery, service.registry.load(args.backfill_with).name, args.backfill_data,
                                        split=args.backfill_split, order=args.backfill_order,
-                                       batch_size=args.backfill_batch_size, allow_unmeasured=args.allow_unmeasured)  # fmt: skip
+                                       batch_size=args.backfill_batch_size, allow_unmeasured=args.allow_unmeasured,
+                                       pause=args.backfill_pause)  # fmt: skip
         app = create_app(service, token=token, open_reads=not args.closed_reads,
                          max_body=int(args.max_body_mb * (1 << 20)))  # fmt: skip
     except ValueError as error:  # BT2InputError, GalleryError, ServingError, IncompatibleModelsError

@@ -73,6 +73,7 @@ class BackfillRequest(BaseModel):
     seed: int | None = None
     batch_size: int = Field(256, ge=1, le=100_000, description="items per committed batch")
     allow_unmeasured: bool = False
+    pause: float = Field(0.0, ge=0.0, le=60.0, description="seconds between batches (leaves CPU to searches)")
 
 
 class AliasRequest(BaseModel):
