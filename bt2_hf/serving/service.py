@@ -120,7 +120,7 @@ class ServedGallery:
     job: BackfillJob | None = None
 
 
-class _CommitsUnderWriteLock:
+class CommitsUnderWriteLock:
     """The store as :func:`~bt2_hf.galleries.backfill` sees it: every change of its state is taken under the write
     side of the gallery's lock, so a search never reads the state half-way through a batch."""
 
@@ -223,7 +223,7 @@ class BackfillJob:
                     if state and done >= count:
                         break
                     fraction = min(1.0, (done + chunk + 0.5) / count)
-                    backfill(_CommitsUnderWriteLock(store, self.served.rw), embed_rows=self._embed, identity=identity,
+                    backfill(CommitsUnderWriteLock(store, self.served.rw), embed_rows=self._embed, identity=identity,
                              query_config=self.model.config, fraction=fraction,
                              order=None if state else self.spec.get("order"),
                              seed=None if state else self.spec.get("seed"), batch_size=chunk,
