@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             gallery = args.backfill_gallery or service.default_gallery()
             _, served = service.served(gallery)
             if served.job is None:  # not already resumed from the folder's record
-                service.start_backfill(gallery, service.registry.load(args.backfill_with).name, args.backfill_data,
+                service.start_backfill(gallery, _model_name(service, args.backfill_with), args.backfill_data,
                                        split=args.backfill_split, order=args.backfill_order,
                                        batch_size=args.backfill_batch_size, allow_unmeasured=args.allow_unmeasured,
                                        pause=args.backfill_pause)  # fmt: skip
@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         service.stop_jobs()
     return 0
+
+
+def _model_name(service, spec: str) -> str:
+    """A loaded model's name, or the name of the model loaded now from ``spec`` (``PATH`` or ``NAME=PATH``)."""
+    return spec if spec in service.registry.models else service.registry.load(spec).name
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ class ModelRegistry:
         model = BT2Model.from_pretrained(path).eval()
         loaded = LoadedModel(name, path, model)
         self.models[name] = loaded
-        logger.info("Loaded query model %s (%s) from %s", name, model.config.fingerprint[:12], path)
+        logger.info("Loaded query model %s (%s) from %s", name, model.config.fingerprint.split(":")[-1][:12], path)
         return loaded
 
     def get(self, key: str) -> LoadedModel:
