@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backfill-gallery", help="the gallery or alias to backfill (default: the only one)")
     parser.add_argument("--backfill-data", help="the gallery's dataset (as given to `bt2 embed`)")
     parser.add_argument("--backfill-split")
-    parser.add_argument("--backfill-batch-size", type=int, default=256, help="items per committed batch")
+    parser.add_argument("--backfill-batch-size", type=int, default=1024, help="items per committed batch")
     parser.add_argument("--backfill-order", choices=["random", "priority"])
     parser.add_argument("--backfill-pause", type=float, default=0.0,
                         help="seconds to wait between batches (leaves CPU to the searches)")  # fmt: skip

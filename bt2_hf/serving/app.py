@@ -71,7 +71,7 @@ class BackfillRequest(BaseModel):
     id_column: str | None = None
     order: str | None = Field(None, description="random or priority (a backfill in progress keeps its own)")
     seed: int | None = None
-    batch_size: int = Field(256, ge=1, le=100_000, description="items per committed batch")
+    batch_size: int = Field(1024, ge=1, le=100_000, description="items per committed batch")
     allow_unmeasured: bool = False
     pause: float = Field(0.0, ge=0.0, le=60.0, description="seconds between batches (leaves CPU to searches)")
 

@@ -136,6 +136,10 @@ class CommitsUnderWriteLock:
     def write_backfill_batch(self, rows, vectors, done):
         with self._rw.write():
             self._store.write_backfill_batch(rows, vectors, done)
+            # Build the search over the re-embedded items once, here, rather than in every search that arrives
+            # after the commit (each would build the same index at the same time).
+            dimension = self._store.backfill_state["dimension"]
+            self._store.search_backfilled(np.zeros((1, dimension), dtype=np.float32), 1)
 
     def start_backfill(self, state, order):
         with self._rw.write():
@@ -210,7 +214,7 @@ class BackfillJob:
         from ..galleries.backfill import backfill
         from ..galleries.embed import model_identity
 
-        identity, chunk = model_identity(self.model.model), int(self.spec.get("batch_size", 256))
+        identity, chunk = model_identity(self.model.model), int(self.spec.get("batch_size", 1024))
         self.status = "running"
         started, first_done = time.perf_counter(), None
         try:
@@ -431,7 +435,7 @@ class GalleryService:
 
     def start_backfill(self, gallery: str | None, model: str, data: str, *, split: str | None = None,
                        column: str | None = None, id_column: str | None = None, order: str | None = None,
-                       seed: int | None = None, batch_size: int = 256, allow_unmeasured: bool = False,
+                       seed: int | None = None, batch_size: int = 1024, allow_unmeasured: bool = False,
                        pause: float = 0.0) -> dict:  # fmt: skip
         """Start (or resume) a backfill of a gallery with a loaded model, beside the searches; its progress."""
         name = gallery or self.default_gallery()
@@ -442,10 +446,12 @@ class GalleryService:
                 "pause": float(pause)}  # fmt: skip
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ServingError(f"batch_size must be a positive integer, got {batch_size!r}.", 422)
-        self._start_job(served, loaded, spec)
+        self.start_job(served, loaded, spec)
         return self.progress(served)
 
-    def _start_job(self, served: ServedGallery, loaded: LoadedModel, spec: dict) -> None:
+    def start_job(self, served: ServedGallery, loaded: LoadedModel, spec: dict, job_class=None) -> None:
+        """Start a backfill job (a :class:`BackfillJob`, or ``job_class``, e.g. one that embeds rows another way)
+        on a served gallery, after the same admission as a search, and record it for restarts."""
         from ..compatibility import IncompatibleModelsError
 
         with self._jobs_lock:
@@ -459,7 +465,7 @@ class GalleryService:
                 served.store.admit(loaded.config, allow_unmeasured=bool(spec.get("allow_unmeasured")))
             except IncompatibleModelsError as refusal:
                 raise ServingError(f"{loaded.name} may not backfill {served.directory.name}: {refusal}", 403) from None
-            job = BackfillJob(self, served, loaded, spec)
+            job = (job_class or BackfillJob)(self, served, loaded, spec)
             job.start()
             served.job = job
             jobs = self._jobs()
@@ -480,7 +486,7 @@ class GalleryService:
             try:
                 _, served = self.served(name)
                 loaded = self.registry.load(spec["model"])
-                self._start_job(served, loaded, spec)
+                self.start_job(served, loaded, spec)
                 resumed.append(name)
                 logger.info(
                     "Resumed the backfill of %s at %s items.", name, (served.store.backfill_state or {}).get("done", 0)
