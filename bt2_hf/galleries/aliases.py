@@ -62,6 +62,9 @@ class GalleryRoot:
         self.root = Path(root)
         if not self.root.is_dir():
             raise GalleryError(f"{root} is not a directory: give the folder that holds the gallery directories.")
+        if is_gallery_directory(self.root):
+            raise GalleryError(f"{root} is a gallery: give the folder that holds it (move it into one, e.g. "
+                               f"galleries/{self.root.name}), so that it can be named and switched.")  # fmt: skip
         self._cache: tuple[tuple, dict] | None = None
 
     @property

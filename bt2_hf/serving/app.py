@@ -201,6 +201,10 @@ def create_app(service: GalleryService, token: str | None = None, open_reads: bo
     async def _bad_input(request, error):
         return JSONResponse({"detail": str(error)}, status_code=400)
 
+    @app.exception_handler(ValueError)
+    async def _bad_value(request, error):  # the library's way of refusing bad input (widths, data sets, settings)
+        return JSONResponse({"detail": str(error)}, status_code=400)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, error: RequestValidationError):
         errors = error.errors()

@@ -242,6 +242,16 @@ def test_dual_write_during_a_backfill_then_cutover_and_rollback(client, service,
     assert client.post("/cutover", headers=WRITE, json={"alias": "products"}).json()["to"] == target
 
 
+def test_a_backfill_of_a_missing_data_set_or_model_is_refused(client, tmp_path, gallery_root):
+    body = {"gallery": "products", "model": "new", "data": str(tmp_path / "nowhere")}
+    answer = client.post("/backfill", headers=WRITE, json=body)
+    assert answer.status_code == 400 and "does not exist" in answer.json()["detail"]
+    answer = client.post("/backfill", headers=WRITE, json=dict(body, model="missing"))
+    assert answer.status_code == 404
+    with pytest.raises(ValueError, match="is a gallery: give the folder"):
+        GalleryService(gallery_root / "products_v1")
+
+
 def test_cutover_before_the_backfill_is_complete_is_refused(client):
     answer = client.post("/cutover", headers=WRITE, json={"alias": "products"})
     assert answer.status_code == 400 and "finish the backfill" in answer.json()["detail"]
