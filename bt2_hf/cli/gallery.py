@@ -10,6 +10,7 @@ Examples::
     bt2 gallery alias galleries/ products products_v1    # a served name (galleries/ holds gallery directories)
     bt2 gallery cutover galleries/ products              # → the backfilled new model's gallery (finalised beside it)
     bt2 gallery rollback galleries/ products             # → back to the gallery it served before
+    bt2 gallery cutover galleries.db products            # Milvus: the same with its collection aliases
 
 ``admit`` embeds the gallery's probe items with the candidate, measures old→old and new→old with the library's
 evaluator, judges them with the gallery's policy and appends the result to the gallery's admission log. Searches
@@ -58,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--require-gate", choices=["true", "false"])
     alias = commands.add_parser("alias", help="name a gallery of a folder of galleries (what `bt2 serve` serves)",
                                 description="Example: bt2 gallery alias galleries/ products products_v1")  # fmt: skip
-    alias.add_argument("root", help="the folder holding the gallery directories")
+    alias.add_argument("root", help="the folder holding the gallery directories, or a Milvus URI (.db, http://…)")
     alias.add_argument("alias")
-    alias.add_argument("target", help="a gallery directory's name inside the folder")
+    alias.add_argument("target", help="a gallery directory's name inside the folder (or a Milvus collection)")
     cutover = commands.add_parser(
         "cutover", help="switch an alias to its backfilled gallery, finalised beside it (atomic; recorded)",
         description="Example: bt2 gallery cutover galleries/ products",
@@ -100,9 +101,11 @@ def run(args) -> int:
                   file=sys.stderr)  # fmt: skip
         return 1 if problems else 0
     if args.command in ("alias", "cutover", "rollback"):
-        from bt2_hf.galleries.aliases import GalleryRoot
+        from bt2_hf.galleries.aliases import GalleryRoot, MilvusAliases
+        from bt2_hf.galleries.stores import is_milvus_uri
 
-        root = GalleryRoot(args.root)
+        # a folder of faiss galleries (aliases.json), or a Milvus URI (the server's collection aliases)
+        root = MilvusAliases(args.root) if is_milvus_uri(args.root) else GalleryRoot(args.root)
         if args.command == "alias":
             entry = root.create_alias(args.alias, args.target)
         elif args.command == "cutover":

@@ -14,6 +14,8 @@ reader sees the old or the new table, never half of one; every switch is appende
 service, the CLI) take an advisory lock on ``.aliases.lock`` around read-modify-write.
 
 Names are plain: letters, digits, ``.``, ``_``, ``-``; never a path (``/``) or ``..``.
+
+Milvus galleries switch with Milvus's own collection aliases instead (:class:`MilvusAliases`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import fcntl
 import os
 import re
 from pathlib import Path
+
+import numpy as np
 
 from ..utils.io import atomic_write_json
 from .faiss_store import FaissGallery, GalleryError, is_gallery_directory
@@ -225,3 +229,104 @@ class GalleryRoot:
                 "action": "rollback", "alias": alias, "from": record["target"], "to": record["standby"],
                 "from_encoder": source.encoder["fingerprint"], "to_encoder": target.encoder["fingerprint"], "by": by,
             })  # fmt: skip
+
+
+ALIAS_RECORD_KEY = "bt2.alias"
+
+
+class MilvusAliases:
+    """The same cutover and rollback for Milvus galleries, with Milvus's own collection aliases.
+
+    ``create_alias`` / ``alter_alias`` switch an alias atomically on the server (milvus-lite supports them too).
+    Milvus has no file to keep the history in, so each collection an alias points to carries the alias's record in
+    its properties (``bt2.alias``: the alias, its standby, the history of its switches), copied forward at each switch.
+    Collection names allow letters, digits and ``_``: the finalised collection is ``<served>__<12 hex digits>``.
+
+    Args:
+        uri (`str`): a milvus-lite file (``galleries.db``) or a server URI.
+    """
+
+    def __init__(self, uri: str):
+        from .milvus_store import _client
+
+        self.uri = str(uri)
+        self.client = _client(self.uri)
+
+    def resolve(self, alias: str) -> str:
+        """The collection an alias points to."""
+        try:
+            return self.client.describe_alias(alias)["collection_name"]
+        except Exception as error:  # pymilvus raises its own exception types for an unknown alias
+            raise GalleryNotFoundError(f"No alias {alias!r} at {self.uri} ({error}).") from None
+
+    def record(self, alias: str) -> dict:
+        """The alias's record (standby, history) kept in the properties of the collection it points to."""
+        import json
+
+        properties = self.client.describe_collection(self.resolve(alias)).get("properties") or {}
+        record = json.loads(properties.get(ALIAS_RECORD_KEY) or "{}")
+        return record if record.get("alias") == alias else {"alias": alias, "standby": None, "history": []}
+
+    def _switch(self, alias: str, collection: str, standby: str | None, entry: dict, create: bool = False) -> dict:
+        import json
+
+        entry = {"date": _now(), **entry}
+        history = ([] if create else self.record(alias)["history"]) + [entry]
+        record = {"alias": alias, "standby": standby, "history": history}
+        # The record first (the target is not served yet), then the switch itself: one call on the server.
+        self.client.alter_collection_properties(collection, properties={ALIAS_RECORD_KEY: json.dumps(record)})
+        if create:
+            self.client.create_alias(collection, alias)
+        else:
+            self.client.alter_alias(collection, alias)
+        return entry
+
+    def create_alias(self, alias: str, collection: str, by: str = "cli") -> dict:
+        from .milvus_store import MilvusGallery
+
+        encoder = MilvusGallery.open(self.uri, collection, client=self.client).encoder["fingerprint"]
+        return self._switch(alias, collection, None, {"action": "create", "alias": alias, "from": None,
+                                                      "to": collection, "to_encoder": encoder, "by": by}, create=True)  # fmt: skip
+
+    def cutover(self, alias: str, to: str | None = None, index_type: str | None = None, by: str = "cli") -> dict:
+        """Point the alias at the new model's collection (finalised from the served one's complete backfill into a
+        new collection, the served one left as the standby), or at ``to``."""
+        from .milvus_store import MilvusGallery
+
+        served = self.resolve(alias)
+        current = MilvusGallery.open(self.uri, served, client=self.client)
+        if to is None:
+            state = current.backfill_state
+            if not state or state["done"] < len(current):
+                done = state["done"] if state else 0
+                raise GalleryError(f"{served} is backfilled {done}/{len(current)}: finish the backfill before the "
+                                   "cutover (or name the collection to switch to).")  # fmt: skip
+            standby = self.record(alias).get("standby")
+            fingerprint = state["model"]["fingerprint"]
+            if standby and self.client.has_collection(standby) and MilvusGallery.open(
+                    self.uri, standby, client=self.client).encoder["fingerprint"] == fingerprint:  # fmt: skip
+                to = standby
+            else:
+                to = f"{served}__{fingerprint.split(':')[-1][:12]}"
+                rows = np.arange(len(current))
+                MilvusGallery.build(self.uri, to, current.backfill_vectors(rows), current.ids_of(rows),
+                                    encoder=state["model"], index_type=index_type or current.manifest["index"]["type"],
+                                    dataset=current.manifest.get("dataset"))  # fmt: skip
+        target = MilvusGallery.open(self.uri, to, client=self.client)
+        return self._switch(alias, to, served, {
+            "action": "cutover", "alias": alias, "from": served, "to": to,
+            "from_encoder": current.encoder["fingerprint"], "to_encoder": target.encoder["fingerprint"], "by": by,
+        })  # fmt: skip
+
+    def rollback(self, alias: str, by: str = "cli") -> dict:
+        from .milvus_store import MilvusGallery
+
+        served, standby = self.resolve(alias), self.record(alias).get("standby")
+        if not standby:
+            raise GalleryError(f"The alias {alias!r} has nothing to roll back to (no cutover recorded).")
+        source = MilvusGallery.open(self.uri, served, client=self.client)
+        target = MilvusGallery.open(self.uri, standby, client=self.client)
+        return self._switch(alias, standby, served, {
+            "action": "rollback", "alias": alias, "from": served, "to": standby,
+            "from_encoder": source.encoder["fingerprint"], "to_encoder": target.encoder["fingerprint"], "by": by,
+        })  # fmt: skip
