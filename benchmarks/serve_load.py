@@ -56,11 +56,11 @@ def mixture(count: int, dim: int, clusters: int, seed: int, spread: float = 0.35
     return out
 
 
-def new_model_config(dim: int):
-    """The synthetic new model: 160-d, its first ``dim`` dims the gallery's space, measured against it."""
+def new_model_config(dim: int, encoder: str):
+    """The synthetic new model: 160-d, its first ``dim`` dims the gallery's space, measured against its encoder."""
     from bt2_hf.compatibility import seal_entry
 
-    entry = seal_entry({"query_fingerprint": NEW, "name_or_path": "old", "fingerprint": OLD, "embedding_dim": dim,
+    entry = seal_entry({"query_fingerprint": NEW, "name_or_path": "old", "fingerprint": encoder, "embedding_dim": dim,
                         "method": "bt2", "status": "measured",
                         "dataset": {"name": "synthetic", "split": "test", "size": 1000, "sha256": "0" * 64},
                         "metrics": {"old/old": {"top1": 60.0, "mAP": 30.0}, "new/old": {"top1": 62.0, "mAP": 31.0}},
@@ -81,7 +81,11 @@ def serve(root: str, port: int, backfill: bool, batch: int, pause: float, text_m
     service = GalleryService(root, models=[f"text={text_model}"] if text_model else [], resume_jobs=False)
     _, served = service.served("bench")
     dim = served.store.dimension
-    new = LoadedModel("new", "", types.SimpleNamespace(config=new_model_config(dim), modality="image"))
+    new = LoadedModel(
+        "new",
+        "",
+        types.SimpleNamespace(config=new_model_config(dim, served.store.encoder["fingerprint"]), modality="image"),
+    )
     service.registry.models["new"] = new
     if backfill:
         extra = np.random.default_rng(1).normal(size=(dim, NEW_DIM - dim)).astype(np.float32) / np.sqrt(dim)
