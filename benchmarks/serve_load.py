@@ -13,7 +13,8 @@ for ``--seconds`` per setting (at most ``--max_requests``). Settings:
 1. no backfill: encoder-space vector queries (the gallery encoder's vectors);
 2. a backfill running beside the service (a synthetic 160-d "new model" whose first 128 dims are the gallery's
    space; ``--backfill_batch`` items per committed batch, ``--backfill_pause`` seconds between batches): the same
-   encoder vector queries, and new-model queries ranked by the slot rule over the re-embedded items.
+   encoder vector queries, and new-model queries ranked by the slot rule over the re-embedded items; then three
+   dual-writes (``POST /items``, one item each), timed.
 
 Raw: the same queries one at a time in this process, through faiss only (``index.search`` with k = 10, then with
 the re-ranking depth plus the exact re-ranking, as the gallery does) and through the library
@@ -186,6 +187,24 @@ def stop_server(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def dual_writes(url: str, encoder: str, vectors: np.ndarray, extra: np.ndarray) -> list[float]:
+    """Seconds of each ``POST /items`` of one item (its encoder and new-model vectors given): the gallery's files are
+    rewritten atomically per request, so this grows with the gallery."""
+    import httpx
+
+    seconds = []
+    for number, vector in enumerate(vectors):
+        item = {"id": 10**12 + number, "vectors": {encoder: vector.tolist(),
+                                                   "new": np.concatenate([vector, vector @ extra]).tolist()}}  # fmt: skip
+        started = time.perf_counter()
+        answer = httpx.post(url + "/items", json={"gallery": "bench", "items": [item]},
+                            headers={"Authorization": "Bearer bench"}, timeout=600)  # fmt: skip
+        if answer.status_code != 200:
+            raise RuntimeError(f"POST /items answered {answer.status_code}: {answer.text}")
+        seconds.append(round(time.perf_counter() - started, 3))
+    return seconds
+
+
 def raw_search(store, queries: np.ndarray, k: int) -> dict:
     """p50 / p99 (ms) of the same queries, one at a time, through faiss and through the library."""
     from bt2_hf.galleries import search_gallery
@@ -300,6 +319,9 @@ def run(args, httpx, FaissGallery) -> int:
                                                                          after and after["done"]])  # fmt: skip
                         rows.append(row)
                         print(json.dumps(row), flush=True)
+                if backfill:  # dual-writes: one item per request, both vectors given, with the backfill running
+                    results["dual_write_seconds"] = dual_writes(url, encoder["fingerprint"], queries[:3], extra)
+                    print("dual-write seconds per item:", results["dual_write_seconds"], flush=True)
             finally:
                 stop_server(server)
         results["service"] = rows
