@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 JOBS_FILE = ".bt2-serve/backfill_jobs.json"
 MAX_K = 1000
+MAX_PIXELS = 40_000_000  # a small compressed file can decode into gigabytes: its size is checked first
 
 
 class ServingError(BT2InputError):
@@ -99,7 +100,7 @@ class ModelRegistry:
             return self.models[key]
         if isinstance(key, str) and len(key) >= 12:
             for loaded in self.models.values():
-                if loaded.fingerprint.startswith(key):
+                if loaded.fingerprint.startswith(key) or loaded.fingerprint.split(":")[-1].startswith(key):
                     return loaded
         known = [f"{m.name} ({m.fingerprint[:12]})" for m in self.models.values()]
         raise ServingError(f"Unknown model {key!r}: this service has {known or 'no models'} (start it with --model).",
@@ -612,8 +613,13 @@ def _decode_image(data: bytes):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))  # reads the header only: the size is known before any pixel
+        if image.width * image.height > MAX_PIXELS:
+            raise ServingError(f"The image is {image.width} × {image.height} pixels, over the service's limit of "
+                               f"{MAX_PIXELS:,}: send a smaller one.", 413)  # fmt: skip
         image.load()
+    except ServingError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
         raise ServingError(f"The image could not be read ({type(error).__name__}): send a PNG, JPEG or WebP.",
                            415 if isinstance(error, UnidentifiedImageError) else 400) from None  # fmt: skip

@@ -104,6 +104,21 @@ def test_an_oversized_image_is_refused_with_413(client):
     assert answer.status_code == 413 and "limit" in answer.json()["detail"]
 
 
+def test_an_image_of_too_many_pixels_is_refused_before_decoding(client):
+    buffer = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(buffer, "PNG")  # 48 MP in a few tens of kilobytes
+    assert len(buffer.getvalue()) < 1 << 20
+    answer = client.post("/search", files={"image": ("big.png", buffer.getvalue(), "image/png")}, data={"k": "1"})
+    assert answer.status_code == 413 and "8000 × 6000 pixels" in answer.json()["detail"]
+
+
+def test_a_model_is_named_by_name_or_fingerprint(client, service):
+    fingerprint = service.registry.get("old").fingerprint
+    for key in (fingerprint, fingerprint[:19], fingerprint.split(":")[1][:12]):
+        answer = client.post("/search", json={"vector": [0.1] * 8, "model": key, "k": 2})
+        assert answer.status_code == 200 and answer.json()["model"]["name"] == "old", (key, answer.text)
+
+
 def test_a_wrong_content_type_is_refused_with_415(client):
     answer = client.post("/search", content=b"vector=1,2,3", headers={"content-type": "text/plain"})
     assert answer.status_code == 415 and "application/json" in answer.json()["detail"]
