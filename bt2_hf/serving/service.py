@@ -414,7 +414,6 @@ class GalleryService:
                                              for item in items])  # fmt: skip
             with target.mutation:
                 store = target.store
-                _pin_lazy_files(store)
                 new_store, added = append_items(
                     store, encoder_vectors, [item["id"] for item in items], backfill_vectors=backfill_vectors,
                     labels=[item.get("label") for item in items], paths=[item.get("path") for item in items],
@@ -572,19 +571,6 @@ class GalleryService:
                 gauges.append(("bt2_backfill_running", "1 while a backfill job runs.", labels,
                                float(progress["status"] == "running")))  # fmt: skip
         return gauges
-
-
-def _pin_lazy_files(store) -> None:
-    """Read now what the store reads from its directory on first use: searches still holding it after the
-    directory is swapped for a rewritten one must not read the new files (longer, the backfill order changed)."""
-    if not len(store):
-        return
-    first = np.zeros(1, dtype=np.int64)
-    store.labels_of(first)
-    store.paths_of(first)
-    if store.backfill_state:
-        store.backfill_order()
-        store.backfill_vectors(first)
 
 
 def _same(fingerprint: str, config) -> bool:

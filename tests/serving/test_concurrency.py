@@ -164,3 +164,29 @@ def test_a_batch_committed_in_the_middle_of_a_search_waits_for_it(service, servi
     while not committed and time.monotonic() < deadline:
         time.sleep(0.01)
     assert store.backfill_state["done"] == 200  # and the batch committed right after it
+
+
+def test_searches_during_dual_writes_and_a_backfill_never_fail(service, serving_data):
+    """Each dual-write swaps the gallery's directory for a rewritten one while searches run on it."""
+    answers, errors, stop = [], [], threading.Event()
+    with served(create_app(service, token=TOKEN)) as url:
+        started = httpx.post(url + "/backfill", headers=WRITE, json={"gallery": "products", "model": "new",
+                                                                     "data": str(serving_data), "batch_size": 16,
+                                                                     "pause": 0.05})  # fmt: skip
+        assert started.status_code == 200, started.text
+        threads = [threading.Thread(target=hammer, args=(url, stop, answers, errors, seed)) for seed in range(3)]
+        for thread in threads:
+            thread.start()
+        rng = np.random.default_rng(5)
+        for key in range(600, 606):
+            item = {"id": key, "vectors": {"old": rng.normal(size=8).tolist(), "new": rng.normal(size=12).tolist()}}
+            written = httpx.post(url + "/items", headers=WRITE, json={"items": [item]}, timeout=60)
+            assert written.status_code == 200, written.text
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        _, gallery = service.served("products")
+        gallery.job.join(120)
+    check(answers, errors, set(range(200)) | set(range(600, 606)))
+    assert len(gallery.store) == 206 and gallery.store.backfill_state["done"] == 206
+    assert sorted(gallery.store.ids_of(np.arange(206))) == list(range(200)) + list(range(600, 606))
