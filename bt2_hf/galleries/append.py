@@ -7,10 +7,10 @@ into the order at position ``done`` with ``done`` incremented, so the slot rule 
 backfill never embeds it again.
 
 The directory is rebuilt in a staging folder and swapped in (``atomic_directory``): a crash leaves the gallery
-before or after the whole write. A gallery object opened before the write can still be searched after it (writes go
-through the reopened one): the rows it knows
-are a prefix of every rewritten file, and the first ``done`` entries of the backfill order are unchanged. Ids already in the gallery are skipped, so a write retried after a crash adds
-each item once. The cost is a copy of the gallery's files per call: add items in batches.
+before or after the whole write. A gallery object opened before the write can still be searched after it (writes
+go through the reopened one): the rows it knows are a prefix of every rewritten file, and the first ``done``
+entries of the backfill order are unchanged. Ids already in the gallery are skipped, so a write retried after a
+crash adds each item once. The cost is a copy of the gallery's files per call: add items in batches.
 """
 
 from __future__ import annotations
