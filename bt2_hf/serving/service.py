@@ -401,21 +401,22 @@ class GalleryService:
         if standby is not None:
             targets.insert(0, self.served(standby.name)[1])  # the standby first: the served gallery is the last word
         written = {}
+        embedded: dict[str, np.ndarray] = {}  # by model fingerprint: each model embeds the items once
+
+        def vectors_of(model: dict) -> np.ndarray:
+            if model["fingerprint"] not in embedded:
+                embedded[model["fingerprint"]] = np.stack(
+                    [self._item_vector(item, model["fingerprint"], model.get("name_or_path")) for item in items]
+                )
+            return embedded[model["fingerprint"]]
+
         for target in targets:
-            store = target.store
-            state = store.backfill_state
-            encoder = store.encoder
-            encoder_vectors = np.stack([self._item_vector(item, encoder["fingerprint"], encoder.get("name_or_path"))
-                                        for item in items])  # fmt: skip
-            backfill_vectors = None
-            if state is not None:
-                model = state["model"]
-                backfill_vectors = np.stack([self._item_vector(item, model["fingerprint"], model.get("name_or_path"))
-                                             for item in items])  # fmt: skip
-            with target.mutation:
+            with target.mutation:  # read the gallery's state and write it with no backfill batch in between
                 store = target.store
+                state = store.backfill_state
                 new_store, added = append_items(
-                    store, encoder_vectors, [item["id"] for item in items], backfill_vectors=backfill_vectors,
+                    store, vectors_of(store.encoder), [item["id"] for item in items],
+                    backfill_vectors=vectors_of(state["model"]) if state else None,
                     labels=[item.get("label") for item in items], paths=[item.get("path") for item in items],
                 )  # fmt: skip
                 with target.rw.write():
