@@ -47,12 +47,15 @@ class ServingError(BT2InputError):
 
 
 def default_rule() -> str:
-    """The ranking rule :func:`~bt2_hf.galleries.search_gallery` applies by default (the galleries' own choice)."""
+    """The name of the ranking rule :func:`~bt2_hf.galleries.search_gallery` applies by default (the galleries' own
+    choice, reported in each answer; the service passes no rule unless told one)."""
     import inspect
 
     from ..galleries.mixed import search_gallery
 
-    return inspect.signature(search_gallery).parameters["rule"].default
+    parameter = inspect.signature(search_gallery).parameters.get("rule")
+    return str(parameter.default) if parameter is not None and parameter.default is not inspect.Parameter.empty \
+        else "default"  # fmt: skip
 
 
 @dataclass
@@ -262,6 +265,13 @@ class GalleryService:
         self.registry = ModelRegistry()
         for spec in models or []:
             self.registry.load(spec)
+        if rule is not None:
+            from ..galleries import mixed
+
+            known = getattr(mixed, "RULES", None)
+            if known is not None and rule not in known:
+                raise ServingError(f"Unknown ranking rule {rule!r}: choose one of {list(known)}.")
+        self._rule = rule  # None: the galleries' default rule, whatever it is
         self.rule = rule or default_rule()
         self._served: dict[Path, ServedGallery] = {}
         self._lock = threading.Lock()
@@ -346,7 +356,7 @@ class GalleryService:
             queries = loaded.model.encode(**inputs).numpy()
         with served.rw.read():
             store = served.store  # the gallery as of now: a dual-write may have replaced it before the lock
-            result = store.search(queries, k=k, query_config=config, rule=self.rule)
+            result = store.search(queries, k=k, query_config=config, **({"rule": self._rule} if self._rule else {}))
             state = store.backfill_state
         return {
             "gallery": name, "alias": alias, "directory": served.directory.name,
