@@ -111,7 +111,9 @@ class BT2Config(PreTrainedConfig):
                         f"With an adapter, {name} is the adapter's output_dim ({output_dim}); got {name}={value}."
                     )
             embedding_dim = None if head_type == "basis_transformation" else adapter["config"]["input_dim"]
-            compatible_dim = None if head_type == "basis_transformation" else adapter["base_model"].get("compatible_dim")
+            compatible_dim = (
+                None if head_type == "basis_transformation" else adapter["base_model"].get("compatible_dim")
+            )
         backbone_class = get_backbone_class(backbone_type)  # raises on an unknown name
         if pooling not in backbone_class.poolings:
             raise ValueError(
@@ -227,7 +229,9 @@ def validated_adapter_block(block: Any) -> dict[str, Any]:
     from .adapters import ADAPTERS
 
     if not isinstance(block, dict):
-        raise ValueError(f"config.adapter must be a dict with keys {list(ADAPTER_BLOCK_KEYS)}; got {type(block).__name__}.")
+        raise ValueError(
+            f"config.adapter must be a dict with keys {list(ADAPTER_BLOCK_KEYS)}; got {type(block).__name__}."
+        )
     missing = [key for key in ("kind", "config", "base_model", "target_model") if not block.get(key)]
     if missing:
         raise ValueError(

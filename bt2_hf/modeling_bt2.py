@@ -315,7 +315,9 @@ class BT2Model(BT2PreTrainedModel):
                 "AutoTokenizer.from_pretrained(...)) before encode(); save_pretrained stores it with the weights."
             )
         if not use_adapter and self.adapter is None:
-            raise ValueError("use_adapter=False applies to adapted query models (config.adapter); this model has none.")
+            raise ValueError(
+                "use_adapter=False applies to adapted query models (config.adapter); this model has none."
+            )
         width = self.config.embedding_dim if use_adapter else self.config.head_embedding_dim
         if prefix_dim is not None and not 0 < prefix_dim <= width:
             raise ValueError(f"prefix_dim must be in [1, {width}], got {prefix_dim}.")

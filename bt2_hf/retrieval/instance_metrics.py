@@ -301,7 +301,9 @@ def instance_retrieval_metrics(
         block_relevant = _relevance_block(relevance, rows, num_gallery)
         ranked = _rank(block_scores, block_relevant, excluded)
         first_rank[rows], average_precision[rows], num_relevant[rows] = (
-            ranked.first_rank, ranked.average_precision, ranked.num_relevant
+            ranked.first_rank,
+            ranked.average_precision,
+            ranked.num_relevant,
         )
         if cutoffs:
             hits_at[rows], ndcg_at[rows] = _cutoff_block(ranked, _gains_block(gains, block_relevant, rows), cutoffs)
