@@ -253,6 +253,12 @@ def validated_adapter_block(block: Any) -> dict[str, Any]:
     for role in ("base_model", "target_model"):
         if not isinstance(block[role], dict) or not block[role].get("fingerprint"):
             raise ValueError(f"config.adapter.{role} must record the model's fingerprint; got {block[role]!r}.")
+    if block["base_model"].get("embedding_dim") not in (None, adapter_config["input_dim"]):
+        raise ValueError(
+            f"config.adapter maps {adapter_config['input_dim']}-d embeddings but its base model embeds "
+            f"{block['base_model']['embedding_dim']}-d ones: the adapter was fitted on another model. Fit it again on "
+            "this model's embeddings (bt2 adapt)."
+        )
     if block["target_model"].get("embedding_dim") not in (None, adapter_config["output_dim"]):
         raise ValueError(
             f"config.adapter maps into {adapter_config['output_dim']} dims but its target model is "
