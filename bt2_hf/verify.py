@@ -533,6 +533,15 @@ def verify_retrieval_set(
                 f"The {role} model encodes {model.config.modality}s but must embed the retrieval set's "
                 f"{'queries (texts)' if wanted == 'text' and role != 'old' else documents_are + 's'}.{hint}"
             )
+    new_prefix, old_dim = int(new_model.config.compatible_dim), int(old_model.config.embedding_dim)
+    if new_prefix != old_dim:
+        from .compatibility import IncompatibleModelsError
+
+        raise IncompatibleModelsError(
+            f"The new model's compatible prefix is {new_prefix}-d but the old model embeds {old_dim}-d vectors: they "
+            "cannot be compared. Verify the new model against the old model it was trained (or adapted, bt2 adapt) "
+            "against."
+        )
     dataset = {
         "name": dataset_name or retrieval_set.name,
         "split": split,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from bt2_hf import BT2Config, BT2Model
+from bt2_hf import BT2Config, BT2Model, IncompatibleModelsError
 from bt2_hf.cli.main import main as bt2_main
 from bt2_hf.data.retrieval_sets import is_retrieval_set, load_retrieval_set
 from bt2_hf.errors import BT2InputError
@@ -240,6 +240,11 @@ def test_gallery_refuses_an_unmeasured_adapted_model(setting, gallery, tmp_path,
         assert "post-hoc procrustes adapter" in error and "never measured" in error
         assert f"bt2 verify {tmp_path / 'adapted'} --old" in error
     assert not (tmp_path / "hits.json").exists()
+    # the one way to load a query model for a gallery refuses it the same way
+    from bt2_hf.compatibility import resolve_query_model
+
+    with pytest.raises(IncompatibleModelsError, match="post-hoc procrustes adapter"):
+        resolve_query_model(gallery[0], [str(tmp_path / "adapted")], allow_unmeasured=True)
 
 
 @pytest.mark.slow  # two fits, two verifications and the searches: ~15 s on a shared 2-core machine
@@ -263,3 +268,72 @@ def test_gallery_admits_an_adapted_model_only_on_a_measured_passing_entry(settin
     expected = [f"d{j}" for j in sorted(range(len(scores)), key=lambda j: (-scores[j], j))[:3]]
     assert hits["admission"]["basis"] == "measured" and hits["prefix_dim"] == 12
     assert hits["results"][0]["ids"] == expected
+    from bt2_hf.compatibility import resolve_query_model
+
+    model, prefix = resolve_query_model(gallery_dir, [str(tmp_path / "affine"), str(tmp_path / "adapted")])
+    assert prefix == 12 and model.config.adapter["kind"] == "procrustes"
+
+
+def test_caption_to_image_retrieval_set(setting, tmp_path):
+    """Captions search images: the old image model embeds the corpus, the old system's text tower and the new one
+    embed the captions; new → new needs the new image model."""
+    from PIL import Image
+    from transformers import ResNetConfig
+
+    from bt2_hf.verify import verify_retrieval_set
+
+    folder = tmp_path / "captions"
+    (folder / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / "images" / f"{i}.png")
+    write_jsonl(folder / "corpus.jsonl", [{"id": f"i{i}", "image": f"images/{i}.png"} for i in range(12)])
+    write_jsonl(
+        folder / "queries.jsonl", [{"id": f"c{i}", "text": f"a {COLOURS[i % 8]} {THINGS[i]}"} for i in range(10)]
+    )
+    write_jsonl(folder / "qrels.jsonl",
+                [{"query_id": f"c{i}", "corpus_id": f"i{j}", "score": 1 + (j == i)} for i in range(10)
+                 for j in {i, (i + 1) % 12}])  # fmt: skip
+    resnet = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    torch.manual_seed(3)
+    image_old = BT2Model(BT2Config(backbone_type="hf_vision", backbone_config=resnet.to_dict(), embedding_dim=12))
+    image_new = BT2Model(BT2Config(backbone_type="hf_vision", backbone_config=resnet.to_dict(), embedding_dim=12))
+    image_old.save_pretrained(tmp_path / "image_old")
+    image_new.save_pretrained(tmp_path / "image_new")
+    # a new text tower whose first 12 dims are meant for the old image space (a 24-d tower, 12-d compatible prefix)
+    text_new = BT2Model.from_pretrained(setting["new"])
+    settings = {"compatible_dim": 12, "fingerprint": None, "training": {"method": "independent_text"}}
+    prefixed = BT2Model(BT2Config(**{**text_new.config.to_dict(), **settings}))
+    prefixed.load_state_dict(text_new.state_dict())
+    prefixed.processor = text_new.processor
+    prefixed.save_pretrained(tmp_path / "text_new")
+    with pytest.raises(IncompatibleModelsError, match="compatible prefix is 24-d"):
+        verify_retrieval_set(setting["new"], tmp_path / "image_old", folder, old_query=setting["old"], write=False)
+
+    result = verify_retrieval_set(tmp_path / "text_new", tmp_path / "image_old", folder, old_query=setting["old"],
+                                  write=False)  # fmt: skip
+    assert set(result.report.results) == {"old/old", "new/old"}  # no new image model given: no new → new
+    assert result.dataset["documents"] == "image" and result.dataset["size"] == 10
+    with_new = verify_retrieval_set(tmp_path / "text_new", tmp_path / "image_old", folder, old_query=setting["old"],
+                                    new_document=tmp_path / "image_new", write=False)  # fmt: skip
+    assert set(with_new.report.results) == {"old/old", "new/old", "new/new"}
+
+    retrieval_set = load_retrieval_set(folder)
+    images = retrieval_set.load_documents()
+    old_images = BT2Model.from_pretrained(tmp_path / "image_old").encode(images=images).numpy()
+    new_texts = BT2Model.from_pretrained(setting["new"]).encode(texts=retrieval_set.queries).numpy()
+    np.testing.assert_allclose(with_new.embeddings["old_document"], old_images, atol=1e-6)
+    # graded judgements: nDCG against a direct computation (gain 2 for the caption's own image, 1 for the next)
+    scores = (new_texts[:, :12] / np.linalg.norm(new_texts[:, :12], axis=1, keepdims=True)) @ (
+        old_images / np.linalg.norm(old_images, axis=1, keepdims=True)
+    ).T
+    ndcg = []
+    for i, row in enumerate(scores.astype(np.float32)):
+        order = sorted(range(12), key=lambda j: (-row[j], j))
+        gains = {i: 2.0, (i + 1) % 12: 1.0}
+        dcg = sum(gains.get(j, 0.0) / math.log2(rank + 2) for rank, j in enumerate(order[:10]))
+        ndcg.append(dcg / (2.0 + 1.0 / math.log2(3)))
+    assert with_new.report.results["new/old"]["ndcg@10"] == pytest.approx(np.mean(ndcg), abs=1e-5)
+
+    with pytest.raises(ValueError, match="--old_query"):
+        verify_retrieval_set(tmp_path / "text_new", tmp_path / "image_old", folder, write=False)
