@@ -288,11 +288,15 @@ def _embed(model: Any, pairs: PairedItems, batch_size: int, device: Any, role: s
         embeddings = model.encode(images=pairs.items, batch_size=batch_size, device=device).numpy()
     else:
         embeddings = model.encode(texts=pairs.items, batch_size=batch_size, device=device).numpy()
-    bad = ~np.isfinite(embeddings).all(axis=1)
+    # A head turns a row with no direction (NaN, infinite or all-zero features) into the constant unit vector 1/√d
+    # (heads.unit_rows): such rows would teach the adapter nothing but a constant, so they are refused like NaNs.
+    constant = np.abs(embeddings - 1.0 / np.sqrt(embeddings.shape[1])).max(axis=1) < 1e-7
+    bad = ~np.isfinite(embeddings).all(axis=1) | constant
     if bad.any():
         raise ValueError(
-            f"The {role} model gave NaN or infinite embeddings for {int(bad.sum())} of {len(bad)} training items "
-            f"(e.g. rows {np.flatnonzero(bad)[:5].tolist()}): check its weights (a diverged checkpoint) and inputs."
+            f"The {role} model gave NaN, infinite or all-zero features for {int(bad.sum())} of {len(bad)} training "
+            f"items (e.g. rows {np.flatnonzero(bad)[:5].tolist()}; their embeddings are NaN or the constant unit "
+            "vector): check its weights (a diverged checkpoint) and the inputs."
         )
     return embeddings
 

