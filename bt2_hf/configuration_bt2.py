@@ -7,9 +7,8 @@ from typing import Any
 from transformers import PreTrainedConfig
 
 from .backbones import get_backbone_class
-from .heads import bt2_embedding_dim, validate_bt2_dims
+from .heads import get_head_class
 
-HEAD_TYPES = ("linear", "basis_transformation")
 ADAPTER_BLOCK_KEYS = ("kind", "config", "base_model", "target_model", "fitted_on")
 NONLINEARITIES = ("relu", "none")
 
@@ -27,7 +26,10 @@ class BT2Config(PreTrainedConfig):
         backbone_config (`dict`, *optional*): the backbone's own config; for transformers backbones the ``to_dict()``
             of a transformers config (with its ``model_type``).
         pooling (`str`, *optional*, defaults to `"default"`): how the backbone pools (``cls``, ``mean``, ``pooler``).
-        head_type (`str`, *optional*, defaults to `"linear"`): ``"linear"`` or ``"basis_transformation"`` (BT²).
+        head_type (`str`, *optional*, defaults to `"linear"`): a registered head (``bt2_hf.heads.list_heads()``):
+            ``"linear"`` or ``"basis_transformation"`` (BT²), or one added with :func:`bt2_hf.heads.register_head`.
+        head_config (`dict`, *optional*): settings of a head beyond the width fields below (the built-in heads have
+            none); its class reads them in ``widths`` and ``from_config``.
         embedding_dim (`int`, *optional*, defaults to 128): output width of a linear head. For a BT² head it is
             derived as ``feature_dim + extra_dim``.
         compatible_dim (`int`, *optional*): length of the embedding prefix that is compatible with an older model.
@@ -83,6 +85,7 @@ class BT2Config(PreTrainedConfig):
         backbone_config: dict[str, Any] | None = None,
         pooling: str = "default",
         head_type: str = "linear",
+        head_config: dict[str, Any] | None = None,
         embedding_dim: int | None = None,
         compatible_dim: int | None = None,
         feature_dim: int = 128,
@@ -110,20 +113,18 @@ class BT2Config(PreTrainedConfig):
                     raise ValueError(
                         f"With an adapter, {name} is the adapter's output_dim ({output_dim}); got {name}={value}."
                     )
-            embedding_dim = None if head_type == "basis_transformation" else adapter["config"]["input_dim"]
-            compatible_dim = (
-                None if head_type == "basis_transformation" else adapter["base_model"].get("compatible_dim")
-            )
+            # the head's own widths, checked by the head's widths() below like any head's
+            embedding_dim = adapter["config"]["input_dim"]
+            compatible_dim = adapter["base_model"].get("compatible_dim")
         backbone_class = get_backbone_class(backbone_type)  # raises on an unknown name
         if pooling not in backbone_class.poolings:
             raise ValueError(
                 f"Backbone {backbone_type!r} does not support pooling={pooling!r}; choose one of "
                 f"{list(backbone_class.poolings)}."
             )
-        if head_type not in HEAD_TYPES:
-            raise ValueError(f"Unknown head_type {head_type!r}; choose one of {list(HEAD_TYPES)}.")
+        head_class = get_head_class(head_type)  # raises on an unknown name, listing the registered heads
         if head_nonlinearity is None:
-            head_nonlinearity = "relu" if head_type == "basis_transformation" else "none"
+            head_nonlinearity = head_class.default_nonlinearity
         if head_nonlinearity not in NONLINEARITIES:
             raise ValueError(f"Unknown head_nonlinearity {head_nonlinearity!r}; choose one of {list(NONLINEARITIES)}.")
         if not normalize:
@@ -132,31 +133,11 @@ class BT2Config(PreTrainedConfig):
             )
         if similarity != "cosine":
             raise ValueError(f"Only similarity='cosine' is supported, got {similarity!r}.")
-
-        if head_type == "basis_transformation":
-            if old_embedding_dim is None:
-                raise ValueError("A BT² head needs old_embedding_dim: the width of the old model's embedding.")
-            validate_bt2_dims(feature_dim, old_embedding_dim, extra_dim)
-            derived = bt2_embedding_dim(feature_dim, extra_dim)
-            if embedding_dim is not None and embedding_dim != derived:
-                raise ValueError(
-                    f"For a BT² head embedding_dim is feature_dim + extra_dim = {derived}, got embedding_dim={embedding_dim}."
-                )
-            embedding_dim = derived
-            if compatible_dim is not None and compatible_dim != old_embedding_dim:
-                raise ValueError(
-                    f"For a BT² head compatible_dim is old_embedding_dim = {old_embedding_dim}, got {compatible_dim}."
-                )
-            compatible_dim = old_embedding_dim
-        else:
-            embedding_dim = 128 if embedding_dim is None else embedding_dim
-            if embedding_dim <= 0:
-                raise ValueError(f"embedding_dim must be positive, got {embedding_dim}.")
-            compatible_dim = embedding_dim if compatible_dim is None else compatible_dim
-            if not 0 < compatible_dim <= embedding_dim:
-                raise ValueError(
-                    f"compatible_dim must be in [1, embedding_dim={embedding_dim}], got {compatible_dim}."
-                )
+        head_config = dict(head_config or {})
+        embedding_dim, compatible_dim = head_class.widths(
+            {"embedding_dim": embedding_dim, "compatible_dim": compatible_dim, "feature_dim": feature_dim,
+             "old_embedding_dim": old_embedding_dim, "extra_dim": extra_dim, **head_config}
+        )  # fmt: skip
         if adapter is not None and embedding_dim != adapter["config"]["input_dim"]:
             raise ValueError(
                 f"The adapter maps {adapter['config']['input_dim']}-d embeddings but this head outputs {embedding_dim}-d "
@@ -171,6 +152,7 @@ class BT2Config(PreTrainedConfig):
         self.backbone_config = dict(backbone_config or {})
         self.pooling = pooling
         self.head_type = head_type
+        self.head_config = head_config
         self.embedding_dim = int(embedding_dim)
         self.compatible_dim = int(compatible_dim)
         self.feature_dim = int(feature_dim)
@@ -209,8 +191,6 @@ class BT2Config(PreTrainedConfig):
         """The head's compatible prefix: ``compatible_dim``, or with an adapter the base model's."""
         if not self.adapter:
             return self.compatible_dim
-        if self.head_type == "basis_transformation":
-            return int(self.old_embedding_dim)
         return int(self.adapter["base_model"].get("compatible_dim") or self.head_embedding_dim)
 
     @property
