@@ -29,6 +29,7 @@ STORY: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }  # fmt: skip
 MORE: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "gallery": ("bt2_hf.cli.gallery", "check, upgrade or inspect a gallery; admit a model at its gate (probe set)", ()),
+    "adapt": ("bt2_hf.cli.adapt", "fit a post-hoc adapter from a new model into an old one's space; save it as a model", ()),
     "card": ("bt2_hf.cli.card", "render or refresh a model card from a checkpoint (keeps the pipeline's sections)", ()),
     "eval": ("bt2_hf.cli.eval", "evaluate compatibility between models (old/old, new/old, new/new, matrix)", ()),
     "eval-text": ("bt2_hf.cli.eval_text", "evaluate text queries against an image gallery (old or new model)", ()),

@@ -23,6 +23,7 @@ OWN_COMMANDS = [
     "verify",
     "embed",
     "push",
+    "adapt",
     "card",
     "eval",
     "eval-text",
