@@ -36,6 +36,7 @@ MORE: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "image-text": ("bt2_hf.cli.image_text", "image–text compatibility on the scenes: BT² pair vs baselines", ()),
     "text-tower": ("bt2_hf.cli.text_tower", "class-level BT² text tower searching an old Fashion-MNIST gallery", ()),
     "hub-serve": ("bt2_hf.cli.hub_serve", "serve a local Hub on 127.0.0.1 to try push and pull offline", ()),
+    "ui": ("bt2_hf.cli.ui", "a web page: old, new and backfilled search side by side, verdicts, progress", ()),
 }  # fmt: skip
 COMMANDS = {**STORY, **MORE}
 

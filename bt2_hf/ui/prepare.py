@@ -1,0 +1,236 @@
+"""Make what the upgrade page shows: a copy of the old gallery, backfilled with the new model.
+
+The user's gallery is never modified: :func:`prepare_upgrade` copies it (built in a staging folder and swapped in,
+like every directory bt2_hf writes) into a work folder and backfills the copy with the library's
+:func:`~bt2_hf.galleries.backfill`, through the gallery's own admission rule. A page that judges models with another
+admission policy than the gallery owner's (``required_metrics``, as an owner who ranks by mAP would set with
+``bt2 gallery policy``) gets a copy of the old gallery too, with that policy, so that both galleries it searches
+judge alike. Run again, it reuses the copies and continues the backfill up to the fraction asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import BT2InputError
+from .settings import SETTINGS_FILE, UpgradeSettings
+
+logger = logging.getLogger(__name__)
+
+OLD_COPY, BACKFILLED_COPY = "gallery_old", "gallery_backfilled"
+DEMO_WORK_DIR = "ui"
+
+
+def _our_copies(work_dir: Path) -> set[str]:
+    """The gallery folders that an earlier :func:`prepare_upgrade` wrote into ``work_dir`` (its ``ui.json``)."""
+    try:
+        values = json.loads((work_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(values, dict):
+        return set()
+    return {str(Path(values[name]).resolve()) for name in ("old_gallery", "backfilled_gallery")
+            if isinstance(values.get(name), str)}  # fmt: skip
+
+
+def copy_gallery(source: str | os.PathLike, destination: str | os.PathLike, *, replace: bool = False):
+    """Copy a faiss gallery directory atomically and open the copy (its files' sha256 checked).
+
+    Args:
+        source (`str` or `os.PathLike`): the gallery to copy (read only).
+        destination (`str` or `os.PathLike`): where the copy goes.
+        replace (`bool`, *optional*, defaults to `False`): replace an existing ``destination``.
+
+    Returns:
+        `FaissGallery`: the copy.
+    """
+    from ..galleries import FaissGallery
+    from ..utils.io import atomic_directory
+
+    with atomic_directory(destination, overwrite=replace) as staging:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+    return FaissGallery.open(destination)
+
+
+def _matching_copy(source, destination: Path, ours: set[str], new_fingerprint: str | None = None):
+    """The copy at ``destination`` when it is a copy of ``source`` (and, for a backfilled copy, backfilled by the new
+    model); ``None`` when a fresh copy is needed. A folder that is neither ours nor a copy of ``source`` is refused."""
+    from ..compatibility import same_fingerprint
+    from ..galleries import FaissGallery, GalleryError
+
+    if not destination.exists():
+        return None
+    is_ours = str(destination.resolve()) in ours
+    try:
+        copy = FaissGallery.open(destination)
+    except GalleryError:
+        if is_ours:
+            return None
+        raise
+    same_source = same_fingerprint(copy.encoder.get("fingerprint"), source.encoder.get("fingerprint")) and len(
+        copy
+    ) == len(source)
+    state = copy.backfill_state
+    same_model = new_fingerprint is None or state is None or same_fingerprint(state["model"]["fingerprint"],
+                                                                              new_fingerprint)  # fmt: skip
+    if same_source and same_model:
+        return copy
+    if not is_ours:
+        raise GalleryError(
+            f"{destination} holds another gallery than a copy of {source.location} (or one backfilled by another "
+            "model): choose another work folder, or remove it."
+        )
+    logger.info("Replacing the page's copy %s: its gallery or its backfill model changed.", destination)
+    return None
+
+
+def prepare_upgrade(
+    old_model: str | os.PathLike,
+    new_model: str | os.PathLike,
+    gallery: str | os.PathLike,
+    work_dir: str | os.PathLike,
+    *,
+    data: str | os.PathLike | None = None,
+    split: str | None = None,
+    fraction: float = 1.0,
+    required_metrics: list[str] | None = None,
+    allow_unmeasured: bool = False,
+    batch_size: int = 1024,
+    embed_batch_size: int = 256,
+    title: str | None = None,
+    show_progress: bool = True,
+) -> UpgradeSettings:
+    """Copy the old gallery into ``work_dir``, backfill the copy with the new model, and save the page's settings.
+
+    Args:
+        old_model (`str` or `os.PathLike`): the old model (the gallery's encoder).
+        new_model (`str` or `os.PathLike`): the new model.
+        gallery (`str` or `os.PathLike`): the old gallery (a faiss gallery directory); never modified.
+        work_dir (`str` or `os.PathLike`): where the copies and ``ui.json`` go.
+        data (`str` or `os.PathLike`, *optional*): the gallery's dataset (as given to ``bt2 embed``); needed to
+            backfill, and for thumbnails.
+        split (`str`, *optional*): its split.
+        fraction (`float`, *optional*, defaults to 1.0): the fraction of the copy to re-embed (continued if smaller
+            in an earlier run).
+        required_metrics (`list[str]`, *optional*): judge models with this admission policy (``["mAP"]``: an owner
+            who ranks by mAP) on the page's copies instead of the gallery owner's policy.
+        allow_unmeasured (`bool`, *optional*, defaults to `False`): admit declared, unmeasured compatibility.
+
+    Returns:
+        :class:`UpgradeSettings`, also saved as ``work_dir/ui.json``.
+
+    A new model that the gallery refuses leaves the copy as it is (nothing re-embedded): the page then shows the
+    refusal and its reason, which is what an operator needs to see.
+    """
+    from ..compatibility import AdmissionPolicy, IncompatibleModelsError
+    from ..galleries import FaissGallery, GalleryError, GallerySourceError, backfill
+    from ..modeling_bt2 import BT2Model
+
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}.")
+    work_dir = Path(work_dir)
+    source = FaissGallery.open(gallery)
+    if source.backfill_state is not None:
+        logger.info("%s is being backfilled already (%d/%d items): the page shows its copy as it is.", gallery,
+                    source.backfill_state["done"], len(source))  # fmt: skip
+    ours = _our_copies(work_dir)
+    policy = None
+    if required_metrics:
+        try:
+            policy = AdmissionPolicy.from_dict(dict(source.policy.to_dict(), required_metrics=list(required_metrics)))
+        except ValueError as error:
+            raise BT2InputError(f"invalid required metrics {required_metrics}: {error}.") from None
+    old_location = Path(gallery)
+    if policy is not None:
+        old_location = work_dir / OLD_COPY
+        old_copy = _matching_copy(source, old_location, ours) or copy_gallery(gallery, old_location, replace=True)
+        if old_copy.policy != policy:
+            old_copy.set_policy(policy)
+
+    new = BT2Model.from_pretrained(new_model)
+    gallery_modality = source.encoder.get("modality", "image")
+    backfilled_location = None
+    if new.modality != gallery_modality:
+        logger.warning("The new model embeds %ss and the gallery holds %ss: there is no backfilled gallery to show.",
+                       new.modality, gallery_modality)  # fmt: skip
+    else:
+        backfilled_location = work_dir / BACKFILLED_COPY
+        copy = _matching_copy(source, backfilled_location, ours, new.config.fingerprint)
+        copy = copy or copy_gallery(gallery, backfilled_location, replace=True)
+        if policy is not None and copy.policy != policy:
+            copy.set_policy(policy)
+        done = (copy.backfill_state or {}).get("done", 0)
+        wanted = fraction * len(copy) >= done + 1  # at least one more item to re-embed
+        if wanted and data is None:
+            logger.warning("No dataset given for %s: the page's copy is not backfilled (pass data, `--data`).",
+                           gallery)  # fmt: skip
+        elif wanted:
+            try:
+                backfill(copy, new, str(data), fraction=fraction, split=split, batch_size=batch_size,
+                         embed_batch_size=embed_batch_size, allow_unmeasured=allow_unmeasured,
+                         show_progress=show_progress)  # fmt: skip
+            except IncompatibleModelsError as error:
+                logger.warning("The backfill was refused, the copy stays as it is: %s", error)
+            except (GallerySourceError, GalleryError) as error:
+                raise BT2InputError(f"cannot backfill the page's copy from {data}: {error}") from None
+    settings = UpgradeSettings(
+        old_model=str(old_model), new_model=str(new_model), old_gallery=str(old_location),
+        backfilled_gallery=None if backfilled_location is None else str(backfilled_location),
+        data=None if data is None else str(data), split=split, allow_unmeasured=allow_unmeasured, title=title,
+        source_gallery=str(gallery),
+    )  # fmt: skip
+    work_dir.mkdir(parents=True, exist_ok=True)
+    settings.save(work_dir)
+    return settings
+
+
+def prepare_demo(
+    demo_output: str | os.PathLike,
+    *,
+    work_dir: str | os.PathLike | None = None,
+    data: str | os.PathLike | None = None,
+    new_model: str = "bt2",
+    **kwargs,
+) -> UpgradeSettings:
+    """:func:`prepare_upgrade` for a ``bt2 demo`` output folder: its old CNN, its BT² model and its old gallery.
+
+    Args:
+        demo_output (`str` or `os.PathLike`): the folder ``bt2 demo`` wrote.
+        work_dir (`str` or `os.PathLike`, *optional*): where the copies go (default: ``demo_output/ui``).
+        data (`str` or `os.PathLike`, *optional*): the demo's data directory (default: the one its
+            ``results.json`` names).
+        new_model (`str`, *optional*, defaults to `"bt2"`): which of ``models/`` is the new model.
+        kwargs: passed to :func:`prepare_upgrade` (``fraction``, ``required_metrics``, ``allow_unmeasured`` …).
+    """
+    from ..galleries.faiss_store import read_manifest
+    from ..utils.readers import read_json
+
+    demo_output = Path(demo_output)
+    results_path = demo_output / "results.json"
+    if not results_path.is_file():
+        raise BT2InputError(
+            f"{demo_output} is not a `bt2 demo` output folder (no results.json): run `bt2 demo` first."
+        )
+    results = read_json(results_path, "demo results")
+    models = demo_output / "models"
+    for name in ("old", new_model):
+        if not (models / name / "config.json").is_file():
+            raise BT2InputError(f"{models / name} holds no model: run `bt2 demo` again, or pick another new model.")
+    gallery = demo_output / "gallery_old"
+    split = (read_manifest(gallery).get("dataset") or {}).get("split")
+    source = data or (results.get("dataset_source") if isinstance(results, dict) else None)
+    if source is not None and not Path(str(source)).is_dir():
+        logger.warning("The demo's data %s is not a folder here: the page has no thumbnails and no backfill.", source)
+        source = None
+    if split not in ("train", "test"):
+        # A --validation run's gallery holds rows carved out of the training split, not a split of the data folder.
+        logger.warning("The demo's gallery is of its %r split: the page has no thumbnails and no backfill.", split)
+        source = split = None
+    dataset = results.get("dataset", "the demo") if isinstance(results, dict) else "the demo"
+    title = kwargs.pop("title", None) or f"{dataset}: upgrading the old CNN's gallery to the {new_model} model"
+    return prepare_upgrade(models / "old", models / new_model, gallery, work_dir or demo_output / DEMO_WORK_DIR,
+                           data=source, split=split, title=title, **kwargs)  # fmt: skip

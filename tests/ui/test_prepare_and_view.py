@@ -1,0 +1,147 @@
+"""Preparing the page (a backfilled copy; the user's gallery untouched) and its three searches, without a browser."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bt2_hf import BT2Model
+from bt2_hf.galleries import FaissGallery, GalleryError
+from bt2_hf.ui import UpgradeSettings, UpgradeView, prepare_upgrade, settings_from_env
+from bt2_hf.ui.render import render_column, render_progress, render_verdicts
+
+from .expected import brute_force, library_search
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tree_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_prepare_backfills_a_copy_and_never_the_users_gallery(image_upgrade, tmp_path):
+    before = _tree_digest(image_upgrade["gallery"])
+    work = tmp_path / "work"
+    settings = prepare_upgrade(image_upgrade["old"], image_upgrade["new"], image_upgrade["gallery"], work,
+                               data=image_upgrade["data"], split="test", fraction=0.5, allow_unmeasured=True,
+                               show_progress=False)  # fmt: skip
+    assert _tree_digest(image_upgrade["gallery"]) == before
+    assert FaissGallery.open(image_upgrade["gallery"]).backfill_state is None
+    assert settings.old_gallery == str(image_upgrade["gallery"])  # no policy of its own: the user's gallery, read only
+    copy = FaissGallery.open(settings.backfilled_gallery)
+    assert copy.backfill_state["done"] == 15 and len(copy) == 30
+    assert UpgradeSettings.load(work) == settings
+
+    # Run again with more: the copy is reused and its backfill continued, not restarted.
+    prepare_upgrade(image_upgrade["old"], image_upgrade["new"], image_upgrade["gallery"], work,
+                    data=image_upgrade["data"], split="test", fraction=1.0, allow_unmeasured=True, show_progress=False)  # fmt: skip
+    copy = FaissGallery.open(settings.backfilled_gallery)
+    assert copy.backfill_state["done"] == 30 and copy.backfill_state["order"] == "random"
+    assert _tree_digest(image_upgrade["gallery"]) == before
+
+
+def test_a_page_policy_judges_on_copies_and_a_refusal_leaves_the_copy_unbackfilled(image_upgrade, tmp_path):
+    # Without allow_unmeasured the declared entry is refused: the copy exists, nothing is re-embedded.
+    settings = prepare_upgrade(image_upgrade["old"], image_upgrade["new"], image_upgrade["gallery"], tmp_path / "w",
+                               data=image_upgrade["data"], split="test", required_metrics=["mAP"],
+                               show_progress=False)  # fmt: skip
+    assert settings.old_gallery == str(tmp_path / "w" / "gallery_old")
+    for location in (settings.old_gallery, settings.backfilled_gallery):
+        assert FaissGallery.open(location).policy.required_metrics == ("mAP",)
+    assert FaissGallery.open(settings.backfilled_gallery).backfill_state is None
+    assert FaissGallery.open(image_upgrade["gallery"]).policy.required_metrics == ("top1", "mAP")
+
+    view = UpgradeView(settings)
+    old, new = view.verdicts()
+    assert old.admitted and new.admitted is False and new.card == "not measured"
+    assert "may not search" in new.admission or "not measured" in new.admission
+    columns = view.search(image=np.full((28, 28), 200, dtype=np.uint8), k=3)  # any query will do
+    assert len(columns[0].hits) == 3 and not columns[1].hits and columns[1].message.startswith("Refused")
+    assert "data-admitted='false'" in render_verdicts([old, new])
+    assert "Refused" in render_column(columns[1], columns[1].title)
+
+
+def test_a_work_folder_holding_another_gallery_is_refused(image_upgrade, text_upgrade, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(text_upgrade["gallery"], work / "gallery_backfilled")
+    with pytest.raises(GalleryError, match="another gallery"):
+        prepare_upgrade(image_upgrade["old"], image_upgrade["new"], image_upgrade["gallery"], work,
+                        data=image_upgrade["data"], split="test", allow_unmeasured=True, show_progress=False)  # fmt: skip
+
+
+def test_the_three_lists_are_the_librarys_searches(image_upgrade, tmp_path):
+    settings = prepare_upgrade(image_upgrade["old"], image_upgrade["new"], image_upgrade["gallery"], tmp_path / "w",
+                               data=image_upgrade["data"], split="test", fraction=0.5, allow_unmeasured=True,
+                               show_progress=False)  # fmt: skip
+    view = UpgradeView(settings)
+    assert view.query_modalities == ["image"]
+    assert view.progress() == {"done": 15, "count": 30, "fraction": 0.5, "model": str(image_upgrade["new"])}
+    query = view._dataset().take([4])[0].numpy()[0]  # one gallery image, (28, 28) uint8
+    k = 5
+    columns = {column.key: column for column in view.search(image=query, k=k)}
+    old, new = BT2Model.from_pretrained(image_upgrade["old"]), BT2Model.from_pretrained(image_upgrade["new"])
+    old_ids, old_scores, _ = brute_force(settings.old_gallery, old.encode(images=[query]).numpy(), 8, k)
+    new_query = new.encode(images=[query]).numpy()
+    new_ids, new_scores, _ = brute_force(settings.old_gallery, new_query, 8, k)
+    mixed_ids, mixed_scores = library_search(settings.backfilled_gallery, new, new_query, k)
+    for key, ids, scores in (("old", old_ids, old_scores), ("new_on_old", new_ids, new_scores),
+                             ("new_on_backfilled", mixed_ids, mixed_scores)):  # fmt: skip
+        assert [str(hit["id"]) for hit in columns[key].hits] == ids, key
+        np.testing.assert_allclose([hit["score"] for hit in columns[key].hits], scores, atol=1e-4)
+    labels = FaissGallery.open(settings.old_gallery).labels_of(np.arange(30))
+    assert all(
+        hit["label"] in labels and hit["image"].startswith("data:image/png;base64,") for hit in columns["old"].hits
+    )
+    assert any(hit["backfilled"] for hit in columns["new_on_backfilled"].hits)
+    assert not any(hit["backfilled"] for hit in columns["new_on_old"].hits)
+    html = render_column(columns["old"], "old")
+    assert html.count("class='bt2-hit'") == k and f"data-id='{old_ids[0]}'" in html
+    # A text query: these image models take none, and each list says so.
+    assert all("takes no text query" in column.message for column in view.search(text="a red dress"))
+    # Continuing the backfill from the page moves the progress, never backwards.
+    assert view.backfill_to(0.8)["done"] == 24
+    assert view.backfill_to(0.2)["done"] == 24
+    assert "24 / 30" in render_progress(view.progress())
+
+
+def test_text_models_get_the_text_lists(text_upgrade, tmp_path):
+    settings = prepare_upgrade(text_upgrade["old"], text_upgrade["new"], text_upgrade["gallery"], tmp_path / "w",
+                               data=text_upgrade["data"], fraction=0.5, allow_unmeasured=True, show_progress=False)  # fmt: skip
+    view = UpgradeView(settings)
+    assert view.query_modalities == ["text"]
+    columns = {column.key: column for column in view.search(text="a photo of item 3 in black", k=3)}
+    new = BT2Model.from_pretrained(text_upgrade["new"])
+    new_ids, _, _ = brute_force(settings.old_gallery, new.encode(texts=["a photo of item 3 in black"]).numpy(), 8, 3)
+    assert [str(hit["id"]) for hit in columns["new_on_old"].hits] == new_ids
+    texts = {
+        json.loads(line)["id"]: json.loads(line)["text"] for line in text_upgrade["data"].read_text().splitlines()
+    }
+    assert all(hit["text"] == texts[hit["id"]] for column in columns.values() for hit in column.hits)
+
+
+def test_settings_from_the_environment(image_upgrade, tmp_path):
+    environ = {"BT2_UI_OLD_MODEL": str(image_upgrade["old"]), "BT2_UI_NEW_MODEL": str(image_upgrade["new"]),
+               "BT2_UI_GALLERY": str(image_upgrade["gallery"]), "BT2_UI_DATA": str(image_upgrade["data"]),
+               "BT2_UI_SPLIT": "test", "BT2_UI_WORK_DIR": str(tmp_path / "w"), "BT2_UI_BACKFILL_FRACTION": "0.2",
+               "BT2_UI_ALLOW_UNMEASURED": "1"}  # fmt: skip
+    settings = settings_from_env(environ)
+    assert FaissGallery.open(settings.backfilled_gallery).backfill_state["done"] == 6
+    assert settings_from_env({"BT2_UI_CONFIG": str(tmp_path / "w" / "ui.json")}) == settings
+    with pytest.raises(ValueError, match="BT2_UI_CONFIG"):
+        settings_from_env({})
+
+
+def test_importing_bt2_hf_and_its_ui_package_never_imports_gradio():
+    code = "import sys, bt2_hf, bt2_hf.ui, bt2_hf.cli.ui; print('gradio' in sys.modules)"
+    output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert output.stdout.strip() == "False"
