@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bt2_hf import BT2Config, BT2Model
-from bt2_hf.galleries import FaissGallery, embed_dataset
+from bt2_hf.galleries import FaissGallery, embed_dataset, open_source
 from tests.conftest import write_fashion_like_idx
 
 CLASS_NAMES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
@@ -25,6 +25,21 @@ CAPTIONS = [
 def _declaring(model: BT2Model, old: BT2Model, old_path: Path) -> BT2Model:
     model.config.compatible_with = [{"name_or_path": str(old_path), "fingerprint": old.config.fingerprint,
                                      "embedding_dim": 8, "method": "bt2"}]  # fmt: skip
+    return model
+
+
+def _centred(model: BT2Model, **items) -> BT2Model:
+    """Shift the head's projection so that its outputs on ``items`` average to zero: a random backbone's pooled
+    features all point one way, which makes every cosine about 0.9999; centred, the items spread over the sphere
+    and each list's order is clear."""
+    outputs = []
+    handle = model.head.projection.register_forward_hook(lambda module, inputs, output: outputs.append(output))
+    try:
+        model.encode(**items)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        model.head.projection.bias -= torch.cat(outputs).mean(0)
     return model
 
 
@@ -45,12 +60,14 @@ def image_upgrade(tmp_path_factory):
     root = tmp_path_factory.mktemp("image_upgrade")
     data = write_fashion_like_idx(root / "data", train_per_class=2, test_per_class=3)
     (data / "class_names.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    torch.manual_seed(0)
+    images = list(open_source(str(data), split="test").take(range(30)).numpy()[:, 0])
     cnn = {"widths": [4, 8]}
-    old = _saved(BT2Model(BT2Config(backbone_type="small_cnn", backbone_config=cnn, embedding_dim=8)), root / "old")
+    torch.manual_seed(0)
+    old = BT2Model(BT2Config(backbone_type="small_cnn", backbone_config=cnn, embedding_dim=8)).eval()
+    old = _saved(_centred(old, images=images), root / "old")
     torch.manual_seed(1)
     new = BT2Model(BT2Config(backbone_type="small_cnn", backbone_config=cnn, embedding_dim=12, compatible_dim=8))
-    new = _saved(_declaring(new, old, root / "old"), root / "new")
+    new = _saved(_declaring(_centred(new.eval(), images=images), old, root / "old"), root / "new")
     gallery = _gallery(old, str(data), root, split="test")
     return {"root": root, "old": root / "old", "new": root / "new", "gallery": gallery, "data": data,
             "split": "test"}  # fmt: skip
@@ -73,6 +90,7 @@ def text_upgrade(tmp_path_factory):
         torch.manual_seed(seed)
         model = BT2Model(BT2Config(backbone_type="hf_text", backbone_config=bert, **dims)).eval()
         model.processor = tokenizer
+        _centred(model, texts=CAPTIONS)
         if name == "new":
             _declaring(model, models["old"], root / "old")
         models[name] = _saved(model, root / name)
