@@ -17,6 +17,7 @@ CSS = """
 .bt2-list img { width: 48px; height: 48px; image-rendering: pixelated; }
 .bt2-list .bt2-message { color: #8a4b00; white-space: pre-wrap; }
 .bt2-new { color: #0a6e31; font-weight: 600; }
+.bt2-new-score { color: #0a6e31; font-size: 0.8em; }
 .bt2-verdicts { display: flex; gap: 1em; flex-wrap: wrap; }
 .bt2-verdict { flex: 1 1 20em; border: 1px solid #ccc; border-radius: 6px; padding: 0.5em 0.8em; }
 .bt2-verdict.bt2-pass { border-color: #0a6e31; }
@@ -87,6 +88,7 @@ def render_column(column: ColumnResult | None, title: str) -> str:
         return (f"<div class='bt2-list' data-key='{escape(column.key)}' data-state='message'>{head}"
                 f"<p class='bt2-message'>{escape(column.message)}</p></div>")  # fmt: skip
     rows = []
+    labelled = any(hit.get("label") is not None for hit in column.hits)  # a text gallery often has no labels
     for rank, hit in enumerate(column.hits, start=1):
         label = "" if hit.get("label") is None else str(hit["label"])
         if hit.get("image"):
@@ -94,13 +96,17 @@ def render_column(column: ColumnResult | None, title: str) -> str:
         else:
             item = escape(hit.get("text", ""))
         new = " <span class='bt2-new' title='re-embedded by the new model'>new</span>" if hit["backfilled"] else ""
+        new_score = ""
+        if hit.get("new_score") is not None:
+            new_score = f"<br><span class='bt2-new-score' title='new/new cosine'>new/new {hit['new_score']:.4f}</span>"
+        label_cell = f"<td>{escape(label)}{new}</td>" if labelled else ""
+        id_cell = f"<td>{escape(str(hit['id']))}{'' if labelled else new}</td>"
         rows.append(
             f"<tr class='bt2-hit' data-id='{escape(str(hit['id']))}' data-label='{escape(label)}' "
             f"data-score='{hit['score']:.6f}' data-backfilled='{str(hit['backfilled']).lower()}'><td>{rank}</td>"
-            f"<td>{item}</td><td>{escape(label)}{new}</td><td>{escape(str(hit['id']))}</td>"
-            f"<td class='bt2-score'>{hit['score']:.4f}</td></tr>"
+            f"<td>{item}</td>{label_cell}{id_cell}<td class='bt2-score'>{hit['score']:.4f}{new_score}</td></tr>"
         )
     prefix = f"<p>query prefix: {column.prefix_dim} dims</p>" if column.prefix_dim else ""
     return (f"<div class='bt2-list' data-key='{escape(column.key)}' data-state='hits'>{head}{prefix}<table>"
-            "<tr><th>#</th><th>item</th><th>label</th><th>id</th><th>score</th></tr>"
+            f"<tr><th>#</th><th>item</th>{'<th>label</th>' if labelled else ''}<th>id</th><th>score</th></tr>"
             f"{''.join(rows)}</table></div>")  # fmt: skip

@@ -42,8 +42,9 @@ class ColumnResult:
     Args:
         key (`str`): ``"old"``, ``"new_on_old"`` or ``"new_on_backfilled"``.
         title (`str`): what is searched with what.
-        hits (`list[dict]`): best first: ``id``, ``row``, ``score``, ``backfilled``, ``label`` (class name when the
-            gallery has names), ``image`` (a PNG data URI) or ``text`` (the item) when the dataset is known.
+        hits (`list[dict]`): best first: ``id``, ``row``, ``score`` (the encoder-space cosine that earned the
+            position), ``backfilled``, ``new_score`` (a re-embedded item's new/new cosine), ``label`` (class name when
+            the gallery has names), ``image`` (a PNG data URI) or ``text`` (the item) when the dataset is known.
         message (`str`, *optional*): why there are no hits (another modality, a refusal), or a note on them.
         prefix_dim (`int`, *optional*): the query dimensions compared with the gallery's vectors.
     """
@@ -245,6 +246,9 @@ class UpgradeView:
                 continue
             column.prefix_dim = int(result.prefix_dim)
             column.hits = [dict(hit, **self._preview(hit["id"])) for hit in result.hits()[0]]
+            for hit, new_score in zip(column.hits, result.new_scores[0]):
+                if not np.isnan(new_score):  # a re-embedded item: its full new/new cosine, beside the slot's score
+                    hit["new_score"] = round(float(new_score), 6)
         return columns
 
     def _preview(self, item_id) -> dict:

@@ -1,5 +1,6 @@
-"""The upgrade page in a real browser: `bt2 ui` serves it on a loopback port, headless Chromium (Debian's, driven by
-Selenium) uploads an image or types a caption, clicks Search, and the three lists show what the library computes.
+"""The upgrade page in a real browser: `bt2 ui` (or the Space's `app.py`) serves it on a loopback port, headless
+Chromium (Debian's, driven by Selenium) uploads an image or types a caption, clicks Search, and the three lists show
+what the library computes.
 
 Chromium resolves no host but 127.0.0.1 here, so a page that needed anything from the network would not load. Each
 test saves a screenshot (``BT2_UI_SCREENSHOT_DIR``, default the test's temporary folder).
@@ -57,18 +58,30 @@ def browser():
 
 
 class Server:
-    """`bt2 ui --config ui.json` in a process of its own, on a free loopback port."""
+    """The page in a process of its own, on a free loopback port: ``bt2 ui --config ui.json``, or the Space's
+    ``app.py`` configured by environment variables (``space=True``)."""
 
-    def __init__(self, config: Path, log: Path):
+    def __init__(self, config: Path, log: Path, space: bool = False):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False")
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        if space:
+            env.update(BT2_UI_CONFIG=str(config), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(self.port))
+            command = [sys.executable, str(ROOT / "app.py")]
+        else:
+            command = [
+                sys.executable,
+                "-m",
+                "bt2_hf.cli.main",
+                "ui",
+                "--config",
+                str(config),
+                "--port",
+                str(self.port),
+            ]
         self.log = log
         with open(log, "wb") as handle:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bt2_hf.cli.main", "ui", "--config", str(config), "--port", str(self.port)],
-                cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -147,7 +160,7 @@ def test_image_query_in_a_browser(image_upgrade, browser, tmp_path):
                                show_progress=False)  # fmt: skip
     query = open_source(str(image_upgrade["data"]), split="test").take([7])[0].numpy()[0]  # (28, 28) uint8
     Image.fromarray(query).save(tmp_path / "query.png")
-    server = Server(tmp_path / "w" / "ui.json", tmp_path / "server.log")
+    server = Server(tmp_path / "w" / "ui.json", tmp_path / "server.log", space=True)  # app.py, as a Space runs it
     try:
         server.wait()
         shown = _search_and_read(browser, server.url, {"image": tmp_path / "query.png"})
