@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--work_dir", help="where the backfilled copy and ui.json go (default with --demo_output: "
                                           "DEMO_OUTPUT/ui)")  # fmt: skip
     prepare = parser.add_argument_group("the backfilled copy")
-    prepare.add_argument("--backfill_fraction", type=float, default=1.0, help="fraction of the copy to re-embed "
-                         "(default 1: all; continued from an earlier run)")  # fmt: skip
+    prepare.add_argument("--backfill_fraction", type=float, default=0.5, help="fraction of the copy to re-embed "
+                         "(default 0.5; continued from an earlier run, and from the page)")  # fmt: skip
     prepare.add_argument("--required_metrics", nargs="+", help="judge with this admission policy on the page's "
                          "copies (e.g. mAP) instead of the gallery owner's")  # fmt: skip
     prepare.add_argument("--allow_unmeasured", action="store_true", help="admit declared, unmeasured compatibility")

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 OLD_COPY, BACKFILLED_COPY = "gallery_old", "gallery_backfilled"
 DEMO_WORK_DIR = "ui"
+DEFAULT_FRACTION = 0.5
 
 
 def _our_copies(work_dir: Path) -> set[str]:
@@ -96,7 +97,7 @@ def prepare_upgrade(
     *,
     data: str | os.PathLike | None = None,
     split: str | None = None,
-    fraction: float = 1.0,
+    fraction: float = DEFAULT_FRACTION,
     required_metrics: list[str] | None = None,
     allow_unmeasured: bool = False,
     batch_size: int = 1024,
@@ -114,8 +115,9 @@ def prepare_upgrade(
         data (`str` or `os.PathLike`, *optional*): the gallery's dataset (as given to ``bt2 embed``); needed to
             backfill, and for thumbnails.
         split (`str`, *optional*): its split.
-        fraction (`float`, *optional*, defaults to 1.0): the fraction of the copy to re-embed (continued if smaller
-            in an earlier run).
+        fraction (`float`, *optional*, defaults to 0.5): the fraction of the copy to re-embed (continued if smaller
+            in an earlier run). Half by default: the page then shows old and re-embedded items ranked together, and
+            its slider continues the backfill.
         required_metrics (`list[str]`, *optional*): judge models with this admission policy (``["mAP"]``: an owner
             who ranks by mAP) on the page's copies instead of the gallery owner's policy.
         allow_unmeasured (`bool`, *optional*, defaults to `False`): admit declared, unmeasured compatibility.

@@ -111,7 +111,7 @@ def settings_from_env(environ: dict | None = None) -> UpgradeSettings:
     ``bt2 demo`` output folder); or ``BT2_UI_OLD_MODEL``, ``BT2_UI_NEW_MODEL``, ``BT2_UI_GALLERY`` with
     ``BT2_UI_DATA`` / ``BT2_UI_SPLIT`` (the gallery's dataset) and ``BT2_UI_WORK_DIR`` (where the backfilled copy
     goes). The last two forms prepare the copies when they are missing (:func:`bt2_hf.ui.prepare_upgrade`), with
-    ``BT2_UI_BACKFILL_FRACTION`` (default 1), ``BT2_UI_REQUIRED_METRICS`` (the page's admission policy, e.g. ``mAP``)
+    ``BT2_UI_BACKFILL_FRACTION`` (default 0.5), ``BT2_UI_REQUIRED_METRICS`` (the page's admission policy, e.g. ``mAP``)
     and ``BT2_UI_ALLOW_UNMEASURED``.
 
     Raises:
@@ -122,7 +122,7 @@ def settings_from_env(environ: dict | None = None) -> UpgradeSettings:
     env = os.environ if environ is None else environ
     if env.get(ENV_CONFIG):
         return UpgradeSettings.load(env[ENV_CONFIG])
-    fraction = float(env.get(ENV_FRACTION) or 1.0)
+    fraction = float(env.get(ENV_FRACTION) or 0.5)
     metrics = [m.strip() for m in (env.get(ENV_REQUIRED_METRICS) or "").split(",") if m.strip()] or None
     allow_unmeasured = _flag(env.get(ENV_ALLOW_UNMEASURED))
     if env.get(ENV_DEMO_OUTPUT):
