@@ -8,8 +8,8 @@ backfilled gallery), each model's verdict and the backfill's progress (``bt2 ui`
 """
 
 from .page import build_page, launch_page
-from .prepare import copy_gallery, prepare_demo, prepare_upgrade
-from .settings import UpgradeSettings, settings_from_env
+from .prepare import copy_gallery, prepare_demo, prepare_upgrade, settings_from_env
+from .settings import UpgradeSettings
 from .view import ColumnResult, ModelVerdict, UpgradeView
 
 __all__ = [

@@ -17,7 +17,16 @@ import shutil
 from pathlib import Path
 
 from ..errors import BT2InputError
-from .settings import SETTINGS_FILE, UpgradeSettings
+from .settings import (
+    ENV_ALLOW_UNMEASURED,
+    ENV_CONFIG,
+    ENV_DEMO_OUTPUT,
+    ENV_FRACTION,
+    ENV_PATHS,
+    ENV_REQUIRED_METRICS,
+    SETTINGS_FILE,
+    UpgradeSettings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -236,3 +245,41 @@ def prepare_demo(
     title = kwargs.pop("title", None) or f"{dataset}: upgrading the old CNN's gallery to the {new_model} model"
     return prepare_upgrade(models / "old", models / new_model, gallery, work_dir or demo_output / DEMO_WORK_DIR,
                            data=source, split=split, title=title, **kwargs)  # fmt: skip
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def settings_from_env(environ: dict | None = None) -> UpgradeSettings:
+    """The page's settings from environment variables (what a Hugging Face Space's ``app.py`` is configured with).
+
+    In order of precedence: ``BT2_UI_CONFIG`` (a ``ui.json`` file or its folder); ``BT2_UI_DEMO_OUTPUT`` (a
+    ``bt2 demo`` output folder); or ``BT2_UI_OLD_MODEL``, ``BT2_UI_NEW_MODEL``, ``BT2_UI_GALLERY`` with
+    ``BT2_UI_DATA`` / ``BT2_UI_SPLIT`` (the gallery's dataset) and ``BT2_UI_WORK_DIR`` (where the backfilled copy
+    goes). The last two forms prepare the copies when they are missing (:func:`bt2_hf.ui.prepare_upgrade`), with
+    ``BT2_UI_BACKFILL_FRACTION`` (default 0.5), ``BT2_UI_REQUIRED_METRICS`` (the page's admission policy, e.g. ``mAP``)
+    and ``BT2_UI_ALLOW_UNMEASURED``.
+
+    Raises:
+        `BT2InputError`: none of the three forms is set, or one is incomplete.
+    """
+    env = os.environ if environ is None else environ
+    if env.get(ENV_CONFIG):
+        return UpgradeSettings.load(env[ENV_CONFIG])
+    fraction = float(env.get(ENV_FRACTION) or 0.5)
+    metrics = [m.strip() for m in (env.get(ENV_REQUIRED_METRICS) or "").split(",") if m.strip()] or None
+    allow_unmeasured = _flag(env.get(ENV_ALLOW_UNMEASURED))
+    if env.get(ENV_DEMO_OUTPUT):
+        return prepare_demo(env[ENV_DEMO_OUTPUT], work_dir=env.get(ENV_PATHS["work_dir"]), fraction=fraction,
+                            required_metrics=metrics, allow_unmeasured=allow_unmeasured)  # fmt: skip
+    paths = {name: env.get(variable) for name, variable in ENV_PATHS.items()}
+    missing = [ENV_PATHS[name] for name in ("old_model", "new_model", "gallery", "work_dir") if not paths[name]]
+    if missing:
+        raise BT2InputError(
+            f"the upgrade page is not configured: set {ENV_CONFIG} (a ui.json), {ENV_DEMO_OUTPUT} (a `bt2 demo` "
+            f"output folder), or {', '.join(missing)}."
+        )
+    return prepare_upgrade(paths["old_model"], paths["new_model"], paths["gallery"], paths["work_dir"],
+                           data=paths["data"], split=paths["split"], fraction=fraction, required_metrics=metrics,
+                           allow_unmeasured=allow_unmeasured)  # fmt: skip
