@@ -178,3 +178,34 @@ def test_a_text_tower_over_an_image_gallery_gets_a_text_box_and_no_backfilled_co
     # an image query: the old model answers, the tower says it takes none
     old_list, tower_list, _ = view.search(image=np.zeros((28, 28), dtype=np.uint8), k=3)
     assert len(old_list.hits) == 3 and "takes no image query" in tower_list.message
+
+
+def test_bt2_ui_prepares_a_demo_output_folder(image_upgrade, tmp_path, capsys):
+    from bt2_hf.cli.ui import main
+    from bt2_hf.galleries import open_source
+
+    # A demo output folder as `bt2 demo` lays it out: models/{old,bt2}, gallery_old of the test split, results.json.
+    demo = tmp_path / "demo"
+    shutil.copytree(image_upgrade["old"], demo / "models" / "old")
+    shutil.copytree(image_upgrade["new"], demo / "models" / "bt2")
+    source = open_source(str(image_upgrade["data"]), split="test")
+    old = BT2Model.from_pretrained(demo / "models" / "old")
+    FaissGallery.build(demo / "gallery_old", old.encode(images=list(source.take(range(30)).numpy()[:, 0])).numpy(),
+                       ids=list(range(30)), labels=source.labels(), label_names=source.label_names(),
+                       encoder={"fingerprint": old.config.fingerprint, "name_or_path": "demo/old", "embedding_dim": 8},
+                       dataset={"name": "tiny", "split": "test"})  # fmt: skip
+    (demo / "results.json").write_text(json.dumps({"dataset": "Tiny", "dataset_source": str(image_upgrade["data"])}))
+    before = _tree_digest(demo / "gallery_old")
+
+    assert (
+        main(["--demo_output", str(demo), "--allow_unmeasured", "--prepare_only", "--backfill_fraction", "0.4"]) == 0
+    )
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    settings = UpgradeSettings.load(demo / "ui" / "ui.json")
+    assert printed == settings.to_dict() and settings.title.startswith("Tiny")
+    assert (settings.data, settings.split) == (str(image_upgrade["data"]), "test")
+    assert FaissGallery.open(settings.backfilled_gallery).backfill_state["done"] == 12
+    assert _tree_digest(demo / "gallery_old") == before
+    # a folder that is not a demo's output is refused in one line
+    assert main(["--demo_output", str(tmp_path), "--prepare_only"]) == 2
+    assert "not a `bt2 demo` output folder" in capsys.readouterr().err
