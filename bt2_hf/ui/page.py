@@ -53,11 +53,13 @@ def build_page(view: UpgradeView):
         gr.Markdown(f"# {view.title}\nThe same query, three ways: the old model on its gallery, the new model on "
                     "the same gallery (never re-embedded), and the new model on a copy of it backfilled with the "
                     "new model. Scores are cosines in the space each position was ranked in.")  # fmt: skip
-        gr.HTML(render_verdicts(view.verdicts()), elem_id=ELEMENT_IDS["verdicts"])
+        verdicts = view.verdicts()
+        gr.HTML(render_verdicts(verdicts), elem_id=ELEMENT_IDS["verdicts"])
         progress = view.progress()
         with gr.Row():
             progress_html = gr.HTML(render_progress(progress), elem_id=ELEMENT_IDS["progress"])
-            can_backfill = progress is not None and bool(view.settings.data)
+            # continuing needs the dataset and a new model the gallery admits (a refused one cannot backfill it)
+            can_backfill = progress is not None and bool(view.settings.data) and verdicts[-1].admitted
             fraction = gr.Slider(0.0, 1.0, value=progress["fraction"] if progress else 0.0, step=0.05,
                                  label="backfilled fraction", visible=can_backfill,
                                  elem_id=ELEMENT_IDS["fraction"])  # fmt: skip
