@@ -18,6 +18,7 @@ from ._output import configure_logging
 EXAMPLES = """\
 bt2 ui --demo_output bt2_demo_output                         # after `bt2 demo`: copies go to bt2_demo_output/ui
 bt2 ui --demo_output bt2_demo_output --required_metrics mAP  # judge as an owner who ranks by mAP
+bt2 ui --demo_output bt2_demo_output --required_metrics mAP --gate  # ... on the gallery's own probe measurement
 bt2 ui --old_model old/ --new_model new/ --gallery gallery_old/ --data $FMNIST --split test --work_dir ui_work
 bt2 ui --config ui_work/ui.json --port 7861                  # reopen a prepared page
 bt2 ui --demo_output bt2_demo_output --backfill_fraction 0.3 --prepare_only   # make the copies, serve nothing
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--required_metrics", nargs="+", help="judge with this admission policy on the page's "
                          "copies (e.g. mAP) instead of the gallery owner's")  # fmt: skip
     prepare.add_argument("--allow_unmeasured", action="store_true", help="admit declared, unmeasured compatibility")
+    prepare.add_argument("--gate", action="store_true", help="measure the new model on the gallery's probe set (as "
+                         "`bt2 gallery admit`) in the page's copies; that measurement decides")  # fmt: skip
     prepare.add_argument("--prepare_only", action="store_true", help="make the copies and ui.json; serve nothing")
     serve = parser.add_argument_group("serving")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
@@ -54,7 +57,7 @@ def _settings(args, parser):
     from bt2_hf.ui import UpgradeSettings, prepare_demo, prepare_upgrade
 
     common = {"fraction": args.backfill_fraction, "required_metrics": args.required_metrics,
-              "allow_unmeasured": args.allow_unmeasured}  # fmt: skip
+              "allow_unmeasured": args.allow_unmeasured, "gate": args.gate}  # fmt: skip
     if args.config:
         return UpgradeSettings.load(args.config)
     if args.demo_output:

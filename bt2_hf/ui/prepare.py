@@ -4,8 +4,8 @@ The user's gallery is never modified: :func:`prepare_upgrade` copies it (built i
 like every directory bt2_hf writes) into a work folder and backfills the copy with the library's
 :func:`~bt2_hf.galleries.backfill`, through the gallery's own admission rule. A page that judges models with another
 admission policy than the gallery owner's (``required_metrics``, as an owner who ranks by mAP would set with
-``bt2 gallery policy``) gets a copy of the old gallery too, with that policy, so that both galleries it searches
-judge alike. Run again, it reuses the copies and continues the backfill up to the fraction asked for.
+``bt2 gallery policy``), or that measures the new model at the gallery's gate (``gate``, as ``bt2 gallery admit``
+does), gets a copy of the old gallery too, so that both galleries it searches judge alike. Run again, it reuses the copies and continues the backfill up to the fraction asked for.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .settings import (
     ENV_CONFIG,
     ENV_DEMO_OUTPUT,
     ENV_FRACTION,
+    ENV_GATE,
     ENV_PATHS,
     ENV_REQUIRED_METRICS,
     SETTINGS_FILE,
@@ -98,6 +99,19 @@ def _matching_copy(source, destination: Path, ours: set[str], new_fingerprint: s
     return None
 
 
+def _measured_at_gate(store, model, gallery_modality: str, batch_size: int) -> dict | None:
+    """The gallery's own measurement of ``model`` on its probe set (an earlier one for the same model, or a new one,
+    logged in ``store``); ``None`` when the gallery has no probe set or holds items the model cannot embed."""
+    from ..compatibility import gate_entry, query_model_fingerprint
+    from ..galleries.gate import admit_candidate
+
+    if store.manifest.get("probe") is None or model.modality != gallery_modality:
+        logger.warning("%s has no probe set the new model can embed: nothing is measured at its gate.", store.location)
+        return None
+    logged = gate_entry(store.admissions, query_model_fingerprint(model), store.encoder.get("fingerprint"))
+    return dict(logged) if logged is not None else admit_candidate(store, model, batch_size=batch_size)
+
+
 def prepare_upgrade(
     old_model: str | os.PathLike,
     new_model: str | os.PathLike,
@@ -109,6 +123,7 @@ def prepare_upgrade(
     fraction: float = DEFAULT_FRACTION,
     required_metrics: list[str] | None = None,
     allow_unmeasured: bool = False,
+    gate: bool = False,
     batch_size: int = 1024,
     embed_batch_size: int = 256,
     title: str | None = None,
@@ -130,6 +145,9 @@ def prepare_upgrade(
         required_metrics (`list[str]`, *optional*): judge models with this admission policy (``["mAP"]``: an owner
             who ranks by mAP) on the page's copies instead of the gallery owner's policy.
         allow_unmeasured (`bool`, *optional*, defaults to `False`): admit declared, unmeasured compatibility.
+        gate (`bool`, *optional*, defaults to `False`): measure the new model on the gallery's probe set
+            (:func:`bt2_hf.galleries.gate.admit_candidate`, ``bt2 gallery admit``) and log it in the page's copies;
+            the gallery's own measurement then decides the admission, whatever the model's config says.
 
     Returns:
         :class:`UpgradeSettings`, also saved as ``work_dir/ui.json``.
@@ -137,7 +155,7 @@ def prepare_upgrade(
     A new model that the gallery refuses leaves the copy as it is (nothing re-embedded): the page then shows the
     refusal and its reason, which is what an operator needs to see.
     """
-    from ..compatibility import AdmissionPolicy, IncompatibleModelsError
+    from ..compatibility import AdmissionPolicy, IncompatibleModelsError, gate_entry
     from ..galleries import FaissGallery, GalleryError, GallerySourceError, backfill
     from ..modeling_bt2 import BT2Model
 
@@ -156,14 +174,16 @@ def prepare_upgrade(
         except ValueError as error:
             raise BT2InputError(f"invalid required metrics {required_metrics}: {error}.") from None
     old_location = Path(gallery)
-    if policy is not None:
-        old_location = work_dir / OLD_COPY
-        old_copy = _matching_copy(source, old_location, ours) or copy_gallery(gallery, old_location, replace=True)
-        if old_copy.policy != policy:
-            old_copy.set_policy(policy)
-
     new = BT2Model.from_pretrained(new_model)
     gallery_modality = source.encoder.get("modality", "image")
+    measured = None
+    if policy is not None or gate:
+        old_location = work_dir / OLD_COPY
+        old_copy = _matching_copy(source, old_location, ours) or copy_gallery(gallery, old_location, replace=True)
+        if policy is not None and old_copy.policy != policy:
+            old_copy.set_policy(policy)
+        if gate:
+            measured = _measured_at_gate(old_copy, new, gallery_modality, embed_batch_size)
     backfilled_location = None
     if new.modality != gallery_modality:
         logger.warning("The new model embeds %ss and the gallery holds %ss: there is no backfilled gallery to show.",
@@ -174,6 +194,9 @@ def prepare_upgrade(
         copy = copy or copy_gallery(gallery, backfilled_location, replace=True)
         if policy is not None and copy.policy != policy:
             copy.set_policy(policy)
+        if measured is not None and gate_entry(copy.admissions, measured["query_fingerprint"],
+                                               measured["encoder_fingerprint"]) is None:  # fmt: skip
+            copy.append_admission(measured)  # the same probe set, the same model: one measurement serves both copies
         done = (copy.backfill_state or {}).get("done", 0)
         wanted = fraction * len(copy) >= done + 1  # at least one more item to re-embed
         if wanted and data is None:
@@ -258,8 +281,8 @@ def settings_from_env(environ: dict | None = None) -> UpgradeSettings:
     ``bt2 demo`` output folder); or ``BT2_UI_OLD_MODEL``, ``BT2_UI_NEW_MODEL``, ``BT2_UI_GALLERY`` with
     ``BT2_UI_DATA`` / ``BT2_UI_SPLIT`` (the gallery's dataset) and ``BT2_UI_WORK_DIR`` (where the backfilled copy
     goes). The last two forms prepare the copies when they are missing (:func:`bt2_hf.ui.prepare_upgrade`), with
-    ``BT2_UI_BACKFILL_FRACTION`` (default 0.5), ``BT2_UI_REQUIRED_METRICS`` (the page's admission policy, e.g. ``mAP``)
-    and ``BT2_UI_ALLOW_UNMEASURED``.
+    ``BT2_UI_BACKFILL_FRACTION`` (default 0.5), ``BT2_UI_REQUIRED_METRICS`` (the page's admission policy, e.g. ``mAP``),
+    ``BT2_UI_ALLOW_UNMEASURED`` and ``BT2_UI_GATE`` (measure the new model on the gallery's probe set).
 
     Raises:
         `BT2InputError`: none of the three forms is set, or one is incomplete.
@@ -269,10 +292,10 @@ def settings_from_env(environ: dict | None = None) -> UpgradeSettings:
         return UpgradeSettings.load(env[ENV_CONFIG])
     fraction = float(env.get(ENV_FRACTION) or 0.5)
     metrics = [m.strip() for m in (env.get(ENV_REQUIRED_METRICS) or "").split(",") if m.strip()] or None
-    allow_unmeasured = _flag(env.get(ENV_ALLOW_UNMEASURED))
+    allow_unmeasured, gate = _flag(env.get(ENV_ALLOW_UNMEASURED)), _flag(env.get(ENV_GATE))
     if env.get(ENV_DEMO_OUTPUT):
         return prepare_demo(env[ENV_DEMO_OUTPUT], work_dir=env.get(ENV_PATHS["work_dir"]), fraction=fraction,
-                            required_metrics=metrics, allow_unmeasured=allow_unmeasured)  # fmt: skip
+                            required_metrics=metrics, allow_unmeasured=allow_unmeasured, gate=gate)  # fmt: skip
     paths = {name: env.get(variable) for name, variable in ENV_PATHS.items()}
     missing = [ENV_PATHS[name] for name in ("old_model", "new_model", "gallery", "work_dir") if not paths[name]]
     if missing:
@@ -282,4 +305,4 @@ def settings_from_env(environ: dict | None = None) -> UpgradeSettings:
         )
     return prepare_upgrade(paths["old_model"], paths["new_model"], paths["gallery"], paths["work_dir"],
                            data=paths["data"], split=paths["split"], fraction=fraction, required_metrics=metrics,
-                           allow_unmeasured=allow_unmeasured)  # fmt: skip
+                           allow_unmeasured=allow_unmeasured, gate=gate)  # fmt: skip

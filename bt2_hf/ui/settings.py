@@ -28,6 +28,7 @@ ENV_PATHS = {
 ENV_FRACTION = "BT2_UI_BACKFILL_FRACTION"
 ENV_REQUIRED_METRICS = "BT2_UI_REQUIRED_METRICS"  # comma-separated, e.g. "mAP"
 ENV_ALLOW_UNMEASURED = "BT2_UI_ALLOW_UNMEASURED"
+ENV_GATE = "BT2_UI_GATE"  # measure the new model on the gallery's probe set
 
 
 @dataclass

@@ -209,3 +209,33 @@ def test_bt2_ui_prepares_a_demo_output_folder(image_upgrade, tmp_path, capsys):
     # a folder that is not a demo's output is refused in one line
     assert main(["--demo_output", str(tmp_path), "--prepare_only"]) == 2
     assert "not a `bt2 demo` output folder" in capsys.readouterr().err
+
+
+def test_the_gate_measures_the_new_model_on_the_copies_only(image_upgrade, tmp_path):
+    from bt2_hf.galleries import open_source
+    from bt2_hf.galleries.gate import sample_probe
+
+    source = open_source(str(image_upgrade["data"]), split="test")
+    images = source.take(range(30)).numpy()[:, 0]
+    old = BT2Model.from_pretrained(image_upgrade["old"])
+    vectors = old.encode(images=list(images)).numpy()
+    gallery = FaissGallery.build(tmp_path / "gallery", vectors, ids=list(range(30)), labels=source.labels(),
+                                 encoder={"fingerprint": old.config.fingerprint, "name_or_path": "old",
+                                          "embedding_dim": 8},
+                                 probe=sample_probe(images, source.labels(), vectors, 20))  # fmt: skip
+    before = _tree_digest(gallery.directory)
+    for _ in range(2):  # the second run reuses the measurement logged by the first
+        settings = prepare_upgrade(image_upgrade["old"], image_upgrade["new"], gallery.directory, tmp_path / "w",
+                                   data=image_upgrade["data"], split="test", allow_unmeasured=True, gate=True,
+                                   show_progress=False)  # fmt: skip
+    assert _tree_digest(gallery.directory) == before and settings.old_gallery == str(tmp_path / "w" / "gallery_old")
+    logs = [FaissGallery.open(where).admissions for where in (settings.old_gallery, settings.backfilled_gallery)]
+    assert len(logs[0]) == 1 and logs[0] == logs[1]
+    entry = logs[0][0]
+    assert entry["size"] == 20 and set(entry["metrics"]) == {"old/old", "new/old"}
+    # The gallery's measurement decides, whatever the config declares: shown as the verdict, and as the backfill.
+    _, new = UpgradeView(settings).verdicts()
+    assert new.gate["passed"] == entry["passed"] == new.admitted
+    assert ("gallery measured it" in new.admission) == entry["passed"]
+    done = (FaissGallery.open(settings.backfilled_gallery).backfill_state or {}).get("done", 0)
+    assert done == (15 if entry["passed"] else 0)
