@@ -150,7 +150,7 @@ def prepare_upgrade(
             the gallery's own measurement then decides the admission, whatever the model's config says.
 
     Returns:
-        :class:`UpgradeSettings`, also saved as ``work_dir/ui.json``.
+        :class:`UpgradeSettings` (absolute paths), also saved as ``work_dir/ui.json`` (paths relative to it).
 
     A new model that the gallery refuses leaves the copy as it is (nothing re-embedded): the page then shows the
     refusal and its reason, which is what an operator needs to see.
@@ -218,8 +218,7 @@ def prepare_upgrade(
         source_gallery=str(gallery),
     )  # fmt: skip
     work_dir.mkdir(parents=True, exist_ok=True)
-    settings.save(work_dir)
-    return settings
+    return UpgradeSettings.load(settings.save(work_dir))  # as a later `bt2 ui --config` reads it
 
 
 def prepare_demo(

@@ -15,6 +15,7 @@ from ..errors import BT2InputError
 
 SETTINGS_FILE = "ui.json"
 # Environment variables read by prepare.settings_from_env (app.py): a config file, a demo output folder, or explicit paths.
+PATH_FIELDS = ("old_model", "new_model", "old_gallery", "backfilled_gallery", "data", "source_gallery")
 ENV_CONFIG = "BT2_UI_CONFIG"
 ENV_DEMO_OUTPUT = "BT2_UI_DEMO_OUTPUT"
 ENV_PATHS = {
@@ -77,10 +78,10 @@ class UpgradeSettings:
             raise BT2InputError(f"the UI settings lack {missing}: prepare them with `bt2 ui --prepare_only`.")
         values = dict(values)
         if base is not None:
-            for name in ("old_model", "new_model", "old_gallery", "backfilled_gallery", "data", "source_gallery"):
+            for name in PATH_FIELDS:
                 value = values.get(name)
-                if value and not Path(value).is_absolute() and (base / value).exists():
-                    values[name] = str(base / value)
+                if value and not Path(value).is_absolute():
+                    values[name] = os.path.normpath(Path(base).absolute() / value)
         return cls(**values)
 
     @classmethod
@@ -93,9 +94,15 @@ class UpgradeSettings:
         return cls.from_dict(read_json(path, "UI settings file"), base=path.parent)
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``folder/ui.json`` atomically."""
+        """Write ``folder/ui.json`` atomically, its local paths relative to ``folder``."""
         from ..utils.io import atomic_write_json
 
         path = Path(folder) / SETTINGS_FILE
-        atomic_write_json(path, self.to_dict())
+        values = self.to_dict()
+        for name in PATH_FIELDS:
+            # Relative paths become relative to the file's folder, so that the folder (a demo output, say) can move
+            # or be uploaded with what it names; absolute ones (a system data set) stay as they are.
+            if values.get(name) and not Path(values[name]).is_absolute() and Path(values[name]).exists():
+                values[name] = os.path.relpath(Path(values[name]).absolute(), Path(folder).absolute())
+        atomic_write_json(path, values)
         return path

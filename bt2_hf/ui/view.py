@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import os
 from dataclasses import dataclass, field
 from threading import Lock
 from typing import Any
@@ -164,7 +165,7 @@ class UpgradeView:
             admitted, why = True, _admission_text(admission)
         except IncompatibleModelsError as error:
             admitted, why = False, str(error)
-        verdict = ModelVerdict(role=role, name=str(getattr(self.settings, f"{role}_model")), fingerprint=fingerprint,
+        verdict = ModelVerdict(role=role, name=_short(getattr(self.settings, f"{role}_model")), fingerprint=fingerprint,
                                modality=model.modality, embedding_dim=int(model.config.embedding_dim),
                                admitted=admitted, admission=why)  # fmt: skip
         if same_fingerprint(fingerprint, encoder):
@@ -191,7 +192,7 @@ class UpgradeView:
         state = store.backfill_state or {}
         done, count = int(state.get("done", 0)), len(store)
         return {"done": done, "count": count, "fraction": done / count if count else 0.0,
-                "model": (state.get("model") or {}).get("name_or_path")}  # fmt: skip
+                "model": _short((state.get("model") or {}).get("name_or_path") or "") or None}  # fmt: skip
 
     def backfill_to(self, fraction: float) -> dict | None:
         """Continue the copy's backfill up to ``fraction`` (never backwards); the new progress."""
@@ -276,6 +277,15 @@ class UpgradeView:
                 return None
             self._positions = {str(item): position for position, item in enumerate(self._source.ids())}
         return self._source
+
+
+def _short(path) -> str:
+    """A path as the page names it: relative to the working directory when it lies under it."""
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    relative = os.path.relpath(text)
+    return text if relative.startswith("..") else relative
 
 
 def _metric_rows(metrics: dict) -> list[dict]:
