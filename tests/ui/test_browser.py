@@ -152,6 +152,8 @@ def _assert_list(shown: list[dict], ids: list[str], scores, all_scores=None, gal
 
 def test_image_query_in_a_browser(image_upgrade, browser, tmp_path):
     from PIL import Image
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
 
     from bt2_hf.galleries import FaissGallery, open_source
 
@@ -160,6 +162,10 @@ def test_image_query_in_a_browser(image_upgrade, browser, tmp_path):
                                show_progress=False)  # fmt: skip
     query = open_source(str(image_upgrade["data"]), split="test").take([7])[0].numpy()[0]  # (28, 28) uint8
     Image.fromarray(query).save(tmp_path / "query.png")
+    old, new = BT2Model.from_pretrained(image_upgrade["old"]), BT2Model.from_pretrained(image_upgrade["new"])
+    new_query = new.encode(images=[query]).numpy()
+    # the half-backfilled copy's list, before the page backfills the rest
+    mixed_ids, mixed_scores = library_search(settings.backfilled_gallery, new, new_query, K)
     server = Server(tmp_path / "w" / "ui.json", tmp_path / "server.log", space=True)  # app.py, as a Space runs it
     try:
         server.wait()
@@ -170,14 +176,25 @@ def test_image_query_in_a_browser(image_upgrade, browser, tmp_path):
         new_box = browser.find_element("css selector", "#bt2-verdicts .bt2-verdict[data-role='new']")
         assert "declared, not measured" in new_box.text and "override" in new_box.text
         _screenshot(browser, tmp_path, "ui_image_query.png")
+        # Backfill the rest from the page, then search again: every hit of the third list is re-embedded.
+        fraction = browser.find_element("css selector", "#bt2-backfill-fraction input[type=number]")
+        fraction.clear()
+        fraction.send_keys("1", Keys.TAB)
+        browser.find_element("css selector", "#bt2-backfill").click()
+        WebDriverWait(browser, 60).until(
+            lambda d: d.find_elements("css selector", "#bt2-progress .bt2-progress[data-done='30']")
+        )
+        browser.find_element("css selector", "#bt2-search").click()
+        WebDriverWait(browser, 60).until(
+            lambda d: (
+                len(d.find_elements("css selector", "#bt2-results-new-on-backfilled tr[data-backfilled='true']")) == K
+            )
+        )
     finally:
         server.stop()
 
-    old, new = BT2Model.from_pretrained(image_upgrade["old"]), BT2Model.from_pretrained(image_upgrade["new"])
     old_ids, old_scores, old_all = brute_force(settings.old_gallery, old.encode(images=[query]).numpy(), 8, K)
-    new_query = new.encode(images=[query]).numpy()
     new_ids, new_scores, new_all = brute_force(settings.old_gallery, new_query, 8, K)
-    mixed_ids, mixed_scores = library_search(settings.backfilled_gallery, new, new_query, K)
     _assert_list(shown["old"], old_ids, old_scores, old_all, settings.old_gallery)
     _assert_list(shown["new-on-old"], new_ids, new_scores, new_all, settings.old_gallery)
     _assert_list(shown["new-on-backfilled"], mixed_ids, mixed_scores)
@@ -189,6 +206,8 @@ def test_image_query_in_a_browser(image_upgrade, browser, tmp_path):
         assert hit["label"] == names[ids.index(hit["id"])] and not hit["backfilled"]
     assert shown["old"][0]["id"] == "7"  # the query is gallery item 7: the old model finds it first
     assert any(hit["backfilled"] for hit in shown["new-on-backfilled"])
+    assert FaissGallery.open(settings.backfilled_gallery).backfill_state["done"] == 30  # the page's button did it
+    assert FaissGallery.open(image_upgrade["gallery"]).backfill_state is None
 
 
 def test_text_query_in_a_browser(text_upgrade, browser, tmp_path):
