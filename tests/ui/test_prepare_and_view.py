@@ -86,7 +86,9 @@ def test_the_three_lists_are_the_librarys_searches(image_upgrade, tmp_path):
     view = UpgradeView(settings)
     assert view.query_modalities == ["image"]
     assert view.progress() == {"done": 15, "count": 30, "fraction": 0.5, "model": str(image_upgrade["new"])}
-    query = view._dataset().take([4])[0].numpy()[0]  # one gallery image, (28, 28) uint8
+    from bt2_hf.galleries import open_source
+
+    query = open_source(str(image_upgrade["data"]), split="test").take([4])[0].numpy()[0]  # a gallery image, (28, 28)
     k = 5
     columns = {column.key: column for column in view.search(image=query, k=k)}
     old, new = BT2Model.from_pretrained(image_upgrade["old"]), BT2Model.from_pretrained(image_upgrade["new"])
