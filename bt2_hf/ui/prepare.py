@@ -161,6 +161,11 @@ def prepare_upgrade(
 
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}.")
+    from ..galleries.stores import is_milvus_uri
+
+    if is_milvus_uri(gallery):
+        raise BT2InputError(f"{gallery} is a Milvus gallery; the page copies faiss gallery directories only (build one "
+                            "from the same embeddings with `bt2 index build --output DIR`).")  # fmt: skip
     work_dir = Path(work_dir)
     source = FaissGallery.open(gallery)
     if source.backfill_state is not None:

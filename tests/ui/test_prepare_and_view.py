@@ -71,6 +71,11 @@ def test_a_page_policy_judges_on_copies_and_a_refusal_leaves_the_copy_unbackfill
     assert "Refused" in render_column(columns[1], columns[1].title)
 
 
+def test_a_milvus_gallery_is_refused_in_one_line(image_upgrade, tmp_path):
+    with pytest.raises(ValueError, match="faiss gallery directories only"):
+        prepare_upgrade(image_upgrade["old"], image_upgrade["new"], tmp_path / "galleries.db", tmp_path / "w")
+
+
 def test_a_work_folder_holding_another_gallery_is_refused(image_upgrade, text_upgrade, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(text_upgrade["gallery"], work / "gallery_backfilled")
