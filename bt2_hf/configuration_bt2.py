@@ -7,9 +7,8 @@ from typing import Any
 from transformers import PreTrainedConfig
 
 from .backbones import get_backbone_class
-from .heads import bt2_embedding_dim, validate_bt2_dims
+from .heads import get_head_class
 
-HEAD_TYPES = ("linear", "basis_transformation")
 NONLINEARITIES = ("relu", "none")
 
 
@@ -26,7 +25,10 @@ class BT2Config(PreTrainedConfig):
         backbone_config (`dict`, *optional*): the backbone's own config; for transformers backbones the ``to_dict()``
             of a transformers config (with its ``model_type``).
         pooling (`str`, *optional*, defaults to `"default"`): how the backbone pools (``cls``, ``mean``, ``pooler``).
-        head_type (`str`, *optional*, defaults to `"linear"`): ``"linear"`` or ``"basis_transformation"`` (BT²).
+        head_type (`str`, *optional*, defaults to `"linear"`): a registered head (``bt2_hf.heads.list_heads()``):
+            ``"linear"`` or ``"basis_transformation"`` (BT²), or one added with :func:`bt2_hf.heads.register_head`.
+        head_config (`dict`, *optional*): settings of a head beyond the width fields below (the built-in heads have
+            none); its class reads them in ``widths`` and ``from_config``.
         embedding_dim (`int`, *optional*, defaults to 128): output width of a linear head. For a BT² head it is
             derived as ``feature_dim + extra_dim``.
         compatible_dim (`int`, *optional*): length of the embedding prefix that is compatible with an older model.
@@ -73,6 +75,7 @@ class BT2Config(PreTrainedConfig):
         backbone_config: dict[str, Any] | None = None,
         pooling: str = "default",
         head_type: str = "linear",
+        head_config: dict[str, Any] | None = None,
         embedding_dim: int | None = None,
         compatible_dim: int | None = None,
         feature_dim: int = 128,
@@ -96,10 +99,9 @@ class BT2Config(PreTrainedConfig):
                 f"Backbone {backbone_type!r} does not support pooling={pooling!r}; choose one of "
                 f"{list(backbone_class.poolings)}."
             )
-        if head_type not in HEAD_TYPES:
-            raise ValueError(f"Unknown head_type {head_type!r}; choose one of {list(HEAD_TYPES)}.")
+        head_class = get_head_class(head_type)  # raises on an unknown name, listing the registered heads
         if head_nonlinearity is None:
-            head_nonlinearity = "relu" if head_type == "basis_transformation" else "none"
+            head_nonlinearity = head_class.default_nonlinearity
         if head_nonlinearity not in NONLINEARITIES:
             raise ValueError(f"Unknown head_nonlinearity {head_nonlinearity!r}; choose one of {list(NONLINEARITIES)}.")
         if not normalize:
@@ -108,31 +110,11 @@ class BT2Config(PreTrainedConfig):
             )
         if similarity != "cosine":
             raise ValueError(f"Only similarity='cosine' is supported, got {similarity!r}.")
-
-        if head_type == "basis_transformation":
-            if old_embedding_dim is None:
-                raise ValueError("A BT² head needs old_embedding_dim: the width of the old model's embedding.")
-            validate_bt2_dims(feature_dim, old_embedding_dim, extra_dim)
-            derived = bt2_embedding_dim(feature_dim, extra_dim)
-            if embedding_dim is not None and embedding_dim != derived:
-                raise ValueError(
-                    f"For a BT² head embedding_dim is feature_dim + extra_dim = {derived}, got embedding_dim={embedding_dim}."
-                )
-            embedding_dim = derived
-            if compatible_dim is not None and compatible_dim != old_embedding_dim:
-                raise ValueError(
-                    f"For a BT² head compatible_dim is old_embedding_dim = {old_embedding_dim}, got {compatible_dim}."
-                )
-            compatible_dim = old_embedding_dim
-        else:
-            embedding_dim = 128 if embedding_dim is None else embedding_dim
-            if embedding_dim <= 0:
-                raise ValueError(f"embedding_dim must be positive, got {embedding_dim}.")
-            compatible_dim = embedding_dim if compatible_dim is None else compatible_dim
-            if not 0 < compatible_dim <= embedding_dim:
-                raise ValueError(
-                    f"compatible_dim must be in [1, embedding_dim={embedding_dim}], got {compatible_dim}."
-                )
+        head_config = dict(head_config or {})
+        embedding_dim, compatible_dim = head_class.widths(
+            {"embedding_dim": embedding_dim, "compatible_dim": compatible_dim, "feature_dim": feature_dim,
+             "old_embedding_dim": old_embedding_dim, "extra_dim": extra_dim, **head_config}
+        )  # fmt: skip
         if logit_scale <= 0:
             raise ValueError(f"logit_scale must be positive, got {logit_scale}.")
         if num_classes < 0:
@@ -142,6 +124,7 @@ class BT2Config(PreTrainedConfig):
         self.backbone_config = dict(backbone_config or {})
         self.pooling = pooling
         self.head_type = head_type
+        self.head_config = head_config
         self.embedding_dim = int(embedding_dim)
         self.compatible_dim = int(compatible_dim)
         self.feature_dim = int(feature_dim)

@@ -5,13 +5,17 @@
   and ``extra_dim`` added dimensions, so that the first ``old_embedding_dim`` dimensions live in the old model's space
   while nothing of the new model's own feature is lost.
 
-Both heads return a :class:`HeadOutput`; ``BT2Model`` turns it into the public ``BT2Output``.
+Both heads return a :class:`HeadOutput`; ``BT2Model`` turns it into the public ``BT2Output``. Heads are registered by
+name (:func:`register_head`; ``BT2Config.head_type`` picks one and :func:`build_head` builds it), so a new head is one
+file and one registration.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,6 +88,50 @@ class OrthogonalLinear(nn.Module):
         return f"dim={self.dim}"
 
 
+_HEADS: dict[str, type[nn.Module]] = {}
+
+
+def register_head(head_type: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator adding an embedding head to the registry under ``head_type`` (``BT2Config.head_type``).
+
+    A head is an ``nn.Module`` mapping pooled features ``(batch, input_dim)`` to a :class:`HeadOutput`, with three
+    class-level hooks (see :class:`LinearHead` for the simplest one):
+
+    - ``default_nonlinearity`` (`str`): ``BT2Config.head_nonlinearity`` when none is given;
+    - ``widths(config_values) -> (embedding_dim, compatible_dim)``: checks the config's width fields and derives the
+      two widths every model states;
+    - ``from_config(config, input_dim)``: builds the head from a :class:`~bt2_hf.BT2Config` (its own settings, if
+      any, live in ``config.head_config``).
+    """
+
+    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+        if head_type in _HEADS and _HEADS[head_type] is not cls:
+            raise ValueError(f"A head named {head_type!r} is already registered ({_HEADS[head_type].__name__}).")
+        cls.head_type = head_type
+        _HEADS[head_type] = cls
+        return cls
+
+    return decorator
+
+
+def get_head_class(head_type: str) -> type[nn.Module]:
+    """The head class registered as ``head_type``; a clear error lists the known names otherwise."""
+    if head_type not in _HEADS:
+        raise ValueError(f"Unknown head_type {head_type!r}; choose one of {sorted(_HEADS)}.")
+    return _HEADS[head_type]
+
+
+def list_heads() -> list[str]:
+    """Names of every registered head."""
+    return list(_HEADS)
+
+
+def build_head(config: Any, input_dim: int) -> nn.Module:
+    """The head ``config.head_type`` names, built from the config for pooled features of width ``input_dim``."""
+    return get_head_class(config.head_type).from_config(config, input_dim)
+
+
+@register_head("linear")
 class LinearHead(nn.Module):
     """Projection → (optional ReLU) → L2 normalisation → bias-free classifier.
 
@@ -101,6 +149,26 @@ class LinearHead(nn.Module):
         logit_scale (`float`, *optional*, defaults to 1.0): fixed factor on the classifier's logits (see
             ``BT2Config.logit_scale``).
     """
+
+    default_nonlinearity = "none"
+
+    @classmethod
+    def widths(cls, values: dict[str, Any]) -> tuple[int, int]:
+        """``embedding_dim`` (128 unless given) and ``compatible_dim`` (the whole embedding unless given)."""
+        embedding_dim = 128 if values.get("embedding_dim") is None else int(values["embedding_dim"])
+        if embedding_dim <= 0:
+            raise ValueError(f"embedding_dim must be positive, got {embedding_dim}.")
+        compatible_dim = values.get("compatible_dim")
+        compatible_dim = embedding_dim if compatible_dim is None else int(compatible_dim)
+        if not 0 < compatible_dim <= embedding_dim:
+            raise ValueError(f"compatible_dim must be in [1, embedding_dim={embedding_dim}], got {compatible_dim}.")
+        return embedding_dim, compatible_dim
+
+    @classmethod
+    def from_config(cls, config: Any, input_dim: int) -> LinearHead:
+        return cls(input_dim=input_dim, embedding_dim=config.embedding_dim, num_labels=config.num_classes,
+                   compatible_dim=config.compatible_dim, nonlinearity=config.head_nonlinearity,
+                   logit_scale=config.logit_scale)  # fmt: skip
 
     def __init__(
         self,
@@ -132,6 +200,7 @@ class LinearHead(nn.Module):
         return HeadOutput(embeddings=embeddings, compatible_embeddings=compatible, features=embeddings, logits=logits)
 
 
+@register_head("basis_transformation")
 class BasisTransformationHead(nn.Module):
     """The BT² head: old-compatible block + extra dimensions through two orthonormal basis transformations.
 
@@ -160,6 +229,34 @@ class BasisTransformationHead(nn.Module):
             or ``"none"``.
         logit_scale (`float`, *optional*, defaults to 1.0): fixed factor on the classifier's logits.
     """
+
+    default_nonlinearity = "relu"
+
+    @classmethod
+    def widths(cls, values: dict[str, Any]) -> tuple[int, int]:
+        """``embedding_dim = feature_dim + extra_dim`` and ``compatible_dim = old_embedding_dim`` (given values must
+        agree)."""
+        feature_dim, old_dim, extra_dim = values["feature_dim"], values.get("old_embedding_dim"), values["extra_dim"]
+        if old_dim is None:
+            raise ValueError("A BT² head needs old_embedding_dim: the width of the old model's embedding.")
+        validate_bt2_dims(feature_dim, old_dim, extra_dim)
+        derived = bt2_embedding_dim(feature_dim, extra_dim)
+        if values.get("embedding_dim") is not None and values["embedding_dim"] != derived:
+            raise ValueError(
+                f"For a BT² head embedding_dim is feature_dim + extra_dim = {derived}, got embedding_dim="
+                f"{values['embedding_dim']}."
+            )
+        if values.get("compatible_dim") is not None and values["compatible_dim"] != old_dim:
+            raise ValueError(
+                f"For a BT² head compatible_dim is old_embedding_dim = {old_dim}, got {values['compatible_dim']}."
+            )
+        return derived, old_dim
+
+    @classmethod
+    def from_config(cls, config: Any, input_dim: int) -> BasisTransformationHead:
+        return cls(input_dim=input_dim, feature_dim=config.feature_dim, old_embedding_dim=config.old_embedding_dim,
+                   extra_dim=config.extra_dim, feature_scale=config.feature_scale, num_labels=config.num_classes,
+                   nonlinearity=config.head_nonlinearity, logit_scale=config.logit_scale)  # fmt: skip
 
     def __init__(
         self,

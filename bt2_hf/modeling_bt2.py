@@ -39,13 +39,12 @@ from .fingerprint import (
     short_fingerprint,
     state_fingerprint,
 )
-from .heads import BasisTransformationHead, HeadOutput, LinearHead, OrthogonalLinear
+from .heads import HeadOutput, OrthogonalLinear, build_head
 from .processing import (
     IMAGE_PROCESSOR_FILE,
     OPEN_CLIP_TOKENIZER_FILE,
     BT2ImageProcessor,
     OpenCLIPTokenizer,
-    default_processor,
 )
 from .utils.io import atomic_directory, file_operation_done, recover_directory
 from .utils.repo_id import hub_id_or_none
@@ -154,28 +153,9 @@ class BT2Model(BT2PreTrainedModel):
         self.backbone = build_backbone(config.backbone_type, config.backbone_config, config.pooling)
         self.main_input_name = self.backbone.main_input_name
         hidden_size = self.backbone.hidden_size
-        if config.head_type == "basis_transformation":
-            self.head = BasisTransformationHead(
-                input_dim=hidden_size,
-                feature_dim=config.feature_dim,
-                old_embedding_dim=config.old_embedding_dim,
-                extra_dim=config.extra_dim,
-                feature_scale=config.feature_scale,
-                num_labels=config.num_classes,
-                nonlinearity=config.head_nonlinearity,
-                logit_scale=config.logit_scale,
-            )
-        else:
-            self.head = LinearHead(
-                input_dim=hidden_size,
-                embedding_dim=config.embedding_dim,
-                num_labels=config.num_classes,
-                compatible_dim=config.compatible_dim,
-                nonlinearity=config.head_nonlinearity,
-                logit_scale=config.logit_scale,
-            )
+        self.head = build_head(config, hidden_size)
         # Preprocessing travels with the model (saved by save_pretrained, restored by from_pretrained).
-        self.processor = default_processor(config, self.backbone.backbone_config)
+        self.processor = type(self.backbone).default_processor(dict(self.backbone.backbone_config))
         self.post_init()
 
     @property

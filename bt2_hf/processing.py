@@ -377,38 +377,6 @@ def open_clip_image_processor(image_size: int | Sequence[int], preprocess_cfg: d
     )
 
 
-def default_processor(config: Any, backbone_config: dict[str, Any]) -> Any:
-    """The processor a freshly built model uses when none was given: derived from its (resolved) backbone config."""
-    backbone = dict(backbone_config)
-    if config.backbone_type == "open_clip_text":
-        text_cfg = backbone.get("model_cfg", {}).get("text_cfg", {})
-        return OpenCLIPTokenizer(backbone.get("model_name"), text_cfg.get("context_length", 77))
-    if config.modality == "text":
-        return None  # a transformers tokenizer needs vocabulary files: the user passes it
-    if config.backbone_type == "open_clip_vision":
-        vision_cfg = backbone.get("model_cfg", {}).get("vision_cfg", {})
-        return open_clip_image_processor(vision_cfg.get("image_size", 224), backbone.get("preprocess_cfg"))
-    image_size = backbone.get("image_size", 28 if config.backbone_type == "small_cnn" else 224)
-    return BT2ImageProcessor(image_size=image_size, num_channels=int(backbone.get("num_channels", 3)))
-
-
-def load_processor(directory: str | os.PathLike, config: Any) -> Any:
-    """Load the processor saved in a local model directory, or ``None`` when there is none."""
-    directory = Path(directory)
-    if (directory / IMAGE_PROCESSOR_FILE).is_file():
-        return BT2ImageProcessor.from_json_file(directory / IMAGE_PROCESSOR_FILE)
-    if (directory / OPEN_CLIP_TOKENIZER_FILE).is_file():
-        return OpenCLIPTokenizer.from_json_file(directory / OPEN_CLIP_TOKENIZER_FILE)
-    if config.modality == "text" and (directory / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(directory)
-    return None
-
-
-# ------------------------------------------------------------------------------------- the input contract, in code
-
-
 def _as_float_images(
     images: Any, input_data_format: str | None, num_channels: int, index_offset: int = 0
 ) -> list[torch.Tensor]:

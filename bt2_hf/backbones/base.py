@@ -15,15 +15,43 @@ class Backbone(nn.Module):
     ``BT2Model.from_pretrained`` can rebuild them offline before loading the saved weights. Pretrained weights from a
     local directory or file come in through :meth:`load_pretrained_weights`.
 
-    Class attributes:
+    Class attributes (the facts the rest of the library asks a backbone, instead of branching on its name):
         modality (`str`): ``"image"`` or ``"text"``.
         main_input_name (`str`): ``"pixel_values"`` or ``"input_ids"``.
         poolings (`tuple[str, ...]`): the pooling names this backbone accepts; the first is the default.
+        sentence_transformers (`bool`): a saved model of this backbone also loads as a sentence-transformers model
+            (its processor is a transformers tokenizer or image processor).
+        size_agnostic (`bool`): works at any image size; training gives the processor the data's size when the
+            backbone config names none.
+        default_image_size (`int`): an image backbone's processor size when the backbone config names none.
     """
 
     modality: ClassVar[str] = "image"
     main_input_name: ClassVar[str] = "pixel_values"
     poolings: ClassVar[tuple[str, ...]] = ("default",)
+    sentence_transformers: ClassVar[bool] = True
+    size_agnostic: ClassVar[bool] = False
+    default_image_size: ClassVar[int] = 224
+
+    @classmethod
+    def default_processor(cls, backbone_config: dict[str, Any]) -> Any:
+        """The processor a freshly built model uses when none was given, from its (resolved) backbone config.
+
+        Image backbones: a :class:`~bt2_hf.processing.BT2ImageProcessor` at the config's ``image_size`` (else
+        ``default_image_size``) and ``num_channels``. Text backbones: ``None`` (a tokenizer needs vocabulary files,
+        which the user passes).
+        """
+        if cls.modality == "text":
+            return None
+        from ..processing import BT2ImageProcessor
+
+        image_size = backbone_config.get("image_size", cls.default_image_size)
+        return BT2ImageProcessor(image_size=image_size, num_channels=int(backbone_config.get("num_channels", 3)))
+
+    @classmethod
+    def prefers_channels_last(cls, backbone_config: dict[str, Any]) -> bool:
+        """Whether training on a GPU should use the channels-last memory format (convolutional networks)."""
+        return False
 
     def __init__(self, backbone_config: dict[str, Any], pooling: str):
         super().__init__()

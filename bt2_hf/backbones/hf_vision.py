@@ -41,6 +41,10 @@ class HFVisionBackbone(HFBackbone):
     main_input_name = "pixel_values"
     poolings = ("default", "pooler", "cls", "mean")
 
+    @classmethod
+    def prefers_channels_last(cls, backbone_config: dict[str, Any]) -> bool:
+        return backbone_config.get("model_type") in ("resnet", "convnext", "regnet", "efficientnet")
+
     def default_pooling(self, model_type: str) -> str:
         if model_type in _MEAN_BY_DEFAULT:
             return "mean"

@@ -125,6 +125,13 @@ class OpenCLIPVisionBackbone(_OpenCLIPTower):
     """The image tower of an open_clip model: ``encode_image`` features (before normalisation)."""
 
     modality = "image"
+
+    @classmethod
+    def default_processor(cls, backbone_config: dict[str, Any]) -> Any:
+        from ..processing import open_clip_image_processor
+
+        vision_cfg = backbone_config.get("model_cfg", {}).get("vision_cfg", {})
+        return open_clip_image_processor(vision_cfg.get("image_size", 224), backbone_config.get("preprocess_cfg"))
     main_input_name = "pixel_values"
 
     def __init__(self, backbone_config: dict[str, Any], pooling: str = "default"):
@@ -157,6 +164,14 @@ class OpenCLIPTextBackbone(_OpenCLIPTower):
     """The text tower of an open_clip model: ``encode_text`` features (before normalisation)."""
 
     modality = "text"
+    sentence_transformers = False  # its tokenizer is open_clip's, not a transformers one
+
+    @classmethod
+    def default_processor(cls, backbone_config: dict[str, Any]) -> Any:
+        from ..processing import OpenCLIPTokenizer
+
+        text_cfg = backbone_config.get("model_cfg", {}).get("text_cfg", {})
+        return OpenCLIPTokenizer(backbone_config.get("model_name"), text_cfg.get("context_length", 77))
     main_input_name = "input_ids"
 
     def __init__(self, backbone_config: dict[str, Any], pooling: str = "default"):

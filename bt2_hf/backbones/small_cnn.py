@@ -20,6 +20,12 @@ class SmallCNN(Backbone):
     """
 
     poolings = ("default", "mean")
+    size_agnostic = True  # global pooling: any image size works
+    default_image_size = 28
+
+    @classmethod
+    def prefers_channels_last(cls, backbone_config: dict[str, Any]) -> bool:
+        return True
 
     def __init__(self, backbone_config: dict[str, Any], pooling: str = "default"):
         backbone_config = {"num_channels": 1, "widths": [16, 32, 64], "blocks_per_stage": 1, "image_size": 28} | dict(

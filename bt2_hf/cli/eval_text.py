@@ -54,15 +54,9 @@ def run(args: argparse.Namespace) -> dict:
     """Evaluate every (text model, gallery model) pair; returns ``{"<text>/<gallery>": {metric: fraction}}``."""
     from bt2_hf import BT2Model
     from bt2_hf.data import load_image_classification
-    from bt2_hf.multimodal import (
-        DEFAULT_CAPTION_TEMPLATES,
-        chance_recall_at_1,
-        class_captions,
-        embed_images,
-        embed_texts,
-        evaluate_text_to_image,
-        split_templates,
-    )
+    from bt2_hf.data.captions import DEFAULT_CAPTION_TEMPLATES, class_captions, split_templates
+    from bt2_hf.experiments.embedding import embed_split, embed_texts
+    from bt2_hf.retrieval.text_to_image import chance_recall_at_1, evaluate_text_to_image
 
     data = load_image_classification(args.dataset, args.split, data_dir=args.data_dir)
     if data.images is None:
@@ -80,7 +74,7 @@ def run(args: argparse.Namespace) -> dict:
         model = BT2Model.from_pretrained(path)
         if model.modality != "image":
             raise ValueError(f"--gallery_models takes image models; {path} encodes {model.modality}.")
-        galleries[Path(path).name] = embed_images(model, data.images, batch_size=args.batch_size).numpy()
+        galleries[Path(path).name] = embed_split(model, data.images, batch_size=args.batch_size)
     results: dict = {"pairs": {}, "num_queries": len(captions), "gallery_size": int(len(gallery_labels))}
     results["chance_recall@1"] = chance_recall_at_1(caption_labels, gallery_labels)
     for path in args.text_models:

@@ -1,7 +1,8 @@
-"""Embed a split with a saved (or loaded) model: the one way the experiments turn images into vectors."""
+"""Embed a split with a saved (or loaded) model: the one way the experiments turn images and captions into vectors."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +35,43 @@ def embed_split(
     else:
         model = model_or_path
     return model.encode(images=images, batch_size=batch_size, device=device).numpy()
+
+
+@torch.no_grad()
+def embed_texts(
+    model: Any,
+    texts: Sequence[str],
+    batch_size: int = 256,
+    output: str = "embeddings",
+    max_length: int = 64,
+) -> torch.Tensor:
+    """Embed captions with a text tower.
+
+    Args:
+        model (:class:`~bt2_hf.BT2Model`): a text model.
+        texts (`Sequence[str]`): captions.
+        batch_size (`int`, *optional*, defaults to 256): captions per forward pass.
+        output (`str`, *optional*, defaults to `"embeddings"`): ``"embeddings"`` (the full embedding: its prefix
+            searches the old gallery), ``"compatible_embeddings"`` or ``"features"`` (BT²'s ``f``, in the independent
+            text tower's space: searches the new-model gallery); ``"pooler_output"`` is the backbone's output
+            before the head.
+        max_length (`int`, *optional*, defaults to 64): tokens per caption.
+
+    Returns:
+        `torch.FloatTensor` of shape `(len(texts), width)` on the CPU.
+    """
+    from ..data.image_text import tokenize_texts
+
+    if output not in ("embeddings", "compatible_embeddings", "features", "pooler_output"):
+        raise ValueError(
+            f"output must be embeddings, compatible_embeddings, features or pooler_output, got {output!r}."
+        )
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        inputs = tokenize_texts(model.processor, texts[start : start + batch_size], max_length)
+        outputs = model(**{k: v.to(model.device) for k, v in inputs.items()})
+        chunks.append(getattr(outputs, output).float().cpu())
+    model.train(was_training)
+    return torch.cat(chunks)

@@ -1,6 +1,6 @@
 """The image–text experiment on the scenes: an old CNN gallery, a new text + image pair, and the baselines it must beat.
 
-``run_image_text`` builds (or reads) the procedural scenes (:mod:`bt2_hf.data.scenes`), then, through the one trainer
+``run_image_text`` builds (or reads) the procedural scenes (:mod:`bt2_hf.experiments.scenes`), then, through the one trainer
 (:func:`bt2_hf.training.train`), every stage the same number of optimizer steps:
 
 1. **The old image model** φ_old: a small CNN (``small_cnn``) trained to name the scene's *main object* (see
@@ -78,7 +78,7 @@ def main_object_labels(attributes) -> tuple[np.ndarray, list[str]]:
         `tuple`: ``(labels, class_names)``, one label per scene, over every (shape, colour) pair of the scenes
         vocabulary (pairs that never occur in training simply get no images).
     """
-    from ..data.scenes import COLOURS, SHAPES
+    from .scenes import COLOURS, SHAPES
 
     names = [f"{colour} {shape}" for shape in SHAPES for colour in COLOURS]
     index = {name: i for i, name in enumerate(names)}
@@ -126,7 +126,7 @@ def load_split(dataset) -> SceneSplit:
 
 def prepare_scenes(settings: ImageTextSettings):
     """The scenes of the run: read from ``data_dir``, or generated once into ``output_dir/data``."""
-    from ..data.scenes import generate_scenes, load_scenes
+    from .scenes import generate_scenes, load_scenes
 
     if settings.data_dir is not None:
         return load_scenes(settings.data_dir)
@@ -228,7 +228,7 @@ class _TextEmbedder:
         import hashlib
 
         from ..fingerprint import combine_fingerprint, fingerprint_state_dict
-        from ..multimodal.embedding import embed_texts
+        from .embedding import embed_texts
 
         # the backbone's weights and the tower's tokenizer decide the pooled output
         backbone = combine_fingerprint(fingerprint_state_dict(model.backbone.state_dict()), model.processor)

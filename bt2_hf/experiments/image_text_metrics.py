@@ -3,7 +3,7 @@
 Three searches per method, all over the test split (one image and one caption per scene), with exact relevance:
 
 - ``text_to_old_image``: each caption searches the gallery of *old* image embeddings (the backfill-free case the
-  update is for); relevant = the images the caption describes (:func:`bt2_hf.data.scenes.scene_relevance`).
+  update is for); relevant = the images the caption describes (:func:`bt2_hf.experiments.scenes.scene_relevance`).
 - ``text_to_new_image``: each caption searches the new image tower's gallery; same relevance.
 - ``new_image_to_old_image``: each image's new embedding searches the old gallery, leaving the query's own image out.
 
@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from ..data.scenes import scene_relevance
 from ..retrieval.instance_metrics import (
     InstanceRetrievalResult,
     compatibility_matrix_to_dict,
     instance_compatibility_matrix,
 )
+from .scenes import scene_relevance
 
 TASKS = {
     "text_to_old_image": ("new_text", "old_image"),

@@ -15,7 +15,7 @@ class ImageTextSettings:
 
     Args:
         output_dir (`str`): where models, ``results.json``, ``results.md`` and the PNG go.
-        data_dir (`str`, *optional*): a saved scenes folder (:func:`~bt2_hf.data.scenes.load_scenes`); by default the
+        data_dir (`str`, *optional*): a saved scenes folder (:func:`~bt2_hf.experiments.scenes.load_scenes`); by default the
             scenes are generated into ``output_dir/data`` (reused when already there).
         scenes_preset (`str`): ``"default"`` or ``"tiny"``; ``num_train`` / ``num_validation`` / ``num_test`` override
             its sizes.

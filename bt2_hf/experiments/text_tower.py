@@ -35,10 +35,10 @@ from typing import Any
 
 import torch
 
-from ..multimodal.captions import DEFAULT_CAPTION_TEMPLATES, class_captions, split_templates
-from ..multimodal.embedding import chance_recall_at_1, embed_texts, evaluate_text_to_image
+from ..data.captions import DEFAULT_CAPTION_TEMPLATES, class_captions, split_templates
+from ..retrieval.text_to_image import chance_recall_at_1, evaluate_text_to_image
 from ..utils.io import atomic_write_text
-from .embedding import embed_split
+from .embedding import embed_split, embed_texts
 from .stages import StageSpec, run_stage
 from .text_tower_settings import TextTowerSettings  # noqa: F401 - defined in a light module (fast --help)
 

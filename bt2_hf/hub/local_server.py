@@ -439,12 +439,14 @@ class HubServer(ThreadingHTTPServer):
 
 def serve_until_interrupted(port: int = 0, host: str = "127.0.0.1", ready=print) -> None:
     """Serve a fresh in-memory Hub until Ctrl-C (``bt2 hub-serve``); ``ready`` gets the line that names its URL."""
-    with HubServer(host=host, port=port) as server:
-        ready(
-            f"Local Hub at {server.url} (in memory, user {USER}, token {DEFAULT_TOKEN}); Ctrl-C to stop.\n"
-            f"In another shell: export HF_ENDPOINT={server.url} HF_TOKEN={DEFAULT_TOKEN} HF_HUB_OFFLINE=0"
-        )
-        try:
+    # Ctrl-C may land anywhere from the moment the URL is printed (a client that read it may stop us at once), so
+    # the whole block is covered, the server's shutdown included.
+    try:
+        with HubServer(host=host, port=port) as server:
+            ready(
+                f"Local Hub at {server.url} (in memory, user {USER}, token {DEFAULT_TOKEN}); Ctrl-C to stop.\n"
+                f"In another shell: export HF_ENDPOINT={server.url} HF_TOKEN={DEFAULT_TOKEN} HF_HUB_OFFLINE=0"
+            )
             threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        pass

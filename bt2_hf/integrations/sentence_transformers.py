@@ -29,7 +29,9 @@ _TRANSFORMER_MODULE = "sentence_transformers.base.modules.transformer.Transforme
 
 def supports_sentence_transformers(config: Any) -> bool:
     """Text towers with a transformers tokenizer, and image towers (their processor is a transformers one)."""
-    return config.backbone_type in ("hf_text", "hf_vision", "small_cnn", "open_clip_vision")
+    from ..backbones import get_backbone_class
+
+    return get_backbone_class(config.backbone_type).sentence_transformers
 
 
 def write_sentence_transformers_files(directory: str | os.PathLike, config: Any) -> list[str]:

@@ -119,6 +119,39 @@ class CompatibilityMethod:
             raise ValueError(f"Method {self.name!r} needs the old model's class prototypes; none were given.")
         self.prototypes = prototypes
 
+    def batch_targets(
+        self,
+        references: dict[str, Any],
+        precomputed: dict[str, torch.Tensor],
+        images: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The frozen references' embeddings of one batch (the ``targets`` that :meth:`compute_loss` receives).
+
+        The default: the rows of a table the trainer stored once (``precomputed``: a given old-target column, a text
+        reference's caption embeddings, or image targets with ``reference_targets="precomputed"``), else the image
+        reference's embedding of the batch's augmented images, or the text reference's embedding of the rows'
+        captions. A method that needs other targets (another view, a mixture of references) overrides this hook.
+
+        Args:
+            references (`dict[str, FrozenReference]`): the loaded frozen references, by role.
+            precomputed (`dict[str, torch.Tensor]`): stored targets by role, one row per training row.
+            images (`torch.Tensor` of shape `(batch, C, H, W)`): the batch's augmented images, float in [0, 1].
+            rows (`torch.LongTensor` of shape `(batch,)`): the batch's row indices into the training data.
+
+        Returns:
+            `dict[str, torch.Tensor]`: one `(batch, d)` tensor per reference role.
+        """
+        targets = {}
+        for name, ref in references.items():
+            if name in precomputed:
+                targets[name] = precomputed[name][rows.to(precomputed[name].device)]
+            elif ref.modality == "image":
+                targets[name] = ref.embed(images)
+            else:
+                targets[name] = ref.embed_rows(rows)
+        return targets
+
     def compute_loss(
         self, outputs: Any, targets: dict[str, torch.Tensor], labels: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:

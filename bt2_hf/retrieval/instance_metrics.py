@@ -1,7 +1,7 @@
 """Instance-level retrieval metrics: Recall@K and mAP from scores (or embeddings) and a boolean relevance matrix.
 
 Instance-level means relevance is given per (query, gallery item) pair, e.g. a caption and the images it describes
-(:func:`bt2_hf.data.scenes.scene_relevance`), instead of derived from class labels.
+(:func:`bt2_hf.experiments.scenes.scene_relevance`), instead of derived from class labels.
 
 **Ranking and ties.** Each query ranks the whole gallery by descending score; items with equal scores are ordered by
 ascending gallery index (a stable sort). Every metric is computed exactly on that one ranking, so results do not

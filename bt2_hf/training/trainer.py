@@ -2,11 +2,14 @@
 
 :func:`train` is the Python entry point (``bt2 train`` and the demo call it); it takes the three run-argument
 dataclasses and a method config, optionally in-memory data and an evaluation hook, and returns the directory of the
-saved model. What differs between towers is only what a batch feeds the model (``pixel_values`` and/or tokens) and
-which frozen reference embeds what (image references the augmented images, text references the captions): the
-batch order, checkpoints, exact resume, multi-process training, mixed precision and the card are one code path.
-Nothing is written before every input has been checked and the references and prototypes are ready, so
-a bad input leaves no half-written output.
+saved model. It runs in phases, each a function of its own: :func:`prepare_run` (accelerator, data, frozen
+references, model, processor, reference targets, prototypes, optimisation state, the run record and any resume),
+:func:`run_epoch` (the optimizer steps of one epoch, with logging and checkpoints), :func:`evaluate` (the caller's
+hook) and :func:`save_trained_model`. What differs between towers is only what a batch feeds the model
+(``pixel_values`` and/or tokens) and which frozen reference embeds what (a method's
+:meth:`~bt2_hf.methods.CompatibilityMethod.batch_targets` hook): the batch order, checkpoints, exact resume,
+multi-process training, mixed precision and the card are one code path. Nothing is written before every input has
+been checked and the references and prototypes are ready, so a bad input leaves no half-written output.
 """
 
 from __future__ import annotations
@@ -14,15 +17,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import logging
 import math
 import os
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..compatibility import trained_against
-from ..configuration_bt2 import BT2Config
-from ..data.datasets import ImageClassificationData, load_image_classification
-from ..data.device_loader import DeviceTensorDataLoader, ShardedDataLoader
-from ..data.image_text import ImageTextData, load_image_text, tokenize_texts
-from ..data.subsets import parse_class_subset
+from ..data.datasets import ImageClassificationData
+from ..data.image_text import ImageTextData, tokenize_texts
 from ..data.transforms import BatchAugmentation, ModelInputTransform
 from ..fingerprint import combine_fingerprint, fingerprint_state_dict
 from ..methods import CompatibilityMethod, MethodConfig, get_method
@@ -52,6 +51,9 @@ from .checkpointing import (
     save_checkpoint,
     start_run,
 )
+from .factory import backbone_frozen, build_model, match_processor_to_data, set_train_mode, towers_of
+from .feature_cache import FROZEN_FEATURES, content_hash
+from .inputs import PRECOMPUTE_EPOCH, PROTOTYPE_EPOCH, augmentation_seed, load_train_data, make_loader
 from .prototypes import compute_class_means
 from .references import FrozenReference
 from .towers import TOWER_DIRS, BT2PairModel, is_pair_directory
@@ -61,16 +63,6 @@ logger = logging.getLogger(__name__)
 EvalFn = Callable[[BT2Model, Any, int], "dict[str, float] | None"]
 LOG_FILE = "training_log.json"
 LOG_CSV_FILE = "training_log.csv"
-
-# Seeds of the no-grad passes, kept apart from the training epochs' seeds (epoch e uses seed + e).
-_PROTOTYPE_EPOCH = -1
-_PRECOMPUTE_EPOCH = -2
-
-
-def _augmentation_seed(seed: int, epoch: int, batch_index: int) -> int:
-    """A distinct, reproducible seed per (epoch, micro-batch): resume and any process count draw the same crops."""
-    return (seed * 1_000_003 + (epoch + 3) * 100_003 + batch_index) % (2**62)
-
 
 # Our schedule names → transformers' (our "constant" keeps the linear warm-up).
 _SCHEDULERS = {"cosine": "cosine", "constant": "constant_with_warmup"}
@@ -172,189 +164,6 @@ def _check_output_dir(args: BT2TrainingArguments) -> None:
         )
 
 
-def _load_image_text_data(data_args: DataArguments, train_data: Any, seed: int, method) -> ImageTextData:
-    if train_data is None:
-        if data_args.dataset in ("fashion_mnist", "fashion-mnist"):
-            raise ValueError(
-                f"Method {method.name!r} trains a {method.modality} tower on image–text data: pass --dataset with a "
-                "`datasets` folder (save_to_disk) or Hub id holding an image and a text/caption column."
-            )
-        data = load_image_text(
-            data_args.dataset, data_args.train_split, image_column=data_args.image_column,
-            text_column=data_args.text_column, label_column=data_args.label_column,
-            old_target_column=data_args.old_target_column, image_size=data_args.image_size,
-            num_channels=data_args.num_channels, in_memory=data_args.in_memory,
-        )  # fmt: skip
-    elif isinstance(train_data, ImageTextData):
-        data = train_data
-    else:
-        raise TypeError(f"Method {method.name!r} trains on image–text data: train_data must be an ImageTextData.")
-    if method.requires_labels and not data.has_labels:
-        raise ValueError(f"Method {method.name!r} needs class labels; the data has no label column.")
-    if data.class_names is not None:
-        data = data.select_classes(parse_class_subset(data_args.class_subset, data.num_classes))
-    elif data_args.class_subset:
-        raise ValueError("class_subset needs labelled data; this image–text data has no label column.")
-    data = data.take_samples(data_args.max_train_samples, seed=seed)
-    if len(data) == 0:
-        raise ValueError("No training rows left after the class subset / max_train_samples selection.")
-    return data
-
-
-def _load_train_data(data_args: DataArguments, train_data: Any, seed: int, method=None):
-    if method is not None and method.modality != "image":
-        return _load_image_text_data(data_args, train_data, seed, method)
-    if train_data is None:
-        data = load_image_classification(
-            data_args.dataset,
-            data_args.train_split,
-            data_dir=data_args.data_dir,
-            image_column=data_args.image_column,
-            label_column=data_args.label_column,
-            image_size=data_args.image_size,
-            num_channels=data_args.num_channels,
-            in_memory=data_args.in_memory,
-        )
-    elif isinstance(train_data, ImageClassificationData):
-        data = train_data
-    elif isinstance(train_data, (tuple, list)) and len(train_data) == 2:
-        data = ImageClassificationData(images=train_data[0], labels=train_data[1])
-    else:
-        raise TypeError("train_data must be an ImageClassificationData or an (images, labels) pair of tensors.")
-    subset = parse_class_subset(data_args.class_subset, data.num_classes)
-    data = data.select_classes(subset)
-    data = data.take_per_class(data_args.max_train_samples, seed=seed)
-    if len(data) == 0:
-        raise ValueError("No training samples left after the class subset / max_train_samples selection.")
-    return data
-
-
-def _build_model(
-    model_args: ModelArguments, method: CompatibilityMethod, references: dict[str, FrozenReference], num_classes: int
-) -> BT2Model:
-    dims = {name: ref.embedding_dim for name, ref in references.items()}
-    if model_args.old_embedding_dim is not None and "old" in dims and dims["old"] != model_args.old_embedding_dim:
-        raise ValueError(
-            f"The old model {references['old'].name_or_path} has {dims['old']}-d embeddings, but old_embedding_dim="
-            f"{model_args.old_embedding_dim} was asked for. Pass the old checkpoint of that width, or fix "
-            "old_embedding_dim."
-        )
-    overrides = method.build_config_overrides(dims, model_args.embedding_dim)
-    if method.modality == "pair":
-        return _build_pair(model_args, overrides, num_classes)
-    if model_args.head_nonlinearity is not None:
-        overrides["head_nonlinearity"] = model_args.head_nonlinearity
-    elif "independent" in references and overrides.get("head_type") == "basis_transformation":
-        # BT² matches its feature f to the independent model's embedding: f must be able to take the same signs,
-        # so it inherits the independent head's nonlinearity (a ReLU'd f cannot match a signed embedding).
-        overrides["head_nonlinearity"] = references["independent"].model.config.head_nonlinearity
-    kwargs = dict(pooling=model_args.pooling, num_classes=num_classes, logit_scale=model_args.logit_scale, **overrides)
-    model = _new_tower(model_args.backbone_type, model_args.backbone_config, model_args.init_from, kwargs)
-    if model.modality != method.modality:
-        raise ValueError(
-            f"Method {method.name!r} trains a {method.modality} tower, but backbone {model_args.backbone_type!r} "
-            f"encodes {model.modality}; choose a {method.modality} backbone_type."
-        )
-    _finish_tower(model, model_args)
-    if model_args.init_from_independent:
-        if "independent" in references:
-            independent = references["independent"].model
-        elif model_args.independent_model:  # BCT: needed only as the starting point
-            independent = BT2Model.from_pretrained(
-                model_args.independent_model, revision=model_args.independent_model_revision
-            )
-        else:
-            raise ValueError(
-                "init_from_independent needs the independent model to start from: pass independent_model."
-            )
-        _start_from_independent(model, independent)
-    return model
-
-
-def _match_processor_to_data(model: BT2Model, data: ImageClassificationData, model_args: ModelArguments) -> None:
-    """Make the processor saved with the model describe the training data's size.
-
-    A size-agnostic backbone (``small_cnn``) whose ``image_size`` was not given takes the data's size, so a 32×32
-    data set saves a 32×32 processor (not the 28×28 default). Any other mismatch means training resizes every image
-    to the processor's size (e.g. 32×32 photos up to a ViT's 224×224): that is said in the log, never silent.
-    """
-    sample = data.images[0] if data.images is not None else data.dataset[0]
-    data_size = tuple(int(s) for s in sample.shape[-2:])
-    processor = model.processor
-    if processor.image_size == data_size:
-        return
-    given = (model_args.backbone_config or {}).get("image_size")
-    if model.config.backbone_type == "small_cnn" and given is None:
-        model.processor = type(processor).from_dict({**processor.to_dict(), "size": list(data_size)})
-        model.config.backbone_config["image_size"] = list(data_size)
-        logger.info("The processor takes the training data's size %s (small_cnn works at any size).", data_size)
-        return
-    logger.warning(
-        "The training images are %d×%d; the model's processor resizes them to %d×%d for training and at inference "
-        "(set the processor's size, e.g. backbone_config image_size, to train at the data's size).",
-        *data_size,
-        *processor.image_size,
-    )
-
-
-def _new_tower(backbone_type: str, backbone_config: dict | None, init_from: str | None, kwargs: dict) -> BT2Model:
-    """A fresh model: its backbone from a config (random init) or from a pretrained checkpoint, with a fresh head."""
-    if init_from:
-        if backbone_config:
-            kwargs = {**kwargs, "backbone_config": backbone_config}
-        return BT2Model.from_pretrained_backbone(init_from, backbone_type, **kwargs)
-    return BT2Model(BT2Config(backbone_type=backbone_type, backbone_config=backbone_config or {}, **kwargs))
-
-
-def _finish_tower(model: BT2Model, model_args: ModelArguments) -> None:
-    """A text tower's tokenizer (when built from a config) and a frozen backbone, when asked."""
-    if model.modality == "text" and model_args.tokenizer:
-        from transformers import AutoTokenizer
-
-        model.processor = AutoTokenizer.from_pretrained(model_args.tokenizer)
-    if _backbone_frozen(model, model_args.freeze_backbone, model_args.freeze_text_backbone):
-        model.backbone.requires_grad_(False)
-
-
-def _backbone_frozen(model: BT2Model, freeze_backbone: bool, freeze_text_backbone: bool) -> bool:
-    """Whether a tower's backbone is frozen: every tower with freeze_backbone, text towers with freeze_text_backbone."""
-    return freeze_backbone or (freeze_text_backbone and model.modality == "text")
-
-
-def _build_pair(model_args: ModelArguments, overrides: dict[str, dict], num_classes: int) -> BT2PairModel:
-    """The image tower (``backbone_type`` …) and the text tower (``text_backbone_type`` …) of a pair run."""
-    if model_args.init_from_independent:
-        raise ValueError("init_from_independent is not supported for image–text pairs.")
-    if not model_args.text_backbone_type:
-        raise ValueError(
-            "A pair trains an image and a text tower: pass --text_backbone_type (hf_text or open_clip_text) with "
-            "--text_init_from or --text_backbone_config, next to the image tower's --backbone_type."
-        )
-    specs = {
-        "image": (model_args.backbone_type, model_args.backbone_config, model_args.init_from, model_args.pooling),
-        "text": (model_args.text_backbone_type, model_args.text_backbone_config, model_args.text_init_from,
-                 model_args.text_pooling),
-    }  # fmt: skip
-    towers = {}
-    for tower, (backbone_type, backbone_config, init_from, pooling) in specs.items():
-        kwargs = dict(pooling=pooling, num_classes=num_classes, logit_scale=model_args.logit_scale, **overrides[tower])
-        if model_args.head_nonlinearity is not None:
-            kwargs["head_nonlinearity"] = model_args.head_nonlinearity
-        towers[tower] = _new_tower(backbone_type, backbone_config, init_from, kwargs)
-        if towers[tower].modality != tower:
-            raise ValueError(
-                f"The {tower} tower's backbone {backbone_type!r} encodes {towers[tower].modality}; choose a {tower} "
-                "backbone."
-            )
-        _finish_tower(towers[tower], model_args)
-    return BT2PairModel(towers["image"], towers["text"])
-
-
-def _towers(model: torch.nn.Module) -> dict[str, BT2Model]:
-    """The towers of a trained model: a pair's two, or the model itself."""
-    return model.towers() if isinstance(model, BT2PairModel) else {model.modality: model}
-
-
 def _reference_paths(method: CompatibilityMethod, model_args: ModelArguments) -> dict[str, tuple[str, str | None]]:
     """Role → (checkpoint, revision) of every frozen reference. A pair's independent reference is a saved pair
     (``clip``): its two towers become ``independent_image`` and ``independent_text``."""
@@ -372,57 +181,6 @@ def _reference_paths(method: CompatibilityMethod, model_args: ModelArguments) ->
         else:
             paths[name] = (path, revision)
     return paths
-
-
-@torch.no_grad()
-def _start_from_independent(model: BT2Model, independent: BT2Model) -> None:
-    """Copy the independent model's backbone, projection and classifier into a BT² or BCT model.
-
-    BT²: the head's projection ``h`` has ``feature_dim + old_embedding_dim`` rows; its first ``feature_dim`` rows give
-    ``f`` and take the independent head's projection, so with the same nonlinearity ``f`` starts equal to the
-    independent embedding and the classifier on ``f`` starts trained; the rest of the head keeps its initialisation.
-    BCT (a linear head): the whole projection and classifier, which needs the independent model's width.
-    """
-    if independent.config.backbone_type != model.config.backbone_type:
-        raise ValueError(
-            f"init_from_independent: the independent model's backbone is {independent.config.backbone_type!r}, this "
-            f"model's is {model.config.backbone_type!r}; they must be the same architecture."
-        )
-    try:
-        model.backbone.load_state_dict(independent.backbone.state_dict())
-    except RuntimeError as error:
-        raise ValueError(
-            "init_from_independent: the independent model's backbone does not fit this backbone_config (train with "
-            f"the independent model's architecture): {error}"
-        ) from error
-    head, source = model.head, independent.head
-    width = head.feature_dim if model.config.head_type == "basis_transformation" else head.projection.out_features
-    if source.projection.weight.shape[0] != width or source.projection.in_features != head.projection.in_features:
-        raise ValueError(
-            f"init_from_independent: the independent embedding has {source.projection.weight.shape[0]} dims, this "
-            f"model's {'BT² feature' if model.config.head_type == 'basis_transformation' else 'embedding'} {width}; "
-            "they must be equal."
-        )
-    head.projection.weight[:width].copy_(source.projection.weight)
-    head.projection.bias[:width].copy_(source.projection.bias)
-    if head.classifier is not None and source.classifier is not None:
-        if head.classifier.weight.shape == source.classifier.weight.shape:
-            head.classifier.weight.copy_(source.classifier.weight)
-
-
-def _make_loader(data: ImageClassificationData, batch_size: int, accelerator, args, seed: int, *, sharded: bool,
-                 shuffle: bool, drop_last: bool):  # fmt: skip
-    num_processes = accelerator.num_processes if sharded else 1
-    process_index = accelerator.process_index if sharded else 0
-    on_device = args.data_on_device if args.data_on_device is not None else data.in_memory
-    if data.in_memory:
-        device = accelerator.device if on_device else torch.device("cpu")
-        return DeviceTensorDataLoader(
-            data.images, data.labels, batch_size, device, num_processes, process_index, shuffle, seed, drop_last
-        )
-    return ShardedDataLoader(
-        data, batch_size, num_processes, process_index, shuffle, seed, drop_last, args.num_workers, accelerator.device
-    )
 
 
 def _run_settings(model_args, data_args, args, method) -> dict[str, Any]:
@@ -457,6 +215,569 @@ def _write_logs(output_dir: Path, history: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(history)
     atomic_write_text(output_dir / LOG_CSV_FILE, buffer.getvalue())
+
+
+@dataclass
+class TrainingRun:
+    """Everything a run prepares before its first step, and its progress (what :func:`run_epoch` advances).
+
+    Built by :func:`prepare_run`; the phases after it read and update it. ``model`` is the accelerate-prepared
+    module (``forward_model`` the same, compiled when asked); ``precomputed`` holds the frozen references' stored
+    targets by role; ``text_features`` a frozen text backbone's pooled output per caption, when stored.
+    """
+
+    args: BT2TrainingArguments
+    model_args: ModelArguments
+    data_args: DataArguments
+    method: CompatibilityMethod
+    accelerator: Any
+    output_dir: Path
+    data: ImageClassificationData | ImageTextData
+    references: dict[str, FrozenReference]
+    model: torch.nn.Module
+    forward_model: torch.nn.Module
+    input_transform: ModelInputTransform | None
+    tokens: dict[str, torch.Tensor] | None
+    text_features: torch.Tensor | None
+    augmentation: BatchAugmentation
+    loader: Any
+    steps_per_epoch: int
+    total_steps: int
+    precomputed: dict[str, torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    record: dict[str, Any] = field(default_factory=dict)  # run.json: the run's id and settings
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    first_loss: float | None = None  # the loss divergence is judged against (kept in the log across a resume)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def image_data(self) -> ImageClassificationData:
+        """The images of the rows (image towers: the data itself; text towers: the captions' paired images)."""
+        return self.data.images if isinstance(self.data, ImageTextData) else self.data
+
+    @property
+    def has_labels(self) -> bool:
+        return not isinstance(self.data, ImageTextData) or self.data.has_labels
+
+    @property
+    def stop_at(self) -> int:
+        """The step this call of :func:`train` stops at (``stop_after_steps`` ends a run early, resumable)."""
+        stop = self.args.stop_after_steps
+        return min(self.total_steps, stop) if stop else self.total_steps
+
+    @property
+    def text_feature_key(self) -> str:
+        return (
+            "text_backbone_output"
+            if "image" in towers_of(self.accelerator.unwrap_model(self.model))
+            else ("backbone_output")
+        )
+
+
+class _NoGradPass:
+    """Passes over the whole training set without gradients (prototypes, stored reference targets): batches of 4× the
+    training batch, each with its own reproducible augmentation when asked."""
+
+    def __init__(self, image_data, batch_size: int, accelerator, args: BT2TrainingArguments, augmentation):
+        self.image_data, self.batch_size, self.accelerator = image_data, 4 * batch_size, accelerator
+        self.args, self.augmentation = args, augmentation
+
+    def __call__(self, epoch: int, augment: bool, sharded: bool) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(augmented images, labels, rows) over the training set, this process's shard only when ``sharded``."""
+        loader = make_loader(self.image_data, self.batch_size, self.accelerator, self.args, self.args.seed,
+                             sharded=sharded, shuffle=False, drop_last=False)  # fmt: skip
+        for batch_index, batch in enumerate(loader.iter_epoch(epoch)):
+            params = None
+            if augment:
+                seed = augmentation_seed(self.args.seed, epoch, batch_index)
+                params = self.augmentation.sample(batch["global_batch_size"], seed).slice(
+                    batch["global_offset"], batch["global_offset"] + len(batch["labels"])
+                )
+            yield self.augmentation(batch["images"], params), batch["labels"], batch["index"]
+
+
+def _start_accelerator(args: BT2TrainingArguments, output_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import ProjectConfiguration
+
+    # train() may run several times in one Python process (the demo trains old → independent → bt2). accelerate keeps
+    # its mixed-precision setting in a process-wide singleton; reset it (not the process group) so that every call
+    # gets the precision it asks for.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    # accelerate only starts a gloo process group on CPU when told cpu=True; under torchrun on a machine without
+    # CUDA that is what the user wants (otherwise every process silently trains alone).
+    cpu_distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(
+        cpu=cpu_distributed,
+        mixed_precision=args.mixed_precision,
+        log_with=[t.strip() for t in args.log_with.split(",")] if args.log_with else None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+
+
+def _load_references(
+    method: CompatibilityMethod,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    data,
+    device,
+    channels_last: bool,
+) -> dict[str, FrozenReference]:
+    """The method's frozen references, loaded and checked against the method and the data (modality, widths)."""
+    missing = [name for name in method.requires if not getattr(model_args, f"{name}_model")]
+    if missing:
+        raise ValueError(
+            f"Method {method.name!r} needs the frozen {' and '.join(missing)} model(s); pass "
+            + ", ".join(f"--{name}_model <checkpoint>" for name in missing)
+            + "."
+        )
+    references = {
+        name: FrozenReference.load(name, path, revision, device=device, channels_last=channels_last)
+        for name, (path, revision) in _reference_paths(method, model_args).items()
+    }
+    for name, ref in references.items():
+        wanted = {"independent": method.modality, "independent_text": "text"}.get(name, "image")
+        if ref.modality != wanted:
+            raise ValueError(
+                f"The {name} model {ref.name_or_path} encodes {ref.modality}; method {method.name!r} needs a {wanted} "
+                f"model as its {name} reference."
+            )
+        if ref.modality == "text":
+            ref.tokenize(data.texts, data_args.max_text_length)
+    old_column = data.old_targets if isinstance(data, ImageTextData) else None
+    if old_column is not None and "old" in references and old_column.shape[1] != references["old"].embedding_dim:
+        raise ValueError(
+            f"The column {data_args.old_target_column} holds {old_column.shape[1]}-d old targets, but the old model "
+            f"{references['old'].name_or_path} embeds into {references['old'].embedding_dim} dims."
+        )
+    independent = references.get("independent")
+    if independent is not None and independent.model.config.num_classes not in (0, None, data.num_classes):
+        logger.warning(
+            "The independent model was trained with %d classes, this data has %d.",
+            independent.model.config.num_classes,
+            data.num_classes,
+        )
+    return references
+
+
+def _uses_channels_last(args: BT2TrainingArguments, model_args: ModelArguments, device: torch.device) -> bool:
+    if args.channels_last is not None:
+        return args.channels_last
+    from ..backbones import get_backbone_class
+
+    backbone_class = get_backbone_class(model_args.backbone_type)
+    return backbone_class.prefers_channels_last(model_args.backbone_config or {}) and device.type == "cuda"
+
+
+def _reference_tables(
+    references: dict[str, FrozenReference], data, args: BT2TrainingArguments, passes: _NoGradPass, accelerator
+) -> dict[str, torch.Tensor]:
+    """The frozen references' targets stored once for every training row, by role.
+
+    A given old-target column is used as it is. Captions are never augmented, so a frozen text reference gives one
+    embedding per caption: each is embedded once. With ``reference_targets="precomputed"``, each process also embeds
+    every image once (a single random augmentation per image, as the research code); the old model's table then also
+    gives the prototypes W_o. Cheaper than online targets whenever a run sees more images than the data set holds
+    (steps × batch > N). Image tables come from the process's feature cache when a run before this one computed the
+    same (same reference weights, images, augmentation, batching, precision and device).
+    """
+    device = accelerator.device
+    precomputed: dict[str, torch.Tensor] = {}
+    old_column = data.old_targets if isinstance(data, ImageTextData) else None
+    if old_column is not None and "old" in references:
+        precomputed["old"] = old_column.to(device)
+    for name, ref in references.items():
+        if name in precomputed or (ref.modality == "image" and args.reference_targets != "precomputed"):
+            continue
+
+        def compute(ref: FrozenReference = ref) -> torch.Tensor:
+            table = torch.zeros(len(data), ref.embedding_dim, device=device)
+            with accelerator.autocast():
+                if ref.modality == "image":
+                    for images, _, rows in passes(PRECOMPUTE_EPOCH, True, False):
+                        table[rows.to(device)] = ref.embed(images)
+                else:
+                    for start in range(0, len(data), passes.batch_size):
+                        rows = torch.arange(start, min(start + passes.batch_size, len(data)))
+                        table[rows.to(device)] = ref.embed_rows(rows)
+            return table
+
+        image_data = passes.image_data
+        if ref.modality == "image" and image_data.in_memory:
+            key = ("reference_table", ref.model.config.fingerprint, content_hash([image_data.images, image_data.labels]),
+                   passes.augmentation.padding, passes.augmentation.horizontal_flip, args.seed, passes.batch_size,
+                   str(accelerator.mixed_precision), str(device))  # fmt: skip
+            precomputed[name] = FROZEN_FEATURES.get_or_compute(key, compute)
+        else:
+            precomputed[name] = compute()
+    return precomputed
+
+
+def _prototypes(
+    method: CompatibilityMethod, references, precomputed, data, args, passes: _NoGradPass, accelerator, has_labels
+) -> torch.Tensor | None:
+    """W_o: the class means of the prototype reference's embeddings of the training images (when the method uses
+    them and the data has labels)."""
+    if not (method.uses_prototypes and has_labels):
+        return None
+    ref = references[method.prototype_reference]
+    table = precomputed.get(method.prototype_reference) if ref.modality == "image" else None
+    has_column = isinstance(data, ImageTextData) and data.old_targets is not None
+    image_data = passes.image_data
+    if table is not None and (has_column or args.prototype_augmentation):
+        # The stored targets are the reference's word on every training image (one augmented view each, or the
+        # given column): W_o is their class means, and no second pass over the data is needed.
+        return compute_class_means([(table, image_data.labels)], data.num_classes, lambda x: x, table.shape[1],
+                                   accelerator.device, class_names=data.class_names)  # fmt: skip
+    with accelerator.autocast():
+        return compute_class_means(
+            ((images, labels) for images, labels, _ in passes(PROTOTYPE_EPOCH, args.prototype_augmentation, True)),
+            data.num_classes,
+            ref.embed,
+            ref.embedding_dim,
+            accelerator.device,
+            reduce=(lambda t: accelerator.reduce(t, "sum")) if accelerator.num_processes > 1 else None,
+            class_names=data.class_names,
+        )
+
+
+def _frozen_text_features(tower: BT2Model, tokens: dict, chunk: int, device, accelerator) -> torch.Tensor:
+    """The frozen (eval-mode) text backbone's pooled output for every caption, ``(num_captions, dim)``, from the
+    process's feature cache when a run before this one computed it (same weights + tokenizer, captions, precision,
+    device): the stages of a pipeline that share a frozen pretrained encoder run it once."""
+    backbone = tower.backbone
+    key = (
+        "text_features",
+        combine_fingerprint(fingerprint_state_dict(backbone.state_dict()), tower.processor),
+        content_hash([tokens[name] for name in sorted(tokens)]) + "|" + ",".join(sorted(tokens)),
+        str(accelerator.mixed_precision),
+        str(device),
+    )
+
+    @torch.no_grad()
+    def compute() -> torch.Tensor:
+        was_training = backbone.training
+        backbone.eval()
+        count = len(next(iter(tokens.values())))
+        parts = []
+        with accelerator.autocast():
+            for start in range(0, count, chunk):
+                inputs = {k: v[start : start + chunk].to(device) for k, v in tokens.items()}
+                parts.append(backbone(**inputs).float())
+        backbone.train(was_training)
+        return torch.cat(parts)
+
+    return FROZEN_FEATURES.get_or_compute(key, compute)
+
+
+def _open_run(run_parts: dict[str, Any], model_args, data_args, args, method, accelerator, output_dir: Path):
+    """Check a resume, write the run record (run.json), load the checkpoint to resume from; returns (record, step,
+    history)."""
+    model, optimizer, scheduler = run_parts["model"], run_parts["optimizer"], run_parts["scheduler"]
+    resume_path = None
+    if args.resume_from_checkpoint:
+        owner = read_run(output_dir)  # "latest" means the newest checkpoint of the run that owns output_dir
+        resume_path = resolve_checkpoint(output_dir, args.resume_from_checkpoint, owner and owner["run_id"])
+        check_no_pickles(resume_path)  # before anything is written or read: a pickle would run its code
+    settings = _run_settings(model_args, data_args, args, method)
+    changes = (
+        check_resume_settings(output_dir, settings, args.resume_with_changes) if args.resume_from_checkpoint else None
+    )
+    if accelerator.is_main_process:
+        start_run(output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint),
+                  settings=settings, changes=changes)  # fmt: skip
+    accelerator.wait_for_everyone()
+    record = read_run(output_dir)
+    global_step, history = 0, []
+    if resume_path is not None:
+        state = load_checkpoint(accelerator, resume_path, model=model, optimizer=optimizer, scheduler=scheduler)
+        global_step = int(state["global_step"])
+        history = list(state.get("log_history", []))
+        logger.info("Resumed from %s at step %d", resume_path, global_step)
+    if accelerator.trackers or args.log_with:
+        accelerator.init_trackers(
+            "bt2_hf", config={**dataclasses.asdict(args), **method.config.to_dict(), "method": method.name}
+        )
+    return record, global_step, history
+
+
+def prepare_run(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    args: BT2TrainingArguments,
+    method: CompatibilityMethod,
+    train_data: Any = None,
+) -> TrainingRun:
+    """Phase 1: everything before the first step, checked before anything is written.
+
+    Starts the accelerator, loads the rows and the frozen references, builds the model and matches its processor to
+    the data, stores the references' targets and the prototypes W_o, builds the optimiser and schedule, then writes
+    the run record and loads the checkpoint to resume from (if any). Arguments as :func:`train`'s.
+
+    Returns:
+        :class:`TrainingRun`: the prepared run, at step 0 or at the resumed step.
+    """
+    from accelerate.utils import set_seed
+
+    _check_output_dir(args)
+    output_dir = Path(args.output_dir)
+    accelerator = _start_accelerator(args, output_dir)
+    device = accelerator.device
+    set_seed(args.seed)
+    data = load_train_data(data_args, train_data, args.seed, method)
+    image_data = data.images if isinstance(data, ImageTextData) else data
+    channels_last = _uses_channels_last(args, model_args, device)
+    references = _load_references(method, model_args, data_args, data, device, channels_last and device.type == "cuda")
+    set_seed(args.seed)  # the model's initialisation does not depend on what was loaded before
+    model = build_model(model_args, method, references, data.num_classes)
+    towers = towers_of(model)
+    input_transform = tokens = None  # tokens: the text tower's captions, tokenised once (rows picked per batch)
+    if "image" in towers:
+        match_processor_to_data(towers["image"], image_data, model_args)
+        input_transform = ModelInputTransform.from_processor(towers["image"].processor, channels_last=channels_last)
+    if "text" in towers:
+        tokens = tokenize_texts(towers["text"].processor, data.texts, data_args.max_text_length)
+    has_images = not isinstance(data, ImageTextData) or data.has_images
+    augmentation = (
+        BatchAugmentation(data_args.augment_padding, data_args.horizontal_flip)
+        if has_images
+        else BatchAugmentation(0, False)  # 1-pixel placeholders: nothing to augment
+    )
+    batch_size = args.per_device_train_batch_size
+    loader = make_loader(image_data, batch_size, accelerator, args, args.seed, sharded=True, shuffle=True,
+                         drop_last=True)  # fmt: skip
+    steps_per_epoch = len(loader) // args.gradient_accumulation_steps
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"One epoch has {len(loader)} batches, fewer than gradient_accumulation_steps="
+            f"{args.gradient_accumulation_steps}; lower the batch size or the accumulation."
+        )
+    total_steps = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.num_train_epochs
+    passes = _NoGradPass(image_data, batch_size, accelerator, args, augmentation)
+    has_labels = not isinstance(data, ImageTextData) or data.has_labels
+    precomputed = _reference_tables(references, data, args, passes, accelerator)
+    method.prepare(_prototypes(method, references, precomputed, data, args, passes, accelerator, has_labels))
+
+    set_train_mode(model, model_args.freeze_backbone, model_args.freeze_text_backbone)
+    text_features = None  # a frozen text backbone's pooled output per caption, when stored (see the argument)
+    if (
+        tokens is not None
+        and model_args.cache_frozen_text_features
+        and backbone_frozen(towers["text"], model_args.freeze_backbone, model_args.freeze_text_backbone)
+    ):
+        text_features = _frozen_text_features(towers["text"], tokens, 4 * batch_size, device, accelerator)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, args, device)
+    warmup = args.warmup_steps + int(round(args.warmup_epochs * steps_per_epoch))
+    scheduler = build_lr_scheduler(optimizer, args.lr_scheduler_type, warmup, total_steps)
+    # The scheduler is stepped by hand once per optimizer step (not prepared: accelerate would step it once per
+    # process). Checkpoints save it as JSON (checkpointing.py), never through accelerate's pickled custom state.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    forward_model = torch.compile(model) if args.torch_compile else model
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+    record, global_step, history = _open_run(parts, model_args, data_args, args, method, accelerator, output_dir)
+    return TrainingRun(
+        args=args, model_args=model_args, data_args=data_args, method=method, accelerator=accelerator,
+        output_dir=output_dir, data=data, references=references, model=model, forward_model=forward_model,
+        input_transform=input_transform, tokens=tokens, text_features=text_features, augmentation=augmentation,
+        loader=loader, steps_per_epoch=steps_per_epoch, total_steps=total_steps, precomputed=precomputed,
+        optimizer=optimizer, scheduler=scheduler, record=record, global_step=global_step, history=history,
+        first_loss=next((float(e["loss"]) for e in history if "loss" in e), None),
+    )  # fmt: skip
+
+
+def _micro_batch_losses(run: TrainingRun, batch: dict[str, torch.Tensor], epoch: int, batch_index: int):
+    """The forward pass and named losses of one micro-batch (augmentation, the method's targets, the model inputs)."""
+    params = run.augmentation.sample(batch["global_batch_size"], augmentation_seed(run.args.seed, epoch, batch_index))
+    params = params.slice(batch["global_offset"], batch["global_offset"] + len(batch["labels"]))
+    images = run.augmentation(batch["images"], params)
+    labels = batch["labels"] if run.has_labels else None
+    with run.accelerator.autocast():
+        targets = run.method.batch_targets(run.references, run.precomputed, images, batch["index"])
+        inputs = {} if run.input_transform is None else {"pixel_values": run.input_transform(images)}
+        if run.text_features is not None:
+            inputs[run.text_feature_key] = run.text_features[batch["index"].to(run.device)]
+        elif run.tokens is not None:
+            inputs.update({k: v[batch["index"]].to(run.device) for k, v in run.tokens.items()})
+        outputs = run.forward_model(**inputs)
+        return run.method.compute_loss(outputs, targets, labels)
+
+
+def _optimizer_step(run: TrainingRun, batches: Iterator[dict], epoch: int, batch_index: int) -> dict[str, Any]:
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches; refuses a non-finite or exploding loss
+    before it reaches the weights. Returns the step's mean losses (tensors)."""
+    accumulation = run.args.gradient_accumulation_steps
+    step_losses: dict[str, torch.Tensor] = {}
+    for micro in range(accumulation):
+        losses = _micro_batch_losses(run, next(batches), epoch, batch_index + micro)
+        loss = sum(value for key, value in losses.items() if key.endswith("_loss"))
+        # Only the last micro-batch synchronises gradients across processes.
+        context = run.accelerator.no_sync(run.model) if micro < accumulation - 1 else contextlib.nullcontext()
+        with context:
+            run.accelerator.backward(loss / accumulation)
+        for key, value in losses.items():
+            step_losses[key] = step_losses.get(key, 0.0) + value.detach().float() / accumulation
+        step_losses["loss"] = step_losses.get("loss", 0.0) + loss.detach().float() / accumulation
+    parameters = run.model.parameters()
+    if run.args.max_grad_norm:
+        grad_norm = run.accelerator.clip_grad_norm_(parameters, run.args.max_grad_norm)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    _check_step(run, step_losses, grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.global_step += 1
+    return step_losses
+
+
+def _check_step(run: TrainingRun, step_losses: dict[str, torch.Tensor], grad_norm) -> None:
+    # One host sync per step: a NaN/inf loss term or gradient stops the run before it reaches the weights.
+    device, step, learning_rate = run.device, run.global_step + 1, run.scheduler.get_last_lr()[0]
+    checked = {**step_losses, "grad_norm": torch.as_tensor(grad_norm, dtype=torch.float32, device=device)}
+    checked_values = torch.stack([v.reshape(()).to(device) for v in checked.values()]).tolist()
+    if not all(math.isfinite(v) for v in checked_values):
+        term, value = _first_non_finite(checked)
+        raise FloatingPointError(
+            f"Training diverged at step {step}: {term} = {value}. Nothing was saved for this step; earlier "
+            f"checkpoints are intact. Lower the learning rate (now {learning_rate:.3g}) or check the data."
+        )
+    # A finite but exploding loss diverges too: far above where this run started, it stops, saving nothing.
+    step_loss = checked_values[list(checked).index("loss")]
+    if run.first_loss is None:
+        run.first_loss = step_loss
+    elif step_loss > DIVERGENCE_FACTOR * max(run.first_loss, 0.1):
+        raise FloatingPointError(
+            f"Training diverged at step {step}: loss = {step_loss:.4g}, more than {DIVERGENCE_FACTOR:g}× the first "
+            f"logged loss ({run.first_loss:.4g}). Nothing was saved for this step; earlier checkpoints are intact. "
+            f"Lower the learning rate (now {learning_rate:.3g})."
+        )
+
+
+@dataclass
+class _LogWindow:
+    """The losses and images seen since the last log entry."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    steps: int = 0
+    images: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, step_losses: dict[str, torch.Tensor], images: int) -> None:
+        for key, value in step_losses.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.steps += 1
+        self.images += images
+
+
+def _log(run: TrainingRun, window: _LogWindow, progress) -> None:
+    """Write one log entry: the window's mean losses (over every process), learning rate and images/s."""
+    keys = sorted(window.sums)
+    stacked = torch.stack([window.sums[k] / window.steps for k in keys])
+    stacked = run.accelerator.reduce(stacked, "mean") if run.accelerator.num_processes > 1 else stacked
+    values = dict(zip(keys, stacked.tolist()))
+    for key, value in values.items():
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"{key} became {value} at step {run.global_step}; lower the learning rate or check the data."
+            )
+    elapsed = time.perf_counter() - window.start
+    entry = {"step": run.global_step, "epoch": round(run.global_step / run.steps_per_epoch, 4),
+             "learning_rate": run.scheduler.get_last_lr()[0], **values,
+             "images_per_second": window.images / max(elapsed, 1e-9)}  # fmt: skip
+    run.history.append(entry)
+    run.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=run.global_step)
+    progress.set_postfix(loss=f"{values['loss']:.4f}")
+    if run.accelerator.is_main_process:
+        _write_logs(run.output_dir, run.history)
+
+
+def run_epoch(run: TrainingRun, epoch: int, progress, eval_fn: EvalFn | None = None) -> None:
+    """Phase 2: the optimizer steps of one epoch from where the run stands (a resume starts mid-epoch), with log
+    entries every ``logging_steps``, the evaluation hook at the epoch's end and checkpoints every ``save_steps``.
+
+    Args:
+        run (:class:`TrainingRun`): the prepared run; its ``global_step`` and ``history`` advance.
+        epoch (`int`): the epoch (0-based); its batch order and augmentations depend only on the seed and the epoch.
+        progress: a tqdm bar (updated once per step).
+        eval_fn (`callable`, *optional*): see :func:`train`.
+    """
+    args, accumulation = run.args, run.args.gradient_accumulation_steps
+    first_batch = (run.global_step % run.steps_per_epoch) * accumulation
+    batches = run.loader.iter_epoch(epoch, start_batch=first_batch)
+    batch_index = first_batch
+    window = _LogWindow()
+    images_per_step = args.per_device_train_batch_size * accumulation * run.accelerator.num_processes
+    while run.global_step < run.stop_at and run.global_step < (epoch + 1) * run.steps_per_epoch:
+        step_losses = _optimizer_step(run, batches, epoch, batch_index)
+        batch_index += accumulation
+        progress.update(1)
+        window.add(step_losses, images_per_step)
+        if run.global_step % args.logging_steps == 0 or run.global_step == run.stop_at:
+            _log(run, window, progress)
+            window = _LogWindow()
+        if run.global_step % run.steps_per_epoch == 0 and eval_fn is not None:
+            evaluate(run, eval_fn)
+        if (args.save_steps and run.global_step % args.save_steps == 0) or run.global_step == run.stop_at < (
+            run.total_steps
+        ):
+            _check_finite_model(run.model, run.global_step)
+            save_checkpoint(
+                run.accelerator, run.output_dir, run.global_step,
+                {"global_step": run.global_step, "total_steps": run.total_steps, "log_history": run.history},
+                args.save_total_limit, run_id=run.record["run_id"], model=run.model, optimizer=run.optimizer,
+                scheduler=run.scheduler,
+            )  # fmt: skip
+
+
+def evaluate(run: TrainingRun, eval_fn: EvalFn) -> dict[str, float] | None:
+    """Phase 3: the caller's evaluation hook on the unwrapped model (eval mode), its numbers logged as ``eval_*``."""
+    unwrapped = run.accelerator.unwrap_model(run.model)
+    unwrapped.eval()
+    epoch = run.global_step // run.steps_per_epoch
+    metrics = eval_fn(unwrapped, run.accelerator, epoch)
+    set_train_mode(unwrapped, run.model_args.freeze_backbone, run.model_args.freeze_text_backbone)
+    if metrics:
+        entry = {"step": run.global_step, "epoch": epoch, **{f"eval_{k}": float(v) for k, v in metrics.items()}}
+        run.history.append(entry)
+        run.accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=run.global_step)
+        if run.accelerator.is_main_process:
+            _write_logs(run.output_dir, run.history)
+    return metrics
+
+
+def save_trained_model(run: TrainingRun) -> Path:
+    """Phase 4: record how the model was trained (never compatibility: only ``bt2 verify`` measures that), check its
+    weights and save it (a pair: both towers), then close the run record."""
+    accelerator = run.accelerator
+    unwrapped = accelerator.unwrap_model(run.model)
+    unwrapped.eval()
+    metadata = _training_metadata(run.method, run.data, run.model_args, run.data_args, run.args, run.references,
+                                  run.total_steps, accelerator.num_processes)  # fmt: skip
+    for tower, tower_model in towers_of(unwrapped).items():
+        # a pair's tower records which one it is and where its partner is saved
+        pair = {"pair": {"tower": tower, "partner": TOWER_DIRS[{"image": "text", "text": "image"}[tower]]}}
+        tower_model.config.training = {**metadata, **(pair if isinstance(unwrapped, BT2PairModel) else {})}
+        # Training records what it trained against, never compatibility: only `bt2 verify` measures and writes that.
+        tower_model.config.compatible_with = []
+    _check_finite_model(unwrapped, run.global_step)
+    accelerator.wait_for_everyone()
+    # get_state_dict gathers full parameters under FSDP (every process takes part); the fingerprint covers them.
+    full_state_dict = accelerator.get_state_dict(run.model)
+    unwrapped.save_pretrained(run.output_dir, is_main_process=accelerator.is_main_process, state_dict=full_state_dict)
+    if accelerator.is_main_process:
+        _write_logs(run.output_dir, run.history)
+        finish_run(run.output_dir, run.record)
+        logger.info("Saved the %s model to %s (checkpoints: %d)", run.method.name, run.output_dir,
+                    len(list_checkpoints(run.output_dir)))  # fmt: skip
+    return run.output_dir
 
 
 def train(
@@ -496,426 +817,29 @@ def train(
     ...     BT2TrainingArguments(output_dir="runs/old", method="independent", per_device_train_batch_size=64),
     ... )
     """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import ProjectConfiguration, set_seed
-
-    args = training_args
-    method = get_method(args.method, method_config)
-    _check_output_dir(args)
-    output_dir = Path(args.output_dir)
-    # train() may run several times in one Python process (the demo trains old → independent → bt2). accelerate keeps
-    # its mixed-precision setting in a process-wide singleton; reset it (not the process group) so that every call
-    # gets the precision it asks for.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    # accelerate only starts a gloo process group on CPU when told cpu=True; under torchrun on a machine without
-    # CUDA that is what the user wants (otherwise every process silently trains alone).
-    cpu_distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(
-        cpu=cpu_distributed,
-        mixed_precision=args.mixed_precision,
-        log_with=[t.strip() for t in args.log_with.split(",")] if args.log_with else None,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-    )
-    device = accelerator.device
-    set_seed(args.seed)
-
-    # ---- everything that can fail on bad input happens before anything is written
-    data = _load_train_data(data_args, train_data, args.seed, method)
-    # The images of the rows (image towers: the data itself; text towers: the captions' paired images, which only the
-    # frozen image references see) and their labels (None for unlabelled image–text data).
-    image_data = data.images if isinstance(data, ImageTextData) else data
-    has_labels = not isinstance(data, ImageTextData) or data.has_labels
-    old_column = data.old_targets if isinstance(data, ImageTextData) else None
-    missing = [name for name in method.requires if not getattr(model_args, f"{name}_model")]
-    if missing:
-        raise ValueError(
-            f"Method {method.name!r} needs the frozen {' and '.join(missing)} model(s); pass "
-            + ", ".join(f"--{name}_model <checkpoint>" for name in missing)
-            + "."
-        )
-    use_channels_last = args.channels_last
-    backbone_is_cnn = model_args.backbone_type == "small_cnn" or (
-        (model_args.backbone_config or {}).get("model_type") in ("resnet", "convnext", "regnet", "efficientnet")
-    )
-    if use_channels_last is None:
-        use_channels_last = backbone_is_cnn and device.type == "cuda"
-    references = {
-        name: FrozenReference.load(
-            name, path, revision, device=device, channels_last=use_channels_last and device.type == "cuda"
-        )
-        for name, (path, revision) in _reference_paths(method, model_args).items()
-    }
-    for name, ref in references.items():
-        wanted = {"independent": method.modality, "independent_text": "text"}.get(name, "image")
-        if ref.modality != wanted:
-            raise ValueError(
-                f"The {name} model {ref.name_or_path} encodes {ref.modality}; method {method.name!r} needs a {wanted} "
-                f"model as its {name} reference."
-            )
-        if ref.modality == "text":
-            ref.tokenize(data.texts, data_args.max_text_length)
-    if old_column is not None and "old" in references and old_column.shape[1] != references["old"].embedding_dim:
-        raise ValueError(
-            f"The column {data_args.old_target_column} holds {old_column.shape[1]}-d old targets, but the old model "
-            f"{references['old'].name_or_path} embeds into {references['old'].embedding_dim} dims."
-        )
-    for name, ref in references.items():
-        if ref.model.config.num_classes and ref.model.config.num_classes != data.num_classes and name == "independent":
-            logger.warning(
-                "The independent model was trained with %d classes, this data has %d.",
-                ref.model.config.num_classes,
-                data.num_classes,
-            )
-    set_seed(args.seed)  # the model's initialisation does not depend on what was loaded before
-    model = _build_model(model_args, method, references, data.num_classes)
-    towers = _towers(model)
-    input_transform = tokens = None  # tokens: the text tower's captions, tokenised once (rows picked per batch)
-    if "image" in towers:
-        _match_processor_to_data(towers["image"], image_data, model_args)
-        input_transform = ModelInputTransform.from_processor(
-            towers["image"].processor, channels_last=use_channels_last
-        )
-    if "text" in towers:
-        tokens = tokenize_texts(towers["text"].processor, data.texts, data_args.max_text_length)
-    has_images = not isinstance(data, ImageTextData) or data.has_images
-    augmentation = (
-        BatchAugmentation(data_args.augment_padding, data_args.horizontal_flip)
-        if has_images
-        else BatchAugmentation(0, False)  # 1-pixel placeholders: nothing to augment
-    )
-    batch_size = args.per_device_train_batch_size
-    loader = _make_loader(image_data, batch_size, accelerator, args, args.seed, sharded=True, shuffle=True,
-                          drop_last=True)  # fmt: skip
+    method = get_method(training_args.method, method_config)
+    run = prepare_run(model_args, data_args, training_args, method, train_data)
+    accelerator, args = run.accelerator, training_args
+    progress = tqdm(total=run.total_steps, initial=run.global_step, desc=f"train {method.name}",
+                    disable=args.disable_tqdm or not accelerator.is_local_main_process)  # fmt: skip
     accumulation = args.gradient_accumulation_steps
-    steps_per_epoch = len(loader) // accumulation
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"One epoch has {len(loader)} batches, fewer than gradient_accumulation_steps={accumulation}; lower the "
-            "batch size or the accumulation."
-        )
-    total_steps = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.num_train_epochs
-
-    def no_grad_pass(epoch: int, augment: bool, sharded: bool):
-        """(augmented images, labels, rows) over the whole training set, for prototypes and precomputed targets."""
-        pass_loader = _make_loader(image_data, 4 * batch_size, accelerator, args, args.seed, sharded=sharded,
-                                   shuffle=False, drop_last=False)  # fmt: skip
-        for batch_index, batch in enumerate(pass_loader.iter_epoch(epoch)):
-            params = None
-            if augment:
-                seed = _augmentation_seed(args.seed, epoch, batch_index)
-                params = augmentation.sample(batch["global_batch_size"], seed).slice(
-                    batch["global_offset"], batch["global_offset"] + len(batch["labels"])
-                )
-            yield augmentation(batch["images"], params), batch["labels"], batch["index"]
-
-    precomputed: dict[str, torch.Tensor] = {}
-    if old_column is not None and "old" in references:
-        precomputed["old"] = old_column.to(device)
-    # Captions are never augmented, so a frozen text reference gives one embedding per caption: embed each once.
-    # With precomputed targets, each process also embeds every image once (a single random augmentation per image,
-    # as the research code); the old model's table then also gives the prototypes W_o (below). Cheaper than online
-    # targets whenever a run sees more images than the data set holds (steps × batch > N).
-    if references:
-        for name, ref in references.items():
-            if name in precomputed or (ref.modality == "image" and args.reference_targets != "precomputed"):
-                continue
-            table = torch.zeros(len(data), ref.embedding_dim, device=device)
-            with accelerator.autocast():
-                if ref.modality == "image":
-                    for images, _, rows in no_grad_pass(_PRECOMPUTE_EPOCH, True, False):
-                        table[rows.to(device)] = ref.embed(images)
-                else:
-                    for start in range(0, len(data), 4 * batch_size):
-                        rows = torch.arange(start, min(start + 4 * batch_size, len(data)))
-                        table[rows.to(device)] = ref.embed_rows(rows)
-            precomputed[name] = table
-
-    prototypes = None
-    if method.uses_prototypes and has_labels:
-        ref = references[method.prototype_reference]
-        table = precomputed.get(method.prototype_reference) if ref.modality == "image" else None
-        if table is not None and (old_column is not None or args.prototype_augmentation):
-            # The stored targets are the reference's word on every training image (one augmented view each, or the
-            # given column): W_o is their class means, and no second pass over the data is needed.
-            prototypes = compute_class_means(
-                [(table, image_data.labels)], data.num_classes, lambda x: x, table.shape[1], device,
-                class_names=data.class_names,
-            )  # fmt: skip
-        else:
-            with accelerator.autocast():
-                prototypes = compute_class_means(
-                    (
-                        (images, labels)
-                        for images, labels, _ in no_grad_pass(_PROTOTYPE_EPOCH, args.prototype_augmentation, True)
-                    ),
-                    data.num_classes,
-                    ref.embed,
-                    ref.embedding_dim,
-                    device,
-                    reduce=(lambda t: accelerator.reduce(t, "sum")) if accelerator.num_processes > 1 else None,
-                    class_names=data.class_names,
-                )
-    method.prepare(prototypes)
-
-    # ---- training state
-    _train_mode(model, model_args.freeze_backbone, model_args.freeze_text_backbone)
-    text_features = None  # a frozen text backbone's pooled output per caption, when stored (see the argument)
-    if (
-        tokens is not None
-        and model_args.cache_frozen_text_features
-        and _backbone_frozen(towers["text"], model_args.freeze_backbone, model_args.freeze_text_backbone)
-    ):
-        text_features = _frozen_text_features(towers["text"], tokens, 4 * batch_size, device, accelerator)
-    if use_channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, args, device)
-    warmup = args.warmup_steps + int(round(args.warmup_epochs * steps_per_epoch))
-    scheduler = build_lr_scheduler(optimizer, args.lr_scheduler_type, warmup, total_steps)
-    # The scheduler is stepped by hand once per optimizer step (not prepared: accelerate would step it once per
-    # process). Checkpoints save it as JSON (checkpointing.py), never through accelerate's pickled custom state.
-    model, optimizer = accelerator.prepare(model, optimizer)
-    forward_model = torch.compile(model) if args.torch_compile else model
-
-    global_step = 0
-    history: list[dict[str, Any]] = []
-    resume_path = None
-    if args.resume_from_checkpoint:
-        owner = read_run(output_dir)  # "latest" means the newest checkpoint of the run that owns output_dir
-        resume_path = resolve_checkpoint(output_dir, args.resume_from_checkpoint, owner and owner["run_id"])
-        check_no_pickles(resume_path)  # before anything is written or read: a pickle would run its code
-    settings = _run_settings(model_args, data_args, args, method)
-    changes = (
-        check_resume_settings(output_dir, settings, args.resume_with_changes) if args.resume_from_checkpoint else None
-    )
-    if accelerator.is_main_process:
-        start_run(output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint),
-                  settings=settings, changes=changes)  # fmt: skip
-    accelerator.wait_for_everyone()
-    run = read_run(output_dir)
-    if resume_path is not None:
-        state = load_checkpoint(accelerator, resume_path, model=model, optimizer=optimizer, scheduler=scheduler)
-        global_step = int(state["global_step"])
-        history = list(state.get("log_history", []))
-        logger.info("Resumed from %s at step %d", resume_path, global_step)
-    if accelerator.trackers or args.log_with:
-        accelerator.init_trackers(
-            "bt2_hf", config={**dataclasses.asdict(args), **method.config.to_dict(), "method": method.name}
-        )
-
-    # the loss divergence is judged against: the run's first logged loss (kept in the log across a resume)
-    first_loss = next((float(e["loss"]) for e in history if "loss" in e), None)
-    stop_at = min(total_steps, args.stop_after_steps) if args.stop_after_steps else total_steps
-    progress = tqdm(
-        total=total_steps,
-        initial=global_step,
-        disable=args.disable_tqdm or not accelerator.is_local_main_process,
-        desc=f"train {method.name}",
-    )
-    window: dict[str, torch.Tensor] = {}
-    window_steps = 0
-    window_start = time.perf_counter()
-    images_seen = 0
     logger.info(
         "Training %s: %d samples, %d classes, %d steps (%d per epoch), global batch %d",
-        method.name, len(data), data.num_classes, total_steps, steps_per_epoch,
-        batch_size * accelerator.num_processes * accumulation,
+        method.name, len(run.data), run.data.num_classes, run.total_steps, run.steps_per_epoch,
+        args.per_device_train_batch_size * accelerator.num_processes * accumulation,
     )  # fmt: skip
-
-    while global_step < stop_at:
-        epoch = global_step // steps_per_epoch
-        first_batch = (global_step % steps_per_epoch) * accumulation
-        batches = loader.iter_epoch(epoch, start_batch=first_batch)
-        batch_index = first_batch
-        while global_step < stop_at and global_step < (epoch + 1) * steps_per_epoch:
-            step_losses: dict[str, torch.Tensor] = {}
-            for micro in range(accumulation):
-                batch = next(batches)
-                params = augmentation.sample(
-                    batch["global_batch_size"], _augmentation_seed(args.seed, epoch, batch_index)
-                )
-                params = params.slice(batch["global_offset"], batch["global_offset"] + len(batch["labels"]))
-                batch_index += 1
-                images = augmentation(batch["images"], params)
-                labels = batch["labels"] if has_labels else None
-                with accelerator.autocast():
-                    targets = {}
-                    for name, ref in references.items():
-                        if name in precomputed:
-                            targets[name] = precomputed[name][batch["index"].to(device)]
-                        elif ref.modality == "image":
-                            targets[name] = ref.embed(images)
-                        else:
-                            targets[name] = ref.embed_rows(batch["index"])
-                    inputs = {} if input_transform is None else {"pixel_values": input_transform(images)}
-                    if text_features is not None:
-                        key = "text_backbone_output" if "image" in towers else "backbone_output"
-                        inputs[key] = text_features[batch["index"].to(device)]
-                    elif tokens is not None:
-                        inputs.update({k: v[batch["index"]].to(device) for k, v in tokens.items()})
-                    outputs = forward_model(**inputs)
-                    losses = method.compute_loss(outputs, targets, labels)
-                loss = sum(value for key, value in losses.items() if key.endswith("_loss"))
-                # Only the last micro-batch synchronises gradients across processes.
-                context = accelerator.no_sync(model) if micro < accumulation - 1 else contextlib.nullcontext()
-                with context:
-                    accelerator.backward(loss / accumulation)
-                for key, value in losses.items():
-                    step_losses[key] = step_losses.get(key, 0.0) + value.detach().float() / accumulation
-                step_losses["loss"] = step_losses.get("loss", 0.0) + loss.detach().float() / accumulation
-            if args.max_grad_norm:
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            else:
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-            # One host sync per step: a NaN/inf loss term or gradient stops the run before it reaches the weights.
-            checked = {**step_losses, "grad_norm": torch.as_tensor(grad_norm, dtype=torch.float32, device=device)}
-            checked_values = torch.stack([v.reshape(()).to(device) for v in checked.values()]).tolist()
-            if not all(math.isfinite(v) for v in checked_values):
-                term, value = _first_non_finite(checked)
-                raise FloatingPointError(
-                    f"Training diverged at step {global_step + 1}: {term} = {value}. Nothing was saved for this step; "
-                    f"earlier checkpoints are intact. Lower the learning rate (now {scheduler.get_last_lr()[0]:.3g}) "
-                    "or check the data."
-                )
-            # A finite but exploding loss diverges too: far above where this run started, it stops, saving nothing.
-            step_loss = checked_values[list(checked).index("loss")]
-            if first_loss is None:
-                first_loss = step_loss
-            elif step_loss > DIVERGENCE_FACTOR * max(first_loss, 0.1):
-                raise FloatingPointError(
-                    f"Training diverged at step {global_step + 1}: loss = {step_loss:.4g}, more than "
-                    f"{DIVERGENCE_FACTOR:g}× the first logged loss ({first_loss:.4g}). Nothing was saved for this step; "
-                    f"earlier checkpoints are intact. Lower the learning rate (now {scheduler.get_last_lr()[0]:.3g})."
-                )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            images_seen += batch_size * accumulation * accelerator.num_processes
-            progress.update(1)
-            for key, value in step_losses.items():
-                window[key] = window.get(key, 0.0) + value
-            window_steps += 1
-
-            if global_step % args.logging_steps == 0 or global_step == stop_at:
-                keys = sorted(window)
-                stacked = torch.stack([window[k] / window_steps for k in keys])
-                stacked = accelerator.reduce(stacked, "mean") if accelerator.num_processes > 1 else stacked
-                values = dict(zip(keys, stacked.tolist()))
-                for key, value in values.items():
-                    if not math.isfinite(value):
-                        raise FloatingPointError(
-                            f"{key} became {value} at step {global_step}; lower the learning rate or check the data."
-                        )
-                elapsed = time.perf_counter() - window_start
-                entry = {"step": global_step, "epoch": round(global_step / steps_per_epoch, 4),
-                         "learning_rate": scheduler.get_last_lr()[0], **values,
-                         "images_per_second": images_seen / max(elapsed, 1e-9)}  # fmt: skip
-                history.append(entry)
-                accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=global_step)
-                progress.set_postfix(loss=f"{values['loss']:.4f}")
-                if accelerator.is_main_process:
-                    _write_logs(output_dir, history)
-                window, window_steps, images_seen, window_start = {}, 0, 0, time.perf_counter()
-
-            end_of_epoch = global_step % steps_per_epoch == 0
-            if end_of_epoch and eval_fn is not None:
-                unwrapped = accelerator.unwrap_model(model)
-                unwrapped.eval()
-                metrics = eval_fn(unwrapped, accelerator, global_step // steps_per_epoch)
-                _train_mode(unwrapped, model_args.freeze_backbone, model_args.freeze_text_backbone)
-                if metrics:
-                    entry = {"step": global_step, "epoch": global_step // steps_per_epoch,
-                             **{f"eval_{k}": float(v) for k, v in metrics.items()}}  # fmt: skip
-                    history.append(entry)
-                    accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=global_step)
-                    if accelerator.is_main_process:
-                        _write_logs(output_dir, history)
-            if (args.save_steps and global_step % args.save_steps == 0) or global_step == stop_at < total_steps:
-                _check_finite_model(model, global_step)
-                save_checkpoint(
-                    accelerator, output_dir, global_step,
-                    {"global_step": global_step, "total_steps": total_steps, "log_history": history},
-                    args.save_total_limit, run_id=run["run_id"], model=model, optimizer=optimizer, scheduler=scheduler,
-                )  # fmt: skip
+    while run.global_step < run.stop_at:
+        run_epoch(run, run.global_step // run.steps_per_epoch, progress, eval_fn)
     progress.close()
-
-    if global_step < total_steps:
-        logger.info("Stopped at step %d of %d; resume with --resume_from_checkpoint latest.", global_step, total_steps)
+    if run.global_step < run.total_steps:
+        logger.info("Stopped at step %d of %d; resume with --resume_from_checkpoint latest.", run.global_step,
+                    run.total_steps)  # fmt: skip
         accelerator.end_training()
-        return output_dir
-
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped.eval()
-    metadata = _training_metadata(
-        method, data, model_args, data_args, args, references, total_steps, accelerator.num_processes
-    )
-    for tower, tower_model in _towers(unwrapped).items():
-        # a pair's tower records which one it is and where its partner is saved
-        pair = {"pair": {"tower": tower, "partner": TOWER_DIRS[{"image": "text", "text": "image"}[tower]]}}
-        tower_model.config.training = {**metadata, **(pair if isinstance(unwrapped, BT2PairModel) else {})}
-        # Training records what it trained against, never compatibility: only `bt2 verify` measures and writes that.
-        tower_model.config.compatible_with = []
-    _check_finite_model(unwrapped, global_step)
-    accelerator.wait_for_everyone()
-    # get_state_dict gathers full parameters under FSDP (every process takes part); the fingerprint covers them.
-    full_state_dict = accelerator.get_state_dict(model)
-    unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, state_dict=full_state_dict)
-    if accelerator.is_main_process:
-        _write_logs(output_dir, history)
-        finish_run(output_dir, run)
-        logger.info(
-            "Saved the %s model to %s (checkpoints: %d)", method.name, output_dir, len(list_checkpoints(output_dir))
-        )
+        return run.output_dir
+    save_trained_model(run)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return output_dir
-
-
-# Frozen text features of the runs of this process, by (backbone weights + tokenizer, captions, precision, device): the
-# stages of a pipeline that share a frozen pretrained encoder run it once. Bounded: a few caption sets at most.
-_FROZEN_TEXT_FEATURES: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-_FROZEN_TEXT_FEATURES_KEPT = 4
-
-
-@torch.no_grad()
-def _frozen_text_features(tower: BT2Model, tokens: dict, chunk: int, device, accelerator) -> torch.Tensor:
-    """The frozen (eval-mode) text backbone's pooled output for every caption, ``(num_captions, dim)``."""
-    captions = hashlib.sha256()
-    for name in sorted(tokens):
-        captions.update(name.encode())
-        captions.update(tokens[name].cpu().contiguous().numpy().tobytes())
-    backbone = tower.backbone
-    key = (
-        combine_fingerprint(fingerprint_state_dict(backbone.state_dict()), tower.processor),
-        captions.hexdigest(),
-        str(accelerator.mixed_precision),
-        str(device),
-    )
-    if key in _FROZEN_TEXT_FEATURES:
-        _FROZEN_TEXT_FEATURES.move_to_end(key)
-        return _FROZEN_TEXT_FEATURES[key]
-    was_training = backbone.training
-    backbone.eval()
-    count = len(next(iter(tokens.values())))
-    parts = []
-    with accelerator.autocast():
-        for start in range(0, count, chunk):
-            inputs = {k: v[start : start + chunk].to(device) for k, v in tokens.items()}
-            parts.append(backbone(**inputs).float())
-    backbone.train(was_training)
-    features = _FROZEN_TEXT_FEATURES[key] = torch.cat(parts)
-    while len(_FROZEN_TEXT_FEATURES) > _FROZEN_TEXT_FEATURES_KEPT:
-        _FROZEN_TEXT_FEATURES.popitem(last=False)
-    return features
-
-
-def _train_mode(model: torch.nn.Module, freeze_backbone: bool, freeze_text_backbone: bool = False) -> None:
-    """Training mode, except a frozen backbone, which stays in eval mode (no dropout, fixed normalisation)."""
-    model.train()
-    for tower in _towers(getattr(model, "module", model)).values():
-        if _backbone_frozen(tower, freeze_backbone, freeze_text_backbone):
-            tower.backbone.eval()
+    return run.output_dir
 
 
 def _trained_against(old: FrozenReference | None) -> dict[str, Any] | None:

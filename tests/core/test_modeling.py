@@ -167,7 +167,7 @@ def test_resave_keeps_directory_consistent(tmp_path):
     ("kwargs", "error", "message"),
     [
         ({"backbone_type": "no_such_backbone"}, ValueError, "Unknown backbone_type 'no_such_backbone'"),
-        ({"head_type": "mlp"}, ValueError, "Unknown head_type"),
+        ({"head_type": "no_such_head"}, ValueError, "Unknown head_type"),
         (
             {"head_type": "basis_transformation", "feature_dim": 16, "old_embedding_dim": 32, "extra_dim": 8},
             ValueError,

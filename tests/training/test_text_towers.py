@@ -410,7 +410,7 @@ def test_lazily_decoded_images_train_as_in_memory_ones(tmp_path, towers):
 def test_bt2_train_reads_the_scenes_data_set(tmp_path, towers):
     """The procedural scenes (image + caption, no labels) train a text tower through `bt2 train` as they are."""
     from bt2_hf.cli.train import main
-    from bt2_hf.data.scenes import generate_scenes
+    from bt2_hf.experiments.scenes import generate_scenes
 
     generate_scenes(seed=0, preset="tiny", image_size=28, save_to=tmp_path / "scenes")
     output = tmp_path / "bct_text"
@@ -445,17 +445,20 @@ def test_stored_frozen_text_features_train_as_running_the_backbone_every_step(tm
 
 
 def test_frozen_text_features_are_computed_once_per_encoder_and_caption_set(tmp_path, towers):
-    from bt2_hf.training import trainer
+    from bt2_hf.training.feature_cache import FROZEN_FEATURES
 
-    trainer._FROZEN_TEXT_FEATURES.clear()
+    def text_entries():
+        return [key for key in FROZEN_FEATURES.keys() if key[0] == "text_features"]
+
+    FROZEN_FEATURES.clear()
     model_args = dict(backbone_type="open_clip_text", backbone_config=OPEN_CLIP_TEXT, old_model=towers["old"],
                       freeze_backbone=True)  # fmt: skip
     for run in ("first", "second"):  # the same encoder (built from one seed) and captions: one entry, reused
         train(ModelArguments(**model_args), DataArguments(), quick_args(tmp_path / run, "bct_text", max_steps=1),
               train_data=image_text_data())  # fmt: skip
-    assert len(trainer._FROZEN_TEXT_FEATURES) == 1
+    assert len(text_entries()) == 1
     other_captions = image_text_data()
     other_captions.texts = [f"{text} again" for text in other_captions.texts]
     train(ModelArguments(**model_args), DataArguments(), quick_args(tmp_path / "third", "bct_text", max_steps=1),
           train_data=other_captions)  # fmt: skip
-    assert len(trainer._FROZEN_TEXT_FEATURES) == 2
+    assert len(text_entries()) == 2

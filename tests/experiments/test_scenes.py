@@ -10,7 +10,8 @@ import pytest
 
 datasets = pytest.importorskip("datasets")
 
-from bt2_hf.data.scenes import (  # noqa: E402
+from bt2_hf.errors import BT2InputError  # noqa: E402
+from bt2_hf.experiments.scenes import (  # noqa: E402
     DEFAULT_HELD_OUT_PAIRS,
     POSITIONS,
     TEMPLATES,
@@ -20,7 +21,6 @@ from bt2_hf.data.scenes import (  # noqa: E402
     scene_config_of,
     scene_relevance,
 )
-from bt2_hf.errors import BT2InputError  # noqa: E402
 
 TEST_ONLY_TEMPLATES = {t.name for t in TEMPLATES if t.test_only}
 

@@ -12,11 +12,11 @@ a user sees can change) or a missing test.
 
 Usage (from the repository root; not part of CI: each mutation starts a pytest process, ~10-60 s each)::
 
-    python benchmarks/mutation_check.py                    # the four places
-    python benchmarks/mutation_check.py --place heads      # one place
-    python benchmarks/mutation_check.py --only losses-3 heads-1
-    python benchmarks/mutation_check.py --list
-    python benchmarks/mutation_check.py --json mutation_results.json
+    python tools/mutation_check.py                    # the four places
+    python tools/mutation_check.py --place heads      # one place
+    python tools/mutation_check.py --only losses-3 heads-1
+    python tools/mutation_check.py --list
+    python tools/mutation_check.py --json mutation_results.json
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ COPIED = ("bt2_hf", "tests", "pyproject.toml")
 
 TESTS = {
     "heads": ["tests/core/test_heads.py"],
-    "losses": ["tests/training/test_losses.py"],
+    "losses": ["tests/methods/test_losses_and_methods.py"],
     "methods": [
-        "tests/training/test_losses.py",
+        "tests/methods/test_losses_and_methods.py",
         "tests/training/test_train.py::test_bt2_loss_terms_against_an_independent_computation",
         "tests/training/test_train.py::test_bct_loss_terms_against_an_independent_computation",
     ],

@@ -440,7 +440,7 @@ def generate_scenes(
     Example:
 
     ```python
-    >>> from bt2_hf.data.scenes import generate_scenes, scene_relevance
+    >>> from bt2_hf.experiments.scenes import generate_scenes, scene_relevance
     >>> scenes = generate_scenes(seed=0, preset="tiny")
     >>> test = scenes["test"]
     >>> relevant = scene_relevance(test["caption_attributes"], test["attributes"])  # (16, 16) bool
@@ -492,7 +492,7 @@ def scene_config_of(dataset) -> SceneConfig:
     try:
         settings = json.loads(split.info.description or "")["bt2_hf_scenes"]
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError("This dataset was not made by bt2_hf.data.scenes.generate_scenes (no settings).") from error
+        raise ValueError("This dataset was not made by bt2_hf.experiments.scenes.generate_scenes (no settings).") from error
     return SceneConfig(**settings)
 
 
@@ -518,7 +518,7 @@ def load_scenes(path: str | os.PathLike):
     if not config_path.is_file():
         raise BT2InputError(
             f"no {SCENES_CONFIG_NAME}: this is not a scenes data set; write one with "
-            "bt2_hf.data.scenes.generate_scenes(save_to=...).",
+            "bt2_hf.experiments.scenes.generate_scenes(save_to=...).",
             path,
         )
     try:
