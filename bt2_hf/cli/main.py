@@ -38,6 +38,7 @@ MORE: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "text-tower": ("bt2_hf.cli.text_tower", "class-level BT² text tower searching an old Fashion-MNIST gallery", ()),
     "serve": ("bt2_hf.cli.serve", "serve galleries over HTTP: search, dual-write, backfill beside it, cutover", ()),
     "hub-serve": ("bt2_hf.cli.hub_serve", "serve a local Hub on 127.0.0.1 to try push and pull offline", ()),
+    "ui": ("bt2_hf.cli.ui", "a web page: old, new and backfilled search side by side, verdicts, progress", ()),
 }  # fmt: skip
 COMMANDS = {**STORY, **MORE}
 

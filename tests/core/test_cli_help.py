@@ -16,7 +16,7 @@ import pytest
 from bt2_hf.cli.main import STORY
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "transformers", "faiss", "rich", "pymilvus")
+HEAVY = ("torch", "transformers", "faiss", "rich", "pymilvus", "gradio")
 OWN_COMMANDS = [
     "demo",
     "train",
@@ -31,6 +31,7 @@ OWN_COMMANDS = [
     "hub-serve",
     "image-text",
     "text-tower",
+    "ui",
 ]
 
 
