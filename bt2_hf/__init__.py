@@ -42,6 +42,9 @@ _PUBLIC_NAMES = {
     "ImageInputError": ".processing",
     "VerificationResult": ".verify",
     "verify_compatibility": ".verify",
+    "verify_retrieval_set": ".verify",
+    "adapt_model": ".adapt",
+    "attach_adapter": ".adapt",
 }
 
 
@@ -82,5 +85,8 @@ __all__ = [
     "resolve_query_model",
     "validate_compatibility_metadata",
     "VerificationResult",
+    "adapt_model",
+    "attach_adapter",
     "verify_compatibility",
+    "verify_retrieval_set",
 ]

@@ -9,6 +9,7 @@ from transformers import PreTrainedConfig
 from .backbones import get_backbone_class
 from .heads import get_head_class
 
+ADAPTER_BLOCK_KEYS = ("kind", "config", "base_model", "target_model", "fitted_on")
 NONLINEARITIES = ("relu", "none")
 
 
@@ -56,6 +57,15 @@ class BT2Config(PreTrainedConfig):
             and optionally measured ``metrics``.
         training (`dict`, *optional*): how the model was trained (method, method config, class subset, references).
         base_model (`str`, *optional*): the checkpoint the backbone was initialised from, if any.
+        adapter (`dict`, *optional*): a post-hoc adapter applied after the head (:mod:`bt2_hf.adapters`): the model
+            is then an *adapted query model*, whose embeddings are the adapter's output in an old model's space.
+            ``{"kind", "config"`` (the adapter's ``config_dict()``: kind, ``input_dim`` = the head's width,
+            ``output_dim`` = the old model's width, hyper-parameters)``, "base_model"`` (the new model it adapts:
+            ``name_or_path``, ``fingerprint``, ``embedding_dim``, ``compatible_dim``)``, "target_model"`` (the old
+            model: ``name_or_path``, ``fingerprint``, ``embedding_dim``)``, "fitted_on"`` (``name``, ``split``,
+            ``num_pairs``, ``sha256``)``}``, written by :func:`bt2_hf.adapt.attach_adapter`. ``embedding_dim`` and
+            ``compatible_dim`` are then the adapter's ``output_dim``; the head keeps the base model's widths
+            (:attr:`head_embedding_dim`).
 
     Example:
 
@@ -91,8 +101,21 @@ class BT2Config(PreTrainedConfig):
         compatible_with: list[dict[str, Any]] | None = None,
         training: dict[str, Any] | None = None,
         base_model: str | None = None,
+        adapter: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
+        adapter = validated_adapter_block(adapter) if adapter is not None else None
+        if adapter is not None:
+            # Saved: embedding_dim = compatible_dim = the adapter's output; the head's widths come from the block.
+            output_dim = adapter["config"]["output_dim"]
+            for name, value in (("embedding_dim", embedding_dim), ("compatible_dim", compatible_dim)):
+                if value is not None and value != output_dim:
+                    raise ValueError(
+                        f"With an adapter, {name} is the adapter's output_dim ({output_dim}); got {name}={value}."
+                    )
+            # the head's own widths, checked by the head's widths() below like any head's
+            embedding_dim = adapter["config"]["input_dim"]
+            compatible_dim = adapter["base_model"].get("compatible_dim")
         backbone_class = get_backbone_class(backbone_type)  # raises on an unknown name
         if pooling not in backbone_class.poolings:
             raise ValueError(
@@ -115,6 +138,11 @@ class BT2Config(PreTrainedConfig):
             {"embedding_dim": embedding_dim, "compatible_dim": compatible_dim, "feature_dim": feature_dim,
              "old_embedding_dim": old_embedding_dim, "extra_dim": extra_dim, **head_config}
         )  # fmt: skip
+        if adapter is not None and embedding_dim != adapter["config"]["input_dim"]:
+            raise ValueError(
+                f"The adapter maps {adapter['config']['input_dim']}-d embeddings but this head outputs {embedding_dim}-d "
+                "ones: the adapter was fitted on another model. Fit it again on this model's embeddings (bt2 adapt)."
+            )
         if logit_scale <= 0:
             raise ValueError(f"logit_scale must be positive, got {logit_scale}.")
         if num_classes < 0:
@@ -140,6 +168,9 @@ class BT2Config(PreTrainedConfig):
         self.compatible_with = list(compatible_with or [])
         self.training = dict(training or {})
         self.base_model = base_model
+        self.adapter = adapter
+        if adapter is not None:
+            self.embedding_dim = self.compatible_dim = int(adapter["config"]["output_dim"])
         super().__init__(**kwargs)
         from .compatibility import validate_compatibility_metadata
 
@@ -151,6 +182,66 @@ class BT2Config(PreTrainedConfig):
         return get_backbone_class(self.backbone_type).modality
 
     @property
+    def head_embedding_dim(self) -> int:
+        """The head's output width: ``embedding_dim``, or with an adapter the base model's width (its input)."""
+        return int(self.adapter["config"]["input_dim"]) if self.adapter else self.embedding_dim
+
+    @property
+    def head_compatible_dim(self) -> int:
+        """The head's compatible prefix: ``compatible_dim``, or with an adapter the base model's."""
+        if not self.adapter:
+            return self.compatible_dim
+        return int(self.adapter["base_model"].get("compatible_dim") or self.head_embedding_dim)
+
+    @property
     def projection_dim(self) -> int:
         """The embedding width, under the name sentence-transformers reads for models that output embeddings."""
         return self.embedding_dim
+
+
+def validated_adapter_block(block: Any) -> dict[str, Any]:
+    """``config.adapter`` checked: a dict with :data:`ADAPTER_BLOCK_KEYS`, a registered kind whose ``config`` names the
+    same kind and positive integer widths, and the base and target models' fingerprints.
+
+    Raises:
+        `ValueError`: naming the key that is missing or wrong.
+    """
+    from .adapters import ADAPTERS
+
+    if not isinstance(block, dict):
+        raise ValueError(
+            f"config.adapter must be a dict with keys {list(ADAPTER_BLOCK_KEYS)}; got {type(block).__name__}."
+        )
+    missing = [key for key in ("kind", "config", "base_model", "target_model") if not block.get(key)]
+    if missing:
+        raise ValueError(
+            f"config.adapter lacks {missing}; it needs {list(ADAPTER_BLOCK_KEYS)}. Adapted models are written by "
+            "`bt2 adapt` (bt2_hf.adapt.attach_adapter)."
+        )
+    unknown = sorted(set(block) - set(ADAPTER_BLOCK_KEYS))
+    if unknown:
+        raise ValueError(f"config.adapter has unknown keys {unknown}; expected {list(ADAPTER_BLOCK_KEYS)}.")
+    kind, adapter_config = block["kind"], block["config"]
+    if kind not in ADAPTERS:
+        raise ValueError(f"config.adapter has kind {kind!r}; registered kinds: {sorted(ADAPTERS)}.")
+    if not isinstance(adapter_config, dict) or adapter_config.get("kind") != kind:
+        raise ValueError(f"config.adapter.config must be the {kind!r} adapter's config_dict() (with kind={kind!r}).")
+    for name in ("input_dim", "output_dim"):
+        value = adapter_config.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.adapter.config.{name} must be a positive int; got {value!r}.")
+    for role in ("base_model", "target_model"):
+        if not isinstance(block[role], dict) or not block[role].get("fingerprint"):
+            raise ValueError(f"config.adapter.{role} must record the model's fingerprint; got {block[role]!r}.")
+    if block["base_model"].get("embedding_dim") not in (None, adapter_config["input_dim"]):
+        raise ValueError(
+            f"config.adapter maps {adapter_config['input_dim']}-d embeddings but its base model embeds "
+            f"{block['base_model']['embedding_dim']}-d ones: the adapter was fitted on another model. Fit it again on "
+            "this model's embeddings (bt2 adapt)."
+        )
+    if block["target_model"].get("embedding_dim") not in (None, adapter_config["output_dim"]):
+        raise ValueError(
+            f"config.adapter maps into {adapter_config['output_dim']} dims but its target model is "
+            f"{block['target_model']['embedding_dim']}-d."
+        )
+    return {key: block[key] for key in ADAPTER_BLOCK_KEYS if key in block}

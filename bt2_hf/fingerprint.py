@@ -131,23 +131,46 @@ def preprocessing_identity(processor: Any) -> dict[str, Any] | None:
     return {"processor_class": type(processor).__name__, **fields}
 
 
-def combine_fingerprint(weights_fingerprint: str, processor: Any) -> str:
-    """The model fingerprint: the weight fingerprint alone when there is no processor, else a digest of both."""
+def combine_fingerprint(weights_fingerprint: str, processor: Any, adapter: Mapping[str, Any] | None = None) -> str:
+    """The model fingerprint: the weight fingerprint alone when there is neither a processor nor an adapter, else a
+    digest of the weights, the preprocessing and the adapter's config.
+
+    Args:
+        weights_fingerprint (`str`): of the stored tensors (adapter weights included: they are model weights).
+        processor: the model's processor, or ``None``.
+        adapter (`dict`, *optional*): a post-hoc adapter's config (``config.adapter["config"]``: kind, widths and
+            hyper-parameters): the same weights read as another kind of map would give other embeddings.
+    """
     identity = preprocessing_identity(processor)
-    if identity is None:
+    if identity is None and adapter is None:
         return weights_fingerprint
-    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
-    digest = hashlib.sha256(f"weights={weights_fingerprint}\npreprocessing={canonical}".encode())
-    return FINGERPRINT_PREFIX + digest.hexdigest()
+    text = f"weights={weights_fingerprint}"
+    if identity is not None:
+        text += "\npreprocessing=" + json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    if adapter is not None:
+        text += "\nadapter=" + json.dumps(dict(adapter), sort_keys=True, separators=(",", ":"), default=str)
+    return FINGERPRINT_PREFIX + hashlib.sha256(text.encode()).hexdigest()
+
+
+def adapter_identity(config: Any) -> dict[str, Any] | None:
+    """What of a model's post-hoc adapter the fingerprint covers besides its weights: ``config.adapter["config"]``
+    (``None`` for a model without an adapter)."""
+    block = getattr(config, "adapter", None)
+    return dict(block["config"]) if block else None
 
 
 def state_fingerprint(model: torch.nn.Module) -> str:
-    """Fingerprint of a model's in-memory state: ``model.state_dict()`` and ``model.processor`` (if any).
+    """Fingerprint of a model's in-memory state: ``model.state_dict()``, ``model.processor`` and the adapter's config
+    (if any).
 
     It detects any change to a weight or to the processor; it equals the saved fingerprint only for models whose
     checkpoint stores every tensor under its in-memory name (transformers may rename or fuse some on save).
     """
-    return combine_fingerprint(fingerprint_state_dict(model.state_dict()), getattr(model, "processor", None))
+    return combine_fingerprint(
+        fingerprint_state_dict(model.state_dict()),
+        getattr(model, "processor", None),
+        adapter_identity(getattr(model, "config", None)),
+    )
 
 
 def fingerprint_model(model: torch.nn.Module) -> str:

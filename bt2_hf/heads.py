@@ -166,8 +166,9 @@ class LinearHead(nn.Module):
 
     @classmethod
     def from_config(cls, config: Any, input_dim: int) -> LinearHead:
-        return cls(input_dim=input_dim, embedding_dim=config.embedding_dim, num_labels=config.num_classes,
-                   compatible_dim=config.compatible_dim, nonlinearity=config.head_nonlinearity,
+        # head_*: the head's own widths (an adapted model's embedding_dim is its adapter's output, not the head's)
+        return cls(input_dim=input_dim, embedding_dim=config.head_embedding_dim, num_labels=config.num_classes,
+                   compatible_dim=config.head_compatible_dim, nonlinearity=config.head_nonlinearity,
                    logit_scale=config.logit_scale)  # fmt: skip
 
     def __init__(

@@ -34,6 +34,7 @@ from .errors import BT2InputError
 from .fingerprint import (
     FingerprintMismatchError,
     UnverifiedWeightsError,
+    adapter_identity,
     combine_fingerprint,
     fingerprint_safetensors_files,
     short_fingerprint,
@@ -76,6 +77,9 @@ class BT2Output(ModelOutput):
             (BT²: ``f``, matched to the independently trained model; linear heads: the embedding itself).
         logits (`torch.FloatTensor` of shape `(batch, num_classes)`, *optional*): the training classifier's output.
         pooler_output (`torch.FloatTensor` of shape `(batch, hidden_size)`): the backbone's pooled features.
+        unadapted_embeddings (`torch.FloatTensor` of shape `(batch, head_embedding_dim)`, *optional*): for an adapted
+            query model (``config.adapter``), the base new model's own embedding, before the adapter mapped it into
+            the old space (``embeddings``).
     """
 
     loss: torch.FloatTensor | None = None
@@ -84,6 +88,7 @@ class BT2Output(ModelOutput):
     features: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
+    unadapted_embeddings: torch.FloatTensor | None = None
 
 
 class BT2PreTrainedModel(PreTrainedModel):
@@ -154,6 +159,13 @@ class BT2Model(BT2PreTrainedModel):
         self.main_input_name = self.backbone.main_input_name
         hidden_size = self.backbone.hidden_size
         self.head = build_head(config, hidden_size)
+        # An adapted query model maps the head's embedding into an old model's space (bt2_hf.adapters); its weights
+        # are model weights (saved, fingerprinted and verified with the rest).
+        self.adapter = None
+        if config.adapter:
+            from .adapters import EmbeddingAdapter
+
+            self.adapter = EmbeddingAdapter.from_config(config.adapter["config"])
         # Preprocessing travels with the model (saved by save_pretrained, restored by from_pretrained).
         self.processor = type(self.backbone).default_processor(dict(self.backbone.backbone_config))
         self.post_init()
@@ -220,13 +232,19 @@ class BT2Model(BT2PreTrainedModel):
             if head_output.logits is None:
                 raise ValueError("labels were given but the model has no classifier (config.num_classes == 0).")
             loss = F.cross_entropy(head_output.logits.float(), labels)
+        embeddings, compatible, unadapted = head_output.embeddings, head_output.compatible_embeddings, None
+        if self.adapter is not None:
+            # what galleries and sentence-transformers read is the adapted embedding, in the old model's space
+            unadapted = embeddings
+            embeddings = compatible = self.adapter(embeddings).to(unadapted.dtype)
         return BT2Output(
             loss=loss,
-            embeddings=head_output.embeddings,
-            compatible_embeddings=head_output.compatible_embeddings,
+            embeddings=embeddings,
+            compatible_embeddings=compatible,
             features=head_output.features,
             logits=head_output.logits,
             pooler_output=pooled,
+            unadapted_embeddings=unadapted,
         )
 
     @torch.no_grad()
@@ -239,6 +257,7 @@ class BT2Model(BT2PreTrainedModel):
         prefix_dim: int | None = None,
         show_progress: bool = False,
         input_data_format: str | None = None,
+        use_adapter: bool = True,
     ) -> torch.Tensor:
         """Embed raw images or texts with the model's own preprocessing: batched, without gradients, on ``device``.
 
@@ -255,6 +274,9 @@ class BT2Model(BT2PreTrainedModel):
             show_progress (`bool`, *optional*, defaults to `False`): show a progress bar.
             input_data_format (`str`, *optional*): ``"channels_last"`` or ``"channels_first"`` for 3-D and 4-D
                 image arrays whose shape leaves the channel axis ambiguous (such as ``(3, H, 3)``).
+            use_adapter (`bool`, *optional*, defaults to `True`): for an adapted query model (``config.adapter``),
+                `False` returns the base new model's own embeddings (``head_embedding_dim`` wide) instead of their
+                map into the old space.
 
         Returns:
             `torch.FloatTensor` of shape `(n, embedding_dim or prefix_dim)` on the CPU, unit-norm rows: one row per
@@ -272,8 +294,13 @@ class BT2Model(BT2PreTrainedModel):
                 "This model has no processor: set `model.processor` (e.g. a tokenizer from "
                 "AutoTokenizer.from_pretrained(...)) before encode(); save_pretrained stores it with the weights."
             )
-        if prefix_dim is not None and not 0 < prefix_dim <= self.config.embedding_dim:
-            raise ValueError(f"prefix_dim must be in [1, {self.config.embedding_dim}], got {prefix_dim}.")
+        if not use_adapter and self.adapter is None:
+            raise ValueError(
+                "use_adapter=False applies to adapted query models (config.adapter); this model has none."
+            )
+        width = self.config.embedding_dim if use_adapter else self.config.head_embedding_dim
+        if prefix_dim is not None and not 0 < prefix_dim <= width:
+            raise ValueError(f"prefix_dim must be in [1, {width}], got {prefix_dim}.")
         if wanted == "image":
             # A 4-D batch is sliced (it stays a batch: the processor reads its layout), anything else is a list.
             is_batch = isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4
@@ -298,7 +325,8 @@ class BT2Model(BT2PreTrainedModel):
             else:
                 inputs = self.processor(list(batch), return_tensors="pt", padding=True, truncation=True)
             inputs = {k: v.to(device) for k, v in inputs.items() if k in _FORWARD_INPUTS}
-            embeddings = self(**inputs).embeddings.float()
+            outputs = self(**inputs)
+            embeddings = (outputs.embeddings if use_adapter else outputs.unadapted_embeddings).float()
             if prefix_dim is not None:
                 embeddings = F.normalize(embeddings[:, :prefix_dim], dim=-1)
             chunks.append(embeddings.cpu())
@@ -350,7 +378,7 @@ class BT2Model(BT2PreTrainedModel):
         write_sentence_transformers_files(directory, self.config)
         # Hashed on the files as written (transformers may rename tensors on save): exactly what loading verifies.
         self.config.fingerprint = combine_fingerprint(
-            fingerprint_safetensors_files(_weight_files(directory)), self.processor
+            fingerprint_safetensors_files(_weight_files(directory)), self.processor, adapter_identity(self.config)
         )
         from .compatibility import validate_compatibility_metadata
 
@@ -496,10 +524,10 @@ class BT2Model(BT2PreTrainedModel):
             model.processor = processor
         verified = None
         if stored is not None:
-            actual = combine_fingerprint(stored, model.processor)
+            actual = combine_fingerprint(stored, model.processor, adapter_identity(model.config))
             if actual == recorded:
                 verified = recorded
-            elif stored == recorded and model.processor is not None:
+            elif stored == recorded and model.processor is not None and not model.config.adapter:
                 warnings.warn(
                     f"{name} was saved by an older bt2_hf whose fingerprint covers the weights only: the weights are "
                     "verified, its preprocessing config is not. Re-save it (save_pretrained) to cover both.",

@@ -1,5 +1,9 @@
 """Measure whether a new model may search an old model's galleries, and record the measurement in its config.
 
+Two kinds of held-out data: labelled classes (:func:`verify_compatibility`) and retrieval sets of queries,
+documents and relevance judgements (:func:`verify_retrieval_set`: Recall@10, MRR@10, nDCG@10); both write the same
+measured entry.
+
 :func:`verify_compatibility` is the only writer of ``"measured"`` compatibility entries (pipelines such as the demo
 and ``bt2 series`` call it). It embeds a named held-out split with the old, the new (and optionally an independently
 trained) model, evaluates old→old, new→old and new→new with the one evaluator (:mod:`bt2_hf.retrieval`, query =
@@ -363,8 +367,11 @@ def summary_lines(result: VerificationResult) -> list[str]:
     """Readable lines of a verification: the three settings, the criterion and its margin."""
     metrics = result.entry["metrics"]
     names = list(next(iter(metrics.values())))
-    lines = [f"{result.new_name} → {result.old_name} on {result.dataset['name']}:{result.dataset['split']} "
-             f"({result.dataset['size']} items, sha256 {result.dataset['sha256'][:12]})"]  # fmt: skip
+    dataset = result.dataset
+    counted = (f"{dataset['size']} queries, {dataset['num_documents']} documents" if dataset.get("kind") == "retrieval_set"
+               else f"{dataset['size']} items")  # fmt: skip
+    lines = [f"{result.new_name} → {result.old_name} on {dataset['name']}:{dataset['split']} "
+             f"({counted}, sha256 {dataset['sha256'][:12]})"]  # fmt: skip
     lines.append(f"{'query → gallery':<18}" + "".join(f"{n:>10}" for n in names))
     for pair, values in metrics.items():
         label = pair.replace("/", " → ")
@@ -374,3 +381,241 @@ def summary_lines(result: VerificationResult) -> list[str]:
     margins = ", ".join(f"{m} {v:+.2f}" for m, v in criterion["margin"].items())
     lines.append(f"criterion {criterion['rule']}: {verdict} (margin {margins} points)")
     return lines
+
+
+# ----------------------------------------------------------------------------------------- retrieval sets (qrels)
+
+RETRIEVAL_CUTOFF = 10
+DEFAULT_RETRIEVAL_CRITERION = ("recall@10", "mrr@10", "ndcg@10")
+
+
+@dataclass
+class RetrievalSetReport:
+    """Instance-level results of ``old/old``, ``new/old`` (and ``new/new``) on a retrieval set, in the one results
+    schema (:meth:`to_dict`: ``{"results": {"old/old": {metric: fraction}, …}}``).
+
+    Args:
+        results (`dict[str, dict[str, float]]`): per ``query/document`` pair: ``recall@K`` (the fraction of each
+            query's relevant documents in its first K, averaged: BEIR's Recall@K), ``mrr@K``, ``ndcg@K``, ``top1``
+            (the first document is relevant) and ``mAP`` (full ranking), as fractions.
+        num_queries (`int`), num_documents (`int`): what was evaluated.
+    """
+
+    results: dict[str, dict[str, float]]
+    num_queries: int
+    num_documents: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"results": self.results, "num_queries": self.num_queries, "num_documents": self.num_documents}
+
+
+def retrieval_set_metrics(
+    query_embeddings: Any, document_embeddings: Any, relevance: Any, gains: Any = None, cutoff: int = RETRIEVAL_CUTOFF
+) -> dict[str, float]:
+    """The metrics of one (query encoder, document encoder) pair on a retrieval set, as fractions.
+
+    Scores are the protocol's cosine (the wider side cut to the narrower width, re-normalised); every query ranks
+    the whole corpus (ties by corpus order) through :func:`bt2_hf.retrieval.instance_metrics.instance_retrieval_metrics`.
+
+    Args:
+        query_embeddings (`np.ndarray` of shape `(Q, d)`), document_embeddings (`np.ndarray` of shape `(D, d')`).
+        relevance (`np.ndarray` of `bool` `(Q, D)` or `Callable`): the judgements (every query has a relevant one).
+        gains (`np.ndarray` or `Callable`, *optional*): graded relevance for nDCG (default: 1 per relevant document).
+        cutoff (`int`, *optional*, defaults to 10): K of ``recall@K``, ``mrr@K`` and ``ndcg@K``.
+
+    Returns:
+        `dict[str, float]`: ``recall@K``, ``mrr@K``, ``ndcg@K``, ``top1``, ``mAP``.
+    """
+    from .retrieval.instance_metrics import instance_retrieval_metrics
+
+    result = instance_retrieval_metrics(
+        relevance=relevance, gains=gains, query_embeddings=query_embeddings, gallery_embeddings=document_embeddings,
+        ks=(1,), cutoffs=(cutoff,), no_relevant="error",
+    )  # fmt: skip
+    return {
+        f"recall@{cutoff}": result.recall_of_relevant[cutoff],
+        f"mrr@{cutoff}": result.mrr[cutoff],
+        f"ndcg@{cutoff}": result.ndcg[cutoff],
+        "top1": result.recall[1],
+        "mAP": result.mean_average_precision,
+    }
+
+
+def verify_retrieval_set(
+    new: Any,
+    old: Any,
+    data: Any,
+    *,
+    old_query: Any = None,
+    new_document: Any = None,
+    split: str = "test",
+    dataset_name: str | None = None,
+    max_queries: int | None = None,
+    seed: int = 0,
+    cutoff: int = RETRIEVAL_CUTOFF,
+    criterion_metrics: Sequence[str] = DEFAULT_RETRIEVAL_CRITERION,
+    old_name: str | None = None,
+    old_revision: str | None = None,
+    method: str | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    write: bool = True,
+    update_card: bool = True,
+    repo_id: str | None = None,
+    replace: bool = False,
+) -> VerificationResult:
+    """Measure a query model on a retrieval set (queries, documents, qrels) against an old model's documents, judge
+    ``M(new→old) > M(old→old)`` and record the measured entry, exactly as :func:`verify_compatibility` does for
+    labelled classes.
+
+    The old model embeds the documents (the old gallery). ``old/old``: the old system's queries (``old_query``,
+    default the old model) against them; ``new/old``: the new model's queries against them; ``new/new``: the new
+    model's queries against the new system's documents (``new_document``, default the new model when it encodes the
+    documents' modality; otherwise not measured). Text → text: ``new`` and ``old`` are text models. Caption → image:
+    ``old`` is the old image model, ``old_query`` the old system's text tower, ``new`` a text tower (e.g. trained or
+    adapted into the old image space) and ``new_document`` optionally the new image tower.
+
+    Args:
+        new (`str`, `os.PathLike` or `BT2Model`): the new query model (a checkpoint directory gets the entry in its
+            ``config.json`` and a refreshed card); an adapted query model (``bt2 adapt``) is measured on its
+            adapted embeddings.
+        old (`str`, `os.PathLike` or `BT2Model`): the old model that embeds the documents (the entry names it).
+        data (`str`, `os.PathLike` or `RetrievalSet`): a retrieval set folder (JSONL files or a ``save_to_disk``
+            DatasetDict, see :mod:`bt2_hf.data.retrieval_sets`) or a loaded :class:`RetrievalSet`.
+        old_query (*optional*): the old system's query encoder when it is not ``old`` (caption → image).
+        new_document (*optional*): the new system's document encoder, for ``new/new``.
+        split (`str`, *optional*, defaults to `"test"`): the qrels' split (held out: never the one the adapter or
+            model was fitted on).
+        dataset_name (`str`, *optional*): the name recorded (default: the folder's name).
+        max_queries (`int`, *optional*), seed (`int`, *optional*, defaults to 0): evaluate a seeded subset of queries
+            (recorded); the whole corpus is always searched.
+        cutoff (`int`, *optional*, defaults to 10): K of Recall@K, MRR@K and nDCG@K.
+        criterion_metrics (`Sequence[str]`, *optional*, defaults to ``("recall@10", "mrr@10", "ndcg@10")``): the
+            criterion must hold on every one (``top1`` and ``mAP`` are recorded too: a gallery's policy may judge
+            those).
+        old_name, old_revision, method, batch_size, device, write, update_card, repo_id, replace: as in
+            :func:`verify_compatibility`.
+
+    Returns:
+        :class:`VerificationResult` (``report`` is a :class:`RetrievalSetReport`; ``embeddings`` has
+        ``old_query``, ``old_document``, ``new_query`` and maybe ``new_document``).
+
+    Example:
+
+    ```python
+    >>> from bt2_hf.verify import verify_retrieval_set
+    >>> result = verify_retrieval_set("runs/mpnet-adapted", "runs/minilm", "wordnet_rd/", split="test")  # doctest: +SKIP
+    >>> result.passed, result.margin  # doctest: +SKIP
+    (True, {'recall@10': 4.1, 'mrr@10': 2.9, 'ndcg@10': 3.2})
+    ```
+    """
+    from .compatibility import declare_compatibility
+    from .data.retrieval_sets import RetrievalSet, load_retrieval_set
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    new_model, new_path = _load_model(new, "new")
+    old_model, old_path = _load_model(old, "old")
+    old_query_model = _load_model(old_query, "old query")[0] if old_query is not None else old_model
+    new_document_model = _load_model(new_document, "new document")[0] if new_document is not None else None
+    if isinstance(data, RetrievalSet):
+        retrieval_set = data
+    else:
+        retrieval_set = load_retrieval_set(data, split, dataset_name=dataset_name, max_queries=max_queries, seed=seed)
+    documents_are = retrieval_set.document_modality
+    if new_document_model is None and new_model.config.modality == documents_are:
+        new_document_model = new_model
+    for role, model, wanted in (("new", new_model, "text"), ("old query", old_query_model, "text"),
+                                ("old", old_model, documents_are),
+                                ("new document", new_document_model, documents_are)):  # fmt: skip
+        if model is not None and model.config.modality != wanted:
+            hint = " Pass the old system's text encoder as --old_query." if role == "old query" else ""
+            raise ValueError(
+                f"The {role} model encodes {model.config.modality}s but must embed the retrieval set's "
+                f"{'queries (texts)' if wanted == 'text' and role != 'old' else documents_are + 's'}.{hint}"
+            )
+    new_prefix, old_dim = int(new_model.config.compatible_dim), int(old_model.config.embedding_dim)
+    if new_prefix != old_dim:
+        from .compatibility import IncompatibleModelsError
+
+        raise IncompatibleModelsError(
+            f"The new model's compatible prefix is {new_prefix}-d but the old model embeds {old_dim}-d vectors: they "
+            "cannot be compared. Verify the new model against the old model it was trained (or adapted, bt2 adapt) "
+            "against."
+        )
+    dataset = {
+        "name": dataset_name or retrieval_set.name,
+        "split": split,
+        "size": len(retrieval_set.queries),
+        "sha256": retrieval_set.content_sha256(),
+        "kind": "retrieval_set",
+        "num_documents": len(retrieval_set.documents),
+        "documents": documents_are,
+    }
+    if max_queries is not None:
+        dataset.update(max_queries=int(max_queries), seed=int(seed))
+    old_local = final_location(old_path) if old_path is not None and Path(old_path).is_dir() else None
+    old_name = old_name or old_local or (str(old) if old_path is not None else None) or old_model.config.name_or_path
+    old_fingerprint = old_model.config.fingerprint or fingerprint_model(old_model)
+    replaced = _check_replacement(new_model.config, old_fingerprint, dataset, replace) if write else None
+    new_name = str(new) if new_path is not None else (new_model.config.name_or_path or "<new model>")
+
+    documents = retrieval_set.load_documents()
+
+    def embed(model, items, modality) -> np.ndarray:
+        model.to(device).eval()
+        argument = {"images": items} if modality == "image" else {"texts": items}
+        return model.encode(**argument, batch_size=batch_size, device=device).numpy()
+
+    embeddings = {
+        "old_query": embed(old_query_model, retrieval_set.queries, "text"),
+        "old_document": embed(old_model, documents, documents_are),
+        "new_query": embed(new_model, retrieval_set.queries, "text"),
+    }
+    if new_document_model is not None:
+        embeddings["new_document"] = embed(new_document_model, documents, documents_are)
+    relevance, gains = retrieval_set.relevance()
+    pairs = {"old/old": ("old_query", "old_document"), "new/old": ("new_query", "old_document"),
+             "new/new": ("new_query", "new_document")}  # fmt: skip
+    results = {
+        pair: retrieval_set_metrics(embeddings[query], embeddings[document], relevance, gains, cutoff)
+        for pair, (query, document) in pairs.items()
+        if document in embeddings
+    }
+    report = RetrievalSetReport(results, len(retrieval_set.queries), len(retrieval_set.documents))
+    entry = declare_compatibility(
+        new_model.config,
+        old_model.config if old_model.config.fingerprint else old_model,
+        method=method,
+        metrics=report.to_dict(),
+        dataset=dataset,
+        revision=old_revision,
+        name_or_path=old_name,
+        criterion_metrics=criterion_metrics,
+        query_fingerprint=fingerprint_model(new_model),
+        replaced=replaced,
+        local_path=old_local,
+    )
+    if entry.get("criterion") is None:
+        raise ValueError(
+            f"None of the criterion metrics {list(criterion_metrics)} was measured; choose among "
+            f"{sorted(next(iter(results.values())))}."
+        )
+    written_to = None
+    if write and new_path is not None and (Path(new_path) / "config.json").is_file():
+        written_to = _write_entry(Path(new_path), new_model.config)
+        if update_card:
+            from .hub.card import create_or_update_model_card
+
+            create_or_update_model_card(new_path, repo_id=repo_id or new_model.config.name_or_path or None)
+    elif write and new_path is not None:
+        logger.warning("%s is not a local checkpoint directory: the entry was not written to disk.", new_path)
+    outcome = entry["criterion"]
+    logger.info(
+        "%s → %s on the retrieval set %s:%s (%d queries, %d documents): criterion %s (margin %s).",
+        new_name, old_name, dataset["name"], split, dataset["size"], dataset["num_documents"],
+        "passed" if outcome["passed"] else "FAILED", ", ".join(f"{m} {v:+.2f}" for m, v in outcome["margin"].items()),
+    )  # fmt: skip
+    return VerificationResult(
+        entry=entry, report=report, dataset=dataset, new_name=new_name, old_name=old_name, written_to=written_to,
+        embeddings=embeddings,
+    )  # fmt: skip

@@ -37,9 +37,9 @@ COPIED = ("bt2_hf", "tests", "pyproject.toml")
 
 TESTS = {
     "heads": ["tests/core/test_heads.py"],
-    "losses": ["tests/training/test_losses.py"],
+    "losses": ["tests/methods/test_losses_and_methods.py"],
     "methods": [
-        "tests/training/test_losses.py",
+        "tests/methods/test_losses_and_methods.py",
         "tests/training/test_train.py::test_bt2_loss_terms_against_an_independent_computation",
         "tests/training/test_train.py::test_bct_loss_terms_against_an_independent_computation",
     ],

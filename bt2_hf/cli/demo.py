@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
-    from ..experiments.demo import DemoSize, results_table, run_demo, seeds_table, summary_lines
+    from ..experiments.demo import DemoSize, run_demo
+    from ..experiments.report import results_table, seeds_table, summary_lines
 
     console = Console(width=max(110, Console().width))
     try:

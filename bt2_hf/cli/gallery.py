@@ -1,4 +1,4 @@
-"""``bt2 gallery upgrade|check|admit|policy|info``: look after a gallery directory.
+"""``bt2 gallery upgrade|check|admit|policy|info|alias|cutover|rollback``: look after a gallery directory.
 
 Examples::
 
@@ -7,6 +7,10 @@ Examples::
     bt2 gallery admit gallery/ new_model/                # measure a model on the gallery's own probe set, log it
     bt2 gallery policy gallery/ --min_margin 0.5 --min_size 300 --require_gate
     bt2 gallery info gallery/                            # encoder, size, policy, probe, admission log
+    bt2 gallery alias galleries/ products products_v1    # a served name (galleries/ holds gallery directories)
+    bt2 gallery cutover galleries/ products              # → the backfilled new model's gallery (finalised beside it)
+    bt2 gallery rollback galleries/ products             # → back to the gallery it served before
+    bt2 gallery cutover galleries.db products            # Milvus: the same with its collection aliases
 
 ``admit`` embeds the gallery's probe items with the candidate, measures old→old and new→old with the library's
 evaluator, judges them with the gallery's policy and appends the result to the gallery's admission log. Searches
@@ -53,6 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--min-margin", type=float)
     policy.add_argument("--min-size", type=int)
     policy.add_argument("--require-gate", choices=["true", "false"])
+    alias = commands.add_parser("alias", help="name a gallery of a folder of galleries (what `bt2 serve` serves)",
+                                description="Example: bt2 gallery alias galleries/ products products_v1")  # fmt: skip
+    alias.add_argument("root", help="the folder holding the gallery directories, or a Milvus URI (.db, http://…)")
+    alias.add_argument("alias")
+    alias.add_argument("target", help="a gallery directory's name inside the folder (or a Milvus collection)")
+    cutover = commands.add_parser(
+        "cutover", help="switch an alias to its backfilled gallery, finalised beside it (atomic; recorded)",
+        description="Example: bt2 gallery cutover galleries/ products",
+    )  # fmt: skip
+    cutover.add_argument("root")
+    cutover.add_argument("alias")
+    cutover.add_argument("--to", help="switch to this gallery directory instead of finalising the backfill")
+    cutover.add_argument("--index-type", help="index of the finalised gallery (default: the served one's)")
+    rollback = commands.add_parser("rollback", help="switch an alias back to the gallery it served before",
+                                   description="Example: bt2 gallery rollback galleries/ products")  # fmt: skip
+    rollback.add_argument("root")
+    rollback.add_argument("alias")
     info = commands.add_parser("info", help="print the manifest's summary", description="Example: bt2 gallery info g/")
     info.add_argument("directory")
     return snake_case_flags(parser)
@@ -79,6 +100,20 @@ def run(args) -> int:
             print("Rebuild the gallery (`bt2 index build --overwrite`) or restore the files from a copy.",
                   file=sys.stderr)  # fmt: skip
         return 1 if problems else 0
+    if args.command in ("alias", "cutover", "rollback"):
+        from bt2_hf.galleries.aliases import GalleryRoot, MilvusAliases
+        from bt2_hf.galleries.stores import is_milvus_uri
+
+        # a folder of faiss galleries (aliases.json), or a Milvus URI (the server's collection aliases)
+        root = MilvusAliases(args.root) if is_milvus_uri(args.root) else GalleryRoot(args.root)
+        if args.command == "alias":
+            entry = root.create_alias(args.alias, args.target)
+        elif args.command == "cutover":
+            entry = root.cutover(args.alias, to=args.to, index_type=args.index_type)
+        else:
+            entry = root.rollback(args.alias)
+        print(json.dumps(entry))
+        return 0
     gallery = FaissGallery.open(args.directory)
     if args.command == "admit":
         from bt2_hf import BT2Model

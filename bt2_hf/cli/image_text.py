@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # before the heavy imports: --help answers at once
-    from ..experiments.image_text import ImageTextSettings, print_table, run_image_text
+    from ..experiments.image_text import ImageTextSettings, run_image_text
+    from ..experiments.report import image_text_goal_lines, image_text_table
 
     configure_logging(format="%(asctime)s %(name)s: %(message)s")
     values = vars(args)
@@ -89,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = ImageTextSettings(**values, seeds=list(range(seed, seed + seeds)), disable_tqdm=not show)
     results = run_image_text(settings)
-    print_table(results)
+    from rich.console import Console
+
+    console = Console()
+    console.print(image_text_table(results))
+    for line in image_text_goal_lines(results):
+        console.print(line)
     print(f"results: {settings.output_dir}/results.json, results.md, image_text.png")
     return 0
 

@@ -29,6 +29,7 @@ STORY: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }  # fmt: skip
 MORE: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "gallery": ("bt2_hf.cli.gallery", "check, upgrade or inspect a gallery; admit a model at its gate (probe set)", ()),
+    "adapt": ("bt2_hf.cli.adapt", "fit a post-hoc adapter from a new model into an old one's space; save it as a model", ()),
     "card": ("bt2_hf.cli.card", "render or refresh a model card from a checkpoint (keeps the pipeline's sections)", ()),
     "eval": ("bt2_hf.cli.eval", "evaluate compatibility between models (old/old, new/old, new/new, matrix)", ()),
     "eval-text": ("bt2_hf.cli.eval_text", "evaluate text queries against an image gallery (old or new model)", ()),
@@ -36,7 +37,9 @@ MORE: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "image-text": ("bt2_hf.cli.image_text", "image–text compatibility on the scenes: BT² pair vs baselines", ()),
     "text-tower": ("bt2_hf.cli.text_tower", "class-level BT² text tower searching an old Fashion-MNIST gallery", ()),
     "text-upgrade": ("bt2_hf.cli.text_upgrade", "MiniLM → MPNet on real text: re-embed vs adapters vs BT²/BCT heads", ()),
+    "serve": ("bt2_hf.cli.serve", "serve galleries over HTTP: search, dual-write, backfill beside it, cutover", ()),
     "hub-serve": ("bt2_hf.cli.hub_serve", "serve a local Hub on 127.0.0.1 to try push and pull offline", ()),
+    "ui": ("bt2_hf.cli.ui", "a web page: old, new and backfilled search side by side, verdicts, progress", ()),
 }  # fmt: skip
 COMMANDS = {**STORY, **MORE}
 

@@ -27,7 +27,9 @@ and the criterion is judged again from its recorded metrics with the gallery's :
 minimum margin, minimum held-out size), never with the entry's own ``criterion`` (its ``metrics`` and ``passed``).
 
 Everything else is refused with an error naming both models and the ``bt2 verify`` command that would measure the
-pair. A relation that is known but unmeasured (a ``declared`` entry, an inherited one with an unmeasured link, or only
+pair. An adapted query model (``config.adapter``: a new model plus a post-hoc map into G's space, ``bt2 adapt``) is
+admitted only by rules 0–2: measured (by the gallery, or by ``bt2 verify``) and passing; ``allow_unmeasured`` never
+admits it. A relation that is known but unmeasured (a ``declared`` entry, an inherited one with an unmeasured link, or only
 ``training.trained_against``) is admitted with ``allow_unmeasured=True``: an explicit override that is logged and
 recorded in the admission (and in search results). A measured, *failing* entry is refused even then: the
 measurement says the new model's queries are worse than the old model's on that gallery.
@@ -446,6 +448,15 @@ def admit_query_model(
         )
         unmeasured_reason = "it was trained against it, but the pair was never measured (`bt2 verify`)"
         admitted_entry = {"trained_against": dict(trained)}
+    adapter = getattr(query_config, "adapter", None)
+    if adapter:
+        # A post-hoc map promises nothing about retrieval until measured: no override admits one.
+        raise IncompatibleModelsError(
+            f"{query} may not search the gallery embedded by {gallery}: it is a post-hoc {adapter.get('kind')} "
+            f"adapter of {adapter.get('base_model', {}).get('name_or_path') or 'a new model'} fitted into that "
+            "model's space, and the pair was never measured as passing. An adapted model is admitted only on a "
+            f"measured, passing entry (allow_unmeasured does not apply). Measure it with:\n    {command}"
+        )
     if not allow_unmeasured:
         raise IncompatibleModelsError(
             f"{query} may not search the gallery embedded by {gallery}: {unmeasured_reason}. Compatibility is "

@@ -95,6 +95,52 @@ def declare_compatibility(
         `CompatibilityMetadataError`: the old model has no valid fingerprint, metrics come without their data set,
         or the result is invalid.
     """
+    old_config, old_fingerprint, old_name = _checked_old_model(new_config, old_model_or_config, name_or_path)
+    old_dim = int(old_config.embedding_dim)
+    method = method or (getattr(new_config, "training", None) or {}).get("method")
+    if not method:
+        raise CompatibilityMetadataError(
+            "Say how the new model was trained: method='bt2' (or 'bct', …), or set new_config.training['method']."
+        )
+    new_name = getattr(new_config, "name_or_path", None) or "the new model"
+    if getattr(new_config, "fingerprint", None) == old_fingerprint:
+        # The new model was initialised from the old checkpoint and still carries its fingerprint; it is stale (the
+        # weights changed in training) and save_pretrained recomputes it.
+        logger.warning(
+            "%s carries the old model's fingerprint; dropping it (save_pretrained recomputes it).", new_name
+        )
+        new_config.fingerprint = None
+    entry: dict[str, Any] = {
+        "name_or_path": str(old_name),
+        "revision": revision or getattr(old_config, "_commit_hash", None),
+        "fingerprint": old_fingerprint,
+        "embedding_dim": old_dim,
+        "method": method,
+        "status": "declared",
+    }
+    if local_path is not None and str(local_path) != str(old_name):
+        entry["local_path"] = str(local_path)
+    if metrics is not None:
+        _add_measurement(entry, new_config, metrics, dataset, criterion_metrics, query_fingerprint, replaced)
+    entries = [e for e in new_config.compatible_with if e.get("fingerprint") != old_fingerprint]
+    entries.append(entry)
+    entries = _close_lineage(entries, new_config, old_config, old_fingerprint, old_name)
+    previous = new_config.compatible_with
+    new_config.compatible_with = entries
+    try:
+        validate_compatibility_metadata(new_config)
+    except CompatibilityMetadataError:
+        new_config.compatible_with = previous
+        raise
+    logger.info(
+        "Entry %s → %s (%s) at a %d-d prefix set in the config in memory (%d entries in its lineage).",
+        new_name, old_name, entry["status"], old_dim, len(entries),
+    )  # fmt: skip
+    return entry
+
+
+def _checked_old_model(new_config: Any, old_model_or_config: Any, name_or_path: str | None) -> tuple[Any, str, str]:
+    """The old model's config, fingerprint and name, checked: it has both, and its width is the new model's prefix."""
     old_config, old_fingerprint = _old_identity(old_model_or_config)
     old_name = name_or_path or getattr(old_config, "name_or_path", None) or getattr(old_config, "_name_or_path", None)
     new_name = getattr(new_config, "name_or_path", None) or "the new model"
@@ -116,64 +162,52 @@ def declare_compatibility(
             f"new model against this old model (BT²: old_embedding_dim={old_dim}) or verify it against the old model "
             "it was trained with."
         )
-    method = method or (getattr(new_config, "training", None) or {}).get("method")
-    if not method:
+    return old_config, old_fingerprint, str(old_name)
+
+
+def _add_measurement(entry, new_config, metrics, dataset, criterion_metrics, query_fingerprint, replaced) -> None:
+    """Make ``entry`` a sealed ``"measured"`` entry: the parsed results, the criterion's outcome, the data set, the
+    date and version, and the measured model's fingerprint (the binding galleries check)."""
+    if not isinstance(dataset, Mapping) or any(dataset.get(key) in (None, "") for key in DATASET_KEYS):
         raise CompatibilityMetadataError(
-            "Say how the new model was trained: method='bt2' (or 'bct', …), or set new_config.training['method']."
+            f"Metrics were given without the held-out data they were measured on; pass dataset= with "
+            f"{list(DATASET_KEYS)} (bt2 verify records it)."
         )
-    if getattr(new_config, "fingerprint", None) == old_fingerprint:
-        # The new model was initialised from the old checkpoint and still carries its fingerprint; it is stale (the
-        # weights changed in training) and save_pretrained recomputes it.
+    if hasattr(metrics, "to_dict") and not isinstance(metrics, Mapping):
+        metrics = metrics.to_dict()
+    parsed = load_evaluation_results(metrics)
+    outcome = criterion_outcome(parsed, criterion_metrics)
+    if outcome is None:
+        raise CompatibilityMetadataError(
+            f"The results lack new/old or old/old {list(criterion_metrics)}: the criterion cannot be judged."
+        )
+    entry.update(
+        status="measured",
+        metrics=parsed,
+        criterion=outcome,
+        dataset={key: dataset[key] for key in (*DATASET_KEYS, *sorted(set(dataset) - set(DATASET_KEYS)))},
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        bt2_hf_version=_bt2_version(),
+        query_fingerprint=query_fingerprint or getattr(new_config, "fingerprint", None),
+    )
+    if replaced is not None:
+        entry["replaced"] = dict(replaced)
+    if not is_fingerprint(entry["query_fingerprint"]):
+        # Never bound later (save_pretrained would bind a copied entry to whatever model it is pasted into):
+        # galleries refuse an unbound entry, and say so.
+        entry.pop("query_fingerprint")
         logger.warning(
-            "%s carries the old model's fingerprint; dropping it (save_pretrained recomputes it).", new_name
-        )
-        new_config.fingerprint = None
-    entry: dict[str, Any] = {
-        "name_or_path": str(old_name),
-        "revision": revision or getattr(old_config, "_commit_hash", None),
-        "fingerprint": old_fingerprint,
-        "embedding_dim": old_dim,
-        "method": method,
-        "status": "declared",
-    }
-    if local_path is not None and str(local_path) != str(old_name):
-        entry["local_path"] = str(local_path)
-    if metrics is not None:
-        if not isinstance(dataset, Mapping) or any(dataset.get(key) in (None, "") for key in DATASET_KEYS):
-            raise CompatibilityMetadataError(
-                f"Metrics were given without the held-out data they were measured on; pass dataset= with "
-                f"{list(DATASET_KEYS)} (bt2 verify records it)."
-            )
-        if hasattr(metrics, "to_dict") and not isinstance(metrics, Mapping):
-            metrics = metrics.to_dict()
-        parsed = load_evaluation_results(metrics)
-        outcome = criterion_outcome(parsed, criterion_metrics)
-        if outcome is None:
-            raise CompatibilityMetadataError(
-                f"The results lack new/old or old/old {list(criterion_metrics)}: the criterion cannot be judged."
-            )
-        entry.update(
-            status="measured",
-            metrics=parsed,
-            criterion=outcome,
-            dataset={key: dataset[key] for key in (*DATASET_KEYS, *sorted(set(dataset) - set(DATASET_KEYS)))},
-            date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            bt2_hf_version=_bt2_version(),
-            query_fingerprint=query_fingerprint or getattr(new_config, "fingerprint", None),
-        )
-        if replaced is not None:
-            entry["replaced"] = dict(replaced)
-        if not is_fingerprint(entry["query_fingerprint"]):
-            # Never bound later (save_pretrained would bind a copied entry to whatever model it is pasted into):
-            # galleries refuse an unbound entry, and say so.
-            entry.pop("query_fingerprint")
-            logger.warning(
-                "%s has no fingerprint, so the measured entry for %s is not bound to it and galleries will refuse it; "
-                "save the model first and measure the saved checkpoint with `bt2 verify`.", new_name, old_name,
-            )  # fmt: skip
-        seal_entry(entry)
-    entries = [e for e in new_config.compatible_with if e.get("fingerprint") != old_fingerprint]
-    entries.append(entry)
+            "%s has no fingerprint, so the measured entry for %s is not bound to it and galleries will refuse it; "
+            "save the model first and measure the saved checkpoint with `bt2 verify`.",
+            getattr(new_config, "name_or_path", None) or "the new model", entry["name_or_path"],
+        )  # fmt: skip
+    seal_entry(entry)
+
+
+def _close_lineage(entries, new_config, old_config, old_fingerprint: str, old_name: str) -> list[dict[str, Any]]:
+    """``entries`` plus every model the old one lists, inherited at its own prefix ``via`` the old model (a direct
+    entry wins over an inherited one; ``link_passed`` says whether the old model was admitted there by measurement)."""
+    old_dim = int(old_config.embedding_dim)
     direct = {e.get("fingerprint") for e in entries if not e.get("via")}
     for inherited in getattr(old_config, "compatible_with", None) or []:
         fingerprint = inherited.get("fingerprint")
@@ -192,18 +226,7 @@ def declare_compatibility(
             link_passed=is_measured_compatible(old_config, fingerprint),
         )
         entries = [e for e in entries if e.get("fingerprint") != fingerprint] + [closed]
-    previous = new_config.compatible_with
-    new_config.compatible_with = entries
-    try:
-        validate_compatibility_metadata(new_config)
-    except CompatibilityMetadataError:
-        new_config.compatible_with = previous
-        raise
-    logger.info(
-        "Entry %s → %s (%s) at a %d-d prefix set in the config in memory (%d entries in its lineage).",
-        new_name, old_name, entry["status"], old_dim, len(entries),
-    )  # fmt: skip
-    return entry
+    return entries
 
 
 def lineage(config: Any) -> list[dict[str, Any]]:

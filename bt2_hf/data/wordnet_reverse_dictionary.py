@@ -33,6 +33,10 @@ Example:
 >>> data["test"][0]  # {'query_id': 'n03023175', 'text': 'a ...', 'relevant_doc_ids': ['d01234'], ...}
 >>> data["corpus"][0]  # {'doc_id': 'd00000', 'text': 'dog, domestic dog, Canis familiaris'}
 ```
+
+The same data in the retrieval-set layout that ``bt2 verify`` and ``bt2 adapt`` read
+(:mod:`bt2_hf.data.retrieval_sets`: ``queries``, ``corpus``, ``qrels_<split>``):
+``python -m bt2_hf.data.wordnet_reverse_dictionary --output DIR`` (or :func:`save_as_retrieval_set`).
 """
 
 from __future__ import annotations
@@ -263,15 +267,89 @@ def load_wordnet_reverse_dictionary(
     return DatasetDict({name: Dataset.from_list(rows[name]) for name in ("corpus", *SPLITS)})
 
 
+def as_retrieval_set(data):
+    """The reverse dictionary in the retrieval-set layout (:mod:`bt2_hf.data.retrieval_sets`): a `DatasetDict` with
+    ``queries`` (``id``, ``text``: every split's queries), ``corpus`` (``id``, ``text``) and ``qrels_<split>``
+    (``query_id``, ``corpus_id``, ``score``) for each split.
+
+    Args:
+        data (`datasets.DatasetDict`): what :func:`load_wordnet_reverse_dictionary` returns.
+    """
+    from datasets import Dataset, DatasetDict
+
+    queries = [{"id": q, "text": t} for split in SPLITS for q, t in zip(data[split]["query_id"], data[split]["text"])]
+    tables = {
+        "queries": Dataset.from_list(queries),
+        "corpus": Dataset.from_dict({"id": list(data["corpus"]["doc_id"]), "text": list(data["corpus"]["text"])}),
+    }
+    for split in SPLITS:
+        rows = [
+            {"query_id": query_id, "corpus_id": doc_id, "score": 1}
+            for query_id, docs in zip(data[split]["query_id"], data[split]["relevant_doc_ids"])
+            for doc_id in docs
+        ]
+        tables[f"qrels_{split}"] = Dataset.from_list(rows)
+    return DatasetDict(tables)
+
+
+def save_as_retrieval_set(data, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write :func:`as_retrieval_set` with ``save_to_disk`` into ``output_dir`` (built in a staging folder, swapped in)."""
+    from ..utils.io import atomic_directory
+
+    output_dir = Path(output_dir)
+    with atomic_directory(output_dir, overwrite=overwrite) as staging:
+        as_retrieval_set(data).save_to_disk(str(staging))
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bt2_hf.data.wordnet_reverse_dictionary",
+        description="Write the WordNet reverse dictionary as a retrieval set (queries, corpus, qrels_<split>) for "
+        "`bt2 verify --data DIR --split test` and `bt2 adapt`.",
+        epilog="Example: python -m bt2_hf.data.wordnet_reverse_dictionary --output data/wordnet_rd",
+    )
+    parser.add_argument("--output", required=True, help="the folder to write (DatasetDict.save_to_disk)")
+    parser.add_argument("--wordnet_dir", default=None, help=f"WordNet database folder (default {DEFAULT_WORDNET_DIR})")
+    parser.add_argument("--num_documents", type=int, default=6000)
+    parser.add_argument("--train_queries", type=int, default=DEFAULT_SPLIT_SIZES["train"])
+    parser.add_argument("--validation_queries", type=int, default=DEFAULT_SPLIT_SIZES["validation"])
+    parser.add_argument("--test_queries", type=int, default=DEFAULT_SPLIT_SIZES["test"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    sizes = {"train": args.train_queries, "validation": args.validation_queries, "test": args.test_queries}
+    try:
+        data = load_wordnet_reverse_dictionary(
+            args.wordnet_dir, num_documents=args.num_documents, split_sizes=sizes, seed=args.seed
+        )
+        print(save_as_retrieval_set(data, args.output, overwrite=args.overwrite))
+    except (ValueError, FileExistsError) as error:  # BT2InputError included; ValueError: sizes the data cannot give
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 __all__ = [
     "DEFAULT_SPLIT_FRACTIONS",
     "DEFAULT_SPLIT_SIZES",
     "DEFAULT_WORDNET_DIR",
     "SPLITS",
     "Synset",
+    "as_retrieval_set",
     "build_reverse_dictionary",
     "load_wordnet_reverse_dictionary",
     "parse_data_line",
     "read_synsets",
+    "save_as_retrieval_set",
     "split_of",
 ]
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -207,21 +207,6 @@ class DemoResult:
 # ---------------------------------------------------------------------------------------------------- the verdict
 
 
-def update_gain_or_reason(new_old: float, old_old: float, independent: float) -> tuple[float | None, str | None]:
-    """The BCT update gain ``(new/old − old/old) / (indep/indep − old/old)``, or ``None`` and why it is undefined.
-
-    The gain measures how much of the independent model's improvement over the old one reaches the old gallery. When
-    the independent model is no better than the old one there is no improvement to share, and the ratio (with a zero
-    or negative denominator) means nothing: it is reported as n/a.
-    """
-    if independent <= old_old:
-        return None, (
-            f"n/a: the independent new model is no better than the old one ({independent:.2f} ≤ {old_old:.2f}), so "
-            "there is no improvement to carry over"
-        )
-    return (new_old - old_old) / (independent - old_old), None
-
-
 def verdict(
     metrics: dict[str, dict[str, float]], independent_new_new: dict[str, float], method: str
 ) -> dict[str, Any]:
@@ -488,31 +473,48 @@ def _run_seed(
     hub_namespace: str,
     validation: bool,
 ) -> DemoResult:
-    from ..galleries import FaissGallery, model_identity
-    from ..galleries.gate import sample_probe
-    from ..galleries.mixed import mixed_backfill_curves
-    from ..modeling_bt2 import BT2Model
-    from ..retrieval import RetrievalEvaluator
-    from ..retrieval.compatibility import compare_models
-    from ..retrieval.plots import plot_method_comparison, plot_mixed_backfill_curves, plot_retrieval_grid
-    from ..verify import verify_compatibility
-
-    models_dir, plots_dir = output_dir / "models", output_dir / "plots"
-    plots_dir.mkdir(parents=True, exist_ok=True)
+    """One seed of the demo, in three steps: train the stages, measure every model (``bt2 verify`` for BCT and BT²),
+    publish (results.json, the old gallery with its probe set, cards, plots)."""
     started, cpu_started = time.perf_counter(), time.process_time()
-    timings: dict[str, float] = {}
     data, evaluated_on = _prepare_data(data, size, validation)
     test_data = data.test
     if size.eval_samples is not None:
         test_data = test_data.take_per_class(size.eval_samples, seed=seed)
+    trained = train_stages(output_dir / "models", data, size, device, seed)
+    split_name = "validation" if validation else data.test_split
+    measured = measure_models(trained, data, test_data, size, device, seed, split_name, hub_namespace)
+    results = _results(trained, measured, data, size, seed, evaluated_on, device)
+    plots = publish(output_dir, results, trained, measured, data, test_data, split_name, hub_namespace, seed)
+    timings = {**trained.timings, **measured.timings}
+    timings["total"] = round(time.perf_counter() - started, 1)
+    timings["cpu"] = round(time.process_time() - cpu_started, 1)
+    results["timings_s"] = timings
+    atomic_write_json(output_dir / "results.json", results)
+    return DemoResult(output_dir=output_dir, results=results, model_dirs=trained.model_dirs, plots=plots)
 
+
+@dataclass
+class TrainedStages:
+    """The demo's trained models (``model_dirs`` by stage name), their own and cumulative steps, and stage times."""
+
+    model_dirs: dict[str, Path]
+    steps: dict[str, int]
+    total_steps: dict[str, int]
+    timings: dict[str, float]
+
+
+def train_stages(models_dir: Path, data: DemoData, size: DemoSize, device: str, seed: int) -> TrainedStages:
+    """Train every stage of the demo (old, independent, its twin, BT², BCT with baselines) into ``models_dir``.
+
+    Every stage is trained afresh inside the run's staging folder (never reused): the run's models, gallery and
+    results refer to each other and are swapped in together.
+    """
     model_dirs: dict[str, Path] = {}
     steps: dict[str, int] = {}
+    timings: dict[str, float] = {}
     for name in _stage_names(size):
         stage_started = time.perf_counter()
         spec = _stage_spec(name, size, models_dir, device, seed, data)
-        # Every stage is trained afresh inside the run's staging folder (never reused): the run's models, gallery and
-        # results refer to each other and are swapped in together.
         model_dirs[name] = run_stage(spec, train_data=data.train, reuse=False)
         steps[name] = spec.steps
         timings[f"train_{name}"] = round(time.perf_counter() - stage_started, 1)
@@ -523,14 +525,40 @@ def _run_seed(
         for name in steps
     }  # fmt: skip
     total_steps.update({kind: total_steps[reference_independent(size)] for kind in ADAPTER_ROWS})
+    return TrainedStages(model_dirs, steps, total_steps, timings)
 
-    # ---- evaluation: every model embeds the test split once; every pair is searched from those embeddings.
-    # BCT and BT² are measured first, by `bt2 verify` (the only writer of measured entries): the old side is measured
-    # once (later verifications reuse it, checked), and their embeddings and results are the table's.
+
+@dataclass
+class Measurements:
+    """Every model's test embeddings, its :class:`~bt2_hf.retrieval.compatibility.PairReport` against the old model,
+    the partial-backfill curves of BT², and how long measuring took."""
+
+    embeddings: dict[str, np.ndarray]
+    reports: dict[str, Any]
+    curves: dict[str, dict[str, Any]]
+    timings: dict[str, float]
+
+
+def measure_models(
+    trained: TrainedStages, data: DemoData, test_data, size: DemoSize, device: str, seed: int, split_name: str,
+    hub_namespace: str,
+) -> Measurements:  # fmt: skip
+    """Measure every trained model and adapter on the test (or validation) split.
+
+    Every model embeds the split once; every pair is searched from those embeddings. BCT and BT² are measured first,
+    by ``bt2 verify`` (the only writer of measured entries): the old side is measured once (later verifications reuse
+    it, checked), and their embeddings and results are the table's. Adapters map the same-budget independent model's
+    embeddings. The backfill curves rank BT²'s partial backfill under the galleries' rules, on both orders.
+    """
+    from ..galleries.mixed import mixed_backfill_curves
+    from ..retrieval import RetrievalEvaluator
+    from ..retrieval.compatibility import compare_models
+    from ..verify import verify_compatibility
+
+    model_dirs = trained.model_dirs
     eval_started = time.perf_counter()
     images, labels = test_data.images, test_data.labels.numpy()
     metrics = ("top1", "top5", "map")
-    split_name = "validation" if validation else data.test_split
     old_repo = f"{hub_namespace}/{data.slug}-old"
     verifications: dict[str, Any] = {}
     for name, path in model_dirs.items():
@@ -571,6 +599,7 @@ def _run_seed(
             embeddings["old"], embeddings[name], labels, independent=embeddings[reference], evaluator=evaluator,
             known_results=known,
         )  # fmt: skip
+    timings: dict[str, float] = {}
     adapters_started = time.perf_counter()
     independent = reference_independent(size)
     for kind, adapter in _fit_adapters(model_dirs, data, size, seed, device).items():
@@ -589,22 +618,30 @@ def _run_seed(
         for order in ("random", "centroid-distance")
     }  # fmt: skip
     timings["evaluate"] = round(time.perf_counter() - eval_started, 1)
+    return Measurements(embeddings, reports, curves, timings)
 
-    old_classes = _old_classes(size, data.train.num_classes)
+
+def _results(
+    trained: TrainedStages, measured: Measurements, data: DemoData, size: DemoSize, seed: int, evaluated_on: str,
+    device: str,
+) -> dict[str, Any]:  # fmt: skip
+    """results.json of one seed: every method's pairs, criterion, update gain and tax (as the reports define them),
+    flip rate and verdict, the backfill curves, sizes and settings."""
+    labels_count = int(len(next(iter(measured.reports.values())).results["old/old"].per_query["top1"]))
     results: dict[str, Any] = {
         "dataset": data.name,
         "dataset_source": data.source,
         "evaluated_on": evaluated_on,
         "protocol": f"query = gallery = {evaluated_on}, leave-one-out; cosine on the old-width prefix, re-normalised; "
         "values in percent",
-        "num_queries": int(len(labels)),
+        "num_queries": labels_count,
         "num_train_images": int(len(data.train)),
         "class_names": list(data.train.class_names),
-        "old_classes": old_classes,
+        "old_classes": _old_classes(size, data.train.num_classes),
         "seed": seed,
-        "steps": steps,
-        "total_steps": total_steps,
-        "references": {name: _reference(name, size) for name in reports},
+        "steps": trained.steps,
+        "total_steps": trained.total_steps,
+        "references": {name: _reference(name, size) for name in measured.reports},
         "methods": {},
         "criterion": {},
         "update_gain": {},
@@ -612,8 +649,8 @@ def _run_seed(
         "compatibility_tax": {},
         "negative_flip_rate": {},
         "verdict": {},
-        "reports": {name: report.to_dict() for name, report in reports.items()},
-        "dims": {name: int(matrix.shape[1]) for name, matrix in embeddings.items()},
+        "reports": {name: report.to_dict() for name, report in measured.reports.items()},
+        "dims": {name: int(matrix.shape[1]) for name, matrix in measured.embeddings.items()},
         "backfill": {
             order: {
                 "rule": "slots",
@@ -625,49 +662,61 @@ def _run_seed(
                 # The galleries' promise: never below new→old (− 0.5 point) at any fraction.
                 "least_minus_new_old": round(min(rules["slots"]["top1"]) - rules["slots"]["top1"][0], 2),
             }
-            for order, rules in curves.items()
+            for order, rules in measured.curves.items()
         },
         "size": asdict(size),
         "device": device,
     }
-    for name, report in reports.items():
+    keys = {label: key for key, label in REPORTED_METRICS.items()}
+    for name, report in measured.reports.items():
         pairs = {pair: _percent(report.results[pair].metrics) for pair in PAIRS}
         independent = _percent(report.results["indep/indep"].metrics)
         results["methods"][name] = pairs
         results["criterion"][name] = {m: bool(pairs["new/old"][m] > pairs["old/old"][m]) for m in JUDGED_METRICS}
-        gains, notes = {}, {}
-        for metric in JUDGED_METRICS:
-            gain, note = update_gain_or_reason(pairs["new/old"][metric], pairs["old/old"][metric], independent[metric])
-            if "top1" in notes:  # no upgrade on top-1: a gain on another metric would divide by noise
-                gain, note = None, notes["top1"]
-            gains[metric] = None if gain is None else round(100 * gain, 1)
-            if note:
-                notes[metric] = note
-        results["update_gain"][name] = gains
-        results["update_gain_note"][name] = notes
+        # gain and tax as the report defines them (retrieval/compatibility.py), in percent
+        gains = {m: report.update_gain[keys[m]] for m in JUDGED_METRICS}
+        results["update_gain"][name] = {m: None if math.isnan(g) else round(100 * g, 1) for m, g in gains.items()}
+        results["update_gain_note"][name] = {
+            m: report.update_gain_note[keys[m]] for m in JUDGED_METRICS if keys[m] in report.update_gain_note
+        }
         results["compatibility_tax"][name] = {
-            m: round(independent[m] - pairs["new/new"][m], 2) for m in JUDGED_METRICS
+            m: round(100 * report.compatibility_tax[keys[m]], 2) for m in JUDGED_METRICS
         }
         results["negative_flip_rate"][name] = round(100 * report.flips.get("negative_flip_rate", float("nan")), 2)
         results["verdict"][name] = verdict(pairs, independent, _method(name))
     results["final_verdict"] = results["verdict"]["bt2"]
+    return results
 
-    # ---- the old gallery, and cards: what verify measured (failing criteria as failing) and the verdict on every card
+
+def publish(
+    output_dir: Path, results: dict[str, Any], trained: TrainedStages, measured: Measurements, data: DemoData,
+    test_data, split_name: str, hub_namespace: str, seed: int,
+) -> dict[str, Path]:  # fmt: skip
+    """Write what a person looks at: the old gallery (labels, a probe set for ``bt2 gallery admit``), every model's
+    card (what verify measured, failing criteria as failing, and the verdict) and the plots; returns the plots."""
+    from ..galleries import FaissGallery, model_identity
+    from ..galleries.gate import sample_probe
+    from ..modeling_bt2 import BT2Model
+    from ..retrieval.plots import plot_method_comparison, plot_mixed_backfill_curves, plot_retrieval_grid
+
+    embeddings, model_dirs = measured.embeddings, trained.model_dirs
+    images, labels = test_data.images, test_data.labels.numpy()
     old_model = BT2Model.from_pretrained(model_dirs["old"])
     # Item ids are the rows of the split the images came from (so `bt2 backfill --data` finds them); the labels and a
     # probe set (for `bt2 gallery admit`) are kept with the vectors.
     rows = test_data.indices.tolist() if test_data.indices is not None else list(range(len(labels)))
     FaissGallery.build(
         output_dir / "gallery_old", embeddings["old"], ids=rows, labels=labels, label_names=data.train.class_names,
-        encoder=dict(model_identity(old_model), name_or_path=old_repo), dataset={"name": data.name, "split": split_name},
+        encoder=dict(model_identity(old_model), name_or_path=f"{hub_namespace}/{data.slug}-old"),
+        dataset={"name": data.name, "split": split_name},
         probe=sample_probe(images, labels, embeddings["old"], min(500, len(labels)), seed=seed,
                            description={"dataset": data.name, "split": split_name}),
     )  # fmt: skip
-
     for name, path in model_dirs.items():
         _write_card(name, path, results, data, hub_namespace)
 
-    # ---- plots
+    plots_dir = output_dir / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
     title = f"{data.name}: old CNN gallery, new ViTs ({len(labels)} queries)"
     plots = {
         "comparison": plot_method_comparison(results, plots_dir / "compatibility_table.png", title=title),
@@ -678,6 +727,7 @@ def _run_seed(
             results["methods"]["bt2"]["new/new"]["top1"],
         ),
     }
+    prefix_dim = embeddings["old"].shape[1]
     query_rows = _example_queries(labels, seed)
     hits = _nearest(embeddings["bt2"][query_rows, :prefix_dim], embeddings["old"], query_rows, k=9)
     plots["retrieval"] = plot_retrieval_grid(
@@ -689,11 +739,7 @@ def _run_seed(
         plots_dir / "retrieval_grid.png",
         title=f"{data.name}: BT² queries → old CNN gallery (never re-embedded)",
     )
-    timings["total"] = round(time.perf_counter() - started, 1)
-    timings["cpu"] = round(time.process_time() - cpu_started, 1)
-    results["timings_s"] = timings
-    atomic_write_json(output_dir / "results.json", results)
-    return DemoResult(output_dir=output_dir, results=results, model_dirs=model_dirs, plots=plots)
+    return plots
 
 
 def _name_checkpoint(path: Path, repo_id: str) -> None:
@@ -892,108 +938,3 @@ def _relocated(result: DemoResult, staging: Path, final_dir: Path) -> DemoResult
 
 
 # ---------------------------------------------------------------------------------------------------- printing
-
-
-def _in_stage_order(names) -> list[str]:
-    """Methods in the order they are trained (results.json sorts its keys)."""
-    order = ["independent", "independent_continued", "bct", "bt2", *ADAPTER_ROWS]
-    return sorted(names, key=lambda name: order.index(name) if name in order else len(order))
-
-
-def _format_gain(value: float | None) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.1f}%"
-
-
-def results_table(results: dict[str, Any]):
-    """A rich table of one run's numbers (query/gallery rows per method, criterion, tax, verdict)."""
-    from rich.table import Table
-
-    table = Table(
-        title=f"{results['dataset']} retrieval, {results['num_queries']} queries, leave-one-out (%), seed "
-        f"{results['seed']}"
-    )
-    for column in ("method", "steps", "query/gallery", "top-1", "top-5", "mAP", "new/old > old/old", "tax (top-1)"):
-        left = column in ("method", "query/gallery")
-        table.add_column(column, justify="left" if left else "right", no_wrap=True)
-    for method in _in_stage_order(results["methods"]):
-        pairs = results["methods"][method]
-        for pair in PAIRS:
-            values = pairs[pair]
-            criterion = tax = ""
-            if pair == "new/old":
-                outcome = results["criterion"][method]
-                criterion = " ".join(f"{k}:{'✓' if outcome[k] else '✗'}" for k in JUDGED_METRICS)
-            if pair == "new/new":
-                tax = f"{results['compatibility_tax'][method]['top1']:+.2f}"
-            # the pair, not the model names: the method column names the model (an adapter's new/new is its
-            # independent model re-embedding the gallery: no map is applied)
-            table.add_row(
-                method if pair == "old/old" else "",
-                str(results["total_steps"][method]) if pair == "old/old" else "",
-                pair,
-                f"{values['top1']:.2f}",
-                f"{values['top5']:.2f}",
-                f"{values['mAP']:.2f}",
-                criterion,
-                tax,
-            )
-        table.add_section()
-    return table
-
-
-def seeds_table(results: dict[str, Any]):
-    """A rich table of mean ± sd over seeds (only when more than one seed ran)."""
-    from rich.table import Table
-
-    summary = results["seeds"]
-    table = Table(title=f"{results['dataset']}: mean ± sd over seeds {summary['seeds']} (%)")
-    for column in ("method", "query/gallery", "top-1", "mAP", "criterion holds (top-1, mAP)", "tax (top-1)"):
-        table.add_column(column, justify="left" if column in ("method", "query/gallery") else "right")
-    for method in _in_stage_order(summary["methods"]):
-        pairs = summary["methods"][method]
-        for pair in PAIRS:
-            values = pairs[pair]
-            holds = summary["criterion_holds"][method]
-            tax = summary["compatibility_tax"][method]["top1"]
-            table.add_row(
-                method if pair == "old/old" else "",
-                pair,
-                f"{values['top1']['mean']:.2f} ± {values['top1']['sd']:.2f}",
-                f"{values['mAP']['mean']:.2f} ± {values['mAP']['sd']:.2f}",
-                f"{holds['top1']}/{len(summary['seeds'])}, {holds['mAP']}/{len(summary['seeds'])}"
-                if pair == "new/old"
-                else "",
-                f"{tax['mean']:+.2f} ± {tax['sd']:.2f}" if pair == "new/new" else "",
-            )
-        table.add_section()
-    return table
-
-
-def _gain_points(results: dict[str, Any], method: str, metric: str) -> str:
-    """The points behind a defined update gain: a ratio over a small possible gain (a new model barely better than
-    the old one) is large whatever its sign, so the line says what it divides."""
-    if results["update_gain"][method][metric] is None:
-        return ""
-    pairs = results["methods"][method]
-    old_old = pairs["old/old"][metric]
-    # the independent model the gain divides by: the method's reference stage, whose new/new is its indep/indep
-    independent = results["methods"][results["references"][method]]["new/new"][metric]
-    return (f" (new → old {pairs['new/old'][metric] - old_old:+.2f} points of the {independent - old_old:+.2f} the "
-            "independent model gains)")  # fmt: skip
-
-
-def summary_lines(results: dict[str, Any]) -> list[str]:
-    """The update gains (or why they are n/a) and the verdicts, one line each; the last line is the final verdict."""
-    lines = []
-    # An independent model's "update gain" is its own cross-model score against itself: not a figure to act on.
-    methods = [m for m in _in_stage_order(results["update_gain"]) if _method(m) != "independent"]
-    for method in methods:
-        gains, notes = results["update_gain"][method], results["update_gain_note"].get(method, {})
-        parts = [f"{metric} {_format_gain(gains[metric])}{_gain_points(results, method, metric)}"
-                 for metric in JUDGED_METRICS]  # fmt: skip
-        reason = f" ({notes['top1']})" if "top1" in notes else ""
-        lines.append(f"Update gain of {method}: {', '.join(parts)}{reason}")
-    for method in methods:
-        lines.append(f"Verdict for {method}: {results['verdict'][method]['message']}")
-    lines.append(f"Verdict (BT², {results['dataset']}): {results['final_verdict']['message']}.")
-    return lines

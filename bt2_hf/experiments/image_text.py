@@ -476,7 +476,8 @@ def group_table_rows(results: dict, split: str = "test") -> tuple[list[str], lis
     return header, rows, f"Captions per group: {counts}."
 
 
-def _verdict(met: bool | None) -> str:
+def goal_verdict(met: bool | None) -> str:
+    """A goal's outcome in words: met, NOT met, or not measured."""
     return "not measured" if met is None else ("met" if met else "NOT met")
 
 
@@ -501,24 +502,8 @@ def format_table(results: dict) -> str:
     for goal, outcome in results["goals"].items():
         details = ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in outcome.items()
                             if k != "met")  # fmt: skip
-        lines.append(f"- {goal}: {_verdict(outcome['met'])} ({details})")
+        lines.append(f"- {goal}: {goal_verdict(outcome['met'])} ({details})")
     return "\n".join(lines) + "\n"
-
-
-def print_table(results: dict) -> None:
-    """The test table in the terminal (rich)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"Image–text compatibility on the scenes test split ({len(results['per_seed'])} seed(s), %)")
-    for column in TABLE_HEADER:
-        table.add_column(column)
-    for row in table_rows(results):
-        table.add_row(*row)
-    console = Console()
-    console.print(table)
-    for goal, outcome in results["goals"].items():
-        console.print(f"{goal}: {_verdict(outcome['met'])}")
 
 
 def plot_results(results: dict, path: Path) -> Path:

@@ -626,8 +626,13 @@ class FaissGallery(ManifestAccessors):
         self._backfill_vectors = None
         self._write_manifest(dict(self.manifest, backfill=dict(self.manifest["backfill"], done=int(done))))
 
-    def finalize(self, index_type: str | None = None, **index_params) -> FaissGallery:
-        """Rebuild this (fully backfilled) gallery from the new model's rows, atomically; the encoder becomes it."""
+    def finalize(self, index_type: str | None = None, directory: str | os.PathLike | None = None,
+                 **index_params) -> FaissGallery:  # fmt: skip
+        """Rebuild this (fully backfilled) gallery from the new model's rows, atomically; the encoder becomes it.
+
+        With ``directory``, the new model's gallery is written there instead (a new directory, never replaced) and
+        this one is left as it is: the old gallery stays for a rollback (``bt2 gallery cutover``).
+        """
         state = self.backfill_state
         index_type = index_type or self.manifest["index"]["type"]
         table = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r")
@@ -639,8 +644,8 @@ class FaissGallery(ManifestAccessors):
             logger.warning("The probe set of %s was made by the old encoder and is dropped; rebuild the gallery "
                            "with --probe_from to give the new encoder a gate.", self.directory)  # fmt: skip
         return FaissGallery.build(
-            self.directory, table, self._ids, encoder=state["model"], index_type=index_type,
-            dataset=self.manifest.get("dataset"), dtype=self.manifest["dtype"], overwrite=True, labels=labels,
+            directory or self.directory, table, self._ids, encoder=state["model"], index_type=index_type,
+            dataset=self.manifest.get("dataset"), dtype=self.manifest["dtype"], overwrite=directory is None, labels=labels,
             label_names=items.get("label_names"), paths=paths, policy=self.manifest.get("policy"),
             admissions=self.admissions, **index_params,
         )  # fmt: skip

@@ -47,6 +47,7 @@ _METHOD_LABELS = {
     "bt2": "BT² (Backward-compatible Training with Basis Transformation)",
     "bct": "BCT (influence loss)",
     "independent": "independent training (no backward-compatibility objective)",
+    "post_hoc_adapter": "a post-hoc adapter (the new model unchanged, its embeddings mapped into the old space)",
 }
 _VERDICT_LABELS = {"compatible": "✅ compatible", "failed": "❌ not compatible", "not measured": "not measured"}
 _PAIR_LABELS = {"old/old": "old → old", "new/old": "new → old", "new/new": "new → new", "indep/indep": "indep → indep"}
@@ -194,6 +195,43 @@ def _how(entry: Mapping[str, Any], entries: list[Mapping[str, Any]] | None = Non
     return f"{where}; criterion FAILED: {outcomes}"
 
 
+def adapter_summary(config: Any, entries: list[Mapping[str, Any]] | None = None) -> dict[str, Any] | None:
+    """What a card says about an adapted query model (``config.adapter``), or ``None`` for other models.
+
+    Its compatibility with the target model is read from the model's ``compatible_with`` entry for it (measured,
+    passing / failing, or not measured), never from the adapter's existence.
+    """
+    block = getattr(config, "adapter", None)
+    if not block:
+        return None
+    base, target, fitted = block["base_model"], block["target_model"], dict(block.get("fitted_on") or {})
+    entries = list(entries if entries is not None else getattr(config, "compatible_with", None) or [])
+    entry = next((e for e in entries if e.get("fingerprint") == target["fingerprint"] and not e.get("via")), None)
+    verdict = entry_verdict(entry, entries) if entry is not None else "not measured"
+    if verdict == "compatible":
+        compatibility = f"measured compatible: {_how(entry, entries)} ({_criterion_text(entry)})"
+    elif verdict == "failed":
+        compatibility = f"measured NOT compatible: {_how(entry, entries)} ({_criterion_text(entry)})"
+    else:
+        compatibility = (
+            "not measured: galleries refuse this model until `bt2 verify` measures it against the old model"
+        )
+    return {
+        "kind": block["kind"],
+        "base": base.get("name_or_path") or "(unnamed)",
+        "base_fingerprint": short_fingerprint(base.get("fingerprint")),
+        "base_dim": base.get("embedding_dim"),
+        "target": target.get("name_or_path") or "(unnamed)",
+        "target_fingerprint": short_fingerprint(target.get("fingerprint")),
+        "target_dim": target.get("embedding_dim"),
+        "data": f"{fitted.get('name')}:{fitted.get('split')}" if fitted.get("name") else "(not recorded)",
+        "num_pairs": fitted.get("num_pairs", "(not recorded)"),
+        "data_sha256": str(fitted.get("sha256") or "")[:12] or "(not recorded)",
+        "train_mean_cosine": fitted.get("train_mean_cosine"),
+        "compatibility": compatibility,
+    }
+
+
 def build_card_data(
     config: Any,
     *,
@@ -257,6 +295,10 @@ def build_card_data(
         "fingerprint": config.fingerprint,
         "compatible_with": entries,
     }
+    if getattr(config, "adapter", None):
+        bt2_block["adapter"] = {
+            key: config.adapter[key] for key in ("kind", "base_model", "target_model", "fitted_on")
+        }
     # The Hub accepts only repo ids in base_model and datasets: a local start or data set goes to the bt2 block.
     base_model = hub_id_or_none(getattr(config, "base_model", None))
     init_from = (getattr(config, "training", None) or {}).get("init_from")
@@ -442,6 +484,7 @@ def render_model_card(
         "first_prefix": prefixes[-1] if prefixes else config.compatible_dim,
         "training_rows": [(key, _format_value(value)) for key, value in sorted(training.items())],
         "versions": _versions(),
+        "adapter": adapter_summary(config, entries),
     }
     path = Path(template_path) if template_path is not None else TEMPLATE_PATH
     try:

@@ -11,6 +11,7 @@ Notation: "new/old" means queries embedded by ``new`` searched in a gallery embe
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -50,10 +51,29 @@ def _as_model(embeddings, name: str) -> ModelEmbeddings:
     return ModelEmbeddings(query=embeddings, name=name)
 
 
+def update_gain_or_reason(new_old: float, old_old: float, independent: float) -> tuple[float | None, str | None]:
+    """The BCT update gain ``[M(new,old) − M(old,old)] / [M(indep,indep) − M(old,old)]``, or ``None`` and why it is
+    undefined.
+
+    The gain measures how much of the independent model's improvement over the old one reaches the old gallery. When
+    the independent model is no better than the old one there is no improvement to share, and the ratio (with a zero
+    or negative denominator) means nothing. The one definition: :func:`compare_models` and the experiments use it.
+
+    >>> update_gain_or_reason(0.60, 0.50, 0.70)
+    (0.5, None)
+    """
+    if independent <= old_old:
+        return None, (
+            f"n/a: the independent new model is no better than the old one ({100 * independent:.2f} ≤ "
+            f"{100 * old_old:.2f}), so there is no improvement to carry over"
+        )
+    return float((new_old - old_old) / (independent - old_old)), None
+
+
 def update_gain(new_old: float, old_old: float, independent: float) -> float:
-    """BCT update gain ``[M(new,old) − M(old,old)] / [M(indep,indep) − M(old,old)]`` (NaN when the denominator is 0)."""
-    denominator = independent - old_old
-    return float((new_old - old_old) / denominator) if denominator != 0 else float("nan")
+    """BCT update gain (see :func:`update_gain_or_reason`), NaN where it is undefined."""
+    gain, _ = update_gain_or_reason(new_old, old_old, independent)
+    return float("nan") if gain is None else gain
 
 
 @dataclass
@@ -64,7 +84,10 @@ class PairReport:
         results (`dict[str, RetrievalResult]`): keyed ``"old/old"``, ``"new/old"``, ``"new/new"`` and, when an
             independent model is given, ``"indep/indep"`` (query model / gallery model).
         criterion (`dict[str, bool]`): per metric, the empirical criterion ``M(new/old) > M(old/old)`` (strict).
-        update_gain (`dict[str, float]`): per metric, needs the independent model.
+        update_gain (`dict[str, float]`): per metric, needs the independent model; NaN where it is undefined (the
+            independent model is no better than the old one on that metric, or on the first rank metric, whose
+            undefined gain makes every other metric's undefined too: a gain would divide by noise).
+        update_gain_note (`dict[str, str]`): per metric whose gain is undefined, why.
         compatibility_tax (`dict[str, float]`): per metric, ``M(indep/indep) − M(new/new)``.
         flips (`dict[str, float]`): top-1 negative / positive flip rates from old/old to new/old.
     """
@@ -74,6 +97,7 @@ class PairReport:
     update_gain: dict[str, float] = field(default_factory=dict)
     compatibility_tax: dict[str, float] = field(default_factory=dict)
     flips: dict[str, float] = field(default_factory=dict)
+    update_gain_note: dict[str, str] = field(default_factory=dict)
 
     @property
     def compatible(self) -> bool:
@@ -85,7 +109,8 @@ class PairReport:
             "results": {key: result.metrics for key, result in self.results.items()},
             "criterion": self.criterion,
             "compatible": self.compatible,
-            "update_gain": self.update_gain,
+            "update_gain": {name: (None if math.isnan(gain) else gain) for name, gain in self.update_gain.items()},
+            "update_gain_note": self.update_gain_note,
             "compatibility_tax": self.compatibility_tax,
             "flips": self.flips,
         }
@@ -148,21 +173,28 @@ def compare_models(
     }
     names = evaluator.metric_names
     criterion = {name: results["new/old"].metrics[name] > results["old/old"].metrics[name] for name in names}
-    gain, tax = {}, {}
+    gain, tax, notes = {}, {}, {}
+    flip_metric = flip_metric or next((n for n in names if evaluator.parsed[n][0] in {"cmc", "recall"}), None)
     if independent is not None:
-        for name in names:
+        # the first rank metric decides whether there is an upgrade at all
+        for name in sorted(names, key=lambda n: n != flip_metric):
             old_old, new_old = results["old/old"].metrics[name], results["new/old"].metrics[name]
             indep = results["indep/indep"].metrics[name]
-            gain[name] = update_gain(new_old, old_old, indep)
+            value, note = update_gain_or_reason(new_old, old_old, indep)
+            if flip_metric in notes:
+                value, note = None, notes[flip_metric]
+            gain[name] = float("nan") if value is None else value
+            if note:
+                notes[name] = note
             tax[name] = indep - results["new/new"].metrics[name]
+        gain = {name: gain[name] for name in names}
     flips = {}
-    flip_metric = flip_metric or next((n for n in names if evaluator.parsed[n][0] in {"cmc", "recall"}), None)
     if flip_metric is not None:
         before = results["old/old"].per_query[flip_metric]
         after = results["new/old"].per_query[flip_metric]
         evaluated = results["old/old"].evaluated
         flips = {"metric": flip_metric, **flip_rates(before[evaluated], after[evaluated])}
-    return PairReport(results, criterion, gain, tax, flips)
+    return PairReport(results, criterion, gain, tax, flips, notes)
 
 
 @dataclass

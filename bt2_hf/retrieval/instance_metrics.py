@@ -13,6 +13,15 @@ which averages over tied groups; :func:`bt2_hf.retrieval.metrics.average_precisi
 - ``map``: the mean over queries of the average precision over *all* relevant items of the full ranking,
   ``AP = (1/R) Σ_{relevant items j} (relevant items ranked at or before j) / rank(j)``.
 
+With ``cutoffs`` (the information-retrieval metrics of a retrieval set with qrels, e.g. ``cutoffs=(10,)``):
+
+- ``recall_of_relevant@K``: the fraction of a query's relevant items ranked in its first ``K`` (BEIR's and
+  trec_eval's Recall@K; with one relevant item per query it equals ``recall@K`` above), averaged over queries;
+- ``mrr@K``: the mean of ``1 / rank`` of each query's first relevant item, 0 when it is ranked after ``K``;
+- ``ndcg@K``: ``DCG@K / IDCG@K`` with ``DCG@K = Σ_{rank r ≤ K} gain(r) / log2(r + 1)`` (linear gains: the qrels'
+  graded scores given as ``gains``, else 1 for a relevant item), ``IDCG@K`` the same sum over the relevant items'
+  gains sorted in decreasing order (trec_eval's ``ndcg_cut``).
+
 **Queries with no relevant item** have no defined recall or AP. By default (``no_relevant="exclude"``) they are left
 out of every mean and counted in ``num_without_relevant``; ``no_relevant="error"`` raises instead.
 
@@ -52,6 +61,10 @@ class InstanceRetrievalResult:
         first_relevant_rank (`np.ndarray` of `int`, shape `(num_queries,)`): 1-based rank of each query's best ranked
             relevant item, 0 for a query without one (Recall@K for any K is ``mean(1 <= rank <= K)``).
         average_precision (`np.ndarray` of `float`, shape `(num_queries,)`): AP per query, NaN without a relevant item.
+        recall_of_relevant (`dict[int, float]`): with ``cutoffs``: the mean fraction of each query's relevant items
+            ranked in its first K.
+        mrr (`dict[int, float]`): with ``cutoffs``: MRR@K.
+        ndcg (`dict[int, float]`): with ``cutoffs``: nDCG@K.
     """
 
     recall: dict[int, float]
@@ -61,12 +74,18 @@ class InstanceRetrievalResult:
     num_without_relevant: int
     first_relevant_rank: np.ndarray = field(repr=False)
     average_precision: np.ndarray = field(repr=False)
+    recall_of_relevant: dict[int, float] = field(default_factory=dict)
+    mrr: dict[int, float] = field(default_factory=dict)
+    ndcg: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self, percent: bool = False) -> dict:
-        """JSON-able summary: ``recall@K`` and ``map`` (fractions, or percent with ``percent=True``) and the counts."""
+        """JSON-able summary: ``recall@K`` and ``map`` (fractions, or percent with ``percent=True``), the ``cutoffs``
+        metrics when measured (``recall_of_relevant@K``, ``mrr@K``, ``ndcg@K``) and the counts."""
         scale = 100.0 if percent else 1.0
         out = {f"recall@{k}": scale * value for k, value in sorted(self.recall.items())}
         out["map"] = scale * self.mean_average_precision
+        for name, values in (("recall_of_relevant", self.recall_of_relevant), ("mrr", self.mrr), ("ndcg", self.ndcg)):
+            out.update({f"{name}@{k}": scale * value for k, value in sorted(values.items())})
         out.update(
             num_queries=self.num_queries,
             num_evaluated=self.num_evaluated,
@@ -105,6 +124,21 @@ def rank_block(scores: np.ndarray, relevant: np.ndarray, excluded: np.ndarray | 
         `tuple[np.ndarray, np.ndarray, np.ndarray]`: first relevant rank (0 if none), AP (NaN if none), and the
         number of relevant items per query.
     """
+    ranked = _rank(scores, relevant, excluded)
+    return ranked.first_rank, ranked.average_precision, ranked.num_relevant
+
+
+@dataclass
+class _RankedBlock:
+    first_rank: np.ndarray
+    average_precision: np.ndarray
+    num_relevant: np.ndarray
+    order: np.ndarray
+    ranked_relevant: np.ndarray
+    ranks: np.ndarray
+
+
+def _rank(scores: np.ndarray, relevant: np.ndarray, excluded: np.ndarray | None) -> _RankedBlock:
     if np.isnan(scores).any():
         raise ValueError("Scores contain NaN; check the embeddings (a NaN cannot be ranked).")
     # A stable ascending sort of the negated scores is a descending sort with ties kept in gallery order.
@@ -123,7 +157,36 @@ def rank_block(scores: np.ndarray, relevant: np.ndarray, excluded: np.ndarray | 
     first_rank = np.where(num_relevant > 0, ranks[np.arange(len(first)), first], 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         average_precision = np.where(num_relevant > 0, precision_sum / num_relevant, np.nan)
-    return first_rank, average_precision, num_relevant
+    return _RankedBlock(first_rank, average_precision, num_relevant, order, ranked_relevant, ranks)
+
+
+def _cutoff_block(ranked: _RankedBlock, gains: np.ndarray, cutoffs: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per query and cut-off K: the number of relevant items ranked in the first K, and nDCG@K (NaN without any)."""
+    ranked_gains = np.where(ranked.ranked_relevant, np.take_along_axis(gains, ranked.order, axis=1), 0.0)
+    discount = 1.0 / np.log2(ranked.ranks + 1.0)
+    # the ideal ranking: the relevant items' gains in decreasing order, at ranks 1, 2, …
+    ideal = -np.sort(-np.where(ranked.ranked_relevant, ranked_gains, 0.0), axis=1)
+    ideal_discount = 1.0 / np.log2(np.arange(2, ideal.shape[1] + 2, dtype=np.float64))
+    hits, ndcg = [], []
+    for k in cutoffs:
+        within = ranked.ranks <= k
+        hits.append((ranked.ranked_relevant & within).sum(axis=1))
+        dcg = np.where(within, ranked_gains * discount, 0.0).sum(axis=1)
+        ideal_dcg = (ideal[:, :k] * ideal_discount[:k]).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ndcg.append(np.where(ideal_dcg > 0, dcg / ideal_dcg, np.nan))
+    return np.stack(hits, axis=1), np.stack(ndcg, axis=1)
+
+
+def _gains_block(gains, relevant_block: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    if gains is None:
+        return relevant_block.astype(np.float64)
+    block = np.asarray(gains(rows) if callable(gains) else gains[rows], dtype=np.float64)
+    if block.shape != relevant_block.shape:
+        raise ValueError(f"gains of {len(rows)} queries must have shape {relevant_block.shape}; got {block.shape}.")
+    if not np.isfinite(block).all() or (block < 0).any():
+        raise ValueError("gains must be finite and non-negative (the qrels' graded relevance scores).")
+    return block
 
 
 def instance_retrieval_metrics(
@@ -137,6 +200,8 @@ def instance_retrieval_metrics(
     no_relevant: str = "exclude",
     renormalize: bool = True,
     chunk_size: int | None = None,
+    cutoffs: Sequence[int] = (),
+    gains: Relevance | None = None,
 ) -> InstanceRetrievalResult:
     """Recall@K and mAP of every query against the whole gallery, exact under the stable tie rule.
 
@@ -157,6 +222,10 @@ def instance_retrieval_metrics(
         renormalize (`bool`, *optional*, defaults to `True`): re-normalise the embeddings' common prefix (``False``
             reproduces the BT² research code's un-normalised prefixes).
         chunk_size (`int`, *optional*): queries per chunk; by default about two million scores per chunk.
+        cutoffs (`Sequence[int]`, *optional*): also measure ``recall_of_relevant@K``, ``mrr@K`` and ``ndcg@K`` at
+            these cut-offs (a retrieval set's metrics, e.g. ``(10,)``).
+        gains (`np.ndarray` or `Callable`, *optional*): graded relevance for nDCG, non-negative, the shape of
+            ``relevance`` (or a function of query rows); only relevant items' gains count. Default: 1 per relevant item.
 
     Returns:
         [`InstanceRetrievalResult`].
@@ -172,6 +241,9 @@ def instance_retrieval_metrics(
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"Recall cut-offs must be positive integers; got {ks}.")
+    cutoffs = sorted({int(k) for k in cutoffs})
+    if cutoffs and cutoffs[0] < 1:
+        raise ValueError(f"cutoffs must be positive integers; got {cutoffs}.")
     if scores is not None:
         if query_embeddings is not None or gallery_embeddings is not None:
             raise ValueError("Pass either `scores` or `query_embeddings` + `gallery_embeddings`, not both.")
@@ -217,6 +289,8 @@ def instance_retrieval_metrics(
     first_rank = np.zeros(num_queries, dtype=np.int64)
     average_precision = np.full(num_queries, np.nan)
     num_relevant = np.zeros(num_queries, dtype=np.int64)
+    hits_at = np.zeros((num_queries, len(cutoffs)), dtype=np.int64)
+    ndcg_at = np.full((num_queries, len(cutoffs)), np.nan)
     for start in range(0, num_queries, chunk_size):
         rows = np.arange(start, min(start + chunk_size, num_queries))
         excluded = None
@@ -225,9 +299,14 @@ def instance_retrieval_metrics(
             excluded[np.arange(len(rows)), rows] = True
         block_scores = np.asarray(score_block(rows))
         block_relevant = _relevance_block(relevance, rows, num_gallery)
-        first_rank[rows], average_precision[rows], num_relevant[rows] = rank_block(
-            block_scores, block_relevant, excluded
+        ranked = _rank(block_scores, block_relevant, excluded)
+        first_rank[rows], average_precision[rows], num_relevant[rows] = (
+            ranked.first_rank,
+            ranked.average_precision,
+            ranked.num_relevant,
         )
+        if cutoffs:
+            hits_at[rows], ndcg_at[rows] = _cutoff_block(ranked, _gains_block(gains, block_relevant, rows), cutoffs)
 
     evaluated = num_relevant > 0
     num_without = int((~evaluated).sum())
@@ -242,6 +321,11 @@ def instance_retrieval_metrics(
     if num_without:
         logger.info("%d of %d queries have no relevant gallery item; left out of the means.", num_without, num_queries)
     recall = {k: float(np.mean(first_rank[evaluated] <= k)) for k in ks}
+    ranks, counts = first_rank[evaluated], num_relevant[evaluated]
+    recall_of_relevant = {k: float(np.mean(hits_at[evaluated, i] / counts)) for i, k in enumerate(cutoffs)}
+    mrr = {k: float(np.mean(np.where(ranks <= k, 1.0 / ranks, 0.0))) for k in cutoffs}
+    # a query whose relevant items all have gain 0 has no ideal DCG: its nDCG is 0 (nothing to gain)
+    ndcg = {k: float(np.mean(np.nan_to_num(ndcg_at[evaluated, i], nan=0.0))) for i, k in enumerate(cutoffs)}
     return InstanceRetrievalResult(
         recall=recall,
         mean_average_precision=float(np.mean(average_precision[evaluated])),
@@ -250,6 +334,9 @@ def instance_retrieval_metrics(
         num_without_relevant=num_without,
         first_relevant_rank=first_rank,
         average_precision=average_precision,
+        recall_of_relevant=recall_of_relevant,
+        mrr=mrr,
+        ndcg=ndcg,
     )
 
 

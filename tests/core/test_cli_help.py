@@ -16,13 +16,14 @@ import pytest
 from bt2_hf.cli.main import STORY
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("torch", "transformers", "faiss", "rich", "pymilvus")
+HEAVY = ("torch", "transformers", "faiss", "rich", "pymilvus", "gradio")
 OWN_COMMANDS = [
     "demo",
     "train",
     "verify",
     "embed",
     "push",
+    "adapt",
     "card",
     "eval",
     "eval-text",
@@ -31,6 +32,7 @@ OWN_COMMANDS = [
     "image-text",
     "text-tower",
     "text-upgrade",
+    "ui",
 ]
 
 

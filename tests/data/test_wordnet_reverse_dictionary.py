@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from bt2_hf.data.retrieval_sets import load_retrieval_set
 from bt2_hf.data.wordnet_reverse_dictionary import (
     SPLITS,
     build_reverse_dictionary,
     load_wordnet_reverse_dictionary,
+    main,
     parse_data_line,
     read_synsets,
     split_of,
@@ -107,6 +109,24 @@ def test_dataset_dict_from_the_fixture(tmp_path):
     assert data["corpus"].column_names == ["doc_id", "text"]
     assert data["test"].column_names == ["query_id", "text", "pos", "lemmas", "relevant_doc_ids"]
     assert data["test"].num_rows == SIZES["test"]
+
+
+def test_written_as_a_retrieval_set_that_verify_reads(tmp_path):
+    wordnet = write_fixture(tmp_path / "wn")
+    argv = ["--output", str(tmp_path / "rd"), "--wordnet_dir", str(wordnet), "--num_documents", "100"]
+    sizes = ["--train_queries", "20", "--validation_queries", "8", "--test_queries", "8"]
+    assert main([*argv, *sizes]) == 0
+    assert main([*argv, *sizes]) == 2  # an existing folder is kept without --overwrite
+    data = load_wordnet_reverse_dictionary(
+        wordnet, num_documents=100, split_sizes={"train": 20, "validation": 8, "test": 8}
+    )
+    for split in SPLITS:
+        retrieval_set = load_retrieval_set(tmp_path / "rd", split=split)
+        assert retrieval_set.query_ids == list(data[split]["query_id"])
+        assert retrieval_set.queries == list(data[split]["text"])
+        assert retrieval_set.document_ids == list(data["corpus"]["doc_id"])
+        assert retrieval_set.qrels == {q: {d[0]: 1.0} for q, d in zip(data[split]["query_id"],
+                                                                       data[split]["relevant_doc_ids"])}  # fmt: skip
 
 
 @pytest.mark.skipif(not (REAL_WORDNET / "data.noun").is_file(), reason="Debian's wordnet-base is not installed")

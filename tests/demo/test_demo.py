@@ -21,11 +21,10 @@ from bt2_hf.experiments.demo import (
     METHODS,
     PAIRS,
     DemoSize,
-    results_table,
     run_demo,
     summarize_seeds,
-    summary_lines,
 )
+from bt2_hf.experiments.report import results_table, summary_lines
 from bt2_hf.galleries import FaissGallery
 from tests.demo.synthetic import CLASS_NAMES, write_texture_idx
 

@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from bt2_hf.errors import BT2InputError
-from bt2_hf.experiments.demo import DemoSize, _patch_size, update_gain_or_reason, verdict
+from bt2_hf.experiments.demo import DemoSize, _patch_size, verdict
 from bt2_hf.experiments.demo_data import dataset_slug, load_demo_data, split_off
+from bt2_hf.retrieval.compatibility import update_gain_or_reason
 from tests.demo.synthetic import CLASS_NAMES, write_idx, write_texture_idx
 
 
@@ -21,15 +22,16 @@ def _metrics(old_old, new_old, new_new):
 
 
 def test_update_gain_is_na_without_an_improvement():
-    assert update_gain_or_reason(60.0, 50.0, 70.0) == (0.5, None)
-    # The issue's run: independent 59.3 < old 68.3 gave "+722 %" from a negative denominator.
-    gain, reason = update_gain_or_reason(44.4, 68.3, 59.3)
+    """The one definition (retrieval/compatibility.py), which the demo and every report use."""
+    assert update_gain_or_reason(0.60, 0.50, 0.70) == (0.5, None)
+    # independent 59.3 < old 68.3 once gave "+722 %" from a negative denominator.
+    gain, reason = update_gain_or_reason(0.444, 0.683, 0.593)
     assert gain is None
     assert reason == (
         "n/a: the independent new model is no better than the old one (59.30 ≤ 68.30), so there is no improvement "
         "to carry over"
     )
-    assert update_gain_or_reason(70.0, 68.3, 68.3)[0] is None  # a zero denominator too
+    assert update_gain_or_reason(0.70, 0.683, 0.683)[0] is None  # a zero denominator too
 
 
 def test_verdicts():

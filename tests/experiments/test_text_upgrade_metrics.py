@@ -34,15 +34,16 @@ def test_metrics_by_hand():
 def test_ranking_matches_the_instance_evaluator():
     rng = np.random.default_rng(0)
     queries, gallery = unit(rng.normal(size=(40, 8))), unit(rng.normal(size=(90, 8)))
-    target = rng.integers(0, 90, size=40)
+    relevant = [rng.choice(90, size=1 + i % 3, replace=False).tolist() for i in range(40)]  # 1 to 3 per query
     relevance = np.zeros((40, 90), dtype=bool)
-    relevance[np.arange(40), target] = True
+    for row, targets in enumerate(relevant):
+        relevance[row, targets] = True
     reference = instance_retrieval_metrics(query_embeddings=queries, gallery_embeddings=gallery, relevance=relevance,
-                                           ks=(10,))  # fmt: skip
-    ours = retrieval_metrics(queries, gallery, [[t] for t in target], k=10)
-    assert ours["recall@10"] == pytest.approx(reference.recall[10])
-    ranks = reference.first_relevant_rank
-    assert ours["mrr@10"] == pytest.approx(np.mean(np.where(ranks <= 10, 1 / ranks, 0)))
+                                           ks=(10,), cutoffs=(10,))  # fmt: skip
+    ours = retrieval_metrics(queries, gallery, relevant, k=10)
+    assert ours["recall@10"] == pytest.approx(reference.recall_of_relevant[10])
+    assert ours["mrr@10"] == pytest.approx(reference.mrr[10])
+    assert ours["ndcg@10"] == pytest.approx(reference.ndcg[10])
     # ties go to the lowest gallery row
     assert top_k_rows(np.ones((1, 2)), np.ones((5, 2)), 3).tolist() == [[0, 1, 2]]
 

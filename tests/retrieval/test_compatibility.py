@@ -219,3 +219,30 @@ def test_separate_gallery_model_embeddings(rng):
     report = compare_models(old_model, new_model, labels[:20], labels[20:], metrics=["top1"])
     expected = reference_metrics(dense_scores(new[:20], old[20:]), labels[:20, None] == labels[None, 20:], False)
     assert report.results["new/old"].metrics["top1"] == pytest.approx(expected["top1"], abs=1e-12)
+
+
+def test_compare_models_gain_is_undefined_when_the_independent_model_is_no_better():
+    """The report's gain follows the one definition: undefined (NaN, None in JSON, with the reason) when the
+    independent model does not beat the old one on the rank metric, and then on every metric."""
+    import math
+
+    from bt2_hf.retrieval.compatibility import compare_models
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 10)
+    centres = rng.normal(size=(4, 8))
+    old = centres[labels] + 0.3 * rng.normal(size=(40, 8))
+    noise = rng.normal(size=(40, 8))  # an "independent" model that knows nothing: below the old one
+    report = compare_models(old, old + 0.05 * noise, labels, independent=noise)
+    assert all(math.isnan(gain) for gain in report.update_gain.values())
+    assert set(report.update_gain_note) == set(report.update_gain)
+    assert "no better than the old one" in next(iter(report.update_gain_note.values()))
+    as_json = report.to_dict()
+    assert all(value is None for value in as_json["update_gain"].values())
+    noisy_old = centres[labels] + 1.5 * rng.normal(size=(40, 8))
+    better = centres[labels] + 0.05 * rng.normal(size=(40, 8))
+    same = compare_models(noisy_old, noisy_old, labels, independent=better)  # new = old: none of the gain reaches it
+    assert same.update_gain["top1"] == 0.0 and same.update_gain["map"] == 0.0
+    assert "top1" not in same.update_gain_note and "map" not in same.update_gain_note
+    # a metric both models saturate (top-10 = 100 %) has no improvement to share: undefined on its own
+    assert math.isnan(same.update_gain["top10"]) and "100.00 ≤ 100.00" in same.update_gain_note["top10"]

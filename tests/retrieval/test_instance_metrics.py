@@ -175,3 +175,33 @@ def test_compatibility_matrix_over_named_spaces(rng):
     assert list(only) == ["new_text"] and list(only["new_text"]) == ["old_image"]
     with pytest.raises(ValueError, match=r"spaces \['old_text'\] that have no embeddings"):
         instance_compatibility_matrix(spaces, [("old_text", "old_image")], relevance_fn)
+
+
+def test_cutoff_metrics_match_hand_computed_values():
+    """Recall of relevant items, MRR and nDCG at K, on two queries ranked by hand.
+
+    Query A ranks d0 > d1 > d2 > d3 > d4; relevant d1 (gain 2) and d3 (gain 1), at ranks 2 and 4.
+    Query B ranks d3 > d1 = d4 (tie: d1 first) > d2 > d0; relevant d0 (gain 1), at rank 5.
+    """
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5], [0.1, 0.3, 0.2, 0.9, 0.3]])
+    gains = np.array([[0, 2, 0, 1, 0], [1, 0, 0, 0, 0]], dtype=float)
+    result = instance_retrieval_metrics(scores, gains > 0, ks=(1,), cutoffs=(2, 10), gains=gains)
+    log2 = np.log2
+    ndcg_a10 = (2 / log2(3) + 1 / log2(5)) / (2 / log2(2) + 1 / log2(3))
+    ndcg_a2 = (2 / log2(3)) / (2 / log2(2) + 1 / log2(3))
+    ndcg_b10 = (1 / log2(6)) / 1
+    assert result.mrr == pytest.approx({2: (1 / 2 + 0) / 2, 10: (1 / 2 + 1 / 5) / 2})
+    assert result.recall_of_relevant == pytest.approx({2: (1 / 2 + 0) / 2, 10: 1.0})
+    assert result.ndcg == pytest.approx({2: (ndcg_a2 + 0) / 2, 10: (ndcg_a10 + ndcg_b10) / 2})
+    assert result.mean_average_precision == pytest.approx(((1 / 2 + 2 / 4) / 2 + 1 / 5) / 2)
+    assert result.recall == {1: 0.0}
+    # binary gains by default: query A's nDCG@10 is (1/log2 3 + 1/log2 5) / (1 + 1/log2 3)
+    binary = instance_retrieval_metrics(scores, gains > 0, ks=(1,), cutoffs=(10,))
+    assert binary.ndcg[10] == pytest.approx(((1 / log2(3) + 1 / log2(5)) / (1 + 1 / log2(3)) + ndcg_b10) / 2)
+    assert binary.to_dict()["mrr@10"] == pytest.approx(0.35) and "ndcg@10" in binary.to_dict()
+    # without cutoffs, the summary is what it always was
+    assert set(instance_retrieval_metrics(scores, gains > 0).to_dict()) == {
+        "recall@1", "recall@5", "recall@10", "map", "num_queries", "num_evaluated", "num_without_relevant"
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="non-negative"):
+        instance_retrieval_metrics(scores, gains > 0, cutoffs=(10,), gains=-gains)

@@ -1,0 +1,341 @@
+"""Load on ``bt2 serve`` over loopback: QPS, p50 and p99 at 1, 8 and 32 concurrent clients, with and without a
+backfill running beside it, against the raw faiss search of the same queries in the same run.
+
+    python benchmarks/serve_load.py                       # 1M × 128 IVF-PQ (the default; minutes, idle cores)
+    python benchmarks/serve_load.py --n 100000            # under 3 minutes on a laptop
+    python benchmarks/serve_load.py --n 100000 --text_model path/to/text_model   # adds text queries
+
+What runs: a gallery of ``--n`` unit vectors (a mixture of 1,000 Gaussian clusters, like real embeddings) as an
+IVF-PQ faiss gallery (defaults: √N lists, nprobe 16, 1,000 candidates re-ranked exactly); ``bt2 serve``'s app in a
+uvicorn subprocess on 127.0.0.1; client threads (one httpx connection each) sending ``POST /search`` with k = 10
+for ``--seconds`` per setting (at most ``--max_requests``). Settings:
+
+1. no backfill: encoder-space vector queries (the gallery encoder's vectors);
+2. a backfill running beside the service (a synthetic 160-d "new model" whose first 128 dims are the gallery's
+   space; ``--backfill_batch`` items per committed batch, ``--backfill_pause`` seconds between batches): the same
+   encoder vector queries, and new-model queries ranked by the slot rule over the re-embedded items; then three
+   dual-writes (``POST /items``, one item each), timed.
+
+Raw: the same queries one at a time in this process, through faiss only (``index.search`` with k = 10, then with
+the re-ranking depth plus the exact re-ranking, as the gallery does) and through the library
+(``search_gallery``). The ratio is p50(service, 1 client) / p50(raw). Everything stops by itself; nothing listens
+beyond loopback; the temporary folder is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+OLD = "sha256:" + "0a" * 32
+NEW = "sha256:" + "0b" * 32
+NEW_DIM = 160
+
+
+def mixture(count: int, dim: int, clusters: int, seed: int, spread: float = 0.35) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    out = np.empty((count, dim), dtype=np.float32)
+    for start in range(0, count, 100_000):
+        stop = min(count, start + 100_000)
+        block = centres[rng.integers(0, clusters, stop - start)]
+        block += spread / np.sqrt(dim) * rng.normal(size=block.shape).astype(np.float32)
+        out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def new_model_config(dim: int, encoder: str):
+    """The synthetic new model: 160-d, its first ``dim`` dims the gallery's space, measured against its encoder."""
+    from bt2_hf.compatibility import seal_entry
+
+    entry = seal_entry({"query_fingerprint": NEW, "name_or_path": "old", "fingerprint": encoder, "embedding_dim": dim,
+                        "method": "bt2", "status": "measured",
+                        "dataset": {"name": "synthetic", "split": "test", "size": 1000, "sha256": "0" * 64},
+                        "metrics": {"old/old": {"top1": 60.0, "mAP": 30.0}, "new/old": {"top1": 62.0, "mAP": 31.0}},
+                        "criterion": {"metrics": ["top1", "mAP"], "passed": True}})  # fmt: skip
+    return types.SimpleNamespace(fingerprint=NEW, embedding_dim=NEW_DIM, compatible_dim=dim, name_or_path="new",
+                                 compatible_with=[entry], training=None)  # fmt: skip
+
+
+# -- the server process -------------------------------------------------------------------------------------------------
+
+
+def serve(root: str, port: int, backfill: bool, batch: int, pause: float, text_model: str | None) -> None:
+    import uvicorn
+
+    from bt2_hf.serving import GalleryService, create_app
+    from bt2_hf.serving.service import BackfillJob, LoadedModel
+
+    service = GalleryService(root, models=[f"text={text_model}"] if text_model else [], resume_jobs=False)
+    _, served = service.served("bench")
+    dim = served.store.dimension
+    new = LoadedModel(
+        "new",
+        "",
+        types.SimpleNamespace(config=new_model_config(dim, served.store.encoder["fingerprint"]), modality="image"),
+    )
+    service.registry.models["new"] = new
+    if backfill:
+        extra = np.random.default_rng(1).normal(size=(dim, NEW_DIM - dim)).astype(np.float32) / np.sqrt(dim)
+
+        class SyntheticJob(BackfillJob):
+            def _embedder(self):
+                def embed_rows(rows):
+                    old = self.served.store.vectors_at(np.sort(rows))[np.argsort(np.argsort(rows))]
+                    return np.concatenate([old, old @ extra], axis=1)
+
+                return embed_rows
+
+        service.start_job(served, new, {"batch_size": batch, "pause": pause, "order": "random"}, SyntheticJob)
+    app = create_app(service, token="bench")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# -- the load generator -------------------------------------------------------------------------------------------------
+
+
+def percentile(values, q):
+    return float(np.percentile(np.asarray(values) * 1000.0, q)) if values else float("nan")
+
+
+def load(url: str, bodies: list[dict], clients: int, seconds: float, max_requests: int) -> dict:
+    import httpx
+
+    latencies, failures, lock = [], [], threading.Lock()
+    counter = [0]
+    ready = threading.Barrier(clients + 1)
+    stop_at = [float("inf")]
+
+    def client(index: int):
+        # Connection set up and warmed before the clock starts (an httpx client costs milliseconds to create).
+        with httpx.Client(base_url=url, timeout=60) as session:
+            session.post("/search", json=bodies[index % len(bodies)])
+            ready.wait()
+            position = index
+            while time.perf_counter() < stop_at[0]:
+                with lock:
+                    if counter[0] >= max_requests:
+                        return
+                    counter[0] += 1
+                body = bodies[position % len(bodies)]
+                position += clients
+                started = time.perf_counter()
+                answer = session.post("/search", json=body)
+                elapsed = time.perf_counter() - started
+                with lock:
+                    if answer.status_code == 200:
+                        latencies.append(elapsed)
+                    else:
+                        failures.append(answer.status_code)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    stop_at[0] = time.perf_counter() + 3600  # set properly once every client is ready
+    ready.wait()
+    began = time.perf_counter()
+    stop_at[0] = began + seconds
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    return {"clients": clients, "requests": len(latencies), "failed": len(failures), "qps": len(latencies) / elapsed,
+            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}  # fmt: skip
+
+
+def start_server(root: Path, port: int, args, backfill: bool) -> subprocess.Popen:
+    import httpx
+
+    command = [sys.executable, str(HERE), "--_serve", str(root), "--port", str(port),
+               "--backfill_batch", str(args.backfill_batch), "--backfill_pause", str(args.backfill_pause)]  # fmt: skip
+    if backfill:
+        command.append("--_backfill")
+    if args.text_model:
+        command += ["--text_model", args.text_model]
+    process = subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=str(HERE.parents[1])))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the server did not start within 120 s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def dual_writes(url: str, encoder: str, vectors: np.ndarray, extra: np.ndarray) -> list[float]:
+    """Seconds of each ``POST /items`` of one item (its encoder and new-model vectors given): the gallery's files are
+    rewritten atomically per request, so this grows with the gallery."""
+    import httpx
+
+    seconds = []
+    for number, vector in enumerate(vectors):
+        item = {"id": 10**12 + number, "vectors": {encoder: vector.tolist(),
+                                                   "new": np.concatenate([vector, vector @ extra]).tolist()}}  # fmt: skip
+        started = time.perf_counter()
+        answer = httpx.post(url + "/items", json={"gallery": "bench", "items": [item]},
+                            headers={"Authorization": "Bearer bench"}, timeout=600)  # fmt: skip
+        if answer.status_code != 200:
+            raise RuntimeError(f"POST /items answered {answer.status_code}: {answer.text}")
+        seconds.append(round(time.perf_counter() - started, 3))
+    return seconds
+
+
+def raw_search(store, queries: np.ndarray, k: int) -> dict:
+    """p50 / p99 (ms) of the same queries, one at a time, through faiss and through the library."""
+    from bt2_hf.galleries import search_gallery
+    from bt2_hf.galleries.faiss_store import exact_scores
+    from bt2_hf.retrieval.knn import import_faiss
+
+    faiss = import_faiss()
+    params = store.manifest["index"]["params"]
+    faiss.extract_index_ivf(store.index).nprobe = int(params["nprobe"])
+    encoder = types.SimpleNamespace(fingerprint=store.encoder["fingerprint"], embedding_dim=store.dimension,
+                                    compatible_with=[], training=None, name_or_path="old")  # fmt: skip
+    timings = {"faiss_k10": [], "faiss_rerank": [], "library": []}
+    for query in queries:
+        block = np.ascontiguousarray(query[None, :], dtype=np.float32)
+        started = time.perf_counter()
+        store.index.search(block, k)
+        timings["faiss_k10"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        _, rows = store.index.search(block, int(params["rerank"]))
+        exact_scores(store.vectors, block, rows)
+        timings["faiss_rerank"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        search_gallery(store, block, k=k, query_config=encoder)
+        timings["library"].append(time.perf_counter() - started)
+    return {name: {"p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99)}
+            for name, values in timings.items()}  # fmt: skip
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help="gallery size")
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per setting")
+    parser.add_argument("--max_requests", type=int, default=20_000, help="per setting")
+    parser.add_argument("--queries", type=int, default=500, help="distinct queries (cycled)")
+    parser.add_argument("--backfill_batch", type=int, default=1024)
+    parser.add_argument("--backfill_pause", type=float, default=0.5)
+    parser.add_argument("--text_model", help="a saved text model: the gallery is stamped with it; adds text queries")
+    parser.add_argument("--output", help="write the results as JSON here")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--_serve", help=argparse.SUPPRESS)
+    parser.add_argument("--_backfill", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._serve:
+        serve(args._serve, args.port, args._backfill, args.backfill_batch, args.backfill_pause, args.text_model)
+        return 0
+
+    import httpx
+
+    from bt2_hf.galleries import FaissGallery
+
+    return run(args, httpx, FaissGallery)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(args, httpx, FaissGallery) -> int:
+    clients = [int(c) for c in args.clients.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bt2-serve-load-"))
+    results: dict = {"n": args.n, "dim": args.dim, "clients": clients, "seconds": args.seconds,
+                     "cpu_count": os.cpu_count()}  # fmt: skip
+    try:
+        root = work / "galleries"
+        root.mkdir()
+        encoder = {"fingerprint": OLD, "name_or_path": "old", "embedding_dim": args.dim}
+        dim = args.dim
+        if args.text_model:
+            from bt2_hf import BT2Model
+            from bt2_hf.galleries import model_identity
+
+            text = BT2Model.from_pretrained(args.text_model)
+            encoder, dim = model_identity(text), int(text.config.embedding_dim)
+        started = time.perf_counter()
+        vectors = mixture(args.n, dim, 1000, seed=0)
+        FaissGallery.build(root / "bench", vectors, encoder=encoder, index_type="ivfpq")
+        results["build_seconds"] = time.perf_counter() - started
+        print(f"built {args.n} × {dim} IVF-PQ in {results['build_seconds']:.1f} s", flush=True)
+        rng = np.random.default_rng(7)
+        queries = mixture(args.queries, dim, 1000, seed=0)[rng.permutation(args.queries)]
+        queries = queries + 0.05 * rng.normal(size=queries.shape).astype(np.float32)
+        store = FaissGallery.open(root / "bench")
+        results["raw"] = raw_search(store, queries[:200], 10)
+        del store
+        print("raw:", json.dumps(results["raw"]), flush=True)
+        extra = np.random.default_rng(1).normal(size=(dim, NEW_DIM - dim)).astype(np.float32) / np.sqrt(dim)
+        encoder_bodies = [{"gallery": "bench", "k": 10, "vector": q.tolist()} for q in queries]
+        new_bodies = [{"gallery": "bench", "k": 10, "model": "new",
+                       "vector": np.concatenate([q, q @ extra]).tolist()} for q in queries]  # fmt: skip
+        text_bodies = [{"gallery": "bench", "k": 10, "text": f"query number {i}"} for i in range(args.queries)]
+        rows = []
+        for backfill in (False, True):
+            port = args.port or _free_port()
+            server = start_server(root, port, args, backfill)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                kinds = [("vector", encoder_bodies)] + ([("new_model_vector", new_bodies)] if backfill else [])
+                kinds += [("text", text_bodies)] if args.text_model else []
+                for kind, bodies in kinds:
+                    for count in clients:
+                        before = httpx.get(url + "/galleries", timeout=60).json()["galleries"][0]["backfill"]
+                        row = load(url, bodies, count, args.seconds, args.max_requests)
+                        after = httpx.get(url + "/galleries", timeout=60).json()["galleries"][0]["backfill"]
+                        row.update(backfill=backfill, kind=kind,
+                                   backfilled=None if not backfill else [before and before["done"],
+                                                                         after and after["done"]])  # fmt: skip
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+                if backfill:  # dual-writes: one item per request, both vectors given, with the backfill running
+                    results["dual_write_seconds"] = dual_writes(url, encoder["fingerprint"], queries[:3], extra)
+                    print("dual-write seconds per item:", results["dual_write_seconds"], flush=True)
+            finally:
+                stop_server(server)
+        results["service"] = rows
+        one = next(r for r in rows if r["clients"] == 1 and not r["backfill"] and r["kind"] == "vector")
+        results["ratio_p50_service_1_client_over_raw"] = {
+            name: one["p50_ms"] / value["p50_ms"] for name, value in results["raw"].items()
+        }
+        print("ratio p50(service, 1 client) / raw:", json.dumps(results["ratio_p50_service_1_client_over_raw"]))
+        if args.output:
+            Path(args.output).write_text(json.dumps(results, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

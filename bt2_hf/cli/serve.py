@@ -1,0 +1,99 @@
+"""``bt2 serve``: an HTTP search service over the galleries of a folder (FastAPI + uvicorn; the ``serve`` extra).
+
+Examples::
+
+    bt2 gallery alias galleries/ products products_v1        # name the served gallery (once)
+    BT2_SERVE_TOKEN=secret bt2 serve galleries/ --model new=models/bt2 --model old=models/old
+    bt2 serve galleries/ --model new=models/bt2 --model old=models/old --token secret \\
+        --backfill_with new --backfill_data /usr/share/datasets/fashion-mnist --backfill_split train
+
+Endpoints (OpenAPI docs at /docs): POST /search (text, uploaded image or vector), GET /galleries, POST /items
+(dual-write), POST /backfill, POST /cutover, POST /rollback, GET /healthz, GET /metrics. Writes need the token
+(``Authorization: Bearer …``); reads are open unless --closed_reads. Listens on 127.0.0.1 unless --host says
+otherwise. A backfill started here is recorded in the folder and resumes when the service starts again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ._flags import snake_case_flags
+from ._output import configure_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bt2 serve", description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("root", help="folder of gallery directories (and their aliases.json)")
+    parser.add_argument("--model", action="append", default=[],
+                        help="query model to load, PATH or NAME=PATH (repeat; the first admitted one is the default)")  # fmt: skip
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--token", help="bearer token of write endpoints (default: $BT2_SERVE_TOKEN)")
+    parser.add_argument("--closed-reads", action="store_true", help="searches and descriptions need the token too")
+    parser.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body (413 above)")
+    parser.add_argument("--rule", help="ranking rule during a backfill (default: the galleries' default)")
+    parser.add_argument(
+        "--backfill-with", help="start (or resume) a backfill with this loaded model, beside the service"
+    )
+    parser.add_argument("--backfill-gallery", help="the gallery or alias to backfill (default: the only one)")
+    parser.add_argument("--backfill-data", help="the gallery's dataset (as given to `bt2 embed`)")
+    parser.add_argument("--backfill-split")
+    parser.add_argument("--backfill-batch-size", type=int, default=1024, help="items per committed batch")
+    parser.add_argument("--backfill-order", choices=["random", "priority"])
+    parser.add_argument("--backfill-pause", type=float, default=0.0,
+                        help="seconds to wait between batches (leaves CPU to the searches)")  # fmt: skip
+    parser.add_argument("--allow-unmeasured", action="store_true", help="backfill with declared, unmeasured compat.")
+    return snake_case_flags(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(format="%(asctime)s %(levelname)s %(message)s")
+    token = args.token or os.environ.get("BT2_SERVE_TOKEN") or None
+    if args.backfill_with and not args.backfill_data:
+        print("bt2 serve: --backfill_with needs --backfill_data (the gallery's dataset).", file=sys.stderr)
+        return 2
+    try:
+        import uvicorn
+
+        from bt2_hf.serving import GalleryService, create_app
+    except ModuleNotFoundError as error:
+        print(f"bt2 serve: {error.name} is missing: pip install 'bt2_hf[serve]'.", file=sys.stderr)
+        return 2
+    try:
+        service = GalleryService(args.root, models=args.model, rule=args.rule)
+        if args.backfill_with:
+            gallery = args.backfill_gallery or service.default_gallery()
+            _, served = service.served(gallery)
+            if served.job is None:  # not already resumed from the folder's record
+                service.start_backfill(gallery, _model_name(service, args.backfill_with), args.backfill_data,
+                                       split=args.backfill_split, order=args.backfill_order,
+                                       batch_size=args.backfill_batch_size, allow_unmeasured=args.allow_unmeasured,
+                                       pause=args.backfill_pause)  # fmt: skip
+        app = create_app(service, token=token, open_reads=not args.closed_reads,
+                         max_body=int(args.max_body_mb * (1 << 20)))  # fmt: skip
+    except ValueError as error:  # BT2InputError, GalleryError, ServingError, IncompatibleModelsError
+        print(f"bt2 serve: {error}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    print(f"bt2 serve: {args.root} on http://{args.host}:{args.port} (API docs at /docs)", flush=True)
+    try:
+        server.run()
+    finally:
+        service.stop_jobs()
+    return 0
+
+
+def _model_name(service, spec: str) -> str:
+    """A loaded model's name, or the name of the model loaded now from ``spec`` (``PATH`` or ``NAME=PATH``)."""
+    return spec if spec in service.registry.models else service.registry.load(spec).name
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,623 @@
+"""The search service behind ``bt2 serve``, without HTTP: galleries of a root, query models, dual-write, backfill jobs.
+
+Concurrency (one process, many threads):
+
+- each served gallery directory has a :class:`~bt2_hf.serving.locks.ReadWriteLock`: a search reads the gallery's
+  state under the read side; a backfill batch's commit and the swap of a dual-written gallery take the write side,
+  so no search sees half of a change (an item twice, or a slot without its re-embedded item);
+- each also has a mutation lock, held by the backfill worker for one chunk and by a dual-write for its whole
+  rewrite: the two never interleave, and the worker's next chunk starts from the gallery the write left;
+- cutover and rollback rewrite the alias table (one rename); a search already holding the previous gallery finishes
+  on it, the next one resolves the alias again.
+
+Backfill jobs are recorded in ``<root>/.bt2-serve/backfill_jobs.json`` and restarted when the service starts again
+(after a crash, at the gallery's last committed batch).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BT2InputError
+from ..galleries.aliases import GalleryRoot, check_name
+from ..utils.io import atomic_write_json
+from .locks import ReadWriteLock
+
+logger = logging.getLogger(__name__)
+
+JOBS_FILE = ".bt2-serve/backfill_jobs.json"
+MAX_K = 1000
+MAX_PIXELS = 40_000_000  # a small compressed file can decode into gigabytes: its size is checked first
+
+
+class ServingError(BT2InputError):
+    """A request the service cannot answer as asked; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, problem: str, status: int = 400):
+        super().__init__(problem)
+        self.status = status
+
+
+def default_rule() -> str:
+    """The name of the ranking rule :func:`~bt2_hf.galleries.search_gallery` applies by default (the galleries' own
+    choice, reported in each answer; the service passes no rule unless told one)."""
+    import inspect
+
+    from ..galleries.mixed import search_gallery
+
+    parameter = inspect.signature(search_gallery).parameters.get("rule")
+    return str(parameter.default) if parameter is not None and parameter.default is not inspect.Parameter.empty \
+        else "default"  # fmt: skip
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: str
+    model: object
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def fingerprint(self) -> str:
+        return self.model.config.fingerprint
+
+    @property
+    def modality(self) -> str:
+        return getattr(self.model, "modality", "image")
+
+
+class ModelRegistry:
+    """The query models the service may embed with, by name (``NAME=PATH`` or the folder's name) or fingerprint."""
+
+    def __init__(self):
+        self.models: dict[str, LoadedModel] = {}
+
+    def load(self, spec: str) -> LoadedModel:
+        from .. import BT2Model
+
+        name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec.rstrip("/")).name, "", spec)
+        check_name(name)
+        for loaded in self.models.values():
+            if loaded.path == path:
+                return loaded
+        model = BT2Model.from_pretrained(path).eval()
+        loaded = LoadedModel(name, path, model)
+        self.models[name] = loaded
+        logger.info("Loaded query model %s (%s) from %s", name, model.config.fingerprint.split(":")[-1][:12], path)
+        return loaded
+
+    def get(self, key: str) -> LoadedModel:
+        """A model by name, or by fingerprint (in full or its first 12+ characters)."""
+        if key in self.models:
+            return self.models[key]
+        if isinstance(key, str) and len(key) >= 12:
+            for loaded in self.models.values():
+                if loaded.fingerprint.startswith(key) or loaded.fingerprint.split(":")[-1].startswith(key):
+                    return loaded
+        known = [f"{m.name} ({m.fingerprint[:12]})" for m in self.models.values()]
+        raise ServingError(f"Unknown model {key!r}: this service has {known or 'no models'} (start it with --model).",
+                           404)  # fmt: skip
+
+    def by_fingerprint(self, fingerprint: str) -> LoadedModel | None:
+        return next((m for m in self.models.values() if m.fingerprint == fingerprint), None)
+
+
+@dataclass
+class ServedGallery:
+    """A gallery directory the service has open, with the locks that order searches and writes on it."""
+
+    directory: Path
+    store: object
+    rw: ReadWriteLock = field(default_factory=ReadWriteLock)
+    mutation: threading.Lock = field(default_factory=threading.Lock)
+    job: BackfillJob | None = None
+
+
+class CommitsUnderWriteLock:
+    """The store as :func:`~bt2_hf.galleries.backfill` sees it: every change of its state is taken under the write
+    side of the gallery's lock, so a search never reads the state half-way through a batch."""
+
+    def __init__(self, store, rw: ReadWriteLock):
+        self._store, self._rw = store, rw
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def __len__(self):
+        return len(self._store)
+
+    def write_backfill_batch(self, rows, vectors, done):
+        with self._rw.write():
+            self._store.write_backfill_batch(rows, vectors, done)
+            # Build the search over the re-embedded items once, here, rather than in every search that arrives
+            # after the commit (each would build the same index at the same time).
+            dimension = self._store.backfill_state["dimension"]
+            self._store.search_backfilled(np.zeros((1, dimension), dtype=np.float32), 1)
+
+    def start_backfill(self, state, order):
+        with self._rw.write():
+            self._store.start_backfill(state, order)
+
+    def update_backfill_state(self, **changes):
+        with self._rw.write():
+            self._store.update_backfill_state(**changes)
+
+
+class BackfillJob:
+    """A background thread that runs the crash-safe in-place backfill a chunk at a time beside the searches."""
+
+    def __init__(self, service: GalleryService, served: ServedGallery, model: LoadedModel, spec: dict):
+        self.service, self.served, self.model, self.spec = service, served, model, spec
+        self.status, self.error, self.items_per_second = "starting", None, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"backfill-{served.directory.name}", daemon=True)
+
+    def start(self) -> None:
+        self._embed = self._embedder()  # refuse a dataset that lacks the gallery's items before the thread starts
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _embedder(self):
+        """Gallery rows → the new model's vectors, read from the gallery's dataset by item id."""
+        from ..galleries.embed import encode_items
+        from ..galleries.sources import open_source
+
+        spec = self.spec
+        source = open_source(spec["data"], split=spec.get("split"), column=spec.get("column"),
+                             id_column=spec.get("id_column"))  # fmt: skip
+        position_of = {}
+        for position, item in enumerate(source.ids()):
+            position_of[item] = position
+            position_of.setdefault(str(item), position)
+        store = self.served.store
+        state = store.backfill_state
+        done = state["done"] if state else 0
+        pending = store.backfill_order()[done:] if state else np.arange(len(store))
+        missing = [item for item in store.ids_of(pending) if item not in position_of and str(item) not in position_of]
+        if missing:
+            raise ServingError(f"{len(missing)} items of the gallery (e.g. {missing[:3]}) are not in the dataset "
+                               f"{spec['data']}: give the dataset the gallery was embedded from.", 400)  # fmt: skip
+        model, batch = self.model.model, int(spec.get("embed_batch_size", 256))
+
+        def embed_rows(rows: np.ndarray) -> np.ndarray:
+            ids = self.served.store.ids_of(rows)
+            wanted = np.asarray([position_of.get(item, position_of.get(str(item))) for item in ids], dtype=np.int64)
+            ordering = np.argsort(wanted, kind="stable")
+            vectors = encode_items(model, source.take(wanted[ordering]), batch)
+            restored = np.empty_like(vectors)
+            restored[ordering] = vectors
+            return restored
+
+        return embed_rows
+
+    def progress(self) -> dict:
+        state = self.served.store.backfill_state or {}
+        count = len(self.served.store)
+        return {"status": self.status, "model": self.model.name, "fingerprint": self.model.fingerprint,
+                "done": int(state.get("done", 0)), "count": count, "error": self.error,
+                "items_per_second": self.items_per_second}  # fmt: skip
+
+    def _run(self) -> None:
+        from ..galleries.backfill import backfill
+        from ..galleries.embed import model_identity
+
+        identity, chunk = model_identity(self.model.model), int(self.spec.get("batch_size", 1024))
+        self.status = "running"
+        started, first_done = time.perf_counter(), None
+        try:
+            while not self._stop.is_set():
+                with self.served.mutation:
+                    store = self.served.store
+                    state = store.backfill_state
+                    done, count = (state["done"] if state else 0), len(store)
+                    first_done = done if first_done is None else first_done
+                    if state and done >= count:
+                        break
+                    fraction = min(1.0, (done + chunk + 0.5) / count)
+                    backfill(CommitsUnderWriteLock(store, self.served.rw), embed_rows=self._embed, identity=identity,
+                             query_config=self.model.config, fraction=fraction,
+                             order=None if state else self.spec.get("order"),
+                             seed=None if state else self.spec.get("seed"), batch_size=chunk,
+                             allow_unmeasured=bool(self.spec.get("allow_unmeasured")), show_progress=False)  # fmt: skip
+                    now_done = store.backfill_state["done"]
+                elapsed = time.perf_counter() - started
+                self.items_per_second = (now_done - first_done) / elapsed if elapsed > 0 else None
+                time.sleep(float(self.spec.get("pause", 0.0)) or 0.001)  # let a waiting dual-write take the lock
+            if not self._stop.is_set():
+                self.status = "complete"
+                self.service.forget_job(self.served.directory)
+            else:
+                self.status = "stopped"
+        except Exception as error:  # the service keeps answering; the job says why it stopped
+            logger.exception("Backfill of %s stopped", self.served.directory)
+            self.status, self.error = "failed", f"{type(error).__name__}: {error}"
+
+
+class GalleryService:
+    """Everything ``bt2 serve`` answers, callable without HTTP (the FastAPI app is a thin layer over it).
+
+    Args:
+        root (`str` or `os.PathLike`): the gallery root (gallery directories and ``aliases.json``).
+        models (`list[str]`, *optional*): query models to load, ``PATH`` or ``NAME=PATH``; listed first = default.
+        rule (`str`, *optional*): the ranking rule during a backfill (default: the galleries' default).
+        resume_jobs (`bool`, *optional*, defaults to `True`): restart the backfill jobs recorded in the root.
+    """
+
+    def __init__(self, root, models: list[str] | None = None, rule: str | None = None, resume_jobs: bool = True):
+        self.root = GalleryRoot(root)
+        self.registry = ModelRegistry()
+        for spec in models or []:
+            self.registry.load(spec)
+        if rule is not None:
+            from ..galleries import mixed
+
+            known = getattr(mixed, "RULES", None)
+            if known is not None and rule not in known:
+                raise ServingError(f"Unknown ranking rule {rule!r}: choose one of {list(known)}.")
+        self._rule = rule  # None: the galleries' default rule, whatever it is
+        self.rule = rule or default_rule()
+        self._served: dict[Path, ServedGallery] = {}
+        self._lock = threading.Lock()
+        self._jobs_lock = threading.Lock()
+        self.started = time.time()
+        if resume_jobs:
+            self.resume_jobs()
+
+    # -- galleries -------------------------------------------------------------------------------------------------------
+
+    def served(self, name: str) -> tuple[str | None, ServedGallery]:
+        """``(alias, served gallery)`` for a request's gallery name (an alias, or a gallery directory of the root)."""
+        from ..galleries import FaissGallery
+
+        alias, directory = self.root.resolve(name)
+        directory = directory.resolve()
+        with self._lock:
+            served = self._served.get(directory)
+            if served is None:
+                served = ServedGallery(directory, FaissGallery.open(directory))
+                self._served[directory] = served
+        return alias, served
+
+    def default_gallery(self) -> str:
+        names = list(self.root.aliases()) or self.root.galleries()
+        if len(names) != 1:
+            raise ServingError(f"Name the gallery: this service serves {names}.", 400)
+        return names[0]
+
+    # -- search ----------------------------------------------------------------------------------------------------------
+
+    def _encoder_as_query(self, store) -> types.SimpleNamespace:
+        """The gallery encoder's identity as a query config: a vector query without a model is one of its vectors."""
+        encoder = store.encoder
+        return types.SimpleNamespace(fingerprint=encoder["fingerprint"], embedding_dim=int(encoder["embedding_dim"]),
+                                     compatible_with=encoder.get("compatible_with") or [], training=None,
+                                     name_or_path=encoder.get("name_or_path"))  # fmt: skip
+
+    def _default_model(self, store, modality: str) -> LoadedModel:
+        from ..compatibility import IncompatibleModelsError
+
+        wanted = "text" if modality == "text" else "image"
+        candidates = [m for m in self.registry.models.values() if m.modality == wanted]
+        for candidate in candidates:
+            try:
+                store.admit(candidate.config)
+                return candidate
+            except IncompatibleModelsError:
+                continue
+        raise ServingError(f"No loaded {wanted} model is admitted to this gallery ({[m.name for m in candidates]}); "
+                           "name one with 'model', or start the service with --model.", 409)  # fmt: skip
+
+    def search(self, gallery: str | None = None, *, k: int = 10, text: str | None = None, image: bytes | None = None,
+               vector: list | None = None, model: str | None = None) -> dict:  # fmt: skip
+        """Search a gallery with one query (exactly one of ``text``, ``image`` (encoded bytes) or ``vector``)."""
+        from ..compatibility import IncompatibleModelsError
+
+        given = [name for name, value in (("text", text), ("image", image), ("vector", vector)) if value is not None]
+        if len(given) != 1:
+            raise ServingError(f"Give exactly one query: text, image or vector (got {given or 'none'}).", 422)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise ServingError(f"k must be an integer from 1 to {MAX_K}, got {k!r}.", 422)
+        name = gallery or self.default_gallery()
+        alias, served = self.served(name)
+        store = served.store
+        loaded = self.registry.get(model) if model is not None else None
+        if vector is not None:
+            config = loaded.config if loaded else self._encoder_as_query(store)
+            queries = _vector(vector, config)
+        else:
+            loaded = loaded or self._default_model(store, "text" if text is not None else "image")
+            config = loaded.config
+        try:
+            admission = store.admit(config)
+        except IncompatibleModelsError as refusal:
+            raise ServingError(f"The query model is not admitted to {name}: {refusal}", 403) from None
+        if vector is None:
+            if (text is not None) != (loaded.modality == "text"):
+                raise ServingError(f"Model {loaded.name} embeds {loaded.modality}s; this query is "
+                                   f"{'a text' if text is not None else 'an image'}.", 422)  # fmt: skip
+            inputs = {"texts": [text]} if text is not None else {"images": [_decode_image(image)]}
+            queries = loaded.model.encode(**inputs).numpy()
+        with served.rw.read():
+            store = served.store  # the gallery as of now: a dual-write may have replaced it before the lock
+            result = store.search(queries, k=k, query_config=config, **({"rule": self._rule} if self._rule else {}))
+            state = store.backfill_state
+        return {
+            "gallery": name, "alias": alias, "directory": served.directory.name,
+            "model": {"name": loaded.name if loaded else "gallery encoder", "fingerprint": config.fingerprint},
+            "encoder": store.encoder["fingerprint"],
+            # the rule that ranks during a backfill; ``mixed``: re-embedded items hold slots of this answer
+            "rule": self.rule, "mixed": bool(result.backfilled.any()), "prefix_dim": int(result.prefix_dim), "admission": admission.basis,
+            "backfill": None if not state else {"done": int(state["done"]), "count": len(store)},
+            "hits": result.hits()[0],
+        }  # fmt: skip
+
+    # -- dual-write ------------------------------------------------------------------------------------------------------
+
+    def _item_vector(self, item: dict, fingerprint: str, name: str | None) -> np.ndarray:
+        """One item's vector of the model ``fingerprint``: given in the request, or embedded by a loaded model."""
+        given = item.get("vectors") or {}
+        for key, value in given.items():
+            loaded = self.registry.models.get(key)
+            if key == fingerprint or (loaded and loaded.fingerprint == fingerprint) or (
+                    len(key) >= 12 and fingerprint.startswith(key)):  # fmt: skip
+                return np.asarray(value, dtype=np.float32)
+        loaded = self.registry.by_fingerprint(fingerprint)
+        if loaded is None:
+            raise ServingError(f"Item {item['id']!r} needs a vector of model {name} ({fingerprint[:12]}), which this "
+                               "service has not loaded: give it under 'vectors', or start with --model.", 409)  # fmt: skip
+        if item.get("text") is not None:
+            if loaded.modality != "text":
+                raise ServingError(f"Model {loaded.name} embeds images; item {item['id']!r} is a text.", 422)
+            return loaded.model.encode(texts=[item["text"]]).numpy()[0]
+        if item.get("image") is not None:
+            if loaded.modality == "text":
+                raise ServingError(f"Model {loaded.name} embeds texts; item {item['id']!r} is an image.", 422)
+            return loaded.model.encode(images=[_decode_image(item["image"])]).numpy()[0]
+        raise ServingError(f"Item {item['id']!r} has no text, image or vector of model {name}.", 422)
+
+    def add_items(self, gallery: str | None, items: list[dict]) -> dict:
+        """Dual-write: add items to the served gallery and to its standby, each with every vector it keeps.
+
+        A gallery keeps its encoder's vector for every item and, during a backfill, the backfill model's: an added
+        item gets both, so queries of the old and of the new model find it, and it counts as re-embedded. The
+        alias's standby (the rollback target) gets the item too, so a rollback loses nothing. Each gallery is
+        rewritten atomically; ids already present are skipped, so a retried write adds nothing twice.
+        """
+        from ..galleries.append import append_items
+
+        if not items:
+            raise ServingError("No items given.", 422)
+        name = gallery or self.default_gallery()
+        alias, served = self.served(name)
+        targets = [served]
+        standby = self.root.standby(alias) if alias else None
+        if standby is not None:
+            targets.insert(0, self.served(standby.name)[1])  # the standby first: the served gallery is the last word
+        written = {}
+        embedded: dict[str, np.ndarray] = {}  # by model fingerprint: each model embeds the items once
+
+        def vectors_of(model: dict) -> np.ndarray:
+            if model["fingerprint"] not in embedded:
+                embedded[model["fingerprint"]] = np.stack(
+                    [self._item_vector(item, model["fingerprint"], model.get("name_or_path")) for item in items]
+                )
+            return embedded[model["fingerprint"]]
+
+        for target in targets:
+            with target.mutation:  # read the gallery's state and write it with no backfill batch in between
+                store = target.store
+                state = store.backfill_state
+                new_store, added = append_items(
+                    store, vectors_of(store.encoder), [item["id"] for item in items],
+                    backfill_vectors=vectors_of(state["model"]) if state else None,
+                    labels=[item.get("label") for item in items], paths=[item.get("path") for item in items],
+                )  # fmt: skip
+                with target.rw.write():
+                    target.store = new_store
+            written[target.directory.name] = {"added": added, "count": len(new_store)}
+        return {"gallery": name, "written": written}
+
+    # -- backfill jobs ---------------------------------------------------------------------------------------------------
+
+    def _jobs_path(self) -> Path:
+        return self.root.root / JOBS_FILE
+
+    def _jobs(self) -> dict:
+        from ..utils.readers import read_json
+
+        path = self._jobs_path()
+        return read_json(path, "backfill job record") if path.exists() else {}
+
+    def start_backfill(self, gallery: str | None, model: str, data: str, *, split: str | None = None,
+                       column: str | None = None, id_column: str | None = None, order: str | None = None,
+                       seed: int | None = None, batch_size: int = 1024, allow_unmeasured: bool = False,
+                       pause: float = 0.0) -> dict:  # fmt: skip
+        """Start (or resume) a backfill of a gallery with a loaded model, beside the searches; its progress."""
+        name = gallery or self.default_gallery()
+        _, served = self.served(name)
+        loaded = self.registry.get(model)
+        spec = {"model": loaded.path, "data": str(data), "split": split, "column": column, "id_column": id_column,
+                "order": order, "seed": seed, "batch_size": int(batch_size), "allow_unmeasured": allow_unmeasured,
+                "pause": float(pause)}  # fmt: skip
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ServingError(f"batch_size must be a positive integer, got {batch_size!r}.", 422)
+        self.start_job(served, loaded, spec)
+        return self.progress(served)
+
+    def start_job(self, served: ServedGallery, loaded: LoadedModel, spec: dict, job_class=None) -> None:
+        """Start a backfill job (a :class:`BackfillJob`, or ``job_class``, e.g. one that embeds rows another way)
+        on a served gallery, after the same admission as a search, and record it for restarts."""
+        from ..compatibility import IncompatibleModelsError
+
+        with self._jobs_lock:
+            if served.job is not None and served.job.status in ("starting", "running"):
+                raise ServingError(f"A backfill of {served.directory.name} is already running.", 409)
+            state = served.store.backfill_state
+            if state and not _same(state["model"]["fingerprint"], loaded.config):
+                raise ServingError(f"{served.directory.name} is being backfilled with another model "
+                                   f"({state['model'].get('name_or_path')}); continue that one.", 409)  # fmt: skip
+            try:
+                served.store.admit(loaded.config, allow_unmeasured=bool(spec.get("allow_unmeasured")))
+            except IncompatibleModelsError as refusal:
+                raise ServingError(f"{loaded.name} may not backfill {served.directory.name}: {refusal}", 403) from None
+            job = (job_class or BackfillJob)(self, served, loaded, spec)
+            job.start()
+            served.job = job
+            jobs = self._jobs()
+            jobs[served.directory.name] = spec
+            self._jobs_path().parent.mkdir(exist_ok=True)
+            atomic_write_json(self._jobs_path(), jobs)
+
+    def forget_job(self, directory: Path) -> None:
+        with self._jobs_lock:
+            jobs = self._jobs()
+            if jobs.pop(directory.name, None) is not None:
+                atomic_write_json(self._jobs_path(), jobs)
+
+    def resume_jobs(self) -> list[str]:
+        """Restart the backfill jobs recorded in the root (after a restart or a crash); the names resumed."""
+        resumed = []
+        for name, spec in self._jobs().items():
+            try:
+                _, served = self.served(name)
+                loaded = self.registry.load(spec["model"])
+                self.start_job(served, loaded, spec)
+                resumed.append(name)
+                logger.info(
+                    "Resumed the backfill of %s at %s items.", name, (served.store.backfill_state or {}).get("done", 0)
+                )
+            except Exception as error:  # a job that cannot resume is reported, never fatal to serving
+                logger.error("Cannot resume the backfill of %s: %s", name, error)
+        return resumed
+
+    def stop_jobs(self, timeout: float | None = 5.0) -> None:
+        for served in list(self._served.values()):
+            if served.job is not None:
+                served.job.stop(timeout)
+
+    def progress(self, served: ServedGallery) -> dict | None:
+        state = served.store.backfill_state
+        if served.job is not None:
+            return served.job.progress()
+        if not state:
+            return None
+        return {"status": "complete" if state["done"] >= len(served.store) else "paused",
+                "model": state["model"].get("name_or_path"), "fingerprint": state["model"]["fingerprint"],
+                "done": int(state["done"]), "count": len(served.store), "error": None, "items_per_second": None}  # fmt: skip
+
+    # -- cutover and rollback --------------------------------------------------------------------------------------------
+
+    def cutover(self, alias: str, to: str | None = None) -> dict:
+        _, served = self.served(alias)
+        if served.job is not None and served.job.status in ("starting", "running"):
+            raise ServingError(f"The backfill of {served.directory.name} is still running: cut over when it is "
+                               "complete.", 409)  # fmt: skip
+        with served.mutation:  # no dual-write rewrites the gallery while it is finalised
+            return self.root.cutover(alias, to=to, by="api")
+
+    def rollback(self, alias: str) -> dict:
+        return self.root.rollback(alias, by="api")
+
+    # -- descriptions ----------------------------------------------------------------------------------------------------
+
+    def describe(self) -> dict:
+        """Every alias and gallery of the root: encoder, size, admitted models, backfill progress, history."""
+        from ..compatibility import IncompatibleModelsError
+
+        galleries = []
+        for name in self.root.galleries():
+            _, served = self.served(name)
+            store = served.store
+            admitted = {}
+            for loaded in self.registry.models.values():
+                try:
+                    admission = store.admit(loaded.config)
+                    admitted[loaded.name] = {"admitted": True, "basis": admission.basis,
+                                             "prefix_dim": admission.prefix_dim, "evidence": admission.evidence}  # fmt: skip
+                except IncompatibleModelsError as refusal:
+                    admitted[loaded.name] = {"admitted": False, "reason": str(refusal).splitlines()[0]}
+            galleries.append({
+                "name": name, "encoder": {key: store.encoder.get(key) for key in ("name_or_path", "fingerprint",
+                                                                                  "embedding_dim")},
+                "count": len(store), "dimension": store.dimension, "index": store.manifest["index"]["type"],
+                "policy": store.manifest.get("policy"),
+                "gate": [{key: entry.get(key) for key in ("query_name", "query_fingerprint", "passed", "margin",
+                                                          "size", "date")} for entry in store.admissions],
+                "models": admitted, "backfill": self.progress(served),
+            })  # fmt: skip
+        return {"aliases": self.root.aliases(), "galleries": galleries, "rule": self.rule,
+                "models": [{"name": m.name, "fingerprint": m.fingerprint, "modality": m.modality,
+                            "embedding_dim": int(m.config.embedding_dim)} for m in self.registry.models.values()],
+                "history": self.root.history()}  # fmt: skip
+
+    def gauges(self) -> list[tuple[str, str, dict, float]]:
+        gauges = [("bt2_uptime_seconds", "Seconds since the service started.", {}, time.time() - self.started)]
+        for served in list(self._served.values()):
+            labels = {"gallery": served.directory.name}
+            gauges.append(("bt2_gallery_items", "Items in the gallery.", labels, len(served.store)))
+            progress = self.progress(served)
+            if progress:
+                gauges.append(
+                    ("bt2_backfill_done_items", "Items re-embedded by the backfill.", labels, progress["done"])
+                )
+                gauges.append(("bt2_backfill_fraction", "Backfilled fraction of the gallery.", labels,
+                               progress["done"] / max(1, progress["count"])))  # fmt: skip
+                gauges.append(("bt2_backfill_running", "1 while a backfill job runs.", labels,
+                               float(progress["status"] == "running")))  # fmt: skip
+        return gauges
+
+
+def _same(fingerprint: str, config) -> bool:
+    from ..compatibility import same_fingerprint
+
+    return bool(same_fingerprint(fingerprint, getattr(config, "fingerprint", None)))
+
+
+def _vector(vector, config) -> np.ndarray:
+    try:
+        queries = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ServingError("'vector' must be a list of numbers.", 422) from None
+    if queries.ndim != 1 or not len(queries):
+        raise ServingError(f"'vector' must be one flat list of numbers, got shape {queries.shape}.", 422)
+    if not np.isfinite(queries).all() or not np.linalg.norm(queries) > 0:
+        raise ServingError("'vector' must be finite and non-zero.", 422)
+    width, prefix = int(config.embedding_dim), int(getattr(config, "compatible_dim", None) or config.embedding_dim)
+    if len(queries) not in (width, prefix):
+        raise ServingError(f"'vector' has {len(queries)} numbers; the query model "
+                           f"{getattr(config, 'name_or_path', None) or config.fingerprint[:12]} embeds {width}.", 422)  # fmt: skip
+    return queries[None, :]
+
+
+def _decode_image(data: bytes):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(data))  # reads the header only: the size is known before any pixel
+        if image.width * image.height > MAX_PIXELS:
+            raise ServingError(f"The image is {image.width} × {image.height} pixels, over the service's limit of "
+                               f"{MAX_PIXELS:,}: send a smaller one.", 413)  # fmt: skip
+        image.load()
+    except ServingError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ServingError(f"The image could not be read ({type(error).__name__}): send a PNG, JPEG or WebP.",
+                           415 if isinstance(error, UnidentifiedImageError) else 400) from None  # fmt: skip
+    return image.convert("RGB")
