@@ -349,6 +349,7 @@ def _plot(results: dict[str, Any], k: int, path: Path) -> None:
     if curves:
         for name, curve in curves.items():
             axes[0][1].plot(curve["betas"], [100 * v for v in curve[metric]], marker="o", label=name)
+        axes[0][1].axhline(results["old_old"][metric], color="#9e9e9e", linestyle="--", label="old/old")
         axes[0][1].set_xlabel("fraction of the corpus re-embedded (random order)")
         axes[0][1].set_ylabel(f"nDCG@{k} (%), slot rule")
         axes[0][1].set_title("backfill: adapter queries → MPNet")
