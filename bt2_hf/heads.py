@@ -63,6 +63,10 @@ class OrthogonalLinear(nn.Module):
         self.dim = dim
         self.skew = nn.Parameter(torch.zeros(dim, dim))
         self.register_buffer("base", torch.eye(dim))
+        # The weight without gradients, kept until the parameters change (a matrix exponential per forward pass
+        # dominated inference time at 768 dims); never saved, and invalidated by any in-place change, load or move.
+        self._cached_weight: torch.Tensor | None = None
+        self._cached_key: tuple | None = None
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -74,12 +78,26 @@ class OrthogonalLinear(nn.Module):
         self.base.copy_(q.to(self.base.dtype))
         self.skew.zero_()
 
-    @property
-    def weight(self) -> torch.Tensor:
-        """The orthogonal matrix (dim, dim), computed in float32 for accuracy whatever the autocast dtype."""
+    def _compute_weight(self) -> torch.Tensor:
         skew = self.skew.float()
         rotation = torch.linalg.matrix_exp(skew - skew.T)
         return self.base.float() @ rotation
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The orthogonal matrix (dim, dim), computed in float32 for accuracy whatever the autocast dtype.
+
+        With gradients (training) it is recomputed at every call; without (inference, frozen heads) it is computed
+        once and reused until ``skew`` or ``base`` changes (in place, by loading or by moving the module).
+        """
+        if torch.is_grad_enabled() and self.skew.requires_grad:
+            return self._compute_weight()
+        key = (self.skew._version, self.base._version, self.skew.data_ptr(), self.base.data_ptr(), self.skew.device)
+        if self._cached_weight is None or self._cached_key != key:
+            with torch.no_grad():
+                self._cached_weight = self._compute_weight()
+            self._cached_key = key
+        return self._cached_weight
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return inputs @ self.weight.T.to(inputs.dtype)

@@ -188,3 +188,28 @@ def test_orthogonal_base_is_the_sign_corrected_qr_of_a_gaussian():
     np.testing.assert_allclose(_numpy(layer.base), q, atol=1e-6)
     assert torch.equal(layer.skew, torch.zeros(5, 5))
     np.testing.assert_allclose(_numpy(layer.weight), q, atol=1e-6)
+
+
+def test_orthogonal_weight_is_reused_without_gradients_and_follows_every_change():
+    import torch
+
+    from bt2_hf.heads import OrthogonalLinear
+
+    layer = OrthogonalLinear(6)
+    layer.reset_parameters(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        layer.skew.normal_(std=0.3)
+        first = layer.weight
+        assert layer.weight is first  # reused
+        torch.testing.assert_close(first, layer._compute_weight(), rtol=0, atol=0)
+        layer.skew.add_(0.1)  # an in-place change (an optimizer step, a load) invalidates it
+        changed = layer.weight
+    assert not torch.equal(changed, first)
+    torch.testing.assert_close(changed, layer._compute_weight().detach(), rtol=0, atol=0)
+    torch.testing.assert_close(changed @ changed.T, torch.eye(6), rtol=0, atol=1e-5)
+    layer.load_state_dict({"skew": torch.zeros(6, 6), "base": torch.eye(6)})
+    with torch.no_grad():
+        torch.testing.assert_close(layer.weight, torch.eye(6), rtol=0, atol=0)
+    # with gradients it is computed afresh and differentiable
+    weight = layer.weight
+    assert weight.requires_grad and weight is not layer.weight
