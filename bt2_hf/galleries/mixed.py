@@ -30,8 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..compatibility import IncompatibleModelsError, admit_to_gallery, compatible_prefix
+from .calibration import ScoreMap, fit_score_map
 
-RULES = ("slots", "naive")
+RULES = ("calibrated", "slots", "naive")
 DEFAULT_DEPTH = 100
 
 
@@ -262,6 +263,12 @@ def search_gallery(
                       admission.to_dict() if admission else None)  # fmt: skip
 
 
+def _fitted_map(new_gallery: np.ndarray, old_gallery: np.ndarray, use_new: np.ndarray, prefix_dim: int) -> ScoreMap:
+    """The ``"calibrated"`` rule's map for a gallery whose ``use_new`` items are re-embedded (fitted on them only)."""
+    use_new = np.asarray(use_new, dtype=bool)
+    return fit_score_map(new_gallery[use_new], old_gallery[use_new], prefix_dim)
+
+
 def top1_under_rule(
     old_gallery: np.ndarray,
     new_gallery: np.ndarray,
@@ -292,6 +299,7 @@ def top1_under_rule(
     query_labels = np.asarray(query_labels)
     prefix_queries, full_queries = _unit(queries[:, :prefix_dim]), _unit(queries)
     correct = dict.fromkeys(rules, 0)
+    score_map = _fitted_map(new_gallery, old_gallery, use_new, prefix_dim) if "calibrated" in rules else None
     for start in range(0, len(queries), chunk):
         stop = min(len(queries), start + chunk)
         old_scores = prefix_queries[start:stop] @ old_gallery.T
@@ -302,6 +310,8 @@ def top1_under_rule(
         for name in rules:
             if name == "naive":
                 best = np.argmax(np.where(use_new[None, :], new_scores, old_scores), axis=1)
+            elif name == "calibrated":
+                best = np.argmax(np.where(use_new[None, :], score_map(new_scores), old_scores), axis=1)
             else:
                 # Top-1 slot: new→old's best item, replaced by new/new's best re-embedded item when it is re-embedded.
                 best = np.argmax(old_scores, axis=1)
@@ -344,6 +354,9 @@ def top1_along_backfill(
     prefix_queries, full_queries = _unit(queries[:, :prefix_dim]), _unit(queries)
     depth = min(candidates, num_items)
     correct = {rule: np.zeros(len(counts), dtype=np.int64) for rule in rules}
+    # Each state's map, fitted as a gallery in that state fits it: on its re-embedded items only.
+    maps = [_fitted_map(new_gallery, old_gallery, backfill_rank < count, prefix_dim) if "calibrated" in rules
+            else None for count in counts]  # fmt: skip
 
     def best_first(scores: np.ndarray) -> np.ndarray:  # top `depth` rows, by score then by lowest row (argmax's rule)
         top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth] if depth < num_items else np.tile(
@@ -380,6 +393,8 @@ def top1_along_backfill(
                     old_choice, new_choice = old_top[rows, first_old], new_top[rows, first_new]
                     old_value = np.where(has_old, old_top_scores[rows, first_old], -np.inf)
                     new_value = np.where(has_new, new_top_scores[rows, first_new], -np.inf)
+                    if rule == "calibrated":
+                        new_value = maps[position](new_value)
                     take_new = (new_value > old_value) | ((new_value == old_value) & (new_choice < old_choice))
                     best = np.where(take_new, new_choice, old_choice)
                     # Unresolved: a side missing from its candidates although such items exist.
@@ -388,6 +403,8 @@ def top1_along_backfill(
                     use_new = backfill_rank < count
                     if rule == "slots":
                         best[row] = np.argmax(np.where(use_new, new_scores[row], -np.inf))
+                    elif rule == "calibrated":
+                        best[row] = np.argmax(np.where(use_new, maps[position](new_scores[row]), old_scores[row]))
                     else:
                         best[row] = np.argmax(np.where(use_new, new_scores[row], old_scores[row]))
                 correct[rule][position] += int((gallery_labels[best] == expected).sum())
