@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--calibration_size",
         type=int,
-        default=20_000,
-        help="vectors of the synthetic gallery timed for the latency model (default 20000)",
+        default=50_000,
+        help="vectors of the synthetic gallery timed for the latency model (default 50000)",
     )
     parser.add_argument("--calibration_queries", type=int, default=300)
     parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
