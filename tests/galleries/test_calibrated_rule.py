@@ -139,3 +139,24 @@ def test_never_below_new_to_old_on_either_order_and_faster_than_slots_on_random(
         assert min(rules["calibrated"]["top1"]) >= new_to_old, order
     # On a random order the calibrated rule pays off sooner than the slot rule.
     assert curves["random"]["calibrated"]["area"] > curves["random"]["slots"]["area"] + 0.5
+
+
+def test_index_search_cli_takes_a_rule_and_names_the_one_that_ranked(tmp_path, capsys):
+    import json
+
+    from bt2_hf.cli.index import main as index_main
+
+    old, new, _ = _synthetic_pair(count=240, seed=6)
+    backfilled_gallery(tmp_path, old[:200], new[:200], np.arange(120))
+    np.save(tmp_path / "queries.npy", new[200:205])
+    config = {"model_type": "bt2", "fingerprint": NEW, "embedding_dim": 12, "name_or_path": "bbb",
+              "compatible_with": NEW_CONFIG.compatible_with}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    base = ["search", "--index", str(tmp_path / "g"), "--queries", str(tmp_path / "queries.npy"), "--query_config",
+            str(tmp_path / "config.json"), "-k", "3", "--allow_unmeasured"]  # fmt: skip
+    for rule in ("slots", "calibrated", "naive"):
+        assert index_main([*base, "--rule", rule]) == 0
+        output = json.loads(capsys.readouterr().out)
+        assert output["rule"] == rule and len(output["results"]) == 5
+    assert index_main([*base, "--rule", "calibrated", "--format", "table"]) == 0
+    assert "ranked by the calibrated rule" in capsys.readouterr().out
