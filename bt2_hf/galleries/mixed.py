@@ -20,6 +20,15 @@ exactly. In between, a query's top-1 changes only when new→old's top-1 was re-
 re-embedded item: the rule trades new→old's choice among the re-embedded items for new/new's choice among the same
 items. The curve rises from new→old to new/new without the scale mismatch ever deciding between an old and a new
 item. The top-k is exact whenever the encoder-space search is (flat; approximate indexes bound it by their recall).
+
+The ``"calibrated"`` rule (selectable; the slot rule stays the default): a query whose ``NEIGHBOURHOOD`` nearest
+items in the encoder space hold at least ``GATE × β`` re-embedded items is ranked in one sort of calibrated scores
+(old items by their encoder-space cosine; re-embedded items by their new/new cosine mapped per query onto the encoder
+space's mean and spread, both measured over a sample of re-embedded items, :mod:`bt2_hf.galleries.calibration`);
+every other query, and every query while fewer than ``MIN_CALIBRATION_ITEMS`` items are re-embedded, by the slot
+rule. The gate is what keeps it above new→old on a priority order (a neighbourhood the backfill has not reached
+yet would otherwise be outranked by atypical re-embedded items); on the demo's test split it gains little over the
+slot rule (``benchmarks/README.md``), which is why it is not the default.
 """
 
 from __future__ import annotations
