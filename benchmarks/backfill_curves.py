@@ -7,8 +7,9 @@ Queries = gallery = the Fashion-MNIST test split, leave-one-out (the demo's prot
 the validation split that ``bt2 demo --validation`` carves from the training split (the one to choose settings on:
 run it with that run's models). For each order (``random``; ``centroid-distance``, the demo's priority order: items
 farthest from their class centroid first) and each rule of :mod:`bt2_hf.galleries.mixed` (``calibrated``;
-``slots``, the galleries' default; ``naive``: new/new and new/old cosines in one sort), prints top-1 at β = 0, 0.1, …, 1, the area
-along β and the least margin over new → old (β = 0), as a table; ``--plot`` writes the curves as a PNG.
+``slots``, the galleries' default; ``naive``: new/new and new/old cosines in one sort), prints top-1 at β = 0,
+0.1, …, 1, the area along β and the least margin over new → old (β = 0), as a table; ``--plot`` writes the curves
+as a PNG.
 """
 
 from __future__ import annotations
