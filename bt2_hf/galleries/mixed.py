@@ -46,7 +46,8 @@ DEFAULT_RULE = "slots"
 # The calibrated rule measures each query's spread over re-embedded items: below this many, the slot rule ranks.
 MIN_CALIBRATION_ITEMS = 50
 # The calibrated rule's gate: a query is ranked by calibrated scores when at least GATE × β of its NEIGHBOURHOOD
-# nearest items (encoder space) are re-embedded; chosen on items of the demo's training split (benchmarks/README.md).
+# nearest items (encoder space) are re-embedded; chosen on training-split items of the demo, checked on its validation
+# split (benchmarks/README.md).
 NEIGHBOURHOOD = 20
 GATE = 1.2
 DEFAULT_DEPTH = 100
