@@ -1,11 +1,15 @@
-"""Backfill curves of a real old/new pair under the naive and the slot-preserving mixed-gallery rules.
+"""Backfill curves of a real old/new pair under the galleries' three mixed-gallery rules, side by side.
 
-    python benchmarks/backfill_curves.py --old out/models/old --new out/models/bt2 [--data DIR] [--output curves.json]
+    python benchmarks/backfill_curves.py --old out/models/old --new out/models/bt2 [--split test] [--output c.json]
+    python benchmarks/backfill_curves.py --old val/models/old --new val/models/bt2 --split validation   # choosing
 
-Queries = gallery = the Fashion-MNIST test split, leave-one-out (the demo's protocol). For each order (``random``;
-``centroid-distance``, the demo's priority order: items farthest from their class centroid first) and each rule
-(``naive``: new/new and new/old cosines in one sort, as :func:`bt2_hf.retrieval.backfill.backfill_curve` does;
-``slots``: :mod:`bt2_hf.galleries.mixed`), prints top-1 at β = 0, 0.1, …, 1 and the least margin over new→old.
+Queries = gallery = the Fashion-MNIST test split, leave-one-out (the demo's protocol); ``--split validation`` uses
+the validation split that ``bt2 demo --validation`` carves from the training split (the one to choose settings on:
+run it with that run's models). For each order (``random``; ``centroid-distance``, the demo's priority order: items
+farthest from their class centroid first) and each rule of :mod:`bt2_hf.galleries.mixed` (``calibrated``;
+``slots``, the galleries' default; ``naive``: new/new and new/old cosines in one sort), prints top-1 at β = 0,
+0.1, …, 1, the area along β and the least margin over new → old (β = 0), as a table; ``--plot`` writes the curves
+as a PNG.
 """
 
 from __future__ import annotations
@@ -14,35 +18,89 @@ import argparse
 import json
 from pathlib import Path
 
+ORDERS = ("random", "centroid-distance")
+
+
+def load_split(data_dir: str, split: str):
+    """Images and labels of the test split, or of the demo's validation split carved from the training split."""
+    from bt2_hf.data.fashion_mnist import load_fashion_mnist
+
+    if split != "validation":
+        data = load_fashion_mnist(data_dir, split)
+        return data.images, data.labels.numpy()
+    from bt2_hf.experiments.demo import VALIDATION_SEED, DemoSize
+    from bt2_hf.experiments.demo_data import load_demo_data, split_off
+
+    train = load_demo_data(data_dir).train
+    _, held_out = split_off(train, DemoSize().validation_fraction, seed=VALIDATION_SEED)
+    return held_out.images, held_out.labels.numpy()
+
+
+def plot(results: dict, path: Path, new_to_old: float, new_to_new: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, panels = plt.subplots(1, len(ORDERS), figsize=(11, 4.2), sharey=True)
+    styles = {"calibrated": ("#2ca02c", "-", "o"), "slots": ("#1f77b4", "-", "s"), "naive": ("#d62728", "--", ".")}
+    for axes, order in zip(panels, ORDERS):
+        for rule, (colour, line, marker) in styles.items():
+            curve = results.get(f"{order}/{rule}")
+            if curve:
+                axes.plot(curve["betas"], curve["top1"], color=colour, linestyle=line, marker=marker,
+                          label=f"{rule} (area {curve['area']:.1f})")  # fmt: skip
+        for value, label in ((new_to_old, "new → old"), (new_to_new, "new → new")):
+            axes.axhline(value, color="#777777", linewidth=0.8, linestyle=":")
+            axes.annotate(label, (1.0, value), textcoords="offset points", xytext=(-4, 3), ha="right", fontsize=7)
+        axes.set_title(f"{order} order")
+        axes.set_xlabel("backfilled fraction β")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    panels[0].set_ylabel("top-1 (%)")
+    figure.suptitle("Partial backfill: new queries over a mixed gallery, three ranking rules")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--old", required=True)
     parser.add_argument("--new", required=True)
     parser.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="test (report) or validation (choose)")
     parser.add_argument("--limit", type=int)
-    parser.add_argument("--output")
+    parser.add_argument("--rules", default="calibrated,slots,naive")
+    parser.add_argument("--output", help="JSON file for the curves")
+    parser.add_argument("--plot", help="PNG file for the curves")
     args = parser.parse_args()
 
     from bt2_hf import BT2Model
-    from bt2_hf.data.fashion_mnist import load_fashion_mnist
     from bt2_hf.galleries import mixed_backfill_curves
     from bt2_hf.galleries.embed import encode_items
 
-    data = load_fashion_mnist(args.data, args.split)
-    images, labels = data.images[: args.limit], data.labels[: args.limit].numpy()
+    images, labels = load_split(args.data, args.split)
+    images, labels = images[: args.limit], labels[: args.limit]
     old, new = BT2Model.from_pretrained(args.old), BT2Model.from_pretrained(args.new)
     old_embeddings, new_embeddings = encode_items(old, images, 512), encode_items(new, images, 512)
     prefix = old.config.embedding_dim
+    rules = tuple(args.rules.split(","))
     results = {}
-    for order in ("random", "centroid-distance"):
-        curves = mixed_backfill_curves(old_embeddings, new_embeddings, labels, prefix, order=order)
-        for rule, curve in curves.items():
+    print(f"{len(labels)} queries = gallery items ({args.split} split), top-1 % at β = 0, 0.1, …, 1")
+    print("| order | rule | top-1 along β | area | least − new→old |")
+    print("|---|---|---|---|---|")
+    for order in ORDERS:
+        curves = mixed_backfill_curves(old_embeddings, new_embeddings, labels, prefix, order=order, rules=rules)
+        for rule in rules:
+            curve = curves[rule]
             results[f"{order}/{rule}"] = curve
-            floor = curve["top1"][0]
-            print(f"{order:>17} {rule:>5}: " + " ".join(f"{v:5.1f}" for v in curve["top1"])
-                  + f"  area {curve['area']:.2f}  least − new→old {min(curve['top1']) - floor:+.2f}")  # fmt: skip
+            least = min(curve["top1"]) - curve["top1"][0]
+            curve["least_minus_new_old"] = least
+            values = " ".join(f"{v:.1f}" for v in curve["top1"])
+            print(f"| {order} | {rule} | {values} | {curve['area']:.2f} | {least:+.2f} |")
+    first = next(iter(results.values()))
+    if args.plot:
+        plot(results, Path(args.plot), first["top1"][0], first["top1"][-1])
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
 

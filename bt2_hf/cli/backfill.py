@@ -78,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     except (GalleryError, GallerySourceError, IncompatibleModelsError, ValueError, FileNotFoundError) as error:
         print(f"bt2 backfill: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({key: state.get(key) for key in ("done", "count", "target", "order", "finalized")}))
+    from bt2_hf.galleries.mixed import DEFAULT_RULE
+
+    summary = {key: state.get(key) for key in ("done", "count", "target", "order", "finalized")}
+    # Searches of the partly backfilled gallery rank by this rule unless asked otherwise (`bt2 index search --rule`).
+    summary["search_rule"] = None if state.get("finalized") else DEFAULT_RULE
+    print(json.dumps(summary))
     return 0
 
 

@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=_positive_int, default=10, help="neighbours per query (≥ 1)")
     search.add_argument("--nprobe", type=int)
     search.add_argument("--rerank", type=int)
+    search.add_argument(
+        "--rule",
+        choices=["slots", "calibrated", "naive"],
+        default="slots",
+        help="how a partly backfilled gallery is ranked (default: slots; the output names the rule that ranked)",
+    )
     search.add_argument("--format", choices=["json", "table"], default="json", help="what is printed")
     search.add_argument("--output", help="JSON file for the results (written whatever --format prints)")
     search.add_argument(
@@ -347,13 +353,13 @@ def run_search(args) -> dict:
         query_ids, items = _queries(args)
         embeddings = encode_items(model, items, 256)
     params = {key: getattr(args, key) for key in ("nprobe", "rerank") if getattr(args, key) is not None}
-    result = search_gallery(store, embeddings, k=args.k, query_config=config,
+    result = search_gallery(store, embeddings, k=args.k, query_config=config, rule=args.rule,
                             allow_unmeasured=args.allow_unmeasured, **params)  # fmt: skip
     hits = [
         {"query": query, "ids": ids, "scores": [round(float(s), 6) for s in scores[: len(ids)]], "items": items}
         for query, ids, scores, items in zip(query_ids, result.ids, result.scores, result.hits())
     ]  # fmt: skip
-    output = {"prefix_dim": result.prefix_dim, "admission": result.admission, "results": hits}
+    output = {"prefix_dim": result.prefix_dim, "admission": result.admission, "rule": result.rule, "results": hits}
     if args.output:
         write_or_print_json(output, args.output)
     if args.format == "table":
@@ -366,7 +372,8 @@ def run_search(args) -> dict:
 def results_table(output: dict) -> str:
     """A readable table of ``bt2 index search`` results: one block per query, one line per hit."""
     admission = output.get("admission") or {}
-    lines = [f"prefix {output['prefix_dim']} dims, admitted as {admission.get('basis', 'unchecked')}"]
+    lines = [f"prefix {output['prefix_dim']} dims, admitted as {admission.get('basis', 'unchecked')}, ranked by the "
+             f"{output.get('rule') or 'encoder'} rule"]  # fmt: skip
     for result in output["results"]:
         lines.append(f"\nquery {result['query']}")
         columns = ["rank", "score", "id", "row"] + [

@@ -28,6 +28,7 @@ STORY: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "push": ("bt2_hf.cli.push", "push a checkpoint with its card to the Hub", ()),
 }  # fmt: skip
 MORE: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "plan": ("bt2_hf.cli.plan", "an upgrade's cost before it starts: re-embedding avoided, backfill days, memory, latency", ()),
     "gallery": ("bt2_hf.cli.gallery", "check, upgrade or inspect a gallery; admit a model at its gate (probe set)", ()),
     "adapt": ("bt2_hf.cli.adapt", "fit a post-hoc adapter from a new model into an old one's space; save it as a model", ()),
     "card": ("bt2_hf.cli.card", "render or refresh a model card from a checkpoint (keeps the pipeline's sections)", ()),

@@ -20,6 +20,15 @@ exactly. In between, a query's top-1 changes only when new→old's top-1 was re-
 re-embedded item: the rule trades new→old's choice among the re-embedded items for new/new's choice among the same
 items. The curve rises from new→old to new/new without the scale mismatch ever deciding between an old and a new
 item. The top-k is exact whenever the encoder-space search is (flat; approximate indexes bound it by their recall).
+
+The ``"calibrated"`` rule (selectable; the slot rule stays the default): a query whose ``NEIGHBOURHOOD`` nearest
+items in the encoder space hold at least ``GATE × β`` re-embedded items is ranked in one sort of calibrated scores
+(old items by their encoder-space cosine; re-embedded items by their new/new cosine mapped per query onto the encoder
+space's mean and spread, both measured over a sample of re-embedded items, :mod:`bt2_hf.galleries.calibration`);
+every other query, and every query while fewer than ``MIN_CALIBRATION_ITEMS`` items are re-embedded, by the slot
+rule. The gate is what keeps it above new→old on a priority order (a neighbourhood the backfill has not reached
+yet would otherwise be outranked by atypical re-embedded items); on the demo's test split it gains little over the
+slot rule (``benchmarks/README.md``), which is why it is not the default.
 """
 
 from __future__ import annotations
@@ -30,8 +39,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..compatibility import IncompatibleModelsError, admit_to_gallery, compatible_prefix
+from .calibration import calibration_sample, standardise_queries
 
-RULES = ("slots", "naive")
+RULES = ("calibrated", "slots", "naive")
+DEFAULT_RULE = "slots"
+# The calibrated rule measures each query's spread over re-embedded items: below this many, the slot rule ranks.
+MIN_CALIBRATION_ITEMS = 50
+# The calibrated rule's gate: a query is ranked by calibrated scores when at least GATE × β of its NEIGHBOURHOOD
+# nearest items (encoder space) are re-embedded; chosen on training-split items of the demo, checked on its validation
+# split (benchmarks/README.md).
+NEIGHBOURHOOD = 20
+GATE = 1.2
 DEFAULT_DEPTH = 100
 
 
@@ -52,6 +70,9 @@ class GallerySearchResult:
             the check was skipped.
         labels (`list[list]`, *optional*): each hit's class name (or id), when the gallery stores labels.
         paths (`list[list]`, *optional*): each hit's file path or dataset row, when the gallery stores them.
+        rule (`str`, *optional*): what ranked the hits: ``"calibrated"``, ``"slots"`` or ``"naive"`` over a
+            partly backfilled gallery, ``"encoder"`` (the encoder's space only: no backfill the query may use),
+            ``"shared-prefix"`` (an exact scan on a prefix shared with the gallery's vectors).
     """
 
     ids: list[list]
@@ -63,6 +84,7 @@ class GallerySearchResult:
     admission: dict | None = None
     labels: list[list] | None = None
     paths: list[list] | None = None
+    rule: str | None = None
 
     def hits(self) -> list[list[dict]]:
         """Each query's hits as dicts: ``id``, ``row``, ``score``, ``backfilled`` and, when the gallery has them,
@@ -83,14 +105,14 @@ class GallerySearchResult:
         return table
 
 
-def _described(store, rows: np.ndarray, ids, scores, backfilled, new_scores, prefix, admission):
+def _described(store, rows: np.ndarray, ids, scores, backfilled, new_scores, prefix, admission, rule):
     """The result with each hit's label and path read from the store (when it keeps them)."""
     kept = [row[row >= 0] for row in rows]
     labels = [store.labels_of(row) for row in kept] if hasattr(store, "labels_of") else None
     paths = [store.paths_of(row) for row in kept] if hasattr(store, "paths_of") else None
     labels = None if labels is None or any(part is None for part in labels) else labels
     paths = None if paths is None or any(part is None for part in paths) else paths
-    return GallerySearchResult(ids, scores, rows, backfilled, new_scores, prefix, admission, labels, paths)
+    return GallerySearchResult(ids, scores, rows, backfilled, new_scores, prefix, admission, labels, paths, rule)
 
 
 def _unit(array: np.ndarray) -> np.ndarray:
@@ -161,7 +183,7 @@ def search_gallery(
     *,
     check_compatibility: bool = True,
     depth: int | None = None,
-    rule: str = "slots",
+    rule: str = DEFAULT_RULE,
     allow_unmeasured: bool = False,
     **search_params,
 ) -> GallerySearchResult:
@@ -173,9 +195,10 @@ def search_gallery(
         k (`int`, *optional*, defaults to `10`): neighbours per query.
         query_config (`BT2Config`): the query model's config (``fingerprint``, ``embedding_dim``, ``compatible_with``).
         check_compatibility (`bool`, *optional*, defaults to `True`): `False` compares the first ``d`` dims unchecked.
-        rule (`str`, *optional*, defaults to `"slots"`): ``"slots"`` (see the module docstring) or ``"naive"``
-            (the encoder-space top ``depth`` re-scored, re-embedded items by new/new and the others by new/old, in
-            one sort: shown for comparison only; it mixes the two scales).
+        rule (`str`, *optional*, defaults to `"calibrated"`): how a partly backfilled gallery is ranked (see the module
+            docstring): ``"calibrated"``, ``"slots"``, or ``"naive"`` (the encoder-space top ``depth`` re-scored,
+            re-embedded items by new/new and the others by new/old, in one sort: shown for comparison only; it mixes
+            the two scales). The result's ``rule`` says which ranked.
         depth (`int`, *optional*): candidates the ``"naive"`` rule re-scores (default: 100, at least ``k``).
         allow_unmeasured (`bool`, *optional*, defaults to `False`): admit a query model whose compatibility with the
             gallery's encoder is declared but not measured (`bt2 verify` measures it).
@@ -226,7 +249,7 @@ def search_gallery(
         scores, rows = prefix_scan(store, _unit(queries[:, :prefix]), admission.gallery_prefix_dim, k)
         flags, nan = np.zeros(rows.shape, dtype=bool), np.full(rows.shape, np.nan, dtype=np.float32)
         ids = [store.ids_of(row[row >= 0]) for row in rows]
-        return _described(store, rows, ids, scores, flags, nan, prefix, admission.to_dict())
+        return _described(store, rows, ids, scores, flags, nan, prefix, admission.to_dict(), "shared-prefix")
     state = store.backfill_state
     new_prefix = None
     if state and state["done"] > 0 and query_config is not None:
@@ -235,31 +258,131 @@ def search_gallery(
                                            state["model"].get("name_or_path"), allow_unmeasured=allow_unmeasured)  # fmt: skip
         except IncompatibleModelsError:
             new_prefix = None  # e.g. the old model itself: it searches the encoder's vectors only
-    depth = max(k, depth or DEFAULT_DEPTH) if new_prefix and rule == "naive" else k
-    scores, rows = store.search_encoder_space(_unit(queries[:, :prefix]), depth, **search_params)
+    if new_prefix and rule == "calibrated" and state["done"] < MIN_CALIBRATION_ITEMS:
+        rule = "slots"  # too few re-embedded items to measure a spread: the slot rule ranks meanwhile
+    if new_prefix and rule == "calibrated":
+        prefix_queries, new_queries = _unit(queries[:, :prefix]), _unit(queries[:, :new_prefix])
+        sample = calibration_sample(store.backfill_order()[: state["done"]])
+        calibration = standardise_queries(prefix_queries, new_queries, _unit(store.vectors_at(sample)),
+                                          _unit(store.backfill_vectors(sample)[:, :new_prefix]))  # fmt: skip
+        # The gate: queries whose neighbourhood holds fewer re-embedded items than their share are left to the slots.
+        _, neighbours = store.search_encoder_space(prefix_queries, min(NEIGHBOURHOOD, len(store)), **search_params)
+        flags = np.zeros(neighbours.shape, dtype=bool)
+        flags[neighbours >= 0] = store.backfilled(neighbours[neighbours >= 0])
+        covered = flags.mean(axis=1) >= GATE * state["done"] / len(store)
+        rows, scores, backfilled, new_scores = _slots_search(store, queries, prefix, new_prefix, k, search_params)
+        if covered.any():
+            merged = _merge_calibrated(store, prefix_queries[covered], new_queries[covered], k,
+                                       _subset(calibration, covered), search_params)  # fmt: skip
+            for array, part in zip((rows, scores, backfilled, new_scores), merged):
+                array[covered] = part
+        ids = [store.ids_of(row[row >= 0]) for row in rows]
+        return _described(store, rows, ids, scores, backfilled, new_scores, prefix,
+                          admission.to_dict() if admission else None, rule)  # fmt: skip
+    if rule == "slots" or not new_prefix:
+        rows, scores, backfilled, new_scores = _slots_search(store, queries, prefix, new_prefix, k, search_params)
+    else:
+        depth = max(k, depth or DEFAULT_DEPTH)
+        scores, rows = store.search_encoder_space(_unit(queries[:, :prefix]), depth, **search_params)
+        backfilled = np.zeros(rows.shape, dtype=bool)
+        new_scores = np.full(rows.shape, np.nan, dtype=np.float32)
+        valid = rows >= 0
+        backfilled[valid] = store.backfilled(rows[valid])
+        if backfilled.any():
+            new_queries = _unit(queries[:, :new_prefix])
+            query_of = np.broadcast_to(np.arange(len(rows))[:, None], rows.shape)[backfilled]
+            vectors = store.backfill_vectors(rows[backfilled])
+            new_scores[backfilled] = np.einsum("nd,nd->n", vectors, new_queries[query_of])
+            combined = np.where(backfilled, new_scores, scores)
+            order = np.argsort(-combined, axis=1, kind="stable")
+            rows, backfilled = np.take_along_axis(rows, order, 1), np.take_along_axis(backfilled, order, 1)
+            new_scores, scores = np.take_along_axis(new_scores, order, 1), np.take_along_axis(combined, order, 1)
+    rows, scores, backfilled, new_scores = rows[:, :k], scores[:, :k], backfilled[:, :k], new_scores[:, :k]
+    ids = [store.ids_of(row[row >= 0]) for row in rows]
+    return _described(store, rows, ids, scores, backfilled, new_scores, prefix,
+                      admission.to_dict() if admission else None, rule if new_prefix else "encoder")  # fmt: skip
+
+
+def _slots_search(store, queries: np.ndarray, prefix: int, new_prefix: int | None, k: int, search_params: dict):
+    """The slot rule's top ``k`` (see the module docstring): ``(rows, scores, backfilled, new_scores)``."""
+    scores, rows = store.search_encoder_space(_unit(queries[:, :prefix]), k, **search_params)
     backfilled = np.zeros(rows.shape, dtype=bool)
     new_scores = np.full(rows.shape, np.nan, dtype=np.float32)
     if new_prefix:
         valid = rows >= 0
         backfilled[valid] = store.backfilled(rows[valid])
         if backfilled.any():
+            # The second search: the re-embedded items by new/new score; they fill the slots, best first.
             new_queries = _unit(queries[:, :new_prefix])
-            if rule == "slots":
-                # The second search: the re-embedded items by new/new score; they fill the slots, best first.
-                backfill_scores, backfill_rows = store.search_backfilled(new_queries, int(backfilled.sum(1).max()))
-                rows, new_scores = fill_slots(rows, backfilled, backfill_rows, backfill_scores)
-            else:
-                query_of = np.broadcast_to(np.arange(len(rows))[:, None], rows.shape)[backfilled]
-                vectors = store.backfill_vectors(rows[backfilled])
-                new_scores[backfilled] = np.einsum("nd,nd->n", vectors, new_queries[query_of])
-                combined = np.where(backfilled, new_scores, scores)
-                order = np.argsort(-combined, axis=1, kind="stable")
-                rows, backfilled = np.take_along_axis(rows, order, 1), np.take_along_axis(backfilled, order, 1)
-                new_scores, scores = np.take_along_axis(new_scores, order, 1), np.take_along_axis(combined, order, 1)
-    rows, scores, backfilled, new_scores = rows[:, :k], scores[:, :k], backfilled[:, :k], new_scores[:, :k]
-    ids = [store.ids_of(row[row >= 0]) for row in rows]
-    return _described(store, rows, ids, scores, backfilled, new_scores, prefix,
-                      admission.to_dict() if admission else None)  # fmt: skip
+            backfill_scores, backfill_rows = store.search_backfilled(new_queries, int(backfilled.sum(1).max()))
+            rows, new_scores = fill_slots(rows, backfilled, backfill_rows, backfill_scores)
+    return rows, scores.astype(np.float32), backfilled, new_scores
+
+
+def _subset(calibration, queries: np.ndarray):
+    """A per-query calibration restricted to some of its queries (a boolean mask)."""
+    return type(calibration)(*(getattr(calibration, name)[queries] for name in
+                               ("old_mean", "old_sd", "new_mean", "new_sd")))  # fmt: skip
+
+
+def _merge_calibrated(
+    store, prefix_queries: np.ndarray, new_queries: np.ndarray, k: int, calibration, search_params: dict
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The ``"calibrated"`` rule's top ``k``: items not re-embedded by their encoder-space cosine, re-embedded items
+    by their new-space cosine put on the encoder space's scale, in one sort; ``(rows, scores, backfilled,
+    new_scores)``.
+
+    Two searches give the candidates: the re-embedded items by new/new cosine (exact, ``k`` deep) and the encoder
+    space (``depth`` deep, re-embedded rows skipped there). A query is finished when its ``k``-th merged score is at
+    least the last encoder-space score seen (every item beyond it scores lower); the others are searched again,
+    four times deeper, so the top ``k`` is exact whenever the encoder-space search is.
+    """
+    count, queries = len(store), len(prefix_queries)
+    backfill_scores, backfill_rows = store.search_backfilled(new_queries, k)
+    mapped = np.where(backfill_rows >= 0, calibration.new_to_encoder(backfill_scores, np.arange(queries)), -np.inf)
+    rows = np.full((queries, k), -1, dtype=np.int64)
+    scores = np.full((queries, k), -np.inf, dtype=np.float64)
+    backfilled = np.zeros((queries, k), dtype=bool)
+    new_scores = np.full((queries, k), np.nan, dtype=np.float32)
+    pending, depth = np.arange(queries), min(count, max(2 * k, DEFAULT_DEPTH))
+    while pending.size:
+        encoder_scores, encoder_rows = store.search_encoder_space(prefix_queries[pending], depth, **search_params)
+        valid = encoder_rows >= 0
+        is_new = np.zeros(encoder_rows.shape, dtype=bool)
+        is_new[valid] = store.backfilled(encoder_rows[valid])
+        old_scores = np.where(valid & ~is_new, encoder_scores, -np.inf).astype(np.float64)
+        candidate_rows = np.concatenate([encoder_rows, backfill_rows[pending]], axis=1)
+        candidate_scores = np.concatenate([old_scores, mapped[pending]], axis=1)
+        candidate_new = np.concatenate([np.zeros(encoder_rows.shape, bool), backfill_rows[pending] >= 0], axis=1)
+        raw = np.concatenate([np.full(encoder_rows.shape, np.nan, np.float32), backfill_scores[pending]], axis=1)
+        order = np.argsort(-candidate_scores, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(candidate_scores, order, 1)
+        last_seen = np.where(valid[:, -1], encoder_scores[:, -1], -np.inf)
+        finished = (depth >= count) | ~valid[:, -1] | (top[:, -1] >= last_seen)
+        done = pending[finished]
+        rows[done] = np.take_along_axis(candidate_rows, order, 1)[finished]
+        scores[done] = top[finished]
+        backfilled[done] = np.take_along_axis(candidate_new, order, 1)[finished]
+        new_scores[done] = np.take_along_axis(raw, order, 1)[finished]
+        pending, depth = pending[~finished], min(count, depth * 4)
+    rows[~np.isfinite(scores)] = -1
+    return rows, scores.astype(np.float32), backfilled, new_scores
+
+
+def _covered(old_scores: np.ndarray, use_new: np.ndarray, same_items: bool) -> np.ndarray:
+    """Which queries the calibrated rule ranks by calibrated scores: at least ``GATE × β`` of their ``NEIGHBOURHOOD``
+    nearest items by encoder-space cosine (``old_scores``, one row per query over the gallery) are re-embedded."""
+    count = old_scores.shape[1] - (1 if same_items else 0)  # leave-one-out: the query's own item is no neighbour
+    size = max(1, min(NEIGHBOURHOOD, count))
+    neighbours = np.argpartition(-old_scores, size - 1, axis=1)[:, :size]
+    return use_new[neighbours].mean(axis=1) >= GATE * use_new.mean()
+
+
+def _standardiser(prefix_queries, new_queries, old_gallery, new_gallery, sample, query_items=None):
+    """The ``"calibrated"`` rule's per-query map over ``sample`` (unit galleries; ``query_items``: each query's own
+    gallery row when the queries are the gallery items, left out of its statistics)."""
+    exclude = None if query_items is None else np.asarray(query_items)[:, None] == sample[None, :]
+    return standardise_queries(prefix_queries, new_queries, old_gallery[sample], new_gallery[sample], exclude)
 
 
 def top1_under_rule(
@@ -271,7 +394,7 @@ def top1_under_rule(
     query_labels: np.ndarray,
     gallery_labels: np.ndarray | None = None,
     *,
-    rule: str | Sequence[str] = "slots",
+    rule: str | Sequence[str] = DEFAULT_RULE,
     chunk: int = 1024,
 ) -> float | dict[str, float]:
     """Top-1 accuracy (%) of new queries over a gallery whose ``use_new`` items are re-embedded, under a rule.
@@ -292,6 +415,7 @@ def top1_under_rule(
     query_labels = np.asarray(query_labels)
     prefix_queries, full_queries = _unit(queries[:, :prefix_dim]), _unit(queries)
     correct = dict.fromkeys(rules, 0)
+    sample = calibration_sample(np.flatnonzero(use_new))
     for start in range(0, len(queries), chunk):
         stop = min(len(queries), start + chunk)
         old_scores = prefix_queries[start:stop] @ old_gallery.T
@@ -308,6 +432,12 @@ def top1_under_rule(
                 if use_new.any():
                     best_new = np.argmax(np.where(use_new[None, :], new_scores, -np.inf), axis=1)
                     best = np.where(use_new[best], best_new, best)
+                if name == "calibrated" and len(sample) >= MIN_CALIBRATION_ITEMS:
+                    calibration = _standardiser(prefix_queries[start:stop], full_queries[start:stop], old_gallery,
+                                                new_gallery, sample, np.arange(start, stop) if same_items else None)  # fmt: skip
+                    mapped = calibration.new_to_encoder(new_scores)
+                    calibrated = np.argmax(np.where(use_new[None, :], mapped, old_scores), axis=1)
+                    best = np.where(_covered(old_scores, use_new, same_items), calibrated, best)
             correct[name] += int((gallery_labels[best] == query_labels[start:stop]).sum())
     values = {name: 100.0 * count / len(queries) for name, count in correct.items()}
     return values[rule] if isinstance(rule, str) else values
@@ -344,6 +474,8 @@ def top1_along_backfill(
     prefix_queries, full_queries = _unit(queries[:, :prefix_dim]), _unit(queries)
     depth = min(candidates, num_items)
     correct = {rule: np.zeros(len(counts), dtype=np.int64) for rule in rules}
+    # Each state's calibration sample, drawn as a gallery in that state draws it: from its re-embedded items.
+    samples = [calibration_sample(np.flatnonzero(backfill_rank < count)) for count in counts]
 
     def best_first(scores: np.ndarray) -> np.ndarray:  # top `depth` rows, by score then by lowest row (argmax's rule)
         top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth] if depth < num_items else np.tile(
@@ -364,32 +496,44 @@ def top1_along_backfill(
         new_top_scores = np.take_along_axis(new_scores, new_top, 1)
         expected = query_labels[start:stop]
         for position, count in enumerate(counts):
+            calibration = None
+            if "calibrated" in rules and len(samples[position]) >= MIN_CALIBRATION_ITEMS:
+                calibration = _standardiser(prefix_queries[start:stop], full_queries[start:stop], old_gallery,
+                                            new_gallery, samples[position], np.arange(start, stop) if same_items
+                                            else None)  # fmt: skip
             old_is_new = backfill_rank[old_top] < count
             new_is_new = backfill_rank[new_top] < count
             first_new = np.argmax(new_is_new, axis=1)  # the best re-embedded item among the new/new candidates
             has_new = new_is_new[rows, first_new]
+            use_new = backfill_rank < count
             for rule in rules:
-                if rule == "slots":
-                    best = old_top[:, 0].copy()
-                    swap = old_is_new[:, 0]
-                    best[swap] = new_top[rows, first_new][swap]
-                    unresolved = swap & ~has_new
-                else:
+                # The slot rule's choice (also the calibrated rule's for the queries it leaves to the slots).
+                best = old_top[:, 0].copy()
+                swap = old_is_new[:, 0]
+                best[swap] = new_top[rows, first_new][swap]
+                unresolved = swap & ~has_new
+                for row in np.flatnonzero(unresolved):  # rare: score the query against every item
+                    best[row] = np.argmax(np.where(use_new, new_scores[row], -np.inf))
+                if rule == "naive" or (rule == "calibrated" and calibration is not None):
                     first_old = np.argmax(~old_is_new, axis=1)  # the best item not re-embedded, by new→old
                     has_old = ~old_is_new[rows, first_old]
                     old_choice, new_choice = old_top[rows, first_old], new_top[rows, first_new]
                     old_value = np.where(has_old, old_top_scores[rows, first_old], -np.inf)
                     new_value = np.where(has_new, new_top_scores[rows, first_new], -np.inf)
+                    if rule == "calibrated":
+                        new_value = calibration.new_to_encoder(new_value[:, None])[:, 0]
                     take_new = (new_value > old_value) | ((new_value == old_value) & (new_choice < old_choice))
-                    best = np.where(take_new, new_choice, old_choice)
+                    mixed = np.where(take_new, new_choice, old_choice)
                     # Unresolved: a side missing from its candidates although such items exist.
                     unresolved = (~has_new & (count > 0)) | (~has_old & (count < num_items))
-                for row in np.flatnonzero(unresolved):  # rare: score the query against every item
-                    use_new = backfill_rank < count
-                    if rule == "slots":
-                        best[row] = np.argmax(np.where(use_new, new_scores[row], -np.inf))
-                    else:
-                        best[row] = np.argmax(np.where(use_new, new_scores[row], old_scores[row]))
+                    for row in np.flatnonzero(unresolved):  # rare: score the query against every item
+                        scores = new_scores[row]
+                        if rule == "calibrated":
+                            scores = calibration.new_to_encoder(new_scores[row][None, :], [row])[0]
+                        mixed[row] = np.argmax(np.where(use_new, scores, old_scores[row]))
+                    best = (
+                        mixed if rule == "naive" else np.where(_covered(old_scores, use_new, same_items), mixed, best)
+                    )
                 correct[rule][position] += int((gallery_labels[best] == expected).sum())
     return {rule: (100.0 * correct[rule] / len(queries)).tolist() for rule in rules}
 
@@ -403,7 +547,7 @@ def mixed_backfill_curve(
     betas: Sequence[float] | None = None,
     order: str | np.ndarray = "random",
     seed: int = 0,
-    rule: str = "slots",
+    rule: str = DEFAULT_RULE,
 ) -> dict:
     """Top-1 against the backfilled fraction β for one order and rule (queries = gallery items, leave-one-out).
 

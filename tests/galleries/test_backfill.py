@@ -133,7 +133,7 @@ def test_gallery_search_fills_the_slots_with_the_best_re_embedded_items(tmp_path
     gallery_old, gallery_new, queries = old[:200], new[:200], new[200:]
     rows = np.random.default_rng(1).permutation(200)[: int(fraction * 200)]
     gallery = _backfilled_gallery(tmp_path, gallery_old, gallery_new, rows)
-    result = search_gallery(gallery, queries, k=10, query_config=new_config, allow_unmeasured=True)
+    result = search_gallery(gallery, queries, k=10, query_config=new_config, allow_unmeasured=True, rule="slots")
 
     unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
     old_rank = np.argsort(-(unit(queries[:, :8]) @ unit(gallery_old).T), axis=1)[:, :10]

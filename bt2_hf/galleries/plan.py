@@ -1,0 +1,483 @@
+"""The cost of an upgrade before it starts: what BT² avoids, how long a backfill takes, index memory, query latency.
+
+Four estimates, each from stated inputs and a stated model (``bt2 plan`` prints them, with ``--json`` as JSON):
+
+- **Re-embedding avoided.** Without a compatible model, an upgrade re-embeds the whole gallery before the new model
+  serves a single query: ``N / throughput`` seconds of the GPU, priced per hour. A BT² model searches the old gallery
+  at once, so this is what it saves (a backfill, when run at all, spends the same GPU time at its own pace).
+- **Backfill schedule.** At a rate (items/s, or a daily budget turned into GPU seconds at the given throughput), the
+  backfilled fraction β grows linearly: ``β(t) = min(1, rate·t / N)``.
+- **Index memory**, from the gallery format of :mod:`bt2_hf.galleries.faiss_store`: the faiss index held in RAM
+  (flat: ``N·d`` float32; IVF-PQ: ``N·pq_m`` code bytes + ``N`` 8-byte list ids + ``nlist·d`` float32 centroids +
+  ``256·d`` float32 codebooks), the ids loaded in RAM, and on disk the memory-mapped ``vectors.npy`` that IVF-PQ
+  re-ranks from (plus, during a backfill, the new model's ``N·d_new`` row table and the in-memory flat index over the
+  re-embedded rows that the mixed search builds).
+- **Query latency**, per query in batches: a short measured calibration of the same faiss search at a smaller size,
+  scaled by the cost model of each index: flat search scans every vector (time ∝ ``N·d``); IVF-PQ compares the
+  query with ``nlist`` centroids (∝ ``nlist·d``), builds a distance table per probed list (∝ ``nprobe·d``), scans the
+  codes of ``nprobe`` lists (∝ ``nprobe/nlist·N·pq_m``) and re-ranks ``rerank`` candidates exactly (∝ ``rerank·d``,
+  independent of ``N``). Each term's constant is measured.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import BT2InputError
+
+ITEM_TYPES = ("image", "text")
+PLAN_INDEX_TYPES = ("flat", "ivfpq")
+FLOAT32 = 4
+ID_BYTES = 8  # int64 ids (ids.npy) and faiss's list ids (idx_t)
+NPY_HEADER = 128
+PQ_CENTROIDS = 256  # 8-bit sub-quantizers, the galleries' default
+SECONDS_PER_DAY = 86_400.0
+
+
+class PlanInputError(BT2InputError):
+    """A planning input is missing, out of range or inconsistent."""
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> float:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise PlanInputError(f"{name} must be a number, got {value!r}.")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "≥ 0" if allow_zero else "> 0"
+        raise PlanInputError(f"{name} must be a finite number {bound}, got {value!r}.")
+    return value
+
+
+def _count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise PlanInputError(f"{name} must be a whole number ≥ 1, got {value!r}.")
+    return int(value)
+
+
+# -- re-embedding and backfill ----------------------------------------------------------------------------------------
+
+
+def reembedding_cost(count: int, items_per_second: float, gpu_price_per_hour: float, speedup: float = 1.0) -> dict:
+    """GPU time and price of embedding ``count`` items at ``items_per_second × speedup``.
+
+    Args:
+        count (`int`): items to embed (the gallery size).
+        items_per_second (`float`): the model's measured embedding throughput on the measured device.
+        gpu_price_per_hour (`float`): price of one GPU hour (any currency; 0 for a machine already paid for).
+        speedup (`float`, *optional*, defaults to 1): the priced GPU's throughput over the measured device's.
+
+    Returns:
+        `dict`: ``items_per_second`` (on the priced GPU), ``seconds``, ``gpu_hours``, ``cost``.
+
+    >>> reembedding_cost(3_600_000, 500.0, 2.0, speedup=2.0)["cost"]
+    2.0
+    """
+    count = _count("gallery size", count)
+    rate = _positive("embedding throughput (items/s)", items_per_second) * _positive("GPU speed-up", speedup)
+    price = _positive("GPU price per hour", gpu_price_per_hour, allow_zero=True)
+    seconds = count / rate
+    return {"items_per_second": rate, "seconds": seconds, "gpu_hours": seconds / 3600.0,
+            "cost": seconds / 3600.0 * price}  # fmt: skip
+
+
+def backfill_schedule(
+    count: int,
+    *,
+    rate: float | None = None,
+    budget_per_day: float | None = None,
+    items_per_second: float | None = None,
+    gpu_price_per_hour: float | None = None,
+    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 1.0),
+    days: int = 7,
+) -> dict:
+    """How the backfilled fraction grows at a steady rate, given as items/s or as a budget per day.
+
+    Args:
+        count (`int`): the gallery size.
+        rate (`float`, *optional*): items re-embedded per second, around the clock.
+        budget_per_day (`float`, *optional*): money per day; buys ``budget / price`` GPU hours a day at
+            ``items_per_second`` (the throughput on the priced GPU).
+        items_per_second (`float`, *optional*): needed with ``budget_per_day``.
+        gpu_price_per_hour (`float`, *optional*): needed with ``budget_per_day``.
+        fractions (`tuple[float]`): the fractions whose dates are listed.
+        days (`int`): how many days of ``β(day)`` are listed (at most until 100 %).
+
+    Returns:
+        `dict`: ``items_per_day``, ``days_to_full``, ``at_fraction`` (β → days), ``by_day`` (day → β).
+    """
+    count = _count("gallery size", count)
+    if (rate is None) == (budget_per_day is None):
+        raise PlanInputError("Give the backfill rate either as items per second or as a budget per day (one of them).")
+    if rate is not None:
+        per_day = _positive("backfill rate (items/s)", rate) * SECONDS_PER_DAY
+        basis = {"rate_items_per_second": float(rate)}
+    else:
+        budget = _positive("budget per day", budget_per_day)
+        price = _positive("GPU price per hour", gpu_price_per_hour)
+        speed = _positive("embedding throughput (items/s)", items_per_second)
+        gpu_hours = min(24.0, budget / price)  # one GPU: a budget beyond 24 h a day buys nothing more
+        per_day = gpu_hours * 3600.0 * speed
+        basis = {"budget_per_day": budget, "gpu_hours_per_day": gpu_hours}
+    days_to_full = count / per_day
+    listed = [day for day in range(1, max(1, int(days)) + 1)]
+    by_day = {day: min(1.0, day * per_day / count) for day in listed if (day - 1) < days_to_full}
+    return dict(basis, items_per_day=per_day, days_to_full=days_to_full,
+                at_fraction={f: f * days_to_full for f in fractions}, by_day=by_day)  # fmt: skip
+
+
+# -- memory -----------------------------------------------------------------------------------------------------------
+
+
+def default_pq_m(dimension: int) -> int:
+    """The galleries' default number of sub-quantizers: the first of d/8, d/4, d/2, d that divides ``dimension``."""
+    return next(m for m in (dimension // 8, dimension // 4, dimension // 2, dimension) if m and dimension % m == 0)
+
+
+def default_nlist(count: int) -> int:
+    """The galleries' default number of IVF lists: √N (at least 39 vectors a list)."""
+    return max(1, min(int(math.sqrt(count)), count // 39))
+
+
+def index_memory(
+    count: int,
+    dimension: int,
+    index_type: str = "ivfpq",
+    *,
+    dtype_bytes: int = FLOAT32,
+    pq_m: int | None = None,
+    nlist: int | None = None,
+    id_bytes: int = ID_BYTES,
+    new_dimension: int | None = None,
+    backfilled: float = 0.0,
+) -> dict:
+    """Bytes of a gallery in the faiss format, by part, in RAM and on disk.
+
+    Args:
+        count (`int`), dimension (`int`): the gallery's ``N`` and ``d``.
+        index_type (`str`): ``"flat"`` or ``"ivfpq"``.
+        dtype_bytes (`int`, *optional*, defaults to 4): bytes per value of ``vectors.npy`` (2 for float16).
+        pq_m (`int`, *optional*): code bytes per vector (default: :func:`default_pq_m`).
+        nlist (`int`, *optional*): IVF lists (default: :func:`default_nlist`).
+        id_bytes (`int`, *optional*, defaults to 8): bytes per id in ``ids.npy`` (int64 ids).
+        new_dimension (`int`, *optional*): the new model's width, to count a backfill's files.
+        backfilled (`float`, *optional*, defaults to 0): the backfilled fraction (the in-memory index over it).
+
+    Returns:
+        `dict`: ``ram`` and ``disk`` totals, and ``parts`` (name → bytes and where it lives).
+    """
+    count, dimension = _count("gallery size", count), _count("embedding width", dimension)
+    if index_type not in PLAN_INDEX_TYPES:
+        raise PlanInputError(f"index type must be one of {PLAN_INDEX_TYPES}, got {index_type!r}.")
+    parts: dict[str, dict] = {}
+
+    def part(name: str, size: float, where: str) -> None:
+        parts[name] = {"bytes": int(size), "where": where}
+
+    if index_type == "flat":
+        part("index (float32 vectors)", count * dimension * FLOAT32, "ram")
+        part("index.faiss", count * dimension * FLOAT32, "disk")
+    else:
+        pq_m = pq_m or default_pq_m(dimension)
+        nlist = nlist or default_nlist(count)
+        if dimension % pq_m:
+            raise PlanInputError(f"pq_m = {pq_m} must divide the width {dimension}.")
+        in_ram = {
+            "PQ codes": count * pq_m,
+            "list ids": count * ID_BYTES,
+            "coarse centroids": nlist * dimension * FLOAT32,
+            "PQ codebooks": PQ_CENTROIDS * dimension * FLOAT32,
+        }
+        for name, size in in_ram.items():
+            part(name, size, "ram")
+        part("index.faiss", sum(in_ram.values()), "disk")
+    part("ids", count * id_bytes, "ram")
+    part("ids.npy", count * id_bytes + NPY_HEADER, "disk")
+    # Memory-mapped: IVF-PQ re-ranks its candidates from it (pages it touches stay cached while RAM allows).
+    part("vectors.npy (memory-mapped re-ranking vectors)", count * dimension * dtype_bytes + NPY_HEADER, "disk")
+    if new_dimension:
+        new_dimension = _count("new embedding width", new_dimension)
+        fraction = _positive("backfilled fraction", backfilled, allow_zero=True)
+        if fraction > 1:
+            raise PlanInputError(f"backfilled fraction must lie in [0, 1], got {backfilled!r}.")
+        part(
+            "backfill/vectors.npy (new rows, memory-mapped)", count * new_dimension * dtype_bytes + NPY_HEADER, "disk"
+        )
+        part("backfill/order.npy", count * ID_BYTES + NPY_HEADER, "disk")
+        part("backfill order (loaded)", count * ID_BYTES, "ram")
+        done = int(math.floor(fraction * count))
+        part("re-embedded rows' flat index", done * (new_dimension * FLOAT32 + ID_BYTES), "ram")
+    totals = {where: sum(p["bytes"] for p in parts.values() if p["where"] == where) for where in ("ram", "disk")}
+    return {"index_type": index_type, "count": count, "dimension": dimension, **totals, "parts": parts,
+            **({"pq_m": pq_m, "nlist": nlist} if index_type == "ivfpq" else {})}  # fmt: skip
+
+
+# -- latency ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchCalibration:
+    """Measured seconds per query of each cost term, at a calibration size, for :func:`predict_latency`.
+
+    Args:
+        count (`int`), dimension (`int`): the calibration gallery.
+        queries (`int`): queries per measurement (searched as one batch).
+        threads (`int`): faiss's OpenMP threads during the measurement.
+        flat_s (`float`): flat search, seconds per query (scans ``count·dimension``).
+        quantizer_s (`float`): IVF-PQ coarse quantizer (``nlist`` centroids), seconds per query.
+        probe_s (`float`): IVF-PQ, per probed list (its distance table, ∝ ``d``), seconds per query.
+        code_s (`float`): IVF-PQ, per scanned code of ``pq_m`` bytes, seconds per query.
+        rerank_s (`float`): exact re-ranking of ``rerank`` candidates from the memory map and sorting them (the
+            gallery's whole search minus the index's), seconds per query.
+        nlist (`int`), nprobe (`int`), pq_m (`int`), rerank (`int`): the calibration index's settings.
+    """
+
+    count: int
+    dimension: int
+    queries: int
+    threads: int
+    flat_s: float
+    quantizer_s: float
+    probe_s: float
+    code_s: float
+    rerank_s: float
+    nlist: int
+    nprobe: int
+    pq_m: int
+    rerank: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _best_of(function, repeats: int) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def calibrate_search(
+    dimension: int,
+    *,
+    count: int = 50_000,
+    queries: int = 300,
+    nprobe: int = 16,
+    rerank: int = 1000,
+    pq_m: int | None = None,
+    repeats: int = 3,
+    seed: int = 0,
+    workdir=None,
+) -> SearchCalibration:
+    """Time flat and IVF-PQ search on a synthetic gallery of ``count`` unit vectors, one cost term at a time.
+
+    The gallery is a :class:`~bt2_hf.galleries.FaissGallery` (the format and search code the plan is about), built
+    from a mixture of Gaussians (clustered like real embeddings) in a temporary directory; each term is the best of
+    ``repeats`` runs over one batch of ``queries``.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from ..retrieval.knn import import_faiss
+    from .faiss_store import FaissGallery
+
+    faiss = import_faiss()
+    count, dimension = _count("calibration size", count), _count("embedding width", dimension)
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(1, count // 1000), dimension)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    points = centres[rng.integers(0, len(centres), count + queries)]
+    points += 0.35 / math.sqrt(dimension) * rng.normal(size=points.shape).astype(np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    vectors, query_vectors = points[:count], np.ascontiguousarray(points[count:])
+    encoder = {"fingerprint": "sha256:" + "0" * 64, "name_or_path": "calibration", "embedding_dim": dimension}
+    pq_m = pq_m or default_pq_m(dimension)
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="bt2-plan-") as folder:
+        gallery = FaissGallery.build(Path(folder) / "ivfpq", vectors, encoder=encoder, index_type="ivfpq",
+                                     pq_m=pq_m, nprobe=nprobe, rerank=rerank)  # fmt: skip
+        flat = faiss.IndexFlatIP(dimension)
+        flat.add(vectors)
+        flat_s = _best_of(lambda: flat.search(query_vectors, 10), repeats)
+        ivf = faiss.extract_index_ivf(gallery.index)
+        ivf.nprobe = nprobe
+        nlist = ivf.nlist
+        quantizer_s = _best_of(lambda: ivf.quantizer.search(query_vectors, nprobe), repeats)
+        candidates = min(count, rerank)
+        # The list scan at two fillings of the same trained index: a quarter, then all of the vectors. The
+        # difference is the cost per scanned code; what is left is per probed list (its lookup table: ∝ d).
+        quarter = faiss.clone_index(gallery.index)
+        quarter.reset()
+        quarter.add(vectors[: count // 4])
+        faiss.extract_index_ivf(quarter).nprobe = nprobe
+        quarter_s = _best_of(lambda: quarter.search(query_vectors, candidates), repeats) - quantizer_s
+        index_s = _best_of(lambda: gallery.index.search(query_vectors, candidates), repeats) - quantizer_s
+        codes_quarter, codes_full = nprobe / nlist * (count // 4), nprobe / nlist * count
+        per_code = max(0.0, (index_s - quarter_s) / (codes_full - codes_quarter))
+        per_probe = max(0.0, index_s - per_code * codes_full) / nprobe
+        # Re-ranking as the galleries run it (blocks of queries, candidates read from the memory map, sorted): the
+        # whole search minus the index's own.
+        whole_s = _best_of(lambda: gallery.search_encoder_space(query_vectors, 10), repeats)
+        rerank_s = max(0.0, whole_s - index_s - quantizer_s)
+        threads = faiss.omp_get_max_threads()
+    per_query = 1.0 / queries
+    return SearchCalibration(
+        count=count, dimension=dimension, queries=queries, threads=threads, flat_s=flat_s * per_query,
+        quantizer_s=quantizer_s * per_query, probe_s=per_probe * per_query, code_s=per_code * per_query,
+        rerank_s=rerank_s * per_query, nlist=nlist, nprobe=nprobe, pq_m=pq_m, rerank=candidates,
+    )  # fmt: skip
+
+
+def predict_latency(
+    calibration: SearchCalibration,
+    count: int,
+    dimension: int,
+    index_type: str = "ivfpq",
+    *,
+    nprobe: int | None = None,
+    nlist: int | None = None,
+    pq_m: int | None = None,
+    rerank: int | None = None,
+) -> dict:
+    """Seconds per query (in batches like the calibration's) at ``count × dimension``, by the stated cost model.
+
+    flat: ``flat_s · (N·d) / (N_c·d_c)``. IVF-PQ: ``quantizer_s · (nlist·d)/(nlist_c·d_c)`` +
+    ``probe_s · nprobe · d/d_c`` + ``code_s · (nprobe/nlist·N) · pq_m/pq_m_c`` + ``rerank_s · (rerank·d)/(rerank_c·d_c)``
+    (the list scan: a distance table per probed list, then every code of the probed lists).
+    """
+    count, dimension = _count("gallery size", count), _count("embedding width", dimension)
+    c = calibration
+    if index_type == "flat":
+        seconds = c.flat_s * (count * dimension) / (c.count * c.dimension)
+        return {"index_type": "flat", "seconds_per_query": seconds, "terms": {"scan": seconds}}
+    if index_type != "ivfpq":
+        raise PlanInputError(f"index type must be one of {PLAN_INDEX_TYPES}, got {index_type!r}.")
+    nlist = nlist or default_nlist(count)
+    nprobe = min(nlist, nprobe or c.nprobe)
+    pq_m = pq_m or default_pq_m(dimension)
+    rerank = min(count, rerank or c.rerank)
+    terms = {
+        "quantizer": c.quantizer_s * (nlist * dimension) / (c.nlist * c.dimension),
+        "tables": c.probe_s * nprobe * dimension / c.dimension,
+        "codes": c.code_s * (nprobe / nlist * count) * pq_m / c.pq_m,
+        "rerank": c.rerank_s * (rerank * dimension) / (c.rerank * c.dimension),
+    }
+    return {"index_type": "ivfpq", "seconds_per_query": sum(terms.values()), "terms": terms,
+            "nlist": nlist, "nprobe": nprobe, "pq_m": pq_m, "rerank": rerank}  # fmt: skip
+
+
+# -- embedding throughput ---------------------------------------------------------------------------------------------
+
+
+def calibrate_embedding(model, *, items: int = 256, batch_size: int = 64, device=None, seed: int = 0) -> dict:
+    """Items per second of ``model`` on synthetic inputs of its own kind (noise images of its input size, or
+    sentences of random words), after one warm-up batch: a short stand-in for ``bt2 embed``'s logged throughput."""
+    from .embed import encode_items
+
+    items = _count("calibration items", items)
+    rng = np.random.default_rng(seed)
+    if model.modality == "text":
+        words = ["gallery", "model", "upgrade", "vector", "query", "item", "search", "basis", "space", "shirt"]
+        inputs = [" ".join(rng.choice(words, size=16)) for _ in range(items)]
+    else:
+        from PIL import Image
+
+        height, width = model.processor.image_size
+        channels = getattr(model.processor, "num_channels", 3)
+        shape = (height, width, 3) if channels == 3 else (height, width)
+        inputs = [Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8)) for _ in range(items)]
+    encode_items(model, inputs[: min(batch_size, items)], batch_size, device)  # warm-up: allocations, kernels
+    started = time.perf_counter()
+    encode_items(model, inputs, batch_size, device)
+    seconds = time.perf_counter() - started
+    return {"items": items, "batch_size": batch_size, "seconds": seconds, "items_per_second": items / seconds,
+            "modality": model.modality, "device": str(model.device)}  # fmt: skip
+
+
+def read_throughput(embedding_directory) -> float:
+    """The ``items_per_second`` that ``bt2 embed`` recorded in an embedding directory's manifest."""
+    from .shards import EmbeddingDirectory
+
+    rate = EmbeddingDirectory(embedding_directory).manifest.get("items_per_second")
+    if not rate:
+        raise PlanInputError(f"{embedding_directory}: its manifest records no items_per_second (written by an older "
+                             "bt2 embed?); give the throughput as a number or calibrate the model.")  # fmt: skip
+    return float(rate)
+
+
+# -- the whole plan ---------------------------------------------------------------------------------------------------
+
+
+def make_plan(
+    count: int,
+    *,
+    item_type: str,
+    old_dim: int,
+    new_dim: int,
+    new_items_per_second: float,
+    gpu_price_per_hour: float,
+    speedup: float = 1.0,
+    old_items_per_second: float | None = None,
+    backfill_rate: float | None = None,
+    budget_per_day: float | None = None,
+    dtype_bytes: int = FLOAT32,
+    calibration: SearchCalibration | None = None,
+    nprobe: int | None = None,
+    rerank: int | None = None,
+    days: int = 7,
+) -> dict:
+    """Every estimate of the module for one upgrade, as one JSON-ready dict (see the module docstring)."""
+    if item_type not in ITEM_TYPES:
+        raise PlanInputError(f"item type must be one of {ITEM_TYPES}, got {item_type!r}.")
+    count = _count("gallery size", count)
+    old_dim, new_dim = _count("old embedding width", old_dim), _count("new embedding width", new_dim)
+    if new_dim < old_dim:
+        raise PlanInputError(
+            f"The new model's width ({new_dim}) is below the old one's ({old_dim}): a BT² model keeps the old width as "
+            "its compatible prefix and adds dimensions; pass --new_dim as the new model's full width."
+        )
+    avoided = reembedding_cost(count, new_items_per_second, gpu_price_per_hour, speedup)
+    plan: dict = {
+        "inputs": {"count": count, "item_type": item_type, "old_dim": old_dim, "new_dim": new_dim,
+                   "new_items_per_second": float(new_items_per_second), "old_items_per_second": old_items_per_second,
+                   "gpu_price_per_hour": float(gpu_price_per_hour), "speedup": float(speedup)},
+        "reembedding_avoided": avoided,
+    }  # fmt: skip
+    if backfill_rate is not None or budget_per_day is not None:
+        plan["backfill"] = backfill_schedule(count, rate=backfill_rate, budget_per_day=budget_per_day,
+                                             items_per_second=avoided["items_per_second"],
+                                             gpu_price_per_hour=gpu_price_per_hour, days=days)  # fmt: skip
+        plan["backfill"]["cost_to_full"] = avoided["cost"]
+    plan["memory"] = {
+        "old_gallery": {kind: index_memory(count, old_dim, kind, dtype_bytes=dtype_bytes)
+                        for kind in PLAN_INDEX_TYPES},
+        "during_backfill_at_full": {kind: index_memory(count, old_dim, kind, dtype_bytes=dtype_bytes,
+                                                       new_dimension=new_dim, backfilled=1.0)
+                                    for kind in PLAN_INDEX_TYPES},
+        "new_gallery": {kind: index_memory(count, new_dim, kind, dtype_bytes=dtype_bytes) for kind in PLAN_INDEX_TYPES},
+    }  # fmt: skip
+    if calibration is not None:
+        plan["latency"] = latency_estimates(calibration, count, old_dim, new_dim, nprobe=nprobe, rerank=rerank)
+    return plan
+
+
+def latency_estimates(
+    calibration: SearchCalibration,
+    count: int,
+    old_dim: int,
+    new_dim: int,
+    *,
+    nprobe: int | None = None,
+    rerank: int | None = None,
+) -> dict:
+    """:func:`predict_latency` of the old and the new gallery, flat and IVF-PQ, with the calibration it scaled."""
+    return {
+        "calibration": calibration.to_dict(),
+        **{stage: {kind: predict_latency(calibration, count, dim, kind, nprobe=nprobe, rerank=rerank)
+                   for kind in PLAN_INDEX_TYPES} for stage, dim in (("old_gallery", old_dim), ("new_gallery", new_dim))},
+    }  # fmt: skip
