@@ -19,46 +19,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..compatibility import same_fingerprint
+from ..retrieval.backfill import backfill_order, priority_order  # noqa: F401 - priority_order is re-exported
 from .embed import encode_items, model_identity
 from .faiss_store import GalleryError
 from .sources import open_source
 
 logger = logging.getLogger(__name__)
 
+# The orders an in-place backfill takes (label-free: a production gallery may have no labels); see
+# retrieval.backfill.backfill_order, the one order function.
 BACKFILL_ORDERS = ("random", "priority")
-
-
-def priority_order(store, seed: int = 0, num_clusters: int | None = None) -> np.ndarray:
-    """Rows ordered least confidently placed first: lowest cosine to the nearest of k-means centres of the gallery.
-
-    No labels are needed (production galleries have none). Items far from every dense region of the old space are
-    the likeliest to be retrieved wrongly, so they gain most from the new model's embedding.
-    """
-    from ..retrieval.knn import import_faiss
-
-    faiss = import_faiss()
-    count, dimension = len(store), store.dimension
-    num_clusters = num_clusters or max(1, min(1024, int(math.sqrt(count)), count // 39 or 1))
-    rng = np.random.default_rng(seed)
-    sample_rows = np.sort(rng.choice(count, size=min(count, 256 * num_clusters), replace=False))
-    sample = store.vectors_at(sample_rows)
-    kmeans = faiss.Kmeans(dimension, num_clusters, niter=10, seed=seed, spherical=True, verbose=False)
-    kmeans.train(np.ascontiguousarray(sample))
-    centres = faiss.IndexFlatIP(dimension)
-    centres.add(kmeans.centroids)
-    confidence = np.empty(count, dtype=np.float32)
-    for rows, vectors in store.iter_vectors():
-        scores, _ = centres.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
-        confidence[rows] = scores[:, 0]
-    return np.argsort(confidence, kind="stable")
-
-
-def backfill_order(store, order: str, seed: int = 0) -> np.ndarray:
-    if order == "random":
-        return np.random.default_rng(seed).permutation(len(store))
-    if order == "priority":
-        return priority_order(store, seed)
-    raise ValueError(f"Unknown backfill order {order!r}; choose one of {BACKFILL_ORDERS}.")
 
 
 def backfill(
@@ -88,7 +58,7 @@ def backfill(
         model (`BT2Model`, *optional*): the new model; it must be compatible with the gallery's encoder.
         data (`str` or `GallerySource`, *optional*): the gallery's dataset (matched by its hash, else by item ids).
         fraction (`float`): the backfilled fraction to reach, in [0, 1]; rerun with a larger one to continue.
-        order (`str`, *optional*): ``"random"`` or ``"priority"`` (see :func:`priority_order`); fixed for the whole
+        order (`str`, *optional*): ``"random"`` or ``"priority"`` (see :func:`~bt2_hf.retrieval.backfill.priority_order`); fixed for the whole
             backfill: a backfill in progress continues in the order it recorded (``None``), and a new one starts in
             ``"random"`` order unless told otherwise.
         seed (`int`, *optional*): seed of the order (``None``: the recorded one, or 0 for a new backfill).
@@ -141,7 +111,7 @@ def backfill(
     if state is None:
         state = {"model": identity, "dimension": int(identity["embedding_dim"]), "order": order, "seed": int(seed),
                  "done": 0, "count": count, "target": 0, "batch_size": int(batch_size)}  # fmt: skip
-        store.start_backfill(state, backfill_order(store, order, seed))
+        store.start_backfill(state, backfill_order(store, None, order, seed))
     else:
         if not same_fingerprint(state["model"]["fingerprint"], identity["fingerprint"]):
             raise GalleryError(

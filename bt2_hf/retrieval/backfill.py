@@ -12,6 +12,7 @@ At β = 0 the curve is new/old, at β = 1 it is new/new.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,27 +24,82 @@ from .protocol import as_embedding_array, l2_normalize, mixed_gallery
 
 logger = logging.getLogger(__name__)
 
-BACKFILL_ORDERS = ("random", "centroid-distance")
+BACKFILL_ORDERS = ("random", "priority", "centroid-distance")
+
+
+class _ArrayVectors:
+    """An in-memory gallery matrix seen as a vector store (what :func:`priority_order` reads)."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = vectors
+        self.dimension = vectors.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        return self.vectors[rows]
+
+    def iter_vectors(self, chunk: int = 65536):
+        for start in range(0, len(self.vectors), chunk):
+            rows = np.arange(start, min(start + chunk, len(self.vectors)))
+            yield rows, self.vectors[rows]
+
+
+def priority_order(store, seed: int = 0, num_clusters: int | None = None) -> np.ndarray:
+    """Rows ordered least confidently placed first: lowest cosine to the nearest of k-means centres of the gallery.
+
+    No labels are needed (production galleries have none). Items far from every dense region of the old space are
+    the likeliest to be retrieved wrongly, so they gain most from the new model's embedding.
+
+    Args:
+        store: a gallery store (``len``, ``dimension``, ``vectors_at``, ``iter_vectors``: read a chunk at a time) or
+            an ``(N, d)`` matrix.
+        seed (`int`, *optional*, defaults to 0): seed of the k-means sample and initialisation.
+        num_clusters (`int`, *optional*): defaults to about ``sqrt(N)`` (at most 1,024).
+    """
+    from .knn import import_faiss
+
+    if not hasattr(store, "iter_vectors"):
+        store = _ArrayVectors(as_embedding_array(store, "gallery"))
+    faiss = import_faiss()
+    count, dimension = len(store), store.dimension
+    num_clusters = num_clusters or max(1, min(1024, int(math.sqrt(count)), count // 39 or 1))
+    rng = np.random.default_rng(seed)
+    sample_rows = np.sort(rng.choice(count, size=min(count, 256 * num_clusters), replace=False))
+    sample = store.vectors_at(sample_rows)
+    kmeans = faiss.Kmeans(dimension, num_clusters, niter=10, seed=seed, spherical=True, verbose=False)
+    kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
+    centres = faiss.IndexFlatIP(dimension)
+    centres.add(kmeans.centroids)
+    confidence = np.empty(count, dtype=np.float32)
+    for rows, vectors in store.iter_vectors():
+        scores, _ = centres.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+        confidence[rows] = scores[:, 0]
+    return np.argsort(confidence, kind="stable")
 
 
 def backfill_order(
     old_gallery, gallery_labels=None, strategy: str | np.ndarray = "random", seed: int = 0
 ) -> np.ndarray:
-    """The order in which gallery items are re-embedded (first = re-embedded first).
+    """The order in which gallery items are re-embedded (first = re-embedded first): the one order function of the
+    library (in-place gallery backfills and the evaluation's backfill curves both use it).
 
     Args:
-        old_gallery (`np.ndarray` of shape `(N, d_old)`): the gallery in the old model's space.
+        old_gallery (`np.ndarray` of shape `(N, d_old)`, or a gallery store): the gallery in the old model's space;
+            a store (``galleries/``) is read a chunk at a time.
         gallery_labels (`array-like` of shape `(N,)`, *optional*): needed by ``"centroid-distance"``.
         strategy (`str` or `np.ndarray`, *optional*, defaults to `"random"`):
             - ``"random"``: a uniformly random permutation (seeded).
+            - ``"priority"``: label-free; items farthest from every k-means centre of the old space first
+              (:func:`priority_order`).
             - ``"centroid-distance"``: items whose old embedding is farthest (lowest cosine) from their class
               centroid first, i.e. the least confidently placed items, which are the likeliest to be retrieved
               wrongly by new queries.
             - an explicit permutation of ``0..N-1``.
-        seed (`int`, *optional*, defaults to `0`): seed of the random order.
+        seed (`int`, *optional*, defaults to `0`): seed of the random order (and of the k-means).
     """
-    old_gallery = as_embedding_array(old_gallery, "old_gallery")
-    num_items = old_gallery.shape[0]
+    num_items = len(old_gallery)
     if not isinstance(strategy, str):
         order = np.asarray(strategy, dtype=np.int64)
         if order.shape != (num_items,) or not np.array_equal(np.sort(order), np.arange(num_items)):
@@ -51,9 +107,12 @@ def backfill_order(
         return order
     if strategy == "random":
         return np.random.default_rng(seed).permutation(num_items)
+    if strategy == "priority":
+        return priority_order(old_gallery, seed)
     if strategy == "centroid-distance":
         if gallery_labels is None:
             raise ValueError("The 'centroid-distance' order needs gallery labels (the class of each gallery item).")
+        old_gallery = as_embedding_array(old_gallery, "old_gallery")
         labels = np.asarray(gallery_labels)
         _, codes = np.unique(labels, return_inverse=True)
         codes = codes.reshape(-1)
