@@ -49,7 +49,8 @@ class RetrievalHeadResult:
     Args:
         model (:class:`~bt2_hf.BT2Model`): the frozen encoder with the trained head, in eval mode, on the CPU.
         train_seconds (`float`): wall time of the optimisation steps (building the model not included).
-        history (`list[dict]`): the loss terms (and learning rate) every ``log_every`` steps and at the last one.
+        history (`list[dict]`): the loss terms (and learning rate) at the first step, every ``log_every``
+            steps and at the last one.
     """
 
     model: BT2Model
@@ -322,7 +323,7 @@ def train_retrieval_head(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+        if step == 0 or (step + 1) % log_every == 0 or step + 1 == steps:
             entry = {"step": step + 1, "loss": loss.item(), "learning_rate": scheduler.get_last_lr()[0]}
             history.append(entry | {name: value.item() for name, value in terms.items()})
     train_seconds = time.perf_counter() - started

