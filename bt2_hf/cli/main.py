@@ -35,6 +35,7 @@ MORE: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "series": ("bt2_hf.cli.series", "train and evaluate a series of BT² updates v1 → v2 → v3", ()),
     "image-text": ("bt2_hf.cli.image_text", "image–text compatibility on the scenes: BT² pair vs baselines", ()),
     "text-tower": ("bt2_hf.cli.text_tower", "class-level BT² text tower searching an old Fashion-MNIST gallery", ()),
+    "text-upgrade": ("bt2_hf.cli.text_upgrade", "MiniLM → MPNet on real text: re-embed vs adapters vs BT²/BCT heads", ()),
     "hub-serve": ("bt2_hf.cli.hub_serve", "serve a local Hub on 127.0.0.1 to try push and pull offline", ()),
 }  # fmt: skip
 COMMANDS = {**STORY, **MORE}

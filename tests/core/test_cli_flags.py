@@ -56,6 +56,11 @@ def test_run_directories_are_output_dir_everywhere():
     demo = importlib.import_module("bt2_hf.cli.demo").build_parser()
     for spelling in ("--output_dir", "--output-dir", "--output"):
         assert demo.parse_args([spelling, "runs/x"]).output == "runs/x"
-    for module_name in ("bt2_hf.cli.image_text", "bt2_hf.cli.series", "bt2_hf.cli.text_tower"):
+    for module_name in (
+        "bt2_hf.cli.image_text",
+        "bt2_hf.cli.series",
+        "bt2_hf.cli.text_tower",
+        "bt2_hf.cli.text_upgrade",
+    ):
         parser = importlib.import_module(module_name).build_parser()
         assert "--output_dir" in parser._option_string_actions, module_name

@@ -30,6 +30,7 @@ OWN_COMMANDS = [
     "hub-serve",
     "image-text",
     "text-tower",
+    "text-upgrade",
 ]
 
 
