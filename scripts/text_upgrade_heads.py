@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--cache_dir", default="~/.cache/bt2_hf/embeddings")
     parser.add_argument("--settings", type=Path)
     parser.add_argument("--methods", default="bct,bt2")
+    parser.add_argument("--grid", help="A JSON list of settings to run instead of the built-in grid.")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -132,12 +133,12 @@ def main() -> None:
     if args.select:
         report = {"split": "validation", "seed": 0, **baselines(data, "validation"), "runs": []}
         print(json.dumps({k: v for k, v in report.items() if k != "runs"}), flush=True)
-        for method in args.methods.split(","):
-            for settings in GRID[method]:
-                scores = train_and_score(data, encoder, "validation", settings, seed=0)
-                report["runs"].append({"settings": settings, **scores})
-                print(json.dumps(report["runs"][-1]), flush=True)
-                args.output.write_text(json.dumps(report, indent=2))
+        grid = json.loads(args.grid) if args.grid else [s for m in args.methods.split(",") for s in GRID[m]]
+        for settings in grid:
+            scores = train_and_score(data, encoder, "validation", settings, seed=0)
+            report["runs"].append({"settings": settings, **scores})
+            print(json.dumps(report["runs"][-1]), flush=True)
+            args.output.write_text(json.dumps(report, indent=2))
     else:
         chosen = json.loads(args.settings.read_text())
         report = {"split": "test", **baselines(data, "test"), "methods": {}}
