@@ -237,8 +237,8 @@ def train_retrieval_head(
             rate chosen on validation for the method (:data:`DEFAULT_LEARNING_RATES`: BT² 1e-3, BCT 1e-2).
         weight_decay (`float`, *optional*, defaults to 0.0): AdamW's decoupled weight decay.
         warmup_steps (`int`, *optional*): defaults to 5 % of ``steps``.
-        seed (`int`, *optional*, defaults to 0): seeds the head's initialisation and the batch order: the same
-            inputs and seed give the same weights.
+        seed (`int`, *optional*, defaults to 0): seeds the head's initialisation (through torch's global generator,
+            as ``transformers.set_seed`` does) and the batch order: the same inputs and seed give the same weights.
         old_model (`str`, *optional*), old_model_fingerprint (`str`, *optional*), old_model_revision (`str`,
             *optional*): the old model the gallery was made with, recorded in ``config.training["trained_against"]``
             (a record of what it trained against, never a compatibility claim: ``bt2 verify`` measures that).
