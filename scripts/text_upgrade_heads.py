@@ -74,6 +74,9 @@ def train_and_score(data: dict, mpnet, split: str, settings: dict, seed: int) ->
     settings = dict(settings)
     training = {k: settings.pop(k) for k in ("steps", "batch_size", "learning_rate") if k in settings}
     # The head sees only the training queries' documents (the rows of the corpus the pairs name).
+    extra = {}
+    if "unlabelled_new" in data:
+        extra = {"unlabelled_features": data["unlabelled_new"], "unlabelled_old_embeddings": data["unlabelled_old"]}
     result = train_retrieval_head(
         mpnet,
         data["new_train"],
@@ -84,6 +87,7 @@ def train_and_score(data: dict, mpnet, split: str, settings: dict, seed: int) ->
         config=RetrievalHeadConfig(**settings),
         seed=seed,
         **training,
+        **extra,
     )
     model = result.model
     queries = head_embeddings(model, data[f"new_{split}"])
@@ -122,10 +126,14 @@ def main() -> None:
     parser.add_argument("--settings", type=Path)
     parser.add_argument("--methods", default="bct,bt2")
     parser.add_argument("--grid", help="A JSON list of settings to run instead of the built-in grid.")
+    parser.add_argument("--unlabelled", type=Path, help="A folder with old.npy / new.npy of unlabelled texts.")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = load(args.mpnet, str(Path(args.cache_dir).expanduser()))
+    if args.unlabelled:  # texts without relevance labels (never evaluation queries), embedded by both models
+        data["unlabelled_old"] = unit(np.load(args.unlabelled / "old.npy"))
+        data["unlabelled_new"] = np.load(args.unlabelled / "new.npy")
     from bt2_hf import BT2Model
 
     # the frozen encoder, loaded once: every run copies its backbone under a fresh head

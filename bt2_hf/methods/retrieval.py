@@ -161,3 +161,27 @@ def retrieval_head_losses(
     if not terms:
         raise ValueError("Every loss weight is 0: nothing would train. Give at least one term a positive weight.")
     return terms
+
+
+def unlabelled_match_losses(
+    config: RetrievalHeadConfig, texts: Any, old_embeddings: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The match terms on texts without relevance labels, embedded by both models (more data for the map into the
+    old space): ``old_match_weight · (1 − cos(compatible, old))`` and, for BT², ``new_match_weight · (1 − cos(f,
+    normalize(pooled)))``.
+
+    Args:
+        config (:class:`RetrievalHeadConfig`): method and weights.
+        texts (:class:`~bt2_hf.BT2Output`): the trained model's outputs for the texts.
+        old_embeddings (`torch.Tensor` of shape `(batch, d_old)`): the old model's embeddings of the same texts.
+    """
+    terms = {}
+    if config.old_match_weight:
+        terms["unlabelled_old_match_loss"] = config.old_match_weight * cosine_matching_loss(
+            texts.compatible_embeddings, old_embeddings
+        )
+    if config.method == "bt2" and config.new_match_weight:
+        terms["unlabelled_new_match_loss"] = config.new_match_weight * cosine_matching_loss(
+            texts.features, texts.pooler_output
+        )
+    return terms

@@ -40,7 +40,7 @@ from ..compatibility import trained_against
 from ..configuration_bt2 import BT2Config
 from ..errors import BT2InputError
 from ..heads import BasisTransformationHead, OrthogonalLinear
-from ..methods.retrieval import RetrievalHeadConfig, retrieval_head_losses
+from ..methods.retrieval import RetrievalHeadConfig, retrieval_head_losses, unlabelled_match_losses
 from ..modeling_bt2 import BT2Model
 
 logger = logging.getLogger(__name__)
@@ -210,6 +210,8 @@ def train_retrieval_head(
     old_model: str | None = None,
     old_model_fingerprint: str | None = None,
     old_model_revision: str | None = None,
+    unlabelled_features: Any = None,
+    unlabelled_old_embeddings: Any = None,
     log_every: int = 50,
 ) -> RetrievalHeadResult:
     r"""Train a BT² (or BCT) head on cached features of (query, relevant document) pairs; the encoder stays frozen.
@@ -242,6 +244,11 @@ def train_retrieval_head(
         old_model (`str`, *optional*), old_model_fingerprint (`str`, *optional*), old_model_revision (`str`,
             *optional*): the old model the gallery was made with, recorded in ``config.training["trained_against"]``
             (a record of what it trained against, never a compatibility claim: ``bt2 verify`` measures that).
+        unlabelled_features (array of shape `(num_texts, hidden)`, *optional*), unlabelled_old_embeddings (array
+            of shape `(num_texts, d_old)`, *optional*): texts without relevance labels (e.g. more text of the
+            corpus' kind, never the evaluation queries), embedded by both encoders; each step also draws
+            ``batch_size`` of them for the match terms (:func:`~bt2_hf.methods.retrieval.unlabelled_match_losses`):
+            more data for the map into the old space. Give both or neither.
         log_every (`int`, *optional*, defaults to 50): steps between two entries of ``history``.
 
     Returns:
@@ -283,6 +290,17 @@ def train_retrieval_head(
             raise BT2InputError(f"old_query_embeddings has {len(old_queries)} rows but query_features has "
                                 f"{len(queries)}: row i of both must be the same query.")  # fmt: skip
     pairs = _as_pairs(pairs, len(queries), len(documents))
+    if (unlabelled_features is None) != (unlabelled_old_embeddings is None):
+        raise BT2InputError(
+            "Give both unlabelled_features and unlabelled_old_embeddings (the same texts), or neither."
+        )
+    unlabelled = unlabelled_old = None
+    if unlabelled_features is not None:
+        unlabelled = _as_rows(unlabelled_features, "unlabelled_features", hidden)
+        unlabelled_old = _as_rows(unlabelled_old_embeddings, "unlabelled_old_embeddings", old_dim)
+        if len(unlabelled) != len(unlabelled_old):
+            raise BT2InputError(f"unlabelled_old_embeddings has {len(unlabelled_old)} rows but unlabelled_features "
+                                f"has {len(unlabelled)}: row i of both must be the same text.")  # fmt: skip
     batch_size = min(batch_size, len(pairs))
     warmup_steps = max(1, round(0.05 * steps)) if warmup_steps is None else warmup_steps
 
@@ -316,14 +334,23 @@ def train_retrieval_head(
         batch = pairs[order[cursor : cursor + batch_size]]
         cursor += batch_size
         query_rows, document_rows = torch.from_numpy(batch[:, 0]), torch.from_numpy(batch[:, 1])
-        # One head call for both sides: the orthogonal maps are computed once per step.
-        both = model(backbone_output=torch.cat([queries[query_rows], documents[document_rows]]))
-        split = len(batch)
-        query_out = type(both)(**{k: v[:split] for k, v in both.items() if v is not None})
-        document_out = type(both)(**{k: v[split:] for k, v in both.items() if v is not None})
+        inputs = [queries[query_rows], documents[document_rows]]
+        if unlabelled is not None:
+            unlabelled_rows = torch.from_numpy(
+                order_generator.choice(len(unlabelled), min(batch_size, len(unlabelled)), replace=False)
+            )
+            inputs.append(unlabelled[unlabelled_rows])
+        # One head call for every row: the orthogonal maps are computed once per step.
+        everything = model(backbone_output=torch.cat(inputs))
+        query_out, document_out, *unlabelled_out = (
+            type(everything)(**{k: v[start : start + len(rows)] for k, v in everything.items() if v is not None})
+            for start, rows in zip(np.cumsum([0] + [len(rows) for rows in inputs[:-1]]), inputs)
+        )
         terms = retrieval_head_losses(config, query_out, document_out, old_documents[document_rows],
                                       None if old_queries is None else old_queries[query_rows],
                                       relevant_in(batch))  # fmt: skip
+        if unlabelled_out:
+            terms |= unlabelled_match_losses(config, unlabelled_out[0], unlabelled_old[unlabelled_rows])
         for name, value in terms.items():
             if not torch.isfinite(value):
                 raise FloatingPointError(f"{name} is {value.item()} at step {step} of the {config.method} head; "
@@ -357,7 +384,10 @@ def train_retrieval_head(
         "optimizer": "adamw",
         "lr_scheduler_type": "cosine",
         "num_train_pairs": int(len(pairs)),
-        "train_data_sha256": _data_fingerprint(queries, documents, old_documents, old_queries, pairs),
+        "num_unlabelled_texts": 0 if unlabelled is None else int(len(unlabelled)),
+        "train_data_sha256": _data_fingerprint(
+            queries, documents, old_documents, old_queries, pairs, unlabelled, unlabelled_old
+        ),  # fmt: skip
         "train_seconds": round(train_seconds, 3),
         "trained_against": _trained_against(old_model, old_model_fingerprint, old_dim, old_model_revision),
         "bt2_hf_trainer": "cached_features",

@@ -251,3 +251,24 @@ def test_features_of_another_width_are_refused(encoder):
     rows = np.ones((4, HIDDEN + 1), np.float32)
     with pytest.raises(BT2InputError, match="cache them with this encoder"):
         train_retrieval_head(encoder, rows, rows, np.ones((4, OLD_DIM), np.float32), steps=1)
+
+
+def test_unlabelled_texts_teach_the_map_into_the_old_space(encoder, synthetic):
+    """With only 40 labelled pairs the map into the old space is poorly determined; 700 texts without relevance
+    labels, embedded by both models, pin it down (the old space is a rotated part of the new one: a linear map)."""
+    queries, documents, old_documents, old_queries = synthetic["train"]
+    test_queries, _, _, test_old_queries = synthetic["test"]
+    config = RetrievalHeadConfig(method="bt2", extra_dim=8, old_match_weight=5.0)
+
+    def block_cosine(**unlabelled):
+        model = train_retrieval_head(encoder, queries[:40], documents[:40], old_documents[:40], config=config,
+                                     steps=100, batch_size=40, learning_rate=1e-2, **unlabelled).model  # fmt: skip
+        compatible = head_embeddings(model, test_queries, prefix_dim=OLD_DIM)
+        return float((compatible * test_old_queries).sum(axis=1).mean()), model
+
+    alone, _ = block_cosine()
+    helped, model = block_cosine(unlabelled_features=queries, unlabelled_old_embeddings=old_queries)
+    assert helped > 0.9 and helped > alone + 0.05
+    assert model.config.training["num_unlabelled_texts"] == len(queries)
+    with pytest.raises(BT2InputError, match="or neither"):
+        train_retrieval_head(encoder, queries, documents, old_documents, unlabelled_features=queries, steps=1)
