@@ -7,6 +7,7 @@ relevant document per query: 1 / log2(1 + rank) when it is in the first 10). Usa
 
     python scripts/text_upgrade_heads.py --select --mpnet MPNET_DIR --output validation.json
     python scripts/text_upgrade_heads.py --test --mpnet MPNET_DIR --settings chosen.json --output test.json
+    python scripts/text_upgrade_heads.py --make_unlabelled UNLABELLED --mpnet MPNET_DIR   # then --unlabelled UNLABELLED
 """
 
 from __future__ import annotations
@@ -61,6 +62,33 @@ def load(mpnet: str, cache_dir: str) -> dict:
             # the old gallery holds unit embeddings; the new side keeps the pooled features the head reads
             arrays[f"{side}_{name}"] = unit(features) if side == "old" else features
     return arrays
+
+
+def make_unlabelled(folder: Path, mpnet: str, cache_dir: str, count: int = 6000) -> None:
+    """Glosses of WordNet synsets that are no query of any split and no text of the corpus or splits, in a seeded
+    hash order, embedded by both models: texts without relevance labels for the heads' match terms."""
+    import hashlib
+
+    from bt2_hf.backbones.sentence_encoder import SentenceEncoder
+    from bt2_hf.data.wordnet_reverse_dictionary import load_wordnet_reverse_dictionary, read_synsets
+    from bt2_hf.experiments.embedding_cache import embed_texts_cached
+    from bt2_hf.experiments.text_upgrade import default_old_model_path
+
+    data = load_wordnet_reverse_dictionary()
+    queried = {q for split in SPLITS for q in data[split]["query_id"]}
+    seen = {t for name in ("corpus", *SPLITS) for t in data[name]["text"]}
+    synsets = [s for s in read_synsets() if s.synset_id not in queried and len(s.definition().split()) >= 2]
+    synsets.sort(key=lambda s: hashlib.sha256(f"7:extra:{s.synset_id}".encode()).hexdigest())
+    texts: list[str] = []
+    for synset in synsets:
+        text = synset.definition()
+        if text not in seen and len(texts) < count:
+            seen.add(text)
+            texts.append(text)
+    folder.mkdir(parents=True, exist_ok=True)
+    for side, path in (("old", default_old_model_path()), ("new", mpnet)):
+        encoder = SentenceEncoder.from_pretrained(path)
+        np.save(folder / f"{side}.npy", embed_texts_cached(encoder, texts, cache_dir, normalize=False).embeddings)
 
 
 def pairs_of(qrels: list[list[int]]) -> np.ndarray:
@@ -127,9 +155,12 @@ def main() -> None:
     parser.add_argument("--methods", default="bct,bt2")
     parser.add_argument("--grid", help="A JSON list of settings to run instead of the built-in grid.")
     parser.add_argument("--unlabelled", type=Path, help="A folder with old.npy / new.npy of unlabelled texts.")
+    parser.add_argument("--make_unlabelled", type=Path, help="Embed 6000 unlabelled WordNet glosses into this folder.")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.make_unlabelled:
+        return make_unlabelled(args.make_unlabelled, args.mpnet, str(Path(args.cache_dir).expanduser()))
     data = load(args.mpnet, str(Path(args.cache_dir).expanduser()))
     if args.unlabelled:  # texts without relevance labels (never evaluation queries), embedded by both models
         data["unlabelled_old"] = unit(np.load(args.unlabelled / "old.npy"))
