@@ -129,3 +129,54 @@ def contrastive_loss(
     if symmetric:
         loss = 0.5 * (loss + F.cross_entropy(keys @ all_queries.T / temperature, own))
     return loss
+
+
+def relevance_masked_contrastive_loss(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    relevant: torch.Tensor | None = None,
+    temperature: float = 0.05,
+    symmetric: bool = True,
+) -> torch.Tensor:
+    r"""In-batch InfoNCE for query → document retrieval, where a batch may hold more than one relevant pair.
+
+    As :func:`contrastive_loss` (row ``i`` of ``queries`` and of ``keys`` are a pair, every other row is a negative),
+    except that the pairs ``relevant[i, j]`` with ``i ≠ j`` (key ``j`` is *also* relevant to query ``i``: a query with
+    two relevant documents, or two queries sharing one) are left out of the softmax instead of being pushed apart. In
+    the key → query half, the same mask is read transposed. Single-process only (no gathering across processes): it
+    is meant for heads trained on cached features in one process.
+
+    Args:
+        queries (`torch.Tensor` of shape `(batch, dim)`): e.g. the queries' embeddings.
+        keys (`torch.Tensor` of shape `(batch, dim)`): their paired documents' embeddings (trained, or a frozen old
+            gallery's rows).
+        relevant (`torch.BoolTensor` of shape `(batch, batch)`, *optional*): ``relevant[i, j]``: key ``j`` is relevant to
+            query ``i``. The diagonal is the pairs themselves (read as relevant whatever it holds). ``None``: only
+            the diagonal.
+        temperature (`float`, *optional*, defaults to 0.05): divides the cosines.
+        symmetric (`bool`, *optional*, defaults to `True`): average with the key → query direction.
+
+    Returns:
+        `torch.Tensor`: the scalar loss, float32.
+    """
+    if queries.shape != keys.shape:
+        raise ValueError(
+            f"Contrastive pairs need queries and keys of one shape, got {tuple(queries.shape)} and {tuple(keys.shape)}."
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+    batch = len(queries)
+    scores = F.normalize(queries.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T / temperature
+    own = torch.arange(batch, device=queries.device)
+    if relevant is not None:
+        if relevant.shape != (batch, batch):
+            raise ValueError(f"relevant must have shape {(batch, batch)}, got {tuple(relevant.shape)}.")
+        others = relevant.to(device=scores.device, dtype=torch.bool) & ~torch.eye(
+            batch, dtype=torch.bool, device=scores.device
+        )
+        # -inf leaves a relevant non-pair out of the softmax; the diagonal always stays, so no row is all -inf.
+        scores = scores.masked_fill(others, float("-inf"))
+    loss = F.cross_entropy(scores, own)
+    if symmetric:
+        loss = 0.5 * (loss + F.cross_entropy(scores.T, own))
+    return loss

@@ -1,7 +1,8 @@
 """Compatibility methods: a registry (config dataclass + loss hooks, one ``compute_loss`` signature).
 
 Image towers: ``independent``, ``bct``, ``bt2``. Text towers on image–text data: ``independent_text``, ``bct_text``,
-``bt2_text``. Image–text pairs (two towers together): ``clip``, ``bt2_pair``.
+``bt2_text``. Image–text pairs (two towers together): ``clip``, ``bt2_pair``. Outside the registry (trained on cached
+features, not by ``bt2 train``): BT² and BCT heads for query → document retrieval (:mod:`.retrieval`).
 
 >>> from bt2_hf.methods import get_method, list_methods
 >>> list_methods()
@@ -63,6 +64,7 @@ from .bct import BCTConfig, BCTMethod  # noqa: E402
 from .bt2 import BT2Method, BT2MethodConfig  # noqa: E402
 from .independent import IndependentConfig, IndependentMethod  # noqa: E402
 from .pair import BT2PairConfig, BT2PairMethod, CLIPPairConfig, CLIPPairMethod  # noqa: E402
+from .retrieval import RetrievalHeadConfig, retrieval_head_losses  # noqa: E402
 from .text import (  # noqa: E402
     BCTTextConfig,
     BCTTextMethod,
@@ -94,8 +96,10 @@ __all__ = [
     "IndependentTextMethod",
     "MethodConfig",
     "PrototypeInfluenceConfig",
+    "RetrievalHeadConfig",
     "get_method",
     "get_method_class",
     "list_methods",
     "register_method",
+    "retrieval_head_losses",
 ]
