@@ -61,7 +61,18 @@ class HFBackbone(Backbone):
         return AutoConfig.from_pretrained(name_or_path, **hub_kwargs).to_dict()
 
     def load_pretrained_weights(self, name_or_path: str, **hub_kwargs: Any) -> None:
-        pretrained = AutoModel.from_pretrained(name_or_path, **self._model_kwargs(self.model.config), **hub_kwargs)
+        from transformers.utils import logging as transformers_logging
+
+        # transformers prints a load report of the keys it skipped (a pooler this backbone does not read); the
+        # strict comparison below is ours, and it names any real mismatch.
+        verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()
+        try:
+            pretrained = AutoModel.from_pretrained(
+                name_or_path, **self._model_kwargs(self.model.config), **hub_kwargs
+            )
+        finally:
+            transformers_logging.set_verbosity(verbosity)
         missing, unexpected = self.model.load_state_dict(pretrained.state_dict(), strict=False)
         if missing or unexpected:
             raise ValueError(
