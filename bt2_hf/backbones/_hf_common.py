@@ -65,14 +65,17 @@ class HFBackbone(Backbone):
 
         # transformers prints a load report of the keys it skipped (a pooler this backbone does not read); the
         # strict comparison below is ours, and it names any real mismatch.
-        verbosity = transformers_logging.get_verbosity()
+        verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
         transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()  # a bar per load of a small file is noise; ours say what loads
         try:
             pretrained = AutoModel.from_pretrained(
                 name_or_path, **self._model_kwargs(self.model.config), **hub_kwargs
             )
         finally:
             transformers_logging.set_verbosity(verbosity)
+            if bars:
+                transformers_logging.enable_progress_bar()
         missing, unexpected = self.model.load_state_dict(pretrained.state_dict(), strict=False)
         if missing or unexpected:
             raise ValueError(
