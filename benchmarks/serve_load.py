@@ -38,23 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
+# the 1M benchmark's synthetic embeddings (this folder is on sys.path when a benchmark runs as a script)
+from gallery_scale import mixture
+
 HERE = Path(__file__).resolve()
 OLD = "sha256:" + "0a" * 32
 NEW = "sha256:" + "0b" * 32
 NEW_DIM = 160
-
-
-def mixture(count: int, dim: int, clusters: int, seed: int, spread: float = 0.35) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    out = np.empty((count, dim), dtype=np.float32)
-    for start in range(0, count, 100_000):
-        stop = min(count, start + 100_000)
-        block = centres[rng.integers(0, clusters, stop - start)]
-        block += spread / np.sqrt(dim) * rng.normal(size=block.shape).astype(np.float32)
-        out[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    return out
 
 
 def new_model_config(dim: int, encoder: str):

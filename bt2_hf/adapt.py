@@ -32,6 +32,7 @@ from .adapters import ADAPTERS, EmbeddingAdapter, fit_adapter
 from .errors import BT2InputError
 from .fingerprint import fingerprint_model, short_fingerprint
 from .utils.io import atomic_directory, final_location
+from .utils.readers import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -82,17 +83,10 @@ def _read_texts(path: Path, split: str, text_field: str) -> list[str]:
         texts = list(loaded[text_field])
     elif path.suffix == ".jsonl":
         texts = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise BT2InputError(f"line {number} is not JSON ({error}).", path) from None
-                if not isinstance(row, dict) or text_field not in row:
-                    raise BT2InputError(f"line {number} has no {text_field!r} field. Pass --text_field.", path)
-                texts.append(row[text_field])
+        for number, row in enumerate(read_jsonl(path), 1):
+            if text_field not in row:
+                raise BT2InputError(f"row {number} has no {text_field!r} field. Pass --text_field.", path)
+            texts.append(row[text_field])
     elif path.suffix == ".txt":
         texts = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:

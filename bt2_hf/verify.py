@@ -130,6 +130,28 @@ def _write_entry(checkpoint_dir: Path, config: Any) -> Path:
     return path
 
 
+def _declare_measured(
+    new_model, old_model, report, method, dataset, old_revision, old_name, criterion_metrics, replaced, old_local
+) -> dict[str, Any]:
+    """Write the measured entry into ``new_model.config`` (both verifications: labelled classes and retrieval sets)."""
+    return declare_compatibility(
+        new_model.config,
+        # The fingerprint galleries record is config.fingerprint (verified by from_pretrained); only a model that was
+        # never saved has none, and then it is computed from the weights.
+        old_model.config if old_model.config.fingerprint else old_model,
+        method=method,
+        metrics=report.to_dict(),
+        dataset=dataset,
+        revision=old_revision,
+        name_or_path=old_name,
+        criterion_metrics=criterion_metrics,
+        # the verified fingerprint of the weights measured (a never-saved model: of its state now)
+        query_fingerprint=fingerprint_model(new_model),
+        replaced=replaced,
+        local_path=old_local,
+    )
+
+
 def verify_compatibility(
     new: Any,
     old: Any,
@@ -269,22 +291,8 @@ def verify_compatibility(
         embeddings["old"], embeddings["new"], labels, independent=embeddings.get("independent"), evaluator=evaluator,
         known_results=known_results,
     )  # fmt: skip
-    entry = declare_compatibility(
-        new_model.config,
-        # The fingerprint galleries record is config.fingerprint (verified by from_pretrained); only a model that was
-        # never saved has none, and then it is computed from the weights.
-        old_model.config if old_model.config.fingerprint else old_model,
-        method=method,
-        metrics=report.to_dict(),
-        dataset=dataset,
-        revision=old_revision,
-        name_or_path=old_name,
-        criterion_metrics=criterion_metrics,
-        # the verified fingerprint of the weights measured (a never-saved model: of its state now)
-        query_fingerprint=fingerprint_model(new_model),
-        replaced=replaced,
-        local_path=old_local,
-    )
+    entry = _declare_measured(new_model, old_model, report, method, dataset, old_revision, old_name,
+                              criterion_metrics, replaced, old_local)  # fmt: skip
     written_to = None
     if write and new_path is not None and (Path(new_path) / "config.json").is_file():
         written_to = _write_entry(Path(new_path), new_model.config)
@@ -509,7 +517,6 @@ def verify_retrieval_set(
     (True, {'recall@10': 4.1, 'mrr@10': 2.9, 'ndcg@10': 3.2})
     ```
     """
-    from .compatibility import declare_compatibility
     from .data.retrieval_sets import RetrievalSet, load_retrieval_set
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -582,19 +589,8 @@ def verify_retrieval_set(
         if document in embeddings
     }
     report = RetrievalSetReport(results, len(retrieval_set.queries), len(retrieval_set.documents))
-    entry = declare_compatibility(
-        new_model.config,
-        old_model.config if old_model.config.fingerprint else old_model,
-        method=method,
-        metrics=report.to_dict(),
-        dataset=dataset,
-        revision=old_revision,
-        name_or_path=old_name,
-        criterion_metrics=criterion_metrics,
-        query_fingerprint=fingerprint_model(new_model),
-        replaced=replaced,
-        local_path=old_local,
-    )
+    entry = _declare_measured(new_model, old_model, report, method, dataset, old_revision, old_name,
+                              criterion_metrics, replaced, old_local)  # fmt: skip
     if entry.get("criterion") is None:
         raise ValueError(
             f"None of the criterion metrics {list(criterion_metrics)} was measured; choose among "

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BT2InputError
+from ..utils.readers import read_jsonl
 
 QUERY_FILE, CORPUS_FILE, QRELS_FILE = "queries.jsonl", "corpus.jsonl", "qrels.jsonl"
 _ID_KEYS = ("id", "_id")
@@ -132,22 +133,6 @@ def is_retrieval_set(path: str | os.PathLike) -> bool:
     return False
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise BT2InputError(f"line {number} is not JSON ({error}).", path) from None
-            if not isinstance(row, dict):
-                raise BT2InputError(f"line {number} is not a JSON object.", path)
-            rows.append(row)
-    return rows
-
-
 def _field(row: dict[str, Any], keys: tuple[str, ...], where: Any, number: int) -> Any:
     for key in keys:
         if row.get(key) not in (None, ""):
@@ -163,7 +148,7 @@ def _tables_from_folder(path: Path, split: str) -> tuple[list, list, list, Any]:
         raise BT2InputError(
             f"has no {QRELS_FILE} nor qrels/{split}.jsonl: the relevance judgements are missing.", path
         )
-    return _read_jsonl(path / QUERY_FILE), _read_jsonl(path / CORPUS_FILE), _read_jsonl(qrels_path), qrels_path
+    return read_jsonl(path / QUERY_FILE), read_jsonl(path / CORPUS_FILE), read_jsonl(qrels_path), qrels_path
 
 
 def _tables_from_dataset_dict(path: Path, split: str) -> tuple[list, list, list, Any]:

@@ -33,6 +33,24 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise BT2InputError(f"the {what} is not valid JSON ({error}).", path) from None
 
 
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The JSON objects of a ``.jsonl`` file, one a line (blank lines skipped); a line that is not a JSON object is a
+    :class:`BT2InputError` naming its number."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise BT2InputError(f"line {number} is not JSON ({error}).", path) from None
+            if not isinstance(row, dict):
+                raise BT2InputError(f"line {number} is not a JSON object.", path)
+            rows.append(row)
+    return rows
+
+
 def load_npy(path: str | os.PathLike, what: str = "array") -> np.ndarray:
     """Read a ``.npy`` file (no pickles) in full; a 0-byte, truncated or non-npy file is a `BT2InputError`."""
     path = Path(path)
