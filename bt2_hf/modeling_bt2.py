@@ -258,6 +258,8 @@ class BT2Model(BT2PreTrainedModel):
         show_progress: bool = False,
         input_data_format: str | None = None,
         use_adapter: bool = True,
+        output: str = "embeddings",
+        max_length: int | None = None,
     ) -> torch.Tensor:
         """Embed raw images or texts with the model's own preprocessing: batched, without gradients, on ``device``.
 
@@ -277,11 +279,23 @@ class BT2Model(BT2PreTrainedModel):
             use_adapter (`bool`, *optional*, defaults to `True`): for an adapted query model (``config.adapter``),
                 `False` returns the base new model's own embeddings (``head_embedding_dim`` wide) instead of their
                 map into the old space.
+            output (`str`, *optional*, defaults to `"embeddings"`): which output to return, the one embedding loop of
+                the library for each: ``"embeddings"`` (the full embedding: what galleries store), ``"compatible_embeddings"``
+                (the old-compatible block, re-normalised: what searches an old gallery), ``"features"`` (BT²'s ``f``,
+                in the independent model's space) or ``"pooler_output"`` (the backbone's pooled features, before the
+                head; not normalised).
+            max_length (`int`, *optional*): text models: tokens per text (longer ones are truncated); defaults to the
+                tokenizer's own limit.
 
         Returns:
-            `torch.FloatTensor` of shape `(n, embedding_dim or prefix_dim)` on the CPU, unit-norm rows: one row per
-            image (a 4-D batch gives one row per entry) or text.
+            `torch.FloatTensor` of shape `(n, width)` on the CPU (``embedding_dim`` or ``prefix_dim`` for the
+            embeddings), unit-norm rows except ``pooler_output``: one row per image (a 4-D batch gives one row per
+            entry) or text.
         """
+        if output not in _ENCODE_OUTPUTS:
+            raise ValueError(f"output must be one of {list(_ENCODE_OUTPUTS)}, got {output!r}.")
+        if prefix_dim is not None and output != "embeddings":
+            raise ValueError("prefix_dim applies to output='embeddings' only.")
         if (images is None) == (texts is None):
             raise ValueError("Pass exactly one of images= or texts= to encode().")
         wanted = "image" if images is not None else "text"
@@ -323,10 +337,18 @@ class BT2Model(BT2PreTrainedModel):
                     batch, return_tensors="pt", input_data_format=input_data_format, index_offset=start
                 )
             else:
-                inputs = self.processor(list(batch), return_tensors="pt", padding=True, truncation=True)
+                limit = {} if max_length is None else {"max_length": max_length}
+                try:
+                    inputs = self.processor(list(batch), return_tensors="pt", padding=True, truncation=True, **limit)
+                except TypeError:  # open_clip's tokenizer pads to its fixed context length and takes no options
+                    inputs = self.processor(list(batch), return_tensors="pt")
             inputs = {k: v.to(device) for k, v in inputs.items() if k in _FORWARD_INPUTS}
             outputs = self(**inputs)
-            embeddings = (outputs.embeddings if use_adapter else outputs.unadapted_embeddings).float()
+            if output == "embeddings":
+                embeddings = outputs.embeddings if use_adapter else outputs.unadapted_embeddings
+            else:
+                embeddings = getattr(outputs, output)
+            embeddings = embeddings.float()
             if prefix_dim is not None:
                 embeddings = F.normalize(embeddings[:, :prefix_dim], dim=-1)
             chunks.append(embeddings.cpu())
@@ -612,6 +634,7 @@ class BT2Model(BT2PreTrainedModel):
 
 
 _PUSH_KWARGS = ("repo_id", "commit_message", "private", "token", "revision")
+_ENCODE_OUTPUTS = ("embeddings", "compatible_embeddings", "features", "pooler_output")
 _FORWARD_INPUTS = {"pixel_values", "input_ids", "attention_mask", "token_type_ids"}
 
 

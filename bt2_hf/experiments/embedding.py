@@ -60,18 +60,4 @@ def embed_texts(
     Returns:
         `torch.FloatTensor` of shape `(len(texts), width)` on the CPU.
     """
-    from ..data.image_text import tokenize_texts
-
-    if output not in ("embeddings", "compatible_embeddings", "features", "pooler_output"):
-        raise ValueError(
-            f"output must be embeddings, compatible_embeddings, features or pooler_output, got {output!r}."
-        )
-    was_training = model.training
-    model.eval()
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        inputs = tokenize_texts(model.processor, texts[start : start + batch_size], max_length)
-        outputs = model(**{k: v.to(model.device) for k, v in inputs.items()})
-        chunks.append(getattr(outputs, output).float().cpu())
-    model.train(was_training)
-    return torch.cat(chunks)
+    return model.encode(texts=list(texts), batch_size=batch_size, output=output, max_length=max_length)

@@ -27,9 +27,6 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from ..heads import bt2_embedding_dim, validate_bt2_dims
 from ..utils.io import atomic_write_text
 from .cards import CardSection, write_pipeline_card
@@ -252,14 +249,6 @@ def version_stage(
         mixed_precision=mixed_precision,
         disable_tqdm=disable_tqdm,
     )
-
-
-def embed_with(path: str | Path, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    """Embed uint8 images ``(N, C, H, W)`` with the saved model at ``path`` (its own preprocessing).
-
-    The same as :func:`bt2_hf.experiments.embedding.embed_split` (kept for callers of the earlier name).
-    """
-    return embed_split(path, images, batch_size=batch_size)
 
 
 def record_lineage(

@@ -199,3 +199,26 @@ def test_text_model_without_tokenizer_explains_the_fix():
     model = build("bert", "linear")
     with pytest.raises(ValueError, match="has no processor"):
         model.encode(texts=["a photo"])
+
+
+def test_encode_returns_each_output_the_forward_pass_gives():
+    """One embedding loop for every output: encode(output=...) equals the forward pass's field of that name."""
+    import torch
+
+    from bt2_hf import BT2Config, BT2Model
+
+    torch.manual_seed(0)
+    config = BT2Config(backbone_config={"widths": [8, 16]}, head_type="basis_transformation", feature_dim=12,
+                       old_embedding_dim=8, extra_dim=4)  # fmt: skip
+    model = BT2Model(config).eval()
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        forward = model(**model.processor(images, return_tensors="pt"))
+    for output in ("embeddings", "compatible_embeddings", "features", "pooler_output"):
+        encoded = model.encode(images=images, batch_size=2, output=output)
+        torch.testing.assert_close(encoded, getattr(forward, output).float(), rtol=1e-5, atol=1e-6, msg=output)
+    assert model.encode(images=images, output="compatible_embeddings").shape == (5, 8)
+    with pytest.raises(ValueError, match="output must be one of"):
+        model.encode(images=images, output="logits")
+    with pytest.raises(ValueError, match="prefix_dim applies to output='embeddings' only"):
+        model.encode(images=images, output="features", prefix_dim=4)
