@@ -92,9 +92,9 @@ def test_residual_mlp_learns_a_nonlinear_map_that_a_rotation_cannot():
     )
     assert learned > 0.96, learned
     assert learned > rotation_only + 0.1, (learned, rotation_only)
-    # deterministic for a seed
-    again = ResidualMLPAdapter.fit(train, target(train), hidden_dim=64, epochs=40, seed=0)
-    np.testing.assert_array_equal(again.apply(test), mlp.apply(test))
+    # deterministic for a seed (two short fits: the same weights whatever the length)
+    first, again = (ResidualMLPAdapter.fit(train, target(train), hidden_dim=64, epochs=3, seed=0) for _ in range(2))
+    np.testing.assert_array_equal(again.apply(test), first.apply(test))
 
 
 @pytest.mark.parametrize("kind", sorted(ADAPTERS))
