@@ -652,7 +652,7 @@ class BT2Model(BT2PreTrainedModel):
         model = cls.from_pretrained_backbone(
             name_or_path, "hf_text", backbone_config=backbone_config, pooling=pooling, head_type="linear",
             embedding_dim=width, num_classes=0,
-            training={"method": "pretrained", "wrapped": "sentence-transformers", "init_from": str(name_or_path)},
+            training={"wrapped": "sentence-transformers", "init_from": str(name_or_path)},  # no method: not trained
             **hub_kwargs,
         )  # fmt: skip
         with torch.no_grad():
