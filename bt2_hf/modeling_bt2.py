@@ -632,6 +632,61 @@ class BT2Model(BT2PreTrainedModel):
             model.processor = processor
         return model
 
+    @classmethod
+    def from_sentence_transformers(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+    ) -> BT2Model:
+        """A sentence-transformers text encoder as a BT² model that embeds exactly as it does (no training).
+
+        The backbone is the checkpoint's transformer (``hf_text``) with its weights and tokenizer, pooled as its
+        ``1_Pooling/config.json`` says (mean or CLS; mean when it has none) and truncated at its ``max_seq_length``;
+        the head is a linear head holding the identity (square, no bias), so ``encode`` returns the pooled features
+        L2-normalised: sentence-transformers' embedding of a checkpoint that ends with ``Normalize`` (all-MiniLM-L6-v2,
+        all-mpnet-base-v2), and the same cosine ranking for one that does not. Saved with ``save_pretrained`` it is a
+        fingerprinted checkpoint that ``bt2 embed``, ``bt2 index``, ``bt2 adapt`` and ``bt2 verify`` take (``bt2
+        wrap`` does it from the command line).
+
+        Args:
+            name_or_path (`str` or `os.PathLike`): a local sentence-transformers (or plain transformers) folder, or a
+                Hub repo id.
+            revision, token, cache_dir, local_files_only: as in :meth:`from_pretrained_backbone`.
+
+        Raises:
+            `BT2InputError`: a pooling other than mean or CLS (max, mean-sqrt-len) is configured.
+        """
+        from .backbones.sentence_encoder import read_max_length, read_pooling
+
+        hub_kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir,
+                      "local_files_only": local_files_only}  # fmt: skip
+        hub_kwargs = {k: v for k, v in hub_kwargs.items() if v not in (None, False)}
+        # Each optional file's folder: the local folder itself, or the Hub snapshot it was fetched into.
+        pooling_file = _fetch_optional(name_or_path, "1_Pooling/config.json", hub_kwargs)
+        pooling = read_pooling(Path(pooling_file).parent.parent) if pooling_file else "mean"
+        settings_file = _fetch_optional(name_or_path, "sentence_bert_config.json", hub_kwargs)
+        backbone_config = get_backbone_class("hf_text").config_from_pretrained(str(name_or_path), **hub_kwargs)
+        width = int(backbone_config["hidden_size"])
+        model = cls.from_pretrained_backbone(
+            name_or_path, "hf_text", backbone_config=backbone_config, pooling=pooling, head_type="linear",
+            embedding_dim=width, num_classes=0,
+            training={"wrapped": "sentence-transformers", "init_from": str(name_or_path)},  # no method: not trained
+            **hub_kwargs,
+        )  # fmt: skip
+        with torch.no_grad():
+            model.head.projection.weight.copy_(torch.eye(width))
+            model.head.projection.bias.zero_()
+        if settings_file and model.processor is not None:
+            # truncate where sentence-transformers does (its max_seq_length), within the model's positions
+            positions = int(backbone_config.get("max_position_embeddings") or 512)
+            limit = read_max_length(Path(settings_file).parent, default=positions)
+            model.processor.model_max_length = min(limit, positions - 2 if positions > 2 else positions)
+        return model.eval()
+
 
 _PUSH_KWARGS = ("repo_id", "commit_message", "private", "token", "revision")
 _ENCODE_OUTPUTS = ("embeddings", "compatible_embeddings", "features", "pooler_output")

@@ -30,6 +30,7 @@ STORY: dict[str, tuple[str, str, tuple[str, ...]]] = {
 MORE: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "plan": ("bt2_hf.cli.plan", "an upgrade's cost before it starts: re-embedding avoided, backfill days, memory, latency", ()),
     "gallery": ("bt2_hf.cli.gallery", "check, upgrade or inspect a gallery; admit a model at its gate (probe set)", ()),
+    "wrap": ("bt2_hf.cli.wrap", "turn a sentence-transformers encoder (folder or Hub id) into a bt2_hf checkpoint", ()),
     "adapt": ("bt2_hf.cli.adapt", "fit a post-hoc adapter from a new model into an old one's space; save it as a model", ()),
     "card": ("bt2_hf.cli.card", "render or refresh a model card from a checkpoint (keeps the pipeline's sections)", ()),
     "eval": ("bt2_hf.cli.eval", "evaluate compatibility between models (old/old, new/old, new/new, matrix)", ()),
