@@ -180,3 +180,33 @@ def relevance_masked_contrastive_loss(
     if symmetric:
         loss = 0.5 * (loss + F.cross_entropy(scores.T, own))
     return loss
+
+
+def class_contrastive_loss(
+    queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1
+) -> torch.Tensor:
+    r"""Supervised in-batch contrastive loss: each query must rank the keys of its own class above the others.
+
+    With ``s_ij = q̂_i · k̂_j / temperature`` over the batch, ``L = mean_i −log(Σ_{j: y_j = y_i} e^{s_ij} / Σ_j e^{s_ij})``.
+    With ``keys`` the frozen old model's embeddings of the batch's images, it trains exactly what class-level retrieval
+    in the old gallery rewards (a new query nearer the old embeddings of its class than of any other), where a cosine
+    match to the query's own old embedding copies the old model's mistakes too.
+
+    Args:
+        queries (`torch.Tensor` of shape `(batch, dim)`): e.g. the compatible block of the new model.
+        keys (`torch.Tensor` of shape `(batch, dim)`): e.g. the old model's embeddings of the same rows.
+        labels (`torch.LongTensor` of shape `(batch,)`): classes; row ``i``'s own key is always a positive.
+        temperature (`float`, *optional*, defaults to 0.1): divides the cosines.
+
+    Returns:
+        `torch.Tensor`: the scalar loss, float32.
+    """
+    if queries.shape != keys.shape:
+        raise ValueError(f"queries and keys need one shape, got {tuple(queries.shape)} and {tuple(keys.shape)}.")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+    scores = F.normalize(queries.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T / temperature
+    positive = labels.reshape(-1, 1) == labels.reshape(1, -1)
+    log_all = torch.logsumexp(scores, dim=1)
+    log_positive = torch.logsumexp(scores.masked_fill(~positive, float("-inf")), dim=1)
+    return (log_all - log_positive).mean()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from torch.nn import functional as F
 
 from ..heads import bt2_embedding_dim
-from ..losses import classification_loss, cosine_matching_loss, influence_loss
+from ..losses import class_contrastive_loss, classification_loss, cosine_matching_loss, influence_loss
 from . import register_method
 from .base import CompatibilityMethod, PrototypeInfluenceConfig
 
@@ -52,6 +52,16 @@ class BT2MethodConfig(PrototypeInfluenceConfig):
     )
     new_match_weight: float = field(
         default=1.0, metadata={"help": "Weight of the cosine match of the feature f to the independent new model."}
+    )
+    old_class_contrastive_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of a supervised contrastive term ranking, for each compatible block, the old model's "
+            "embeddings of its class above the others in the batch (0: off)."
+        },
+    )
+    old_class_contrastive_temperature: float = field(
+        default=0.1, metadata={"help": "Temperature of the supervised contrastive term against the old embeddings."}
     )
     extra_dim: int = field(default=32, metadata={"help": "k: dimensions added on top of the new feature."})
     feature_scale: float = field(
@@ -134,7 +144,15 @@ class BT2Method(CompatibilityMethod):
             * cosine_matching_loss(outputs.compatible_embeddings, targets["old"]),
             "new_match_loss": config.new_match_weight * cosine_matching_loss(outputs.features, targets["independent"]),
             **self._ancestor_losses(outputs.compatible_embeddings, targets["old"], labels),
+            **self._old_class_contrastive(outputs.compatible_embeddings, targets["old"], labels),
         }
+
+    def _old_class_contrastive(self, compatible, old_targets, labels) -> dict:
+        config = self.config
+        if not config.old_class_contrastive_weight or labels is None:
+            return {}
+        loss = class_contrastive_loss(compatible, old_targets, labels, config.old_class_contrastive_temperature)
+        return {"old_class_contrastive_loss": config.old_class_contrastive_weight * loss}
 
     def _ancestor_losses(self, compatible, old_targets, labels) -> dict:
         if not self.config.ancestor_prefix_dims:

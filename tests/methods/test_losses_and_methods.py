@@ -254,3 +254,47 @@ def test_bt2_pair_image_old_contrastive_term_is_off_by_default_and_weighted_when
     assert {k: v for k, v in weighted.items() if k != "image_old_contrastive_loss"}.keys() == default.keys()
     for key in default:
         torch.testing.assert_close(weighted[key], default[key])
+
+
+def test_class_contrastive_loss_equals_a_plain_loop_and_rewards_class_order():
+    from bt2_hf.losses import class_contrastive_loss
+
+    generator = torch.Generator().manual_seed(0)
+    queries, keys = torch.randn(7, 5, generator=generator), torch.randn(7, 5, generator=generator)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    q, k = F.normalize(queries, dim=-1), F.normalize(keys, dim=-1)
+    expected = 0.0
+    for i in range(7):
+        scores = [math.exp(float(q[i] @ k[j]) / 0.2) for j in range(7)]
+        expected -= math.log(sum(s for j, s in enumerate(scores) if labels[j] == labels[i]) / sum(scores))
+    assert float(class_contrastive_loss(queries, keys, labels, temperature=0.2)) == pytest.approx(expected / 7, rel=1e-5)
+    # queries at their class's keys score lower than the same queries shuffled across classes
+    centres = F.normalize(torch.randn(3, 5, generator=generator), dim=-1)
+    ordered = class_contrastive_loss(centres[labels], centres[labels], labels)
+    shuffled = class_contrastive_loss(centres[labels.roll(2)], centres[labels], labels)
+    assert float(ordered) < float(shuffled)
+    with pytest.raises(ValueError, match="temperature"):
+        class_contrastive_loss(queries, keys, labels, temperature=0)
+
+
+def test_bt2_adds_the_old_class_contrastive_term_only_when_weighted():
+    method = get_method("bt2", {"old_class_contrastive_weight": 0.5})
+    off = get_method("bt2")
+    generator = torch.Generator().manual_seed(1)
+    prototypes = F.normalize(torch.randn(3, 4, generator=generator), dim=-1)
+    method.prepare(prototypes)
+    off.prepare(prototypes)
+    outputs = BT2Output(
+        embeddings=F.normalize(torch.randn(6, 6, generator=generator), dim=-1),
+        compatible_embeddings=F.normalize(torch.randn(6, 4, generator=generator), dim=-1),
+        features=F.normalize(torch.randn(6, 5, generator=generator), dim=-1),
+        logits=torch.randn(6, 3, generator=generator),
+    )
+    targets = {"old": torch.randn(6, 4, generator=generator), "independent": torch.randn(6, 5, generator=generator)}
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    from bt2_hf.losses import class_contrastive_loss
+
+    losses = method.compute_loss(outputs, targets, labels)
+    expected = 0.5 * class_contrastive_loss(outputs.compatible_embeddings, targets["old"], labels, 0.1)
+    torch.testing.assert_close(losses["old_class_contrastive_loss"], expected)
+    assert "old_class_contrastive_loss" not in off.compute_loss(outputs, targets, labels)
