@@ -83,6 +83,16 @@ def cosine_matching_loss(predictions: torch.Tensor, targets: torch.Tensor) -> to
     return 1.0 - cosine.mean()
 
 
+def _check_contrastive_inputs(queries: torch.Tensor, keys: torch.Tensor, temperature: float) -> None:
+    """The contrastive losses' shared checks: pairs of one shape, a positive temperature."""
+    if queries.shape != keys.shape:
+        raise ValueError(
+            f"Contrastive pairs need queries and keys of one shape, got {tuple(queries.shape)} and {tuple(keys.shape)}."
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+
+
 def contrastive_loss(
     queries: torch.Tensor, keys: torch.Tensor, temperature: float = 0.05, symmetric: bool = True
 ) -> torch.Tensor:
@@ -114,12 +124,7 @@ def contrastive_loss(
     """
     from .utils.distributed import gather_with_grad
 
-    if queries.shape != keys.shape:
-        raise ValueError(
-            f"Contrastive pairs need queries and keys of one shape, got {tuple(queries.shape)} and {tuple(keys.shape)}."
-        )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}.")
+    _check_contrastive_inputs(queries, keys, temperature)
     queries = F.normalize(queries.float(), dim=-1)
     keys = F.normalize(keys.float(), dim=-1)
     all_queries, offset = gather_with_grad(queries)
@@ -159,12 +164,7 @@ def relevance_masked_contrastive_loss(
     Returns:
         `torch.Tensor`: the scalar loss, float32.
     """
-    if queries.shape != keys.shape:
-        raise ValueError(
-            f"Contrastive pairs need queries and keys of one shape, got {tuple(queries.shape)} and {tuple(keys.shape)}."
-        )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}.")
+    _check_contrastive_inputs(queries, keys, temperature)
     batch = len(queries)
     scores = F.normalize(queries.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T / temperature
     own = torch.arange(batch, device=queries.device)
@@ -201,10 +201,7 @@ def class_contrastive_loss(
     Returns:
         `torch.Tensor`: the scalar loss, float32.
     """
-    if queries.shape != keys.shape:
-        raise ValueError(f"queries and keys need one shape, got {tuple(queries.shape)} and {tuple(keys.shape)}.")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}.")
+    _check_contrastive_inputs(queries, keys, temperature)
     scores = F.normalize(queries.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T / temperature
     positive = labels.reshape(-1, 1) == labels.reshape(1, -1)
     log_all = torch.logsumexp(scores, dim=1)
