@@ -275,39 +275,15 @@ def train_retrieval_head(
             f"steps, log_every and learning_rate must be positive and batch_size at least 2 (in-batch negatives), got "
             f"steps={steps}, batch_size={batch_size}, learning_rate={learning_rate}, log_every={log_every}."
         )
-    queries = _as_rows(query_features, "query_features")
-    hidden = queries.shape[1]
-    documents = _as_rows(document_features, "document_features", hidden)
-    old_documents = _as_rows(old_document_embeddings, "old_document_embeddings")
-    old_dim = old_documents.shape[1]
-    if len(old_documents) != len(documents):
-        raise BT2InputError(f"old_document_embeddings has {len(old_documents)} rows but document_features has "
-                            f"{len(documents)}: row j of both must be the same document.")  # fmt: skip
-    old_queries = None
-    if old_query_embeddings is not None:
-        old_queries = _as_rows(old_query_embeddings, "old_query_embeddings", old_dim)
-        if len(old_queries) != len(queries):
-            raise BT2InputError(f"old_query_embeddings has {len(old_queries)} rows but query_features has "
-                                f"{len(queries)}: row i of both must be the same query.")  # fmt: skip
-    pairs = _as_pairs(pairs, len(queries), len(documents))
-    if (unlabelled_features is None) != (unlabelled_old_embeddings is None):
-        raise BT2InputError(
-            "Give both unlabelled_features and unlabelled_old_embeddings (the same texts), or neither."
-        )
-    unlabelled = unlabelled_old = None
-    if unlabelled_features is not None:
-        unlabelled = _as_rows(unlabelled_features, "unlabelled_features", hidden)
-        unlabelled_old = _as_rows(unlabelled_old_embeddings, "unlabelled_old_embeddings", old_dim)
-        if len(unlabelled) != len(unlabelled_old):
-            raise BT2InputError(f"unlabelled_old_embeddings has {len(unlabelled_old)} rows but unlabelled_features "
-                                f"has {len(unlabelled)}: row i of both must be the same text.")  # fmt: skip
-    batch_size = min(batch_size, len(pairs))
+    data = _HeadTrainingData.checked(query_features, document_features, old_document_embeddings, pairs,
+                                     old_query_embeddings, unlabelled_features, unlabelled_old_embeddings)  # fmt: skip
+    batch_size = min(batch_size, len(data.pairs))
     warmup_steps = max(1, round(0.05 * steps)) if warmup_steps is None else warmup_steps
 
     torch.manual_seed(seed)
-    model = _build_model(new_encoder, config.head_config(hidden, old_dim))
-    if model.backbone.hidden_size != hidden:
-        raise BT2InputError(f"The features are {hidden}-d but the encoder's pooled output is "
+    model = _build_model(new_encoder, config.head_config(data.hidden, data.old_dim))
+    if model.backbone.hidden_size != data.hidden:
+        raise BT2InputError(f"The features are {data.hidden}-d but the encoder's pooled output is "
                             f"{model.backbone.hidden_size}-d: cache them with this encoder (encoder_features).")  # fmt: skip
     if config.method == "bt2":
         _start_from_encoder_embedding(model)
@@ -315,54 +291,9 @@ def train_retrieval_head(
     head = model.head
     originals = _swap_in_cayley(head)
     head.train()
-    optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=weight_decay)
-
-    def rate(step: int) -> float:  # linear warm-up, then cosine to 0 (the trainer's schedule)
-        if step < warmup_steps:
-            return step / warmup_steps
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
-    relevant_in = _relevance_lookup(pairs, len(documents))
-    order_generator = np.random.default_rng(seed)
-    order, cursor = order_generator.permutation(len(pairs)), 0
-    history: list[dict[str, float]] = []
     started = time.perf_counter()
-    for step in range(steps):
-        if cursor + batch_size > len(pairs):
-            order, cursor = order_generator.permutation(len(pairs)), 0
-        batch = pairs[order[cursor : cursor + batch_size]]
-        cursor += batch_size
-        query_rows, document_rows = torch.from_numpy(batch[:, 0]), torch.from_numpy(batch[:, 1])
-        inputs = [queries[query_rows], documents[document_rows]]
-        if unlabelled is not None:
-            unlabelled_rows = torch.from_numpy(
-                order_generator.choice(len(unlabelled), min(batch_size, len(unlabelled)), replace=False)
-            )
-            inputs.append(unlabelled[unlabelled_rows])
-        # One head call for every row: the orthogonal maps are computed once per step.
-        everything = model(backbone_output=torch.cat(inputs))
-        query_out, document_out, *unlabelled_out = (
-            type(everything)(**{k: v[start : start + len(rows)] for k, v in everything.items() if v is not None})
-            for start, rows in zip(np.cumsum([0] + [len(rows) for rows in inputs[:-1]]), inputs)
-        )
-        terms = retrieval_head_losses(config, query_out, document_out, old_documents[document_rows],
-                                      None if old_queries is None else old_queries[query_rows],
-                                      relevant_in(batch))  # fmt: skip
-        if unlabelled_out:
-            terms |= unlabelled_match_losses(config, unlabelled_out[0], unlabelled_old[unlabelled_rows])
-        for name, value in terms.items():
-            if not torch.isfinite(value):
-                raise FloatingPointError(f"{name} is {value.item()} at step {step} of the {config.method} head; "
-                                         "lower learning_rate or check the features.")  # fmt: skip
-        loss = sum(terms.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if step == 0 or (step + 1) % log_every == 0 or step + 1 == steps:
-            entry = {"step": step + 1, "loss": loss.item(), "learning_rate": scheduler.get_last_lr()[0]}
-            history.append(entry | {name: value.item() for name, value in terms.items()})
+    history = _optimise_head(model, config, data, steps, batch_size, learning_rate, weight_decay, warmup_steps, seed,
+                             log_every)  # fmt: skip
     train_seconds = time.perf_counter() - started
     _fold_cayley(head, originals)
     model.eval()
@@ -383,17 +314,129 @@ def train_retrieval_head(
         "warmup_steps": warmup_steps,
         "optimizer": "adamw",
         "lr_scheduler_type": "cosine",
-        "num_train_pairs": int(len(pairs)),
-        "num_unlabelled_texts": 0 if unlabelled is None else int(len(unlabelled)),
+        "num_train_pairs": int(len(data.pairs)),
+        "num_unlabelled_texts": 0 if data.unlabelled is None else int(len(data.unlabelled)),
         "train_data_sha256": _data_fingerprint(
-            queries, documents, old_documents, old_queries, pairs, unlabelled, unlabelled_old
+            data.queries, data.documents, data.old_documents, data.old_queries, data.pairs, data.unlabelled,
+            data.unlabelled_old,
         ),  # fmt: skip
         "train_seconds": round(train_seconds, 3),
-        "trained_against": _trained_against(old_model, old_model_fingerprint, old_dim, old_model_revision),
+        "trained_against": _trained_against(old_model, old_model_fingerprint, data.old_dim, old_model_revision),
         "bt2_hf_trainer": "cached_features",
     }
     logger.info("Trained the %s retrieval head: %d steps in %.1f s", config.method, steps, train_seconds)
     return RetrievalHeadResult(model=model, train_seconds=train_seconds, history=history)
+
+
+@dataclass
+class _HeadTrainingData:
+    """The checked training arrays of a retrieval head, as float tensors (pairs as an integer array)."""
+
+    queries: torch.Tensor
+    documents: torch.Tensor
+    old_documents: torch.Tensor
+    old_queries: torch.Tensor | None
+    pairs: np.ndarray
+    unlabelled: torch.Tensor | None
+    unlabelled_old: torch.Tensor | None
+
+    @property
+    def hidden(self) -> int:
+        return self.queries.shape[1]
+
+    @property
+    def old_dim(self) -> int:
+        return self.old_documents.shape[1]
+
+    @classmethod
+    def checked(cls, query_features, document_features, old_document_embeddings, pairs, old_query_embeddings,
+                unlabelled_features, unlabelled_old_embeddings) -> _HeadTrainingData:  # fmt: skip
+        """Every array checked for shape, width and finiteness, and the rows of paired arrays for agreement."""
+        queries = _as_rows(query_features, "query_features")
+        hidden = queries.shape[1]
+        documents = _as_rows(document_features, "document_features", hidden)
+        old_documents = _as_rows(old_document_embeddings, "old_document_embeddings")
+        old_dim = old_documents.shape[1]
+        if len(old_documents) != len(documents):
+            raise BT2InputError(f"old_document_embeddings has {len(old_documents)} rows but document_features has "
+                                f"{len(documents)}: row j of both must be the same document.")  # fmt: skip
+        old_queries = None
+        if old_query_embeddings is not None:
+            old_queries = _as_rows(old_query_embeddings, "old_query_embeddings", old_dim)
+            if len(old_queries) != len(queries):
+                raise BT2InputError(f"old_query_embeddings has {len(old_queries)} rows but query_features has "
+                                    f"{len(queries)}: row i of both must be the same query.")  # fmt: skip
+        pairs = _as_pairs(pairs, len(queries), len(documents))
+        if (unlabelled_features is None) != (unlabelled_old_embeddings is None):
+            raise BT2InputError(
+                "Give both unlabelled_features and unlabelled_old_embeddings (the same texts), or neither."
+            )
+        unlabelled = unlabelled_old = None
+        if unlabelled_features is not None:
+            unlabelled = _as_rows(unlabelled_features, "unlabelled_features", hidden)
+            unlabelled_old = _as_rows(unlabelled_old_embeddings, "unlabelled_old_embeddings", old_dim)
+            if len(unlabelled) != len(unlabelled_old):
+                raise BT2InputError(f"unlabelled_old_embeddings has {len(unlabelled_old)} rows but "
+                                    f"unlabelled_features has {len(unlabelled)}: row i of both must be the same "
+                                    "text.")  # fmt: skip
+        return cls(queries, documents, old_documents, old_queries, pairs, unlabelled, unlabelled_old)
+
+
+def _optimise_head(
+    model: BT2Model, config: RetrievalHeadConfig, data: _HeadTrainingData, steps: int, batch_size: int,
+    learning_rate: float, weight_decay: float, warmup_steps: int, seed: int, log_every: int,
+) -> list[dict[str, float]]:  # fmt: skip
+    """The optimisation loop: AdamW on the head with a linear warm-up then cosine to 0, batches of pairs drawn without
+    replacement epoch after epoch; returns the loss history (every ``log_every`` steps, the first and the last)."""
+    optimizer = torch.optim.AdamW(model.head.parameters(), lr=learning_rate, weight_decay=weight_decay)
+
+    def rate(step: int) -> float:  # linear warm-up, then cosine to 0 (the trainer's schedule)
+        if step < warmup_steps:
+            return step / warmup_steps
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+    pairs, unlabelled = data.pairs, data.unlabelled
+    relevant_in = _relevance_lookup(pairs, len(data.documents))
+    order_generator = np.random.default_rng(seed)
+    order, cursor = order_generator.permutation(len(pairs)), 0
+    history: list[dict[str, float]] = []
+    for step in range(steps):
+        if cursor + batch_size > len(pairs):
+            order, cursor = order_generator.permutation(len(pairs)), 0
+        batch = pairs[order[cursor : cursor + batch_size]]
+        cursor += batch_size
+        query_rows, document_rows = torch.from_numpy(batch[:, 0]), torch.from_numpy(batch[:, 1])
+        inputs = [data.queries[query_rows], data.documents[document_rows]]
+        if unlabelled is not None:
+            unlabelled_rows = torch.from_numpy(
+                order_generator.choice(len(unlabelled), min(batch_size, len(unlabelled)), replace=False)
+            )
+            inputs.append(unlabelled[unlabelled_rows])
+        # One head call for every row: the orthogonal maps are computed once per step.
+        everything = model(backbone_output=torch.cat(inputs))
+        query_out, document_out, *unlabelled_out = (
+            type(everything)(**{k: v[start : start + len(rows)] for k, v in everything.items() if v is not None})
+            for start, rows in zip(np.cumsum([0] + [len(rows) for rows in inputs[:-1]]), inputs)
+        )
+        terms = retrieval_head_losses(config, query_out, document_out, data.old_documents[document_rows],
+                                      None if data.old_queries is None else data.old_queries[query_rows],
+                                      relevant_in(batch))  # fmt: skip
+        if unlabelled_out:
+            terms |= unlabelled_match_losses(config, unlabelled_out[0], data.unlabelled_old[unlabelled_rows])
+        for name, value in terms.items():
+            if not torch.isfinite(value):
+                raise FloatingPointError(f"{name} is {value.item()} at step {step} of the {config.method} head; "
+                                         "lower learning_rate or check the features.")  # fmt: skip
+        loss = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if step == 0 or (step + 1) % log_every == 0 or step + 1 == steps:
+            entry = {"step": step + 1, "loss": loss.item(), "learning_rate": scheduler.get_last_lr()[0]}
+            history.append(entry | {name: value.item() for name, value in terms.items()})
+    return history
 
 
 @torch.no_grad()
