@@ -152,6 +152,51 @@ def _declare_measured(
     )
 
 
+def _names_and_replacement(new, new_path, new_model, old, old_path, old_model, old_name, dataset, replace, write):
+    """The names a measured entry records (the old model's local folder where it will live, never inside a staging
+    folder about to be renamed), and the measured entry it replaces (refused unless ``replace``)."""
+    old_local = final_location(old_path) if old_path is not None and Path(old_path).is_dir() else None
+    old_name = old_name or old_local or (str(old) if old_path is not None else None) or old_model.config.name_or_path
+    old_fingerprint = old_model.config.fingerprint or fingerprint_model(old_model)
+    replaced = _check_replacement(new_model.config, old_fingerprint, dataset, replace) if write else None
+    new_name = str(new) if new_path is not None else (new_model.config.name_or_path or "<new model>")
+    return old_local, old_name, new_name, replaced
+
+
+def _write_measured(new_path, new_model, write: bool, update_card: bool, repo_id: str | None) -> Path | None:
+    """Write the new model's config (with its measured entry) and refresh its card, when it is a local checkpoint."""
+    if write and new_path is not None and (Path(new_path) / "config.json").is_file():
+        written_to = _write_entry(Path(new_path), new_model.config)
+        if update_card:
+            from .hub.card import create_or_update_model_card
+
+            create_or_update_model_card(new_path, repo_id=repo_id or new_model.config.name_or_path or None)
+        return written_to
+    if write and new_path is not None:
+        logger.warning("%s is not a local checkpoint directory: the entry was not written to disk.", new_path)
+    return None
+
+
+def _verification_split(data, split: str, data_dir, dataset_name, max_per_class, seed: int):
+    """The held-out split in memory (a per-class subsample when asked) and the dataset record of the entry."""
+    split_data, name = _load_split(data, split, data_dir, dataset_name)
+    if max_per_class is not None:
+        split_data = split_data.take_each_class(max_per_class, seed=seed)
+    if split_data.images is None:
+        raise ValueError("bt2 verify needs the split in memory (load_image_classification(..., in_memory=True)).")
+    if len(split_data) < 2:
+        raise ValueError(f"The {split!r} split has {len(split_data)} items; retrieval needs at least two.")
+    dataset = {
+        "name": name or "unnamed",
+        "split": split,
+        "size": len(split_data),
+        "sha256": dataset_fingerprint(split_data.images, split_data.labels),
+    }
+    if max_per_class is not None:
+        dataset.update(max_per_class=int(max_per_class), seed=int(seed))
+    return split_data, dataset
+
+
 def verify_compatibility(
     new: Any,
     old: Any,
@@ -248,28 +293,11 @@ def verify_compatibility(
                 f"The {role} model encodes {model.config.modality}; bt2 verify measures image models on an image "
                 "split. For a text tower use `bt2 eval-text`."
             )
-    split_data, name = _load_split(data, split, data_dir, dataset_name)
-    if max_per_class is not None:
-        split_data = split_data.take_each_class(max_per_class, seed=seed)
-    if split_data.images is None:
-        raise ValueError("bt2 verify needs the split in memory (load_image_classification(..., in_memory=True)).")
-    if len(split_data) < 2:
-        raise ValueError(f"The {split!r} split has {len(split_data)} items; retrieval needs at least two.")
-    dataset = {
-        "name": name or "unnamed",
-        "split": split,
-        "size": len(split_data),
-        "sha256": dataset_fingerprint(split_data.images, split_data.labels),
-    }
-    if max_per_class is not None:
-        dataset.update(max_per_class=int(max_per_class), seed=int(seed))
+    split_data, dataset = _verification_split(data, split, data_dir, dataset_name, max_per_class, seed)
 
-    # A local old model is recorded where it will live (never inside a staging folder that is about to be renamed).
-    old_local = final_location(old_path) if old_path is not None and Path(old_path).is_dir() else None
-    old_name = old_name or old_local or (str(old) if old_path is not None else None) or old_model.config.name_or_path
-    old_fingerprint = old_model.config.fingerprint or fingerprint_model(old_model)
-    replaced = _check_replacement(new_model.config, old_fingerprint, dataset, replace) if write else None
-    new_name = str(new) if new_path is not None else (new_model.config.name_or_path or "<new model>")
+    old_local, old_name, new_name, replaced = _names_and_replacement(
+        new, new_path, new_model, old, old_path, old_model, old_name, dataset, replace, write
+    )
 
     def embed(model) -> np.ndarray:
         model.to(device).eval()
@@ -293,16 +321,8 @@ def verify_compatibility(
     )  # fmt: skip
     entry = _declare_measured(new_model, old_model, report, method, dataset, old_revision, old_name,
                               criterion_metrics, replaced, old_local)  # fmt: skip
-    written_to = None
-    if write and new_path is not None and (Path(new_path) / "config.json").is_file():
-        written_to = _write_entry(Path(new_path), new_model.config)
-        if update_card:
-            from .hub.card import create_or_update_model_card
-
-            create_or_update_model_card(new_path, repo_id=repo_id or new_model.config.name_or_path or None)
-    elif write and new_path is not None:
-        logger.warning("%s is not a local checkpoint directory: the entry was not written to disk.", new_path)
-    elif not write:
+    written_to = _write_measured(new_path, new_model, write, update_card, repo_id)
+    if not write:
         logger.info("Not written (write=False): %s's config.json is unchanged.", new_name)
     outcome = entry["criterion"]
     logger.info(
@@ -449,6 +469,29 @@ def retrieval_set_metrics(
     }
 
 
+def _check_retrieval_set_roles(new_model, old_model, old_query_model, new_document_model, documents_are: str) -> None:
+    """Each model embeds what its role needs (queries are texts; documents are the set's kind), and the new model's
+    compatible prefix is the old model's width."""
+    for role, model, wanted in (("new", new_model, "text"), ("old query", old_query_model, "text"),
+                                ("old", old_model, documents_are),
+                                ("new document", new_document_model, documents_are)):  # fmt: skip
+        if model is not None and model.config.modality != wanted:
+            hint = " Pass the old system's text encoder as --old_query." if role == "old query" else ""
+            raise ValueError(
+                f"The {role} model encodes {model.config.modality}s but must embed the retrieval set's "
+                f"{'queries (texts)' if wanted == 'text' and role != 'old' else documents_are + 's'}.{hint}"
+            )
+    new_prefix, old_dim = int(new_model.config.compatible_dim), int(old_model.config.embedding_dim)
+    if new_prefix != old_dim:
+        from .compatibility import IncompatibleModelsError
+
+        raise IncompatibleModelsError(
+            f"The new model's compatible prefix is {new_prefix}-d but the old model embeds {old_dim}-d vectors: they "
+            "cannot be compared. Verify the new model against the old model it was trained (or adapted, bt2 adapt) "
+            "against."
+        )
+
+
 def verify_retrieval_set(
     new: Any,
     old: Any,
@@ -531,24 +574,7 @@ def verify_retrieval_set(
     documents_are = retrieval_set.document_modality
     if new_document_model is None and new_model.config.modality == documents_are:
         new_document_model = new_model
-    for role, model, wanted in (("new", new_model, "text"), ("old query", old_query_model, "text"),
-                                ("old", old_model, documents_are),
-                                ("new document", new_document_model, documents_are)):  # fmt: skip
-        if model is not None and model.config.modality != wanted:
-            hint = " Pass the old system's text encoder as --old_query." if role == "old query" else ""
-            raise ValueError(
-                f"The {role} model encodes {model.config.modality}s but must embed the retrieval set's "
-                f"{'queries (texts)' if wanted == 'text' and role != 'old' else documents_are + 's'}.{hint}"
-            )
-    new_prefix, old_dim = int(new_model.config.compatible_dim), int(old_model.config.embedding_dim)
-    if new_prefix != old_dim:
-        from .compatibility import IncompatibleModelsError
-
-        raise IncompatibleModelsError(
-            f"The new model's compatible prefix is {new_prefix}-d but the old model embeds {old_dim}-d vectors: they "
-            "cannot be compared. Verify the new model against the old model it was trained (or adapted, bt2 adapt) "
-            "against."
-        )
+    _check_retrieval_set_roles(new_model, old_model, old_query_model, new_document_model, documents_are)
     dataset = {
         "name": dataset_name or retrieval_set.name,
         "split": split,
@@ -560,11 +586,9 @@ def verify_retrieval_set(
     }
     if max_queries is not None:
         dataset.update(max_queries=int(max_queries), seed=int(seed))
-    old_local = final_location(old_path) if old_path is not None and Path(old_path).is_dir() else None
-    old_name = old_name or old_local or (str(old) if old_path is not None else None) or old_model.config.name_or_path
-    old_fingerprint = old_model.config.fingerprint or fingerprint_model(old_model)
-    replaced = _check_replacement(new_model.config, old_fingerprint, dataset, replace) if write else None
-    new_name = str(new) if new_path is not None else (new_model.config.name_or_path or "<new model>")
+    old_local, old_name, new_name, replaced = _names_and_replacement(
+        new, new_path, new_model, old, old_path, old_model, old_name, dataset, replace, write
+    )
 
     documents = retrieval_set.load_documents()
 
@@ -596,15 +620,7 @@ def verify_retrieval_set(
             f"None of the criterion metrics {list(criterion_metrics)} was measured; choose among "
             f"{sorted(next(iter(results.values())))}."
         )
-    written_to = None
-    if write and new_path is not None and (Path(new_path) / "config.json").is_file():
-        written_to = _write_entry(Path(new_path), new_model.config)
-        if update_card:
-            from .hub.card import create_or_update_model_card
-
-            create_or_update_model_card(new_path, repo_id=repo_id or new_model.config.name_or_path or None)
-    elif write and new_path is not None:
-        logger.warning("%s is not a local checkpoint directory: the entry was not written to disk.", new_path)
+    written_to = _write_measured(new_path, new_model, write, update_card, repo_id)
     outcome = entry["criterion"]
     logger.info(
         "%s → %s on the retrieval set %s:%s (%d queries, %d documents): criterion %s (margin %s).",
