@@ -376,17 +376,7 @@ def admit_query_model(
     measured_here = gate_entry(admissions, own, gallery_fingerprint)
     if measured_here is not None:
         # The gallery's own measurement outranks anything the model's config says, passing or failing.
-        evidence = (f"the gallery's probe set ({measured_here.get('size')} items, measured {measured_here.get('date')}, "
-                    f"probe sha256 {str(measured_here.get('probe_sha256'))[:12]})")  # fmt: skip
-        problem = judge_metrics(measured_here.get("metrics") or {}, measured_here.get("size"), policy)
-        if problem is None:
-            prefix = _width_checked(int(measured_here["prefix_dim"]), query_config, gallery_dim, query, gallery)
-            logger.info("%s admitted to the gallery of %s by its own measurement on %s.", query, gallery, evidence)
-            return Admission(prefix, "gallery_measured", query, gallery, entry=dict(measured_here), evidence=evidence)
-        raise IncompatibleModelsError(
-            f"{query} may not search the gallery of {gallery}: the gallery measured it on {evidence} and {problem}. "
-            "Whatever the model's config claims, the gallery's own measurement decides."
-        )
+        return _admit_on_gallery_measurement(measured_here, query_config, gallery_dim, query, gallery, policy)
     if policy.require_gate:
         raise IncompatibleModelsError(
             f"{query} may not search the gallery of {gallery}: the gallery's policy admits other models only on its "
@@ -448,15 +438,7 @@ def admit_query_model(
         )
         unmeasured_reason = "it was trained against it, but the pair was never measured (`bt2 verify`)"
         admitted_entry = {"trained_against": dict(trained)}
-    adapter = getattr(query_config, "adapter", None)
-    if adapter:
-        # A post-hoc map promises nothing about retrieval until measured: no override admits one.
-        raise IncompatibleModelsError(
-            f"{query} may not search the gallery embedded by {gallery}: it is a post-hoc {adapter.get('kind')} "
-            f"adapter of {adapter.get('base_model', {}).get('name_or_path') or 'a new model'} fitted into that "
-            "model's space, and the pair was never measured as passing. An adapted model is admitted only on a "
-            f"measured, passing entry (allow_unmeasured does not apply). Measure it with:\n    {command}"
-        )
+    _refuse_unmeasured_adapter(query_config, query, gallery, command)
     if not allow_unmeasured:
         raise IncompatibleModelsError(
             f"{query} may not search the gallery embedded by {gallery}: {unmeasured_reason}. Compatibility is "
@@ -468,6 +450,35 @@ def admit_query_model(
         prefix,
     )  # fmt: skip
     return Admission(prefix, "unmeasured_override", query, gallery, overridden=True, entry=admitted_entry)
+
+
+def _admit_on_gallery_measurement(
+    measured_here: dict, query_config: Any, gallery_dim: int, query: str, gallery: str, policy: AdmissionPolicy
+) -> Admission:
+    """Admit (or refuse) a query model on the gallery's own measurement of it at its gate."""
+    evidence = (f"the gallery's probe set ({measured_here.get('size')} items, measured {measured_here.get('date')}, "
+                f"probe sha256 {str(measured_here.get('probe_sha256'))[:12]})")  # fmt: skip
+    problem = judge_metrics(measured_here.get("metrics") or {}, measured_here.get("size"), policy)
+    if problem is None:
+        prefix = _width_checked(int(measured_here["prefix_dim"]), query_config, gallery_dim, query, gallery)
+        logger.info("%s admitted to the gallery of %s by its own measurement on %s.", query, gallery, evidence)
+        return Admission(prefix, "gallery_measured", query, gallery, entry=dict(measured_here), evidence=evidence)
+    raise IncompatibleModelsError(
+        f"{query} may not search the gallery of {gallery}: the gallery measured it on {evidence} and {problem}. "
+        "Whatever the model's config claims, the gallery's own measurement decides."
+    )
+
+
+def _refuse_unmeasured_adapter(query_config: Any, query: str, gallery: str, command: str) -> None:
+    """A post-hoc map promises nothing about retrieval until measured: no override admits one."""
+    adapter = getattr(query_config, "adapter", None)
+    if adapter:
+        raise IncompatibleModelsError(
+            f"{query} may not search the gallery embedded by {gallery}: it is a post-hoc {adapter.get('kind')} "
+            f"adapter of {adapter.get('base_model', {}).get('name_or_path') or 'a new model'} fitted into that "
+            "model's space, and the pair was never measured as passing. An adapted model is admitted only on a "
+            f"measured, passing entry (allow_unmeasured does not apply). Measure it with:\n    {command}"
+        )
 
 
 def _lineage_summary(query_config: Any) -> str:
