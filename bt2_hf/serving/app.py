@@ -147,6 +147,78 @@ def _b64(data: str, what: str) -> bytes:
         raise ServingError(f"{what} is not valid base64.", 422) from None
 
 
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every refusal of the library becomes a 4xx with its message (never a 500): the service's own, a missing
+    gallery (404), a refused model (403), bad input (400), and request validation (400 malformed JSON, else 422)."""
+
+    @app.exception_handler(ServingError)
+    async def _serving_error(request, error: ServingError):
+        return JSONResponse({"detail": error.problem}, status_code=error.status)
+
+    @app.exception_handler(GalleryNotFoundError)
+    async def _not_found(request, error):
+        return JSONResponse({"detail": str(error)}, status_code=404)
+
+    @app.exception_handler(IncompatibleModelsError)
+    async def _refused(request, error):
+        return JSONResponse({"detail": str(error)}, status_code=403)
+
+    @app.exception_handler(BT2InputError)
+    async def _bad_input(request, error):
+        return JSONResponse({"detail": str(error)}, status_code=400)
+
+    @app.exception_handler(ValueError)
+    async def _bad_value(request, error):  # the library's way of refusing bad input (widths, data sets, settings)
+        return JSONResponse({"detail": str(error)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, error: RequestValidationError):
+        errors = error.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            where = next(e for e in errors if e.get("type") == "json_invalid")
+            return JSONResponse({"detail": f"Malformed JSON: {where.get('ctx', {}).get('error', where.get('msg'))}"},
+                                status_code=400)  # fmt: skip
+        return JSONResponse({"detail": [{"loc": e.get("loc"), "msg": e.get("msg")} for e in errors]},
+                            status_code=422)  # fmt: skip
+
+
+async def _search_arguments(request: Request) -> dict[str, Any]:
+    """The arguments of ``GalleryService.search`` from a JSON body or a multipart upload (415 for anything else)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json":
+        try:
+            payload = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ServingError(f"Malformed JSON: {error}.", 400) from None
+        try:
+            query = SearchRequest.model_validate(payload)
+        except ValidationError as error:
+            raise ServingError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                                         for e in error.errors()), 422) from None  # fmt: skip
+        image = _b64(query.image_base64, "image_base64") if query.image_base64 is not None else None
+        arguments = {"gallery": query.gallery, "k": query.k, "text": query.text, "image": image,
+                     "vector": query.vector, "model": query.model}  # fmt: skip
+    elif kind == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=8)
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise ServingError("A multipart search needs an 'image' file field.", 422)
+        try:
+            k = int(form.get("k", 10))
+        except ValueError:
+            raise ServingError(f"k must be an integer, got {form.get('k')!r}.", 422) from None
+        arguments = {
+            "gallery": form.get("gallery"),
+            "k": k,
+            "image": await upload.read(),
+            "model": form.get("model"),
+        }
+    else:
+        raise ServingError(f"Send the query as application/json or multipart/form-data, not "
+                           f"{kind or 'no content type'!r}.", 415)  # fmt: skip
+    return arguments
+
+
 def create_app(service: GalleryService, token: str | None = None, open_reads: bool = True,
                max_body: int = DEFAULT_MAX_BODY):  # fmt: skip
     """The ASGI app: the FastAPI routes over ``service``, wrapped by the body limit and the request metrics.
@@ -185,35 +257,7 @@ def create_app(service: GalleryService, token: str | None = None, open_reads: bo
         if kind != "application/json":
             raise ServingError(f"Send the body as application/json, not {kind or 'no content type'!r}.", 415)
 
-    @app.exception_handler(ServingError)
-    async def _serving_error(request, error: ServingError):
-        return JSONResponse({"detail": error.problem}, status_code=error.status)
-
-    @app.exception_handler(GalleryNotFoundError)
-    async def _not_found(request, error):
-        return JSONResponse({"detail": str(error)}, status_code=404)
-
-    @app.exception_handler(IncompatibleModelsError)
-    async def _refused(request, error):
-        return JSONResponse({"detail": str(error)}, status_code=403)
-
-    @app.exception_handler(BT2InputError)
-    async def _bad_input(request, error):
-        return JSONResponse({"detail": str(error)}, status_code=400)
-
-    @app.exception_handler(ValueError)
-    async def _bad_value(request, error):  # the library's way of refusing bad input (widths, data sets, settings)
-        return JSONResponse({"detail": str(error)}, status_code=400)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, error: RequestValidationError):
-        errors = error.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            where = next(e for e in errors if e.get("type") == "json_invalid")
-            return JSONResponse({"detail": f"Malformed JSON: {where.get('ctx', {}).get('error', where.get('msg'))}"},
-                                status_code=400)  # fmt: skip
-        return JSONResponse({"detail": [{"loc": e.get("loc"), "msg": e.get("msg")} for e in errors]},
-                            status_code=422)  # fmt: skip
+    _add_error_handlers(app)
 
     search_body = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": SearchRequest.model_json_schema()},
@@ -225,38 +269,7 @@ def create_app(service: GalleryService, token: str | None = None, open_reads: bo
     @app.post("/search", dependencies=[Depends(reader)], openapi_extra=search_body,
               summary="Search a gallery with a text, an uploaded image or a vector")  # fmt: skip
     async def search(request: Request) -> dict[str, Any]:
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "application/json":
-            try:
-                payload = json.loads(await request.body())
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise ServingError(f"Malformed JSON: {error}.", 400) from None
-            try:
-                query = SearchRequest.model_validate(payload)
-            except ValidationError as error:
-                raise ServingError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
-                                             for e in error.errors()), 422) from None  # fmt: skip
-            image = _b64(query.image_base64, "image_base64") if query.image_base64 is not None else None
-            arguments = {"gallery": query.gallery, "k": query.k, "text": query.text, "image": image,
-                         "vector": query.vector, "model": query.model}  # fmt: skip
-        elif kind == "multipart/form-data":
-            form = await request.form(max_files=1, max_fields=8)
-            upload = form.get("image")
-            if upload is None or isinstance(upload, str):
-                raise ServingError("A multipart search needs an 'image' file field.", 422)
-            try:
-                k = int(form.get("k", 10))
-            except ValueError:
-                raise ServingError(f"k must be an integer, got {form.get('k')!r}.", 422) from None
-            arguments = {
-                "gallery": form.get("gallery"),
-                "k": k,
-                "image": await upload.read(),
-                "model": form.get("model"),
-            }
-        else:
-            raise ServingError(f"Send the query as application/json or multipart/form-data, not "
-                               f"{kind or 'no content type'!r}.", 415)  # fmt: skip
+        arguments = await _search_arguments(request)
         from starlette.concurrency import run_in_threadpool
 
         return await run_in_threadpool(lambda: service.search(**arguments))
