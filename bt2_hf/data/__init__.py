@@ -1,11 +1,13 @@
-"""Data for training: loaders of image classification datasets, class subsets, tensor transforms, fast loaders, and
-captions for classification sets (:mod:`~bt2_hf.data.captions`)."""
+"""Data for training: loaders of image classification datasets, class subsets, tensor transforms, fast loaders,
+captions for classification sets (:mod:`~bt2_hf.data.captions`), and the one resolver of data arguments
+(:mod:`~bt2_hf.data.sources`)."""
 
 from __future__ import annotations
 
 from .datasets import HFImageDataset, ImageClassificationData, from_hf_dataset, load_image_classification
 from .device_loader import DeviceTensorDataLoader, ShardedDataLoader
 from .fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
+from .sources import DataSource, DataSourceError, resolve_data_source
 from .subsets import parse_class_subset
 from .transforms import AugmentationParams, BatchAugmentation, ModelInputTransform
 
@@ -13,6 +15,8 @@ __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",
     "FASHION_MNIST_CLASSES",
     "AugmentationParams",
+    "DataSource",
+    "DataSourceError",
     "BatchAugmentation",
     "DeviceTensorDataLoader",
     "HFImageDataset",
@@ -24,4 +28,5 @@ __all__ = [
     "load_image_classification",
     "parse_class_subset",
     "read_idx",
+    "resolve_data_source",
 ]

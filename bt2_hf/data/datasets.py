@@ -2,14 +2,14 @@
 
 Every source ends up as an :class:`ImageClassificationData`: uint8 images ``(N, C, H, W)`` (in memory) or a
 map-style dataset giving one such image per index, int64 labels in the dataset's own label space, and class names.
-Sources: Fashion-MNIST IDX files, a directory written by ``Dataset.save_to_disk``, an ``imagefolder`` directory
-(one sub-directory per class), or a Hub dataset id (when online).
+Sources, as :func:`~bt2_hf.data.sources.resolve_data_source` names them: Fashion-MNIST IDX files, a directory
+written by ``Dataset.save_to_disk``, an ``imagefolder`` directory (one sub-directory per class), or a Hub dataset id
+(when online).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,9 @@ import torch
 from torch.nn import functional as F
 
 from .classification_data import ImageClassificationData
-from .fashion_mnist import is_fashion_mnist_dir, load_fashion_mnist
+from .fashion_mnist import load_fashion_mnist
+from .sources import HUB, IDX, IMAGE_KINDS, IMAGEFOLDER, SAVED_DATASET, DataSource, resolve_data_source
+from .sources import is_saved_dataset as is_saved_dataset  # its home is sources.py; still importable from here
 
 logger = logging.getLogger(__name__)
 
@@ -62,36 +64,43 @@ def pil_to_uint8(image: Any, num_channels: int, image_size: int | None) -> torch
     return tensor
 
 
-def is_saved_dataset(path: Path) -> bool:
-    """Whether ``path`` is a directory written by ``datasets``' ``save_to_disk`` (a DatasetDict or one Dataset)."""
-    return any((path / name).is_file() for name in ("dataset_dict.json", "state.json", "dataset_info.json"))
+def load_hf_dataset(source: DataSource, streaming: bool = False) -> Any:
+    """The `datasets` object a resolved source names: a ``Dataset``, a ``DatasetDict`` or their streamed forms.
 
-
-def _looks_like_path(name: str) -> bool:
-    # Hub ids are "name" or "org/name"; anything else with a slash, or anchored, is meant as a local path.
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
-
-
-def load_hf_split(name_or_path: str, split: str) -> Any:
-    """A `datasets.Dataset` split from a ``save_to_disk`` directory, an imagefolder directory or a Hub id."""
+    Args:
+        source (:class:`~bt2_hf.data.sources.DataSource`): a ``"saved_dataset"``, ``"imagefolder"`` or ``"hub"``
+            source (see :func:`~bt2_hf.data.sources.resolve_data_source`).
+        streaming (`bool`, *optional*, defaults to `False`): stream an imagefolder or a Hub dataset instead of
+            indexing it first (a ``save_to_disk`` directory is memory-mapped either way).
+    """
     import datasets
 
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        if is_saved_dataset(path):
-            loaded = datasets.load_from_disk(str(path))
-        else:
-            loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
-    elif _looks_like_path(name_or_path):
-        raise FileNotFoundError(
-            f"Data directory {name_or_path} does not exist. Pass --dataset with an existing directory (imagefolder, "
-            "save_to_disk output or Fashion-MNIST IDX files) or a Hub dataset id."
-        )
-    else:
-        loaded = datasets.load_dataset(name_or_path)
+    if source.kind == SAVED_DATASET:
+        return datasets.load_from_disk(source.location)
+    if source.kind == IMAGEFOLDER:
+        return datasets.load_dataset("imagefolder", data_dir=source.location, streaming=streaming)
+    if source.kind == HUB:
+        return datasets.load_dataset(source.location, streaming=streaming)
+    raise ValueError(f"{source.given} is a {source.kind!r} source, which `datasets` does not load; use its reader.")
+
+
+def load_hf_split(name_or_path: str | DataSource, split: str) -> Any:
+    """A `datasets.Dataset` split from a ``save_to_disk`` directory, an imagefolder directory or a Hub id.
+
+    Args:
+        name_or_path (`str` or :class:`~bt2_hf.data.sources.DataSource`): resolved with
+            :func:`~bt2_hf.data.sources.resolve_data_source` when a string.
+        split (`str`): the split of a ``DatasetDict``.
+    """
+    import datasets
+
+    source = name_or_path
+    if not isinstance(source, DataSource):
+        source = resolve_data_source(name_or_path, accept=(SAVED_DATASET, IMAGEFOLDER, HUB))
+    loaded = load_hf_dataset(source)
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
-            raise ValueError(f"{name_or_path} has splits {list(loaded)}, not {split!r}; set the split name.")
+            raise ValueError(f"{source.given} has splits {list(loaded)}, not {split!r}; set the split name.")
         loaded = loaded[split]
     return loaded
 
@@ -177,10 +186,10 @@ def load_image_classification(
         return load_fashion_mnist(data_dir, "test" if split in ("test", "validation", "eval") else split)
     if data_dir and not Path(data_dir).is_dir():
         raise FileNotFoundError(f"data_dir {data_dir} does not exist; pass an existing directory.")
-    path = Path(dataset).expanduser()
-    if path.is_dir() and is_fashion_mnist_dir(path):
-        return load_fashion_mnist(path, "test" if split in ("test", "validation", "eval") else split)
-    hf_split = load_hf_split(dataset, split)
+    source = resolve_data_source(dataset, accept=IMAGE_KINDS)
+    if source.kind == IDX:
+        return load_fashion_mnist(source.path, "test" if split in ("test", "validation", "eval") else split)
+    hf_split = load_hf_split(source, split)
     return from_hf_dataset(
         hf_split, image_column, label_column, image_size, num_channels, in_memory, source=f"{dataset}:{split}"
     )

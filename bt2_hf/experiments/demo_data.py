@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from ..data.classification_data import ImageClassificationData
-from ..data.datasets import from_hf_dataset
+from ..data.datasets import from_hf_dataset, load_hf_dataset
+from ..data.sources import IDX, IMAGE_KINDS, DataSource, resolve_data_source
 
 logger = logging.getLogger(__name__)
 
@@ -128,15 +129,15 @@ def _read_named_idx(directory: Path, prefix: str, names: list[str]) -> ImageClas
     )
 
 
-def _load_idx_dir(directory: Path) -> tuple[ImageClassificationData, ImageClassificationData | None]:
+def _load_idx_dir(source: DataSource) -> tuple[ImageClassificationData, ImageClassificationData | None]:
     """An IDX directory: with ``class_names.txt``, any number of classes; without, a 10-class (Fashion-)MNIST-style
     set read by the Fashion-MNIST reader (which refuses labels outside 0-9)."""
     from ..data.fashion_mnist import find_idx_file, load_fashion_mnist
 
+    directory = source.path
     has_test = all(find_idx_file(directory, s) for s in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
-    names_file = directory / "class_names.txt"
-    if names_file.is_file():
-        names = [line.strip() for line in names_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = source.class_names()
+    if names is not None:
         train = _read_named_idx(directory, "train", names)
         return train, _read_named_idx(directory, "t10k", names) if has_test else None
     train = load_fashion_mnist(directory, "train")
@@ -148,17 +149,11 @@ def _load_idx_dir(directory: Path) -> tuple[ImageClassificationData, ImageClassi
     return train, test
 
 
-def _load_datasets(name_or_path: str, image_size: int | None) -> tuple[ImageClassificationData, ...]:
+def _load_datasets(source: DataSource, image_size: int | None) -> tuple[ImageClassificationData, ...]:
     import datasets
 
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        if any((path / f).is_file() for f in ("dataset_dict.json", "state.json", "dataset_info.json")):
-            loaded = datasets.load_from_disk(str(path))
-        else:
-            loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
-    else:
-        loaded = datasets.load_dataset(name_or_path)
+    name_or_path = source.location
+    loaded = load_hf_dataset(source)
     if not isinstance(loaded, datasets.DatasetDict):
         loaded = datasets.DatasetDict({"train": loaded})
     if "train" not in loaded:
@@ -201,28 +196,19 @@ def load_demo_data(
         seed (`int`, *optional*, defaults to 0): seed of the held-out test split, when the source has none.
 
     Raises:
-        FileNotFoundError: the directory does not exist (with how to get Fashion-MNIST).
+        `~bt2_hf.data.sources.DataSourceError`: ``data_dir`` is none of the known layouts (a
+        `~bt2_hf.data.sources.MissingDataSourceError`, also a `FileNotFoundError`, when it does not exist: for the
+        default directory, with how to get Fashion-MNIST).
     """
-    from ..data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR, is_fashion_mnist_dir
+    from ..data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR
 
-    source = str(data_dir) if data_dir is not None else DEFAULT_FASHION_MNIST_DIR
-    path = Path(source).expanduser()
-    looks_local = data_dir is None or path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
-    if looks_local and not path.is_dir():
-        raise FileNotFoundError(
-            f"Data directory {source} not found. For Fashion-MNIST run `apt-get install dataset-fashion-mnist` (files "
-            "under /usr/share/datasets/fashion-mnist/); or pass --data_dir with a directory of IDX files, an "
-            "imagefolder (one sub-directory per class) or a save_to_disk directory, or a Hub dataset id."
-        )
-    if looks_local and is_fashion_mnist_dir(path):
-        train, test = _load_idx_dir(path)
-        raw_name = path.name
-    elif looks_local:
-        train, test = _load_datasets(str(path), image_size)
-        raw_name = path.name
+    resolved = resolve_data_source(DEFAULT_FASHION_MNIST_DIR if data_dir is None else data_dir, accept=IMAGE_KINDS)
+    source = resolved.given
+    if resolved.kind == IDX:
+        train, test = _load_idx_dir(resolved)
     else:
-        train, test = _load_datasets(source, image_size)
-        raw_name = source.rsplit("/", 1)[-1]
+        train, test = _load_datasets(resolved, image_size)
+    raw_name = resolved.name
     test_split = "test"
     if test is None:
         train, test = split_off(train, HELD_OUT_TEST_FRACTION, seed)

@@ -21,7 +21,14 @@ from .mixed import (
     top1_under_rule,
 )
 from .shards import EmbeddingDirectory, EmbeddingDirectoryError
-from .sources import GallerySource, GallerySourceError, TensorSource, UnreadableItemError, open_source
+from .sources import (
+    GalleryDataSourceError,
+    GallerySource,
+    GallerySourceError,
+    TensorSource,
+    UnreadableItemError,
+    open_source,
+)
 
 __all__ = [
     "BACKFILL_ORDERS",
@@ -42,6 +49,7 @@ __all__ = [
     "EmbeddingDirectory",
     "EmbeddingDirectoryError",
     "GallerySource",
+    "GalleryDataSourceError",
     "GallerySourceError",
     "TensorSource",
     "UnreadableItemError",

@@ -10,6 +10,9 @@ Supported:
 - a directory written by ``datasets.Dataset.save_to_disk`` (memory-mapped Arrow: large datasets never load whole);
 - an ``imagefolder`` directory (one sub-directory per class), optionally streamed (``streaming=True``);
 - a text file: ``.txt`` (one item per line) or ``.jsonl`` (``{"id": ..., "text": ...}`` per line).
+
+Which of these a string names is decided once, by :func:`bt2_hf.data.sources.resolve_data_source`; a string that is
+none of them is refused with the resolver's message (the same one ``bt2 demo`` and ``bt2 verify`` give).
 """
 
 from __future__ import annotations
@@ -23,13 +26,33 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.sources import (
+    IDX,
+    IMAGEFOLDER,
+    JSONL,
+    SAVED_DATASET,
+    TEXT_LINES,
+    DataSource,
+    DataSourceError,
+    resolve_data_source,
+)
 from ..errors import BT2InputError
 
 IMAGE, TEXT = "image", "text"
+# What a gallery can be built from: local data only (a Hub dataset is saved with save_to_disk first).
+GALLERY_SOURCE_KINDS = (IDX, SAVED_DATASET, IMAGEFOLDER, TEXT_LINES, JSONL)
 
 
 class GallerySourceError(ValueError):
     """A dataset cannot be read as a gallery source (missing path, unknown format, missing column)."""
+
+
+class GalleryDataSourceError(DataSourceError, GallerySourceError):
+    """A dataset argument the data-source resolver refuses (missing, of no known layout, or a Hub id).
+
+    It carries the resolver's message unchanged, so a bad argument reads the same from every command; it is also a
+    `GallerySourceError`, so code that catches gallery source errors keeps catching it.
+    """
 
 
 class UnreadableItemError(BT2InputError, GallerySourceError):
@@ -177,10 +200,11 @@ class TensorSource(GallerySource):
 class IDXSource(TensorSource):
     """Fashion-MNIST / MNIST IDX files of a directory; ``split="all"`` puts train then test (ids ``train/i``)."""
 
-    def __init__(self, directory: str | os.PathLike, split: str = "train"):
+    def __init__(self, directory: str | os.PathLike | DataSource, split: str = "train"):
         from ..data.fashion_mnist import IDX_FILES, find_idx_file, read_idx
 
-        directory = Path(directory)
+        source = directory if isinstance(directory, DataSource) else _resolve(directory, (IDX,))
+        directory = source.path
         splits = ["train", "test"] if split == "all" else [split]
         if any(s not in IDX_FILES for s in splits):
             raise GallerySourceError(f"An IDX directory has splits 'train', 'test' (or 'all'), not {split!r}.")
@@ -199,11 +223,9 @@ class IDXSource(TensorSource):
             label_array = read_idx(label_path) if label_path is not None else None
             labels.append(label_array if label_array is not None and len(label_array) == len(array) else None)
         all_labels = None if any(part is None for part in labels) else np.concatenate(labels).astype(np.int64)
-        names_file = directory / "class_names.txt"
         # Without class_names.txt an IDX directory is (Fashion-)MNIST-style: which of the two is not written down,
         # so labels stay numbers rather than risk naming digits as garments.
-        names = [line.strip() for line in names_file.read_text(encoding="utf-8").splitlines() if line.strip()] \
-            if names_file.is_file() else None  # fmt: skip
+        names = source.class_names()
         super().__init__(torch.cat(images), ids, name=f"idx:{directory.name}:{split}", labels=all_labels,
                          label_names=names)  # fmt: skip
         self._fingerprint = _hash_files(files)
@@ -345,10 +367,11 @@ class TextFileSource(GallerySource):
 
     modality = TEXT
 
-    def __init__(self, path: str | os.PathLike):
-        path = Path(path)
+    def __init__(self, path: str | os.PathLike | DataSource):
+        source = path if isinstance(path, DataSource) else _resolve(path, (TEXT_LINES, JSONL))
+        path = source.path
         lines = path.read_text(encoding="utf-8").splitlines()
-        if path.suffix == ".jsonl":
+        if source.kind == JSONL:
             rows = [json.loads(line) for line in lines if line.strip()]
             if any("text" not in row for row in rows):
                 raise GallerySourceError(f"Every line of {path} needs a 'text' key (and optionally 'id').")
@@ -387,8 +410,15 @@ def _listing_hash(directory: Path) -> str:
     return "listing-sha256:" + digest.hexdigest()
 
 
+def _resolve(data: str | os.PathLike, kinds: tuple[str, ...]) -> DataSource:
+    try:
+        return resolve_data_source(data, accept=kinds)
+    except DataSourceError as error:
+        raise GalleryDataSourceError(error.problem, error.given) from None
+
+
 def open_source(
-    data: str | os.PathLike | GallerySource,
+    data: str | os.PathLike | DataSource | GallerySource,
     split: str | None = None,
     column: str | None = None,
     id_column: str | None = None,
@@ -398,43 +428,36 @@ def open_source(
 
     Args:
         data (`str` or `os.PathLike`): an IDX directory, a ``save_to_disk`` directory, an imagefolder, or a ``.txt`` /
-            ``.jsonl`` file; a :class:`GallerySource` is returned as is.
+            ``.jsonl`` file, as :func:`~bt2_hf.data.sources.resolve_data_source` names it (or its
+            :class:`~bt2_hf.data.sources.DataSource`); a :class:`GallerySource` is returned as is.
         split (`str`, *optional*): IDX: ``train`` (default), ``test`` or ``all``; `datasets`: the split of a
             ``DatasetDict`` (default: ``train``).
         column (`str`, *optional*): the image or text column of a `datasets` dataset.
         id_column (`str`, *optional*): the id column of a `datasets` dataset.
         streaming (`bool`, *optional*, defaults to `False`): stream an imagefolder instead of indexing it first.
+
+    Raises:
+        `GalleryDataSourceError`: ``data`` is missing, of no known layout, or a Hub id (the resolver's message).
     """
     if isinstance(data, GallerySource):
         return data
-    path = Path(data).expanduser()
-    if not path.exists():
-        raise GallerySourceError(
-            f"Dataset {data} does not exist: pass an IDX directory, a `save_to_disk` directory, an imagefolder or a "
-            ".txt / .jsonl file."
-        )
-    if path.is_file():
-        if path.suffix not in (".txt", ".jsonl"):
-            raise GallerySourceError(
-                f"{path}: a dataset file must be .txt or .jsonl (texts); use a directory for images."
-            )
-        return TextFileSource(path)
-    from ..data.datasets import is_saved_dataset
-    from ..data.fashion_mnist import is_fashion_mnist_dir
-
-    if is_fashion_mnist_dir(path):
-        return IDXSource(path, split or "train")
+    source = data if isinstance(data, DataSource) else _resolve(data, GALLERY_SOURCE_KINDS)
+    if source.kind in (TEXT_LINES, JSONL):
+        return TextFileSource(source)
+    if source.kind == IDX:
+        return IDXSource(source, split or "train")
+    if source.kind not in (SAVED_DATASET, IMAGEFOLDER):
+        raise GallerySourceError(f"{source.given} is a {source.kind!r} source; a gallery is built from local data.")
     import datasets
 
-    if is_saved_dataset(path):
-        loaded = datasets.load_from_disk(str(path))
-        fingerprint = None
-    else:
-        loaded = datasets.load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
-        fingerprint = _listing_hash(path)
+    from ..data.datasets import load_hf_dataset
+
+    path = source.path
+    fingerprint = _listing_hash(path) if source.kind == IMAGEFOLDER else None  # of the files as they were found
+    loaded = load_hf_dataset(source, streaming=streaming)
     if isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         split = split or ("train" if "train" in loaded else next(iter(loaded)))
         if split not in loaded:
-            raise GallerySourceError(f"{data} has splits {list(loaded)}, not {split!r}.")
+            raise GallerySourceError(f"{source.given} has splits {list(loaded)}, not {split!r}.")
         loaded = loaded[split]
     return HFDatasetSource(loaded, column, id_column, name=f"datasets:{path.name}:{split}", fingerprint=fingerprint)
