@@ -212,9 +212,11 @@ def resolve_data_source(name_or_path: str | os.PathLike, accept: Iterable[str] |
             )
         source = DataSource(HUB, given, given)
     else:
-        fix = "Check the path, or pass one of these instead."
-        if path == Path(DEFAULT_FASHION_MNIST_DIR):
-            fix = "For Fashion-MNIST run `apt-get install dataset-fashion-mnist`; or pass one of these instead."
+        # Fashion-MNIST is the default data set (the demo's): how to get it belongs to every "missing" message.
+        fix = (
+            "Check the path, or pass one of these instead. For Fashion-MNIST run `apt-get install "
+            f"dataset-fashion-mnist` (IDX files under {DEFAULT_FASHION_MNIST_DIR}/)."
+        )
         raise _refuse("does not exist", given, fix, missing=True)
     if source.kind not in kinds:
         what = _LAYOUTS[source.kind].split(" (")[0]

@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from bt2_hf.data import load_image_classification
-from bt2_hf.data import sources as sources_module
 from bt2_hf.data.datasets import load_hf_split
 from bt2_hf.data.sources import (
     DATA_SOURCE_KINDS,
@@ -197,8 +196,7 @@ def test_a_missing_path_is_also_a_file_not_found_error(tmp_path):
         resolve_data_source(tmp_path / "nope")
 
 
-def test_the_missing_default_fashion_mnist_directory_says_how_to_install_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources_module, "DEFAULT_FASHION_MNIST_DIR", str(tmp_path / "fashion-mnist"))
+def test_a_missing_path_says_how_to_get_the_default_data_set(tmp_path):
     with pytest.raises(MissingDataSourceError, match="apt-get install dataset-fashion-mnist"):
         resolve_data_source(tmp_path / "fashion-mnist")
 
