@@ -197,8 +197,8 @@ def load_demo_data(
 
     Raises:
         `~bt2_hf.data.sources.DataSourceError`: ``data_dir`` is none of the known layouts (a
-        `~bt2_hf.data.sources.MissingDataSourceError`, also a `FileNotFoundError`, when it does not exist: for the
-        default directory, with how to get Fashion-MNIST).
+        `~bt2_hf.data.sources.MissingDataSourceError`, also a `FileNotFoundError`, when it does not exist, saying how
+        to get Fashion-MNIST).
     """
     from ..data.fashion_mnist import DEFAULT_FASHION_MNIST_DIR
 
