@@ -183,27 +183,43 @@ def relevance_masked_contrastive_loss(
 
 
 def class_contrastive_loss(
-    queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 0.1,
+    key_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""Supervised in-batch contrastive loss: each query must rank the keys of its own class above the others.
+    r"""Supervised contrastive loss: each query must rank the keys of its own class above the others.
 
-    With ``s_ij = q̂_i · k̂_j / temperature`` over the batch, ``L = mean_i −log(Σ_{j: y_j = y_i} e^{s_ij} / Σ_j e^{s_ij})``.
-    With ``keys`` the frozen old model's embeddings of the batch's images, it trains exactly what class-level retrieval
-    in the old gallery rewards (a new query nearer the old embeddings of its class than of any other), where a cosine
-    match to the query's own old embedding copies the old model's mistakes too.
+    With ``s_ij = q̂_i · k̂_j / temperature``, ``L = mean_i −log(Σ_{j: y_j = y_i} e^{s_ij} / Σ_j e^{s_ij})``: a
+    soft nearest-neighbour classifier of the query among the keys (NCA). With ``keys`` the frozen old model's
+    embeddings (of the batch, or of the whole training set as a memory bank), it trains what retrieval in the old
+    gallery rewards (a new query nearer the old embeddings of its class than of any other), where a cosine match to the
+    query's own old embedding copies the old model's mistakes too.
 
     Args:
         queries (`torch.Tensor` of shape `(batch, dim)`): e.g. the compatible block of the new model.
-        keys (`torch.Tensor` of shape `(batch, dim)`): e.g. the old model's embeddings of the same rows.
-        labels (`torch.LongTensor` of shape `(batch,)`): classes; row ``i``'s own key is always a positive.
+        keys (`torch.Tensor` of shape `(num_keys, dim)`): e.g. the old model's embeddings of the same rows, or of every
+            training row.
+        labels (`torch.LongTensor` of shape `(batch,)`): the queries' classes.
         temperature (`float`, *optional*, defaults to 0.1): divides the cosines.
+        key_labels (`torch.LongTensor` of shape `(num_keys,)`, *optional*): the keys' classes; defaults to ``labels``
+            (the keys are the queries' own rows, so row ``i``'s own key is always a positive). Every query needs at
+            least one key of its class.
 
     Returns:
         `torch.Tensor`: the scalar loss, float32.
     """
-    _check_contrastive_inputs(queries, keys, temperature)
+    key_labels = labels if key_labels is None else key_labels
+    if key_labels is labels:
+        _check_contrastive_inputs(queries, keys, temperature)
+    elif len(key_labels) != len(keys) or queries.shape[-1] != keys.shape[-1]:
+        raise ValueError(f"keys {tuple(keys.shape)} need one label each (got {len(key_labels)}) and the queries' "
+                         f"width {queries.shape[-1]}.")  # fmt: skip
+    elif temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
     scores = F.normalize(queries.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T / temperature
-    positive = labels.reshape(-1, 1) == labels.reshape(1, -1)
+    positive = labels.reshape(-1, 1) == key_labels.reshape(1, -1)
     log_all = torch.logsumexp(scores, dim=1)
     log_positive = torch.logsumexp(scores.masked_fill(~positive, float("-inf")), dim=1)
     return (log_all - log_positive).mean()

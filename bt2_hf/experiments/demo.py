@@ -134,6 +134,10 @@ class DemoSize:
     influence_weight: float = 3.0
     old_match_weight: float = 20.0
     old_class_contrastive_weight: float = 0.0
+    old_class_contrastive_temperature: float = 0.1
+    old_class_contrastive_keys: str = "batch"
+    old_match_target: str = "self"
+    old_match_neighbours: int = 10
     # BCT's and BT²'s frozen references embed each training image once, before training (one augmented view each, as
     # the research code; the old model's table also gives W_o): fewer forward passes than online targets whenever a
     # stage sees more images than the training split holds, and the prototypes need no pass of their own.
@@ -409,7 +413,10 @@ def _method_config(name: str, size: DemoSize) -> dict[str, Any] | None:
     shared = {"influence_scale": size.influence_scale, "influence_weight": size.influence_weight}
     if method == "bt2":
         return {**shared, "extra_dim": size.extra_dim, "old_match_weight": size.old_match_weight,
-                "old_class_contrastive_weight": size.old_class_contrastive_weight}  # fmt: skip
+                "old_class_contrastive_weight": size.old_class_contrastive_weight,
+                "old_class_contrastive_temperature": size.old_class_contrastive_temperature,
+                "old_class_contrastive_keys": size.old_class_contrastive_keys,
+                "old_match_target": size.old_match_target, "old_match_neighbours": size.old_match_neighbours}  # fmt: skip
     if method == "bct":
         return shared
     return None

@@ -119,6 +119,24 @@ class CompatibilityMethod:
             raise ValueError(f"Method {self.name!r} needs the old model's class prototypes; none were given.")
         self.prototypes = prototypes
 
+    def prepare_targets(
+        self, precomputed: dict[str, torch.Tensor], labels: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """The stored reference tables the run will draw its targets from, given once before training.
+
+        The default keeps them as they are. A method whose targets are a function of the whole table (neighbours,
+        class statistics) returns new tables here; it must not change the given tensors in place (they may be shared
+        with other runs through the feature cache).
+
+        Args:
+            precomputed (`dict[str, torch.Tensor]`): stored targets by role, one row per training row.
+            labels (`torch.LongTensor` of shape `(N,)`, *optional*): the training rows' classes; ``None`` without labels.
+
+        Returns:
+            `dict[str, torch.Tensor]`: the tables :meth:`batch_targets` receives.
+        """
+        return precomputed
+
     def batch_targets(
         self,
         references: dict[str, Any],

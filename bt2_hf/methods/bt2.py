@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch.nn import functional as F
 
 from ..heads import bt2_embedding_dim
@@ -28,6 +29,20 @@ class BT2MethodConfig(PrototypeInfluenceConfig):
             model's embedding (λ3).
         new_match_weight (`float`, *optional*, defaults to 1.0): weight of matching the feature ``f`` to the
             independently trained new model (λ1).
+        old_class_contrastive_weight (`float`, *optional*, defaults to 0.0): weight of a supervised contrastive
+            (soft nearest-neighbour) term: each compatible block must rank the old model's embeddings of its class
+            above the other classes' (``losses.class_contrastive_loss``); 0 turns it off.
+        old_class_contrastive_temperature (`float`, *optional*, defaults to 0.1): that term's temperature.
+        old_class_contrastive_keys (`str`, *optional*, defaults to `"batch"`): the old embeddings it ranks: the
+            batch's, or ``"training_set"``, the stored old embeddings of every training image (a memory bank: the
+            old gallery as a query will meet it; needs ``reference_targets="precomputed"``).
+        old_match_target (`str`, *optional*, defaults to `"self"`): the old-match target of each training image:
+            ``"self"``, the old model's embedding of that image (the paper), or ``"class_neighbours"``, the unit mean
+            of the old embeddings of its ``old_match_neighbours`` nearest training images of the same class (itself
+            included). The second is a denoised target in the dense part of the class, where a nearest-item search of
+            the old gallery more often returns the right class; it needs stored targets
+            (``reference_targets="precomputed"``) and labels.
+        old_match_neighbours (`int`, *optional*, defaults to 10): the neighbours ``"class_neighbours"`` averages.
         extra_dim (`int`, *optional*, defaults to 32): ``k``, the dimensions added to the new feature.
         feature_scale (`float`, *optional*, defaults to 2.0): ``C``, the weight of the new feature against the added
             branch inside the basis transformation.
@@ -63,6 +78,25 @@ class BT2MethodConfig(PrototypeInfluenceConfig):
     old_class_contrastive_temperature: float = field(
         default=0.1, metadata={"help": "Temperature of the supervised contrastive term against the old embeddings."}
     )
+    old_class_contrastive_keys: str = field(
+        default="batch",
+        metadata={
+            "help": "The old embeddings the contrastive term ranks: 'batch' (the batch's) or 'training_set' (the "
+            "stored old embeddings of every training image, a memory bank).",
+            "choices": ["batch", "training_set"],
+        },
+    )
+    old_match_target: str = field(
+        default="self",
+        metadata={
+            "help": "What the compatible block is matched to: 'self' (the old model's embedding of the same image, "
+            "as the paper) or 'class_neighbours' (the mean of its nearest same-class old embeddings).",
+            "choices": ["self", "class_neighbours"],
+        },
+    )
+    old_match_neighbours: int = field(
+        default=10, metadata={"help": "How many same-class old embeddings 'class_neighbours' averages."}
+    )
     extra_dim: int = field(default=32, metadata={"help": "k: dimensions added on top of the new feature."})
     feature_scale: float = field(
         default=2.0, metadata={"help": "C: weight of the new feature against the added branch in the transformation."}
@@ -74,6 +108,14 @@ class BT2MethodConfig(PrototypeInfluenceConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.old_match_target not in ("self", "class_neighbours"):
+            raise ValueError(f"old_match_target must be 'self' or 'class_neighbours', got {self.old_match_target!r}.")
+        if self.old_class_contrastive_keys not in ("batch", "training_set"):
+            raise ValueError(
+                f"old_class_contrastive_keys must be 'batch' or 'training_set', got {self.old_class_contrastive_keys!r}."
+            )
+        if self.old_match_neighbours < 1:
+            raise ValueError(f"old_match_neighbours must be at least 1, got {self.old_match_neighbours}.")
         if self.extra_dim < 0:
             raise ValueError(f"extra_dim must be >= 0, got {self.extra_dim}.")
         if self.feature_scale <= 0:
@@ -133,6 +175,29 @@ class BT2Method(CompatibilityMethod):
             "feature_scale": self.config.feature_scale,
         }
 
+    def prepare_targets(self, precomputed, labels):
+        config = self.config
+        self._old_keys = None
+        if config.old_class_contrastive_weight and config.old_class_contrastive_keys == "training_set":
+            if "old" not in precomputed or labels is None:
+                raise ValueError(
+                    "old_class_contrastive_keys='training_set' ranks the old embeddings of every training image: it "
+                    "needs them stored before training (reference_targets='precomputed') and class labels."
+                )
+            # The old model's own embeddings (never the neighbour-averaged targets below), unit rows, with classes.
+            self._old_keys = (F.normalize(precomputed["old"].float(), dim=-1), labels.to(precomputed["old"].device))
+        if config.old_match_target == "self":
+            return precomputed
+        if "old" not in precomputed:
+            raise ValueError(
+                "old_match_target='class_neighbours' needs the old model's targets stored before training: set "
+                "reference_targets='precomputed' (or give an old-target column)."
+            )
+        if labels is None:
+            raise ValueError("old_match_target='class_neighbours' needs class labels; use old_match_target='self'.")
+        neighbours = class_neighbour_means(precomputed["old"], labels, self.config.old_match_neighbours)
+        return {**precomputed, "old": neighbours.to(precomputed["old"].dtype)}
+
     def compute_loss(self, outputs, targets, labels):
         config = self.config
         # compatible_embeddings is b̂ (the old-compatible block, re-normalised); features is f̂.
@@ -151,7 +216,10 @@ class BT2Method(CompatibilityMethod):
         config = self.config
         if not config.old_class_contrastive_weight or labels is None:
             return {}
-        loss = class_contrastive_loss(compatible, old_targets, labels, config.old_class_contrastive_temperature)
+        keys, key_labels = getattr(self, "_old_keys", None) or (old_targets, None)
+        loss = class_contrastive_loss(
+            compatible, keys, labels, config.old_class_contrastive_temperature, key_labels=key_labels
+        )
         return {"old_class_contrastive_loss": config.old_class_contrastive_weight * loss}
 
     def _ancestor_losses(self, compatible, old_targets, labels) -> dict:
@@ -170,3 +238,41 @@ class BT2Method(CompatibilityMethod):
             "ancestor_influence_loss": config.influence_weight * influence,
             "ancestor_match_loss": config.old_match_weight * match,
         }
+
+
+@torch.no_grad()
+def class_neighbour_means(
+    table: torch.Tensor, labels: torch.Tensor, num_neighbours: int, chunk_size: int = 4096
+) -> torch.Tensor:
+    """Each row replaced by the unit mean of its ``num_neighbours`` nearest rows of the same class (itself included).
+
+    A denoised per-item target for matching the old model: one old embedding is a noisy sample of where its class
+    lies in the old space, and the mean of its same-class neighbours sits in the dense part of that class, where a
+    nearest-item search of the old gallery is likelier to return the right class. Neighbours are by cosine.
+
+    Args:
+        table (`torch.Tensor` of shape `(N, d)`): one embedding per training row.
+        labels (`torch.LongTensor` of shape `(N,)`): the rows' classes.
+        num_neighbours (`int`): how many same-class rows to average (clipped to the class's size); 1 returns the
+            normalised table.
+        chunk_size (`int`, *optional*, defaults to 4096): rows compared at once (memory: ``chunk_size × class size``).
+
+    Returns:
+        `torch.Tensor` of shape `(N, d)`: unit rows, a new tensor (``table`` is left as it is).
+    """
+    if num_neighbours < 1:
+        raise ValueError(f"num_neighbours must be at least 1, got {num_neighbours}.")
+    if table.shape[0] != labels.shape[0]:
+        raise ValueError(f"table has {table.shape[0]} rows but labels has {labels.shape[0]}.")
+    unit = F.normalize(table.float(), dim=-1)
+    labels = labels.to(unit.device)
+    result = torch.empty_like(unit)
+    for label in torch.unique(labels):
+        rows = torch.nonzero(labels == label).flatten()
+        members = unit[rows]
+        k = min(num_neighbours, len(rows))
+        for start in range(0, len(rows), chunk_size):
+            similarity = members[start : start + chunk_size] @ members.T
+            nearest = similarity.topk(k, dim=1).indices
+            result[rows[start : start + chunk_size]] = members[nearest].mean(dim=1)
+    return F.normalize(result, dim=-1)

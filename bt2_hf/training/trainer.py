@@ -563,6 +563,7 @@ def prepare_run(
     has_labels = not isinstance(data, ImageTextData) or data.has_labels
     precomputed = _reference_tables(references, data, args, passes, accelerator)
     method.prepare(_prototypes(method, references, precomputed, data, args, passes, accelerator, has_labels))
+    precomputed = method.prepare_targets(precomputed, image_data.labels if has_labels else None)
 
     set_train_mode(model, model_args.freeze_backbone, model_args.freeze_text_backbone)
     text_features = None  # a frozen text backbone's pooled output per caption, when stored (see the argument)

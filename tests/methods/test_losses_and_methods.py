@@ -298,3 +298,66 @@ def test_bt2_adds_the_old_class_contrastive_term_only_when_weighted():
     expected = 0.5 * class_contrastive_loss(outputs.compatible_embeddings, targets["old"], labels, 0.1)
     torch.testing.assert_close(losses["old_class_contrastive_loss"], expected)
     assert "old_class_contrastive_loss" not in off.compute_loss(outputs, targets, labels)
+
+
+def test_class_contrastive_loss_against_a_labelled_bank_equals_a_plain_loop():
+    from bt2_hf.losses import class_contrastive_loss
+
+    generator = torch.Generator().manual_seed(3)
+    queries, bank = torch.randn(4, 5, generator=generator), torch.randn(9, 5, generator=generator)
+    labels, bank_labels = torch.tensor([0, 1, 2, 1]), torch.tensor([0, 0, 1, 1, 1, 2, 2, 0, 2])
+    q, k = F.normalize(queries, dim=-1), F.normalize(bank, dim=-1)
+    expected = 0.0
+    for i in range(4):
+        scores = [math.exp(float(q[i] @ k[j]) / 0.05) for j in range(9)]
+        expected -= math.log(sum(s for j, s in enumerate(scores) if bank_labels[j] == labels[i]) / sum(scores))
+    loss = class_contrastive_loss(queries, bank, labels, temperature=0.05, key_labels=bank_labels)
+    assert float(loss) == pytest.approx(expected / 4, rel=1e-5)
+    with pytest.raises(ValueError, match="one label each"):
+        class_contrastive_loss(queries, bank, labels, key_labels=bank_labels[:5])
+
+
+def test_class_neighbour_means_equal_a_brute_force_search():
+    from bt2_hf.methods.bt2 import class_neighbour_means
+
+    generator = torch.Generator().manual_seed(4)
+    table, labels = torch.randn(23, 6, generator=generator), torch.randint(0, 3, (23,), generator=generator)
+    unit = F.normalize(table, dim=-1)
+    result = class_neighbour_means(table, labels, num_neighbours=4, chunk_size=5)
+    for row in range(23):
+        same = [j for j in range(23) if labels[j] == labels[row]]
+        nearest = sorted(same, key=lambda j: -float(unit[row] @ unit[j]))[:4]
+        torch.testing.assert_close(result[row], F.normalize(unit[nearest].mean(0), dim=0))
+    torch.testing.assert_close(class_neighbour_means(table, labels, 1), unit)  # itself is its nearest
+    with pytest.raises(ValueError, match="num_neighbours"):
+        class_neighbour_means(table, labels, 0)
+
+
+def test_bt2_prepares_its_targets_from_the_stored_table_without_changing_it():
+    table = torch.randn(12, 4, generator=torch.Generator().manual_seed(5))
+    labels = torch.arange(12) % 3
+    before = table.clone()
+    smoothed = get_method("bt2", {"old_match_target": "class_neighbours", "old_match_neighbours": 3})
+    tables = smoothed.prepare_targets({"old": table, "independent": table}, labels)
+    assert tables["independent"] is table and not torch.equal(tables["old"], F.normalize(table, dim=-1))
+    torch.testing.assert_close(table, before)  # the stored table may be shared through the feature cache
+    bank = get_method("bt2", {"old_class_contrastive_weight": 1.0, "old_class_contrastive_keys": "training_set"})
+    assert bank.prepare_targets({"old": table}, labels)["old"] is table
+    bank.prepare(F.normalize(torch.randn(3, 4), dim=-1))
+    outputs = BT2Output(
+        embeddings=F.normalize(torch.randn(5, 6), dim=-1), compatible_embeddings=F.normalize(torch.randn(5, 4), dim=-1),
+        features=F.normalize(torch.randn(5, 5), dim=-1), logits=torch.randn(5, 3),
+    )  # fmt: skip
+    batch_labels = torch.tensor([0, 1, 2, 0, 1])
+    from bt2_hf.losses import class_contrastive_loss
+
+    losses = bank.compute_loss(outputs, {"old": table[:5], "independent": torch.randn(5, 5)}, batch_labels)
+    expected = class_contrastive_loss(outputs.compatible_embeddings, table, batch_labels, 0.1, key_labels=labels)
+    torch.testing.assert_close(losses["old_class_contrastive_loss"], expected)
+    for settings, message in (({"old_match_target": "class_neighbours"}, "precomputed"),
+                              ({"old_class_contrastive_weight": 1.0, "old_class_contrastive_keys": "training_set"},
+                               "precomputed")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            get_method("bt2", settings).prepare_targets({}, labels)
+    with pytest.raises(ValueError, match="old_match_target"):
+        get_method("bt2", {"old_match_target": "nearest"})
