@@ -19,6 +19,7 @@ from .mixed import (
     mixed_backfill_curves,
     search_gallery,
     top1_under_rule,
+    top_k_under_rule,
 )
 from .shards import EmbeddingDirectory, EmbeddingDirectoryError
 from .sources import (
@@ -46,6 +47,7 @@ __all__ = [
     "fill_slots",
     "mixed_backfill_curves",
     "top1_under_rule",
+    "top_k_under_rule",
     "EmbeddingDirectory",
     "EmbeddingDirectoryError",
     "GallerySource",

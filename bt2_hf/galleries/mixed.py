@@ -443,6 +443,75 @@ def top1_under_rule(
     return values[rule] if isinstance(rule, str) else values
 
 
+def top_k_under_rule(
+    old_space_queries: np.ndarray,
+    old_gallery: np.ndarray,
+    new_queries: np.ndarray,
+    new_gallery: np.ndarray,
+    use_new: np.ndarray,
+    k: int,
+    *,
+    rule: str = DEFAULT_RULE,
+    chunk: int = 512,
+) -> np.ndarray:
+    """Each query's first ``k`` gallery rows under a rule, for a gallery whose ``use_new`` items are re-embedded.
+
+    Exact (brute force), for evaluating retrieval sets (relevance judgements rather than classes): the rows go to any
+    top-``k`` metric. The query's old-space side is given whole rather than as a prefix, so it may be a compatible
+    prefix or a post-hoc adapter's output. ``"slots"`` and ``"calibrated"`` rank as :func:`search_gallery` does on a
+    flat gallery; ``"naive"`` sorts every item (new/new cosine if re-embedded, new → old otherwise) rather than the
+    encoder space's top ``depth``. Ties go to the lowest gallery row.
+
+    Args:
+        old_space_queries (`np.ndarray` of shape `(n, d_old)`): the queries in the gallery encoder's space.
+        old_gallery (`np.ndarray` of shape `(N, d_old)`): every item's encoder vector.
+        new_queries (`np.ndarray` of shape `(n, d_new)`), new_gallery (`np.ndarray` of shape `(N, d_new)`): the new
+            model's embeddings (rows of ``new_gallery`` outside ``use_new`` are never read into a score that counts).
+        use_new (`np.ndarray` of `bool`, shape `(N,)`): which items are re-embedded.
+        k (`int`): rows per query (at most ``N``).
+        rule (`str`, *optional*, defaults to `"slots"`): one of ``RULES``.
+
+    Returns:
+        `np.ndarray` of int64, shape `(n, k)`.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
+    old_gallery, new_gallery = _unit(old_gallery), _unit(new_gallery)
+    old_space_queries, new_queries = _unit(old_space_queries), _unit(new_queries)
+    use_new = np.asarray(use_new, dtype=bool)
+    if use_new.shape != (len(old_gallery),) or len(new_gallery) != len(old_gallery):
+        raise ValueError("old_gallery, new_gallery and use_new must describe the same items.")
+    if len(old_space_queries) != len(new_queries):
+        raise ValueError(f"{len(old_space_queries)} old-space queries but {len(new_queries)} new queries.")
+    k = min(k, len(old_gallery))
+    sample = calibration_sample(np.flatnonzero(use_new))
+
+    def best_first(scores: np.ndarray) -> np.ndarray:  # stable: equal scores keep the lower row first
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+    out = np.empty((len(new_queries), k), dtype=np.int64)
+    for start in range(0, len(new_queries), chunk):
+        stop = min(len(new_queries), start + chunk)
+        old_scores = old_space_queries[start:stop] @ old_gallery.T
+        new_scores = new_queries[start:stop] @ new_gallery.T
+        if rule == "naive":
+            out[start:stop] = best_first(np.where(use_new[None, :], new_scores, old_scores))
+            continue
+        rows = best_first(old_scores)
+        if use_new.any():
+            backfill_scores = np.where(use_new[None, :], new_scores, -np.inf)
+            backfill_rows = best_first(backfill_scores)
+            backfill_rows = np.where(np.take_along_axis(backfill_scores, backfill_rows, 1) > -np.inf, backfill_rows, -1)
+            rows, _ = fill_slots(rows, use_new[rows], backfill_rows, np.zeros(backfill_rows.shape, np.float32))
+        if rule == "calibrated" and len(sample) >= MIN_CALIBRATION_ITEMS:
+            calibration = _standardiser(old_space_queries[start:stop], new_queries[start:stop], old_gallery,
+                                        new_gallery, sample)  # fmt: skip
+            merged = best_first(np.where(use_new[None, :], calibration.new_to_encoder(new_scores), old_scores))
+            rows = np.where(_covered(old_scores, use_new, same_items=False)[:, None], merged, rows)
+        out[start:stop] = rows
+    return out
+
+
 def top1_along_backfill(
     old_gallery: np.ndarray,
     new_gallery: np.ndarray,
