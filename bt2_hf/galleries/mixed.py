@@ -501,7 +501,9 @@ def top_k_under_rule(
         if use_new.any():
             backfill_scores = np.where(use_new[None, :], new_scores, -np.inf)
             backfill_rows = best_first(backfill_scores)
-            backfill_rows = np.where(np.take_along_axis(backfill_scores, backfill_rows, 1) > -np.inf, backfill_rows, -1)
+            backfill_rows = np.where(
+                np.take_along_axis(backfill_scores, backfill_rows, 1) > -np.inf, backfill_rows, -1
+            )
             rows, _ = fill_slots(rows, use_new[rows], backfill_rows, np.zeros(backfill_rows.shape, np.float32))
         if rule == "calibrated" and len(sample) >= MIN_CALIBRATION_ITEMS:
             calibration = _standardiser(old_space_queries[start:stop], new_queries[start:stop], old_gallery,
