@@ -68,14 +68,29 @@ from transformers import (  # noqa: E402
     ViTConfig,
 )
 
-torch.set_num_threads(2)
+# Under pytest-xdist (scripts/run_tests.sh runs one worker per core) the cores are shared out between the workers:
+# more torch threads than cores makes every worker an order of magnitude slower. The processes tests start inherit it.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_THREADS)
+
+TESTS_ROOT = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(items):
-    """A test that starts several processes is also ``slow``: ``-m "not slow"`` (the inner loop) leaves it out."""
+    """A test that starts several processes is also ``slow``: ``-m "not slow"`` (the inner loop) leaves it out.
+
+    Each test package is one xdist group (``--dist loadgroup``): its session and module fixtures (trained tiny models,
+    built galleries) are made once, by the worker that runs the package, not once per worker.
+    """
     for item in items:
         if item.get_closest_marker("multiprocess") and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+        path = Path(str(item.path)).resolve()
+        if path.is_relative_to(TESTS_ROOT):  # (a test may run pytest on files of its own, elsewhere)
+            item.add_marker(pytest.mark.xdist_group(path.relative_to(TESTS_ROOT).parts[0]))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
         )
     except (FileNotFoundError, ValueError) as error:  # missing data, no CUDA device: say what to do, no traceback
-        console.print(f"[red]bt2 demo: {error}[/red]")
+        # One unwrapped line: paths in the message stay whole (copy-pasteable), and brackets in them are not markup.
+        console.print(f"bt2 demo: {error}", style="red", soft_wrap=True, markup=False, highlight=False)
         return 2
     summary = result.results
     console.print(results_table(summary))
