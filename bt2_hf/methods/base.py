@@ -25,8 +25,12 @@ class MethodConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         for item in dataclasses.fields(self):
-            if item.name.endswith("_weight") and getattr(self, item.name) < 0:
-                raise ValueError(f"{item.name} must be >= 0, got {getattr(self, item.name)}.")
+            value = getattr(self, item.name)
+            if item.name.endswith("_weight") and value < 0:
+                raise ValueError(f"{item.name} must be >= 0, got {value}.")
+            choices = item.metadata.get("choices")
+            if choices is not None and value not in choices:
+                raise ValueError(f"{item.name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a JSON-serialisable dict (stored in ``config.training["method_config"]``)."""

@@ -108,12 +108,6 @@ class BT2MethodConfig(PrototypeInfluenceConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.old_match_target not in ("self", "class_neighbours"):
-            raise ValueError(f"old_match_target must be 'self' or 'class_neighbours', got {self.old_match_target!r}.")
-        if self.old_class_contrastive_keys not in ("batch", "training_set"):
-            raise ValueError(
-                f"old_class_contrastive_keys must be 'batch' or 'training_set', got {self.old_class_contrastive_keys!r}."
-            )
         if self.old_match_neighbours < 1:
             raise ValueError(f"old_match_neighbours must be at least 1, got {self.old_match_neighbours}.")
         if self.extra_dim < 0:
