@@ -51,6 +51,16 @@ def check_name(name) -> str:
     return name
 
 
+def finished_backfill(gallery, name: str, kind: str) -> dict:
+    """The backfill state of a gallery whose every row was re-embedded (what a cutover switches to), else a refusal."""
+    state = gallery.backfill_state
+    if not state or state["done"] < len(gallery):
+        done = state["done"] if state else 0
+        raise GalleryError(f"{name} is backfilled {done}/{len(gallery)}: finish the backfill before the cutover (or "
+                           f"name the {kind} to switch to).")  # fmt: skip
+    return state
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -188,11 +198,7 @@ class GalleryRoot:
             raise GalleryNotFoundError(f"No alias {alias!r}: create it first (`bt2 gallery alias ROOT {alias} DIR`).")
         current = self._gallery(record["target"])
         if to is None:
-            state = current.backfill_state
-            if not state or state["done"] < len(current):
-                done = state["done"] if state else 0
-                raise GalleryError(f"{record['target']} is backfilled {done}/{len(current)}: finish the backfill "
-                                   "before the cutover (or name the gallery to switch to).")  # fmt: skip
+            state = finished_backfill(current, record["target"], "gallery")
             new_fingerprint = state["model"]["fingerprint"]
             standby = record.get("standby")
             if standby and self._gallery(standby).encoder["fingerprint"] == new_fingerprint:
@@ -296,11 +302,7 @@ class MilvusAliases:
         served = self.resolve(alias)
         current = MilvusGallery.open(self.uri, served, client=self.client)
         if to is None:
-            state = current.backfill_state
-            if not state or state["done"] < len(current):
-                done = state["done"] if state else 0
-                raise GalleryError(f"{served} is backfilled {done}/{len(current)}: finish the backfill before the "
-                                   "cutover (or name the collection to switch to).")  # fmt: skip
+            state = finished_backfill(current, served, "collection")
             standby = self.record(alias).get("standby")
             fingerprint = state["model"]["fingerprint"]
             if standby and self.client.has_collection(standby) and MilvusGallery.open(
