@@ -381,9 +381,9 @@ def _reference_tables(
     """The frozen references' targets stored once for every training row, by role.
 
     A given old-target column is used as it is. Captions are never augmented, so a frozen text reference gives one
-    embedding per caption: each is embedded once. With ``reference_targets="precomputed"``, each process also embeds
-    every image once (a single random augmentation per image, as the research code); the old model's table then also
-    gives the prototypes W_o. Cheaper than online targets whenever a run sees more images than the data set holds
+    embedding per caption: each is embedded once. With ``reference_targets="precomputed"`` (for every role, or for the
+    roles it names), each process also embeds every image once (a single random augmentation per image, as the
+    research code); the old model's table then also gives the prototypes W_o. Cheaper than online targets whenever a run sees more images than the data set holds
     (steps × batch > N). Image tables come from the process's feature cache when a run before this one computed the
     same (same reference weights, images, augmentation, batching, precision and device).
     """
@@ -393,7 +393,7 @@ def _reference_tables(
     if old_column is not None and "old" in references:
         precomputed["old"] = old_column.to(device)
     for name, ref in references.items():
-        if name in precomputed or (ref.modality == "image" and args.reference_targets != "precomputed"):
+        if name in precomputed or (ref.modality == "image" and args.reference_target_mode(name) != "precomputed"):
             continue
 
         def compute(ref: FrozenReference = ref) -> torch.Tensor:

@@ -106,3 +106,37 @@ def test_a_method_changes_its_targets_by_overriding_one_hook(tmp_path, data, ref
     negated_weights, plain_weights = _weights(negated), _weights(plain)
     assert set(negated_weights) == set(plain_weights)
     assert any(not torch.equal(negated_weights[name], plain_weights[name]) for name in plain_weights)
+
+
+@register_method
+class _StoredRolesBT2(BT2Method):
+    """BT², recording which references' targets the trainer stored before training."""
+
+    name = "test_stored_roles_bt2"
+    stored: list[set[str]] = []
+
+    def batch_targets(self, references, precomputed, images, rows):
+        type(self).stored.append(set(precomputed))
+        return super().batch_targets(references, precomputed, images, rows)
+
+
+@pytest.mark.parametrize(
+    ("reference_targets", "stored"),
+    [("online", set()), ("precomputed", {"old", "independent"}),
+     ("old=online,independent=precomputed", {"independent"}), ("old=precomputed", {"old"})],
+)  # fmt: skip
+def test_reference_targets_store_the_tables_of_the_roles_they_name(tmp_path, data, references, reference_targets,
+                                                                   stored):  # fmt: skip
+    """One mode for every reference, or one per role (a role left out is online)."""
+    model_args = ModelArguments(backbone_config=CNN, old_model=references["old"],
+                                independent_model=references["independent"])  # fmt: skip
+    _StoredRolesBT2.stored = []
+    train(model_args, DataArguments(), quick_args(tmp_path / "run", _StoredRolesBT2.name, max_steps=2,
+          reference_targets=reference_targets), train_data=data)  # fmt: skip
+    assert _StoredRolesBT2.stored and all(roles == stored for roles in _StoredRolesBT2.stored)
+
+
+@pytest.mark.parametrize("value", ["stored", "old=stored", "old=online,old=precomputed", "teacher=online", "old"])
+def test_a_malformed_reference_targets_is_refused_with_the_accepted_forms(tmp_path, value):
+    with pytest.raises(ValueError, match=r"reference_targets must be one of \['online', 'precomputed'\] or one mode"):
+        quick_args(tmp_path, "bt2", reference_targets=value)
