@@ -70,10 +70,11 @@ def is_lite(client) -> bool:
 def _create_index(client, collection: str, index_params, lite: bool) -> None:
     """Create ``collection``'s index; on a Milvus server, wait until it is built.
 
-    pymilvus waits for an index by first asking the server for a timestamp (``AllocTimestamp``). milvus-lite does not
-    implement that call: its gRPC server logs a ``NotImplementedError`` traceback (pymilvus then ignores the error)
-    although the build succeeds. milvus-lite builds an index synchronously when the collection is loaded and always
-    reports it finished, so there is nothing to wait for: the call is skipped there rather than its log hidden.
+    pymilvus waits for an index by first asking the server for a timestamp (``AllocTimestamp``). milvus-lite (a file,
+    or its gRPC server behind a URI: ``lite`` is :func:`is_lite`) does not implement that call: it logs a
+    ``NotImplementedError`` traceback (pymilvus then ignores the error) although the build succeeds. milvus-lite
+    builds an index synchronously when the collection is loaded and always reports it finished, so there is nothing
+    to wait for: the call is skipped there rather than its log hidden.
     """
     client.create_index(collection, index_params, sync=not lite)
 
