@@ -6,6 +6,7 @@ The answers are checked against faiss galleries of the same vectors and against 
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from bt2_hf import BT2Model
+from bt2_hf.cli.main import main as cli_main
 from bt2_hf.compatibility import IncompatibleModelsError
 from bt2_hf.galleries import FaissGallery, GalleryError, backfill, embed_dataset, open_source, search_gallery
 from bt2_hf.galleries.aliases import MilvusAliases, open_gallery_root
@@ -96,7 +98,7 @@ def test_a_server_that_does_not_answer_is_a_clear_error():
 
 @pytest.mark.slow
 def test_server_backfill_killed_and_resumed_then_cutover_and_rollback(
-    milvus_server, saved_models, idx_dir, embeddings
+    milvus_server, saved_models, idx_dir, embeddings, capsys
 ):
     from bt2_hf.galleries.milvus_store import MilvusGallery
 
@@ -139,8 +141,11 @@ def test_server_backfill_killed_and_resumed_then_cutover_and_rollback(
     assert state["done"] == 180 and state["order"] == "random"
     np.testing.assert_allclose(gallery.backfill_vectors(np.arange(180)), expected, atol=1e-5)
 
-    # Cutover: the alias serves a new collection finalised from the backfill; the old one is kept as the standby.
-    entry = aliases.cutover("killed")
+    # Cutover (by the CLI, as an operator would): the alias serves a new collection finalised from the backfill; the
+    # old one is kept as the standby.
+    capsys.readouterr()
+    assert cli_main(["gallery", "cutover", uri, "killed"]) == 0
+    entry = json.loads(capsys.readouterr().out)
     target = entry["to"]
     assert entry["from"] == collection and target.startswith(f"{collection}__") and aliases.resolve("killed") == target
     assert aliases.locate("killed") == ("killed", target) and aliases.standby("killed") == collection
