@@ -561,7 +561,8 @@ def prepare_run(
     total_steps = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.num_train_epochs
     passes = _NoGradPass(image_data, batch_size, accelerator, args, augmentation)
     has_labels = not isinstance(data, ImageTextData) or data.has_labels
-    precomputed = _reference_tables(references, data, args, passes, accelerator)
+    read = {name: ref for name, ref in references.items() if method.reads_targets_of(name)}
+    precomputed = _reference_tables(read, data, args, passes, accelerator)
     method.prepare(_prototypes(method, references, precomputed, data, args, passes, accelerator, has_labels))
     precomputed = method.prepare_targets(precomputed, image_data.labels if has_labels else None)
 

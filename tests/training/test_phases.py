@@ -114,10 +114,13 @@ class _StoredRolesBT2(BT2Method):
 
     name = "test_stored_roles_bt2"
     stored: list[set[str]] = []
+    embedded: list[set[str]] = []
 
     def batch_targets(self, references, precomputed, images, rows):
         type(self).stored.append(set(precomputed))
-        return super().batch_targets(references, precomputed, images, rows)
+        targets = super().batch_targets(references, precomputed, images, rows)
+        type(self).embedded.append(set(targets))
+        return targets
 
 
 @pytest.mark.parametrize(
@@ -140,3 +143,19 @@ def test_reference_targets_store_the_tables_of_the_roles_they_name(tmp_path, dat
 def test_a_malformed_reference_targets_is_refused_with_the_accepted_forms(tmp_path, value):
     with pytest.raises(ValueError, match=r"reference_targets must be one of \['online', 'precomputed'\] or one mode"):
         quick_args(tmp_path, "bt2", reference_targets=value)
+
+
+@pytest.mark.parametrize("reference_targets", ["online", "precomputed"])
+def test_bt2_without_the_new_match_term_never_embeds_with_the_independent_model(tmp_path, data, references,
+                                                                                reference_targets):  # fmt: skip
+    """f is not matched, so the independent model only gives f's width and the starting weights: no table of its
+    embeddings, no target per batch, no new-match term."""
+    model_args = ModelArguments(backbone_config=CNN, old_model=references["old"], init_from_independent=True,
+                                independent_model=references["independent"])  # fmt: skip
+    _StoredRolesBT2.stored, _StoredRolesBT2.embedded = [], []
+    out = train(model_args, DataArguments(), quick_args(tmp_path / "run", _StoredRolesBT2.name, max_steps=2,
+                reference_targets=reference_targets), {"new_match_weight": 0.0}, train_data=data)  # fmt: skip
+    assert _StoredRolesBT2.embedded and all(roles == {"old"} for roles in _StoredRolesBT2.embedded)
+    assert all(roles == ({"old"} if reference_targets == "precomputed" else set()) for roles in _StoredRolesBT2.stored)
+    entries = json.loads((out / "training_log.json").read_text())
+    assert entries and all("new_match_loss" not in entry and "old_match_loss" in entry for entry in entries)
