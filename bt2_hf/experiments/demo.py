@@ -222,7 +222,7 @@ class DemoSize:
             vit_heads=2,
             new_train_samples=400,
             new_steps=6,
-            finetune_steps=6,
+            finetune_steps=4,
             warmup_fraction=0.0,
             batch_size=64,
             eval_samples=300,
