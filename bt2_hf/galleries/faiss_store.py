@@ -679,10 +679,16 @@ def exact_scores(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> 
     scores = np.full(rows.shape, -np.inf, dtype=np.float32)
     valid = rows >= 0
     flat_rows = np.where(valid, rows, 0)
-    unique, inverse = np.unique(flat_rows, return_inverse=True)
-    # Sorted unique rows read the memory map sequentially-ish and each row once.
-    block = np.asarray(vectors[unique], dtype=np.float32)[inverse.reshape(rows.shape)]
-    exact = np.einsum("nkd,nd->nk", block, np.asarray(queries, dtype=np.float32))
+    queries = np.asarray(queries, dtype=np.float32)
+    if len(rows) == 1:
+        # One query (a served search): its candidates are distinct rows already; sorting them for the memory map
+        # costs more than the reads it saves once the vectors are in the page cache.
+        exact = (np.asarray(vectors[flat_rows[0]], dtype=np.float32) @ queries[0])[None, :]
+    else:
+        unique, inverse = np.unique(flat_rows, return_inverse=True)
+        # Sorted unique rows read the memory map sequentially-ish and each row once.
+        block = np.asarray(vectors[unique], dtype=np.float32)[inverse.reshape(rows.shape)]
+        exact = np.einsum("nkd,nd->nk", block, queries)
     scores[valid] = exact[valid]
     return scores
 
@@ -690,6 +696,13 @@ def exact_scores(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> 
 def _sort(scores: np.ndarray, rows: np.ndarray, depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     # Descending score, then ascending row: the evaluator's tie rule; missing rows (-1) last.
     scores = np.where(rows < 0, -np.inf, scores)
+    width = scores.shape[-1]
+    if depth is not None and depth < width and len(scores) == 1:
+        # One query, a few of many candidates: only those scoring at least the depth-th best can be kept (ties at
+        # that score included, so the tie rule still decides among them); the full sort is 10× slower.
+        threshold = np.partition(scores[0], width - depth)[width - depth]
+        keep = np.flatnonzero(scores[0] >= threshold)
+        scores, rows = scores[:, keep], rows[:, keep]
     order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=-1)
     scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
     return (scores, rows) if depth is None else (scores[:, :depth], rows[:, :depth])

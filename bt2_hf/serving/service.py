@@ -29,6 +29,7 @@ import numpy as np
 from ..errors import BT2InputError
 from ..galleries.aliases import GalleryRoot, check_name
 from ..utils.io import atomic_write_json
+from .batching import TextBatcher
 from .locks import ReadWriteLock
 
 logger = logging.getLogger(__name__)
@@ -258,10 +259,25 @@ class GalleryService:
         models (`list[str]`, *optional*): query models to load, ``PATH`` or ``NAME=PATH``; listed first = default.
         rule (`str`, *optional*): the ranking rule during a backfill (default: the galleries' default).
         resume_jobs (`bool`, *optional*, defaults to `True`): restart the backfill jobs recorded in the root.
+        search_threads (`int`, *optional*, defaults to `1`): OpenMP threads of faiss in each thread that searches.
+            One query's search is too small to share: faiss's OpenMP workers would spin on the cores that the other
+            requests (and a backfill) need. `None` leaves faiss's default (``OMP_NUM_THREADS`` or every core).
+        text_batch_window (`float`, *optional*, defaults to `0.002`): concurrent text queries of a model are embedded
+            in one forward pass (:class:`~bt2_hf.serving.batching.TextBatcher`), waiting up to this many seconds for
+            each other under load; `None` embeds each text query alone.
     """
 
-    def __init__(self, root, models: list[str] | None = None, rule: str | None = None, resume_jobs: bool = True):
+    def __init__(self, root, models: list[str] | None = None, rule: str | None = None, resume_jobs: bool = True,
+                 search_threads: int | None = 1, text_batch_window: float | None = 0.002):  # fmt: skip
         self.root = GalleryRoot(root)
+        if search_threads is not None and (isinstance(search_threads, bool) or not isinstance(search_threads, int)
+                                           or search_threads < 1):  # fmt: skip
+            raise ServingError(f"search_threads must be a positive integer, got {search_threads!r}.")
+        self.search_threads = search_threads
+        if text_batch_window is not None and not 0 <= text_batch_window <= 1:
+            raise ServingError(f"text_batch_window is in seconds, from 0 to 1, got {text_batch_window!r}.")
+        self.text_batch_window = text_batch_window
+        self._batchers: dict[str, TextBatcher] = {}
         self.registry = ModelRegistry()
         for spec in models or []:
             self.registry.load(spec)
@@ -324,6 +340,12 @@ class GalleryService:
         raise ServingError(f"No loaded {wanted} model is admitted to this gallery ({[m.name for m in candidates]}); "
                            "name one with 'model', or start the service with --model.", 409)  # fmt: skip
 
+    def _batcher(self, loaded: LoadedModel) -> TextBatcher:
+        with self._lock:
+            if loaded.name not in self._batchers:
+                self._batchers[loaded.name] = TextBatcher(loaded.model, window=self.text_batch_window)
+            return self._batchers[loaded.name]
+
     def search(self, gallery: str | None = None, *, k: int = 10, text: str | None = None, image: bytes | None = None,
                vector: list | None = None, model: str | None = None) -> dict:  # fmt: skip
         """Search a gallery with one query (exactly one of ``text``, ``image`` (encoded bytes) or ``vector``)."""
@@ -352,8 +374,13 @@ class GalleryService:
             if (text is not None) != (loaded.modality == "text"):
                 raise ServingError(f"Model {loaded.name} embeds {loaded.modality}s; this query is "
                                    f"{'a text' if text is not None else 'an image'}.", 422)  # fmt: skip
-            inputs = {"texts": [text]} if text is not None else {"images": [_decode_image(image)]}
-            queries = loaded.model.encode(**inputs).numpy()
+            if text is not None and self.text_batch_window is not None:
+                queries = self._batcher(loaded).encode(text)
+            else:
+                inputs = {"texts": [text]} if text is not None else {"images": [_decode_image(image)]}
+                queries = loaded.model.encode(**inputs).numpy()
+        if self.search_threads is not None:
+            _limit_faiss_threads(self.search_threads)
         with served.rw.read():
             store = served.store  # the gallery as of now: a dual-write may have replaced it before the lock
             result = store.search(queries, k=k, query_config=config, **({"rule": self._rule} if self._rule else {}))
@@ -508,9 +535,14 @@ class GalleryService:
         return resumed
 
     def stop_jobs(self, timeout: float | None = 5.0) -> None:
+        """Stop the backfill jobs (each at its next committed batch) and the text batchers."""
         for served in list(self._served.values()):
             if served.job is not None:
                 served.job.stop(timeout)
+        with self._lock:
+            batchers, self._batchers = list(self._batchers.values()), {}
+        for batcher in batchers:
+            batcher.stop()
 
     def progress(self, served: ServedGallery) -> dict | None:
         state = served.store.backfill_state
@@ -582,6 +614,19 @@ class GalleryService:
                 gauges.append(("bt2_backfill_running", "1 while a backfill job runs.", labels,
                                float(progress["status"] == "running")))  # fmt: skip
         return gauges
+
+
+_THIS_THREAD = threading.local()
+
+
+def _limit_faiss_threads(count: int) -> None:
+    """Set faiss's OpenMP threads for the calling thread (OpenMP keeps the setting per thread: the event loop and
+    each worker thread set it once)."""
+    if getattr(_THIS_THREAD, "faiss_threads", None) != count:
+        from ..retrieval.knn import import_faiss
+
+        import_faiss().omp_set_num_threads(count)
+        _THIS_THREAD.faiss_threads = count
 
 
 def _same(fingerprint: str, config) -> bool:
