@@ -683,7 +683,8 @@ def exact_scores(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> 
     if len(rows) == 1:
         # One query (a served search): its candidates are distinct rows already; sorting them for the memory map
         # costs more than the reads it saves once the vectors are in the page cache.
-        exact = (np.asarray(vectors[flat_rows[0]], dtype=np.float32) @ queries[0])[None, :]
+        # (np.asarray first: indexing the memmap subclass itself costs as much as the gather.)
+        exact = (np.asarray(vectors)[flat_rows[0]].astype(np.float32, copy=False) @ queries[0])[None, :]
     else:
         unique, inverse = np.unique(flat_rows, return_inverse=True)
         # Sorted unique rows read the memory map sequentially-ish and each row once.

@@ -290,6 +290,7 @@ class GalleryService:
         self._rule = rule  # None: the galleries' default rule, whatever it is
         self.rule = rule or default_rule()
         self._served: dict[Path, ServedGallery] = {}
+        self._directories: dict[str, Path] = {}  # gallery directory names already resolved (not aliases)
         self._lock = threading.Lock()
         self._jobs_lock = threading.Lock()
         self.started = time.time()
@@ -302,8 +303,14 @@ class GalleryService:
         """``(alias, served gallery)`` for a request's gallery name (an alias, or a gallery directory of the root)."""
         from ..galleries import FaissGallery
 
-        alias, directory = self.root.resolve(name)
-        directory = directory.resolve()
+        directory = self._directories.get(name)
+        if directory is None or name in self.root.table()["aliases"]:  # an alias is resolved on every request
+            alias, directory = self.root.resolve(name)
+            directory = directory.resolve()
+            if alias is None:  # a directory's name: read its manifest once, not on every search
+                self._directories[name] = directory
+        else:
+            alias = None
         with self._lock:
             served = self._served.get(directory)
             if served is None:
