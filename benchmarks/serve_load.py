@@ -11,7 +11,7 @@ uvicorn subprocess on 127.0.0.1; client threads (one httpx connection each) send
 for ``--seconds`` per setting (at most ``--max_requests``). Settings:
 
 1. no backfill: encoder-space vector queries (the gallery encoder's vectors);
-2. a backfill running beside the service (a synthetic 160-d "new model" whose first 128 dims are the gallery's
+2. a backfill running beside the service (a synthetic "new model" 32 dims wider, whose first dims are the gallery's
    space; ``--backfill_batch`` items per committed batch, ``--backfill_pause`` seconds between batches): the same
    encoder vector queries, and new-model queries ranked by the slot rule over the re-embedded items; then three
    dual-writes (``POST /items``, one item each), timed.
@@ -45,11 +45,11 @@ from gallery_scale import mixture
 HERE = Path(__file__).resolve()
 OLD = "sha256:" + "0a" * 32
 NEW = "sha256:" + "0b" * 32
-NEW_DIM = 160
+EXTRA_DIMS = 32  # the synthetic new model: the gallery's dims + these (160-d over a 128-d gallery)
 
 
 def new_model_config(dim: int, encoder: str):
-    """The synthetic new model: 160-d, its first ``dim`` dims the gallery's space, measured against its encoder."""
+    """The synthetic new model: 32 dims wider, its first ``dim`` the gallery's space, measured against its encoder."""
     from bt2_hf.compatibility import seal_entry
 
     entry = seal_entry({"query_fingerprint": NEW, "name_or_path": "old", "fingerprint": encoder, "embedding_dim": dim,
@@ -57,7 +57,7 @@ def new_model_config(dim: int, encoder: str):
                         "dataset": {"name": "synthetic", "split": "test", "size": 1000, "sha256": "0" * 64},
                         "metrics": {"old/old": {"top1": 60.0, "mAP": 30.0}, "new/old": {"top1": 62.0, "mAP": 31.0}},
                         "criterion": {"metrics": ["top1", "mAP"], "passed": True}})  # fmt: skip
-    return types.SimpleNamespace(fingerprint=NEW, embedding_dim=NEW_DIM, compatible_dim=dim, name_or_path="new",
+    return types.SimpleNamespace(fingerprint=NEW, embedding_dim=dim + EXTRA_DIMS, compatible_dim=dim, name_or_path="new",
                                  compatible_with=[entry], training=None)  # fmt: skip
 
 
@@ -82,7 +82,7 @@ def serve(root: str, port: int, backfill: bool, batch: int, pause: float, text_m
     )
     service.registry.models["new"] = new
     if backfill:
-        extra = np.random.default_rng(1).normal(size=(dim, NEW_DIM - dim)).astype(np.float32) / np.sqrt(dim)
+        extra = np.random.default_rng(1).normal(size=(dim, EXTRA_DIMS)).astype(np.float32) / np.sqrt(dim)
 
         class SyntheticJob(BackfillJob):
             def _embedder(self):
@@ -416,7 +416,7 @@ def run(args, httpx, FaissGallery) -> int:
             }
             del text
         print("raw:", json.dumps(results["raw"]), flush=True)
-        extra = np.random.default_rng(1).normal(size=(dim, NEW_DIM - dim)).astype(np.float32) / np.sqrt(dim)
+        extra = np.random.default_rng(1).normal(size=(dim, EXTRA_DIMS)).astype(np.float32) / np.sqrt(dim)
         encoder_bodies = [{"gallery": "bench", "k": 10, "vector": q.tolist()} for q in queries]
         new_bodies = [{"gallery": "bench", "k": 10, "model": "new",
                        "vector": np.concatenate([q, q @ extra]).tolist()} for q in queries]  # fmt: skip

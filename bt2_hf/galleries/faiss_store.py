@@ -569,20 +569,26 @@ class FaissGallery(ManifestAccessors):
             queries (`np.ndarray` of shape `(n, d)`): unit query vectors in the backfill model's space.
             depth (`int`): how many rows to return.
         """
-        faiss = import_faiss()
         done = self.backfill_state["done"] if self.backfill_state else 0
         if self._backfill_search is None or self._backfill_search[0] != done:
-            rows = np.sort(self.backfill_order()[:done])
-            index = faiss.IndexFlatIP(self.backfill_state["dimension"])
-            for start in range(0, len(rows), CHUNK):
-                index.add(self.backfill_vectors(rows[start : start + CHUNK]))
-            self._backfill_search = (done, rows, index)
+            self._backfill_search = self.prepare_backfill_search(done)
         _, rows, index = self._backfill_search
         depth = min(depth, len(rows))
         if depth == 0:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
         scores, positions = index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
         return scores, np.where(positions >= 0, rows[np.maximum(positions, 0)], -1)
+
+    def prepare_backfill_search(self, done: int) -> tuple:
+        """The exact search over the first ``done`` re-embedded rows (their vectors already written), for
+        :meth:`search_backfilled` or :meth:`commit_backfill_batch`: ``(done, rows, flat index)``."""
+        faiss = import_faiss()
+        rows = np.sort(self.backfill_order()[:done])
+        index = faiss.IndexFlatIP(self.backfill_state["dimension"])
+        vectors = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r")  # sees rows written since
+        for start in range(0, len(rows), CHUNK):
+            index.add(np.asarray(vectors[rows[start : start + CHUNK]], dtype=np.float32))
+        return done, rows, index
 
     def backfilled(self, rows: np.ndarray) -> np.ndarray:
         """Whether each of ``rows`` carries the backfill model's embedding."""
@@ -619,12 +625,27 @@ class FaissGallery(ManifestAccessors):
 
     def write_backfill_batch(self, rows: np.ndarray, vectors: np.ndarray, done: int) -> None:
         """Write rows of the new model, flush them, then record ``done`` in the manifest (the commit point)."""
+        self.write_backfill_rows(rows, vectors)
+        self.commit_backfill_batch(done)
+
+    def write_backfill_rows(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        """The first half of :meth:`write_backfill_batch`: the rows written and flushed, not yet committed (rows
+        beyond ``done``: no search reads them, so a service does this without holding its searches back)."""
         table = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r+")
         table[np.asarray(rows)] = _normalize(vectors).astype(table.dtype)
         table.flush()
         del table
+
+    def commit_backfill_batch(self, done: int, search: tuple | None = None) -> None:
+        """The commit point: ``done`` recorded in the manifest; ``search``, from :meth:`prepare_backfill_search`
+        for this ``done``, is what :meth:`search_backfilled` uses from now on (built before the commit by a service,
+        so that its searches wait only for the manifest's rewrite)."""
+        if search is not None and search[0] != int(done):
+            raise ValueError(f"The prepared search covers {search[0]} re-embedded rows, not {done}.")
         self._backfill_vectors = None
         self._write_manifest(dict(self.manifest, backfill=dict(self.manifest["backfill"], done=int(done))))
+        if search is not None:
+            self._backfill_search = search
 
     def finalize(self, index_type: str | None = None, directory: str | os.PathLike | None = None,
                  **index_params) -> FaissGallery:  # fmt: skip

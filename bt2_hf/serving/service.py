@@ -139,12 +139,13 @@ class CommitsUnderWriteLock:
         return len(self._store)
 
     def write_backfill_batch(self, rows, vectors, done):
+        # Searches wait only for the commit itself: the rows (beyond ``done``, read by no search yet) are written
+        # and the search over the re-embedded items after this batch is built before the write side is taken
+        # (both held it for 50-175 ms a batch at 100k items, the p99 of every search during a backfill).
+        self._store.write_backfill_rows(rows, vectors)
+        search = self._store.prepare_backfill_search(int(done))
         with self._rw.write():
-            self._store.write_backfill_batch(rows, vectors, done)
-            # Build the search over the re-embedded items once, here, rather than in every search that arrives
-            # after the commit (each would build the same index at the same time).
-            dimension = self._store.backfill_state["dimension"]
-            self._store.search_backfilled(np.zeros((1, dimension), dtype=np.float32), 1)
+            self._store.commit_backfill_batch(done, search)
 
     def start_backfill(self, state, order):
         with self._rw.write():

@@ -228,3 +228,41 @@ def test_micro_batched_text_searches_answer_as_one_at_a_time(tmp_path):
     batched.stop_jobs()
     with pytest.raises(ValueError, match="text_batch_window"):
         GalleryService(root, text_batch_window=5)
+
+
+def test_a_backfill_commit_holds_searches_back_only_for_the_commit(service, serving_models, serving_data):
+    """While a search holds the gallery's read side, the next batch's rows are written and its search over the
+    re-embedded items is built; only the commit (the manifest's ``done``) waits. The prepared search answers as
+    one built from the files."""
+    import time
+
+    from bt2_hf.galleries import backfill, open_source
+    from bt2_hf.serving.service import CommitsUnderWriteLock
+
+    new = BT2Model.from_pretrained(serving_models["new"])
+    _, gallery = service.served("products")
+    store = gallery.store
+    backfill(CommitsUnderWriteLock(store, gallery.rw), new, str(serving_data), fraction=0.25, batch_size=50,
+             show_progress=False)  # fmt: skip
+    rows = store.backfill_order()[50:120]
+    vectors = new.encode(images=open_source(serving_data, split="train").take(np.sort(rows))).numpy()
+    vectors = vectors[np.argsort(np.argsort(rows))]
+    table = gallery.directory / "backfill" / "vectors.npy"
+    with gallery.rw.read():  # a search in flight
+        writer = threading.Thread(target=CommitsUnderWriteLock(store, gallery.rw).write_backfill_batch,
+                                  args=(rows, vectors, 120))  # fmt: skip
+        writer.start()
+        deadline = time.monotonic() + 30
+        while not np.allclose(np.load(table)[rows], vectors, atol=1e-5) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert np.allclose(np.load(table)[rows], vectors, atol=1e-5)  # written while the search runs
+        assert store.backfill_state["done"] == 50 and writer.is_alive()  # the commit waits for it
+    writer.join(30)
+    assert store.backfill_state["done"] == 120
+    queries = new.encode(images=open_source(serving_data, split="train").take(np.arange(5))).numpy()
+    prepared = store.search_backfilled(queries, 20)
+    from_files = FaissGallery.open(gallery.directory).search_backfilled(queries, 20)
+    np.testing.assert_array_equal(prepared[1], from_files[1])
+    np.testing.assert_allclose(prepared[0], from_files[0], atol=1e-6)
+    with pytest.raises(ValueError, match="covers 120 re-embedded rows, not 130"):
+        store.commit_backfill_batch(130, store.prepare_backfill_search(120))
