@@ -101,11 +101,10 @@ def run(args) -> int:
                   file=sys.stderr)  # fmt: skip
         return 1 if problems else 0
     if args.command in ("alias", "cutover", "rollback"):
-        from bt2_hf.galleries.aliases import GalleryRoot, MilvusAliases
-        from bt2_hf.galleries.stores import is_milvus_uri
+        from bt2_hf.galleries.aliases import open_gallery_root
 
         # a folder of faiss galleries (aliases.json), or a Milvus URI (the server's collection aliases)
-        root = MilvusAliases(args.root) if is_milvus_uri(args.root) else GalleryRoot(args.root)
+        root = open_gallery_root(args.root)
         if args.command == "alias":
             entry = root.create_alias(args.alias, args.target)
         elif args.command == "cutover":

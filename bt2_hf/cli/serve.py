@@ -1,4 +1,4 @@
-"""``bt2 serve``: an HTTP search service over the galleries of a folder (FastAPI + uvicorn; the ``serve`` extra).
+"""``bt2 serve``: an HTTP search service over the galleries of a folder or a Milvus URI (FastAPI + uvicorn; ``serve``).
 
 Examples::
 
@@ -6,11 +6,15 @@ Examples::
     BT2_SERVE_TOKEN=secret bt2 serve galleries/ --model new=models/bt2 --model old=models/old
     bt2 serve galleries/ --model new=models/bt2 --model old=models/old --token secret \\
         --backfill_with new --backfill_data /usr/share/datasets/fashion-mnist --backfill_split train
+    bt2 gallery alias http://milvus:19530 products products_v1   # Milvus: its collections and collection aliases
+    bt2 serve http://milvus:19530 --model new=models/bt2 --model old=models/old
 
 Endpoints (OpenAPI docs at /docs): POST /search (text, uploaded image or vector), GET /galleries, POST /items
 (dual-write), POST /backfill, POST /cutover, POST /rollback, GET /healthz, GET /metrics. Writes need the token
 (``Authorization: Bearer …``); reads are open unless --closed_reads. Listens on 127.0.0.1 unless --host says
-otherwise. A backfill started here is recorded in the folder and resumes when the service starts again.
+otherwise. A backfill started here is recorded in the folder and resumes when the service starts again (on Milvus it
+is not recorded: start it again with --backfill_with, it continues at its last committed batch). On Milvus, POST
+/items is refused (insert new items with Milvus's client).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bt2 serve", description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    parser.add_argument("root", help="folder of gallery directories (and their aliases.json)")
+    parser.add_argument("root", help="folder of gallery directories (and their aliases.json), or a Milvus URI (a "
+                                     "milvus-lite .db file, http://host:port of a server) whose collections are served")  # fmt: skip
     parser.add_argument("--model", action="append", default=[],
                         help="query model to load, PATH or NAME=PATH (repeat; the first admitted one is the default)")  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1")

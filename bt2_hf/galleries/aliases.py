@@ -15,7 +15,8 @@ service, the CLI) take an advisory lock on ``.aliases.lock`` around read-modify-
 
 Names are plain: letters, digits, ``.``, ``_``, ``-``; never a path (``/``) or ``..``.
 
-Milvus galleries switch with Milvus's own collection aliases instead (:class:`MilvusAliases`).
+Milvus galleries switch with Milvus's own collection aliases instead (:class:`MilvusAliases`), the same way on a
+milvus-lite file and on a server; :func:`open_gallery_root` picks one of the two for a location.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 
 from ..utils.io import atomic_write_json
 from .faiss_store import FaissGallery, GalleryError, is_gallery_directory
+from .stores import is_milvus_uri
 
 ALIASES_KIND = "bt2-gallery-aliases"
 ALIASES_FILE = "aliases.json"
@@ -137,6 +139,15 @@ class GalleryRoot:
             return None, self.root / name
         known = sorted(self.table()["aliases"]) + self.galleries()
         raise GalleryNotFoundError(f"No gallery or alias named {name!r} in {self.root.name}; known: {known}.")
+
+    def locate(self, name: str) -> tuple[str | None, str]:
+        """``(alias or None, gallery directory's name)`` of a served name (see :meth:`resolve`)."""
+        alias, directory = self.resolve(name)
+        return alias, directory.name
+
+    def open_store(self, name: str) -> FaissGallery:
+        """The gallery directory ``name`` of the root, opened and verified."""
+        return FaissGallery.open(self.root / check_name(name))
 
     def standby(self, alias: str) -> Path | None:
         """The directory an alias would roll back to, if any."""
@@ -258,6 +269,55 @@ class MilvusAliases:
         self.uri = str(uri)
         self.client = _client(self.uri)
 
+    @property
+    def location(self) -> str:
+        return self.uri
+
+    def galleries(self) -> list[str]:
+        """Names of the bt2 gallery collections (a backfill's companion and a build's staging collection left out)."""
+        from .milvus_store import MANIFEST_KEY
+
+        names = []
+        for name in sorted(self.client.list_collections()):
+            if name.endswith(("__backfill", "__building")):
+                continue
+            if MANIFEST_KEY in (self.client.describe_collection(name).get("properties") or {}):
+                names.append(name)
+        return names
+
+    def aliases(self) -> dict[str, dict]:
+        """Every alias on the server: ``{alias: {"target": collection, "standby": collection or None}}``."""
+        table = {}
+        for alias in sorted(self.client.list_aliases().get("aliases") or []):
+            table[alias] = {"target": self.resolve(alias), "standby": self.record(alias).get("standby")}
+        return table
+
+    def history(self, alias: str | None = None) -> list[dict]:
+        """The switches of one alias, or of every alias, oldest first."""
+        names = [alias] if alias is not None else list(self.aliases())
+        entries = [entry for name in names for entry in self.record(name)["history"]]
+        return sorted(entries, key=lambda entry: entry.get("date", ""))
+
+    def standby(self, alias: str) -> str | None:
+        """The collection an alias would roll back to, if any."""
+        return self.record(alias).get("standby")
+
+    def locate(self, name: str) -> tuple[str | None, str]:
+        """``(alias or None, collection)`` of a served name: an alias first, else a bt2 gallery collection."""
+        check_name(name)
+        if name in (self.client.list_aliases().get("aliases") or []):
+            return name, self.resolve(name)
+        if self.client.has_collection(name) and name in self.galleries():
+            return None, name
+        known = sorted(self.client.list_aliases().get("aliases") or []) + self.galleries()
+        raise GalleryNotFoundError(f"No gallery collection or alias named {name!r} at {self.uri}; known: {known}.")
+
+    def open_store(self, name: str):
+        """The gallery in collection ``name``."""
+        from .milvus_store import MilvusGallery
+
+        return MilvusGallery.open(self.uri, name, client=self.client)
+
     def resolve(self, alias: str) -> str:
         """The collection an alias points to."""
         try:
@@ -332,3 +392,13 @@ class MilvusAliases:
             "action": "rollback", "alias": alias, "from": served, "to": standby,
             "from_encoder": source.encoder["fingerprint"], "to_encoder": target.encoder["fingerprint"], "by": by,
         })  # fmt: skip
+
+
+def open_gallery_root(location: str | os.PathLike) -> GalleryRoot | MilvusAliases:
+    """The galleries at a location and their aliases: a folder of faiss gallery directories (:class:`GalleryRoot`),
+    or a Milvus URI, a milvus-lite ``.db`` file or a server's ``http://host:port`` (:class:`MilvusAliases`).
+
+    Both answer the same questions (``galleries``, ``aliases``, ``locate``, ``open_store``, ``standby``, ``history``)
+    and switch aliases the same way (``create_alias``, ``cutover``, ``rollback``).
+    """
+    return MilvusAliases(str(location)) if is_milvus_uri(location) else GalleryRoot(location)

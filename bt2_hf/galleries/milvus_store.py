@@ -7,8 +7,14 @@ compatibility rules refuse the same query models. A backfill adds a companion co
 ``id``, ``rank`` (position in the backfill order) and ``vector`` (the new model's vector); the manifest's ``done``,
 updated after each batch's upsert, says which ranks count, exactly as for faiss.
 
-Index types: ``flat`` (FLAT), ``ivf`` (IVF_FLAT), ``hnsw`` (HNSW), ``ivfpq`` (IVF_PQ on a server; milvus-lite has no
-IVF_PQ, so there it is IVF_SQ8). Candidates of the compressed types are re-scored exactly from the stored vectors.
+Index types: ``flat`` (FLAT), ``ivf`` (IVF_FLAT), ``hnsw`` (HNSW), ``ivfpq`` (IVF_PQ on a Milvus server; on milvus-lite
+IVF_SQ8). Candidates of the compressed types are re-scored exactly from the stored vectors.
+
+Where the gallery lives is one URI and one code path: a milvus-lite file (``galleries.db``), milvus-lite's own gRPC
+server (``python -m milvus_lite server``, reached as ``http://host:port``) or a Milvus server or cluster
+(``http://host:19530``). The URI does not say whether milvus-lite answers (a ``http://`` URI may be either), so the
+one switch, :func:`is_lite`, asks the server for its version; it decides the two things milvus-lite does otherwise
+(how an index build is awaited, and IVF_PQ).
 """
 
 from __future__ import annotations
@@ -36,41 +42,61 @@ QUERY_LIMIT = 16_384  # Milvus caps the rows one query returns
 
 
 def _client(uri: str):
+    """A pymilvus client of ``uri``; a server that does not answer is a `GalleryError` naming the URI."""
     from ..utils.imports import require
 
     pymilvus = require("pymilvus", extra="milvus")
-    return pymilvus.MilvusClient(uri)
+    try:
+        return pymilvus.MilvusClient(uri)
+    except pymilvus.MilvusException as error:
+        raise GalleryError(
+            f"Cannot reach Milvus at {uri} ({error.message or type(error).__name__}): start the server, or check the "
+            "URI (http://host:port for a server, a .db file path for milvus-lite)."
+        ) from None
 
 
-def _is_lite(uri: str) -> bool:
-    return not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+def is_lite(client) -> bool:
+    """Whether ``client`` talks to milvus-lite: a local ``.db`` file, or milvus-lite's gRPC server over a URI.
+
+    Asked from the server (its version reads ``milvus_lite-…``), not read from the URI: ``http://host:port`` is a
+    Milvus server or cluster, or milvus-lite's own server, which lacks what milvus-lite files lack.
+    """
+    try:
+        return str(client.get_server_version()).startswith("milvus_lite")
+    except Exception:  # a server too old to say is not milvus-lite, which always says
+        return False
 
 
 def _create_index(client, collection: str, index_params, lite: bool) -> None:
     """Create ``collection``'s index; on a Milvus server, wait until it is built.
 
-    pymilvus waits for an index by first asking the server for a timestamp (``AllocTimestamp``). milvus-lite does not
-    implement that call: its gRPC server logs a ``NotImplementedError`` traceback (pymilvus then ignores the error)
-    although the build succeeds. milvus-lite builds an index synchronously when the collection is loaded and always
-    reports it finished, so there is nothing to wait for: the call is skipped there rather than its log hidden.
+    pymilvus waits for an index by first asking the server for a timestamp (``AllocTimestamp``). milvus-lite (a file,
+    or its gRPC server behind a URI: ``lite`` is :func:`is_lite`) does not implement that call: it logs a
+    ``NotImplementedError`` traceback (pymilvus then ignores the error) although the build succeeds. milvus-lite
+    builds an index synchronously when the collection is loaded and always reports it finished, so there is nothing
+    to wait for: the call is skipped there rather than its log hidden.
     """
     client.create_index(collection, index_params, sync=not lite)
 
 
-def _milvus_index(index_type: str, params: dict, lite: bool) -> tuple[str, dict, dict]:
-    """(Milvus index type, build params, search params) for one of our index types."""
+def _milvus_index(index_type: str, params: dict, lite: bool) -> tuple[str, dict]:
+    """(Milvus index type, build params) for one of our index types."""
     if index_type == "flat":
-        return "FLAT", {}, {}
+        return "FLAT", {}
     if index_type == "hnsw":
-        return "HNSW", {"M": params["M"], "efConstruction": params["ef_construction"]}, {"ef": params["ef_search"]}
+        return "HNSW", {"M": params["M"], "efConstruction": params["ef_construction"]}
     if index_type == "ivfpq" and not lite:
-        build = {"nlist": params["nlist"], "m": params["pq_m"], "nbits": params["pq_bits"]}
-        return "IVF_PQ", build, {"nprobe": params["nprobe"]}
-    return (
-        ("IVF_SQ8" if index_type == "ivfpq" else "IVF_FLAT"),
-        {"nlist": params["nlist"]},
-        {"nprobe": params["nprobe"]},
-    )
+        return "IVF_PQ", {"nlist": params["nlist"], "m": params["pq_m"], "nbits": params["pq_bits"]}
+    return ("IVF_SQ8" if index_type == "ivfpq" else "IVF_FLAT"), {"nlist": params["nlist"]}
+
+
+def _search_params(milvus_type: str, params: dict) -> dict:
+    """The search params of the Milvus index the gallery was built with (recorded in its manifest)."""
+    if milvus_type == "HNSW":
+        return {"ef": params["ef_search"]}
+    if milvus_type.startswith("IVF_"):
+        return {"nprobe": params["nprobe"]}
+    return {}
 
 
 class MilvusGallery(ManifestAccessors):
@@ -141,8 +167,8 @@ class MilvusGallery(ManifestAccessors):
         if count == 0:
             raise GalleryError("No vectors to build a gallery from.")
         params = default_index_params(index_type, count, dimension, **index_params)
-        lite = _is_lite(uri)
-        milvus_type, build_params, _ = _milvus_index(index_type, params, lite)
+        lite = is_lite(client)
+        milvus_type, build_params = _milvus_index(index_type, params, lite)
         index = client.prepare_index_params()
         index.add_index(field_name="vector", index_type=milvus_type, metric_type="IP", params=build_params)
         _create_index(client, staging, index, lite)
@@ -222,9 +248,7 @@ class MilvusGallery(ManifestAccessors):
         """Top ``depth`` rows by cosine in the encoder's space; compressed indexes' candidates re-scored exactly."""
         index = self.manifest["index"]
         params = dict(index["params"], **{k: v for k, v in search_params.items() if v is not None})
-        _, _, milvus_search = _milvus_index(
-            index["type"], params, index["milvus_index"] != "IVF_PQ" and _is_lite(self.uri)
-        )
+        milvus_search = _search_params(index["milvus_index"], params)
         depth = min(depth, len(self))
         compressed = index["milvus_index"] in ("IVF_PQ", "IVF_SQ8")
         limit = min(len(self), max(depth, int(params.get("rerank") or depth))) if compressed else depth
@@ -260,7 +284,7 @@ class MilvusGallery(ManifestAccessors):
         # Created, then indexed: create_collection(index_params=...) would wait for the index the way milvus-lite
         # cannot answer (see _create_index).
         self.client.create_collection(name, schema=schema)
-        _create_index(self.client, name, index, _is_lite(self.uri))
+        _create_index(self.client, name, index, is_lite(self.client))
         zero = [0.0] * state["dimension"]
         for start in range(0, len(order), BATCH):
             self.client.insert(name, [{"id": int(row), "rank": start + j, "vector": zero}

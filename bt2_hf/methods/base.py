@@ -117,6 +117,19 @@ class CompatibilityMethod:
         """
         return {"head_type": "linear", "embedding_dim": embedding_dim or 128}
 
+    def target_roles(self) -> tuple[str, ...]:
+        """The references whose embeddings :meth:`compute_loss` reads (default: every one in ``requires``).
+
+        A reference left out is still loaded (for its width, or as the weights a fine-tune starts from) but never
+        embeds a training image: no stored table, no forward pass per batch.
+        """
+        return self.requires
+
+    def reads_targets_of(self, reference: str) -> bool:
+        """Whether the loss reads the loaded reference ``reference``: one of :meth:`target_roles`, or one tower of it
+        (a pair's ``independent_image`` and ``independent_text`` are the ``independent`` role's)."""
+        return any(reference == role or reference.startswith(f"{role}_") for role in self.target_roles())
+
     def prepare(self, prototypes: torch.Tensor | None = None) -> None:
         """Receive what is computed once before training (the prototypes ``W_o``, shape `(num_classes, d_old)`)."""
         if self.uses_prototypes and prototypes is None and self.requires_labels:
@@ -166,6 +179,8 @@ class CompatibilityMethod:
         """
         targets = {}
         for name, ref in references.items():
+            if not self.reads_targets_of(name):
+                continue
             if name in precomputed:
                 targets[name] = precomputed[name][rows.to(precomputed[name].device)]
             elif ref.modality == "image":

@@ -169,6 +169,11 @@ class BT2Method(CompatibilityMethod):
             "feature_scale": self.config.feature_scale,
         }
 
+    def target_roles(self):
+        # Without the new-match term f is not matched: the independent model then only sets f's width (and, for a
+        # fine-tune, the starting weights), and embedding every batch with it would be wasted time.
+        return self.requires if self.config.new_match_weight else ("old",)
+
     def prepare_targets(self, precomputed, labels):
         config = self.config
         self._old_keys = None
@@ -201,9 +206,16 @@ class BT2Method(CompatibilityMethod):
             * influence_loss(outputs.compatible_embeddings, self.prototypes, labels, scale=config.influence_scale),
             "old_match_loss": config.old_match_weight
             * cosine_matching_loss(outputs.compatible_embeddings, targets["old"]),
-            "new_match_loss": config.new_match_weight * cosine_matching_loss(outputs.features, targets["independent"]),
+            **self._new_match(outputs.features, targets),
             **self._ancestor_losses(outputs.compatible_embeddings, targets["old"], labels),
             **self._old_class_contrastive(outputs.compatible_embeddings, targets["old"], labels),
+        }
+
+    def _new_match(self, features, targets) -> dict:
+        if not self.config.new_match_weight:
+            return {}
+        return {
+            "new_match_loss": self.config.new_match_weight * cosine_matching_loss(features, targets["independent"])
         }
 
     def _old_class_contrastive(self, compatible, old_targets, labels) -> dict:

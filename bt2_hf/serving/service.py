@@ -10,6 +10,13 @@ Concurrency (one process, many threads):
 - cutover and rollback rewrite the alias table (one rename); a search already holding the previous gallery finishes
   on it, the next one resolves the alias again.
 
+The galleries are a folder of faiss gallery directories, or the collections of a Milvus URI (a milvus-lite ``.db``
+file or a server's ``http://host:port``): :func:`~bt2_hf.galleries.aliases.open_gallery_root` picks the one switch,
+and aliases are then the folder's ``aliases.json`` or Milvus's own collection aliases. On Milvus, dual-write
+(``add_items``) is refused (items go in through Milvus's client), and a backfill job is not recorded for restarts
+(there is no folder to record it in): its progress lives in the collection, so starting it again after a restart
+continues at the last committed batch.
+
 Backfill jobs are recorded in ``<root>/.bt2-serve/backfill_jobs.json`` and restarted when the service starts again
 (after a crash, at the gallery's last committed batch).
 """
@@ -27,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BT2InputError
-from ..galleries.aliases import GalleryRoot, check_name
+from ..galleries.aliases import GalleryRoot, check_name, open_gallery_root
 from ..utils.io import atomic_write_json
 from .batching import TextBatcher
 from .locks import ReadWriteLock
@@ -116,9 +123,10 @@ class ModelRegistry:
 
 @dataclass
 class ServedGallery:
-    """A gallery directory the service has open, with the locks that order searches and writes on it."""
+    """A gallery the service has open (a directory of the root, or a Milvus collection), with the locks that order
+    searches and writes on it."""
 
-    directory: Path
+    name: str
     store: object
     rw: ReadWriteLock = field(default_factory=ReadWriteLock)
     mutation: threading.Lock = field(default_factory=threading.Lock)
@@ -139,6 +147,10 @@ class CommitsUnderWriteLock:
         return len(self._store)
 
     def write_backfill_batch(self, rows, vectors, done):
+        if not hasattr(self._store, "commit_backfill_batch"):  # a Milvus collection: one upsert, then the commit
+            with self._rw.write():
+                self._store.write_backfill_batch(rows, vectors, done)
+            return
         # Searches wait only for the commit itself: the rows (beyond ``done``, read by no search yet) are written
         # and the search over the re-embedded items after this batch is built before the write side is taken
         # (both held it for 50-175 ms a batch at 100k items, the p99 of every search during a backfill).
@@ -163,7 +175,7 @@ class BackfillJob:
         self.service, self.served, self.model, self.spec = service, served, model, spec
         self.status, self.error, self.items_per_second = "starting", None, None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"backfill-{served.directory.name}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"backfill-{served.name}", daemon=True)
 
     def start(self) -> None:
         self._embed = self._embedder()  # refuse a dataset that lacks the gallery's items before the thread starts
@@ -244,11 +256,11 @@ class BackfillJob:
                 time.sleep(float(self.spec.get("pause", 0.0)) or 0.001)  # let a waiting dual-write take the lock
             if not self._stop.is_set():
                 self.status = "complete"
-                self.service.forget_job(self.served.directory)
+                self.service.forget_job(self.served.name)
             else:
                 self.status = "stopped"
         except Exception as error:  # the service keeps answering; the job says why it stopped
-            logger.exception("Backfill of %s stopped", self.served.directory)
+            logger.exception("Backfill of %s stopped", self.served.name)
             self.status, self.error = "failed", f"{type(error).__name__}: {error}"
 
 
@@ -256,7 +268,8 @@ class GalleryService:
     """Everything ``bt2 serve`` answers, callable without HTTP (the FastAPI app is a thin layer over it).
 
     Args:
-        root (`str` or `os.PathLike`): the gallery root (gallery directories and ``aliases.json``).
+        root (`str` or `os.PathLike`): the gallery root (gallery directories and ``aliases.json``), or a Milvus URI
+            (a milvus-lite ``.db`` file, or ``http://host:port`` of a Milvus server) whose collections are served.
         models (`list[str]`, *optional*): query models to load, ``PATH`` or ``NAME=PATH``; listed first = default.
         rule (`str`, *optional*): the ranking rule during a backfill (default: the galleries' default).
         resume_jobs (`bool`, *optional*, defaults to `True`): restart the backfill jobs recorded in the root.
@@ -270,7 +283,9 @@ class GalleryService:
 
     def __init__(self, root, models: list[str] | None = None, rule: str | None = None, resume_jobs: bool = True,
                  search_threads: int | None = 1, text_batch_window: float | None = 0.002):  # fmt: skip
-        self.root = GalleryRoot(root)
+        self.root = open_gallery_root(root)
+        # Only a folder can hold the record of backfill jobs to restart; on Milvus a job is started again by hand.
+        self._jobs_file = self.root.root / JOBS_FILE if isinstance(self.root, GalleryRoot) else None
         if search_threads is not None and (isinstance(search_threads, bool) or not isinstance(search_threads, int)
                                            or search_threads < 1):  # fmt: skip
             raise ServingError(f"search_threads must be a positive integer, got {search_threads!r}.")
@@ -290,8 +305,8 @@ class GalleryService:
                 raise ServingError(f"Unknown ranking rule {rule!r}: choose one of {list(known)}.")
         self._rule = rule  # None: the galleries' default rule, whatever it is
         self.rule = rule or default_rule()
-        self._served: dict[Path, ServedGallery] = {}
-        self._directories: dict[str, Path] = {}  # gallery directory names already resolved (not aliases)
+        self._served: dict[str, ServedGallery] = {}
+        self._targets: dict[str, str] = {}  # galleries' own names already located (not aliases)
         self._lock = threading.Lock()
         self._jobs_lock = threading.Lock()
         self.started = time.time()
@@ -301,22 +316,22 @@ class GalleryService:
     # -- galleries -------------------------------------------------------------------------------------------------------
 
     def served(self, name: str) -> tuple[str | None, ServedGallery]:
-        """``(alias, served gallery)`` for a request's gallery name (an alias, or a gallery directory of the root)."""
-        from ..galleries import FaissGallery
-
-        directory = self._directories.get(name)
-        if directory is None or name in self.root.table()["aliases"]:  # an alias is resolved on every request
-            alias, directory = self.root.resolve(name)
-            directory = directory.resolve()
-            if alias is None:  # a directory's name: read its manifest once, not on every search
-                self._directories[name] = directory
+        """``(alias, served gallery)`` for a request's gallery name (an alias, or a gallery of the root)."""
+        # A folder's gallery directory named directly is located once (its manifest read), not on every search; an
+        # alias is resolved on every request (a cutover switches it), and so is every name on Milvus.
+        folder = isinstance(self.root, GalleryRoot)
+        target = self._targets.get(name) if folder else None
+        if target is None or name in self.root.table()["aliases"]:
+            alias, target = self.root.locate(name)
+            if alias is None and folder:
+                self._targets[name] = target
         else:
             alias = None
         with self._lock:
-            served = self._served.get(directory)
+            served = self._served.get(target)
             if served is None:
-                served = ServedGallery(directory, FaissGallery.open(directory))
-                self._served[directory] = served
+                served = ServedGallery(target, self.root.open_store(target))
+                self._served[target] = served
         return alias, served
 
     def default_gallery(self) -> str:
@@ -394,7 +409,7 @@ class GalleryService:
             result = store.search(queries, k=k, query_config=config, **({"rule": self._rule} if self._rule else {}))
             state = store.backfill_state
         return {
-            "gallery": name, "alias": alias, "directory": served.directory.name,
+            "gallery": name, "alias": alias, "directory": served.name,
             "model": {"name": loaded.name if loaded else "gallery encoder", "fingerprint": config.fingerprint},
             "encoder": store.encoder["fingerprint"],
             # the rule that ranks during a backfill; ``mixed``: re-embedded items hold slots of this answer
@@ -439,12 +454,16 @@ class GalleryService:
 
         if not items:
             raise ServingError("No items given.", 422)
+        if self._jobs_file is None:
+            raise ServingError("Items are added to faiss galleries only: a Milvus gallery takes new items through "
+                               "Milvus's own client.", 501)  # fmt: skip
         name = gallery or self.default_gallery()
         alias, served = self.served(name)
         targets = [served]
         standby = self.root.standby(alias) if alias else None
         if standby is not None:
-            targets.insert(0, self.served(standby.name)[1])  # the standby first: the served gallery is the last word
+            # the standby first: the served gallery is the last word
+            targets.insert(0, self.served(Path(standby).name)[1])
         written = {}
         embedded: dict[str, np.ndarray] = {}  # by model fingerprint: each model embeds the items once
 
@@ -466,19 +485,16 @@ class GalleryService:
                 )  # fmt: skip
                 with target.rw.write():
                     target.store = new_store
-            written[target.directory.name] = {"added": added, "count": len(new_store)}
+            written[target.name] = {"added": added, "count": len(new_store)}
         return {"gallery": name, "written": written}
 
     # -- backfill jobs ---------------------------------------------------------------------------------------------------
 
-    def _jobs_path(self) -> Path:
-        return self.root.root / JOBS_FILE
-
     def _jobs(self) -> dict:
         from ..utils.readers import read_json
 
-        path = self._jobs_path()
-        return read_json(path, "backfill job record") if path.exists() else {}
+        path = self._jobs_file
+        return read_json(path, "backfill job record") if path is not None and path.exists() else {}
 
     def start_backfill(self, gallery: str | None, model: str, data: str, *, split: str | None = None,
                        column: str | None = None, id_column: str | None = None, order: str | None = None,
@@ -503,28 +519,29 @@ class GalleryService:
 
         with self._jobs_lock:
             if served.job is not None and served.job.status in ("starting", "running"):
-                raise ServingError(f"A backfill of {served.directory.name} is already running.", 409)
+                raise ServingError(f"A backfill of {served.name} is already running.", 409)
             state = served.store.backfill_state
             if state and not _same(state["model"]["fingerprint"], loaded.config):
-                raise ServingError(f"{served.directory.name} is being backfilled with another model "
+                raise ServingError(f"{served.name} is being backfilled with another model "
                                    f"({state['model'].get('name_or_path')}); continue that one.", 409)  # fmt: skip
             try:
                 served.store.admit(loaded.config, allow_unmeasured=bool(spec.get("allow_unmeasured")))
             except IncompatibleModelsError as refusal:
-                raise ServingError(f"{loaded.name} may not backfill {served.directory.name}: {refusal}", 403) from None
+                raise ServingError(f"{loaded.name} may not backfill {served.name}: {refusal}", 403) from None
             job = (job_class or BackfillJob)(self, served, loaded, spec)
             job.start()
             served.job = job
-            jobs = self._jobs()
-            jobs[served.directory.name] = spec
-            self._jobs_path().parent.mkdir(exist_ok=True)
-            atomic_write_json(self._jobs_path(), jobs)
+            if self._jobs_file is not None:
+                jobs = self._jobs()
+                jobs[served.name] = spec
+                self._jobs_file.parent.mkdir(exist_ok=True)
+                atomic_write_json(self._jobs_file, jobs)
 
-    def forget_job(self, directory: Path) -> None:
+    def forget_job(self, name: str) -> None:
         with self._jobs_lock:
             jobs = self._jobs()
-            if jobs.pop(directory.name, None) is not None:
-                atomic_write_json(self._jobs_path(), jobs)
+            if jobs.pop(name, None) is not None:
+                atomic_write_json(self._jobs_file, jobs)
 
     def resume_jobs(self) -> list[str]:
         """Restart the backfill jobs recorded in the root (after a restart or a crash); the names resumed."""
@@ -567,7 +584,7 @@ class GalleryService:
     def cutover(self, alias: str, to: str | None = None) -> dict:
         _, served = self.served(alias)
         if served.job is not None and served.job.status in ("starting", "running"):
-            raise ServingError(f"The backfill of {served.directory.name} is still running: cut over when it is "
+            raise ServingError(f"The backfill of {served.name} is still running: cut over when it is "
                                "complete.", 409)  # fmt: skip
         with served.mutation:  # no dual-write rewrites the gallery while it is finalised
             return self.root.cutover(alias, to=to, by="api")
@@ -610,7 +627,7 @@ class GalleryService:
     def gauges(self) -> list[tuple[str, str, dict, float]]:
         gauges = [("bt2_uptime_seconds", "Seconds since the service started.", {}, time.time() - self.started)]
         for served in list(self._served.values()):
-            labels = {"gallery": served.directory.name}
+            labels = {"gallery": served.name}
             gauges.append(("bt2_gallery_items", "Items in the gallery.", labels, len(served.store)))
             progress = self.progress(served)
             if progress:

@@ -10,6 +10,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+REFERENCE_TARGET_MODES = ("online", "precomputed")
+REFERENCE_TARGET_ROLES = ("old", "independent", "image")  # the frozen references a method may require
+
 
 @dataclass
 class ModelArguments:
@@ -251,7 +254,8 @@ class BT2TrainingArguments:
         default="online",
         metadata={
             "help": "online: the frozen references embed every augmented batch; precomputed: embed each image once "
-            "before training (one augmentation, as in the research code)."
+            "before training (one augmentation, as in the research code); or one mode per reference role, e.g. "
+            "'old=online,independent=precomputed'."
         },
     )
     prototype_augmentation: bool = field(
@@ -297,11 +301,11 @@ class BT2TrainingArguments:
         choices = {
             "optimizer": ("adam", "adamw", "sgd"),
             "lr_scheduler_type": ("cosine", "constant"),
-            "reference_targets": ("online", "precomputed"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}.")
+        self.reference_target_modes()  # refuses a malformed value now, not at the first batch
         if self.mixed_precision not in (None, "no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
@@ -311,6 +315,32 @@ class BT2TrainingArguments:
             raise ValueError(f"head_learning_rate must be a number ≥ 0, got {self.head_learning_rate}.")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ValueError("Set num_train_epochs > 0 or max_steps > 0.")
+
+    def reference_target_mode(self, role: str) -> str:
+        """``"online"`` or ``"precomputed"``: how the frozen reference of ``role`` (``"old"``, ``"independent"``)
+        gives its image targets. Roles that a per-role ``reference_targets`` leaves out are online."""
+        return self.reference_target_modes().get(role, "online")
+
+    def reference_target_modes(self) -> dict[str, str]:
+        """``reference_targets`` by reference role (``old``, ``independent``, ``image``).
+
+        Raises:
+            `ValueError`: a mode other than ``online`` / ``precomputed``, an unknown role, or a role given twice.
+        """
+        value = self.reference_targets.strip()
+        if value in REFERENCE_TARGET_MODES:
+            return dict.fromkeys(REFERENCE_TARGET_ROLES, value)
+        modes: dict[str, str] = {}
+        for part in value.split(","):
+            role, sep, mode = (text.strip() for text in part.partition("="))
+            if not sep or role not in REFERENCE_TARGET_ROLES or mode not in REFERENCE_TARGET_MODES or role in modes:
+                raise ValueError(
+                    f"reference_targets must be one of {list(REFERENCE_TARGET_MODES)} or one mode per reference "
+                    f"role, like 'old=online,independent=precomputed' (roles {list(REFERENCE_TARGET_ROLES)}, each "
+                    f"once); got {self.reference_targets!r}."
+                )
+            modes[role] = mode
+        return modes
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict

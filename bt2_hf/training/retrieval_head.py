@@ -317,7 +317,12 @@ def train_retrieval_head(
         "num_train_pairs": int(len(data.pairs)),
         "num_unlabelled_texts": 0 if data.unlabelled is None else int(len(data.unlabelled)),
         "train_data_sha256": _data_fingerprint(
-            data.queries, data.documents, data.old_documents, data.old_queries, data.pairs, data.unlabelled,
+            data.queries,
+            data.documents,
+            data.old_documents,
+            data.old_queries,
+            data.pairs,
+            data.unlabelled,
             data.unlabelled_old,
         ),  # fmt: skip
         "train_seconds": round(train_seconds, 3),

@@ -381,9 +381,9 @@ def _reference_tables(
     """The frozen references' targets stored once for every training row, by role.
 
     A given old-target column is used as it is. Captions are never augmented, so a frozen text reference gives one
-    embedding per caption: each is embedded once. With ``reference_targets="precomputed"``, each process also embeds
-    every image once (a single random augmentation per image, as the research code); the old model's table then also
-    gives the prototypes W_o. Cheaper than online targets whenever a run sees more images than the data set holds
+    embedding per caption: each is embedded once. With ``reference_targets="precomputed"`` (for every role, or for the
+    roles it names), each process also embeds every image once (a single random augmentation per image, as the
+    research code); the old model's table then also gives the prototypes W_o. Cheaper than online targets whenever a run sees more images than the data set holds
     (steps × batch > N). Image tables come from the process's feature cache when a run before this one computed the
     same (same reference weights, images, augmentation, batching, precision and device).
     """
@@ -393,7 +393,7 @@ def _reference_tables(
     if old_column is not None and "old" in references:
         precomputed["old"] = old_column.to(device)
     for name, ref in references.items():
-        if name in precomputed or (ref.modality == "image" and args.reference_targets != "precomputed"):
+        if name in precomputed or (ref.modality == "image" and args.reference_target_mode(name) != "precomputed"):
             continue
 
         def compute(ref: FrozenReference = ref) -> torch.Tensor:
@@ -561,7 +561,8 @@ def prepare_run(
     total_steps = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.num_train_epochs
     passes = _NoGradPass(image_data, batch_size, accelerator, args, augmentation)
     has_labels = not isinstance(data, ImageTextData) or data.has_labels
-    precomputed = _reference_tables(references, data, args, passes, accelerator)
+    read = {name: ref for name, ref in references.items() if method.reads_targets_of(name)}
+    precomputed = _reference_tables(read, data, args, passes, accelerator)
     method.prepare(_prototypes(method, references, precomputed, data, args, passes, accelerator, has_labels))
     precomputed = method.prepare_targets(precomputed, image_data.labels if has_labels else None)
 

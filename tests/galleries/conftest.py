@@ -1,11 +1,13 @@
-"""Tiny real models and datasets for the gallery tests (no download, a few seconds each)."""
+"""Tiny real models and datasets for the gallery tests (no download, a few seconds each), and a Milvus server."""
 
 from __future__ import annotations
 
 import os
 import socket
 import struct
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +76,75 @@ def subprocess_env() -> dict:
 
 
 PYTHON = sys.executable
+
+
+class MilvusLiteServer:
+    """milvus-lite's gRPC Milvus server (``python -m milvus_lite server``) in a subprocess on a free loopback port.
+
+    pymilvus reaches it at ``uri`` (``http://127.0.0.1:PORT``) exactly as it reaches a Milvus server: the galleries'
+    server path runs for real. It is not a Milvus cluster (one process, milvus-lite's engine).
+    """
+
+    def __init__(self, data_dir: Path, timeout: float = 60.0):
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(data_dir) / "server.log"
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "milvus_lite", "server", "--data-dir", str(Path(data_dir) / "data"), "--host", "127.0.0.1",
+             "--port", str(self.port)], env=subprocess_env(), stdout=self._log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            self._wait_until_it_answers(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_it_answers(self, timeout: float) -> None:
+        from pymilvus import MilvusClient, MilvusException
+
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"The Milvus server exited with {self.process.returncode}: {self.log()}")
+            try:
+                MilvusClient(self.uri, timeout=2).list_collections()
+                return
+            except MilvusException:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"The Milvus server did not answer within {timeout:.0f} s: {self.log()}"
+                    ) from None
+                time.sleep(0.1)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()[-3000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A Milvus server for the session (milvus-lite's gRPC server on a free loopback port), stopped at the end.
+
+    Tests share it: each uses collections and aliases of its own names.
+    """
+    try:
+        import milvus_lite  # noqa: F401
+        import pymilvus  # noqa: F401
+    except ImportError as error:
+        pytest.skip(f"{error.name} is not installed: pip install 'bt2_hf[milvus]' to run the Milvus server tests")
+    server = MilvusLiteServer(tmp_path_factory.mktemp("milvus-server"))
+    try:
+        yield server
+    finally:
+        server.stop()

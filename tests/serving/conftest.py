@@ -13,7 +13,15 @@ import pytest
 from bt2_hf import BT2Model
 from bt2_hf.galleries import FaissGallery, open_source
 from bt2_hf.galleries.aliases import GalleryRoot
-from tests.galleries.conftest import PYTHON, REPO, free_port, subprocess_env, tiny_model, write_idx
+from tests.galleries.conftest import (
+    PYTHON,
+    REPO,
+    free_port,
+    milvus_server,  # noqa: F401 - the session's Milvus server fixture
+    subprocess_env,
+    tiny_model,
+    write_idx,
+)
 
 TOKEN = "test-token"
 WRITE = {"Authorization": f"Bearer {TOKEN}"}
@@ -79,10 +87,11 @@ def gallery_root(built_gallery, tmp_path):
 class ServerProcess:
     """``bt2 serve`` in a subprocess on a free loopback port."""
 
-    def __init__(self, root, *args):
+    def __init__(self, root, *args, log_dir=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.path.join(root, f"serve-{self.port}.log"), "w")
+        # the log goes beside the galleries, or into log_dir when the root is no folder (a Milvus URI)
+        self.log = open(os.path.join(log_dir or root, f"serve-{self.port}.log"), "w")
         self.process = subprocess.Popen([PYTHON, "-m", "bt2_hf.cli.main", "serve", str(root), "--port",
                                          str(self.port), "--token", TOKEN, *map(str, args)], cwd=REPO,
                                         env=subprocess_env(), stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip

@@ -247,7 +247,8 @@ def test_a_backfill_commit_holds_searches_back_only_for_the_commit(service, serv
     rows = store.backfill_order()[50:120]
     vectors = new.encode(images=open_source(serving_data, split="train").take(np.sort(rows))).numpy()
     vectors = vectors[np.argsort(np.argsort(rows))]
-    table = gallery.directory / "backfill" / "vectors.npy"
+    directory = service.root.root / gallery.name
+    table = directory / "backfill" / "vectors.npy"
     with gallery.rw.read():  # a search in flight
         writer = threading.Thread(target=CommitsUnderWriteLock(store, gallery.rw).write_backfill_batch,
                                   args=(rows, vectors, 120))  # fmt: skip
@@ -261,7 +262,7 @@ def test_a_backfill_commit_holds_searches_back_only_for_the_commit(service, serv
     assert store.backfill_state["done"] == 120
     queries = new.encode(images=open_source(serving_data, split="train").take(np.arange(5))).numpy()
     prepared = store.search_backfilled(queries, 20)
-    from_files = FaissGallery.open(gallery.directory).search_backfilled(queries, 20)
+    from_files = FaissGallery.open(directory).search_backfilled(queries, 20)
     np.testing.assert_array_equal(prepared[1], from_files[1])
     np.testing.assert_allclose(prepared[0], from_files[0], atol=1e-6)
     with pytest.raises(ValueError, match="covers 120 re-embedded rows, not 130"):

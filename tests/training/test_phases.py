@@ -106,3 +106,56 @@ def test_a_method_changes_its_targets_by_overriding_one_hook(tmp_path, data, ref
     negated_weights, plain_weights = _weights(negated), _weights(plain)
     assert set(negated_weights) == set(plain_weights)
     assert any(not torch.equal(negated_weights[name], plain_weights[name]) for name in plain_weights)
+
+
+@register_method
+class _StoredRolesBT2(BT2Method):
+    """BT², recording which references' targets the trainer stored before training."""
+
+    name = "test_stored_roles_bt2"
+    stored: list[set[str]] = []
+    embedded: list[set[str]] = []
+
+    def batch_targets(self, references, precomputed, images, rows):
+        type(self).stored.append(set(precomputed))
+        targets = super().batch_targets(references, precomputed, images, rows)
+        type(self).embedded.append(set(targets))
+        return targets
+
+
+@pytest.mark.parametrize(
+    ("reference_targets", "stored"),
+    [("online", set()), ("precomputed", {"old", "independent"}),
+     ("old=online,independent=precomputed", {"independent"}), ("old=precomputed", {"old"})],
+)  # fmt: skip
+def test_reference_targets_store_the_tables_of_the_roles_they_name(tmp_path, data, references, reference_targets,
+                                                                   stored):  # fmt: skip
+    """One mode for every reference, or one per role (a role left out is online)."""
+    model_args = ModelArguments(backbone_config=CNN, old_model=references["old"],
+                                independent_model=references["independent"])  # fmt: skip
+    _StoredRolesBT2.stored = []
+    train(model_args, DataArguments(), quick_args(tmp_path / "run", _StoredRolesBT2.name, max_steps=2,
+          reference_targets=reference_targets), train_data=data)  # fmt: skip
+    assert _StoredRolesBT2.stored and all(roles == stored for roles in _StoredRolesBT2.stored)
+
+
+@pytest.mark.parametrize("value", ["stored", "old=stored", "old=online,old=precomputed", "teacher=online", "old"])
+def test_a_malformed_reference_targets_is_refused_with_the_accepted_forms(tmp_path, value):
+    with pytest.raises(ValueError, match=r"reference_targets must be one of \['online', 'precomputed'\] or one mode"):
+        quick_args(tmp_path, "bt2", reference_targets=value)
+
+
+@pytest.mark.parametrize("reference_targets", ["online", "precomputed"])
+def test_bt2_without_the_new_match_term_never_embeds_with_the_independent_model(tmp_path, data, references,
+                                                                                reference_targets):  # fmt: skip
+    """f is not matched, so the independent model only gives f's width and the starting weights: no table of its
+    embeddings, no target per batch, no new-match term."""
+    model_args = ModelArguments(backbone_config=CNN, old_model=references["old"], init_from_independent=True,
+                                independent_model=references["independent"])  # fmt: skip
+    _StoredRolesBT2.stored, _StoredRolesBT2.embedded = [], []
+    out = train(model_args, DataArguments(), quick_args(tmp_path / "run", _StoredRolesBT2.name, max_steps=2,
+                reference_targets=reference_targets), {"new_match_weight": 0.0}, train_data=data)  # fmt: skip
+    assert _StoredRolesBT2.embedded and all(roles == {"old"} for roles in _StoredRolesBT2.embedded)
+    assert all(roles == ({"old"} if reference_targets == "precomputed" else set()) for roles in _StoredRolesBT2.stored)
+    entries = json.loads((out / "training_log.json").read_text())
+    assert entries and all("new_match_loss" not in entry and "old_match_loss" in entry for entry in entries)
