@@ -231,9 +231,9 @@ def test_micro_batched_text_searches_answer_as_one_at_a_time(tmp_path):
 
 
 def test_a_backfill_commit_holds_searches_back_only_for_the_commit(service, serving_models, serving_data):
-    """While a search holds the gallery's read side, the next batch's rows are written and its search over the
-    re-embedded items is built; only the commit (the manifest's ``done``) waits. The prepared search answers as
-    one built from the files."""
+    """While a search holds the gallery's read side, the next batch's rows are written, its search over the
+    re-embedded items is built and its manifest written; only the switch of the state in memory waits. The
+    prepared search answers as one built from the files."""
     import time
 
     from bt2_hf.galleries import backfill, open_source
@@ -257,7 +257,11 @@ def test_a_backfill_commit_holds_searches_back_only_for_the_commit(service, serv
         while not np.allclose(np.load(table)[rows], vectors, atol=1e-5) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert np.allclose(np.load(table)[rows], vectors, atol=1e-5)  # written while the search runs
-        assert store.backfill_state["done"] == 50 and writer.is_alive()  # the commit waits for it
+        on_disk = directory / "manifest.json"
+        while json.loads(on_disk.read_text())["backfill"]["done"] != 120 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert json.loads(on_disk.read_text())["backfill"]["done"] == 120  # the commit point on disk, meanwhile
+        assert store.backfill_state["done"] == 50 and writer.is_alive()  # the switch in memory waits for the search
     writer.join(30)
     assert store.backfill_state["done"] == 120
     queries = new.encode(images=open_source(serving_data, split="train").take(np.arange(5))).numpy()
