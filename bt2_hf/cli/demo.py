@@ -52,7 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--tiny", action="store_true", help="A seconds-long smoke run (few images; numbers are noise).")
     parser.add_argument(
         "--new_steps", "--new-steps", dest="new_steps", type=int, default=None,
-        help="Optimizer steps of every new model (default: the size's, 600 on CPU).",
+        help="Optimizer steps of the independent new model, and of every new model with --from_scratch (default: "
+        "the size's, 600 on CPU).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--finetune_steps", "--finetune-steps", dest="finetune_steps", type=int, default=None,
+        help="Optimizer steps BT², BCT and the independent model's twin fine-tune it for (default: the size's, 1000 "
+        "on CPU).",
     )  # fmt: skip
     parser.add_argument(
         "--train_fraction", "--train-fraction", dest="train_fraction", type=float, default=1.0,
@@ -61,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--from_scratch", "--from-scratch", dest="from_scratch", action="store_true",
         help="Train BT² (and BCT) from scratch for --new_steps, measured against the independent model of as many "
-        "steps, instead of fine-tuning the independent model for --new_steps more (the default).",
+        "steps, instead of fine-tuning the independent model for --finetune_steps more (the default).",
     )  # fmt: skip
     parser.add_argument(
         "--overwrite", action="store_true",
@@ -104,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.new_steps is not None:
             changes["new_steps"] = args.new_steps
+        if args.finetune_steps is not None:
+            changes["finetune_steps"] = args.finetune_steps
         size = replace(size, **changes)
         result = run_demo(
             args.output,
