@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backfill-pause", type=float, default=0.0,
                         help="seconds to wait between batches (leaves CPU to the searches)")  # fmt: skip
     parser.add_argument("--allow-unmeasured", action="store_true", help="backfill with declared, unmeasured compat.")
+    parser.add_argument("--search-threads", type=int, default=1,
+                        help="faiss's OpenMP threads per search (one query is too small to share; 0: its default)")  # fmt: skip
+    parser.add_argument("--text-batch-window-ms", type=float, default=2.0,
+                        help="concurrent text queries wait up to this long to share a forward pass (negative: never "
+                        "batch)")  # fmt: skip
     return snake_case_flags(parser)
 
 
@@ -71,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bt2 serve: {error.name} is missing: pip install 'bt2_hf[serve]'.", file=sys.stderr)
         return 2
     try:
-        service = GalleryService(args.root, models=args.model, rule=args.rule)
+        service = GalleryService(args.root, models=args.model, rule=args.rule,
+                                 search_threads=args.search_threads or None,
+                                 text_batch_window=None if args.text_batch_window_ms < 0
+                                 else args.text_batch_window_ms / 1000)  # fmt: skip
         if args.backfill_with:
             gallery = args.backfill_gallery or service.default_gallery()
             _, served = service.served(gallery)

@@ -25,6 +25,7 @@ needs memory for the codes plus one chunk, never for the whole gallery.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -265,6 +266,7 @@ class FaissGallery(ManifestAccessors):
         self._backfill_vectors = None
         self._backfill_order = None
         self._backfill_search = None  # (done, rows, flat index) of the re-embedded rows
+        self._backfill_rank = None  # each row's place in the backfill order
         self._labels = self._paths = None
 
     # -- building and opening -----------------------------------------------------------------------------------------
@@ -569,14 +571,9 @@ class FaissGallery(ManifestAccessors):
             queries (`np.ndarray` of shape `(n, d)`): unit query vectors in the backfill model's space.
             depth (`int`): how many rows to return.
         """
-        faiss = import_faiss()
         done = self.backfill_state["done"] if self.backfill_state else 0
         if self._backfill_search is None or self._backfill_search[0] != done:
-            rows = np.sort(self.backfill_order()[:done])
-            index = faiss.IndexFlatIP(self.backfill_state["dimension"])
-            for start in range(0, len(rows), CHUNK):
-                index.add(self.backfill_vectors(rows[start : start + CHUNK]))
-            self._backfill_search = (done, rows, index)
+            self._backfill_search = self.prepare_backfill_search(done)
         _, rows, index = self._backfill_search
         depth = min(depth, len(rows))
         if depth == 0:
@@ -584,9 +581,30 @@ class FaissGallery(ManifestAccessors):
         scores, positions = index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
         return scores, np.where(positions >= 0, rows[np.maximum(positions, 0)], -1)
 
+    def prepare_backfill_search(self, done: int) -> tuple:
+        """The exact search over the first ``done`` re-embedded rows (their vectors already written), for
+        :meth:`search_backfilled` or :meth:`commit_backfill_batch`: ``(done, rows, flat index)``."""
+        faiss = import_faiss()
+        rows = np.sort(self.backfill_order()[:done])
+        index = faiss.IndexFlatIP(self.backfill_state["dimension"])
+        vectors = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r")  # sees rows written since
+        for start in range(0, len(rows), CHUNK):
+            index.add(np.asarray(vectors[rows[start : start + CHUNK]], dtype=np.float32))
+        return done, rows, index
+
     def backfilled(self, rows: np.ndarray) -> np.ndarray:
         """Whether each of ``rows`` carries the backfill model's embedding."""
-        return self.backfilled_mask()[np.asarray(rows)]
+        rows, state = np.asarray(rows), self.backfill_state
+        if not state:
+            return np.zeros(rows.shape, dtype=bool)
+        if self._backfill_rank is None:
+            # Each row's place in the backfill order, once per backfill: a search asks about its few candidate rows,
+            # and a mask of the whole gallery per search cost 0.5 ms at a million items.
+            order = self.backfill_order()
+            rank = np.full(len(self), np.iinfo(np.int64).max, dtype=np.int64)
+            rank[order] = np.arange(len(order))
+            self._backfill_rank = rank
+        return self._backfill_rank[rows] < int(state["done"])
 
     def backfilled_mask(self) -> np.ndarray:
         """``mask[row]`` is True when the row carries the backfill model's embedding."""
@@ -612,19 +630,50 @@ class FaissGallery(ManifestAccessors):
         del table
         os.replace(tmp, folder)
         self._backfill_order, self._backfill_vectors, self._backfill_search = None, None, None
+        self._backfill_rank = None
         self._write_manifest(dict(self.manifest, backfill=state))
 
-    def update_backfill_state(self, **changes) -> None:
-        self._write_manifest(dict(self.manifest, backfill=dict(self.manifest["backfill"], **changes)))
+    def update_backfill_state(self, swap=None, **changes) -> None:
+        """Record ``changes`` in the manifest's backfill state; ``swap``: as in :meth:`commit_backfill_batch`."""
+        manifest = dict(self.manifest, backfill=dict(self.manifest["backfill"], **changes))
+        atomic_write_json(self.directory / MANIFEST_NAME, manifest)
+        with swap() if swap is not None else contextlib.nullcontext():
+            self.manifest = manifest
 
     def write_backfill_batch(self, rows: np.ndarray, vectors: np.ndarray, done: int) -> None:
         """Write rows of the new model, flush them, then record ``done`` in the manifest (the commit point)."""
+        self.write_backfill_rows(rows, vectors)
+        self.commit_backfill_batch(done)
+
+    def write_backfill_rows(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        """The first half of :meth:`write_backfill_batch`: the rows written and flushed, not yet committed (rows
+        beyond ``done``: no search reads them, so a service does this without holding its searches back)."""
         table = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r+")
         table[np.asarray(rows)] = _normalize(vectors).astype(table.dtype)
         table.flush()
         del table
-        self._backfill_vectors = None
-        self._write_manifest(dict(self.manifest, backfill=dict(self.manifest["backfill"], done=int(done))))
+
+    def commit_backfill_batch(self, done: int, search: tuple | None = None, swap=None) -> None:
+        """The commit point: ``done`` recorded in the manifest; ``search``, from :meth:`prepare_backfill_search`
+        for this ``done``, is what :meth:`search_backfilled` uses from now on (built before the commit by a service,
+        so that its searches wait only for the switch).
+
+        ``swap`` (a callable returning a context manager, e.g. a lock's write side) is held only while this object's
+        state switches to the new ``done``, after the manifest file is written (the commit point on disk, with its
+        fsyncs: milliseconds that searches of this object need not wait for; they read the state in memory).
+        """
+        if search is not None and search[0] != int(done):
+            raise ValueError(f"The prepared search covers {search[0]} re-embedded rows, not {done}.")
+        manifest = dict(self.manifest, backfill=dict(self.manifest["backfill"], done=int(done)))
+        atomic_write_json(self.directory / MANIFEST_NAME, manifest)
+        # The replaced memory map and index are freed after the switch, not during it (a millisecond at 100k rows).
+        replaced = (self._backfill_vectors, self._backfill_search)
+        with swap() if swap is not None else contextlib.nullcontext():
+            self._backfill_vectors = None
+            self.manifest = manifest
+            if search is not None:
+                self._backfill_search = search
+        del replaced
 
     def finalize(self, index_type: str | None = None, directory: str | os.PathLike | None = None,
                  **index_params) -> FaissGallery:  # fmt: skip
@@ -679,10 +728,17 @@ def exact_scores(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> 
     scores = np.full(rows.shape, -np.inf, dtype=np.float32)
     valid = rows >= 0
     flat_rows = np.where(valid, rows, 0)
-    unique, inverse = np.unique(flat_rows, return_inverse=True)
-    # Sorted unique rows read the memory map sequentially-ish and each row once.
-    block = np.asarray(vectors[unique], dtype=np.float32)[inverse.reshape(rows.shape)]
-    exact = np.einsum("nkd,nd->nk", block, np.asarray(queries, dtype=np.float32))
+    queries = np.asarray(queries, dtype=np.float32)
+    if len(rows) == 1:
+        # One query (a served search): its candidates are distinct rows already; sorting them for the memory map
+        # costs more than the reads it saves once the vectors are in the page cache.
+        # (np.asarray first: indexing the memmap subclass itself costs as much as the gather.)
+        exact = (np.asarray(vectors)[flat_rows[0]].astype(np.float32, copy=False) @ queries[0])[None, :]
+    else:
+        unique, inverse = np.unique(flat_rows, return_inverse=True)
+        # Sorted unique rows read the memory map sequentially-ish and each row once.
+        block = np.asarray(vectors[unique], dtype=np.float32)[inverse.reshape(rows.shape)]
+        exact = np.einsum("nkd,nd->nk", block, queries)
     scores[valid] = exact[valid]
     return scores
 
@@ -690,6 +746,13 @@ def exact_scores(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> 
 def _sort(scores: np.ndarray, rows: np.ndarray, depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     # Descending score, then ascending row: the evaluator's tie rule; missing rows (-1) last.
     scores = np.where(rows < 0, -np.inf, scores)
+    width = scores.shape[-1]
+    if depth is not None and depth < width and len(scores) == 1:
+        # One query, a few of many candidates: only those scoring at least the depth-th best can be kept (ties at
+        # that score included, so the tie rule still decides among them); the full sort is 10× slower.
+        threshold = np.partition(scores[0], width - depth)[width - depth]
+        keep = np.flatnonzero(scores[0] >= threshold)
+        scores, rows = scores[:, keep], rows[:, keep]
     order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=-1)
     scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
     return (scores, rows) if depth is None else (scores[:, :depth], rows[:, :depth])

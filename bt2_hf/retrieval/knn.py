@@ -29,7 +29,10 @@ FAISS_INSTALL_HINT = (
 def import_faiss():
     """Import faiss lazily, with an install hint instead of a bare ``ModuleNotFoundError``."""
     # faiss's loader logs, at INFO, the failed probe of each optional CPU build before the one that loads: noise.
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    # (Set once: setLevel clears every logger's cache, 0.1 ms on each served search otherwise.)
+    loader = logging.getLogger("faiss.loader")
+    if loader.level != logging.WARNING:
+        loader.setLevel(logging.WARNING)
     try:
         import faiss
     except ModuleNotFoundError as error:  # pragma: no cover - depends on the environment

@@ -7,22 +7,27 @@ unreadable image, 422 a field of the wrong kind (wrong vector width, k out of ra
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
-import secrets
 import time
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..compatibility import IncompatibleModelsError
 from ..errors import BT2InputError
 from ..galleries.aliases import GalleryNotFoundError
+from .json_search import (
+    JsonSearchEndpoint,
+    SearchRequest,
+    bearer_token,
+    check_token,
+    decode_base64,
+    json_search_arguments,
+)
 from .metrics import CONTENT_TYPE, Metrics
 from .service import GalleryService, ServingError
 
@@ -31,18 +36,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BODY = 20 << 20
 ROUTES = ("/search", "/galleries", "/items", "/backfill", "/cutover", "/rollback", "/healthz", "/metrics", "/docs",
           "/openapi.json")  # fmt: skip
-
-
-class SearchRequest(BaseModel):
-    """One query: exactly one of ``text``, ``image_base64`` or ``vector``."""
-
-    model_config = ConfigDict(extra="forbid")
-    gallery: str | None = Field(None, description="alias or gallery directory name (default: the only one served)")
-    k: int = Field(10, description="neighbours to return (1 to 1000)")
-    text: str | None = Field(None, description="a text query (embedded by a text model)")
-    image_base64: str | None = Field(None, description="an encoded image (PNG, JPEG, WebP), base64")
-    vector: list[float] | None = Field(None, description="a query embedding of `model` (default: the gallery encoder)")
-    model: str | None = Field(None, description="query model: a loaded model's name or fingerprint")
 
 
 class Item(BaseModel):
@@ -83,10 +76,11 @@ class AliasRequest(BaseModel):
 
 
 class _Guard:
-    """ASGI wrapper: bodies over the size limit get a 413 before the app reads them; every request is timed."""
+    """ASGI wrapper: bodies over the size limit get a 413 before the app reads them; every request is timed; a JSON
+    search goes straight to ``json_search`` (the hot path, see :mod:`bt2_hf.serving.json_search`)."""
 
-    def __init__(self, app, metrics: Metrics, max_body: int):
-        self.app, self.metrics, self.max_body = app, metrics, max_body
+    def __init__(self, app, metrics: Metrics, max_body: int, json_search: JsonSearchEndpoint):
+        self.app, self.metrics, self.max_body, self.json_search = app, metrics, max_body, json_search
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -114,6 +108,9 @@ class _Guard:
                     more = message.get("more_body", False)
                     if len(body) > self.max_body:
                         return await self._too_large(timed_send, None)
+                kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+                if route == "/search" and scope["method"] == "POST" and kind == b"application/json":
+                    return await self.json_search(headers, bytes(body), timed_send)
                 replayed = [False]
 
                 async def replay():
@@ -138,13 +135,6 @@ class _Guard:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
                                 (b"connection", b"close")]})  # fmt: skip
         await send({"type": "http.response.body", "body": payload})
-
-
-def _b64(data: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise ServingError(f"{what} is not valid base64.", 422) from None
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -186,18 +176,7 @@ async def _search_arguments(request: Request) -> dict[str, Any]:
     """The arguments of ``GalleryService.search`` from a JSON body or a multipart upload (415 for anything else)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
-        try:
-            payload = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ServingError(f"Malformed JSON: {error}.", 400) from None
-        try:
-            query = SearchRequest.model_validate(payload)
-        except ValidationError as error:
-            raise ServingError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
-                                         for e in error.errors()), 422) from None  # fmt: skip
-        image = _b64(query.image_base64, "image_base64") if query.image_base64 is not None else None
-        arguments = {"gallery": query.gallery, "k": query.k, "text": query.text, "image": image,
-                     "vector": query.vector, "model": query.model}  # fmt: skip
+        arguments = json_search_arguments(await request.body())
     elif kind == "multipart/form-data":
         form = await request.form(max_files=1, max_fields=8)
         upload = form.get("image")
@@ -220,7 +199,7 @@ async def _search_arguments(request: Request) -> dict[str, Any]:
 
 
 def create_app(service: GalleryService, token: str | None = None, open_reads: bool = True,
-               max_body: int = DEFAULT_MAX_BODY):  # fmt: skip
+               max_body: int = DEFAULT_MAX_BODY, inline_vectors: bool = True):  # fmt: skip
     """The ASGI app: the FastAPI routes over ``service``, wrapped by the body limit and the request metrics.
 
     Args:
@@ -229,6 +208,8 @@ def create_app(service: GalleryService, token: str | None = None, open_reads: bo
             without one, writes are refused (403).
         open_reads (`bool`, *optional*, defaults to `True`): searches and descriptions need no token.
         max_body (`int`, *optional*): largest request body in bytes (413 above it).
+        inline_vectors (`bool`, *optional*, defaults to `True`): search vector queries on the event loop rather than
+            in a worker thread (see :mod:`bt2_hf.serving.json_search`).
     """
     metrics = Metrics()
     app = FastAPI(title="bt2 serve", description="Search galleries of bt2_hf with compatible query models; dual-write "
@@ -238,21 +219,15 @@ def create_app(service: GalleryService, token: str | None = None, open_reads: bo
     def _check(request: Request, needed: bool) -> None:
         if not needed:
             return
-        if token is None:
-            raise ServingError("This service was started without a token: writes are disabled (start it with "
-                               "--token or BT2_SERVE_TOKEN).", 403)  # fmt: skip
-        given = request.headers.get("authorization", "")
-        given = given[7:] if given.lower().startswith("bearer ") else request.headers.get("x-bt2-token", "")
-        if not given or not secrets.compare_digest(given.encode(), token.encode()):
-            raise ServingError("Missing or wrong token: send 'Authorization: Bearer <token>'.", 401)
+        check_token(bearer_token(dict(request.headers.raw)), token)
 
-    def reader(request: Request) -> None:
+    async def reader(request: Request) -> None:  # async: checked on the loop, no thread-pool hop
         _check(request, not open_reads)
 
-    def writer(request: Request) -> None:
+    async def writer(request: Request) -> None:
         _check(request, True)
 
-    def json_body(request: Request) -> None:
+    async def json_body(request: Request) -> None:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "application/json":
             raise ServingError(f"Send the body as application/json, not {kind or 'no content type'!r}.", 415)
@@ -285,7 +260,7 @@ def create_app(service: GalleryService, token: str | None = None, open_reads: bo
         for item in request.items:
             row = item.model_dump()
             image = row.pop("image_base64")
-            row["image"] = _b64(image, f"item {item.id!r}'s image_base64") if image is not None else None
+            row["image"] = decode_base64(image, f"item {item.id!r}'s image_base64") if image is not None else None
             rows.append(row)
         return service.add_items(request.gallery, rows)
 
@@ -316,4 +291,4 @@ def create_app(service: GalleryService, token: str | None = None, open_reads: bo
     def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(service.gauges()), media_type=CONTENT_TYPE)
 
-    return _Guard(app, metrics, max_body)
+    return _Guard(app, metrics, max_body, JsonSearchEndpoint(service, token, open_reads, inline_vectors))

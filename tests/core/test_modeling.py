@@ -222,3 +222,19 @@ def test_encode_returns_each_output_the_forward_pass_gives():
         model.encode(images=images, output="logits")
     with pytest.raises(ValueError, match="prefix_dim applies to output='embeddings' only"):
         model.encode(images=images, output="features", prefix_dim=4)
+
+
+def test_encode_embeds_in_eval_mode_and_gives_the_modes_back():
+    """encode switches modes only when some module is training; the embeddings are the eval-mode ones either way."""
+    model = build("small_cnn", "bt2").eval()
+    images = [torch.randint(0, 256, (28, 28), dtype=torch.uint8).numpy() for _ in range(4)]
+    expected = model.encode(images=images)
+    assert not any(module.training for module in model.modules())
+    model.train()
+    assert torch.allclose(model.encode(images=images), expected, atol=1e-6)
+    assert all(module.training for module in model.modules())
+    model.eval()
+    child = next(module for module in model.modules() if module is not model and list(module.parameters()))
+    child.train()  # one submodule left training under an eval-mode model
+    assert torch.allclose(model.encode(images=images), expected, atol=1e-6)
+    assert not any(module.training for module in model.modules())  # as before: encode leaves the model in eval
