@@ -69,9 +69,7 @@ class HFBackbone(Backbone):
         transformers_logging.set_verbosity_error()
         transformers_logging.disable_progress_bar()  # a bar per load of a small file is noise; ours say what loads
         try:
-            pretrained = AutoModel.from_pretrained(
-                name_or_path, **self._model_kwargs(self.model.config), **hub_kwargs
-            )
+            pretrained = AutoModel.from_pretrained(name_or_path, **self._model_kwargs(self.model.config), **hub_kwargs)
         finally:
             transformers_logging.set_verbosity(verbosity)
             if bars:

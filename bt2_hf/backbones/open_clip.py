@@ -132,6 +132,7 @@ class OpenCLIPVisionBackbone(_OpenCLIPTower):
 
         vision_cfg = backbone_config.get("model_cfg", {}).get("vision_cfg", {})
         return open_clip_image_processor(vision_cfg.get("image_size", 224), backbone_config.get("preprocess_cfg"))
+
     main_input_name = "pixel_values"
 
     def __init__(self, backbone_config: dict[str, Any], pooling: str = "default"):
@@ -172,6 +173,7 @@ class OpenCLIPTextBackbone(_OpenCLIPTower):
 
         text_cfg = backbone_config.get("model_cfg", {}).get("text_cfg", {})
         return OpenCLIPTokenizer(backbone_config.get("model_name"), text_cfg.get("context_length", 77))
+
     main_input_name = "input_ids"
 
     def __init__(self, backbone_config: dict[str, Any], pooling: str = "default"):

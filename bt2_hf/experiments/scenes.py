@@ -492,7 +492,9 @@ def scene_config_of(dataset) -> SceneConfig:
     try:
         settings = json.loads(split.info.description or "")["bt2_hf_scenes"]
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError("This dataset was not made by bt2_hf.experiments.scenes.generate_scenes (no settings).") from error
+        raise ValueError(
+            "This dataset was not made by bt2_hf.experiments.scenes.generate_scenes (no settings)."
+        ) from error
     return SceneConfig(**settings)
 
 

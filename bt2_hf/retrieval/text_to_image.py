@@ -11,7 +11,6 @@ import numpy as np
 TEXT_TO_IMAGE_METRICS = ("recall@1", "recall@5", "recall@10", "map")
 
 
-
 def evaluate_text_to_image(
     text_embeddings,
     gallery_embeddings,

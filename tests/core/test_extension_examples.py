@@ -67,9 +67,15 @@ def test_the_toy_method_trains_the_toy_backbone(tmp_path, toys):
     output = train(
         ModelArguments(backbone_type="pooled_mlp", backbone_config={"hidden_size": 16}, embedding_dim=8),
         DataArguments(),
-        BT2TrainingArguments(output_dir=str(tmp_path / "run"), method="uniform_independent", max_steps=20,
-                             per_device_train_batch_size=16, learning_rate=0.02, disable_tqdm=True,
-                             logging_steps=20),  # fmt: skip
+        BT2TrainingArguments(
+            output_dir=str(tmp_path / "run"),
+            method="uniform_independent",
+            max_steps=20,
+            per_device_train_batch_size=16,
+            learning_rate=0.02,
+            disable_tqdm=True,
+            logging_steps=20,
+        ),  # fmt: skip
         method_config={"uniformity_weight": 0.25},
         train_data=(images, labels),
     )

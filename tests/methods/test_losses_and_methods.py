@@ -267,7 +267,9 @@ def test_class_contrastive_loss_equals_a_plain_loop_and_rewards_class_order():
     for i in range(7):
         scores = [math.exp(float(q[i] @ k[j]) / 0.2) for j in range(7)]
         expected -= math.log(sum(s for j, s in enumerate(scores) if labels[j] == labels[i]) / sum(scores))
-    assert float(class_contrastive_loss(queries, keys, labels, temperature=0.2)) == pytest.approx(expected / 7, rel=1e-5)
+    assert float(class_contrastive_loss(queries, keys, labels, temperature=0.2)) == pytest.approx(
+        expected / 7, rel=1e-5
+    )
     # queries at their class's keys score lower than the same queries shuffled across classes
     centres = F.normalize(torch.randn(3, 5, generator=generator), dim=-1)
     ordered = class_contrastive_loss(centres[labels], centres[labels], labels)
