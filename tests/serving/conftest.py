@@ -22,6 +22,7 @@ from tests.galleries.conftest import (
     tiny_model,
     write_idx,
 )
+from tests.galleries.test_text import text_tower
 
 TOKEN = "test-token"
 WRITE = {"Authorization": f"Bearer {TOKEN}"}
@@ -82,6 +83,29 @@ def gallery_root(built_gallery, tmp_path):
     shutil.copytree(built_gallery, root / "products_v1")
     GalleryRoot(root).create_alias("products", "products_v1")
     return root
+
+
+@pytest.fixture
+def service(gallery_root, serving_models):
+    """A service over ``gallery_root`` with the new and the old model (its background jobs stopped afterwards)."""
+    from bt2_hf.serving import GalleryService
+
+    service = GalleryService(gallery_root, models=[f"new={serving_models['new']}", f"old={serving_models['old']}"])
+    yield service
+    service.stop_jobs()
+
+
+def text_gallery(tmp_path, captions: list[str]):
+    """A tiny text tower saved as ``tmp_path / "tower"`` and a gallery root holding ``captions``, a faiss gallery of
+    ``captions`` embedded by it (ids ``t0``, ``t1``, …; the captions as paths): ``(tower, root)``."""
+    text_tower(0, 8).save_pretrained(tmp_path / "tower")
+    tower = BT2Model.from_pretrained(tmp_path / "tower")
+    root = tmp_path / "galleries"
+    root.mkdir()
+    FaissGallery.from_model(
+        root / "captions", tower, captions, [f"t{i}" for i in range(len(captions))], paths=captions
+    )
+    return tower, root
 
 
 class ServerProcess:

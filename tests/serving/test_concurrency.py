@@ -9,10 +9,9 @@ import time
 
 import httpx
 import numpy as np
-import pytest
 import uvicorn
 
-from bt2_hf.serving import GalleryService, create_app
+from bt2_hf.serving import create_app
 
 from .conftest import TOKEN, WRITE, free_port
 
@@ -61,13 +60,6 @@ def check(answers, errors, gallery_ids: set):
         ids = [hit["id"] for hit in body["hits"]]
         assert len(ids) == K and len(set(ids)) == K, ids
         assert set(ids) <= gallery_ids, set(ids) - gallery_ids
-
-
-@pytest.fixture
-def service(gallery_root, serving_models):
-    service = GalleryService(gallery_root, models=[f"new={serving_models['new']}", f"old={serving_models['old']}"])
-    yield service
-    service.stop_jobs()
 
 
 def test_searches_during_a_backfill_see_every_item_once(service, serving_data):

@@ -18,17 +18,10 @@ from bt2_hf.serving import GalleryService, create_app
 from bt2_hf.serving.batching import TextBatcher
 from tests.galleries.test_text import text_tower
 
-from .conftest import TOKEN, ServerProcess
+from .conftest import TOKEN, ServerProcess, text_gallery
 from .test_api import brute_force
 
 QUERIES = np.random.default_rng(3).normal(size=(12, 8)).round(4).tolist()
-
-
-@pytest.fixture
-def service(gallery_root, serving_models):
-    service = GalleryService(gallery_root, models=[f"new={serving_models['new']}", f"old={serving_models['old']}"])
-    yield service
-    service.stop_jobs()
 
 
 def test_vector_answers_are_the_services_own_on_the_loop_and_in_threads(service, gallery_root):
@@ -197,12 +190,8 @@ def test_concurrent_texts_share_one_pass_and_get_their_one_at_a_time_embeddings(
 
 
 def test_micro_batched_text_searches_answer_as_one_at_a_time(tmp_path):
-    text_tower(0, 8).save_pretrained(tmp_path / "tower")
-    tower = BT2Model.from_pretrained(tmp_path / "tower")
     corpus = [f"a photo of item {i} in {colour}" for i, colour in enumerate(["red", "blue", "green", "black"] * 8)]
-    root = tmp_path / "galleries"
-    root.mkdir()
-    FaissGallery.from_model(root / "captions", tower, corpus, [f"t{i}" for i in range(len(corpus))])
+    _, root = text_gallery(tmp_path, corpus)
     alone = GalleryService(root, models=[f"tower={tmp_path / 'tower'}"], text_batch_window=None)
     batched = GalleryService(root, models=[f"tower={tmp_path / 'tower'}"], text_batch_window=0.02)
     queries = [f"item {i} in {colour}, seen from afar" for i, colour in enumerate(["black", "red", "gold"] * 4)]

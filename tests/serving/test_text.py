@@ -5,22 +5,15 @@ from __future__ import annotations
 import numpy as np
 from fastapi.testclient import TestClient
 
-from bt2_hf import BT2Model
-from bt2_hf.galleries import FaissGallery
 from bt2_hf.serving import GalleryService, create_app
-from tests.galleries.test_text import text_tower
 
-from .conftest import TOKEN, WRITE
+from .conftest import TOKEN, WRITE, text_gallery
 from .test_api import png
 
 
 def test_text_queries_and_text_items(tmp_path):
-    text_tower(0, 8).save_pretrained(tmp_path / "tower")
-    tower = BT2Model.from_pretrained(tmp_path / "tower")
     texts = [f"a photo of item {i} in {colour}" for i, colour in enumerate(["red", "blue", "green", "black"] * 5)]
-    root = tmp_path / "galleries"
-    root.mkdir()
-    FaissGallery.from_model(root / "captions", tower, texts, [f"t{i}" for i in range(len(texts))], paths=texts)
+    tower, root = text_gallery(tmp_path, texts)
     client = TestClient(create_app(GalleryService(root, models=[f"tower={tmp_path / 'tower'}"]), token=TOKEN))
 
     answer = client.post("/search", json={"text": "a photo of item 3 in black", "k": 4})  # the only gallery
