@@ -148,3 +148,13 @@ def milvus_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def embeddings(saved_models, idx_dir, tmp_path_factory):
+    """The old model's float32 embedding shards of the whole IDX set (a Milvus or faiss gallery's source)."""
+    from bt2_hf.galleries import embed_dataset
+
+    model = BT2Model.from_pretrained(saved_models["old"])
+    return embed_dataset(model, idx_dir, tmp_path_factory.mktemp("emb") / "emb", split="all", dtype="float32",
+                         show_progress=False)  # fmt: skip

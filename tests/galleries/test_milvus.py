@@ -11,19 +11,12 @@ import pytest
 from bt2_hf import BT2Model
 from bt2_hf.cli.index import main as index_main
 from bt2_hf.compatibility import IncompatibleModelsError
-from bt2_hf.galleries import FaissGallery, backfill, embed_dataset, open_source, search_gallery
+from bt2_hf.galleries import FaissGallery, backfill, open_source, search_gallery
 
 from .conftest import PYTHON, REPO, subprocess_env
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
-
-
-@pytest.fixture(scope="module")
-def embeddings(saved_models, idx_dir, tmp_path_factory):
-    model = BT2Model.from_pretrained(saved_models["old"])
-    return embed_dataset(model, idx_dir, tmp_path_factory.mktemp("emb") / "emb", split="all", dtype="float32",
-                         show_progress=False)  # fmt: skip
 
 
 def test_milvus_gallery_matches_faiss_and_refuses_the_same_models(saved_models, idx_dir, embeddings, tmp_path):

@@ -17,20 +17,13 @@ import pytest
 from bt2_hf import BT2Model
 from bt2_hf.cli.main import main as cli_main
 from bt2_hf.compatibility import IncompatibleModelsError
-from bt2_hf.galleries import FaissGallery, GalleryError, backfill, embed_dataset, open_source, search_gallery
+from bt2_hf.galleries import FaissGallery, GalleryError, backfill, open_source, search_gallery
 from bt2_hf.galleries.aliases import MilvusAliases, open_gallery_root
 from bt2_hf.galleries.stores import open_gallery
 
 from .conftest import PYTHON, REPO, free_port, subprocess_env
 
 pytest.importorskip("pymilvus")
-
-
-@pytest.fixture(scope="module")
-def embeddings(saved_models, idx_dir, tmp_path_factory):
-    model = BT2Model.from_pretrained(saved_models["old"])
-    return embed_dataset(model, idx_dir, tmp_path_factory.mktemp("emb") / "emb", split="all", dtype="float32",
-                         show_progress=False)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
