@@ -647,10 +647,18 @@ class FaissGallery(ManifestAccessors):
     def write_backfill_rows(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         """The first half of :meth:`write_backfill_batch`: the rows written and flushed, not yet committed (rows
         beyond ``done``: no search reads them, so a service does this without holding its searches back)."""
-        table = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r+")
+        path = self.directory / "backfill" / "vectors.npy"
+        table = np.load(path, mmap_mode="r+")
         table[np.asarray(rows)] = _normalize(vectors).astype(table.dtype)
-        table.flush()
         del table
+        # fsync rather than the memory map's flush: msync keeps the GIL while the pages reach the disk (0.27 s per
+        # batch of 1,024 random rows at 1M × 160, every search of the process waiting), fsync releases it. On Linux
+        # both write the mapping's dirty pages (they are the file's page cache).
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
     def commit_backfill_batch(self, done: int, search: tuple | None = None, swap=None) -> None:
         """The commit point: ``done`` recorded in the manifest; ``search``, from :meth:`prepare_backfill_search`
