@@ -9,7 +9,9 @@ then the switch). The gallery is a flat faiss gallery of ``--n`` × ``--dim`` un
 plays no part in a commit), the new model's vectors ``--dim`` + 32 wide, in a random backfill order. At each
 progress point the backfill jumps there (one bulk write, untimed, and one untimed commit that reads the jump's rows),
 then ``--commits`` batches of ``--batch_size`` rows are committed one after the other and timed with the thread's
-CPU clock; then single new-model queries search the re-embedded items (``search_backfilled``, depth 100).
+CPU clock and the wall clock, while a second Python thread wakes every 0.5 ms: its longest gap is how long a search
+on the service's event loop could wait for the commit's hold of the GIL. Then single new-model queries search the
+re-embedded items (``search_backfilled``, depth 100).
 
 It uses only the store's public methods, so the same script measures another checkout of the library in the same
 sitting (``PYTHONPATH=<that checkout> python benchmarks/backfill_commit.py``); the library measured is printed.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +39,30 @@ EXTRA_DIMS = 32
 def milliseconds(values) -> dict:
     values = np.asarray(values) * 1000.0
     return {"mean": float(values.mean()), "p50": float(np.percentile(values, 50)), "max": float(values.max())}
+
+
+class GilProbe:
+    """A thread that sleeps 0.5 ms at a time and records how late it wakes: the other threads' GIL holds."""
+
+    def __init__(self):
+        self.gaps, self._stop = [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        last = time.perf_counter()
+        while not self._stop.is_set():
+            time.sleep(0.0005)
+            now = time.perf_counter()
+            self.gaps.append(now - last)
+            last = now
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 def main(argv=None) -> int:
@@ -78,7 +105,7 @@ def main(argv=None) -> int:
 
         def commit(done: int, stop: int, timings: dict | None) -> None:
             rows = order[done:stop]
-            clock = time.thread_time()
+            wall, clock = time.perf_counter(), time.thread_time()
             store.write_backfill_rows(rows, new_vectors(rows))
             written = time.thread_time()
             search = store.prepare_backfill_search(stop)
@@ -88,6 +115,7 @@ def main(argv=None) -> int:
                 timings["write"].append(written - clock)
                 timings["prepare"].append(prepared - written)
                 timings["commit"].append(time.thread_time() - prepared)
+                timings["wall"].append(time.perf_counter() - wall)
 
         done = 0
         for point in (float(p) for p in args.points.split(",")):
@@ -98,24 +126,28 @@ def main(argv=None) -> int:
             store.commit_backfill_batch(target)
             commit(target, target + args.batch_size, None)  # untimed: reads the jump's rows
             done = target + args.batch_size
-            timings = {"write": [], "prepare": [], "commit": []}
-            for _ in range(args.commits):
-                commit(done, done + args.batch_size, timings)
-                done += args.batch_size
+            timings = {"write": [], "prepare": [], "commit": [], "wall": []}
+            with GilProbe() as probe:
+                for _ in range(args.commits):
+                    commit(done, done + args.batch_size, timings)
+                    done += args.batch_size
             searches = []
             for query in queries:
                 clock = time.perf_counter()
                 store.search_backfilled(query[None, :], 100)
                 searches.append(time.perf_counter() - clock)
-            total = [sum(parts) for parts in zip(*timings.values())]
+            total = [sum(parts) for parts in zip(timings["write"], timings["prepare"], timings["commit"])]
             row = {"progress": point, "done": done, "cpu_ms_per_commit": milliseconds(total),
+                   "wall_ms_per_commit": milliseconds(timings.pop("wall")),
+                   "other_thread_longest_wait_ms": float(max(probe.gaps) * 1000),
                    **{f"{name}_cpu_ms": milliseconds(values) for name, values in timings.items()},
                    "search_backfilled_ms": {"p50": float(np.percentile(searches, 50) * 1000),
                                             "p99": float(np.percentile(searches, 99) * 1000)}}  # fmt: skip
             results["points"].append(row)
             print(f"progress {point:.0%} ({done} re-embedded): commit CPU {row['cpu_ms_per_commit']['mean']:.1f} ms "
                   f"(prepare {row['prepare_cpu_ms']['mean']:.1f}, write {row['write_cpu_ms']['mean']:.1f}, "
-                  f"commit {row['commit_cpu_ms']['mean']:.1f}); search_backfilled p50 "
+                  f"commit {row['commit_cpu_ms']['mean']:.1f}), wall {row['wall_ms_per_commit']['mean']:.1f} ms; another "
+                  f"thread waited up to {row['other_thread_longest_wait_ms']:.1f} ms; search_backfilled p50 "
                   f"{row['search_backfilled_ms']['p50']:.2f} ms p99 {row['search_backfilled_ms']['p99']:.2f} ms",
                   flush=True)  # fmt: skip
     if args.output:
