@@ -87,8 +87,9 @@ class BackfillSearch:
             if in_place:
                 table.claimed = done
         if not in_place:
-            # Doubling keeps the copies amortised; the gallery's size bounds it (no row is re-embedded twice).
-            capacity = max(done, min(2 * table.capacity, len(order)))
+            # Doubling (past a jump too: a table rebuilt at a restart) keeps the copies amortised; the gallery's size
+            # bounds it (no row is re-embedded twice). Untouched rows cost no memory (the pages are not written).
+            capacity = min(len(order), 2 * max(table.capacity, done))
             grown = _RowTable(self.dimension, capacity)
             grown.array[: self.done] = table.array[: self.done]
             grown.claimed = done
