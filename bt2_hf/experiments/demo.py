@@ -161,7 +161,9 @@ class DemoSize:
     influence_scale: float = 10.0
     influence_weight: float = 3.0
     old_match_weight: float = 20.0
-    new_match_weight: float = 0.0  # f starts as the independent model's embedding; matching it held f back (above)
+    # None: 0 when BT² fine-tunes the independent model (f starts as its embedding; matching it held f back, above),
+    # the research code's 1 when it trains from scratch (``start_from_independent=False``)
+    new_match_weight: float | None = None
     old_class_contrastive_weight: float = 3.0
     old_class_contrastive_temperature: float = 0.05
     old_class_contrastive_keys: str = "batch"
@@ -446,7 +448,7 @@ def _method_config(name: str, size: DemoSize) -> dict[str, Any] | None:
     shared = {"influence_scale": size.influence_scale, "influence_weight": size.influence_weight}
     if method == "bt2":
         return {**shared, "extra_dim": size.extra_dim, "old_match_weight": size.old_match_weight,
-                "new_match_weight": size.new_match_weight,
+                "new_match_weight": _new_match_weight(size),
                 "old_class_contrastive_weight": size.old_class_contrastive_weight,
                 "old_class_contrastive_temperature": size.old_class_contrastive_temperature,
                 "old_class_contrastive_keys": size.old_class_contrastive_keys,
@@ -454,6 +456,13 @@ def _method_config(name: str, size: DemoSize) -> dict[str, Any] | None:
     if method == "bct":
         return shared
     return None
+
+
+def _new_match_weight(size: DemoSize) -> float:
+    """BT²'s new-match weight: the size's, else 0 for a fine-tune of the independent model and 1 from scratch."""
+    if size.new_match_weight is not None:
+        return size.new_match_weight
+    return 0.0 if size.start_from_independent else 1.0
 
 
 def _percent(metrics: dict[str, float]) -> dict[str, float]:

@@ -150,3 +150,16 @@ def test_idx_set_with_more_classes_and_another_size(tmp_path):
     write_idx(directory / "train-labels-idx1-ubyte.gz", np.where(labels == 11, 12, labels))
     with pytest.raises(BT2InputError, match="train-labels-idx1-ubyte.gz.*label 12 at row 11"):
         load_demo_data(directory)
+
+
+def test_bt2_matches_its_feature_only_when_it_trains_from_scratch():
+    """Fine-tuning the independent model, f starts as its embedding and is not matched to it; from scratch, BT² keeps
+    the research code's new-match weight; an explicit weight wins either way."""
+    from bt2_hf.experiments.demo import _method_config
+
+    assert _method_config("bt2", DemoSize())["new_match_weight"] == 0.0
+    assert _method_config("bt2", DemoSize(start_from_independent=False))["new_match_weight"] == 1.0
+    assert (
+        _method_config("bt2", DemoSize(new_match_weight=0.5, start_from_independent=False))["new_match_weight"] == 0.5
+    )
+    assert DemoSize.full().new_match_weight == 1.0
