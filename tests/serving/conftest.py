@@ -108,6 +108,23 @@ def text_gallery(tmp_path, captions: list[str]):
     return tower, root
 
 
+def backfill_part(service, model_path, data_dir, fraction: float, next_rows: slice):
+    """Backfill ``fraction`` of the served ``products`` gallery with the model at ``model_path`` (batches of 50,
+    committed under the gallery's write lock), and embed the rows of the backfill order at ``next_rows`` in that
+    order: ``(gallery, store, model, rows, vectors)`` for a test to commit next."""
+    from bt2_hf.galleries import backfill
+    from bt2_hf.serving.service import CommitsUnderWriteLock
+
+    model = BT2Model.from_pretrained(model_path)
+    _, gallery = service.served("products")
+    store = gallery.store
+    backfill(CommitsUnderWriteLock(store, gallery.rw), model, str(data_dir), fraction=fraction, batch_size=50,
+             show_progress=False)  # fmt: skip
+    rows = store.backfill_order()[next_rows]
+    vectors = model.encode(images=open_source(data_dir, split="train").take(np.sort(rows))).numpy()
+    return gallery, store, model, rows, vectors[np.argsort(np.argsort(rows))]
+
+
 class ServerProcess:
     """``bt2 serve`` in a subprocess on a free loopback port."""
 

@@ -13,7 +13,7 @@ import uvicorn
 
 from bt2_hf.serving import create_app
 
-from .conftest import TOKEN, WRITE, free_port
+from .conftest import TOKEN, WRITE, backfill_part, free_port
 
 K = 10
 
@@ -122,20 +122,10 @@ def test_a_batch_committed_in_the_middle_of_a_search_waits_for_it(service, servi
     """Fault injection at the worst moment: a backfill batch commits between the search's encoder-space ranking and
     its search of the re-embedded items. Under the gallery's lock the commit waits for the search, so the answer
     is the state before the batch (no item twice); without it the two reads disagree."""
-    from bt2_hf import BT2Model
-    from bt2_hf.galleries import backfill
     from bt2_hf.serving.service import CommitsUnderWriteLock
 
-    new = BT2Model.from_pretrained(serving_models["new"])
-    _, gallery = service.served("products")
-    store = gallery.store
-    backfill(CommitsUnderWriteLock(store, gallery.rw), new, str(serving_data), fraction=0.5, batch_size=50,
-             show_progress=False)  # fmt: skip
-    rows = store.backfill_order()[100:200]
-    from bt2_hf.galleries import open_source
-
-    vectors = new.encode(images=open_source(serving_data, split="train").take(np.sort(rows))).numpy()
-    vectors = vectors[np.argsort(np.argsort(rows))]
+    gallery, store, _, rows, vectors = backfill_part(service, serving_models["new"], serving_data, 0.5,
+                                                      slice(100, 200))  # fmt: skip
     search_backfilled, committed = store.search_backfilled, []
 
     def commit_meanwhile(queries, depth):

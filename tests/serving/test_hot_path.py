@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from bt2_hf import BT2Model
 from bt2_hf.galleries import FaissGallery
 from bt2_hf.serving import GalleryService, create_app
 from bt2_hf.serving.batching import TextBatcher
 from tests.galleries.test_text import text_tower
 
-from .conftest import TOKEN, ServerProcess, text_gallery
+from .conftest import TOKEN, ServerProcess, backfill_part, text_gallery
 from .test_api import brute_force
 
 QUERIES = np.random.default_rng(3).normal(size=(12, 8)).round(4).tolist()
@@ -225,17 +224,11 @@ def test_a_backfill_commit_holds_searches_back_only_for_the_commit(service, serv
     prepared search answers as one built from the files."""
     import time
 
-    from bt2_hf.galleries import backfill, open_source
+    from bt2_hf.galleries import open_source
     from bt2_hf.serving.service import CommitsUnderWriteLock
 
-    new = BT2Model.from_pretrained(serving_models["new"])
-    _, gallery = service.served("products")
-    store = gallery.store
-    backfill(CommitsUnderWriteLock(store, gallery.rw), new, str(serving_data), fraction=0.25, batch_size=50,
-             show_progress=False)  # fmt: skip
-    rows = store.backfill_order()[50:120]
-    vectors = new.encode(images=open_source(serving_data, split="train").take(np.sort(rows))).numpy()
-    vectors = vectors[np.argsort(np.argsort(rows))]
+    gallery, store, new, rows, vectors = backfill_part(service, serving_models["new"], serving_data, 0.25,
+                                                        slice(50, 120))  # fmt: skip
     directory = service.root.root / gallery.name
     table = directory / "backfill" / "vectors.npy"
     with gallery.rw.read():  # a search in flight
