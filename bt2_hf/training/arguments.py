@@ -317,9 +317,11 @@ class BT2TrainingArguments:
             raise ValueError("Set num_train_epochs > 0 or max_steps > 0.")
 
     def reference_target_mode(self, role: str) -> str:
-        """``"online"`` or ``"precomputed"``: how the frozen reference of ``role`` (``"old"``, ``"independent"``)
-        gives its image targets. Roles that a per-role ``reference_targets`` leaves out are online."""
-        return self.reference_target_modes().get(role, "online")
+        """``"online"`` or ``"precomputed"``: how the frozen reference ``role`` (``"old"``, ``"independent"``, or
+        one tower of a role, like a pair's ``"independent_image"``) gives its image targets. Roles that a per-role
+        ``reference_targets`` leaves out are online."""
+        modes = self.reference_target_modes()
+        return modes.get(role) or modes.get(role.split("_", 1)[0], "online")
 
     def reference_target_modes(self) -> dict[str, str]:
         """``reference_targets`` by reference role (``old``, ``independent``, ``image``).

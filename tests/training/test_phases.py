@@ -159,3 +159,13 @@ def test_bt2_without_the_new_match_term_never_embeds_with_the_independent_model(
     assert all(roles == ({"old"} if reference_targets == "precomputed" else set()) for roles in _StoredRolesBT2.stored)
     entries = json.loads((out / "training_log.json").read_text())
     assert entries and all("new_match_loss" not in entry and "old_match_loss" in entry for entry in entries)
+
+
+def test_a_towers_reference_takes_its_roles_mode(tmp_path):
+    """A pair's frozen towers (``independent_image``, ``independent_text``) follow the mode of their role."""
+    every = quick_args(tmp_path, "bt2", reference_targets="precomputed")
+    assert every.reference_target_mode("independent_image") == "precomputed"
+    by_role = quick_args(tmp_path, "bt2", reference_targets="independent=precomputed")
+    assert [by_role.reference_target_mode(name) for name in ("independent_text", "old", "image")] == [
+        "precomputed", "online", "online"
+    ]  # fmt: skip
