@@ -135,11 +135,12 @@ class _ListIndex:
             index.remove_ids(faiss.IDSelectorRange(int(count), int(index.ntotal)))
         return _ListIndex(index, self.nprobe)
 
-    def search(self, queries: np.ndarray, depth: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``depth`` of the first ``count`` positions; -1 where the probed lists held fewer."""
+    def search(self, queries: np.ndarray, depth: int, count: int, nprobe: int | None = None):
+        """Top ``depth`` of the first ``count`` positions, ``(scores, positions)``; -1 where the probed lists held
+        fewer."""
         faiss = import_faiss()
         selector = faiss.IDSelectorRange(0, int(count))  # a local: it must outlive the search that uses it
-        params = faiss.SearchParametersIVF(nprobe=self.nprobe, sel=selector)
+        params = faiss.SearchParametersIVF(nprobe=int(nprobe or self.nprobe), sel=selector)
         with self.lock.shared():
             return self.index.search(queries, depth, params=params)
 
@@ -214,6 +215,11 @@ class BackfillSearch:
         """Whether searches go through the IVF index (past the exact limit) rather than an exact scan."""
         return self._index is not None
 
+    @property
+    def lists(self) -> int | None:
+        """How many lists the IVF index has (``None`` while the search is exact)."""
+        return None if self._index is None else int(self._index.index.nlist)
+
     def extended(self, order: np.ndarray, vectors, done: int) -> BackfillSearch:
         """The state after the backfill order's first ``done`` rows, reading only the rows added since this one.
 
@@ -266,11 +272,17 @@ class BackfillSearch:
                 index.add(table.array[self.done : done])
         return BackfillSearch(done, np.asarray(order[:done]), table, index if done > table.exact_limit else None)
 
-    def search(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, depth: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``depth`` covered rows by inner product, best first; equal scores in row order.
 
         Past the exact limit the rows come from the IVF index (their scores exact, a row in a list not probed
         missed); a query whose probed lists hold fewer than ``depth`` rows is answered by the exact scan.
+
+        Args:
+            queries (`np.ndarray` of shape `(n, d)`): query vectors in the new model's space.
+            depth (`int`): how many rows to return.
+            nprobe (`int`, *optional*): lists probed by this search (e.g. to measure recall against it); defaults
+                to the one set by :meth:`empty`.
 
         Returns:
             `(scores, rows)`: two `(n, min(depth, done))` arrays; rows are gallery rows.
@@ -282,7 +294,7 @@ class BackfillSearch:
         if self._index is None:
             scores, positions = self._exact(queries, depth)
         else:
-            scores, positions = self._index.search(queries, depth, self.done)
+            scores, positions = self._index.search(queries, depth, self.done, nprobe)
             short = (positions < 0).any(axis=1)
             if short.any():
                 scores[short], positions[short] = self._exact(queries[short], depth)
