@@ -266,7 +266,7 @@ class FaissGallery(ManifestAccessors):
         self._ids = ids
         self._backfill_vectors = None
         self._backfill_order = None
-        self._backfill_search = None  # the exact search over the re-embedded rows (a BackfillSearch)
+        self._backfill_search = None  # the search over the re-embedded rows (a BackfillSearch)
         self._backfill_rank = None  # each row's place in the backfill order
         self._labels = self._paths = None
 
@@ -566,8 +566,9 @@ class FaissGallery(ManifestAccessors):
     def search_backfilled(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``depth`` re-embedded rows by cosine with the backfill model's vectors, best first (-1 pads).
 
-        Exact: the re-embedded rows are searched in memory (:class:`~bt2_hf.galleries.backfill_search.BackfillSearch`),
-        grown by each backfill step's rows.
+        In memory (:class:`~bt2_hf.galleries.backfill_search.BackfillSearch`), grown by each backfill step's rows:
+        exact up to ``EXACT_SCAN_LIMIT`` re-embedded rows, an IVF index beyond (recall against the exact scan
+        measured ≥ 0.99 at depths up to 100 on clustered and real embeddings; ``benchmarks/README.md``).
 
         Args:
             queries (`np.ndarray` of shape `(n, d)`): unit query vectors in the backfill model's space.
@@ -579,7 +580,7 @@ class FaissGallery(ManifestAccessors):
         return self._backfill_search.search(queries, depth)
 
     def prepare_backfill_search(self, done: int) -> BackfillSearch:
-        """The exact search over the first ``done`` re-embedded rows (their vectors already written), for
+        """The search over the first ``done`` re-embedded rows (their vectors already written), for
         :meth:`search_backfilled` or :meth:`commit_backfill_batch`.
 
         It extends the current one by the rows re-embedded since (a commit reads only its batch's rows); from the

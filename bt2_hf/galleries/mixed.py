@@ -19,7 +19,10 @@ At β = 0 this is new→old exactly; at β = 1 (before finalising) every positio
 exactly. In between, a query's top-1 changes only when new→old's top-1 was re-embedded, and then to new/new's best
 re-embedded item: the rule trades new→old's choice among the re-embedded items for new/new's choice among the same
 items. The curve rises from new→old to new/new without the scale mismatch ever deciding between an old and a new
-item. The top-k is exact whenever the encoder-space search is (flat; approximate indexes bound it by their recall).
+item. The top-k is exact whenever both searches are: the encoder-space search (flat; approximate indexes bound it by
+their recall) and the search over the re-embedded items, exact up to
+:data:`~bt2_hf.galleries.backfill_search.EXACT_SCAN_LIMIT` of them and an IVF index beyond, whose slot fill matches
+the exact one's at recall ≥ 0.99 at depths up to 100 (``benchmarks/README.md``).
 
 The ``"calibrated"`` rule (selectable; the slot rule stays the default): a query whose ``NEIGHBOURHOOD`` nearest
 items in the encoder space hold at least ``GATE × β`` re-embedded items is ranked in one sort of calibrated scores
