@@ -66,6 +66,34 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found.tolist(), truth.tolist())]))
 
 
+def measure_hold(search, order: np.ndarray, vectors: np.ndarray, commits: int = 32) -> np.ndarray:
+    """How long each of ``commits`` more commits holds the index alone (what a search can wait for), in ms.
+
+    The commits come from the rows before the last point's (re-added: only the lock's timing matters here)."""
+    import contextlib
+
+    from bt2_hf.galleries import backfill_search
+
+    holds, exclusive = [], backfill_search._SharedLock.exclusive
+
+    @contextlib.contextmanager
+    def timed(lock):
+        with exclusive(lock):
+            started = time.perf_counter()
+            yield
+            holds.append(time.perf_counter() - started)
+
+    backfill_search._SharedLock.exclusive = timed
+    try:
+        # A second order that repeats the first rows after the covered ones: the table can grow past the gallery.
+        repeated = np.concatenate([order[: search.done], order[: commits * BATCH]])
+        for done in range(search.done + BATCH, search.done + (commits + 1) * BATCH, BATCH):
+            search = search.extended(repeated, vectors, done)
+    finally:
+        backfill_search._SharedLock.exclusive = exclusive
+    return np.asarray(holds) * 1000
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -77,6 +105,9 @@ def main(argv=None) -> int:
     parser.add_argument("--nprobe", default="8,16,32,64")
     parser.add_argument("--points", default="0.25,0.5,1.0", help="progress points, fractions of the gallery")
     parser.add_argument("--seeds", default="0,1,2", help="one random backfill order per seed")
+    parser.add_argument("--lists_per_sqrt", type=float, help="lists per √(rows) (default: the library's)")
+    parser.add_argument("--hold", action="store_true",
+                        help="also time the index lock's exclusive side over 32 commits at the last point")  # fmt: skip
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -90,6 +121,8 @@ def main(argv=None) -> int:
     else:
         vectors, query_sets = model_data(args.model, args.cache, args.queries)
     count, limit = len(vectors), args.limit or backfill_search.EXACT_SCAN_LIMIT
+    if args.lists_per_sqrt:
+        backfill_search.LISTS_PER_SQRT_ROWS = args.lists_per_sqrt
     probes = [int(value) for value in args.nprobe.split(",")]
     print(f"{count} rows × {vectors.shape[1]}, exact limit {limit}, threads {faiss.omp_get_max_threads()}", flush=True)
     cells: dict = {}  # (point, query set, nprobe, depth) → recalls over the seeds
@@ -113,6 +146,7 @@ def main(argv=None) -> int:
                         key = (point, done, name, nprobe, depth)
                         cells.setdefault(key, []).append(recall(found[:, :depth], truth[:, :depth]))
             print(f"seed {seed}: {done} rows ({lists} lists) in {time.perf_counter() - started:.1f} s", flush=True)
+    holds = measure_hold(search, order, vectors) if args.hold else None
     rows = [{"progress": point, "done": done, "queries": name, "nprobe": nprobe, "depth": depth,
              "recall_mean": float(np.mean(values)), "recall_sd": float(np.std(values, ddof=1)) if len(values) > 1
              else 0.0, "seeds": len(values)} for (point, done, name, nprobe, depth), values in cells.items()]  # fmt: skip
@@ -124,6 +158,9 @@ def main(argv=None) -> int:
                  (point, name, nprobe)}  # fmt: skip
         print(f"| {point:.0%} | {name} | {nprobe} | " + " | ".join(
             f"{found[depth]['recall_mean']:.4f} ± {found[depth]['recall_sd']:.4f}" for depth in DEPTHS) + " |")  # fmt: skip
+    if holds is not None:
+        print(f"\nthe index's exclusive side, {len(holds)} commits of {BATCH} rows after {search.done}: p50 "
+              f"{np.median(holds):.3f} ms, max {holds.max():.3f} ms")  # fmt: skip
     if args.output:
         Path(args.output).write_text(
             json.dumps({"count": count, "limit": limit, "lists": lists, "rows": rows}, indent=2)

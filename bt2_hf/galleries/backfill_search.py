@@ -35,14 +35,16 @@ from ..retrieval.knn import import_faiss
 # The row table starts this small and doubles when full: the copies cost at most as much again as the rows they copy.
 MIN_CAPACITY = 1024
 CHUNK = 65_536
-# Up to this many re-embedded rows a query scans them all (2.6 ms at 99k × 160, as much as the rest of a served
-# query; benchmarks/README.md); beyond, the IVF index answers. A gallery that never gets there never trains one.
+# Up to this many re-embedded rows a query scans them all (2.6 ms at 99k × 160 on idle cores, 46 ms at 906k;
+# benchmarks/README.md); beyond, the IVF index answers. A gallery that never gets there never trains one, and the
+# limit's rows train the lists of a 1M gallery (2,000 × 39).
 EXACT_SCAN_LIMIT = 100_000
-# Lists probed per query; chosen for recall ≥ 0.99 of the slot fill against the exact scan at depths up to 100
-# (benchmarks/README.md: "The search over re-embedded items at scale").
+# Lists probed per query: recall of the top 1 / 10 / 100 against the exact scan ≥ 0.99 at 2·√N lists on the demo's
+# BT² embeddings (0.9995 at depth 100) and on a 1M mixture of Gaussians, even for queries far from every cluster
+# (0.990); 16 fell to 0.96 there (benchmarks/README.md: "The search over re-embedded items at scale").
 NPROBE = 32
 # Lists: 2·√(gallery size), 2,000 at 1M. Finer lists scan fewer rows for the same recall (the demo's BT² embeddings,
-# nprobe 32: recall@100 0.9999 / 0.9993 / 0.9980 with 1 / 2 / 4·√N lists, scanning 7.8k / 3.9k / 2.0k of 60k rows),
+# nprobe 32: recall@100 0.9998 / 0.9993 / 0.9981 with 1 / 2 / 4·√N lists, scanning 7.8k / 3.9k / 2.0k of 60k rows),
 # but each commit assigns its rows to them (1,024 × lists dot products) and the limit's rows must train them.
 LISTS_PER_SQRT_ROWS = 2
 # k-means wants at least 39 training rows per list (faiss warns below); a sample of up to 64 per list is enough.
