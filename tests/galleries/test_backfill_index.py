@@ -146,3 +146,14 @@ def test_a_gallery_reopened_past_the_limit_trains_its_index_from_the_files(tmp_p
     for gallery in (store, reopened):
         assert gallery.prepare_backfill_search(done).approximate
         assert recall(gallery.search_backfilled(queries, 30)[1], want) >= 0.95
+
+
+def test_a_query_whose_probed_lists_hold_too_few_rows_gets_the_exact_answer(data):
+    """Deeper than the rows in the lists it probes, the index would pad with -1: such a query is scanned exactly."""
+    new, order, queries = data
+    search = BackfillSearch.empty(NEW_DIM, COUNT, exact_limit=LIMIT, nprobe=1).extended(order, new, 2000)
+    depth = 500  # one list of 25 holds about 80 of the 2,000 rows
+    scores, rows = search.search(queries, depth)
+    want_scores, want_rows = brute_force(new, order[:2000], queries, depth)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
