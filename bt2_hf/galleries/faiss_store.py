@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +268,7 @@ class FaissGallery(ManifestAccessors):
         self._backfill_vectors = None
         self._backfill_order = None
         self._backfill_search = None  # the search over the re-embedded rows (a BackfillSearch)
+        self._backfill_search_built = threading.Lock()  # one search at a time builds it when it is missing
         self._backfill_rank = None  # each row's place in the backfill order
         self._labels = self._paths = None
 
@@ -575,9 +577,15 @@ class FaissGallery(ManifestAccessors):
             depth (`int`): how many rows to return.
         """
         done = self.backfill_state["done"] if self.backfill_state else 0
-        if self._backfill_search is None or self._backfill_search.done != done:
-            self._backfill_search = self.prepare_backfill_search(done)
-        return self._backfill_search.search(queries, depth)
+        search = self._backfill_search
+        if search is None or search.done != done:
+            # Built once for the searches that find it missing, not by each (from the files, past the exact limit it
+            # trains an index: seconds of CPU at a million rows).
+            with self._backfill_search_built:
+                search = self._backfill_search
+                if search is None or search.done != done:
+                    search = self._backfill_search = self.prepare_backfill_search(done)
+        return search.search(queries, depth)
 
     def prepare_backfill_search(self, done: int) -> BackfillSearch:
         """The search over the first ``done`` re-embedded rows (their vectors already written), for

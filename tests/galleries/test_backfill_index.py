@@ -125,7 +125,7 @@ def test_extensions_that_cannot_append_in_place_keep_only_their_own_rows(data):
     assert second._index is not abandoned._index and second._index.count == 2000 and abandoned._index.count == 3000
 
 
-def test_a_gallery_reopened_past_the_limit_trains_its_index_from_the_files(tmp_path, monkeypatch, data):
+def test_a_gallery_reopened_past_the_limit_trains_its_index_from_the_files_once(tmp_path, monkeypatch, data):
     monkeypatch.setattr(backfill_search, "EXACT_SCAN_LIMIT", LIMIT)
     monkeypatch.setattr(backfill_search, "NPROBE", NPROBE)
     new, order, queries = data
@@ -142,10 +142,26 @@ def test_a_gallery_reopened_past_the_limit_trains_its_index_from_the_files(tmp_p
         done += batch
         store.commit_backfill_batch(done, store.prepare_backfill_search(done))
     reopened = FaissGallery.open(store.directory)
+    builds, prepare = [], reopened.prepare_backfill_search
+    reopened.prepare_backfill_search = lambda done: builds.append(done) or prepare(done)
+    answers = [None] * 4
+
+    def first_search(slot):
+        answers[slot] = reopened.search_backfilled(queries, 30)
+
+    threads = [threading.Thread(target=first_search, args=(slot,)) for slot in range(len(answers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert builds == [done]  # the searches that found it missing waited for one build (it trains an index)
     want = brute_force(new, order[:done], queries, 30)[1]
     for gallery in (store, reopened):
         assert gallery.prepare_backfill_search(done).approximate
         assert recall(gallery.search_backfilled(queries, 30)[1], want) >= 0.95
+    for scores, rows in answers:
+        np.testing.assert_array_equal(rows, answers[0][1])
+        np.testing.assert_array_equal(scores, answers[0][0])
 
 
 def test_a_query_whose_probed_lists_hold_too_few_rows_gets_the_exact_answer(data):
