@@ -52,6 +52,12 @@ MIN_TRAINING_ROWS_PER_LIST, TRAINING_ROWS_PER_LIST = 39, 64
 MAX_LISTS = 4096
 
 
+def list_count(expected: int, training_rows: int) -> int:
+    """How many lists the index gets: 2·√(the rows it is expected to hold), as many as its training rows allow."""
+    lists = round(LISTS_PER_SQRT_ROWS * math.sqrt(expected))
+    return max(1, min(MAX_LISTS, lists, training_rows // MIN_TRAINING_ROWS_PER_LIST))
+
+
 class _SharedLock:
     """Searches share it, an add holds it alone; a waiting add holds new searches back (they last a millisecond)."""
 
@@ -104,8 +110,7 @@ class _ListIndex:
     def trained(cls, rows: np.ndarray, expected: int, nprobe: int) -> _ListIndex:
         """An empty index trained on a sample of ``rows``, with lists for about ``expected`` rows."""
         faiss = import_faiss()
-        lists = round(LISTS_PER_SQRT_ROWS * math.sqrt(expected))
-        lists = max(1, min(MAX_LISTS, lists, len(rows) // MIN_TRAINING_ROWS_PER_LIST))
+        lists = list_count(expected, len(rows))
         sample_size = min(len(rows), TRAINING_ROWS_PER_LIST * lists)
         # Spread over every row re-embedded so far (a priority order's first rows need not resemble its later ones),
         # sorted so that a memory map is read forwards; a fixed seed: the same rows give the same index.

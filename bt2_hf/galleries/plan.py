@@ -11,7 +11,8 @@ Four estimates, each from stated inputs and a stated model (``bt2 plan`` prints 
   (flat: ``N·d`` float32; IVF-PQ: ``N·pq_m`` code bytes + ``N`` 8-byte list ids + ``nlist·d`` float32 centroids +
   ``256·d`` float32 codebooks), the ids loaded in RAM, and on disk the memory-mapped ``vectors.npy`` that IVF-PQ
   re-ranks from (plus, during a backfill, the new model's ``N·d_new`` row table and the in-memory flat index over the
-  re-embedded rows that the mixed search builds).
+  re-embedded rows that the mixed search builds, and past its exact limit the IVF index over them: the rows again,
+  their ids and the lists' centroids).
 - **Query latency**, per query in batches: a short measured calibration of the same faiss search at a smaller size,
   scaled by the cost model of each index: flat search scans every vector (time ∝ ``N·d``); IVF-PQ compares the
   query with ``nlist`` centroids (∝ ``nlist·d``), builds a distance table per probed list (∝ ``nprobe·d``), scans the
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..errors import BT2InputError
+from .backfill_search import EXACT_SCAN_LIMIT, list_count
 
 ITEM_TYPES = ("image", "text")
 PLAN_INDEX_TYPES = ("flat", "ivfpq")
@@ -210,6 +212,10 @@ def index_memory(
         part("backfill order (loaded)", count * ID_BYTES, "ram")
         done = int(math.floor(fraction * count))
         part("re-embedded rows' flat index", done * (new_dimension * FLOAT32 + ID_BYTES), "ram")
+        if done > EXACT_SCAN_LIMIT:  # trained when the limit is crossed, its lists sized for the whole gallery
+            lists = list_count(count, EXACT_SCAN_LIMIT + 1)
+            part("re-embedded rows' IVF index", done * (new_dimension * FLOAT32 + ID_BYTES)
+                 + lists * new_dimension * FLOAT32, "ram")  # fmt: skip
     totals = {where: sum(p["bytes"] for p in parts.values() if p["where"] == where) for where in ("ram", "disk")}
     return {"index_type": index_type, "count": count, "dimension": dimension, **totals, "parts": parts,
             **({"pq_m": pq_m, "nlist": nlist} if index_type == "ivfpq" else {})}  # fmt: skip

@@ -66,6 +66,10 @@ def test_index_memory_by_hand_matches_the_recorded_1m_benchmark():
     during = index_memory(1000, 16, "flat", new_dimension=20, backfilled=0.25)
     assert during["parts"]["re-embedded rows' flat index"]["bytes"] == 250 * (20 * 4 + 8)
     assert during["parts"]["backfill/vectors.npy (new rows, memory-mapped)"]["bytes"] == 1000 * 20 * 4 + 128
+    assert "re-embedded rows' IVF index" not in during["parts"]  # exact below the limit: the table only
+    # Past the exact limit (100k), an IVF index holds the rows again with their ids, and 2·√(1M) = 2,000 centroids.
+    late = index_memory(1_000_000, 16, "flat", new_dimension=20, backfilled=0.5)
+    assert late["parts"]["re-embedded rows' IVF index"]["bytes"] == 500_000 * (20 * 4 + 8) + 2000 * 20 * 4
 
 
 @pytest.mark.parametrize("index_type", ["flat", "ivfpq"])
