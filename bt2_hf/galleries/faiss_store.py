@@ -26,6 +26,7 @@ needs memory for the codes plus one chunk, never for the whole gallery.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -139,12 +140,28 @@ def build_faiss_index(vectors: np.ndarray, index_type: str, params: dict):
     return index
 
 
-def _set_search_params(index, index_type: str, params: dict) -> None:
-    faiss = import_faiss()
+# faiss search parameters by (index type, value): built once, passed with each search rather than set on the shared
+# index, so concurrent searches with different settings never see each other's (and no setter runs per search)
+_SEARCH_PARAMETERS: dict[tuple[str, int], Any] = {}
+
+
+def _search_parameters(index_type: str, params: dict):
+    """The faiss ``SearchParameters`` of one search (``None`` for a flat index)."""
     if index_type in ("ivf", "ivfpq"):
-        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+        key = (index_type, int(params["nprobe"]))
     elif index_type == "hnsw":
-        index.hnsw.efSearch = int(params["ef_search"])
+        key = (index_type, int(params["ef_search"]))
+    else:
+        return None
+    found = _SEARCH_PARAMETERS.get(key)
+    if found is None:
+        faiss = import_faiss()
+        if index_type == "hnsw":
+            found = faiss.SearchParametersHNSW(efSearch=key[1])
+        else:
+            found = faiss.SearchParametersIVF(nprobe=key[1])
+        _SEARCH_PARAMETERS[key] = found
+    return found
 
 
 class ManifestAccessors:
@@ -225,11 +242,13 @@ class ManifestAccessors:
             search_params: ``nprobe``, ``ef_search`` or ``rerank`` for this search (defaults: the manifest's).
         """
         index_type = self.manifest["index"]["type"]
-        params = dict(self.manifest["index"]["params"], **{k: v for k, v in search_params.items() if v is not None})
-        _set_search_params(self.index, index_type, params)
+        params = self.manifest["index"]["params"]
+        if search_params:
+            params = dict(params, **{k: v for k, v in search_params.items() if v is not None})
+        parameters = _search_parameters(index_type, params)
         depth = min(depth, len(self))
         if index_type != "ivfpq":
-            scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+            scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth, params=parameters)
             return _sort(scores, rows)
         candidates = min(len(self), max(depth, int(params.get("rerank") or depth)))
         parts = []
@@ -238,17 +257,32 @@ class ManifestAccessors:
         step = max(1, min(1024, (64 << 20) // (candidates * self.dimension * 4)))
         for start in range(0, len(queries), step):
             block = np.ascontiguousarray(queries[start : start + step], dtype=np.float32)
-            _, rows = self.index.search(block, candidates)
+            _, rows = self.index.search(block, candidates, params=parameters)
             parts.append(_sort(exact_scores(self.vectors, block, rows), rows, depth))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def admit(self, query_config, allow_unmeasured: bool = False):
-        """The :class:`~bt2_hf.compatibility.Admission` of a query model to this gallery, with its policy and log."""
+        """The :class:`~bt2_hf.compatibility.Admission` of a query model to this gallery, with its policy and log.
+
+        A served gallery admits the same few query models on every search, so an admission is kept while the
+        manifest (encoder, policy, admission log) is the one it was decided on and the query config's fields that
+        decide it are equal to what they were; a refusal is never kept (it is decided again, and raised, each time).
+        """
         from ..compatibility import admit_to_gallery
 
-        return admit_to_gallery(query_config, self.encoder, self.dimension, allow_unmeasured=allow_unmeasured,
-                                policy=self.policy, admissions=self.admissions,
-                                gallery_location=self.location)  # fmt: skip
+        key = (getattr(query_config, "fingerprint", None), bool(allow_unmeasured))
+        decided_by = _admission_fields(query_config)
+        kept = self.__dict__.setdefault("_admitted", {}).get(key)
+        if kept is not None and kept[0] is self.manifest and kept[1] == decided_by:
+            return kept[2]
+        admission = admit_to_gallery(query_config, self.encoder, self.dimension, allow_unmeasured=allow_unmeasured,
+                                     policy=self.policy, admissions=self.admissions,
+                                     gallery_location=self.location)  # fmt: skip
+        if len(self._admitted) >= 64:  # a service sees a few models; anything else is not worth keeping
+            self._admitted.clear()
+        # deep copies: a config whose compatible_with list is extended in place must not match its former self
+        self._admitted[key] = (self.manifest, copy.deepcopy(decided_by), admission)
+        return admission
 
 
 class FaissGallery(ManifestAccessors):
@@ -750,17 +784,29 @@ def exact_scores(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> 
     return scores
 
 
+_MISSING_LAST = np.iinfo(np.int64).max
+
+
+def _admission_fields(config) -> tuple:
+    """What an admission is decided on, of a query config (see ``ManifestAccessors.admit``)."""
+    return tuple(getattr(config, name, None) for name in
+                 ("embedding_dim", "compatible_with", "training", "adapter", "name_or_path", "_name_or_path"))  # fmt: skip
+
+
 def _sort(scores: np.ndarray, rows: np.ndarray, depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     # Descending score, then ascending row: the evaluator's tie rule; missing rows (-1) last.
     scores = np.where(rows < 0, -np.inf, scores)
     width = scores.shape[-1]
     if depth is not None and depth < width and len(scores) == 1:
-        # One query, a few of many candidates: only those scoring at least the depth-th best can be kept (ties at
-        # that score included, so the tie rule still decides among them); the full sort is 10× slower.
-        threshold = np.partition(scores[0], width - depth)[width - depth]
-        keep = np.flatnonzero(scores[0] >= threshold)
-        scores, rows = scores[:, keep], rows[:, keep]
-    order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=-1)
+        # One query, a few of many candidates (a served search): only those scoring at least the depth-th best can
+        # be kept (ties at that score included, so the tie rule still decides among them); the full sort is 10×
+        # slower. In one dimension: the 2-d helpers' index arithmetic cost as much as the sort itself.
+        line, row_line = scores[0], rows[0]
+        keep = np.flatnonzero(line >= np.partition(line, width - depth)[width - depth])
+        line, row_line = line[keep], row_line[keep]
+        order = np.lexsort((np.where(row_line < 0, _MISSING_LAST, row_line), -line))[:depth]
+        return line[order][None, :], row_line[order][None, :]
+    order = np.lexsort((np.where(rows < 0, _MISSING_LAST, rows), -scores), axis=-1)
     scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
     return (scores, rows) if depth is None else (scores[:, :depth], rows[:, :depth])
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import threading
 import time
 import types
@@ -670,7 +671,10 @@ def _vector(vector, config) -> np.ndarray:
         raise ServingError("'vector' must be a list of numbers.", 422) from None
     if queries.ndim != 1 or not len(queries):
         raise ServingError(f"'vector' must be one flat list of numbers, got shape {queries.shape}.", 422)
-    if not np.isfinite(queries).all() or not np.linalg.norm(queries) > 0:
+    # one dot product in float64 checks both: it is finite and positive exactly when every number is finite and one
+    # is not zero (no float32 value squared and summed overflows float64)
+    squared_norm = float(np.dot(queries, queries.astype(np.float64)))
+    if not 0.0 < squared_norm < math.inf:
         raise ServingError("'vector' must be finite and non-zero.", 422)
     width, prefix = int(config.embedding_dim), int(getattr(config, "compatible_dim", None) or config.embedding_dim)
     if len(queries) not in (width, prefix):
