@@ -450,10 +450,12 @@ class GalleryService:
 
         A gallery keeps its encoder's vector for every item and, during a backfill, the backfill model's: an added
         item gets both, so queries of the old and of the new model find it, and it counts as re-embedded. The
-        alias's standby (the rollback target) gets the item too, so a rollback loses nothing. Each gallery is
-        rewritten atomically; ids already present are skipped, so a retried write adds nothing twice.
+        alias's standby (the rollback target) gets the item too, so a rollback loses nothing. Each gallery's
+        append-only files take the items and its manifest commits them (a crash leaves all of a write or none),
+        then the open gallery takes them under its write lock: a write costs what it adds, not the gallery's size.
+        Ids already present are skipped, so a retried write adds nothing twice.
         """
-        from ..galleries.append import append_items
+        from ..galleries.append import StaleGalleryError, append_items
 
         if not items:
             raise ServingError("No items given.", 422)
@@ -479,16 +481,25 @@ class GalleryService:
 
         for target in targets:
             with target.mutation:  # read the gallery's state and write it with no backfill batch in between
-                store = target.store
-                state = store.backfill_state
-                new_store, added = append_items(
-                    store, vectors_of(store.encoder), [item["id"] for item in items],
-                    backfill_vectors=vectors_of(state["model"]) if state else None,
-                    labels=[item.get("label") for item in items], paths=[item.get("path") for item in items],
-                )  # fmt: skip
-                with target.rw.write():
-                    target.store = new_store
-            written[target.name] = {"added": added, "count": len(new_store)}
+                for attempt in (1, 2):
+                    store = target.store
+                    state = store.backfill_state
+                    try:
+                        _, added = append_items(
+                            store, vectors_of(store.encoder), [item["id"] for item in items],
+                            backfill_vectors=vectors_of(state["model"]) if state else None,
+                            labels=[item.get("label") for item in items], paths=[item.get("path") for item in items],
+                            swap=target.rw.write,
+                        )  # fmt: skip
+                        break
+                    except StaleGalleryError:
+                        if attempt == 2:
+                            raise
+                        # compacted (`bt2 gallery compact`) or written by another process: its files are the truth
+                        reopened = self.root.open_store(target.name)
+                        with target.rw.write():
+                            target.store = reopened
+            written[target.name] = {"added": added, "count": len(store)}
         return {"gallery": name, "written": written}
 
     # -- backfill jobs ---------------------------------------------------------------------------------------------------
