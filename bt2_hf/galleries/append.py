@@ -37,6 +37,7 @@ from .appended import (
     chain_digest,
     empty_record,
     fsync_directory,
+    fsync_files,
     item_line,
     writer_lock,
 )
@@ -206,7 +207,8 @@ def _append(store: FaissGallery, new_ids, vectors, backfill_vectors, labels, pat
             ) from None
         files[name] = {"bytes": entry["bytes"] + len(data), "rows": entry["rows"] + len(records),
                        "digest": chain_digest(entry["digest"], records)}  # fmt: skip
-    if created:  # the new files' directory entries must outlive a crash before the manifest names them
+    fsync_files([directory / name for name, _ in writes])  # the rows are durable before the manifest names them
+    if created:  # and so are the new files' directory entries
         fsync_directory(directory / APPENDED_DIR)
         fsync_directory(directory)
     items = dict(manifest.get("items") or {"labels": None, "label_names": None, "paths": None})
