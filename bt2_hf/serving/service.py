@@ -6,7 +6,8 @@ Concurrency (one process, many threads):
   state under the read side; a backfill batch's commit and the swap of a dual-written gallery take the write side,
   so no search sees half of a change (an item twice, or a slot without its re-embedded item);
 - each also has a mutation lock, held by the backfill worker for one chunk and by a dual-write for its whole
-  rewrite: the two never interleave, and the worker's next chunk starts from the gallery the write left;
+  append (files, manifest, then the open gallery under the write side): the two never interleave, and the worker's
+  next chunk starts from the gallery the write left;
 - cutover and rollback rewrite the alias table (one rename); a search already holding the previous gallery finishes
   on it, the next one resolves the alias again.
 
