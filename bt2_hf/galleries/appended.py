@@ -173,7 +173,8 @@ def read_appended(directory: Path, manifest: dict, backfill_dim: int | None, ver
         raise error(f"the manifest's appended record does not add up to {count} rows; it was edited.",
                     directory / "manifest.json")  # fmt: skip
     vectors = np.frombuffer(data[VECTORS_FILE][0], dtype=rows.dtype).reshape(count, -1)
-    items = [json.loads(line) for line in data[ITEMS_FILE][1]]
+    # one parse of every line (a parse per line took 10 µs: a third of a second per 30k appended items)
+    items = json.loads(b"[" + b",".join(line.rstrip(b"\n") for line in data[ITEMS_FILE][1]) + b"]")
     backfill = None
     if BACKFILL_FILE in data:
         backfill = np.frombuffer(data[BACKFILL_FILE][0], dtype=rows.dtype).reshape(-1, backfill_dim)

@@ -225,6 +225,12 @@ def test_compacting_during_a_backfill_keeps_its_state(tmp_path):
     mask, order = gallery.backfilled_mask(), gallery.backfill_order()
     queries = unit(rng.normal(size=(3, 24)))
     answer = gallery.search_backfilled(queries, 6)
+    reopened = FaissGallery.open(tmp_path / "g")  # two rows appended before the backfill (in its table), three during
+    np.testing.assert_array_equal(reopened.backfilled_mask(), mask)
+    np.testing.assert_array_equal(reopened.search_backfilled(queries, 6)[1], answer[1])
+    for row in np.flatnonzero(mask[120:122]) + 120:  # appended before the backfill, re-embedded by it
+        np.testing.assert_allclose(reopened.backfill_vectors([row]), extra[row - 120][None], atol=1e-6)
+    np.testing.assert_allclose(reopened.backfill_vectors(np.arange(122, 125)), late_new, atol=1e-6)
     compacted = compact_gallery(gallery)
     assert compacted.appended is None and len(compacted) == 125
     np.testing.assert_array_equal(compacted.backfilled_mask(), mask)
