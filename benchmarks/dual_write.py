@@ -18,7 +18,8 @@ open gallery that holds the items (the service swaps it in), through the library
 Then, after all the appends: the search latency (p50 of 200 single encoder-space queries) of the gallery holding
 the appended rows against the same gallery compacted, the time to open it (its appended rows re-added to the
 index), and the time of ``compact_gallery``. Each write and each search is single-threaded
-(``OMP_NUM_THREADS=1``). The temporary folder is removed.
+(``OMP_NUM_THREADS=1``); ``os.sync()`` runs before each phase, so that no phase waits for the writeback of the one
+before. The temporary folder is removed.
 """
 
 from __future__ import annotations
@@ -144,9 +145,11 @@ def main(argv=None) -> dict:
         def after(store, old, ids, new):
             return append_items(store, old, ids, backfill_vectors=new)[0]
 
+        os.sync()  # the build's dirty pages written back before any write is timed
         print("before: a full rewrite per write", flush=True)
         results["before"] = timed_writes(before, work / "before", {1: args.before_writes, 100: args.before_writes},
                                          10**9, args.seed)  # fmt: skip
+        os.sync()  # the rewrites' gigabytes written back: their writeback would stall the next fsyncs
         print("after: appended files", flush=True)
         results["after"] = timed_writes(after, work / "after", {1: args.after_writes, 100: args.after_writes},
                                         10**9, args.seed)  # fmt: skip

@@ -37,7 +37,6 @@ from .appended import (
     chain_digest,
     empty_record,
     fsync_directory,
-    fsync_files,
     item_line,
     writer_lock,
 )
@@ -207,8 +206,7 @@ def _append(store: FaissGallery, new_ids, vectors, backfill_vectors, labels, pat
             ) from None
         files[name] = {"bytes": entry["bytes"] + len(data), "rows": entry["rows"] + len(records),
                        "digest": chain_digest(entry["digest"], records)}  # fmt: skip
-    fsync_files([directory / name for name, _ in writes])  # the rows are durable before the manifest names them
-    if created:  # and so are the new files' directory entries
+    if created:  # the new files' directory entries must outlive a crash before the manifest names them
         fsync_directory(directory / APPENDED_DIR)
         fsync_directory(directory)
     items = dict(manifest.get("items") or {"labels": None, "label_names": None, "paths": None})
@@ -223,7 +221,8 @@ def _append(store: FaissGallery, new_ids, vectors, backfill_vectors, labels, pat
         new_manifest["backfill"] = dict(state, done=done + added, count=count + added,
                                         target=max(int(state.get("target", 0)), done + added))  # fmt: skip
         search = store.backfill_search_with(new_rows, backfill_rows)  # prepared before the lock, as a commit's
-    atomic_write_json(directory / MANIFEST_NAME, new_manifest)  # the commit point
+    # the commit point; the appended rows are made durable with the manifest's temporary file, before its rename
+    atomic_write_json(directory / MANIFEST_NAME, new_manifest, sync_also=[directory / name for name, _ in writes])
     with swap() if swap is not None else contextlib.nullcontext():
         store.take_appended(new_manifest, encoder_rows, new_ids.tolist(), codes, new_paths, backfill_rows, search)
     logger.info("Appended %d items to %s (%d now).", added, directory, count + added)

@@ -11,8 +11,9 @@ files for the rows added after the build (``appended/``):
 
 The manifest's ``appended`` record is the commit point: for each file, the bytes and rows committed and a digest
 chained over its rows (``d_i = sha256(d_{i-1} || row_i)``, so a write hashes only what it adds and a reader checks
-every committed row). A write appends its rows to each file and fsyncs them (together: one wait on the disk, not
-three), then rewrites the manifest atomically with the new lengths; bytes beyond the committed lengths (a write killed before its manifest) are ignored by
+every committed row). A write appends its rows to each file, then rewrites the manifest atomically with the new
+lengths, the appended files fsynced together with the manifest's temporary file before its rename (one wait on the
+disk, where one fsync after another took 16 ms of a write's 25); bytes beyond the committed lengths (a write killed before its manifest) are ignored by
 readers and truncated by the next write. So a ``kill -9`` at any point leaves the gallery before or after the
 whole write.
 
@@ -30,7 +31,6 @@ import contextlib
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -204,7 +204,7 @@ def writer_lock(directory: Path):
 
 def append_to_file(path: Path, committed: int, data: bytes) -> None:
     """Cut ``path`` back to its ``committed`` bytes (what a killed write left beyond them goes) and append ``data``
-    (not yet durable: :func:`fsync_files`). Counted as one file operation (the crash tests kill after any of them)."""
+    (not yet durable: the manifest's write fsyncs it). Counted as one file operation (the crash tests kill after any of them)."""
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         size = os.fstat(descriptor).st_size
@@ -218,28 +218,6 @@ def append_to_file(path: Path, committed: int, data: bytes) -> None:
             view = view[os.write(descriptor, view) :]
     finally:
         os.close(descriptor)
-    file_operation_done()
-
-
-_SYNC_POOL: ThreadPoolExecutor | None = None
-
-
-def fsync_files(paths: list[Path]) -> None:
-    """fsync ``paths`` at once, in threads (one file operation): the disk takes them together. Three fsyncs one after
-    the other cost 16 ms on the shared machine's disk, together 2-5 ms, and they were most of a write's time."""
-    global _SYNC_POOL
-    if _SYNC_POOL is None:
-        _SYNC_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bt2-fsync")
-
-    def sync(path: Path) -> None:
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-    for future in [_SYNC_POOL.submit(sync, path) for path in paths]:
-        future.result()
     file_operation_done()
 
 

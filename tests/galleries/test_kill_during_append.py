@@ -103,7 +103,7 @@ def test_kill_9_at_each_file_operation_of_a_dual_write(tmp_path):
             for name, entry in record["files"].items():
                 assert (directory / name).stat().st_size == entry["bytes"], (k, name)
     killed = [state for event, state in outcomes if event == "killed"]
-    # killed after each data file's append (3), after their fsync (the data durable, no manifest yet) and after the
-    # manifest's temporary file: before; after its rename: after
-    assert killed[:5] == ["before"] * 5 and killed[5:] == ["after"], outcomes
+    # killed after each data file's append (3) and after the manifest's temporary file, fsynced with them (the data
+    # durable, not yet committed): before; after the manifest's rename: after
+    assert killed[:4] == ["before"] * 4 and killed[4:] == ["after"], outcomes
     assert outcomes[-1] == ("finished", "after")
