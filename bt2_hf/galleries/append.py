@@ -229,22 +229,21 @@ def _append(store: FaissGallery, new_ids, vectors, backfill_vectors, labels, pat
     return new_ids.tolist()
 
 
-def compact_gallery(store: FaissGallery, swap=None) -> FaissGallery:
+def compact_gallery(store: FaissGallery) -> FaissGallery:
     """Fold a gallery's appended rows into its base files: one atomic rewrite of the directory; returns it reopened.
 
     The faiss index is written from the open gallery's (its base rows plus the appended ones, added as they came), so
-    searches rank as before the compaction. A gallery without appended rows is returned as it is.
+    searches rank as before the compaction. A gallery without appended rows is returned as it is. A service swaps
+    the returned gallery in under its write lock; until then its searches read the open one (the same rows).
 
     Args:
         store (`FaissGallery`): the open gallery (nothing may append to it meanwhile).
-        swap: unused by the rewrite itself; the caller swaps the returned gallery in (kept for symmetry with
-            :func:`append_items`).
     """
     if not isinstance(store, FaissGallery):
         raise GalleryError("Only faiss galleries have appended rows to compact.")
+    if store.appended is None or not len(store.appended):
+        return store
     with _writing(store):
-        if store.appended is None or not len(store.appended):
-            return store
         _rewrite(store)
     logger.info("Compacted %s: %d appended items folded into its files (%d items).", store.directory,
                 len(store.appended), len(store))  # fmt: skip
