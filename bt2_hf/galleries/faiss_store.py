@@ -591,13 +591,13 @@ class FaissGallery(ManifestAccessors):
         if name and self._paths is None:
             self._paths = np.load(self.directory / name, allow_pickle=False)
         rows, appended = self._split(rows)
-        paths = []
-        for row in rows.tolist():
-            if row >= self.base_count:
-                paths.append(self.appended.paths[row - self.appended.base] or None)
-            else:
-                paths.append((str(self._paths[row]) or None) if name else None)
-        return paths
+        base = [str(p) or None for p in self._paths[np.where(appended, 0, rows) if appended is not None else rows]
+                ] if name else [None] * len(rows)  # fmt: skip
+        if appended is None:
+            return base
+        late, start = self.appended.paths, self.appended.base
+        return [(late[row - start] or None) if is_late else path
+                for row, is_late, path in zip(rows.tolist(), appended.tolist(), base)]  # fmt: skip
 
     def vectors_at(self, rows: np.ndarray) -> np.ndarray:
         rows, appended = self._split(rows)
