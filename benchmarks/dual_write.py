@@ -16,7 +16,9 @@ open gallery that holds the items (the service swaps it in), through the library
 - after: this tree's ``append_items``: three appends, fsynced with the manifest's temporary file, the manifest
   renamed into place (the commit, timed apart: ``commit`` and ``rest``), ``index.add`` in memory.
 
-Then, after all the appends: the search latency (p50 of 200 single encoder-space queries) of the gallery holding
+Then the same writes through ``GalleryService.add_items`` (its locks) while its backfill job runs beside them (a
+synthetic new model whose chunk of ``--job_chunk`` items takes ``--job_embed_seconds`` to embed): a write waits for
+the job's commits, not for its model. Then, after all the appends: the search latency (p50 of 200 single encoder-space queries) of the gallery holding
 the appended rows against the same gallery compacted, the time to open it (its appended rows re-added to the
 index), and the time of ``compact_gallery``. Each write and each search is single-threaded
 (``OMP_NUM_THREADS=1``); ``os.sync()`` runs before each phase, so that no phase waits for the writeback of the one
@@ -40,10 +42,13 @@ import numpy as np
 
 # the 1M benchmark's synthetic embeddings (this folder is on sys.path when a benchmark runs as a script)
 from gallery_scale import mixture
+from serve_load import NEW as NEW_FINGERPRINT
+from serve_load import OLD as OLD_FINGERPRINT
+from serve_load import new_model_config
 
 HERE = Path(__file__).resolve()
-OLD = {"fingerprint": "sha256:" + "0a" * 32, "name_or_path": "bench-old", "embedding_dim": 128}
-NEW = {"fingerprint": "sha256:" + "0b" * 32, "name_or_path": "bench-new", "embedding_dim": 160}
+OLD = {"fingerprint": OLD_FINGERPRINT, "name_or_path": "bench-old", "embedding_dim": 128}
+NEW = {"fingerprint": NEW_FINGERPRINT, "name_or_path": "new", "embedding_dim": 160}
 
 
 def former_append_module(revision: str) -> types.ModuleType:
@@ -109,6 +114,50 @@ def timed_writes(append, directory: Path, sizes: dict, first_id: int, seed: int,
     return results
 
 
+def service_writes(root: Path, sizes: dict, chunk: int, embed_seconds: float, seed: int) -> dict:
+    """Dual-writes through ``GalleryService.add_items`` (the gallery's locks) while its backfill job runs: a synthetic
+    new model whose embedding of a chunk takes ``embed_seconds`` (a model's forward passes), then the job's commit."""
+    from bt2_hf.serving import GalleryService
+    from bt2_hf.serving.service import BackfillJob, LoadedModel
+
+    service = GalleryService(root, resume_jobs=False)
+    _, served = service.served("bench")
+    dim = served.store.dimension
+    new = LoadedModel("new", "", types.SimpleNamespace(config=new_model_config(dim, OLD["fingerprint"]),
+                                                       modality="image"))  # fmt: skip
+    service.registry.models["new"] = new
+
+    class SyntheticJob(BackfillJob):
+        def _embedder(self):
+            def embed_rows(rows):
+                time.sleep(embed_seconds)  # the model's time; the job does not hold the gallery meanwhile
+                old = self.served.store.vectors_at(np.sort(rows))[np.argsort(np.argsort(rows))]
+                return np.concatenate([old, np.zeros((len(rows), 32), np.float32)], axis=1)
+
+            return embed_rows
+
+    service.start_job(served, new, {"batch_size": chunk, "pause": 0.0, "order": "random"}, SyntheticJob)
+    rng = np.random.default_rng(seed)
+    next_id, results = 2 * 10**9, {}
+    try:
+        for size, writes in sizes.items():
+            seconds = []
+            for _ in range(writes):
+                items = [{"id": next_id + i, "vectors": {OLD["fingerprint"]: rng.normal(size=128).tolist(),
+                                                         NEW["fingerprint"]: rng.normal(size=160).tolist()}}
+                         for i in range(size)]  # fmt: skip
+                next_id += size
+                started = time.perf_counter()
+                service.add_items("bench", items)
+                seconds.append(time.perf_counter() - started)
+            results[f"{size}_item"] = percentiles(seconds)
+            print(f"  {size}-item writes beside the backfill job: {results[f'{size}_item']}", flush=True)
+        results["job"] = {key: served.job.progress()[key] for key in ("status", "done", "count", "items_per_second")}
+    finally:
+        service.stop_jobs()
+    return results
+
+
 def search_p50(store, queries: np.ndarray) -> float:
     timings = []
     for query in queries:
@@ -125,6 +174,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--before_writes", type=int, default=20, help="writes of each size through the former path")
     parser.add_argument("--after_writes", type=int, default=300, help="writes of each size through the append path")
     parser.add_argument("--before_rev", default="fb67c37", help="the commit whose append.py is 'before'")
+    parser.add_argument(
+        "--service_writes",
+        type=int,
+        default=100,
+        help="writes of each size through GalleryService.add_items beside a running backfill job",
+    )
+    parser.add_argument("--job_chunk", type=int, default=1024, help="the backfill job's items per commit")
+    parser.add_argument(
+        "--job_embed_seconds", type=float, default=0.5, help="the synthetic model's time to embed one chunk"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="also write the results as JSON here")
     parser.add_argument("--workdir", help="where the galleries go (default: a temporary folder, removed)")
@@ -145,6 +204,7 @@ def main(argv=None) -> dict:
         print(f"building {args.n} × 128 IVF-PQ with a backfill recorded ...", flush=True)
         results["build_seconds"] = round(build(work / "before", args.n, args.backfilled, args.seed), 1)
         shutil.copytree(work / "before", work / "after")
+        shutil.copytree(work / "before", work / "service" / "bench")
 
         def before(store, old, ids, new):
             return former.append_items(store, old, ids, backfill_vectors=new)[0]
@@ -175,6 +235,13 @@ def main(argv=None) -> dict:
                                             10**9, args.seed, commits)  # fmt: skip
         finally:
             append_module.atomic_write_json = commit
+        if args.service_writes:
+            os.sync()
+            print("after, through the service, beside a running backfill job", flush=True)
+            results["service_beside_backfill"] = service_writes(
+                work / "service", {1: args.service_writes, 100: args.service_writes}, args.job_chunk,
+                args.job_embed_seconds, args.seed,
+            )  # fmt: skip
         started = time.perf_counter()
         appended = FaissGallery.open(work / "after", verify=False)
         results["open_with_appended_seconds"] = round(time.perf_counter() - started, 3)

@@ -5,9 +5,10 @@ Concurrency (one process, many threads):
 - each served gallery directory has a :class:`~bt2_hf.serving.locks.ReadWriteLock`: a search reads the gallery's
   state under the read side; a backfill batch's commit and the swap of a dual-written gallery take the write side,
   so no search sees half of a change (an item twice, or a slot without its re-embedded item);
-- each also has a mutation lock, held by the backfill worker for one chunk and by a dual-write for its whole
-  append (files, manifest, then the open gallery under the write side): the two never interleave, and the worker's
-  next chunk starts from the gallery the write left;
+- each also has a mutation lock, held by the backfill worker for one chunk (but not while the model embeds the
+  chunk's rows: a dual-write then waits for a commit, never for a model) and by a dual-write for its whole append
+  (files, manifest, then the open gallery under the write side): their changes never interleave, and a chunk's
+  commit counts the items appended while it was embedded;
 - cutover and rollback rewrite the alias table (one rename); a search already holding the previous gallery finishes
   on it, the next one resolves the alias again.
 
@@ -152,6 +153,7 @@ class CommitsUnderWriteLock:
             with self._rw.write():
                 self._store.write_backfill_batch(rows, vectors, done)
             return
+        done = self._done_after(rows, done)
         # Searches wait only for the switch of the state in memory: the rows (beyond ``done``, read by no search yet)
         # are written, the search over the re-embedded items after this batch is built and the manifest is written
         # before the write side is taken (all under it, it was held 50-175 ms a batch at 100k items, the p99 of
@@ -159,6 +161,18 @@ class CommitsUnderWriteLock:
         self._store.write_backfill_rows(rows, vectors)
         search = self._store.prepare_backfill_search(int(done))
         self._store.commit_backfill_batch(done, search, swap=self._rw.write)  # the lock held for the switch only
+
+    def _done_after(self, rows, done: int) -> int:
+        """The ``done`` this batch commits. Dual-writes may have appended items while its rows were embedded (the
+        job lets them in meanwhile): each counted itself in ``done`` already, ahead of this batch's rows, which are
+        still the next ones of the backfill order."""
+        current = int(self._store.backfill_state["done"])
+        if current + len(rows) != int(done):
+            if not np.array_equal(self._store.backfill_order()[current : current + len(rows)], np.asarray(rows)):
+                raise ServingError(f"The backfill batch of {len(rows)} rows is not the next in the backfill order of "
+                                   f"{self._store.location} (done {current}); it is not committed.", 409)  # fmt: skip
+            done = current + len(rows)
+        return done
 
     def start_backfill(self, state, order):
         with self._rw.write():
@@ -170,6 +184,10 @@ class CommitsUnderWriteLock:
             return
         with self._rw.write():
             self._store.update_backfill_state(**changes)
+
+
+class _GalleryReopened(Exception):
+    """A backfill chunk's gallery object was replaced (reopened by a dual-write) while its rows were embedded."""
 
 
 class BackfillJob:
@@ -225,6 +243,24 @@ class BackfillJob:
 
         return embed_rows
 
+    def _embed_letting_writes_in(self, store):
+        """The job's embedder, releasing the gallery's mutation lock while the model embeds a chunk's rows (seconds
+        on a CPU): a dual-write waits only for a commit, not for a chunk. The chunk's rows stay the next ones of the
+        backfill order whatever is appended meanwhile (appended items count as re-embedded, ahead of them), and the
+        commit counts what was appended (:meth:`CommitsUnderWriteLock.write_backfill_batch`)."""
+        mutation = self.served.mutation
+
+        def embed_rows(rows: np.ndarray) -> np.ndarray:
+            mutation.release()
+            try:
+                return self._embed(rows)
+            finally:
+                mutation.acquire()
+                if self.served.store is not store:
+                    raise _GalleryReopened
+
+        return embed_rows
+
     def progress(self) -> dict:
         state = self.served.store.backfill_state or {}
         count = len(self.served.store)
@@ -243,17 +279,22 @@ class BackfillJob:
             while not self._stop.is_set():
                 with self.served.mutation:
                     store = self.served.store
+                    embed_rows = self._embed_letting_writes_in(store)
                     state = store.backfill_state
                     done, count = (state["done"] if state else 0), len(store)
                     first_done = done if first_done is None else first_done
                     if state and done >= count:
                         break
                     fraction = min(1.0, (done + chunk + 0.5) / count)
-                    backfill(CommitsUnderWriteLock(store, self.served.rw), embed_rows=self._embed, identity=identity,
-                             query_config=self.model.config, fraction=fraction,
-                             order=None if state else self.spec.get("order"),
-                             seed=None if state else self.spec.get("seed"), batch_size=chunk,
-                             allow_unmeasured=bool(self.spec.get("allow_unmeasured")), show_progress=False)  # fmt: skip
+                    try:
+                        backfill(CommitsUnderWriteLock(store, self.served.rw), embed_rows=embed_rows,
+                                 identity=identity, query_config=self.model.config, fraction=fraction,
+                                 order=None if state else self.spec.get("order"),
+                                 seed=None if state else self.spec.get("seed"), batch_size=chunk,
+                                 allow_unmeasured=bool(self.spec.get("allow_unmeasured")),
+                                 show_progress=False)  # fmt: skip
+                    except _GalleryReopened:
+                        continue  # a dual-write reopened the gallery meanwhile: this chunk again, on it
                     now_done = store.backfill_state["done"]
                 elapsed = time.perf_counter() - started
                 self.items_per_second = (now_done - first_done) / elapsed if elapsed > 0 else None

@@ -3,6 +3,8 @@ the items; a compaction by another process (`bt2 gallery compact`) while it serv
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from fastapi.testclient import TestClient
 
@@ -58,3 +60,52 @@ def test_items_are_appended_searched_at_once_and_survive_a_compaction(service, g
     reopened = FaissGallery.open(directory)
     assert reopened.base_count == 203 and len(reopened) == 205 and reopened.check() == []
     assert sorted(reopened.ids_of(np.arange(205))) == list(range(200)) + list(range(700, 705))
+
+
+def test_a_dual_write_does_not_wait_for_a_backfill_chunk_being_embedded(service, serving_data):
+    """The job embeds a chunk without the gallery's mutation lock: a write lands meanwhile, and the chunk's commit
+    counts it (every item once, the added ones never embedded by the backfill)."""
+    from bt2_hf.serving.service import BackfillJob
+
+    entered, release, embedded = threading.Event(), threading.Event(), []
+
+    class HeldJob(BackfillJob):
+        def _embedder(self):
+            embed = super()._embedder()
+
+            def held(rows):
+                embedded.extend(np.asarray(rows).tolist())
+                if not entered.is_set():  # the first chunk waits, mid-embedding, until the test lets it go
+                    entered.set()
+                    assert release.wait(60)
+                return embed(rows)
+
+            return held
+
+    _, served = service.served("products")
+    loaded = service.registry.get("new")
+    spec = {"model": loaded.path, "data": str(serving_data), "split": None, "column": None, "id_column": None,
+            "order": "random", "seed": 0, "batch_size": 50, "allow_unmeasured": False, "pause": 0.0}  # fmt: skip
+    service.start_job(served, loaded, spec, job_class=HeldJob)
+    assert entered.wait(60)
+    rng = np.random.default_rng(3)
+    new_vectors = _unit(rng.normal(size=(3, 12)))
+    items = [{"id": 800 + i, "vectors": {"old": _unit(rng.normal(size=(1, 8)))[0].tolist(),
+                                         "new": new_vectors[i].tolist()}} for i in range(3)]  # fmt: skip
+    answer = {}
+    writer = threading.Thread(target=lambda: answer.update(service.add_items("products", items)))
+    writer.start()
+    writer.join(30)
+    finished_while_held = not writer.is_alive()
+    release.set()
+    writer.join(30)
+    assert finished_while_held and answer["written"]["products_v1"] == {"added": [800, 801, 802], "count": 203}
+    served.job.join(120)
+    assert served.job.status == "complete", served.job.error
+    store = served.store
+    assert store.backfill_state["done"] == len(store) == 203 and store.backfilled_mask().all()
+    assert sorted(embedded) == list(range(200))  # each built item embedded once, the added ones never
+    np.testing.assert_allclose(store.backfill_vectors(np.arange(200, 203)), new_vectors, atol=1e-6)
+    reopened = FaissGallery.open(store.directory)
+    assert reopened.backfill_state["done"] == 203 and reopened.backfilled_mask().all()
+    assert sorted(reopened.ids_of(np.arange(203))) == list(range(200)) + [800, 801, 802]
