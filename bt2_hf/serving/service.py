@@ -6,7 +6,8 @@ Concurrency (one process, many threads):
   state under the read side; a backfill batch's commit and the swap of a dual-written gallery take the write side,
   so no search sees half of a change (an item twice, or a slot without its re-embedded item);
 - each also has a mutation lock, held by the backfill worker for one chunk (but not while the model embeds the
-  chunk's rows: a dual-write then waits for a commit, never for a model) and by a dual-write for its whole append
+  chunk's rows nor while they are written to the backfill's table: a dual-write then waits for a commit, never for
+  a model or for those fsyncs) and by a dual-write for its whole append
   (files, manifest, then the open gallery under the write side): their changes never interleave, and a chunk's
   commit counts the items appended while it was embedded;
 - cutover and rollback rewrite the alias table (one rename); a search already holding the previous gallery finishes
@@ -135,12 +136,20 @@ class ServedGallery:
     job: BackfillJob | None = None
 
 
+class _GalleryReopened(Exception):
+    """A backfill chunk's gallery object was replaced (reopened by a dual-write) while the job let writes in."""
+
+
 class CommitsUnderWriteLock:
     """The store as :func:`~bt2_hf.galleries.backfill` sees it: every change of its state is taken under the write
-    side of the gallery's lock, so a search never reads the state half-way through a batch."""
+    side of the gallery's lock, so a search never reads the state half-way through a batch.
 
-    def __init__(self, store, rw: ReadWriteLock):
-        self._store, self._rw = store, rw
+    With ``served`` (the job's gallery, whose mutation lock the caller holds), a batch's rows are written and fsynced
+    without the mutation lock: a dual-write meanwhile waits only for the commit itself.
+    """
+
+    def __init__(self, store, rw: ReadWriteLock, served: ServedGallery | None = None):
+        self._store, self._rw, self._served = store, rw, served
 
     def __getattr__(self, name):
         return getattr(self._store, name)
@@ -153,12 +162,22 @@ class CommitsUnderWriteLock:
             with self._rw.write():
                 self._store.write_backfill_batch(rows, vectors, done)
             return
-        done = self._done_after(rows, done)
         # Searches wait only for the switch of the state in memory: the rows (beyond ``done``, read by no search yet)
         # are written, the search over the re-embedded items after this batch is built and the manifest is written
         # before the write side is taken (all under it, it was held 50-175 ms a batch at 100k items, the p99 of
         # every search during a backfill).
-        self._store.write_backfill_rows(rows, vectors)
+        if self._served is None:
+            self._store.write_backfill_rows(rows, vectors)
+        else:
+            # rows beyond ``done`` in the backfill's own table: nothing reads them and a dual-write touches other files
+            self._served.mutation.release()
+            try:
+                self._store.write_backfill_rows(rows, vectors)
+            finally:
+                self._served.mutation.acquire()
+            if self._served.store is not self._store:
+                raise _GalleryReopened
+        done = self._done_after(rows, done)
         search = self._store.prepare_backfill_search(int(done))
         self._store.commit_backfill_batch(done, search, swap=self._rw.write)  # the lock held for the switch only
 
@@ -184,10 +203,6 @@ class CommitsUnderWriteLock:
             return
         with self._rw.write():
             self._store.update_backfill_state(**changes)
-
-
-class _GalleryReopened(Exception):
-    """A backfill chunk's gallery object was replaced (reopened by a dual-write) while its rows were embedded."""
 
 
 class BackfillJob:
@@ -287,7 +302,7 @@ class BackfillJob:
                         break
                     fraction = min(1.0, (done + chunk + 0.5) / count)
                     try:
-                        backfill(CommitsUnderWriteLock(store, self.served.rw), embed_rows=embed_rows,
+                        backfill(CommitsUnderWriteLock(store, self.served.rw, self.served), embed_rows=embed_rows,
                                  identity=identity, query_config=self.model.config, fraction=fraction,
                                  order=None if state else self.spec.get("order"),
                                  seed=None if state else self.spec.get("seed"), batch_size=chunk,
