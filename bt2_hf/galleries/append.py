@@ -31,6 +31,7 @@ from ..utils.io import atomic_directory, atomic_write_json
 from .appended import (
     APPENDED_DIR,
     BACKFILL_FILE,
+    EMPTY_DIGEST,
     ITEMS_FILE,
     VECTORS_FILE,
     append_to_file,
@@ -149,6 +150,9 @@ def append_items(
     if vectors.ndim != 2 or vectors.shape != (len(ids), store.dimension):
         raise GalleryError(f"{len(ids)} items need {len(ids)} × {store.dimension} encoder vectors, got "
                            f"{vectors.shape}.")  # fmt: skip
+    if not np.isfinite(vectors).all() or (backfill_vectors is not None and
+                                          not np.isfinite(np.asarray(backfill_vectors, dtype=np.float32)).all()):  # fmt: skip
+        raise GalleryError("An item's vector holds NaN or infinite values: embed it again; nothing was written.")
     new_ids = _gallery_ids(store, list(ids))
     if len(np.unique(new_ids)) != len(new_ids):
         raise GalleryError("The same id is given twice in one write: give each item once.")
@@ -187,15 +191,14 @@ def _append(store: FaissGallery, new_ids, vectors, backfill_vectors, labels, pat
     files = {name: dict(entry) for name, entry in record["files"].items()}
     writes = [(VECTORS_FILE, list(encoder_rows)), (ITEMS_FILE, lines)]
     if backfill_rows is not None:
-        files.setdefault(BACKFILL_FILE, {"bytes": 0, "rows": 0, "digest": empty_record(True)["files"][BACKFILL_FILE]
-                                         ["digest"]})  # fmt: skip
+        files.setdefault(BACKFILL_FILE, {"bytes": 0, "rows": 0, "digest": EMPTY_DIGEST})
         writes.append((BACKFILL_FILE, list(backfill_rows)))
     elif BACKFILL_FILE in files:
         raise GalleryError("The appended rows hold a backfill model's vectors but no backfill is recorded: the "
                            "manifest was edited.", directory / MANIFEST_NAME)  # fmt: skip
     created = not all((directory / name).exists() for name, _ in writes)
     for name, records in writes:
-        records = [bytes(memoryview(r)) if isinstance(r, np.ndarray) else r for r in records]
+        records = [r.tobytes() if isinstance(r, np.ndarray) else r for r in records]
         entry = files[name]
         data = b"".join(records)
         try:

@@ -105,6 +105,9 @@ def test_a_retried_write_adds_nothing_twice_and_string_ids_work(tmp_path):
         append_items(reopened, vectors[:2], ["x", "x"])
     with pytest.raises(GalleryError, match="3 × 16"):
         append_items(reopened, vectors[:, :8], ["p", "q", "r"])
+    with pytest.raises(GalleryError, match="NaN"):
+        append_items(reopened, np.full((1, 16), np.nan), ["nan"])
+    assert len(FaissGallery.open(tmp_path / "g")) == 53
 
 
 def test_a_gallery_object_behind_its_files_is_refused_and_damage_is_named(tmp_path):
