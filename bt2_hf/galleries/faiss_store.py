@@ -580,7 +580,8 @@ class FaissGallery(ManifestAccessors):
         else:
             if base is not None:
                 values[~appended] = base[rows[~appended]]
-            values[appended] = np.asarray(self.appended.labels, dtype=np.int64)[self.appended.rows_of(rows[appended])]
+            late = self.appended.labels  # a list: only the few rows asked for are read (a search's hits)
+            values[appended] = [late[position] for position in self.appended.rows_of(rows[appended]).tolist()]
         names = self.label_names
         return [None if v < 0 else (names[v] if names and v < len(names) else int(v)) for v in values.tolist()]
 
