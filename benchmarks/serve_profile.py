@@ -11,7 +11,9 @@ Each span is the median over ``--queries`` queries, one at a time, each layer co
 4. the ASGI app called in this process (routing, JSON parsing and validation, thread hops, JSON encoding);
 5. over HTTP: ``bt2 serve``'s app in a subprocess (uvicorn on 127.0.0.1, each ``--uvicorn`` setting) and one keep-alive client in this process, raw
    HTTP/1.1 on a socket, then httpx: round-trip p50, and the CPU seconds per request of the server process and of
-   the client (read from ``/proc``, so other jobs on the machine do not count).
+   the client (read from ``/proc``, so other jobs on the machine do not count);
+6. the floor of that: the same uvicorn settings answering one fixed search answer without searching (HTTP over
+   loopback, uvicorn's protocol and the event loop alone).
 """
 
 from __future__ import annotations
@@ -84,13 +86,34 @@ uvicorn.run(create_app(GalleryService(root)), host="127.0.0.1", port=int(port), 
 """
 
 
-def over_http(root: Path, bodies: list[bytes], repeats: int, http: str = "auto", loop: str = "auto") -> dict:
+# The floor: the same uvicorn settings answering every request with one fixed search answer, searching nothing. What
+# HTTP over loopback, uvicorn's protocol and the event loop cost alone, whatever the app.
+FLOOR_SERVER = """
+import sys, uvicorn
+root, port, http, loop, answer_file = sys.argv[1:]
+answer = open(answer_file, "rb").read()
+headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": answer})
+uvicorn.run(app, host="127.0.0.1", port=int(port), http=http, loop=loop, log_level="warning", access_log=False)
+"""
+
+
+def over_http(root: Path, bodies: list[bytes], repeats: int, http: str = "auto", loop: str = "auto",
+              floor_answer: Path | None = None) -> dict:  # fmt: skip
     port = _free_port()
     # (run from the gallery root's folder: ``-c`` puts the working directory first on sys.path, and the code measured
     # is the one this script imported)
     code = str(Path(__import__("bt2_hf").__file__).parents[1])
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(root), str(port), http, loop], cwd=root.parent,
-                              env=dict(os.environ, PYTHONPATH=code), stdout=subprocess.DEVNULL,
+    script, extra = (SERVER, []) if floor_answer is None else (FLOOR_SERVER, [str(floor_answer)])
+    server = subprocess.Popen([sys.executable, "-c", script, str(root), str(port), http, loop, *extra],
+                              cwd=root.parent, env=dict(os.environ, PYTHONPATH=code), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
@@ -196,9 +219,13 @@ def main(argv=None) -> int:
                  "service_search_ms": median_ms(lambda v: service.search("bench", k=10, vector=v), vectors,
                                                 args.repeats),
                  "asgi_app_ms": median_ms(lambda body: asgi_call(app, body), bodies, args.repeats)}  # fmt: skip
+        answer = work / "answer.json"
+        answer.write_bytes(json.dumps(service.search("bench", k=10, vector=vectors[0])).encode())
         for setting in args.uvicorn.split(","):
             http, loop = setting.split("/")
             spans[f"http ({setting})"] = over_http(root, bodies, args.repeats, http, loop)
+            spans[f"http floor ({setting}): a fixed answer, no search"] = over_http(root, bodies, args.repeats, http,
+                                                                                   loop, floor_answer=answer)  # fmt: skip
         print(json.dumps(spans, indent=1))
         if args.output:
             Path(args.output).write_text(json.dumps(spans, indent=2))

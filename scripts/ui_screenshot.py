@@ -2,7 +2,7 @@
 
     python scripts/ui_screenshot.py --url http://127.0.0.1:7860/ --query query.png --output docs/images/ui.png
 
-Start the page first (`bt2 ui --demo_output bt2_demo_output --required_metrics mAP`). Drives Debian's headless
+Start the page first (`bt2 ui --demo_output bt2_demo_output --gate`). Drives Debian's headless
 chromium through Selenium (`apt-get install chromium chromium-driver`); nothing is downloaded, and the browser
 resolves no host but 127.0.0.1.
 """

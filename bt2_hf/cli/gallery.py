@@ -1,9 +1,10 @@
-"""``bt2 gallery upgrade|check|admit|policy|info|alias|cutover|rollback``: look after a gallery directory.
+"""``bt2 gallery upgrade|check|compact|admit|policy|info|alias|cutover|rollback``: look after a gallery directory.
 
 Examples::
 
     bt2 gallery upgrade bt2_demo_output/gallery_old      # once, for a gallery in the former index format
     bt2 gallery check gallery/                           # hash every data file; exit 1 naming any damaged one
+    bt2 gallery compact gallery/                         # fold items added since the build into its files
     bt2 gallery admit gallery/ new_model/                # measure a model on the gallery's own probe set, log it
     bt2 gallery policy gallery/ --min_margin 0.5 --min_size 300 --require_gate
     bt2 gallery info gallery/                            # encoder, size, policy, probe, admission log
@@ -40,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="hash every data file against the manifest (exit 1 on damage)",
                                 description="Example: bt2 gallery check gallery/")  # fmt: skip
     check.add_argument("directory")
+    compact = commands.add_parser(
+        "compact", help="fold the items added since the build (dual-writes) into the gallery's files (atomic)",
+        description="Example: bt2 gallery compact gallery/",
+    )  # fmt: skip
+    compact.add_argument("directory")
     admit = commands.add_parser(
         "admit", help="measure a query model on the gallery's probe set and log the result",
         description="Example: bt2 gallery admit gallery/ new_model/ --device cpu",
@@ -100,6 +106,14 @@ def run(args) -> int:
             print("Rebuild the gallery (`bt2 index build --overwrite`) or restore the files from a copy.",
                   file=sys.stderr)  # fmt: skip
         return 1 if problems else 0
+    if args.command == "compact":
+        from bt2_hf.galleries.append import compact_gallery
+
+        gallery = FaissGallery.open(args.directory)
+        appended = len(gallery.appended) if gallery.appended is not None else 0
+        gallery = compact_gallery(gallery)
+        print(json.dumps({"directory": args.directory, "count": len(gallery), "folded": appended}))
+        return 0
     if args.command in ("alias", "cutover", "rollback"):
         from bt2_hf.galleries.aliases import open_gallery_root
 
@@ -137,7 +151,8 @@ def run(args) -> int:
         return 0
     manifest = gallery.manifest
     print(json.dumps({"encoder": manifest["encoder"].get("name_or_path"), "fingerprint": gallery.encoder["fingerprint"],
-                      "count": len(gallery), "dimension": gallery.dimension, "index": manifest["index"],
+                      "count": len(gallery), "appended": (manifest.get("appended") or {}).get("count", 0),
+                      "dimension": gallery.dimension, "index": manifest["index"],
                       "items": manifest.get("items"), "probe": manifest.get("probe"), "policy": manifest.get("policy"),
                       "admissions": [{k: e.get(k) for k in ("query_name", "passed", "margin", "size", "date")}
                                      for e in gallery.admissions],

@@ -37,9 +37,10 @@ measurement says the new model's queries are worse than the old model's on that 
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +210,11 @@ class Admission:
     evidence: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Field by field: ``dataclasses.asdict`` recursed through every field and cost more than the rest of a served
+        # search's bookkeeping. ``entry`` is the one mutable field: copied, as asdict copied it.
+        return {"prefix_dim": self.prefix_dim, "basis": self.basis, "query": self.query, "gallery": self.gallery,
+                "overridden": self.overridden, "entry": copy.deepcopy(self.entry),
+                "gallery_prefix_dim": self.gallery_prefix_dim, "evidence": self.evidence}  # fmt: skip
 
 
 def _name(config: Any) -> str | None:

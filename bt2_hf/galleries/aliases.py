@@ -82,17 +82,19 @@ class GalleryRoot:
             raise GalleryError(f"{root} is a gallery: give the folder that holds it (move it into one, e.g. "
                                f"galleries/{self.root.name}), so that it can be named and switched.")  # fmt: skip
         self._cache: tuple[tuple, dict] | None = None
+        self._path = self.root / ALIASES_FILE
+        self._path_name = os.fspath(self._path)  # stat-ed on every served search: no Path arithmetic there
 
     @property
     def path(self) -> Path:
-        return self.root / ALIASES_FILE
+        return self._path
 
     # -- reading ---------------------------------------------------------------------------------------------------------
 
     def table(self) -> dict:
         """The alias table as it is on disk now (re-read only when the file was replaced)."""
         try:
-            stat = self.path.stat()
+            stat = os.stat(self._path_name)
         except FileNotFoundError:
             return {"kind": ALIASES_KIND, "format": 1, "aliases": {}, "history": []}
         key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)

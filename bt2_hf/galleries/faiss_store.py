@@ -14,10 +14,16 @@ none of it)::
     probe/           optional: the gallery's probe set for its gate (``bt2 gallery admit``): embeddings.npy (the
                      encoder's vectors of held-out items), labels.npy and items.npy (uint8 images) or texts.json
     backfill/        during a backfill: order.npy (the re-embedding order) and vectors.npy (the new model's rows)
+    appended/        optional: items added after the build (dual-write), append-only: vectors.bin (the encoder's
+                     rows), backfill.bin (the backfill model's rows of items added during a backfill), items.jsonl
+                     (ids, labels, paths); the manifest's ``appended`` commits their lengths, and its ``count`` is
+                     the base files' rows plus these (``format`` 2 while there are any). Opening adds them to the
+                     loaded index; ``bt2 gallery compact`` folds them into the files above (see ``appended.py``)
 
 The manifest also holds the owner's admission policy (``policy``) and the gallery's own admission log
 (``admissions``: what ``bt2 gallery admit`` measured), both read by every search. Every data file, optional ones
-included, is listed in ``files`` with its sha256 and in ``file_sizes``.
+included, is listed in ``files`` with its sha256 and in ``file_sizes``; the appended files, which grow, are listed in
+``appended`` with their committed lengths and digests instead.
 
 IVF-PQ is trained on a sample (``train_size`` rows) and filled chunk by chunk from the memory map, so building it
 needs memory for the codes plus one chunk, never for the whole gallery.
@@ -26,6 +32,7 @@ needs memory for the codes plus one chunk, never for the whole gallery.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -40,6 +47,7 @@ import numpy as np
 from ..errors import BT2InputError
 from ..retrieval.knn import import_faiss
 from ..utils.io import atomic_directory, atomic_write_json
+from .appended import AppendedRows, read_appended
 from .backfill_search import BackfillSearch
 from .shards import file_sha256, ids_array
 
@@ -47,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 GALLERY_KIND = "bt2-gallery"
 GALLERY_FORMAT = 1
+APPENDED_FORMAT = 2  # a gallery with appended rows: a bt2_hf that reads only format 1 would miss them
 MANIFEST_NAME = "manifest.json"
 DATA_FILES = ("index.faiss", "ids.npy", "vectors.npy")
 PROBE_DIR = "probe"
@@ -140,12 +149,28 @@ def build_faiss_index(vectors: np.ndarray, index_type: str, params: dict):
     return index
 
 
-def _set_search_params(index, index_type: str, params: dict) -> None:
-    faiss = import_faiss()
+# faiss search parameters by (index type, value): built once, passed with each search rather than set on the shared
+# index, so concurrent searches with different settings never see each other's (and no setter runs per search)
+_SEARCH_PARAMETERS: dict[tuple[str, int], Any] = {}
+
+
+def _search_parameters(index_type: str, params: dict):
+    """The faiss ``SearchParameters`` of one search (``None`` for a flat index)."""
     if index_type in ("ivf", "ivfpq"):
-        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+        key = (index_type, int(params["nprobe"]))
     elif index_type == "hnsw":
-        index.hnsw.efSearch = int(params["ef_search"])
+        key = (index_type, int(params["ef_search"]))
+    else:
+        return None
+    found = _SEARCH_PARAMETERS.get(key)
+    if found is None:
+        faiss = import_faiss()
+        if index_type == "hnsw":
+            found = faiss.SearchParametersHNSW(efSearch=key[1])
+        else:
+            found = faiss.SearchParametersIVF(nprobe=key[1])
+        _SEARCH_PARAMETERS[key] = found
+    return found
 
 
 class ManifestAccessors:
@@ -211,6 +236,10 @@ class ManifestAccessors:
     def vectors_at(self, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self.vectors[np.asarray(rows)], dtype=np.float32)
 
+    def rerank_vectors(self):
+        """What IVF-PQ's exact re-ranking reads the candidates' vectors from (indexed by gallery row)."""
+        return self.vectors
+
     def iter_vectors(self, chunk: int = CHUNK):
         """``(rows, vectors)`` of the encoder's vectors, a chunk at a time."""
         for start in range(0, len(self), chunk):
@@ -226,11 +255,13 @@ class ManifestAccessors:
             search_params: ``nprobe``, ``ef_search`` or ``rerank`` for this search (defaults: the manifest's).
         """
         index_type = self.manifest["index"]["type"]
-        params = dict(self.manifest["index"]["params"], **{k: v for k, v in search_params.items() if v is not None})
-        _set_search_params(self.index, index_type, params)
+        params = self.manifest["index"]["params"]
+        if search_params:
+            params = dict(params, **{k: v for k, v in search_params.items() if v is not None})
+        parameters = _search_parameters(index_type, params)
         depth = min(depth, len(self))
         if index_type != "ivfpq":
-            scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth)
+            scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth, params=parameters)
             return _sort(scores, rows)
         candidates = min(len(self), max(depth, int(params.get("rerank") or depth)))
         parts = []
@@ -239,17 +270,32 @@ class ManifestAccessors:
         step = max(1, min(1024, (64 << 20) // (candidates * self.dimension * 4)))
         for start in range(0, len(queries), step):
             block = np.ascontiguousarray(queries[start : start + step], dtype=np.float32)
-            _, rows = self.index.search(block, candidates)
-            parts.append(_sort(exact_scores(self.vectors, block, rows), rows, depth))
+            _, rows = self.index.search(block, candidates, params=parameters)
+            parts.append(_sort(exact_scores(self.rerank_vectors(), block, rows), rows, depth))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def admit(self, query_config, allow_unmeasured: bool = False):
-        """The :class:`~bt2_hf.compatibility.Admission` of a query model to this gallery, with its policy and log."""
+        """The :class:`~bt2_hf.compatibility.Admission` of a query model to this gallery, with its policy and log.
+
+        A served gallery admits the same few query models on every search, so an admission is kept while the
+        manifest (encoder, policy, admission log) is the one it was decided on and the query config's fields that
+        decide it are equal to what they were; a refusal is never kept (it is decided again, and raised, each time).
+        """
         from ..compatibility import admit_to_gallery
 
-        return admit_to_gallery(query_config, self.encoder, self.dimension, allow_unmeasured=allow_unmeasured,
-                                policy=self.policy, admissions=self.admissions,
-                                gallery_location=self.location)  # fmt: skip
+        key = (getattr(query_config, "fingerprint", None), bool(allow_unmeasured))
+        decided_by = _admission_fields(query_config)
+        kept = self.__dict__.setdefault("_admitted", {}).get(key)
+        if kept is not None and kept[0] is self.manifest and kept[1] == decided_by:
+            return kept[2]
+        admission = admit_to_gallery(query_config, self.encoder, self.dimension, allow_unmeasured=allow_unmeasured,
+                                     policy=self.policy, admissions=self.admissions,
+                                     gallery_location=self.location)  # fmt: skip
+        if len(self._admitted) >= 64:  # a service sees a few models; anything else is not worth keeping
+            self._admitted.clear()
+        # deep copies: a config whose compatible_with list is extended in place must not match its former self
+        self._admitted[key] = (self.manifest, copy.deepcopy(decided_by), admission)
+        return admission
 
 
 class FaissGallery(ManifestAccessors):
@@ -259,12 +305,18 @@ class FaissGallery(ManifestAccessors):
     :func:`bt2_hf.galleries.search_gallery` (or :meth:`search`), backfill with :func:`bt2_hf.galleries.backfill`.
     """
 
-    def __init__(self, directory: str | os.PathLike, manifest: dict, index, vectors: np.ndarray, ids: np.ndarray):
+    def __init__(self, directory: str | os.PathLike, manifest: dict, index, vectors: np.ndarray, ids: np.ndarray,
+                 appended: AppendedRows | None = None):  # fmt: skip
         self.directory = Path(directory)
         self.manifest = manifest
-        self.index = index
-        self.vectors = vectors
-        self._ids = ids
+        self.index = index  # over every row: the base file's, then the appended rows (added when opened)
+        self.vectors = vectors  # the base rows (vectors.npy); rows of every kind: vectors_at, iter_vectors
+        self._ids = ids  # the base rows' ids
+        # rows added after the build (appended.py), or None; replaced only under the caller's write lock
+        self.appended = appended
+        self._sorted_ids = None  # the base ids sorted, once a write asks whether ids are present
+        self._backfill_table = None  # backfill/order.npy, the order of the rows the backfill table holds
+        self._backfill_inserts: list[tuple[int, np.ndarray]] = []  # appended rows placed in the backfill order
         self._backfill_vectors = None
         self._backfill_order = None
         self._backfill_search = None  # the search over the re-embedded rows (a BackfillSearch)
@@ -450,16 +502,26 @@ class FaissGallery(ManifestAccessors):
                     )
         vectors = np.load(directory / "vectors.npy", mmap_mode="r")
         ids = np.load(directory / "ids.npy", allow_pickle=False)
-        if vectors.shape != (manifest["count"], manifest["dimension"]) or len(ids) != manifest["count"]:
+        base = manifest["count"] - (manifest["appended"]["count"] if manifest.get("appended") else 0)
+        if vectors.shape != (base, manifest["dimension"]) or len(ids) != base:
             raise GalleryError(
-                f"{directory}: the manifest says {manifest['count']} × {manifest['dimension']}-d, the files hold "
+                f"{directory}: the manifest says {base} × {manifest['dimension']}-d in its base files, the files hold "
                 f"{vectors.shape} vectors and {len(ids)} ids; rebuild the gallery."
             )
         faiss = import_faiss()
         index = faiss.read_index(str(directory / "index.faiss"))
-        if index.ntotal != manifest["count"] or index.d != manifest["dimension"]:
+        if index.ntotal != base or index.d != manifest["dimension"]:
             raise GalleryError(f"{directory}: index.faiss holds {index.ntotal} × {index.d}-d, not the manifest's.")
-        return cls(directory, manifest, index, vectors, ids)
+        appended = None
+        if manifest.get("appended"):
+            state = manifest.get("backfill")
+            appended = read_appended(directory, manifest, state["dimension"] if state else None, verify,
+                                     lambda problem, path: GalleryError(problem, path))  # fmt: skip
+            index.add(np.ascontiguousarray(appended.vectors.array, dtype=np.float32))
+        gallery = cls(directory, manifest, index, vectors, ids, appended)
+        if appended is not None and manifest.get("backfill"):
+            gallery._place_appended_in_backfill_order()
+        return gallery
 
     @classmethod
     def from_model(
@@ -498,26 +560,107 @@ class FaissGallery(ManifestAccessors):
 
     # -- the store interface used by search and backfill ----------------------------------------------------------------
 
+    @property
+    def base_count(self) -> int:
+        """Rows in the base files (``vectors.npy``, ``ids.npy``, ``index.faiss``); the appended rows follow them."""
+        return len(self) - (len(self.appended) if self.appended is not None else 0)
+
+    def _split(self, rows) -> tuple[np.ndarray, np.ndarray | None]:
+        # (rows, mask of the appended ones), the mask None when every row is a base row (the common, fast case)
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.appended is None or not len(self.appended):
+            return rows, None
+        mask = rows >= self.appended.base
+        return rows, (mask if mask.any() else None)
+
     def ids_of(self, rows: np.ndarray) -> list:
-        return self._ids[np.asarray(rows)].tolist()
+        rows, appended = self._split(rows)
+        if appended is None:
+            return self._ids[rows].tolist()
+        ids = self.appended.ids
+        return [ids[row - self.appended.base] if late else item
+                for row, late, item in zip(rows.tolist(), appended.tolist(),
+                                           self._ids[np.where(appended, 0, rows)].tolist())]  # fmt: skip
+
+    @property
+    def id_dtype(self) -> np.dtype:
+        return self._ids.dtype
+
+    def contains_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Whether each of ``ids`` (in the gallery's id type) is already an item of the gallery (appended ones too)."""
+        if self._sorted_ids is None:
+            self._sorted_ids = np.sort(self._ids)  # once per opened gallery: each write then costs log N per id
+        ids = np.asarray(ids)
+        found = np.zeros(len(ids), dtype=bool)
+        if len(self._sorted_ids):
+            positions = np.minimum(np.searchsorted(self._sorted_ids, ids), len(self._sorted_ids) - 1)
+            found = self._sorted_ids[positions] == ids
+        if self.appended is not None:
+            found |= np.asarray([item in self.appended.id_set for item in ids.tolist()], dtype=bool)
+        return found
+
+    def _base_labels(self) -> np.ndarray | None:
+        name = (self.manifest.get("items") or {}).get("labels")
+        if name and self._labels is None:
+            self._labels = np.load(self.directory / name, allow_pickle=False)
+        return self._labels if name else None
 
     def labels_of(self, rows) -> list | None:
-        name = (self.manifest.get("items") or {}).get("labels")
-        if not name:
+        base = self._base_labels()
+        if base is None and not (self.appended is not None and self.appended.has_labels):
             return None
-        if self._labels is None:
-            self._labels = np.load(self.directory / name, allow_pickle=False)
+        rows, appended = self._split(rows)
+        values = np.full(len(rows), -1, dtype=np.int64)
+        if appended is None:
+            values[:] = base[rows]
+        else:
+            if base is not None:
+                values[~appended] = base[rows[~appended]]
+            late = self.appended.labels  # a list: only the few rows asked for are read (a search's hits)
+            values[appended] = [late[position] for position in self.appended.rows_of(rows[appended]).tolist()]
         names = self.label_names
-        values = self._labels[np.asarray(rows, dtype=np.int64)].tolist()
-        return [None if v < 0 else (names[v] if names and v < len(names) else int(v)) for v in values]
+        return [None if v < 0 else (names[v] if names and v < len(names) else int(v)) for v in values.tolist()]
 
     def paths_of(self, rows) -> list | None:
         name = (self.manifest.get("items") or {}).get("paths")
-        if not name:
+        if not name and not (self.appended is not None and self.appended.has_paths):
             return None
-        if self._paths is None:
+        if name and self._paths is None:
             self._paths = np.load(self.directory / name, allow_pickle=False)
-        return [str(p) or None for p in self._paths[np.asarray(rows, dtype=np.int64)].tolist()]
+        rows, appended = self._split(rows)
+        base = [str(p) or None for p in self._paths[np.where(appended, 0, rows) if appended is not None else rows]
+                ] if name else [None] * len(rows)  # fmt: skip
+        if appended is None:
+            return base
+        late, start = self.appended.paths, self.appended.base
+        return [(late[row - start] or None) if is_late else path
+                for row, is_late, path in zip(rows.tolist(), appended.tolist(), base)]  # fmt: skip
+
+    def vectors_at(self, rows: np.ndarray) -> np.ndarray:
+        rows, appended = self._split(rows)
+        if appended is None:
+            return np.asarray(self.vectors[rows], dtype=np.float32)
+        # One gather of every row (the appended ones read row 0), then the appended rows written over: twice as fast
+        # as two masked gathers for a re-ranking's 1,000 candidates.
+        late = np.flatnonzero(appended)
+        out = np.asarray(self.vectors).take(np.where(appended, 0, rows), axis=0).astype(np.float32, copy=False)
+        out[late] = self.appended.vectors.array.take(self.appended.rows_of(rows[late]), axis=0)
+        return out
+
+    def iter_vectors(self, chunk: int = CHUNK):
+        """``(rows, vectors)`` of the encoder's vectors, a chunk at a time (the base rows, then the appended ones)."""
+        base = self.base_count
+        for start in range(0, base, chunk):
+            stop = min(base, start + chunk)
+            yield np.arange(start, stop), np.asarray(self.vectors[start:stop], dtype=np.float32)
+        if self.appended is not None:
+            array = self.appended.vectors.array
+            for start in range(0, len(array), chunk):
+                block = array[start : start + chunk]
+                yield np.arange(base + start, base + start + len(block)), np.asarray(block, dtype=np.float32)
+
+    def rerank_vectors(self):
+        return self.vectors if self.appended is None else _GalleryRows(self.vectors_at)
 
     def probe(self) -> dict | None:
         """The gallery's probe set: ``embeddings`` (its encoder's), ``labels``, and ``images`` or ``texts``."""
@@ -551,19 +694,68 @@ class FaissGallery(ManifestAccessors):
                 problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {size}")
             elif file_sha256(path) != digest:
                 problems.append(f"{path}: sha256 differs from the manifest's (the content was changed)")
+        if self.manifest.get("appended"):
+            state = self.backfill_state
+            try:
+                read_appended(self.directory, self.manifest, state["dimension"] if state else None, True,
+                              lambda problem, path: GalleryError(problem, path))  # fmt: skip
+            except GalleryError as error:
+                problems.append(str(error))
         return problems
 
     # -- backfill storage: the new model's rows and how far the backfill got -------------------------------------------
 
+    # The backfill's table (backfill/vectors.npy) and its order (order.npy) hold the rows the gallery had when the
+    # backfill started. Rows appended during it are its last rows: their new vectors are appended too (backfill.bin)
+    # and they count as re-embedded, placed in the order at the ``done`` of their write (so the order's first
+    # ``done`` rows only ever grow at their end, as the backfill search's snapshots need). On disk only how many there
+    # are is kept: a gallery opened again places them all at the current ``done``, which gives the same first ``done``
+    # rows as a set.
+
+    def backfill_table_order(self) -> np.ndarray:
+        """``backfill/order.npy``: the order of the rows the backfill table holds (the gallery's when it started)."""
+        if self._backfill_table is None:
+            self._backfill_table = np.load(self.directory / "backfill" / "order.npy")
+        return self._backfill_table
+
+    def _appended_backfilled(self) -> int:
+        # rows appended during the backfill: the gallery's last rows, beyond the backfill table
+        return len(self) - len(self.backfill_table_order()) if self.backfill_state else 0
+
+    def _place_appended_in_backfill_order(self) -> None:
+        late = self._appended_backfilled()
+        self._backfill_inserts = []
+        if late:
+            table_rows = len(self.backfill_table_order())
+            self._backfill_inserts = [(int(self.backfill_state["done"]) - late,
+                                       np.arange(table_rows, table_rows + late, dtype=np.int64))]  # fmt: skip
+
     def backfill_order(self) -> np.ndarray:
+        """The gallery's rows in backfill order: its first ``done`` rows carry the backfill model's vectors."""
         if self._backfill_order is None:
-            self._backfill_order = np.load(self.directory / "backfill" / "order.npy")
+            order = self.backfill_table_order()
+            if self._backfill_inserts:
+                positions = np.concatenate([np.full(len(rows), at, dtype=np.int64)
+                                            for at, rows in self._backfill_inserts])  # fmt: skip
+                order = np.insert(order, positions, np.concatenate([rows for _, rows in self._backfill_inserts]))
+            self._backfill_order = order
         return self._backfill_order
 
     def backfill_vectors(self, rows: np.ndarray) -> np.ndarray:
-        if self._backfill_vectors is None:
-            self._backfill_vectors = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r")
-        return np.asarray(self._backfill_vectors[np.asarray(rows)], dtype=np.float32)
+        table = self._backfill_vectors  # one reference: a commit in another thread may drop the attribute
+        if table is None:
+            table = self._backfill_vectors = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r")
+        return self._backfill_rows(table, rows)
+
+    def _backfill_rows(self, table: np.ndarray, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        late = rows >= len(table)
+        if not late.any():
+            return np.asarray(table[rows], dtype=np.float32)
+        out = np.empty((len(rows), table.shape[1]), dtype=np.float32)
+        out[~late] = table[rows[~late]]
+        out[late] = self.appended.backfill.array[rows[late] - len(table)]
+        return out
 
     def search_backfilled(self, queries: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``depth`` re-embedded rows by cosine with the backfill model's vectors, best first (-1 pads).
@@ -597,8 +789,9 @@ class FaissGallery(ManifestAccessors):
         current = self._backfill_search
         if current is None or current.done > int(done):
             current = BackfillSearch.empty(self.backfill_state["dimension"], len(self))
-        vectors = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r")  # sees rows written since
-        return current.extended(self.backfill_order(), vectors, int(done))
+        table = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r")  # sees rows written since
+        rows = _GalleryRows(lambda rows: self._backfill_rows(table, rows))
+        return current.extended(self.backfill_order(), rows, int(done))
 
     def backfilled(self, rows: np.ndarray) -> np.ndarray:
         """Whether each of ``rows`` carries the backfill model's embedding."""
@@ -606,20 +799,25 @@ class FaissGallery(ManifestAccessors):
         if not state:
             return np.zeros(rows.shape, dtype=bool)
         if self._backfill_rank is None:
-            # Each row's place in the backfill order, once per backfill: a search asks about its few candidate rows,
-            # and a mask of the whole gallery per search cost 0.5 ms at a million items.
-            order = self.backfill_order()
-            rank = np.full(len(self), np.iinfo(np.int64).max, dtype=np.int64)
+            # Each row's place in the table's order, once per backfill: a search asks about its few candidate rows,
+            # and a mask of the whole gallery per search cost 0.5 ms at a million items. Rows appended during the
+            # backfill (beyond the table) are re-embedded already: no write changes this.
+            order = self.backfill_table_order()
+            rank = np.full(len(order), np.iinfo(np.int64).max, dtype=np.int64)
             rank[order] = np.arange(len(order))
             self._backfill_rank = rank
-        return self._backfill_rank[rows] < int(state["done"])
+        rank, table_done = self._backfill_rank, int(state["done"]) - self._appended_backfilled()
+        late = rows >= len(rank)
+        return (rank[np.where(late, 0, rows)] < table_done) | late
 
     def backfilled_mask(self) -> np.ndarray:
         """``mask[row]`` is True when the row carries the backfill model's embedding."""
         mask = np.zeros(len(self), dtype=bool)
         state = self.backfill_state
         if state:
-            mask[self.backfill_order()[: state["done"]]] = True
+            table = self.backfill_table_order()
+            mask[table[: int(state["done"]) - self._appended_backfilled()]] = True
+            mask[len(table) :] = True
         return mask
 
     def start_backfill(self, state: dict, order: np.ndarray) -> None:
@@ -638,7 +836,7 @@ class FaissGallery(ManifestAccessors):
         del table
         os.replace(tmp, folder)
         self._backfill_order, self._backfill_vectors, self._backfill_search = None, None, None
-        self._backfill_rank = None
+        self._backfill_rank, self._backfill_table, self._backfill_inserts = None, None, []
         self._write_manifest(dict(self.manifest, backfill=state))
 
     def update_backfill_state(self, swap=None, **changes) -> None:
@@ -658,6 +856,8 @@ class FaissGallery(ManifestAccessors):
         beyond ``done``: no search reads them, so a service does this without holding its searches back)."""
         path = self.directory / "backfill" / "vectors.npy"
         table = np.load(path, mmap_mode="r+")
+        if len(rows) and np.max(rows) >= len(table):  # appended rows carry their new vectors from their write
+            raise GalleryError(f"Row {np.max(rows)} was appended during the backfill: it is re-embedded already.")
         table[np.asarray(rows)] = _normalize(vectors).astype(table.dtype)
         del table
         # fsync rather than the memory map's flush: msync keeps the GIL while the pages reach the disk (0.27 s per
@@ -702,21 +902,71 @@ class FaissGallery(ManifestAccessors):
         index_type = index_type or self.manifest["index"]["type"]
         table = np.load(self.directory / "backfill" / "vectors.npy", mmap_mode="r")
         items = self.manifest.get("items") or {}
-        labels = np.load(self.directory / items["labels"]) if items.get("labels") else None
-        paths = np.load(self.directory / items["paths"]).tolist() if items.get("paths") else None
+        labels, paths = self.label_codes(), self.all_paths()
+        # the table's rows, then those appended during the backfill (their new vectors came with their write)
+        rows = [(table, self._ids if len(table) == len(self._ids) else self.ids_of(np.arange(len(table))))]
+        if len(table) < len(self):
+            late = np.arange(len(table), len(self))
+            rows.append((self.backfill_vectors(late), self.ids_of(late)))
         if self.manifest.get("probe"):
             # The probe's embeddings are the old encoder's: the new encoder's gate needs a new probe set.
             logger.warning("The probe set of %s was made by the old encoder and is dropped; rebuild the gallery "
                            "with --probe_from to give the new encoder a gate.", self.directory)  # fmt: skip
         return FaissGallery.build(
-            directory or self.directory, table, self._ids, encoder=state["model"], index_type=index_type,
+            directory or self.directory, rows, encoder=state["model"], index_type=index_type,
             dataset=self.manifest.get("dataset"), dtype=self.manifest["dtype"], overwrite=directory is None, labels=labels,
             label_names=items.get("label_names"), paths=paths, policy=self.manifest.get("policy"),
             admissions=self.admissions, **index_params,
         )  # fmt: skip
 
+    def label_codes(self) -> np.ndarray | None:
+        """Every row's class id (-1: unknown), base and appended rows; ``None`` when the gallery stores no labels."""
+        base = self._base_labels()
+        late = self.appended is not None and self.appended.has_labels
+        if base is None and not late:
+            return None
+        base = base if base is not None else np.full(self.base_count, -1, dtype=np.int64)
+        extra = np.asarray(self.appended.labels if self.appended is not None else [], dtype=np.int64)
+        return np.concatenate([base, extra]).astype(np.int64)
+
+    def all_paths(self) -> list[str] | None:
+        """Every row's path (``""``: none), base and appended rows; ``None`` when the gallery stores no paths."""
+        name = (self.manifest.get("items") or {}).get("paths")
+        late = self.appended is not None and self.appended.has_paths
+        if not name and not late:
+            return None
+        base = np.load(self.directory / name, allow_pickle=False).tolist() if name else [""] * self.base_count
+        return base + (list(self.appended.paths) if self.appended is not None else [])
+
     def _write_manifest(self, manifest: dict) -> None:
         atomic_write_json(self.directory / MANIFEST_NAME, manifest)
+        self.manifest = manifest
+
+    # -- rows appended after the build (galleries/append.py writes their files, then hands them over here) ---------------
+
+    def backfill_search_with(self, rows: np.ndarray, vectors: np.ndarray) -> BackfillSearch | None:
+        """The current search over re-embedded rows grown by ``rows`` (appended now, with the backfill model's
+        ``vectors``), to publish with them; ``None`` when there is no current one (the next search builds it)."""
+        current, state = self._backfill_search, self.backfill_state
+        if current is None or current.done != int(state["done"]):
+            return None
+        first = int(rows[0])
+        late = _GalleryRows(lambda wanted: np.asarray(vectors[np.asarray(wanted) - first], dtype=np.float32))
+        return current.extended(np.concatenate([current.rows, rows]), late, current.done + len(rows))
+
+    def take_appended(self, manifest: dict, vectors: np.ndarray, ids: list, labels, paths, backfill_vectors,
+                      search: BackfillSearch | None) -> None:  # fmt: skip
+        """Make committed appended rows part of this open gallery: its index, rows and state (``manifest``, the one
+        just written). The caller holds its write lock: searches see the gallery before or after, never between."""
+        count = len(self)
+        if self.appended is None:
+            self.appended = AppendedRows(count, self.dimension, self.manifest["dtype"])
+        if self.backfill_state:
+            self._backfill_inserts.append((int(self.backfill_state["done"]) - self._appended_backfilled(),
+                                           np.arange(count, count + len(ids), dtype=np.int64)))  # fmt: skip
+            self._backfill_order, self._backfill_search = None, search
+        self.appended.add(vectors, ids, labels, paths, backfill_vectors)
+        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         self.manifest = manifest
 
     def search(self, queries, k: int = 10, query_config=None, **kwargs):
@@ -739,6 +989,20 @@ class FaissGallery(ManifestAccessors):
         return self.search(embeddings, k=k, query_config=model.config, **kwargs)
 
 
+class _GalleryRows:
+    """Rows of every kind (base and appended) read by gallery row, where a memory map of the base rows was read."""
+
+    def __init__(self, take):
+        self.take = take
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self.take(rows)
+
+
+def _take(vectors, rows: np.ndarray) -> np.ndarray:
+    return vectors[rows] if isinstance(vectors, _GalleryRows) else np.asarray(vectors)[rows]
+
+
 def exact_scores(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Cosines of each query with its candidate rows, read from (memory-mapped) vectors; -inf for missing rows."""
     scores = np.full(rows.shape, -np.inf, dtype=np.float32)
@@ -749,7 +1013,7 @@ def exact_scores(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> 
         # One query (a served search): its candidates are distinct rows already; sorting them for the memory map
         # costs more than the reads it saves once the vectors are in the page cache.
         # (np.asarray first: indexing the memmap subclass itself costs as much as the gather.)
-        exact = (np.asarray(vectors)[flat_rows[0]].astype(np.float32, copy=False) @ queries[0])[None, :]
+        exact = (_take(vectors, flat_rows[0]).astype(np.float32, copy=False) @ queries[0])[None, :]
     else:
         unique, inverse = np.unique(flat_rows, return_inverse=True)
         # Sorted unique rows read the memory map sequentially-ish and each row once.
@@ -759,17 +1023,29 @@ def exact_scores(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> 
     return scores
 
 
+_MISSING_LAST = np.iinfo(np.int64).max
+
+
+def _admission_fields(config) -> tuple:
+    """What an admission is decided on, of a query config (see ``ManifestAccessors.admit``)."""
+    return tuple(getattr(config, name, None) for name in
+                 ("embedding_dim", "compatible_with", "training", "adapter", "name_or_path", "_name_or_path"))  # fmt: skip
+
+
 def _sort(scores: np.ndarray, rows: np.ndarray, depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     # Descending score, then ascending row: the evaluator's tie rule; missing rows (-1) last.
     scores = np.where(rows < 0, -np.inf, scores)
     width = scores.shape[-1]
     if depth is not None and depth < width and len(scores) == 1:
-        # One query, a few of many candidates: only those scoring at least the depth-th best can be kept (ties at
-        # that score included, so the tie rule still decides among them); the full sort is 10× slower.
-        threshold = np.partition(scores[0], width - depth)[width - depth]
-        keep = np.flatnonzero(scores[0] >= threshold)
-        scores, rows = scores[:, keep], rows[:, keep]
-    order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -scores), axis=-1)
+        # One query, a few of many candidates (a served search): only those scoring at least the depth-th best can
+        # be kept (ties at that score included, so the tie rule still decides among them); the full sort is 10×
+        # slower. In one dimension: the 2-d helpers' index arithmetic cost as much as the sort itself.
+        line, row_line = scores[0], rows[0]
+        keep = np.flatnonzero(line >= np.partition(line, width - depth)[width - depth])
+        line, row_line = line[keep], row_line[keep]
+        order = np.lexsort((np.where(row_line < 0, _MISSING_LAST, row_line), -line))[:depth]
+        return line[order][None, :], row_line[order][None, :]
+    order = np.lexsort((np.where(rows < 0, _MISSING_LAST, rows), -scores), axis=-1)
     scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
     return (scores, rows) if depth is None else (scores[:, :depth], rows[:, :depth])
 
@@ -791,8 +1067,9 @@ def read_manifest(directory: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("kind") != GALLERY_KIND:
         kind = manifest.get("kind") if isinstance(manifest, dict) else None
         raise GalleryError(f"not the manifest of a bt2_hf gallery (kind {kind!r}, expected {GALLERY_KIND!r}).", path)
-    if manifest.get("format") != GALLERY_FORMAT:
-        raise GalleryError(f"has format {manifest.get('format')!r}; this bt2_hf reads {GALLERY_FORMAT}.", path)
+    if manifest.get("format") not in (GALLERY_FORMAT, APPENDED_FORMAT):
+        raise GalleryError(f"has format {manifest.get('format')!r}; this bt2_hf reads {GALLERY_FORMAT} and "
+                           f"{APPENDED_FORMAT}.", path)  # fmt: skip
     for key, kind in _MANIFEST_KEYS.items():
         value = manifest.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -813,6 +1090,14 @@ def read_manifest(directory: Path) -> dict:
     if not (names_ok and sizes_ok and index.get("type") in INDEX_TYPES and isinstance(index.get("params"), dict)):
         raise GalleryError("the manifest's files, sizes or index are malformed: it is damaged or was edited. Rebuild "
                            "the gallery (`bt2 index build --overwrite`).", path)  # fmt: skip
+    appended = manifest.get("appended")
+    if (appended is not None) != (manifest["format"] == APPENDED_FORMAT) or (appended is not None and not (
+            isinstance(appended, dict) and isinstance(appended.get("count"), int) and 0 < appended["count"] <=
+            manifest["count"] and isinstance(appended.get("files"), dict) and all(
+                isinstance(entry, dict) and all(isinstance(entry.get(key), int) for key in ("bytes", "rows"))
+                and isinstance(entry.get("digest"), str) for entry in appended["files"].values()))):  # fmt: skip
+        raise GalleryError("the manifest's 'appended' record (items added after the build) is malformed or does not "
+                           "match its format: it is damaged or was edited.", path)  # fmt: skip
     for key in ("items", "probe", "policy", "backfill"):
         if manifest.get(key) is not None and not isinstance(manifest[key], dict):
             raise GalleryError(f"the manifest's {key!r} must be an object; it is damaged or was edited.", path)

@@ -5,8 +5,11 @@ Concurrency (one process, many threads):
 - each served gallery directory has a :class:`~bt2_hf.serving.locks.ReadWriteLock`: a search reads the gallery's
   state under the read side; a backfill batch's commit and the swap of a dual-written gallery take the write side,
   so no search sees half of a change (an item twice, or a slot without its re-embedded item);
-- each also has a mutation lock, held by the backfill worker for one chunk and by a dual-write for its whole
-  rewrite: the two never interleave, and the worker's next chunk starts from the gallery the write left;
+- each also has a mutation lock, held by the backfill worker for one chunk (but not while the model embeds the
+  chunk's rows nor while they are written to the backfill's table: a dual-write then waits for a commit, never for
+  a model or for those fsyncs) and by a dual-write for its whole append
+  (files, manifest, then the open gallery under the write side): their changes never interleave, and a chunk's
+  commit counts the items appended while it was embedded;
 - cutover and rollback rewrite the alias table (one rename); a search already holding the previous gallery finishes
   on it, the next one resolves the alias again.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import threading
 import time
 import types
@@ -133,12 +137,20 @@ class ServedGallery:
     job: BackfillJob | None = None
 
 
+class _GalleryReopened(Exception):
+    """A backfill chunk's gallery object was replaced (reopened by a dual-write) while the job let writes in."""
+
+
 class CommitsUnderWriteLock:
     """The store as :func:`~bt2_hf.galleries.backfill` sees it: every change of its state is taken under the write
-    side of the gallery's lock, so a search never reads the state half-way through a batch."""
+    side of the gallery's lock, so a search never reads the state half-way through a batch.
 
-    def __init__(self, store, rw: ReadWriteLock):
-        self._store, self._rw = store, rw
+    With ``served`` (the job's gallery, whose mutation lock the caller holds), a batch's rows are written and fsynced
+    without the mutation lock: a dual-write meanwhile waits only for the commit itself.
+    """
+
+    def __init__(self, store, rw: ReadWriteLock, served: ServedGallery | None = None):
+        self._store, self._rw, self._served = store, rw, served
 
     def __getattr__(self, name):
         return getattr(self._store, name)
@@ -155,9 +167,32 @@ class CommitsUnderWriteLock:
         # are written, the search over the re-embedded items after this batch is built and the manifest is written
         # before the write side is taken (all under it, it was held 50-175 ms a batch at 100k items, the p99 of
         # every search during a backfill).
-        self._store.write_backfill_rows(rows, vectors)
+        if self._served is None:
+            self._store.write_backfill_rows(rows, vectors)
+        else:
+            # rows beyond ``done`` in the backfill's own table: nothing reads them and a dual-write touches other files
+            self._served.mutation.release()
+            try:
+                self._store.write_backfill_rows(rows, vectors)
+            finally:
+                self._served.mutation.acquire()
+            if self._served.store is not self._store:
+                raise _GalleryReopened
+        done = self._done_after(rows, done)
         search = self._store.prepare_backfill_search(int(done))
         self._store.commit_backfill_batch(done, search, swap=self._rw.write)  # the lock held for the switch only
+
+    def _done_after(self, rows, done: int) -> int:
+        """The ``done`` this batch commits. Dual-writes may have appended items while its rows were embedded (the
+        job lets them in meanwhile): each counted itself in ``done`` already, ahead of this batch's rows, which are
+        still the next ones of the backfill order."""
+        current = int(self._store.backfill_state["done"])
+        if current + len(rows) != int(done):
+            if not np.array_equal(self._store.backfill_order()[current : current + len(rows)], np.asarray(rows)):
+                raise ServingError(f"The backfill batch of {len(rows)} rows is not the next in the backfill order of "
+                                   f"{self._store.location} (done {current}); it is not committed.", 409)  # fmt: skip
+            done = current + len(rows)
+        return done
 
     def start_backfill(self, state, order):
         with self._rw.write():
@@ -224,6 +259,24 @@ class BackfillJob:
 
         return embed_rows
 
+    def _embed_letting_writes_in(self, store):
+        """The job's embedder, releasing the gallery's mutation lock while the model embeds a chunk's rows (seconds
+        on a CPU): a dual-write waits only for a commit, not for a chunk. The chunk's rows stay the next ones of the
+        backfill order whatever is appended meanwhile (appended items count as re-embedded, ahead of them), and the
+        commit counts what was appended (:meth:`CommitsUnderWriteLock.write_backfill_batch`)."""
+        mutation = self.served.mutation
+
+        def embed_rows(rows: np.ndarray) -> np.ndarray:
+            mutation.release()
+            try:
+                return self._embed(rows)
+            finally:
+                mutation.acquire()
+                if self.served.store is not store:
+                    raise _GalleryReopened
+
+        return embed_rows
+
     def progress(self) -> dict:
         state = self.served.store.backfill_state or {}
         count = len(self.served.store)
@@ -242,17 +295,22 @@ class BackfillJob:
             while not self._stop.is_set():
                 with self.served.mutation:
                     store = self.served.store
+                    embed_rows = self._embed_letting_writes_in(store)
                     state = store.backfill_state
                     done, count = (state["done"] if state else 0), len(store)
                     first_done = done if first_done is None else first_done
                     if state and done >= count:
                         break
                     fraction = min(1.0, (done + chunk + 0.5) / count)
-                    backfill(CommitsUnderWriteLock(store, self.served.rw), embed_rows=self._embed, identity=identity,
-                             query_config=self.model.config, fraction=fraction,
-                             order=None if state else self.spec.get("order"),
-                             seed=None if state else self.spec.get("seed"), batch_size=chunk,
-                             allow_unmeasured=bool(self.spec.get("allow_unmeasured")), show_progress=False)  # fmt: skip
+                    try:
+                        backfill(CommitsUnderWriteLock(store, self.served.rw, self.served), embed_rows=embed_rows,
+                                 identity=identity, query_config=self.model.config, fraction=fraction,
+                                 order=None if state else self.spec.get("order"),
+                                 seed=None if state else self.spec.get("seed"), batch_size=chunk,
+                                 allow_unmeasured=bool(self.spec.get("allow_unmeasured")),
+                                 show_progress=False)  # fmt: skip
+                    except _GalleryReopened:
+                        continue  # a dual-write reopened the gallery meanwhile: this chunk again, on it
                     now_done = store.backfill_state["done"]
                 elapsed = time.perf_counter() - started
                 self.items_per_second = (now_done - first_done) / elapsed if elapsed > 0 else None
@@ -450,10 +508,12 @@ class GalleryService:
 
         A gallery keeps its encoder's vector for every item and, during a backfill, the backfill model's: an added
         item gets both, so queries of the old and of the new model find it, and it counts as re-embedded. The
-        alias's standby (the rollback target) gets the item too, so a rollback loses nothing. Each gallery is
-        rewritten atomically; ids already present are skipped, so a retried write adds nothing twice.
+        alias's standby (the rollback target) gets the item too, so a rollback loses nothing. Each gallery's
+        append-only files take the items and its manifest commits them (a crash leaves all of a write or none),
+        then the open gallery takes them under its write lock: a write costs what it adds, not the gallery's size.
+        Ids already present are skipped, so a retried write adds nothing twice.
         """
-        from ..galleries.append import append_items
+        from ..galleries.append import StaleGalleryError, append_items
 
         if not items:
             raise ServingError("No items given.", 422)
@@ -479,16 +539,25 @@ class GalleryService:
 
         for target in targets:
             with target.mutation:  # read the gallery's state and write it with no backfill batch in between
-                store = target.store
-                state = store.backfill_state
-                new_store, added = append_items(
-                    store, vectors_of(store.encoder), [item["id"] for item in items],
-                    backfill_vectors=vectors_of(state["model"]) if state else None,
-                    labels=[item.get("label") for item in items], paths=[item.get("path") for item in items],
-                )  # fmt: skip
-                with target.rw.write():
-                    target.store = new_store
-            written[target.name] = {"added": added, "count": len(new_store)}
+                for attempt in (1, 2):
+                    store = target.store
+                    state = store.backfill_state
+                    try:
+                        _, added = append_items(
+                            store, vectors_of(store.encoder), [item["id"] for item in items],
+                            backfill_vectors=vectors_of(state["model"]) if state else None,
+                            labels=[item.get("label") for item in items], paths=[item.get("path") for item in items],
+                            swap=target.rw.write,
+                        )  # fmt: skip
+                        break
+                    except StaleGalleryError:
+                        if attempt == 2:
+                            raise
+                        # compacted (`bt2 gallery compact`) or written by another process: its files are the truth
+                        reopened = self.root.open_store(target.name)
+                        with target.rw.write():
+                            target.store = reopened
+            written[target.name] = {"added": added, "count": len(store)}
         return {"gallery": name, "written": written}
 
     # -- backfill jobs ---------------------------------------------------------------------------------------------------
@@ -670,7 +739,10 @@ def _vector(vector, config) -> np.ndarray:
         raise ServingError("'vector' must be a list of numbers.", 422) from None
     if queries.ndim != 1 or not len(queries):
         raise ServingError(f"'vector' must be one flat list of numbers, got shape {queries.shape}.", 422)
-    if not np.isfinite(queries).all() or not np.linalg.norm(queries) > 0:
+    # one dot product in float64 checks both: it is finite and positive exactly when every number is finite and one
+    # is not zero (no float32 value squared and summed overflows float64)
+    squared_norm = float(np.dot(queries, queries.astype(np.float64)))
+    if not 0.0 < squared_norm < math.inf:
         raise ServingError("'vector' must be finite and non-zero.", 422)
     width, prefix = int(config.embedding_dim), int(getattr(config, "compatible_dim", None) or config.embedding_dim)
     if len(queries) not in (width, prefix):

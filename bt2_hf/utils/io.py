@@ -23,7 +23,8 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,12 @@ def file_operation_done() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync_also: Sequence[str | os.PathLike] = ()) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename.
+
+    ``sync_also``: files whose content this write commits (e.g. rows appended to files that a manifest counts): they
+    are fsynced together with the temporary file (:func:`fsync_together`), all before the rename.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -61,7 +66,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if sync_also:
+                fsync_together([tmp, *sync_also])
+            else:
+                os.fsync(handle.fileno())
         file_operation_done()
         os.replace(tmp, path)
     except BaseException:
@@ -71,14 +79,37 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     file_operation_done()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str, sync_also: Sequence[str | os.PathLike] = ()) -> None:
     """Text version of :func:`atomic_write_bytes` (UTF-8)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), sync_also=sync_also)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
-    """Serialise ``obj`` as sorted, indented JSON and write it atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+_SYNC_POOL: ThreadPoolExecutor | None = None
+
+
+def fsync_together(paths: Sequence[str | os.PathLike]) -> None:
+    """fsync ``paths`` concurrently (threads): a disk takes them together. On the shared machine's disk three fsyncs
+    one after the other took 16 ms, together 2-5 ms."""
+    global _SYNC_POOL
+    if _SYNC_POOL is None:
+        _SYNC_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bt2-fsync")
+
+    def sync(path) -> None:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    for future in [_SYNC_POOL.submit(sync, path) for path in paths]:
+        future.result()
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2,
+                      sync_also: Sequence[str | os.PathLike] = ()) -> None:  # fmt: skip
+    """Serialise ``obj`` as sorted, indented JSON and write it atomically (``sync_also``: see
+    :func:`atomic_write_bytes`)."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n", sync_also=sync_also)
 
 
 # -- directories -------------------------------------------------------------------------------------------------------

@@ -84,3 +84,17 @@ def test_unrelated_model_is_refused_even_with_the_override_and_widths_are_checke
     assert verify_command("org/new", "org/old", "org/indep") == (
         "bt2 verify org/new --old org/old --data HELD_OUT_DATA --split test --independent org/indep"
     )
+
+
+def test_admission_to_dict_is_asdict_with_its_own_entry():
+    """The hand-written ``to_dict`` against ``dataclasses.asdict`` (every field, the entry copied)."""
+    import dataclasses
+
+    from bt2_hf.compatibility import Admission
+
+    entry = {"fingerprint": "sha256:" + "1" * 64, "metrics": {"top1": [70.0, 60.0]}}
+    admission = Admission(16, "measured", "q", "g", overridden=True, entry=entry, gallery_prefix_dim=8, evidence="e")
+    described = admission.to_dict()
+    assert described == dataclasses.asdict(admission)
+    described["entry"]["metrics"]["top1"].append(1.0)
+    assert entry["metrics"]["top1"] == [70.0, 60.0]

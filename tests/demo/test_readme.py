@@ -43,8 +43,8 @@ def test_the_python_block_runs(workdir):
 def test_the_gallery_story_runs_as_printed(workdir):
     (story,) = [b for b in _blocks("bash") if "bt2 gallery admit" in b]
     commands = [line for line in story.replace("\\\n", " ").splitlines() if line.startswith("bt2 ")]
-    assert [c.split()[1] for c in commands] == ["embed", "index", "gallery", "gallery", "gallery", "index",
-                                                 "backfill", "index", "index"]  # fmt: skip
+    assert [c.split()[1] for c in commands] == ["embed", "index", "gallery", "gallery", "gallery", "gallery",
+                                                 "index", "backfill", "index", "index"]  # fmt: skip
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "FMNIST": str(workdir / "fashion-mnist"), "OMP_NUM_THREADS": "1",
            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}  # fmt: skip

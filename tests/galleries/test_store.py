@@ -109,3 +109,59 @@ def test_gallery_from_embedding_directory_keeps_vectors(saved_models, idx_dir, t
     gallery = FaissGallery.from_embeddings(tmp_path / "g", embeddings)
     np.testing.assert_allclose(np.asarray(gallery.vectors), embeddings.vectors(), atol=1e-6)
     assert gallery.ids_of(np.arange(3)) == [0, 1, 2] and gallery.manifest["dtype"] == "float32"
+
+
+def test_a_kept_admission_follows_the_config_and_the_manifest(tmp_path):
+    """Admissions are kept between searches; a config changed in place, or a new policy, is decided again."""
+    from bt2_hf.compatibility import AdmissionPolicy
+
+    vectors = clustered(200)
+    gallery = FaissGallery.build(tmp_path / "g", vectors, encoder=ENCODER)
+    new = Config("sha256:" + "b" * 64, 24, [{"fingerprint": OLD, "embedding_dim": 16, "name_or_path": "org/old"}])
+    first = gallery.admit(new, allow_unmeasured=True)
+    assert first.prefix_dim == 16 and first.overridden
+    assert gallery.admit(new, allow_unmeasured=True) is first  # kept
+    with pytest.raises(IncompatibleModelsError):
+        gallery.admit(new)  # another question (no override): decided, and refused
+    new.compatible_with[0]["embedding_dim"] = 12  # the same list, edited in place: a width the gallery does not hold
+    with pytest.raises(IncompatibleModelsError, match="at 12 dims"):
+        gallery.admit(new, allow_unmeasured=True)
+    new.compatible_with.clear()
+    with pytest.raises(IncompatibleModelsError):
+        gallery.admit(new, allow_unmeasured=True)
+    new.compatible_with.append({"fingerprint": OLD, "embedding_dim": 16, "name_or_path": "org/old"})
+    assert gallery.admit(new, allow_unmeasured=True).prefix_dim == 16
+    gallery.set_policy(AdmissionPolicy(require_gate=True))  # the owner's word changes the manifest
+    with pytest.raises(IncompatibleModelsError):
+        gallery.admit(new, allow_unmeasured=True)
+
+
+def test_one_query_sort_matches_the_general_sort_with_ties_and_missing_rows():
+    """The served single-query path of the candidates' sort against the full lexsort, on ties and -1 rows."""
+    from bt2_hf.galleries.faiss_store import _sort
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        width = int(rng.integers(1, 40))
+        scores = rng.integers(0, 5, size=(1, width)).astype(np.float32)  # many ties
+        rows = rng.permutation(1000)[:width][None, :].astype(np.int64)
+        rows[0, rng.random(width) < 0.2] = -1
+        depth = int(rng.integers(1, width + 1))
+        # reference: every candidate sorted by (-score, row), -1 rows (score -inf) last
+        keyed = [(-(s if r >= 0 else -np.inf), r if r >= 0 else 10**18, s if r >= 0 else -np.inf, r)
+                 for s, r in zip(scores[0], rows[0])]  # fmt: skip
+        expected = sorted(keyed)[:depth]
+        got_scores, got_rows = _sort(scores, rows, depth)
+        assert got_rows[0].tolist() == [item[3] for item in expected], trial
+        assert got_scores[0].tolist() == [item[2] for item in expected], trial
+
+
+def test_a_search_setting_applies_to_its_own_search_only(tmp_path):
+    """nprobe given to one search does not stay on the index for the next (settings travel with each search)."""
+    vectors = clustered(4000, clusters=200)
+    gallery = FaissGallery.build(tmp_path / "g", vectors, encoder=ENCODER, index_type="ivf", nlist=64)
+    queries = clustered(50, clusters=200, seed=3)
+    before = gallery.search_encoder_space(queries, 10)[1]
+    narrow = gallery.search_encoder_space(queries, 10, nprobe=1)[1]
+    assert (narrow != before).any()  # one list of 64 misses neighbours the manifest's nprobe finds
+    assert (gallery.search_encoder_space(queries, 10)[1] == before).all()

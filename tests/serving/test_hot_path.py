@@ -46,6 +46,7 @@ def test_vector_answers_are_the_services_own_on_the_loop_and_in_threads(service,
         (b'{"gallery": "products", "k": 0, "vector": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]}', 422, "k must be"),
         (b'{"gallery": "products", "vector": [0.1, 0.1, 0.1]}', 422, "3 numbers"),
         (b'{"gallery": "products", "vector": [0, 0, 0, 0, 0, 0, 0, 0]}', 422, "non-zero"),
+        (b'{"gallery": "products", "vector": [1e39, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]}', 422, "finite"),  # > float32
         (b'{"gallery": "products", "image_base64": "not base64!"}', 422, "not valid base64"),
         (b'{"gallery": "products"}', 422, "exactly one query"),
         (b'{"gallery": "nowhere", "vector": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]}', 404, "nowhere"),
@@ -58,6 +59,14 @@ def test_refusals_keep_their_status_and_message(service, body, status, words):
         answer = client.post("/search", content=body, headers={"content-type": "application/json"})
         assert answer.status_code == status, answer.text
         assert words in json.dumps(answer.json()["detail"]), answer.text
+
+
+def test_a_vector_of_large_finite_numbers_is_searched(service):
+    """Squared, 1e30 overflows float32 but not the float64 check: it is a valid (if odd) query direction."""
+    client = TestClient(create_app(service, token=TOKEN))
+    answer = client.post("/search", json={"gallery": "products", "vector": [1e30] + [0.0] * 7, "k": 3})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["hits"]) == 3
 
 
 def test_closed_reads_need_the_token_on_the_hot_path(service):
