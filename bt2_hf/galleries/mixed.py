@@ -29,6 +29,18 @@ every other query, and every query while fewer than ``MIN_CALIBRATION_ITEMS`` it
 rule. The gate is what keeps it above new→old on a priority order (a neighbourhood the backfill has not reached
 yet would otherwise be outranked by atypical re-embedded items); on the demo's test split it gains little over the
 slot rule (``benchmarks/README.md``), which is why it is not the default.
+
+The ``"compatible"`` rule (selectable): the positions are decided in the compatible space by each item's best
+vector there, the slots are filled as above. An item not yet re-embedded is scored by its encoder vector's cosine
+with the query's compatible prefix; a re-embedded item by the cosine between the same prefix and its new vector's
+compatible block (the first ``d_old`` dims of the new embedding, re-normalised), which the new model was trained to
+keep in the encoder's space; one sort of both; then the positions held by re-embedded items are filled, best first,
+by the re-embedded items ranked by full new/new score. β = 0 is new→old, β = 1 is new/new. It rises as fast as
+naive scoring on a random order, but it is safe only while the re-embedded items are a uniform sample of the gallery:
+when the backfill starts with the atypical items, those win positions they do not deserve (far below new→old on the
+demo's centroid-distance order). :func:`search_gallery` therefore applies it only to a gallery whose backfill runs in
+``"random"`` order, and ranks any other by the slot rule (the result's ``rule`` says which ranked); the evaluation
+functions rank by the rule as defined, whatever the order.
 """
 
 from __future__ import annotations
@@ -41,7 +53,7 @@ import numpy as np
 from ..compatibility import IncompatibleModelsError, admit_to_gallery, compatible_prefix
 from .calibration import calibration_sample, standardise_queries
 
-RULES = ("calibrated", "slots", "naive")
+RULES = ("calibrated", "slots", "naive", "compatible")
 DEFAULT_RULE = "slots"
 # The calibrated rule measures each query's spread over re-embedded items: below this many, the slot rule ranks.
 MIN_CALIBRATION_ITEMS = 50
@@ -51,6 +63,10 @@ MIN_CALIBRATION_ITEMS = 50
 NEIGHBOURHOOD = 20
 GATE = 1.2
 DEFAULT_DEPTH = 100
+# The only backfill order whose re-embedded items are a uniform sample: the one the "compatible" rule ranks.
+UNIFORM_ORDER = "random"
+# Rows read at a time by the exact scans (shared-prefix queries, the compatible blocks of re-embedded items).
+SCAN_CHUNK = 65536
 
 
 @dataclass
@@ -157,9 +173,30 @@ def fill_slots(
 def prefix_scan(store, queries: np.ndarray, prefix_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top ``k`` rows by cosine between unit ``queries`` and the gallery vectors' first ``prefix_dim`` dims
     (re-normalised), read a chunk at a time; ``(scores, rows)``, best first, -1 pads."""
+    return _scan(queries, store.iter_vectors(), prefix_dim, k)
+
+
+def compatible_block_scan(store, queries: np.ndarray, prefix_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top ``k`` re-embedded rows by cosine between unit ``queries`` and the compatible block of their new
+    vectors (the first ``prefix_dim`` dims, re-normalised), read a chunk at a time; ``(scores, rows)``, best first,
+    -1 pads.
+
+    A scan rather than a search of the backfill index: that index holds whole new vectors, whose compatible blocks
+    have unequal norms, so an inner product over them would not rank by this cosine.
+    """
+    done = int(store.backfill_state["done"]) if store.backfill_state else 0
+    rows_done = np.asarray(store.backfill_order()[:done], dtype=np.int64) if done else np.zeros(0, np.int64)
+    chunks = ((rows, store.backfill_vectors(rows)) for rows in
+              (rows_done[start:start + SCAN_CHUNK] for start in range(0, done, SCAN_CHUNK)))  # fmt: skip
+    return _scan(queries, chunks, prefix_dim, k)
+
+
+def _scan(queries: np.ndarray, chunks, prefix_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` of ``(rows, vectors)`` chunks by cosine with unit ``queries`` on the vectors' first ``prefix_dim``
+    dims (re-normalised); ties go to the lowest row."""
     best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_rows = np.full((len(queries), 0), -1, dtype=np.int64)
-    for rows, vectors in store.iter_vectors():
+    for rows, vectors in chunks:
         scores = queries @ _unit(vectors[:, :prefix_dim]).T
         best_scores = np.concatenate([best_scores, scores], axis=1)
         best_rows = np.concatenate([best_rows, np.broadcast_to(rows, scores.shape)], axis=1)
@@ -195,10 +232,11 @@ def search_gallery(
         k (`int`, *optional*, defaults to `10`): neighbours per query.
         query_config (`BT2Config`): the query model's config (``fingerprint``, ``embedding_dim``, ``compatible_with``).
         check_compatibility (`bool`, *optional*, defaults to `True`): `False` compares the first ``d`` dims unchecked.
-        rule (`str`, *optional*, defaults to `"calibrated"`): how a partly backfilled gallery is ranked (see the module
-            docstring): ``"calibrated"``, ``"slots"``, or ``"naive"`` (the encoder-space top ``depth`` re-scored,
-            re-embedded items by new/new and the others by new/old, in one sort: shown for comparison only; it mixes
-            the two scales). The result's ``rule`` says which ranked.
+        rule (`str`, *optional*, defaults to `"slots"`): how a partly backfilled gallery is ranked (see the module
+            docstring): ``"slots"``, ``"calibrated"``, ``"compatible"`` (applied in a random-order backfill only), or
+            ``"naive"`` (the encoder-space top ``depth`` re-scored, re-embedded items by new/new and the others by
+            new/old, in one sort: shown for comparison only; it mixes the two scales). The result's ``rule`` says which
+            ranked.
         depth (`int`, *optional*): candidates the ``"naive"`` rule re-scores (default: 100, at least ``k``).
         allow_unmeasured (`bool`, *optional*, defaults to `False`): admit a query model whose compatibility with the
             gallery's encoder is declared but not measured (`bt2 verify` measures it).
@@ -260,6 +298,18 @@ def search_gallery(
             new_prefix = None  # e.g. the old model itself: it searches the encoder's vectors only
     if new_prefix and rule == "calibrated" and state["done"] < MIN_CALIBRATION_ITEMS:
         rule = "slots"  # too few re-embedded items to measure a spread: the slot rule ranks meanwhile
+    if new_prefix and rule == "compatible" and not _ranks_compatible(state, prefix, store.dimension):
+        rule = "slots"
+    if new_prefix and rule == "compatible":
+        rows, scores, backfilled = _merge_compatible(store, _unit(queries[:, :prefix]), k, search_params)
+        new_scores = np.full(rows.shape, np.nan, dtype=np.float32)
+        if backfilled.any():
+            backfill_scores, backfill_rows = store.search_backfilled(_unit(queries[:, :new_prefix]),
+                                                                     int(backfilled.sum(1).max()))  # fmt: skip
+            rows, new_scores = fill_slots(rows, backfilled, backfill_rows, backfill_scores)
+        ids = [store.ids_of(row[row >= 0]) for row in rows]
+        return _described(store, rows, ids, scores, backfilled, new_scores, prefix,
+                          admission.to_dict() if admission else None, rule)  # fmt: skip
     if new_prefix and rule == "calibrated":
         prefix_queries, new_queries = _unit(queries[:, :prefix]), _unit(queries[:, :new_prefix])
         sample = calibration_sample(store.backfill_order()[: state["done"]])
@@ -317,6 +367,55 @@ def _slots_search(store, queries: np.ndarray, prefix: int, new_prefix: int | Non
             backfill_scores, backfill_rows = store.search_backfilled(new_queries, int(backfilled.sum(1).max()))
             rows, new_scores = fill_slots(rows, backfilled, backfill_rows, backfill_scores)
     return rows, scores.astype(np.float32), backfilled, new_scores
+
+
+def _ranks_compatible(state: dict, prefix: int, encoder_dim: int) -> bool:
+    """Whether the ``"compatible"`` rule may rank this backfill: its order is a uniform sample (a priority order
+    re-embeds the atypical items first, and they would win positions they do not deserve), and the backfill model's
+    compatible block is the encoder's width, the one the query's prefix is compared on."""
+    compatible_dim = state["model"].get("compatible_dim")
+    return state.get("order") == UNIFORM_ORDER and prefix == encoder_dim and compatible_dim == encoder_dim
+
+
+def _merge_compatible(
+    store, prefix_queries: np.ndarray, k: int, search_params: dict
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``"compatible"`` rule's positions: items not re-embedded by their encoder-space cosine, re-embedded items
+    by their new vector's compatible-block cosine, in one sort; ``(rows, scores, backfilled)``, before the slots are
+    filled.
+
+    The re-embedded candidates come from an exact scan of their compatible blocks (``k`` deep), the others from the
+    encoder-space search (re-embedded rows skipped there). A query is finished when its ``k``-th merged score is at
+    least the last encoder-space score seen; the others are searched again, four times deeper, so the positions are
+    exact whenever the encoder-space search is.
+    """
+    count, queries = len(store), len(prefix_queries)
+    compatible_scores, compatible_rows = compatible_block_scan(store, prefix_queries, store.dimension, k)
+    rows = np.full((queries, k), -1, dtype=np.int64)
+    scores = np.full((queries, k), -np.inf, dtype=np.float32)
+    backfilled = np.zeros((queries, k), dtype=bool)
+    pending, depth = np.arange(queries), min(count, max(2 * k, DEFAULT_DEPTH))
+    while pending.size:
+        encoder_scores, encoder_rows = store.search_encoder_space(prefix_queries[pending], depth, **search_params)
+        valid = encoder_rows >= 0
+        is_new = np.zeros(encoder_rows.shape, dtype=bool)
+        is_new[valid] = store.backfilled(encoder_rows[valid])
+        old_scores = np.where(valid & ~is_new, encoder_scores, -np.inf).astype(np.float32)
+        candidate_rows = np.concatenate([encoder_rows, compatible_rows[pending]], axis=1)
+        candidate_scores = np.concatenate([old_scores, compatible_scores[pending]], axis=1)
+        candidate_new = np.concatenate([np.zeros(encoder_rows.shape, bool), compatible_rows[pending] >= 0], axis=1)
+        order = np.argsort(-candidate_scores, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(candidate_scores, order, 1)
+        last_seen = np.where(valid[:, -1], encoder_scores[:, -1], -np.inf)
+        finished = (depth >= count) | ~valid[:, -1] | (top[:, -1] >= last_seen)
+        done = pending[finished]
+        rows[done] = np.take_along_axis(candidate_rows, order, 1)[finished]
+        scores[done] = top[finished]
+        backfilled[done] = np.take_along_axis(candidate_new, order, 1)[finished]
+        pending, depth = pending[~finished], min(count, depth * 4)
+    missing = ~np.isfinite(scores)
+    rows[missing], backfilled[missing] = -1, False
+    return rows, scores, backfilled
 
 
 def _subset(calibration, queries: np.ndarray):
@@ -378,6 +477,39 @@ def _covered(old_scores: np.ndarray, use_new: np.ndarray, same_items: bool) -> n
     return use_new[neighbours].mean(axis=1) >= GATE * use_new.mean()
 
 
+def _compatible_top1(old_scores, compatible_scores, new_scores, use_new: np.ndarray) -> np.ndarray:
+    """The ``"compatible"`` rule's top-1 from full score rows (one per query): the first position of the one sort of
+    encoder-space cosines (items not re-embedded) and compatible-block cosines (re-embedded items); when a
+    re-embedded item holds it, the best re-embedded item by new/new score. Ties go to the lowest row."""
+    first = np.argmax(np.where(use_new[None, :], compatible_scores, old_scores), axis=1)
+    if not use_new.any():
+        return first
+    best_new = np.argmax(np.where(use_new[None, :], new_scores, -np.inf), axis=1)
+    return np.where(use_new[first], best_new, first)
+
+
+def _compatible_top1_from_candidates(old_side, compatible_side, new_side, backfill_rank, count) -> np.ndarray:
+    """:func:`_compatible_top1` from each query's best candidates by encoder-space, compatible-block and new/new
+    score (best first); -1 where the candidates cannot decide (a side needed is missing from them)."""
+    (old_top, old_top_scores, old_is_new), (compatible_top, compatible_top_scores) = old_side, compatible_side
+    new_top, first_new, has_new = new_side
+    rows = np.arange(len(old_top))
+    first_old = np.argmax(~old_is_new, axis=1)  # the best item not re-embedded, by new → old
+    has_old = ~old_is_new[rows, first_old]
+    compatible_is_new = backfill_rank[compatible_top] < count
+    first_compatible = np.argmax(compatible_is_new, axis=1)  # the best re-embedded item, by compatible block
+    has_compatible = compatible_is_new[rows, first_compatible]
+    old_choice, compatible_choice = old_top[rows, first_old], compatible_top[rows, first_compatible]
+    old_value = np.where(has_old, old_top_scores[rows, first_old], -np.inf)
+    compatible_value = np.where(has_compatible, compatible_top_scores[rows, first_compatible], -np.inf)
+    take_new = (compatible_value > old_value) | ((compatible_value == old_value) & (compatible_choice < old_choice))
+    best = np.where(take_new, new_top[rows, first_new], old_choice)
+    num_items = len(backfill_rank)
+    unresolved = (~has_compatible & (count > 0)) | (~has_old & (count < num_items)) | (take_new & ~has_new)
+    best[unresolved] = -1
+    return best
+
+
 def _standardiser(prefix_queries, new_queries, old_gallery, new_gallery, sample, query_items=None):
     """The ``"calibrated"`` rule's per-query map over ``sample`` (unit galleries; ``query_items``: each query's own
     gallery row when the queries are the gallery items, left out of its statistics)."""
@@ -414,18 +546,23 @@ def top1_under_rule(
     gallery_labels = np.asarray(query_labels if same_items else gallery_labels)
     query_labels = np.asarray(query_labels)
     prefix_queries, full_queries = _unit(queries[:, :prefix_dim]), _unit(queries)
+    compatible_gallery = _unit(new_gallery[:, :prefix_dim]) if "compatible" in rules else None
     correct = dict.fromkeys(rules, 0)
     sample = calibration_sample(np.flatnonzero(use_new))
     for start in range(0, len(queries), chunk):
         stop = min(len(queries), start + chunk)
         old_scores = prefix_queries[start:stop] @ old_gallery.T
         new_scores = full_queries[start:stop] @ new_gallery.T
+        compatible_scores = None if compatible_gallery is None else prefix_queries[start:stop] @ compatible_gallery.T
         if same_items:
-            old_scores[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-            new_scores[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+            for scores in (old_scores, new_scores, compatible_scores):
+                if scores is not None:
+                    scores[np.arange(stop - start), np.arange(start, stop)] = -np.inf
         for name in rules:
             if name == "naive":
                 best = np.argmax(np.where(use_new[None, :], new_scores, old_scores), axis=1)
+            elif name == "compatible":
+                best = _compatible_top1(old_scores, compatible_scores, new_scores, use_new)
             else:
                 # Top-1 slot: new→old's best item, replaced by new/new's best re-embedded item when it is re-embedded.
                 best = np.argmax(old_scores, axis=1)
@@ -452,6 +589,7 @@ def top_k_under_rule(
     k: int,
     *,
     rule: str = DEFAULT_RULE,
+    compatible_gallery: np.ndarray | None = None,
     chunk: int = 512,
 ) -> np.ndarray:
     """Each query's first ``k`` gallery rows under a rule, for a gallery whose ``use_new`` items are re-embedded.
@@ -460,7 +598,8 @@ def top_k_under_rule(
     top-``k`` metric. The query's old-space side is given whole rather than as a prefix, so it may be a compatible
     prefix or a post-hoc adapter's output. ``"slots"`` and ``"calibrated"`` rank as :func:`search_gallery` does on a
     flat gallery; ``"naive"`` sorts every item (new/new cosine if re-embedded, new → old otherwise) rather than the
-    encoder space's top ``depth``. Ties go to the lowest gallery row.
+    encoder space's top ``depth``; ``"compatible"`` ranks as :func:`search_gallery` does in a random-order backfill,
+    whatever ``use_new`` is. Ties go to the lowest gallery row.
 
     Args:
         old_space_queries (`np.ndarray` of shape `(n, d_old)`): the queries in the gallery encoder's space.
@@ -470,6 +609,9 @@ def top_k_under_rule(
         use_new (`np.ndarray` of `bool`, shape `(N,)`): which items are re-embedded.
         k (`int`): rows per query (at most ``N``).
         rule (`str`, *optional*, defaults to `"slots"`): one of ``RULES``.
+        compatible_gallery (`np.ndarray` of shape `(N, d_old)`, *optional*): the ``"compatible"`` rule's vectors of
+            the re-embedded items in the encoder's space (default: the first ``d_old`` dims of ``new_gallery``, a BT²
+            model's compatible block; give e.g. an adapter's output for a post-hoc pair).
 
     Returns:
         `np.ndarray` of int64, shape `(n, k)`.
@@ -485,6 +627,11 @@ def top_k_under_rule(
         raise ValueError(f"{len(old_space_queries)} old-space queries but {len(new_queries)} new queries.")
     k = min(k, len(old_gallery))
     sample = calibration_sample(np.flatnonzero(use_new))
+    if rule == "compatible":
+        compatible_gallery = _unit(new_gallery[:, : old_space_queries.shape[1]] if compatible_gallery is None
+                                   else compatible_gallery)  # fmt: skip
+        if compatible_gallery.shape != old_gallery.shape:
+            raise ValueError(f"compatible_gallery must be {old_gallery.shape}, got {compatible_gallery.shape}.")
 
     def best_first(scores: np.ndarray) -> np.ndarray:  # stable: equal scores keep the lower row first
         return np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -497,7 +644,11 @@ def top_k_under_rule(
         if rule == "naive":
             out[start:stop] = best_first(np.where(use_new[None, :], new_scores, old_scores))
             continue
-        rows = best_first(old_scores)
+        if rule == "compatible":  # positions by the one sort of encoder-space and compatible-block cosines
+            compatible_scores = old_space_queries[start:stop] @ compatible_gallery.T
+            rows = best_first(np.where(use_new[None, :], compatible_scores, old_scores))
+        else:
+            rows = best_first(old_scores)
         if use_new.any():
             backfill_scores = np.where(use_new[None, :], new_scores, -np.inf)
             backfill_rows = best_first(backfill_scores)
@@ -543,6 +694,7 @@ def top1_along_backfill(
     backfill_rank = np.full(num_items, num_items, dtype=np.int64)  # item j is re-embedded when its rank < count
     backfill_rank[np.asarray(order)] = np.arange(len(order))
     prefix_queries, full_queries = _unit(queries[:, :prefix_dim]), _unit(queries)
+    compatible_gallery = _unit(new_gallery[:, :prefix_dim]) if "compatible" in rules else None
     depth = min(candidates, num_items)
     correct = {rule: np.zeros(len(counts), dtype=np.int64) for rule in rules}
     # Each state's calibration sample, drawn as a gallery in that state draws it: from its re-embedded items.
@@ -565,6 +717,12 @@ def top1_along_backfill(
         old_top, new_top = best_first(old_scores), best_first(new_scores)
         old_top_scores = np.take_along_axis(old_scores, old_top, 1)
         new_top_scores = np.take_along_axis(new_scores, new_top, 1)
+        if compatible_gallery is not None:
+            compatible_scores = prefix_queries[start:stop] @ compatible_gallery.T
+            if same_items:
+                compatible_scores[rows, np.arange(start, stop)] = -np.inf
+            compatible_top = best_first(compatible_scores)
+            compatible_top_scores = np.take_along_axis(compatible_scores, compatible_top, 1)
         expected = query_labels[start:stop]
         for position, count in enumerate(counts):
             calibration = None
@@ -578,6 +736,16 @@ def top1_along_backfill(
             has_new = new_is_new[rows, first_new]
             use_new = backfill_rank < count
             for rule in rules:
+                if rule == "compatible":
+                    best = _compatible_top1_from_candidates(
+                        (old_top, old_top_scores, old_is_new), (compatible_top, compatible_top_scores),
+                        (new_top, first_new, has_new), backfill_rank, count)  # fmt: skip
+                    unresolved = best < 0
+                    for row in np.flatnonzero(unresolved):  # rare: score the query against every item
+                        best[row] = _compatible_top1(old_scores[row][None], compatible_scores[row][None],
+                                                     new_scores[row][None], use_new)[0]  # fmt: skip
+                    correct[rule][position] += int((gallery_labels[best] == expected).sum())
+                    continue
                 # The slot rule's choice (also the calibrated rule's for the queries it leaves to the slots).
                 best = old_top[:, 0].copy()
                 swap = old_is_new[:, 0]
