@@ -44,8 +44,9 @@ priority order re-embeds first, and without the margin those win positions they 
 new→old on the demo's centroid-distance order). Measured (``benchmarks/README.md``): on the validation splits of
 the demo and of the text upgrade it rises about as fast as naive scoring on a random order and stays above new→old on
 every order at β = 0.1, 0.2, …; but it dips below new→old (by up to 0.9 point) while fewer than 5 % of the items are
-re-embedded, and with an earlier demo model whose compatible block is less aligned it falls 5.7 points below on the
-centroid-distance order, where the slot rule never does: hence not the default. The search scans the re-embedded
+re-embedded, and on the demo's test split it falls 2.7 points below on the centroid-distance order (5.7 with an
+earlier demo model), where the slot rule never does: the margin chosen on validation does not carry over, hence not
+the default. The search scans the re-embedded
 items' compatible blocks exactly (:func:`compatible_block_scan`): its cost grows with the number re-embedded.
 """
 
