@@ -200,3 +200,23 @@ def test_top1_helpers_equal_the_reference(same_items):
         assert fast["compatible"][position] == pytest.approx(expected), count
         assert top1_under_rule(gallery_old, gallery_new, queries, 8, use_new, query_labels, gallery_labels,
                                rule="compatible") == pytest.approx(expected), count  # fmt: skip
+
+
+def test_index_search_cli_takes_the_compatible_rule(tmp_path, capsys):
+    import json
+
+    from bt2_hf.cli.index import main as index_main
+
+    old, new, _ = compatible_pair(count=240, seed=9)
+    backfilled_faiss(tmp_path / "g", old[:200], new[:200], np.arange(120))
+    np.save(tmp_path / "queries.npy", new[200:205])
+    config = {"model_type": "bt2", "fingerprint": NEW_CONFIG.fingerprint, "embedding_dim": 12, "name_or_path": "bbb",
+              "compatible_with": NEW_CONFIG.compatible_with}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert index_main(["search", "--index", str(tmp_path / "g"), "--queries", str(tmp_path / "queries.npy"),
+                       "--query_config", str(tmp_path / "config.json"), "-k", "3", "--allow_unmeasured", "--rule",
+                       "compatible"]) == 0  # fmt: skip
+    output = json.loads(capsys.readouterr().out)
+    expected = search(FaissGallery.open(tmp_path / "g"), new[200:205], 3)
+    assert output["rule"] == "compatible"
+    assert [[hit["row"] for hit in query["items"]] for query in output["results"]] == expected.rows.tolist()
