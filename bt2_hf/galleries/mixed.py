@@ -30,24 +30,24 @@ rule. The gate is what keeps it above new→old on a priority order (a neighbour
 yet would otherwise be outranked by atypical re-embedded items); on the demo's test split it gains little over the
 slot rule (``benchmarks/README.md``), which is why it is not the default.
 
-The ``"compatible"`` rule (selectable; not the default): the positions are decided in the compatible space, the
-slots are filled as above. An item not yet re-embedded is scored by its encoder-space cosine; a re-embedded item by
-the larger of its encoder-space cosine and its promoted score: the cosine between the query's prefix and the item's
-new compatible block (the first ``d_old`` dims of its new embedding, re-normalised, which the new model was trained
-to keep in the encoder's space) minus a per-query margin, ``MARGIN_SPREADS`` times the gap between the query's best
-and ``SPREAD_RANK``-th best encoder-space cosines (a margin in units of the query's own spread, so that one setting
-serves cosines of any scale); one sort; then the positions held by re-embedded items are filled, best first, by the
-re-embedded items ranked by full new/new score. β = 0 is new→old, β = 1 is new/new. A re-embedded item never ranks
-below its slot-rule position, and rises above it only when its new compatible block beats an old item's cosine by
-the margin: new/new compatible-block cosines run higher than new→old ones, most of all for the atypical items a
-priority order re-embeds first, and without the margin those win positions they do not deserve (9 points below
-new→old on the demo's centroid-distance order). Measured (``benchmarks/README.md``): on the validation splits of
-the demo and of the text upgrade it rises about as fast as naive scoring on a random order and stays above new→old on
-every order at β = 0.1, 0.2, …; but it dips below new→old (by up to 0.9 point) while fewer than 5 % of the items are
-re-embedded, and on the demo's test split it falls 2.7 points below on the centroid-distance order (5.7 with an
-earlier demo model), where the slot rule never does: the margin chosen on validation does not carry over, hence not
-the default. The search scans the re-embedded
-items' compatible blocks exactly (:func:`compatible_block_scan`): its cost grows with the number re-embedded.
+The ``"compatible"`` rule (selectable; not the default): the positions are decided in the compatible space, the slots
+are filled as above. An item not yet re-embedded is scored by its encoder-space cosine; a re-embedded item by the
+larger of its encoder-space cosine and its promoted score: the cosine between the query's prefix and the item's new
+compatible block (the first ``d_old`` dims of its new embedding, re-normalised, which the new model was trained to keep
+in the encoder's space) minus a per-query margin, ``MARGIN_SPREADS`` times the gap between the query's best and
+``SPREAD_RANK``-th best encoder-space cosines (a margin in units of the query's own spread, so that one setting serves
+cosines of any scale); one sort; then the positions held by re-embedded items are filled, best first, by the
+re-embedded items ranked by full new/new score. β = 0 is new→old, β = 1 is new/new. A re-embedded item's score is never
+below the one the slot rule gives it, and passes an old item's only when its new compatible block beats that item's
+cosine by the margin: new/new compatible-block cosines run higher than new→old ones, most of all for the atypical items
+a priority order re-embeds first, and without the margin those win positions they do not deserve (9 points below
+new→old on the demo's centroid-distance order). Measured (``benchmarks/README.md``): on the validation splits of the
+demo and of the text upgrade it rises about as fast as naive scoring on a random order and stays above new→old on every
+order at β = 0.1, 0.2, …; but it dips below new→old (by up to 0.9 point) while fewer than 5 % of the items are
+re-embedded, and on the demo's test split it falls 2.7 points below on the centroid-distance order (5.7 with an earlier
+demo model), where the slot rule never does: the margin chosen on validation does not carry over, hence not the
+default. The search scans the re-embedded items' compatible blocks exactly (:func:`compatible_block_scan`): its cost
+grows with the number re-embedded.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ class GallerySearchResult:
             the check was skipped.
         labels (`list[list]`, *optional*): each hit's class name (or id), when the gallery stores labels.
         paths (`list[list]`, *optional*): each hit's file path or dataset row, when the gallery stores them.
-        rule (`str`, *optional*): what ranked the hits: ``"calibrated"``, ``"slots"`` or ``"naive"`` over a
-            partly backfilled gallery, ``"encoder"`` (the encoder's space only: no backfill the query may use),
+        rule (`str`, *optional*): what ranked the hits: ``"calibrated"``, ``"slots"``, ``"compatible"`` or
+            ``"naive"`` over a partly backfilled gallery, ``"encoder"`` (the encoder's space only: no backfill the query may use),
             ``"shared-prefix"`` (an exact scan on a prefix shared with the gallery's vectors).
     """
 
