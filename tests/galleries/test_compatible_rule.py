@@ -220,3 +220,22 @@ def test_index_search_cli_takes_the_compatible_rule(tmp_path, capsys):
     expected = search(FaissGallery.open(tmp_path / "g"), new[200:205], 3)
     assert output["rule"] == "compatible"
     assert [[hit["row"] for hit in query["items"]] for query in output["results"]] == expected.rows.tolist()
+
+
+def test_the_exact_scans_equal_brute_force(tmp_path):
+    from bt2_hf.galleries.mixed import compatible_block_scan, prefix_scan
+
+    old, new, _ = compatible_pair(count=330, seed=10)
+    rows = np.sort(np.random.default_rng(5).permutation(300)[:90])
+    gallery = backfilled_faiss(tmp_path / "g", old[:300], new[:300], rows)
+    queries = unit(new[300:, :8]).astype(np.float32)
+    scores, found = prefix_scan(gallery, unit(queries[:, :5]).astype(np.float32), 5, 7)  # a shared 5-d prefix
+    brute = unit(queries[:, :5]) @ unit(old[:300, :5]).T
+    np.testing.assert_array_equal(found, np.argsort(-brute, axis=1)[:, :7])
+    np.testing.assert_allclose(scores, -np.sort(-brute, axis=1)[:, :7], atol=1e-5)
+    scores, found = compatible_block_scan(gallery, queries, 8, 7)  # the re-embedded rows' compatible blocks only
+    brute = unit(queries) @ unit(new[rows, :8]).T
+    np.testing.assert_array_equal(found, rows[np.argsort(-brute, axis=1)[:, :7]])
+    np.testing.assert_allclose(scores, -np.sort(-brute, axis=1)[:, :7], atol=1e-5)
+    padded_scores, padded = compatible_block_scan(gallery, queries, 8, 100)  # deeper than the 90 re-embedded: pads
+    assert (padded[:, 90:] == -1).all() and np.isneginf(padded_scores[:, 90:]).all()
