@@ -1,4 +1,4 @@
-"""Backfill curves of a real old/new pair under the galleries' three mixed-gallery rules, side by side.
+"""Backfill curves of a real old/new pair under the mixed-gallery rules, side by side.
 
     python benchmarks/backfill_curves.py --old out/models/old --new out/models/bt2 [--split test] [--output c.json]
     python benchmarks/backfill_curves.py --old val/models/old --new val/models/bt2 --split validation   # choosing
@@ -7,7 +7,8 @@ Queries = gallery = the Fashion-MNIST test split, leave-one-out (the demo's prot
 the validation split that ``bt2 demo --validation`` carves from the training split (the one to choose settings on:
 run it with that run's models). For each order (``random``; ``centroid-distance``, the demo's priority order: items
 farthest from their class centroid first) and each rule of :mod:`bt2_hf.galleries.mixed` (``calibrated``;
-``slots``, the galleries' default; ``naive``: new/new and new/old cosines in one sort), prints top-1 at β = 0,
+``slots``, the galleries' default; ``naive``: new/new and new/old cosines in one sort; ``compatible``, ranked as
+defined on both orders although the galleries apply it to random orders only), prints top-1 at β = 0,
 0.1, …, 1, the area along β and the least margin over new → old (β = 0), as a table; ``--plot`` writes the curves
 as a PNG.
 """
@@ -43,7 +44,12 @@ def plot(results: dict, path: Path, new_to_old: float, new_to_new: float) -> Non
     import matplotlib.pyplot as plt
 
     figure, panels = plt.subplots(1, len(ORDERS), figsize=(11, 4.2), sharey=True)
-    styles = {"calibrated": ("#2ca02c", "-", "o"), "slots": ("#1f77b4", "-", "s"), "naive": ("#d62728", "--", ".")}
+    styles = {
+        "calibrated": ("#2ca02c", "-", "o"),
+        "slots": ("#1f77b4", "-", "s"),
+        "naive": ("#d62728", "--", "."),
+        "compatible": ("#9467bd", "-", "^"),
+    }
     for axes, order in zip(panels, ORDERS):
         for rule, (colour, line, marker) in styles.items():
             curve = results.get(f"{order}/{rule}")
@@ -58,7 +64,7 @@ def plot(results: dict, path: Path, new_to_old: float, new_to_new: float) -> Non
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
     panels[0].set_ylabel("top-1 (%)")
-    figure.suptitle("Partial backfill: new queries over a mixed gallery, three ranking rules")
+    figure.suptitle("Partial backfill: new queries over a mixed gallery, by ranking rule")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
@@ -70,7 +76,7 @@ def main() -> None:
     parser.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--split", default="test", help="test (report) or validation (choose)")
     parser.add_argument("--limit", type=int)
-    parser.add_argument("--rules", default="calibrated,slots,naive")
+    parser.add_argument("--rules", default="calibrated,slots,naive,compatible")
     parser.add_argument("--output", help="JSON file for the curves")
     parser.add_argument("--plot", help="PNG file for the curves")
     args = parser.parse_args()

@@ -32,6 +32,25 @@ every other query, and every query while fewer than ``MIN_CALIBRATION_ITEMS`` it
 rule. The gate is what keeps it above new→old on a priority order (a neighbourhood the backfill has not reached
 yet would otherwise be outranked by atypical re-embedded items); on the demo's test split it gains little over the
 slot rule (``benchmarks/README.md``), which is why it is not the default.
+
+The ``"compatible"`` rule (selectable; not the default): the positions are decided in the compatible space, the slots
+are filled as above. An item not yet re-embedded is scored by its encoder-space cosine; a re-embedded item by the
+larger of its encoder-space cosine and its promoted score: the cosine between the query's prefix and the item's new
+compatible block (the first ``d_old`` dims of its new embedding, re-normalised, which the new model was trained to keep
+in the encoder's space) minus a per-query margin, ``MARGIN_SPREADS`` times the gap between the query's best and
+``SPREAD_RANK``-th best encoder-space cosines (a margin in units of the query's own spread, so that one setting serves
+cosines of any scale); one sort; then the positions held by re-embedded items are filled, best first, by the
+re-embedded items ranked by full new/new score. β = 0 is new→old, β = 1 is new/new. A re-embedded item's score is never
+below the one the slot rule gives it, and passes an old item's only when its new compatible block beats that item's
+cosine by the margin: new/new compatible-block cosines run higher than new→old ones, most of all for the atypical items
+a priority order re-embeds first, and without the margin those win positions they do not deserve (9 points below
+new→old on the demo's centroid-distance order). Measured (``benchmarks/README.md``): on the validation splits of the
+demo and of the text upgrade it rises about as fast as naive scoring on a random order and stays above new→old on every
+order at β = 0.1, 0.2, …; but it dips below new→old (by up to 0.9 point) while fewer than 5 % of the items are
+re-embedded, and on the demo's test split it falls 2.7 points below on the centroid-distance order (5.7 with an earlier
+demo model), where the slot rule never does: the margin chosen on validation does not carry over, hence not the
+default. The search scans the re-embedded items' compatible blocks exactly (:func:`compatible_block_scan`): its cost
+grows with the number re-embedded.
 """
 
 from __future__ import annotations
@@ -44,7 +63,7 @@ import numpy as np
 from ..compatibility import IncompatibleModelsError, admit_to_gallery, compatible_prefix
 from .calibration import calibration_sample, standardise_queries
 
-RULES = ("calibrated", "slots", "naive")
+RULES = ("calibrated", "slots", "naive", "compatible")
 DEFAULT_RULE = "slots"
 # The calibrated rule measures each query's spread over re-embedded items: below this many, the slot rule ranks.
 MIN_CALIBRATION_ITEMS = 50
@@ -54,6 +73,12 @@ MIN_CALIBRATION_ITEMS = 50
 NEIGHBOURHOOD = 20
 GATE = 1.2
 DEFAULT_DEPTH = 100
+# Rows read at a time by the exact scans (shared-prefix queries, the compatible blocks of re-embedded items).
+SCAN_CHUNK = 65536
+# The compatible rule's margin: MARGIN_SPREADS × (a query's best encoder-space cosine − its SPREAD_RANK-th best);
+# chosen on the validation splits of the demo and of the text upgrade (benchmarks/README.md).
+MARGIN_SPREADS = 2.0
+SPREAD_RANK = 10
 
 
 @dataclass
@@ -73,8 +98,8 @@ class GallerySearchResult:
             the check was skipped.
         labels (`list[list]`, *optional*): each hit's class name (or id), when the gallery stores labels.
         paths (`list[list]`, *optional*): each hit's file path or dataset row, when the gallery stores them.
-        rule (`str`, *optional*): what ranked the hits: ``"calibrated"``, ``"slots"`` or ``"naive"`` over a
-            partly backfilled gallery, ``"encoder"`` (the encoder's space only: no backfill the query may use),
+        rule (`str`, *optional*): what ranked the hits: ``"calibrated"``, ``"slots"``, ``"compatible"`` or
+            ``"naive"`` over a partly backfilled gallery, ``"encoder"`` (the encoder's space only: no backfill the query may use),
             ``"shared-prefix"`` (an exact scan on a prefix shared with the gallery's vectors).
     """
 
@@ -160,9 +185,30 @@ def fill_slots(
 def prefix_scan(store, queries: np.ndarray, prefix_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top ``k`` rows by cosine between unit ``queries`` and the gallery vectors' first ``prefix_dim`` dims
     (re-normalised), read a chunk at a time; ``(scores, rows)``, best first, -1 pads."""
+    return _scan(queries, store.iter_vectors(), prefix_dim, k)
+
+
+def compatible_block_scan(store, queries: np.ndarray, prefix_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top ``k`` re-embedded rows by cosine between unit ``queries`` and the compatible block of their new
+    vectors (the first ``prefix_dim`` dims, re-normalised), read a chunk at a time; ``(scores, rows)``, best first,
+    -1 pads.
+
+    A scan rather than a search of the backfill index: that index holds whole new vectors, whose compatible blocks
+    have unequal norms, so an inner product over them would not rank by this cosine.
+    """
+    done = int(store.backfill_state["done"]) if store.backfill_state else 0
+    rows_done = np.asarray(store.backfill_order()[:done], dtype=np.int64) if done else np.zeros(0, np.int64)
+    chunks = ((rows, store.backfill_vectors(rows)) for rows in
+              (rows_done[start:start + SCAN_CHUNK] for start in range(0, done, SCAN_CHUNK)))  # fmt: skip
+    return _scan(queries, chunks, prefix_dim, k)
+
+
+def _scan(queries: np.ndarray, chunks, prefix_dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` of ``(rows, vectors)`` chunks by cosine with unit ``queries`` on the vectors' first ``prefix_dim``
+    dims (re-normalised); ties go to the lowest row."""
     best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_rows = np.full((len(queries), 0), -1, dtype=np.int64)
-    for rows, vectors in store.iter_vectors():
+    for rows, vectors in chunks:
         scores = queries @ _unit(vectors[:, :prefix_dim]).T
         best_scores = np.concatenate([best_scores, scores], axis=1)
         best_rows = np.concatenate([best_rows, np.broadcast_to(rows, scores.shape)], axis=1)
@@ -198,10 +244,11 @@ def search_gallery(
         k (`int`, *optional*, defaults to `10`): neighbours per query.
         query_config (`BT2Config`): the query model's config (``fingerprint``, ``embedding_dim``, ``compatible_with``).
         check_compatibility (`bool`, *optional*, defaults to `True`): `False` compares the first ``d`` dims unchecked.
-        rule (`str`, *optional*, defaults to `"calibrated"`): how a partly backfilled gallery is ranked (see the module
-            docstring): ``"calibrated"``, ``"slots"``, or ``"naive"`` (the encoder-space top ``depth`` re-scored,
-            re-embedded items by new/new and the others by new/old, in one sort: shown for comparison only; it mixes
-            the two scales). The result's ``rule`` says which ranked.
+        rule (`str`, *optional*, defaults to `"slots"`): how a partly backfilled gallery is ranked (see the module
+            docstring): ``"slots"``, ``"calibrated"``, ``"compatible"``, or
+            ``"naive"`` (the encoder-space top ``depth`` re-scored, re-embedded items by new/new and the others by
+            new/old, in one sort: shown for comparison only; it mixes the two scales). The result's ``rule`` says which
+            ranked.
         depth (`int`, *optional*): candidates the ``"naive"`` rule re-scores (default: 100, at least ``k``).
         allow_unmeasured (`bool`, *optional*, defaults to `False`): admit a query model whose compatibility with the
             gallery's encoder is declared but not measured (`bt2 verify` measures it).
@@ -263,6 +310,18 @@ def search_gallery(
             new_prefix = None  # e.g. the old model itself: it searches the encoder's vectors only
     if new_prefix and rule == "calibrated" and state["done"] < MIN_CALIBRATION_ITEMS:
         rule = "slots"  # too few re-embedded items to measure a spread: the slot rule ranks meanwhile
+    if new_prefix and rule == "compatible" and not _ranks_compatible(state, prefix, store.dimension):
+        rule = "slots"
+    if new_prefix and rule == "compatible":
+        rows, scores, backfilled = _merge_compatible(store, _unit(queries[:, :prefix]), k, search_params)
+        new_scores = np.full(rows.shape, np.nan, dtype=np.float32)
+        if backfilled.any():
+            backfill_scores, backfill_rows = store.search_backfilled(_unit(queries[:, :new_prefix]),
+                                                                     int(backfilled.sum(1).max()))  # fmt: skip
+            rows, new_scores = fill_slots(rows, backfilled, backfill_rows, backfill_scores)
+        ids = [store.ids_of(row[row >= 0]) for row in rows]
+        return _described(store, rows, ids, scores, backfilled, new_scores, prefix,
+                          admission.to_dict() if admission else None, rule)  # fmt: skip
     if new_prefix and rule == "calibrated":
         prefix_queries, new_queries = _unit(queries[:, :prefix]), _unit(queries[:, :new_prefix])
         sample = calibration_sample(store.backfill_order()[: state["done"]])
@@ -320,6 +379,71 @@ def _slots_search(store, queries: np.ndarray, prefix: int, new_prefix: int | Non
             backfill_scores, backfill_rows = store.search_backfilled(new_queries, int(backfilled.sum(1).max()))
             rows, new_scores = fill_slots(rows, backfilled, backfill_rows, backfill_scores)
     return rows, scores.astype(np.float32), backfilled, new_scores
+
+
+def _ranks_compatible(state: dict, prefix: int, encoder_dim: int) -> bool:
+    """Whether the ``"compatible"`` rule can rank this backfill: the backfill model records a compatible block of
+    the encoder's width, the one the query's prefix is compared on (otherwise the slot rule ranks)."""
+    compatible_dim = state["model"].get("compatible_dim")
+    return prefix == encoder_dim and compatible_dim == encoder_dim
+
+
+def _merge_compatible(
+    store, prefix_queries: np.ndarray, k: int, search_params: dict
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``"compatible"`` rule's positions: items not re-embedded by their encoder-space cosine, re-embedded items
+    by the larger of that and their promoted compatible-block cosine, in one sort; ``(rows, scores, backfilled)``,
+    before the slots are filled.
+
+    The candidates come from an exact scan of the re-embedded items' compatible blocks (``k`` deep) and from the
+    encoder-space search (every item, by its encoder vector); an item found by both keeps its better score. A query
+    is finished when its ``k``-th merged score is at least the last encoder-space score seen; the others are searched
+    again, four times deeper, so the positions are exact whenever the encoder-space search is.
+    """
+    count, queries = len(store), len(prefix_queries)
+    compatible_scores, compatible_rows = compatible_block_scan(store, prefix_queries, store.dimension, k)
+    spread_scores, spread_rows = store.search_encoder_space(prefix_queries, min(SPREAD_RANK, count), **search_params)
+    margin = MARGIN_SPREADS * _spread(np.where(spread_rows >= 0, spread_scores, -np.inf))
+    compatible_scores = (compatible_scores - margin[:, None]).astype(np.float32)
+    rows = np.full((queries, k), -1, dtype=np.int64)
+    scores = np.full((queries, k), -np.inf, dtype=np.float32)
+    backfilled = np.zeros((queries, k), dtype=bool)
+    pending, depth = np.arange(queries), min(count, max(2 * k, DEFAULT_DEPTH))
+    while pending.size:
+        encoder_scores, encoder_rows = store.search_encoder_space(prefix_queries[pending], depth, **search_params)
+        valid = encoder_rows >= 0
+        is_new = np.zeros(encoder_rows.shape, dtype=bool)
+        is_new[valid] = store.backfilled(encoder_rows[valid])
+        candidate_rows = np.concatenate([encoder_rows, compatible_rows[pending]], axis=1)
+        candidate_scores = np.concatenate([np.where(valid, encoder_scores, -np.inf).astype(np.float32),
+                                           compatible_scores[pending]], axis=1)  # fmt: skip
+        candidate_new = np.concatenate([is_new, compatible_rows[pending] >= 0], axis=1)
+        order = np.argsort(-candidate_scores, axis=1, kind="stable")
+        # A re-embedded item found by both searches keeps its better score: its first place in the sorted row.
+        repeated = _repeated(np.take_along_axis(candidate_rows, order, 1))
+        sorted_scores = np.where(repeated, -np.inf, np.take_along_axis(candidate_scores, order, 1))
+        order = np.take_along_axis(order, np.argsort(-sorted_scores, axis=1, kind="stable")[:, :k], 1)
+        top = np.take_along_axis(candidate_scores, order, 1)
+        last_seen = np.where(valid[:, -1], encoder_scores[:, -1], -np.inf)
+        finished = (depth >= count) | ~valid[:, -1] | (top[:, -1] >= last_seen)
+        done = pending[finished]
+        rows[done] = np.take_along_axis(candidate_rows, order, 1)[finished]
+        scores[done] = top[finished]
+        backfilled[done] = np.take_along_axis(candidate_new, order, 1)[finished]
+        pending, depth = pending[~finished], min(count, depth * 4)
+    missing = ~np.isfinite(scores)
+    rows[missing], backfilled[missing] = -1, False
+    return rows, scores, backfilled
+
+
+def _repeated(rows: np.ndarray) -> np.ndarray:
+    """Per row of ``rows``, the entries whose gallery row already appeared to their left (-1 pads never repeat)."""
+    repeated = np.zeros(rows.shape, dtype=bool)
+    for query, row in enumerate(rows):
+        _, first = np.unique(row, return_index=True)
+        repeated[query] = row >= 0
+        repeated[query, first] = False
+    return repeated
 
 
 def _subset(calibration, queries: np.ndarray):
@@ -381,6 +505,66 @@ def _covered(old_scores: np.ndarray, use_new: np.ndarray, same_items: bool) -> n
     return use_new[neighbours].mean(axis=1) >= GATE * use_new.mean()
 
 
+def _margin(old_scores: np.ndarray) -> np.ndarray:
+    """Each query's promotion margin from its encoder-space cosines over the whole gallery (one row per query):
+    ``MARGIN_SPREADS`` times the gap between its best and its ``SPREAD_RANK``-th best cosine."""
+    scores = np.where(np.isfinite(old_scores), old_scores, np.nan)
+    rank = min(SPREAD_RANK, scores.shape[1]) - 1
+    if rank < 0:
+        return np.zeros(len(scores))
+    return MARGIN_SPREADS * _spread(-np.sort(-np.nan_to_num(scores, nan=-np.inf), axis=1)[:, : rank + 1])
+
+
+def _spread(best_first: np.ndarray) -> np.ndarray:
+    """The gap between the first and the last finite score of each row (scores sorted best first)."""
+    finite = np.isfinite(best_first)
+    last = np.where(finite.any(1), finite.shape[1] - 1 - np.argmax(finite[:, ::-1], axis=1), 0)
+    gap = best_first[:, 0] - best_first[np.arange(len(best_first)), last]
+    return np.where(np.isfinite(gap), gap, 0.0)
+
+
+def _compatible_top1(old_scores, compatible_scores, new_scores, use_new: np.ndarray) -> np.ndarray:
+    """The ``"compatible"`` rule's top-1 from full score rows (one per query): the first position of the one sort of
+    encoder-space cosines (items not re-embedded) and compatible-block cosines (re-embedded items); when a
+    re-embedded item holds it, the best re-embedded item by new/new score. Ties go to the lowest row."""
+    first = np.argmax(np.where(use_new[None, :], np.maximum(compatible_scores, old_scores), old_scores), axis=1)
+    if not use_new.any():
+        return first
+    best_new = np.argmax(np.where(use_new[None, :], new_scores, -np.inf), axis=1)
+    return np.where(use_new[first], best_new, first)
+
+
+def _compatible_top1_from_candidates(old_side, compatible_side, new_side, backfill_rank, count) -> np.ndarray:
+    """:func:`_compatible_top1` from each query's best candidates by encoder-space, compatible-block and new/new
+    score (best first); -1 where the candidates cannot decide (a side needed is missing from them)."""
+    (old_top, old_top_scores, old_is_new), (compatible_top, compatible_top_scores) = old_side, compatible_side
+    new_top, first_new, has_new = new_side
+    rows = np.arange(len(old_top))
+    first_old = np.argmax(~old_is_new, axis=1)  # the best item not re-embedded, by new → old
+    has_old = ~old_is_new[rows, first_old]
+    first_new_old = np.argmax(old_is_new, axis=1)  # the best re-embedded item, by its encoder vector
+    has_new_old = old_is_new[rows, first_new_old]
+    compatible_is_new = backfill_rank[compatible_top] < count
+    first_compatible = np.argmax(compatible_is_new, axis=1)  # the best re-embedded item, by compatible block
+    has_compatible = compatible_is_new[rows, first_compatible]
+    old_choice, compatible_choice = old_top[rows, first_old], compatible_top[rows, first_compatible]
+    old_value = np.where(has_old, old_top_scores[rows, first_old], -np.inf)
+    compatible_value = np.where(has_compatible, compatible_top_scores[rows, first_compatible], -np.inf)
+    # A re-embedded item's position score is the larger of its two cosines: the better of the two bests.
+    by_encoder_choice = old_top[rows, first_new_old]
+    by_encoder_value = np.where(has_new_old, old_top_scores[rows, first_new_old], -np.inf)
+    encoder_wins = (by_encoder_value > compatible_value) | (
+        (by_encoder_value == compatible_value) & (by_encoder_choice < compatible_choice))  # fmt: skip
+    compatible_choice = np.where(encoder_wins, by_encoder_choice, compatible_choice)
+    compatible_value = np.where(encoder_wins, by_encoder_value, compatible_value)
+    take_new = (compatible_value > old_value) | ((compatible_value == old_value) & (compatible_choice < old_choice))
+    best = np.where(take_new, new_top[rows, first_new], old_choice)
+    num_items = len(backfill_rank)
+    unresolved = (~has_compatible & (count > 0)) | (~has_old & (count < num_items)) | (take_new & ~has_new)
+    best[unresolved] = -1
+    return best
+
+
 def _standardiser(prefix_queries, new_queries, old_gallery, new_gallery, sample, query_items=None):
     """The ``"calibrated"`` rule's per-query map over ``sample`` (unit galleries; ``query_items``: each query's own
     gallery row when the queries are the gallery items, left out of its statistics)."""
@@ -417,18 +601,25 @@ def top1_under_rule(
     gallery_labels = np.asarray(query_labels if same_items else gallery_labels)
     query_labels = np.asarray(query_labels)
     prefix_queries, full_queries = _unit(queries[:, :prefix_dim]), _unit(queries)
+    compatible_gallery = _unit(new_gallery[:, :prefix_dim]) if "compatible" in rules else None
     correct = dict.fromkeys(rules, 0)
     sample = calibration_sample(np.flatnonzero(use_new))
     for start in range(0, len(queries), chunk):
         stop = min(len(queries), start + chunk)
         old_scores = prefix_queries[start:stop] @ old_gallery.T
         new_scores = full_queries[start:stop] @ new_gallery.T
+        compatible_scores = None if compatible_gallery is None else prefix_queries[start:stop] @ compatible_gallery.T
         if same_items:
-            old_scores[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-            new_scores[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+            for scores in (old_scores, new_scores, compatible_scores):
+                if scores is not None:
+                    scores[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        if compatible_scores is not None:  # the margin over the other items only (leave-one-out)
+            compatible_scores -= _margin(old_scores)[:, None]
         for name in rules:
             if name == "naive":
                 best = np.argmax(np.where(use_new[None, :], new_scores, old_scores), axis=1)
+            elif name == "compatible":
+                best = _compatible_top1(old_scores, compatible_scores, new_scores, use_new)
             else:
                 # Top-1 slot: new→old's best item, replaced by new/new's best re-embedded item when it is re-embedded.
                 best = np.argmax(old_scores, axis=1)
@@ -455,6 +646,7 @@ def top_k_under_rule(
     k: int,
     *,
     rule: str = DEFAULT_RULE,
+    compatible_gallery: np.ndarray | None = None,
     chunk: int = 512,
 ) -> np.ndarray:
     """Each query's first ``k`` gallery rows under a rule, for a gallery whose ``use_new`` items are re-embedded.
@@ -463,7 +655,8 @@ def top_k_under_rule(
     top-``k`` metric. The query's old-space side is given whole rather than as a prefix, so it may be a compatible
     prefix or a post-hoc adapter's output. ``"slots"`` and ``"calibrated"`` rank as :func:`search_gallery` does on a
     flat gallery; ``"naive"`` sorts every item (new/new cosine if re-embedded, new → old otherwise) rather than the
-    encoder space's top ``depth``. Ties go to the lowest gallery row.
+    encoder space's top ``depth``; ``"compatible"`` ranks as :func:`search_gallery` does (its margin from each
+    query's encoder-space cosines over the whole gallery). Ties go to the lowest gallery row.
 
     Args:
         old_space_queries (`np.ndarray` of shape `(n, d_old)`): the queries in the gallery encoder's space.
@@ -473,6 +666,9 @@ def top_k_under_rule(
         use_new (`np.ndarray` of `bool`, shape `(N,)`): which items are re-embedded.
         k (`int`): rows per query (at most ``N``).
         rule (`str`, *optional*, defaults to `"slots"`): one of ``RULES``.
+        compatible_gallery (`np.ndarray` of shape `(N, d_old)`, *optional*): the ``"compatible"`` rule's vectors of
+            the re-embedded items in the encoder's space (default: the first ``d_old`` dims of ``new_gallery``, a BT²
+            model's compatible block; give e.g. an adapter's output for a post-hoc pair).
 
     Returns:
         `np.ndarray` of int64, shape `(n, k)`.
@@ -488,6 +684,11 @@ def top_k_under_rule(
         raise ValueError(f"{len(old_space_queries)} old-space queries but {len(new_queries)} new queries.")
     k = min(k, len(old_gallery))
     sample = calibration_sample(np.flatnonzero(use_new))
+    if rule == "compatible":
+        compatible_gallery = _unit(new_gallery[:, : old_space_queries.shape[1]] if compatible_gallery is None
+                                   else compatible_gallery)  # fmt: skip
+        if compatible_gallery.shape != old_gallery.shape:
+            raise ValueError(f"compatible_gallery must be {old_gallery.shape}, got {compatible_gallery.shape}.")
 
     def best_first(scores: np.ndarray) -> np.ndarray:  # stable: equal scores keep the lower row first
         return np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -500,7 +701,11 @@ def top_k_under_rule(
         if rule == "naive":
             out[start:stop] = best_first(np.where(use_new[None, :], new_scores, old_scores))
             continue
-        rows = best_first(old_scores)
+        if rule == "compatible":  # positions by the one sort of encoder-space and compatible-block cosines
+            compatible_scores = old_space_queries[start:stop] @ compatible_gallery.T - _margin(old_scores)[:, None]
+            rows = best_first(np.where(use_new[None, :], np.maximum(compatible_scores, old_scores), old_scores))
+        else:
+            rows = best_first(old_scores)
         if use_new.any():
             backfill_scores = np.where(use_new[None, :], new_scores, -np.inf)
             backfill_rows = best_first(backfill_scores)
@@ -546,6 +751,7 @@ def top1_along_backfill(
     backfill_rank = np.full(num_items, num_items, dtype=np.int64)  # item j is re-embedded when its rank < count
     backfill_rank[np.asarray(order)] = np.arange(len(order))
     prefix_queries, full_queries = _unit(queries[:, :prefix_dim]), _unit(queries)
+    compatible_gallery = _unit(new_gallery[:, :prefix_dim]) if "compatible" in rules else None
     depth = min(candidates, num_items)
     correct = {rule: np.zeros(len(counts), dtype=np.int64) for rule in rules}
     # Each state's calibration sample, drawn as a gallery in that state draws it: from its re-embedded items.
@@ -568,6 +774,12 @@ def top1_along_backfill(
         old_top, new_top = best_first(old_scores), best_first(new_scores)
         old_top_scores = np.take_along_axis(old_scores, old_top, 1)
         new_top_scores = np.take_along_axis(new_scores, new_top, 1)
+        if compatible_gallery is not None:
+            compatible_scores = prefix_queries[start:stop] @ compatible_gallery.T - _margin(old_scores)[:, None]
+            if same_items:
+                compatible_scores[rows, np.arange(start, stop)] = -np.inf
+            compatible_top = best_first(compatible_scores)
+            compatible_top_scores = np.take_along_axis(compatible_scores, compatible_top, 1)
         expected = query_labels[start:stop]
         for position, count in enumerate(counts):
             calibration = None
@@ -581,6 +793,16 @@ def top1_along_backfill(
             has_new = new_is_new[rows, first_new]
             use_new = backfill_rank < count
             for rule in rules:
+                if rule == "compatible":
+                    best = _compatible_top1_from_candidates(
+                        (old_top, old_top_scores, old_is_new), (compatible_top, compatible_top_scores),
+                        (new_top, first_new, has_new), backfill_rank, count)  # fmt: skip
+                    unresolved = best < 0
+                    for row in np.flatnonzero(unresolved):  # rare: score the query against every item
+                        best[row] = _compatible_top1(old_scores[row][None], compatible_scores[row][None],
+                                                     new_scores[row][None], use_new)[0]  # fmt: skip
+                    correct[rule][position] += int((gallery_labels[best] == expected).sum())
+                    continue
                 # The slot rule's choice (also the calibrated rule's for the queries it leaves to the slots).
                 best = old_top[:, 0].copy()
                 swap = old_is_new[:, 0]
