@@ -102,8 +102,8 @@ def serve(root: str, port: int, backfill: bool, batch: int, pause: float, text_m
                 return embed_rows
 
         spec = {"batch_size": batch, "pause": pause, "order": "random", "priority": args.backfill_priority}
-        if args.backfill_max_wait is not None:
-            spec["max_wait"] = args.backfill_max_wait
+        if args.backfill_share is not None:
+            spec["share"] = args.backfill_share
         service.start_job(served, new, spec, SyntheticJob)
     app = create_app(service, token="bench", inline_vectors=not args.vectors_in_threads)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
@@ -241,8 +241,8 @@ def start_server(root: Path, port: int, args, backfill: bool) -> subprocess.Pope
     command = [sys.executable, str(HERE), "--_serve", str(root), "--port", str(port),
                "--backfill_batch", str(args.backfill_batch), "--backfill_pause", str(args.backfill_pause),
                "--backfill_priority", args.backfill_priority]  # fmt: skip
-    if args.backfill_max_wait is not None:
-        command += ["--backfill_max_wait", str(args.backfill_max_wait)]
+    if args.backfill_share is not None:
+        command += ["--backfill_share", str(args.backfill_share)]
     if backfill:
         command.append("--_backfill")
     if args.text_model:
@@ -336,7 +336,7 @@ def main(argv=None) -> int:
         help="low: the backfill yields to the searches (bt2 serve's default); normal: flat out",
     )
     parser.add_argument(
-        "--backfill_max_wait", type=float, help="seconds a low-priority step waits at most for quiet traffic"
+        "--backfill_share", type=float, help="a low-priority backfill's share of the time under load (default 0.2)"
     )
     parser.add_argument(
         "--text_model",

@@ -68,9 +68,10 @@ class BackfillRequest(BaseModel):
     allow_unmeasured: bool = False
     pause: float = Field(0.0, ge=0.0, le=60.0, description="seconds between batches (leaves CPU to searches)")
     priority: Literal["low", "normal"] = Field("low", description="low: yield to the searches (wait for quiet "
-                                               "traffic before each step, at most max_wait); normal: flat out")  # fmt: skip
-    max_wait: float | None = Field(None, ge=0.0, le=60.0, description="seconds a low-priority step waits at most "
-                                   "for quiet traffic (default 0.1)")  # fmt: skip
+                                               "traffic before each step, at most share of the time under load); "
+                                               "normal: flat out")  # fmt: skip
+    share: float | None = Field(None, gt=0.0, le=1.0, description="a low-priority backfill's share of the time "
+                                "under continuous search load (default 0.2)")  # fmt: skip
 
 
 class AliasRequest(BaseModel):

@@ -8,12 +8,13 @@ items (text queries, whose forward passes need both cores, from 86 to 191 ms). A
 - breaks its work into short steps (the new model embeds a slice of a batch at a time; a commit is three steps:
   rows written and synced, the search over the re-embedded rows extended, the manifest written and switched);
 - before each step, waits for the searches to be quiet (none in flight, none ended in the last few milliseconds),
-  but never longer than ``max_wait``: under continuous load it still takes a step every ``max_wait`` seconds, so
-  it always finishes (at a rate the service reports), and it takes no more than its steps' share of the cores;
+  but never longer than its last step took times ``(1 - share) / share``: under continuous load it takes at most
+  ``share`` of the time (a fifth by default), so its cost to the searches is bounded and it still finishes, at a
+  rate the service reports (``items_per_second``); while the searches pause it runs flat out;
 - does not lower its thread's CPU priority: its thread runs Python code under the GIL, and a thread at Linux's
   nice 19 that is descheduled while it holds the GIL (or the traffic's lock) stalls every search until the
-  scheduler runs it again. Measured beside other processes on 2 cores: the 8-client p99 of vector queries went to
-  500 ms with the backfill thread at nice 19 (56 ms at nice 0, the same waits).
+  scheduler runs it again. Measured beside other processes on 2 cores (100k items): the 8-client p99 of vector
+  queries during a backfill went to 500 ms with its thread at nice 19, 56 ms at nice 0 with the same waits.
 
 The policy is chosen per job (``bt2 serve --backfill_priority low|normal``); ``normal`` is the former behaviour:
 each batch embedded at once and committed as soon as it is ready, at the thread's normal priority.
@@ -27,6 +28,7 @@ import time
 from dataclasses import dataclass
 
 PRIORITIES = ("low", "normal")
+DEFAULT_SHARE = 0.2
 
 
 class SearchTraffic:
@@ -106,23 +108,34 @@ class BackfillPriority:
 
     Args:
         name (`str`): ``"low"`` (yields to the searches) or ``"normal"`` (runs flat out, as before).
-        max_wait (`float`): seconds a step waits at most for quiet traffic (0: never waits).
+        share (`float`, *optional*): the job's share of the time under continuous search load: after a step that
+            took ``t`` seconds, the next one waits for quiet traffic at most ``t * (1 - share) / share`` seconds
+            (`None`: never waits).
         slice_size (`int`, *optional*): rows the new model embeds per step (`None`: a whole batch at once).
+        min_wait (`float`, *optional*, defaults to `0.005`): the least a step waits for quiet traffic (a step that
+            follows none of its own, e.g. a batch's first).
     """
 
     name: str
-    max_wait: float = 0.0
+    share: float | None = None
     slice_size: int | None = None
+    min_wait: float = 0.005
 
     @classmethod
-    def named(cls, name: str, max_wait: float | None = None) -> BackfillPriority:
-        """The policy called ``name`` (``"low"`` or ``"normal"``); ``max_wait`` overrides the low policy's bound."""
+    def named(cls, name: str, share: float | None = None) -> BackfillPriority:
+        """The policy called ``name`` (``"low"`` or ``"normal"``); ``share`` overrides the low policy's share."""
         if name not in PRIORITIES:
             raise ValueError(f"Unknown backfill priority {name!r}: choose one of {list(PRIORITIES)}.")
-        if max_wait is not None and not 0 <= max_wait <= 60:
-            raise ValueError(f"The backfill's max_wait is in seconds, from 0 to 60, got {max_wait!r}.")
+        if share is not None and (isinstance(share, bool) or not 0 < share <= 1):
+            raise ValueError(f"The backfill's share of the time is a fraction in (0, 1], got {share!r}.")
         if name == "normal":
             return cls("normal")
-        # 0.1 s: under continuous load a batch of 1,024 items (4 slices and 3 commit steps) takes about 0.7 s
-        # plus its work, over 1,000 items a second on 2 cores; a slice of 256 keeps a step to milliseconds.
-        return cls("low", max_wait=0.1 if max_wait is None else float(max_wait), slice_size=256)
+        # A fifth of the time under load: the job still finishes at a fifth of its flat-out rate or more (all of it
+        # while the searches pause); 256 rows a slice keep a step of a real model's embedding short.
+        return cls("low", share=DEFAULT_SHARE if share is None else float(share), slice_size=256)
+
+    def wait_after(self, worked: float) -> float:
+        """Seconds a step may wait for quiet traffic after a step of ``worked`` seconds (0: it never waits)."""
+        if self.share is None:
+            return 0.0
+        return max(self.min_wait, worked * (1.0 - self.share) / self.share)

@@ -186,14 +186,17 @@ class BackfillJob:
 
     Its priority (``spec["priority"]``, see :mod:`bt2_hf.serving.priority`): ``"low"`` (the default) embeds a batch
     in slices and, before each slice and each step of a commit, waits for the service's searches to be quiet, at
-    most ``spec["max_wait"]`` seconds; ``"normal"`` runs each batch flat out.
+    most its last step's duration × ``(1 - share) / share`` (``spec["share"]``, default 0.2: at most a fifth of the
+    time under continuous load); ``"normal"`` runs each batch flat out.
     """
 
     def __init__(self, service: GalleryService, served: ServedGallery, model: LoadedModel, spec: dict):
         self.service, self.served, self.model, self.spec = service, served, model, spec
-        self.priority = BackfillPriority.named(spec.get("priority") or "low", spec.get("max_wait"))
+        self.priority = BackfillPriority.named(spec.get("priority") or "low", spec.get("share"))
         self.status, self.error, self.items_per_second = "starting", None, None
         self.yielded_seconds = 0.0  # time spent waiting for quiet search traffic
+        self._step_started: float | None = None  # the step running now (between two yields)
+        self._owed = (0.0, 0.0)  # (seconds the next step may wait, since when): what the last step earned
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"backfill-{served.name}", daemon=True)
 
@@ -203,9 +206,21 @@ class BackfillJob:
         self._thread.start()
 
     def yield_to_searches(self) -> None:
-        """Wait for quiet search traffic, at most the priority's ``max_wait`` (a normal-priority job never waits)."""
-        if self.priority.max_wait > 0:
-            self.yielded_seconds += self.service.traffic.wait_quiet(self.priority.max_wait, self._stop)
+        """Before a step: wait for quiet search traffic, at most what the last step earned under the priority's
+        share (a normal-priority job never waits)."""
+        if self.priority.share is None:
+            return
+        self._end_step()
+        seconds, since = self._owed
+        limit = max(self.priority.min_wait, seconds - (time.monotonic() - since))  # a pause between batches counts
+        self.yielded_seconds += self.service.traffic.wait_quiet(limit, self._stop)
+        self._step_started = time.monotonic()
+
+    def _end_step(self) -> None:
+        if self._step_started is not None:
+            now = time.monotonic()
+            self._owed = (self.priority.wait_after(now - self._step_started), now)
+            self._step_started = None
 
     def _in_slices(self, embed_rows):
         """``embed_rows`` a slice of the priority's size at a time, yielding to the searches before each slice."""
@@ -293,6 +308,7 @@ class BackfillJob:
                              seed=None if state else self.spec.get("seed"), batch_size=chunk,
                              allow_unmeasured=bool(self.spec.get("allow_unmeasured")), show_progress=False)  # fmt: skip
                     now_done = store.backfill_state["done"]
+                    self._end_step()  # the batch's last step ends with its commit, not after the pause
                 elapsed = time.perf_counter() - started
                 self.items_per_second = (now_done - first_done) / elapsed if elapsed > 0 else None
                 time.sleep(float(self.spec.get("pause", 0.0)) or 0.001)  # let a waiting dual-write take the lock
@@ -547,12 +563,13 @@ class GalleryService:
     def start_backfill(self, gallery: str | None, model: str, data: str, *, split: str | None = None,
                        column: str | None = None, id_column: str | None = None, order: str | None = None,
                        seed: int | None = None, batch_size: int = 1024, allow_unmeasured: bool = False,
-                       pause: float = 0.0, priority: str = "low", max_wait: float | None = None) -> dict:  # fmt: skip
+                       pause: float = 0.0, priority: str = "low", share: float | None = None) -> dict:  # fmt: skip
         """Start (or resume) a backfill of a gallery with a loaded model, beside the searches; its progress.
 
-        ``priority`` is ``"low"`` (the job yields to the searches: it waits for quiet traffic before each step, at
-        most ``max_wait`` seconds, default 0.1; see :mod:`bt2_hf.serving.priority`) or ``"normal"`` (flat out);
-        ``pause`` adds seconds between batches in either case.
+        ``priority`` is ``"low"`` (the job yields to the searches: it waits for quiet traffic before each step, and
+        takes at most ``share`` of the time under continuous load, default 0.2; see
+        :mod:`bt2_hf.serving.priority`) or ``"normal"`` (flat out); ``pause`` adds seconds between batches in
+        either case.
         """
         name = gallery or self.default_gallery()
         _, served = self.served(name)
@@ -560,13 +577,12 @@ class GalleryService:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ServingError(f"batch_size must be a positive integer, got {batch_size!r}.", 422)
         try:
-            BackfillPriority.named(priority, max_wait)
+            BackfillPriority.named(priority, share)
         except ValueError as error:
             raise ServingError(str(error), 422) from None
         spec = {"model": loaded.path, "data": str(data), "split": split, "column": column, "id_column": id_column,
                 "order": order, "seed": seed, "batch_size": int(batch_size), "allow_unmeasured": allow_unmeasured,
-                "pause": float(pause), "priority": priority,
-                "max_wait": None if max_wait is None else float(max_wait)}  # fmt: skip
+                "pause": float(pause), "priority": priority, "share": None if share is None else float(share)}  # fmt: skip
         self.start_job(served, loaded, spec)
         return self.progress(served)
 

@@ -72,51 +72,85 @@ def test_a_wait_for_quiet_ends_when_the_search_ends_or_at_its_bound():
 
 def test_priorities_by_name():
     low, normal = BackfillPriority.named("low"), BackfillPriority.named("normal")
-    assert low.max_wait > 0 and low.slice_size
-    assert normal.max_wait == 0 and normal.slice_size is None
-    assert BackfillPriority.named("low", max_wait=2.5).max_wait == 2.5
+    assert 0 < low.share < 1 and low.slice_size
+    assert normal.share is None and normal.slice_size is None and normal.wait_after(10.0) == 0
+    # a step of t seconds earns the next one a wait of t (1 - share) / share: the job's share of the time
+    assert BackfillPriority.named("low", share=0.25).wait_after(1.0) == pytest.approx(3.0)
+    assert BackfillPriority.named("low", share=0.5).wait_after(0.0) == low.min_wait > 0
     with pytest.raises(ValueError, match="low.*normal"):
         BackfillPriority.named("idle")
-    with pytest.raises(ValueError, match="max_wait"):
-        BackfillPriority.named("low", max_wait=-1)
+    for share in (0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="share"):
+            BackfillPriority.named("low", share=share)
 
 
-# -- the job in the service ------------------------------------------------------------------------------------------
+class SlowJob(BackfillJob):
+    """A backfill job whose slices take at least ``SECONDS`` each (the real embedding, then a sleep): its steps have
+    a known least duration, so the waits they earn do too, whatever the machine's speed."""
+
+    SECONDS = 0.1
+    slices: list[int] = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.priority.slice_size:
+            self.priority = dataclasses.replace(self.priority, slice_size=100)
+
+    def _embedder(self):
+        embed_rows = super()._embedder()
+
+        def slow(rows):
+            SlowJob.slices.append(len(rows))
+            vectors = embed_rows(rows)
+            time.sleep(SlowJob.SECONDS)
+            return vectors
+
+        return slow
+
+
+def start_slow_job(service, serving_data, seconds: float, **spec):
+    _, gallery = service.served("products")
+    loaded = service.registry.get("new")
+    SlowJob.SECONDS, SlowJob.slices = seconds, []
+    service.start_job(gallery, loaded, {"model": loaded.path, "data": str(serving_data), **spec}, SlowJob)
+    return gallery
 
 
 def test_a_low_priority_backfill_does_not_commit_while_a_search_holds_it_off(service, serving_data):
-    _, gallery = service.served("products")
+    """A slice of 0.5 s at a share of 1 %: the next step may wait 49.5 s for quiet traffic. While a search is in
+    flight nothing is committed (well within that bound); once it ends, the job goes on at once and finishes."""
     with service.traffic.search():  # a search in flight for as long as this block runs
-        service.start_backfill("products", "new", str(serving_data), batch_size=64, max_wait=30)
-        time.sleep(1.0)
-        assert gallery.job.status == "running"
-        # nothing committed yet: the backfill waits before its first slice (within its 30 s bound)
-        assert (gallery.store.backfill_state or {}).get("done", 0) == 0
-    gallery.job.join(120)  # the search ended: the backfill goes on, and finishes
+        gallery = start_slow_job(service, serving_data, 0.5, batch_size=200, priority="low", share=0.01)
+        wait_for(lambda: len(SlowJob.slices) >= 1, 60)  # the first slice ran (its step had no wait owed yet)
+        time.sleep(3.0)
+        assert gallery.job.status == "running" and SlowJob.slices == [100]  # held before its second slice
+        assert not (gallery.store.backfill_state or {}).get("done")  # and nothing committed
+    gallery.job.join(40)  # far less than the 49.5 s owed: the end of the search let it go on
     assert gallery.job.status == "complete" and gallery.store.backfill_state["done"] == 200
+    assert SlowJob.slices == [100, 100]
 
 
-def test_a_low_priority_backfill_finishes_under_continuous_load(service, serving_data):
-    """A search always in flight: every step waits its full bound, and the job still re-embeds every item."""
-    _, gallery = service.served("products")
+def test_a_low_priority_backfill_finishes_under_continuous_load_within_its_share(service, serving_data):
+    """A search always in flight: every step waits all it earned, and the job still re-embeds every item. Each of
+    the 4 slices (≥ 0.1 s) earns the step after it ≥ 0.1 s at a share of 1/2, so the job waited ≥ 0.4 s."""
     with service.traffic.search():
-        service.start_backfill("products", "new", str(serving_data), batch_size=64, max_wait=0.05)
+        gallery = start_slow_job(service, serving_data, 0.1, batch_size=100, priority="low", share=0.5)
         gallery.job.join(120)
     progress = service.progress(gallery)
     assert progress["status"] == "complete" and progress["done"] == progress["count"] == 200
     assert progress["priority"] == "low" and progress["items_per_second"] > 0
-    # 4 batches (64, 64, 64, 8), each one slice and 3 commit steps, each held the whole 0.05 s
-    assert progress["yielded_seconds"] >= 4 * 4 * 0.05 * 0.95
+    assert SlowJob.slices == [100, 100]
+    assert progress["yielded_seconds"] >= 2 * 0.1 * 0.98  # each slice's next step waited at least as long
 
 
 def test_a_normal_priority_backfill_never_waits(service, serving_data):
-    _, gallery = service.served("products")
     with service.traffic.search():
-        service.start_backfill("products", "new", str(serving_data), batch_size=64, priority="normal")
+        gallery = start_slow_job(service, serving_data, 0.0, batch_size=64, priority="normal")
         gallery.job.join(120)
     progress = service.progress(gallery)
     assert progress["status"] == "complete" and progress["done"] == 200
     assert progress["priority"] == "normal" and progress["yielded_seconds"] == 0
+    assert SlowJob.slices == [64, 64, 64, 8]  # whole batches
 
 
 class RecordingJob(BackfillJob):
@@ -144,8 +178,7 @@ def backfilled_vectors(service, serving_models, serving_data, priority: str):
     _, gallery = service.served("products")
     loaded = service.registry.get("new")
     RecordingJob.slices = []
-    spec = {"model": loaded.path, "data": str(serving_data), "batch_size": 64, "priority": priority,
-            "max_wait": 0.01}  # fmt: skip
+    spec = {"model": loaded.path, "data": str(serving_data), "batch_size": 64, "priority": priority, "share": 0.9}
     service.start_job(gallery, loaded, spec, RecordingJob)
     gallery.job.join(120)
     assert gallery.job.status == "complete"
@@ -184,7 +217,7 @@ def test_the_api_takes_the_priority_and_reports_the_rate(service, serving_data):
     assert refused.status_code == 422
     started = client.post("/backfill", headers=WRITE, json={"gallery": "products", "model": "new",
                                                             "data": str(serving_data), "batch_size": 64,
-                                                            "priority": "low", "max_wait": 0.01})  # fmt: skip
+                                                            "priority": "low", "share": 0.9})  # fmt: skip
     assert started.status_code == 200, started.text
     _, gallery = service.served("products")
     gallery.job.join(120)
@@ -194,3 +227,14 @@ def test_the_api_takes_the_priority_and_reports_the_rate(service, serving_data):
     line = next(line for line in metrics.splitlines() if line.startswith("bt2_backfill_items_per_second{"))
     assert float(line.split()[-1]) == pytest.approx(progress["items_per_second"], rel=1e-3)
     assert 'bt2_backfill_yielded_seconds{gallery="products_v1"}' in metrics
+
+
+def test_bt2_serve_takes_the_priority_low_by_default():
+    from bt2_hf.cli.serve import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["galleries"]).backfill_priority == "low"
+    args = parser.parse_args(["galleries", "--backfill_priority", "low", "--backfill_share", "0.5"])
+    assert (args.backfill_priority, args.backfill_share) == ("low", 0.5)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["galleries", "--backfill_priority", "idle"])
