@@ -139,12 +139,14 @@ class CommitsUnderWriteLock:
     side of the gallery's lock, so a search never reads the state half-way through a batch.
 
     ``before_step`` (a callable, e.g. a low-priority job's wait for quiet search traffic) runs before each step of
-    a commit, so that no step starts while searches are arriving.
+    a commit, so that no step starts while searches are arriving; with ``slice_size``, a batch's rows are written
+    (and synced) that many at a time, each a step of its own.
     """
 
-    def __init__(self, store, rw: ReadWriteLock, before_step=None):
+    def __init__(self, store, rw: ReadWriteLock, before_step=None, slice_size: int | None = None):
         self._store, self._rw = store, rw
         self._before_step = before_step or (lambda: None)
+        self._slice_size = slice_size
 
     def __getattr__(self, name):
         return getattr(self._store, name)
@@ -162,8 +164,10 @@ class CommitsUnderWriteLock:
         # are written, the search over the re-embedded items after this batch is built and the manifest is written
         # before the write side is taken (all under it, it was held 50-175 ms a batch at 100k items, the p99 of
         # every search during a backfill).
-        self._before_step()
-        self._store.write_backfill_rows(rows, vectors)
+        size = self._slice_size or len(rows)
+        for start in range(0, len(rows), size):  # rows beyond ``done``: no search reads them, in any number of steps
+            self._before_step()
+            self._store.write_backfill_rows(rows[start : start + size], vectors[start : start + size])
         self._before_step()
         search = self._store.prepare_backfill_search(int(done))
         self._before_step()
@@ -302,7 +306,10 @@ class BackfillJob:
                     if state and done >= count:
                         break
                     fraction = min(1.0, (done + chunk + 0.5) / count)
-                    backfill(CommitsUnderWriteLock(store, self.served.rw, self.yield_to_searches), embed_rows=self._embed, identity=identity,
+                    writer = CommitsUnderWriteLock(
+                        store, self.served.rw, self.yield_to_searches, self.priority.slice_size
+                    )
+                    backfill(writer, embed_rows=self._embed, identity=identity,
                              query_config=self.model.config, fraction=fraction,
                              order=None if state else self.spec.get("order"),
                              seed=None if state else self.spec.get("seed"), batch_size=chunk,

@@ -154,9 +154,10 @@ def test_a_normal_priority_backfill_never_waits(service, serving_data):
 
 
 class RecordingJob(BackfillJob):
-    """A backfill job that embeds in slices of 24 rows (at low priority) and records each slice's size."""
+    """A backfill job that embeds (and writes) in slices of 24 rows at low priority, and records each slice's size."""
 
     slices: list[int] = []
+    written: list[int] = []
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -177,7 +178,14 @@ class RecordingJob(BackfillJob):
 def backfilled_vectors(service, serving_models, serving_data, priority: str):
     _, gallery = service.served("products")
     loaded = service.registry.get("new")
-    RecordingJob.slices = []
+    RecordingJob.slices, RecordingJob.written = [], []
+    write_rows = gallery.store.write_backfill_rows
+
+    def recorded(rows, vectors):  # the rows' writes, as the job makes them
+        RecordingJob.written.append(len(rows))
+        return write_rows(rows, vectors)
+
+    gallery.store.write_backfill_rows = recorded
     spec = {"model": loaded.path, "data": str(serving_data), "batch_size": 64, "priority": priority, "share": 0.9}
     service.start_job(gallery, loaded, spec, RecordingJob)
     gallery.job.join(120)
@@ -193,8 +201,8 @@ def test_low_priority_embeds_in_slices_and_writes_the_same_vectors(
     from bt2_hf.serving import GalleryService
 
     ids_low, low = backfilled_vectors(service, serving_models, serving_data, "low")
-    # batches of 64 (the last one 8) embedded 24 rows at a time
-    assert RecordingJob.slices == [24, 24, 16] * 3 + [8]
+    # batches of 64 (the last one 8) embedded, and their rows written, 24 rows at a time
+    assert RecordingJob.slices == RecordingJob.written == [24, 24, 16] * 3 + [8]
     # a fresh copy of the gallery backfilled at normal priority: whole batches, the same rows and vectors
     other = tmp_path / "other"
     other.mkdir()
@@ -205,7 +213,7 @@ def test_low_priority_embeds_in_slices_and_writes_the_same_vectors(
         ids_normal, normal = backfilled_vectors(normal_service, serving_models, serving_data, "normal")
     finally:
         normal_service.stop_jobs()
-    assert RecordingJob.slices == [64, 64, 64, 8]
+    assert RecordingJob.slices == RecordingJob.written == [64, 64, 64, 8]
     assert list(ids_low) == list(ids_normal)
     np.testing.assert_allclose(low, normal, atol=1e-5)
 
