@@ -39,6 +39,9 @@ class SearchTraffic:
             traffic counts as quiet. Vector queries are answered one at a time on the event loop, so "none in
             flight" is true between every two of them under load; a few milliseconds without any tell a pause in
             the traffic from the gap between two requests.
+        poll (`float`, *optional*, defaults to `0.01`): seconds between two looks of a waiting job at the traffic.
+            A search never wakes the waiting job: under load that would be a thousand wake-ups a second, each one
+            taking the GIL from the searches.
 
     >>> traffic = SearchTraffic()
     >>> with traffic.search():  # around each search
@@ -46,14 +49,13 @@ class SearchTraffic:
     True
     """
 
-    def __init__(self, quiet_after: float = 0.005):
-        if quiet_after < 0:
-            raise ValueError(f"quiet_after must be ≥ 0 seconds, got {quiet_after!r}.")
-        self.quiet_after = float(quiet_after)
-        self._condition = threading.Condition(threading.Lock())
+    def __init__(self, quiet_after: float = 0.005, poll: float = 0.01):
+        if quiet_after < 0 or poll <= 0:
+            raise ValueError(f"quiet_after must be ≥ 0 and poll > 0 seconds, got {quiet_after!r} and {poll!r}.")
+        self.quiet_after, self.poll = float(quiet_after), float(poll)
+        self._lock = threading.Lock()
         self._in_flight = 0
         self._last_end = float("-inf")
-        self._waiters = 0
 
     @property
     def in_flight(self) -> int:
@@ -62,16 +64,14 @@ class SearchTraffic:
     @contextlib.contextmanager
     def search(self):
         """Count one search while the block runs."""
-        with self._condition:
+        with self._lock:
             self._in_flight += 1
         try:
             yield
         finally:
-            with self._condition:
+            with self._lock:
                 self._in_flight -= 1
                 self._last_end = time.monotonic()
-                if not self._in_flight and self._waiters:
-                    self._condition.notify_all()
 
     def busy(self) -> bool:
         """A search is in flight, or one ended less than ``quiet_after`` seconds ago."""
@@ -82,23 +82,12 @@ class SearchTraffic:
         waited. A caller that is given no quiet moment within the limit goes on anyway: that is its minimum rate."""
         started = time.monotonic()
         deadline = started + max(0.0, float(limit))
-        with self._condition:
-            self._waiters += 1
-            try:
-                while stop is None or not stop.is_set():
-                    now = time.monotonic()
-                    if now >= deadline:
-                        break
-                    if self._in_flight:
-                        # woken when the last search in flight ends; the stop flag is checked every 50 ms
-                        self._condition.wait(min(deadline - now, 0.05))
-                        continue
-                    quiet_at = self._last_end + self.quiet_after
-                    if now >= quiet_at:
-                        break
-                    self._condition.wait(min(deadline, quiet_at) - now)
-            finally:
-                self._waiters -= 1
+        stop = stop or threading.Event()
+        while not stop.is_set() and self.busy():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            stop.wait(min(left, self.poll))
         return time.monotonic() - started
 
 

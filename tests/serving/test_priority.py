@@ -39,8 +39,9 @@ def test_traffic_is_busy_during_a_search_and_shortly_after():
         assert traffic.in_flight == 1
     assert traffic.in_flight == 0 and traffic.busy()  # a search just ended: more may be on their way
     wait_for(lambda: not traffic.busy(), 5)
-    with pytest.raises(ValueError, match="quiet_after"):
-        SearchTraffic(quiet_after=-1)
+    for wrong in ({"quiet_after": -1}, {"poll": 0}):
+        with pytest.raises(ValueError, match="quiet_after"):
+            SearchTraffic(**wrong)
 
 
 def test_a_wait_for_quiet_ends_when_the_search_ends_or_at_its_bound():
