@@ -6,11 +6,15 @@ under the same GIL) as the searches. Run flat out, each of its steps delays the 
 items (text queries, whose forward passes need both cores, from 86 to 191 ms). A low-priority backfill:
 
 - breaks its work into short steps (the new model embeds a slice of a batch at a time; a commit is three steps:
-  rows written and synced, the search over the re-embedded rows extended, the manifest written and switched);
-- before each step, waits for the searches to be quiet (none in flight, none ended in the last few milliseconds),
-  but never longer than its last step took times ``(1 - share) / share``: under continuous load it takes at most
-  ``share`` of the time (a fifth by default), so its cost to the searches is bounded and it still finishes, at a
-  rate the service reports (``items_per_second``); while the searches pause it runs flat out;
+  rows written and synced a slice at a time, the search over the re-embedded rows extended, the manifest written
+  and switched);
+- keeps an account of its share of the time: a step of ``t`` seconds owes ``t * (1 - share) / share`` seconds of
+  waiting (time idle, e.g. a ``pause`` between batches, pays it back). Before a step that is owed a wait, it waits
+  until the searches are quiet (none in flight, none ended in the last few milliseconds: the wait is then
+  forgiven) or the wait is paid, so
+  under continuous load it takes at most ``share`` of the time (a fifth by default): its cost to the searches is
+  bounded, and it still finishes, at a rate the service reports (``items_per_second``). A job paced within its
+  share by its own pauses, or beside quiet traffic, runs as fast as before;
 - does not lower its thread's CPU priority: its thread runs Python code under the GIL, and a thread at Linux's
   nice 19 that is descheduled while it holds the GIL (or the traffic's lock) stalls every search until the
   scheduler runs it again. Measured beside other processes on 2 cores (100k items): the 8-client p99 of vector
@@ -97,18 +101,19 @@ class BackfillPriority:
 
     Args:
         name (`str`): ``"low"`` (yields to the searches) or ``"normal"`` (runs flat out, as before).
-        share (`float`, *optional*): the job's share of the time under continuous search load: after a step that
-            took ``t`` seconds, the next one waits for quiet traffic at most ``t * (1 - share) / share`` seconds
-            (`None`: never waits).
-        slice_size (`int`, *optional*): rows the new model embeds per step (`None`: a whole batch at once).
-        min_wait (`float`, *optional*, defaults to `0.005`): the least a step waits for quiet traffic (a step that
-            follows none of its own, e.g. a batch's first).
+        share (`float`, *optional*): the job's share of the time under continuous search load: a step of ``t``
+            seconds owes ``t * (1 - share) / share`` seconds of waiting for quiet traffic, paid back before the next
+            step by any time the job spent not working (`None`: never waits).
+        slice_size (`int`, *optional*): rows the new model embeds (and writes) per step (`None`: a whole batch).
+        credit (`float`, *optional*, defaults to `0.5`): seconds of waiting that time spent idle (e.g. a pause
+            between batches) may bank for later steps. A backfill paced by its own pauses within its share never
+            waits; one that runs flat out under load waits for all its share requires, but for this credit.
     """
 
     name: str
     share: float | None = None
     slice_size: int | None = None
-    min_wait: float = 0.005
+    credit: float = 0.5
 
     @classmethod
     def named(cls, name: str, share: float | None = None) -> BackfillPriority:
@@ -127,4 +132,4 @@ class BackfillPriority:
         """Seconds a step may wait for quiet traffic after a step of ``worked`` seconds (0: it never waits)."""
         if self.share is None:
             return 0.0
-        return max(self.min_wait, worked * (1.0 - self.share) / self.share)
+        return max(0.0, worked) * (1.0 - self.share) / self.share

@@ -199,8 +199,9 @@ class BackfillJob:
         self.priority = BackfillPriority.named(spec.get("priority") or "low", spec.get("share"))
         self.status, self.error, self.items_per_second = "starting", None, None
         self.yielded_seconds = 0.0  # time spent waiting for quiet search traffic
-        self._step_started: float | None = None  # the step running now (between two yields)
-        self._owed = (0.0, 0.0)  # (seconds the next step may wait, since when): what the last step earned
+        # The share's account: seconds of waiting the job's steps owe the searches (negative: credit earned while
+        # idle, e.g. during --backfill_pause), as of ``_owed_at``; the step running now started at ``_step_started``.
+        self._owed, self._owed_at, self._step_started = 0.0, None, None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"backfill-{served.name}", daemon=True)
 
@@ -210,21 +211,29 @@ class BackfillJob:
         self._thread.start()
 
     def yield_to_searches(self) -> None:
-        """Before a step: wait for quiet search traffic, at most what the last step earned under the priority's
-        share (a normal-priority job never waits)."""
+        """Before a step: if the job's steps took more than the priority's share of the time, wait for quiet search
+        traffic until they are back within it (a normal-priority job never waits)."""
         if self.priority.share is None:
             return
         self._end_step()
-        seconds, since = self._owed
-        limit = max(self.priority.min_wait, seconds - (time.monotonic() - since))  # a pause between batches counts
-        self.yielded_seconds += self.service.traffic.wait_quiet(limit, self._stop)
+        now = time.monotonic()
+        owed = self._owed - (now - self._owed_at) if self._owed_at is not None else self._owed
+        if owed > 0:
+            self.yielded_seconds += self.service.traffic.wait_quiet(owed, self._stop)
+            if not self.service.traffic.busy():  # quiet traffic: nothing to yield to, the debt is forgiven
+                self._owed, self._owed_at = 0.0, time.monotonic()
         self._step_started = time.monotonic()
 
     def _end_step(self) -> None:
-        if self._step_started is not None:
-            now = time.monotonic()
-            self._owed = (self.priority.wait_after(now - self._step_started), now)
-            self._step_started = None
+        """Account for the step that ends now: the time since the last one paid back what was owed (down to the
+        priority's credit), and this one owes its duration × (1 - share) / share."""
+        if self._step_started is None:
+            return
+        now = time.monotonic()
+        idle = self._step_started - self._owed_at if self._owed_at is not None else 0.0
+        owed = max(-self.priority.credit, self._owed - idle)
+        self._owed, self._owed_at = owed + self.priority.wait_after(now - self._step_started), now
+        self._step_started = None
 
     def _in_slices(self, embed_rows):
         """``embed_rows`` a slice of the priority's size at a time, yielding to the searches before each slice."""
