@@ -188,10 +188,10 @@ class CommitsUnderWriteLock:
 class BackfillJob:
     """A background thread that runs the crash-safe in-place backfill a chunk at a time beside the searches.
 
-    Its priority (``spec["priority"]``, see :mod:`bt2_hf.serving.priority`): ``"low"`` (the default) embeds a batch
-    in slices and, before each slice and each step of a commit, waits for the service's searches to be quiet, at
-    most its last step's duration × ``(1 - share) / share`` (``spec["share"]``, default 0.2: at most a fifth of the
-    time under continuous load); ``"normal"`` runs each batch flat out.
+    Its priority (``spec["priority"]``, see :mod:`bt2_hf.serving.priority`): ``"low"`` (the default) embeds and
+    writes a batch in slices and, before a slice or a step of a commit that its share of the time (``spec["share"]``,
+    default 0.2) owes a wait, waits for the service's searches to be quiet or the wait to be paid: under continuous
+    load it takes at most a fifth of the time; ``"normal"`` runs each batch flat out.
     """
 
     def __init__(self, service: GalleryService, served: ServedGallery, model: LoadedModel, spec: dict):
