@@ -91,6 +91,7 @@ class SlowJob(BackfillJob):
 
     SECONDS = 0.1
     slices: list[int] = []
+    yielded: list[float] = []
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -102,6 +103,7 @@ class SlowJob(BackfillJob):
 
         def slow(rows):
             SlowJob.slices.append(len(rows))
+            SlowJob.yielded.append(self.yielded_seconds)  # the job's waits before this slice
             vectors = embed_rows(rows)
             time.sleep(SlowJob.SECONDS)
             return vectors
@@ -112,7 +114,7 @@ class SlowJob(BackfillJob):
 def start_slow_job(service, serving_data, seconds: float, **spec):
     _, gallery = service.served("products")
     loaded = service.registry.get("new")
-    SlowJob.SECONDS, SlowJob.slices = seconds, []
+    SlowJob.SECONDS, SlowJob.slices, SlowJob.yielded = seconds, [], []
     service.start_job(gallery, loaded, {"model": loaded.path, "data": str(serving_data), **spec}, SlowJob)
     return gallery
 
@@ -142,6 +144,19 @@ def test_a_low_priority_backfill_finishes_under_continuous_load_within_its_share
     assert progress["priority"] == "low" and progress["items_per_second"] > 0
     assert SlowJob.slices == [100, 100]
     assert progress["yielded_seconds"] >= 2 * 0.1 * 0.98  # each slice's next step waited at least as long
+
+
+def test_a_backfill_paced_within_its_share_by_its_pauses_does_not_wait(service, serving_data):
+    """Under continuous load, the first batch's steps owe waits (they had no idle time before them); the 1 s pause
+    after it banks a credit that covers the second batch's steps at a share of 0.9, so that batch never waits."""
+    with service.traffic.search():
+        gallery = start_slow_job(service, serving_data, 0.05, batch_size=100, priority="low", share=0.9, pause=1.0)
+        gallery.job.join(120)
+    progress = service.progress(gallery)
+    assert progress["status"] == "complete" and progress["done"] == 200
+    first, second = SlowJob.yielded  # the waits before each batch's slice
+    assert first == 0 and second > 0  # the first batch's steps after its slice waited
+    assert progress["yielded_seconds"] == pytest.approx(second, abs=1e-3)  # and nothing after the pause
 
 
 def test_a_normal_priority_backfill_never_waits(service, serving_data):
