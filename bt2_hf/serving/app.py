@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -67,6 +67,11 @@ class BackfillRequest(BaseModel):
     batch_size: int = Field(1024, ge=1, le=100_000, description="items per committed batch")
     allow_unmeasured: bool = False
     pause: float = Field(0.0, ge=0.0, le=60.0, description="seconds between batches (leaves CPU to searches)")
+    priority: Literal["low", "normal"] = Field("low", description="low: yield to the searches (wait for quiet "
+                                               "traffic before each step, at most share of the time under load); "
+                                               "normal: flat out")  # fmt: skip
+    share: float | None = Field(None, gt=0.0, le=1.0, description="a low-priority backfill's share of the time "
+                                "under continuous search load (default 0.2)")  # fmt: skip
 
 
 class AliasRequest(BaseModel):

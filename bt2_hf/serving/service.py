@@ -42,6 +42,7 @@ from ..galleries.aliases import GalleryRoot, check_name, open_gallery_root
 from ..utils.io import atomic_write_json
 from .batching import TextBatcher
 from .locks import ReadWriteLock
+from .priority import BackfillPriority, SearchTraffic
 
 logger = logging.getLogger(__name__)
 
@@ -146,11 +147,17 @@ class CommitsUnderWriteLock:
     side of the gallery's lock, so a search never reads the state half-way through a batch.
 
     With ``served`` (the job's gallery, whose mutation lock the caller holds), a batch's rows are written and fsynced
-    without the mutation lock: a dual-write meanwhile waits only for the commit itself.
+    without the mutation lock: a dual-write meanwhile waits only for the commit itself. ``before_step`` (a callable,
+    e.g. a low-priority job's wait for quiet search traffic) runs before each step of a commit, so that no step starts
+    while searches are arriving; with ``slice_size``, a batch's rows are written (and synced) that many at a time,
+    each a step of its own.
     """
 
-    def __init__(self, store, rw: ReadWriteLock, served: ServedGallery | None = None):
+    def __init__(self, store, rw: ReadWriteLock, served: ServedGallery | None = None, before_step=None,
+                 slice_size: int | None = None):  # fmt: skip
         self._store, self._rw, self._served = store, rw, served
+        self._before_step = before_step or (lambda: None)
+        self._slice_size = slice_size
 
     def __getattr__(self, name):
         return getattr(self._store, name)
@@ -160,6 +167,7 @@ class CommitsUnderWriteLock:
 
     def write_backfill_batch(self, rows, vectors, done):
         if not hasattr(self._store, "commit_backfill_batch"):  # a Milvus collection: one upsert, then the commit
+            self._before_step()
             with self._rw.write():
                 self._store.write_backfill_batch(rows, vectors, done)
             return
@@ -167,19 +175,23 @@ class CommitsUnderWriteLock:
         # are written, the search over the re-embedded items after this batch is built and the manifest is written
         # before the write side is taken (all under it, it was held 50-175 ms a batch at 100k items, the p99 of
         # every search during a backfill).
-        if self._served is None:
-            self._store.write_backfill_rows(rows, vectors)
-        else:
+        size = self._slice_size or len(rows)
+        if self._served is not None:
             # rows beyond ``done`` in the backfill's own table: nothing reads them and a dual-write touches other files
             self._served.mutation.release()
-            try:
-                self._store.write_backfill_rows(rows, vectors)
-            finally:
+        try:
+            for start in range(0, len(rows), size):  # in any number of steps, each after the priority's wait
+                self._before_step()
+                self._store.write_backfill_rows(rows[start : start + size], vectors[start : start + size])
+        finally:
+            if self._served is not None:
                 self._served.mutation.acquire()
-            if self._served.store is not self._store:
-                raise _GalleryReopened
+        if self._served is not None and self._served.store is not self._store:
+            raise _GalleryReopened
         done = self._done_after(rows, done)
+        self._before_step()
         search = self._store.prepare_backfill_search(int(done))
+        self._before_step()
         self._store.commit_backfill_batch(done, search, swap=self._rw.write)  # the lock held for the switch only
 
     def _done_after(self, rows, done: int) -> int:
@@ -207,17 +219,69 @@ class CommitsUnderWriteLock:
 
 
 class BackfillJob:
-    """A background thread that runs the crash-safe in-place backfill a chunk at a time beside the searches."""
+    """A background thread that runs the crash-safe in-place backfill a chunk at a time beside the searches.
+
+    Its priority (``spec["priority"]``, see :mod:`bt2_hf.serving.priority`): ``"low"`` (the default) embeds and
+    writes a batch in slices and, before a slice or a step of a commit that its share of the time (``spec["share"]``,
+    default 0.2) owes a wait, waits for the service's searches to be quiet or the wait to be paid: under continuous
+    load it takes at most a fifth of the time; ``"normal"`` runs each batch flat out.
+    """
 
     def __init__(self, service: GalleryService, served: ServedGallery, model: LoadedModel, spec: dict):
         self.service, self.served, self.model, self.spec = service, served, model, spec
+        self.priority = BackfillPriority.named(spec.get("priority") or "low", spec.get("share"))
         self.status, self.error, self.items_per_second = "starting", None, None
+        self.yielded_seconds = 0.0  # time spent waiting for quiet search traffic
+        # The share's account: seconds of waiting the job's steps owe the searches (negative: credit earned while
+        # idle, e.g. during --backfill_pause), as of ``_owed_at``; the step running now started at ``_step_started``.
+        self._owed, self._owed_at, self._step_started = 0.0, None, None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"backfill-{served.name}", daemon=True)
 
     def start(self) -> None:
-        self._embed = self._embedder()  # refuse a dataset that lacks the gallery's items before the thread starts
+        # refuse a dataset that lacks the gallery's items before the thread starts
+        self._embed = self._in_slices(self._embedder())
         self._thread.start()
+
+    def yield_to_searches(self) -> None:
+        """Before a step: if the job's steps took more than the priority's share of the time, wait for quiet search
+        traffic until they are back within it (a normal-priority job never waits)."""
+        if self.priority.share is None:
+            return
+        self._end_step()
+        now = time.monotonic()
+        owed = self._owed - (now - self._owed_at) if self._owed_at is not None else self._owed
+        if owed > 0:
+            self.yielded_seconds += self.service.traffic.wait_quiet(owed, self._stop)
+            if not self.service.traffic.busy():  # quiet traffic: nothing to yield to, the debt is forgiven
+                self._owed, self._owed_at = 0.0, time.monotonic()
+        self._step_started = time.monotonic()
+
+    def _end_step(self) -> None:
+        """Account for the step that ends now: the time since the last one paid back what was owed (down to the
+        priority's credit), and this one owes its duration × (1 - share) / share."""
+        if self._step_started is None:
+            return
+        now = time.monotonic()
+        idle = self._step_started - self._owed_at if self._owed_at is not None else 0.0
+        owed = max(-self.priority.credit, self._owed - idle)
+        self._owed, self._owed_at = owed + self.priority.wait_after(now - self._step_started), now
+        self._step_started = None
+
+    def _in_slices(self, embed_rows):
+        """``embed_rows`` a slice of the priority's size at a time, yielding to the searches before each slice."""
+        size = self.priority.slice_size
+        if not size:
+            return embed_rows
+
+        def embed_in_slices(rows: np.ndarray) -> np.ndarray:
+            parts = []
+            for start in range(0, len(rows), size):
+                self.yield_to_searches()
+                parts.append(np.asarray(embed_rows(rows[start : start + size]), dtype=np.float32))
+            return np.concatenate(parts) if parts else embed_rows(rows)
+
+        return embed_in_slices
 
     def stop(self, timeout: float | None = None) -> None:
         self._stop.set()
@@ -282,7 +346,8 @@ class BackfillJob:
         count = len(self.served.store)
         return {"status": self.status, "model": self.model.name, "fingerprint": self.model.fingerprint,
                 "done": int(state.get("done", 0)), "count": count, "error": self.error,
-                "items_per_second": self.items_per_second}  # fmt: skip
+                "items_per_second": self.items_per_second, "priority": self.priority.name,
+                "yielded_seconds": round(self.yielded_seconds, 3)}  # fmt: skip
 
     def _run(self) -> None:
         from ..galleries.backfill import backfill
@@ -302,16 +367,18 @@ class BackfillJob:
                     if state and done >= count:
                         break
                     fraction = min(1.0, (done + chunk + 0.5) / count)
+                    writer = CommitsUnderWriteLock(store, self.served.rw, self.served, self.yield_to_searches,
+                                                   self.priority.slice_size)  # fmt: skip
                     try:
-                        backfill(CommitsUnderWriteLock(store, self.served.rw, self.served), embed_rows=embed_rows,
-                                 identity=identity, query_config=self.model.config, fraction=fraction,
-                                 order=None if state else self.spec.get("order"),
+                        backfill(writer, embed_rows=embed_rows, identity=identity, query_config=self.model.config,
+                                 fraction=fraction, order=None if state else self.spec.get("order"),
                                  seed=None if state else self.spec.get("seed"), batch_size=chunk,
                                  allow_unmeasured=bool(self.spec.get("allow_unmeasured")),
                                  show_progress=False)  # fmt: skip
                     except _GalleryReopened:
                         continue  # a dual-write reopened the gallery meanwhile: this chunk again, on it
                     now_done = store.backfill_state["done"]
+                    self._end_step()  # the batch's last step ends with its commit, not after the pause
                 elapsed = time.perf_counter() - started
                 self.items_per_second = (now_done - first_done) / elapsed if elapsed > 0 else None
                 time.sleep(float(self.spec.get("pause", 0.0)) or 0.001)  # let a waiting dual-write take the lock
@@ -370,6 +437,7 @@ class GalleryService:
         self._targets: dict[str, str] = {}  # galleries' own names already located (not aliases)
         self._lock = threading.Lock()
         self._jobs_lock = threading.Lock()
+        self.traffic = SearchTraffic()  # the searches a low-priority backfill yields to
         self.started = time.time()
         if resume_jobs:
             self.resume_jobs()
@@ -433,6 +501,11 @@ class GalleryService:
     def search(self, gallery: str | None = None, *, k: int = 10, text: str | None = None, image: bytes | None = None,
                vector: list | None = None, model: str | None = None) -> dict:  # fmt: skip
         """Search a gallery with one query (exactly one of ``text``, ``image`` (encoded bytes) or ``vector``)."""
+        with self.traffic.search():  # counted in flight, embedding included: a low-priority backfill waits for it
+            return self._search(gallery, k=k, text=text, image=image, vector=vector, model=model)
+
+    def _search(self, gallery: str | None, *, k: int, text: str | None, image: bytes | None, vector: list | None,
+                model: str | None) -> dict:  # fmt: skip
         from ..compatibility import IncompatibleModelsError
 
         given = [name for name, value in (("text", text), ("image", image), ("vector", vector)) if value is not None]
@@ -571,16 +644,26 @@ class GalleryService:
     def start_backfill(self, gallery: str | None, model: str, data: str, *, split: str | None = None,
                        column: str | None = None, id_column: str | None = None, order: str | None = None,
                        seed: int | None = None, batch_size: int = 1024, allow_unmeasured: bool = False,
-                       pause: float = 0.0) -> dict:  # fmt: skip
-        """Start (or resume) a backfill of a gallery with a loaded model, beside the searches; its progress."""
+                       pause: float = 0.0, priority: str = "low", share: float | None = None) -> dict:  # fmt: skip
+        """Start (or resume) a backfill of a gallery with a loaded model, beside the searches; its progress.
+
+        ``priority`` is ``"low"`` (the job yields to the searches: it waits for quiet traffic before each step, and
+        takes at most ``share`` of the time under continuous load, default 0.2; see
+        :mod:`bt2_hf.serving.priority`) or ``"normal"`` (flat out); ``pause`` adds seconds between batches in
+        either case.
+        """
         name = gallery or self.default_gallery()
         _, served = self.served(name)
         loaded = self.registry.get(model)
-        spec = {"model": loaded.path, "data": str(data), "split": split, "column": column, "id_column": id_column,
-                "order": order, "seed": seed, "batch_size": int(batch_size), "allow_unmeasured": allow_unmeasured,
-                "pause": float(pause)}  # fmt: skip
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ServingError(f"batch_size must be a positive integer, got {batch_size!r}.", 422)
+        try:
+            BackfillPriority.named(priority, share)
+        except ValueError as error:
+            raise ServingError(str(error), 422) from None
+        spec = {"model": loaded.path, "data": str(data), "split": split, "column": column, "id_column": id_column,
+                "order": order, "seed": seed, "batch_size": int(batch_size), "allow_unmeasured": allow_unmeasured,
+                "pause": float(pause), "priority": priority, "share": None if share is None else float(share)}  # fmt: skip
         self.start_job(served, loaded, spec)
         return self.progress(served)
 
@@ -710,6 +793,12 @@ class GalleryService:
                                progress["done"] / max(1, progress["count"])))  # fmt: skip
                 gauges.append(("bt2_backfill_running", "1 while a backfill job runs.", labels,
                                float(progress["status"] == "running")))  # fmt: skip
+                if progress.get("items_per_second") is not None:
+                    gauges.append(("bt2_backfill_items_per_second", "Items re-embedded per second since the job "
+                                   "started (its rate beside the searches).", labels, progress["items_per_second"]))  # fmt: skip
+                if progress.get("yielded_seconds") is not None:
+                    gauges.append(("bt2_backfill_yielded_seconds", "Seconds the backfill job waited for quiet "
+                                   "search traffic.", labels, progress["yielded_seconds"]))  # fmt: skip
         return gauges
 
 
