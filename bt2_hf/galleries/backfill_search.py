@@ -24,13 +24,13 @@ of an add's work) is computed before it is taken.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 
 import numpy as np
 
 from ..retrieval.knn import import_faiss
+from ..utils.locks import ReadWriteLock
 
 # The row table starts this small and doubles when full: the copies cost at most as much again as the rows they copy.
 MIN_CAPACITY = 1024
@@ -58,43 +58,6 @@ def list_count(expected: int, training_rows: int) -> int:
     return max(1, min(MAX_LISTS, lists, training_rows // MIN_TRAINING_ROWS_PER_LIST))
 
 
-class _SharedLock:
-    """Searches share it, an add holds it alone; a waiting add holds new searches back (they last a millisecond)."""
-
-    def __init__(self):
-        self._condition = threading.Condition(threading.Lock())
-        self._readers, self._writer, self._writers_waiting = 0, False, 0
-
-    @contextlib.contextmanager
-    def shared(self):
-        with self._condition:
-            while self._writer or self._writers_waiting:
-                self._condition.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._readers -= 1
-                if not self._readers:
-                    self._condition.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self):
-        with self._condition:
-            self._writers_waiting += 1
-            while self._writer or self._readers:
-                self._condition.wait()
-            self._writers_waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._writer = False
-                self._condition.notify_all()
-
-
 class _ListIndex:
     """An IVF-Flat index (inner product) whose ids are positions in a row table: the table's first ``ntotal`` rows.
 
@@ -104,7 +67,7 @@ class _ListIndex:
 
     def __init__(self, index, nprobe: int):
         self.index, self.nprobe = index, int(nprobe)
-        self.lock = _SharedLock()
+        self.lock = ReadWriteLock()  # searches share it; an add holds it alone (searches last a millisecond)
 
     @classmethod
     def trained(cls, rows: np.ndarray, expected: int, nprobe: int) -> _ListIndex:
@@ -134,14 +97,14 @@ class _ListIndex:
         faiss = import_faiss()
         _, lists = self.index.quantizer.search(vectors, 1)  # the quantizer is never changed after training
         lists = np.ascontiguousarray(lists[:, 0], dtype=np.int64)
-        with self.lock.exclusive():
+        with self.lock.write():
             ids = np.arange(self.count, self.count + len(vectors), dtype=np.int64)
             self.index.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
 
     def truncated(self, count: int) -> _ListIndex:
         """A copy holding only the first ``count`` positions (the same lists: no training, no re-assignment)."""
         faiss = import_faiss()
-        with self.lock.shared():
+        with self.lock.read():
             index = faiss.clone_index(self.index)
         if index.ntotal > count:
             index.remove_ids(faiss.IDSelectorRange(int(count), int(index.ntotal)))
@@ -153,7 +116,7 @@ class _ListIndex:
         faiss = import_faiss()
         selector = faiss.IDSelectorRange(0, int(count))  # a local: it must outlive the search that uses it
         params = faiss.SearchParametersIVF(nprobe=int(nprobe or self.nprobe), sel=selector)
-        with self.lock.shared():
+        with self.lock.read():
             return self.index.search(queries, depth, params=params)
 
 

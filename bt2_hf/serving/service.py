@@ -2,7 +2,7 @@
 
 Concurrency (one process, many threads):
 
-- each served gallery directory has a :class:`~bt2_hf.serving.locks.ReadWriteLock`: a search reads the gallery's
+- each served gallery directory has a :class:`~bt2_hf.utils.locks.ReadWriteLock`: a search reads the gallery's
   state under the read side; a backfill batch's commit and the swap of a dual-written gallery take the write side,
   so no search sees half of a change (an item twice, or a slot without its re-embedded item);
 - each also has a mutation lock, held by the backfill worker for one chunk (but not while the model embeds the
@@ -40,8 +40,8 @@ import numpy as np
 from ..errors import BT2InputError
 from ..galleries.aliases import GalleryRoot, check_name, open_gallery_root
 from ..utils.io import atomic_write_json
+from ..utils.locks import ReadWriteLock
 from .batching import TextBatcher
-from .locks import ReadWriteLock
 from .priority import BackfillPriority, SearchTraffic
 
 logger = logging.getLogger(__name__)

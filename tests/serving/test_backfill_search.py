@@ -8,8 +8,8 @@ import threading
 import numpy as np
 
 from bt2_hf.galleries import FaissGallery
-from bt2_hf.serving.locks import ReadWriteLock
 from bt2_hf.serving.service import CommitsUnderWriteLock
+from bt2_hf.utils.locks import ReadWriteLock
 
 OLD, NEW = "sha256:" + "a" * 64, "sha256:" + "b" * 64
 

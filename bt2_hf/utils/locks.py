@@ -1,4 +1,4 @@
-"""A readers–writer lock: many searches at once, a backfill commit or a dual-write swap alone."""
+"""A readers–writer lock: many readers at once (searches), one writer alone (a backfill commit, a dual-write swap, an index add)."""
 
 from __future__ import annotations
 
