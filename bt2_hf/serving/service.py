@@ -136,6 +136,7 @@ class ServedGallery:
     rw: ReadWriteLock = field(default_factory=ReadWriteLock)
     mutation: threading.Lock = field(default_factory=threading.Lock)
     job: BackfillJob | None = None
+    warming: threading.Thread | None = None  # the build of its search over re-embedded rows, when it was opened
 
 
 class _GalleryReopened(Exception):
@@ -461,6 +462,7 @@ class GalleryService:
             if served is None:
                 served = ServedGallery(target, self.root.open_store(target))
                 self._served[target] = served
+                served.warming = _warm(served.store)
         return alias, served
 
     def default_gallery(self) -> str:
@@ -803,6 +805,22 @@ class GalleryService:
 
 
 _THIS_THREAD = threading.local()
+
+
+def _warm(store) -> threading.Thread | None:
+    """Build a just opened gallery's search over its re-embedded rows in the background (see
+    ``FaissGallery.warm_backfill_search``): new-model queries that arrive meanwhile wait for that one build."""
+    if not getattr(store, "backfill_state", None) or not hasattr(store, "warm_backfill_search"):
+        return None
+    def warm() -> None:
+        try:
+            store.warm_backfill_search()
+        except Exception:  # the first new-model query builds it again and says why it fails
+            logger.exception("Building the search over the re-embedded rows of %s failed", store.location)
+
+    thread = threading.Thread(target=warm, name="warm-backfill-search", daemon=True)
+    thread.start()
+    return thread
 
 
 def _limit_faiss_threads(count: int) -> None:

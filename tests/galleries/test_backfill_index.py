@@ -173,3 +173,33 @@ def test_a_query_whose_probed_lists_hold_too_few_rows_gets_the_exact_answer(data
     want_scores, want_rows = brute_force(new, order[:2000], queries, depth)
     np.testing.assert_array_equal(rows, want_rows)
     np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+
+
+def test_a_service_warms_a_reopened_gallery_s_index_before_any_query(tmp_path, monkeypatch, data):
+    """Opened by a service mid-backfill, past the limit, a gallery's index is trained in the background at once, so
+    the first new-model query finds it built (one build, none by the query)."""
+    from bt2_hf.serving import GalleryService
+
+    monkeypatch.setattr(backfill_search, "EXACT_SCAN_LIMIT", LIMIT)
+    monkeypatch.setattr(backfill_search, "NPROBE", NPROBE)
+    new, order, queries = data
+    rng = np.random.default_rng(1)
+    store = FaissGallery.build(tmp_path / "root" / "g", _unit(rng.normal(size=(COUNT, OLD_DIM))), list(range(COUNT)),
+                               encoder={"fingerprint": OLD, "embedding_dim": OLD_DIM})  # fmt: skip
+    store.start_backfill(dict(model={"fingerprint": NEW, "name_or_path": "new", "embedding_dim": NEW_DIM},
+                              dimension=NEW_DIM, order="random", seed=0, done=0, count=COUNT, target=COUNT,
+                              batch_size=500), order)  # fmt: skip
+    done = 0
+    for batch in BATCHES[:4]:
+        rows = order[done : done + batch]
+        store.write_backfill_rows(rows, new[rows])
+        done += batch
+        store.commit_backfill_batch(done, store.prepare_backfill_search(done))
+    builds, prepare = [], FaissGallery.prepare_backfill_search
+    monkeypatch.setattr(FaissGallery, "prepare_backfill_search", lambda self, d: builds.append(d) or prepare(self, d))
+    served = GalleryService(tmp_path / "root", resume_jobs=False).served("g")[1]
+    served.warming.join(60)
+    assert builds == [done]  # built on opening, without a query
+    scores, rows = served.store.search_backfilled(queries, 30)
+    assert builds == [done]  # the query found it
+    assert recall(rows, brute_force(new, order[:done], queries, 30)[1]) >= 0.95
