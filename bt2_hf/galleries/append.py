@@ -27,7 +27,7 @@ import shutil
 import numpy as np
 
 from ..retrieval.knn import import_faiss
-from ..utils.io import atomic_directory, atomic_write_json
+from ..utils.io import atomic_directory, atomic_write_json, fsync_directory
 from .appended import (
     APPENDED_DIR,
     BACKFILL_FILE,
@@ -37,7 +37,6 @@ from .appended import (
     append_to_file,
     chain_digest,
     empty_record,
-    fsync_directory,
     item_line,
     writer_lock,
 )

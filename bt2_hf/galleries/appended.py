@@ -219,13 +219,3 @@ def append_to_file(path: Path, committed: int, data: bytes) -> None:
     finally:
         os.close(descriptor)
     file_operation_done()
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a new entry of ``directory`` (a file created there) durable."""
-    with contextlib.suppress(OSError):
-        descriptor = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)

@@ -1107,7 +1107,8 @@ def read_manifest(directory: Path) -> dict:
     if (appended is not None) != (manifest["format"] == APPENDED_FORMAT) or (appended is not None and not (
             isinstance(appended, dict) and isinstance(appended.get("count"), int) and 0 < appended["count"] <=
             manifest["count"] and isinstance(appended.get("files"), dict) and all(
-                isinstance(entry, dict) and all(isinstance(entry.get(key), int) for key in ("bytes", "rows"))
+                isinstance(entry, dict) and all(isinstance(entry.get(key), int) and not isinstance(entry[key], bool)
+                                                and entry[key] >= 0 for key in ("bytes", "rows"))
                 and isinstance(entry.get("digest"), str) for entry in appended["files"].values()))):  # fmt: skip
         raise GalleryError("the manifest's 'appended' record (items added after the build) is malformed or does not "
                            "match its format: it is damaged or was edited.", path)  # fmt: skip

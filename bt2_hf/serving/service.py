@@ -812,6 +812,7 @@ def _warm(store) -> threading.Thread | None:
     ``FaissGallery.warm_backfill_search``): new-model queries that arrive meanwhile wait for that one build."""
     if not getattr(store, "backfill_state", None) or not hasattr(store, "warm_backfill_search"):
         return None
+
     def warm() -> None:
         try:
             store.warm_backfill_search()

@@ -165,7 +165,8 @@ def recover_directory(path: str | os.PathLike) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make ``directory``'s entries (files created, renamed or removed there) durable."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:
@@ -243,15 +244,15 @@ def swap_into_place(staging: Path, path: Path) -> None:
     ``staging`` must be a sibling of ``path`` (same filesystem). A crash before the swap leaves the previous version,
     after it the new one; :func:`recover_directory` cleans up either way.
     """
-    _fsync_directory(staging)
+    fsync_directory(staging)
     if not path.exists():
         os.rename(staging, path)
         file_operation_done()
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
         return
     if _exchange(staging, path):
         file_operation_done()
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
         shutil.rmtree(staging, ignore_errors=True)  # now the previous version
         file_operation_done()
         return
@@ -260,7 +261,7 @@ def swap_into_place(staging: Path, path: Path) -> None:
     file_operation_done()
     os.rename(staging, path)
     file_operation_done()
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     shutil.rmtree(previous, ignore_errors=True)
     file_operation_done()
 
@@ -311,13 +312,13 @@ def atomic_directory(
             swap_into_place(staging, path)
         else:
             # the existence check above and the creation are one step: of two concurrent writers, one fails here
-            _fsync_directory(staging)
+            fsync_directory(staging)
             if not _rename_noreplace(staging, path):
                 if path.exists():
                     raise FileExistsError(f"{path} appeared while this one was being built; nothing was replaced.")
                 os.rename(staging, path)
             file_operation_done()
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -13,6 +13,7 @@ import pytest
 
 from bt2_hf.galleries import FaissGallery, backfill, finalize_backfill
 from bt2_hf.galleries.append import StaleGalleryError, append_items, compact_gallery
+from bt2_hf.galleries.appended import ITEMS_FILE, VECTORS_FILE
 from bt2_hf.galleries.faiss_store import GalleryError
 
 ENCODER = {"fingerprint": "sha256:" + "c" * 64, "name_or_path": "old", "embedding_dim": 16}
@@ -258,3 +259,26 @@ def test_bt2_gallery_compact_and_info(tmp_path, capsys):
     assert gallery_main(["compact", str(tmp_path / "g")]) == 0
     assert json.loads(capsys.readouterr().out) == {"directory": str(tmp_path / "g"), "count": 34, "folded": 4}
     assert FaissGallery.open(tmp_path / "g").base_count == 34
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda record: record.update(count="2"),  # not a number
+        lambda record: record.update(count=10_000),  # more items than the gallery holds
+        lambda record: record["files"][VECTORS_FILE].update(bytes=-64),  # a length that cannot be
+        lambda record: record["files"][VECTORS_FILE].update(rows=5),  # more rows than its bytes hold
+        lambda record: record["files"][ITEMS_FILE].update(digest="00" * 32),  # another chain
+    ],
+)
+def test_an_edited_appended_record_is_refused(tmp_path, edit):
+    """The manifest's record of the appended rows, edited by hand, is refused when the gallery opens."""
+    rng = np.random.default_rng(4)
+    FaissGallery.build(tmp_path / "g", rng.normal(size=(40, 16)), encoder=ENCODER)
+    append_items(FaissGallery.open(tmp_path / "g"), rng.normal(size=(2, 16)), [100, 101])
+    path = tmp_path / "g" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest["appended"])
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(GalleryError):
+        FaissGallery.open(tmp_path / "g")
