@@ -140,7 +140,8 @@ def load(url: str, bodies: list[dict], clients: int, seconds: float, max_request
         latencies, failures, elapsed = run_loop(load_raw(url, bodies, clients, seconds, max_requests))
     cpu = time.process_time() - cpu
     return {"clients": clients, "requests": len(latencies), "failed": len(failures), "qps": len(latencies) / elapsed,
-            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
+            "p50_ms": percentile(latencies, 50), "p90_ms": percentile(latencies, 90), "p99_ms": percentile(latencies, 99),
+            "max_ms": percentile(latencies, 100),
             "client_cpu_ms_per_request": 1000 * cpu / max(1, len(latencies) + len(failures))}  # fmt: skip
 
 

@@ -6,9 +6,10 @@ same answers and the same refusals (status and ``detail``), and skips the rest. 
 answers its multipart uploads.
 
 Where the search runs: a vector query is searched on the event loop itself (``inline_vectors``): the hop to a worker
-thread and back costs more than the search. A text or image query is embedded by a model (milliseconds to tens of
-milliseconds), so it goes to a worker thread, where concurrent text queries meet in one micro-batch
-(:class:`~bt2_hf.serving.batching.TextBatcher`).
+thread and back costs more than the search. The vector queries parsed in one turn of the loop are searched together,
+in arrival order (:class:`~bt2_hf.serving.batching.VectorBatcher`). A text or image query is embedded by a model
+(milliseconds to tens of milliseconds), so it goes to a worker thread, where concurrent text queries meet in one
+micro-batch (:class:`~bt2_hf.serving.batching.TextBatcher`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..compatibility import IncompatibleModelsError
 from ..galleries.aliases import GalleryNotFoundError
+from .batching import VectorBatcher
 from .service import GalleryService, ServingError
 
 try:  # orjson parses a 128-number vector about 6× faster than json; the standard library is the fallback
@@ -119,6 +121,7 @@ class JsonSearchEndpoint:
     def __init__(self, service: GalleryService, token: str | None = None, open_reads: bool = True,
                  inline_vectors: bool = True):  # fmt: skip
         self.service, self.token, self.open_reads, self.inline_vectors = service, token, open_reads, inline_vectors
+        self.vectors = VectorBatcher(service.search_vectors)
 
     async def __call__(self, headers: dict[bytes, bytes], body: bytes, send) -> None:
         from starlette.concurrency import run_in_threadpool
@@ -127,8 +130,11 @@ class JsonSearchEndpoint:
             if not self.open_reads:
                 check_token(bearer_token(headers), self.token)
             arguments = json_search_arguments(body)
-            if arguments["vector"] is not None and self.inline_vectors:
-                answer = self.service.search(**arguments)
+            if arguments["vector"] is not None and self.inline_vectors and arguments["text"] is None and (
+                    arguments["image"] is None):  # fmt: skip
+                answer = await self.vectors.search(
+                    {name: arguments[name] for name in ("gallery", "k", "vector", "model")}
+                )
             else:
                 answer = await run_in_threadpool(lambda: self.service.search(**arguments))
             status, payload = 200, dumps(answer)

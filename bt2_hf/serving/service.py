@@ -506,29 +506,80 @@ class GalleryService:
         with self.traffic.search():  # counted in flight, embedding included: a low-priority backfill waits for it
             return self._search(gallery, k=k, text=text, image=image, vector=vector, model=model)
 
-    def _search(self, gallery: str | None, *, k: int, text: str | None, image: bytes | None, vector: list | None,
-                model: str | None) -> dict:  # fmt: skip
-        from ..compatibility import IncompatibleModelsError
+    def search_vectors(self, queries: list[dict]) -> list:
+        """Many vector queries at once, each answered (or refused) as :meth:`search` answers it alone.
 
-        given = [name for name, value in (("text", text), ("image", image), ("vector", vector)) if value is not None]
-        if len(given) != 1:
-            raise ServingError(f"Give exactly one query: text, image or vector (got {given or 'none'}).", 422)
+        The queries of one gallery, model, ``k`` and width are searched in one call of the gallery's search: the
+        per-query work of a served search (resolving the gallery, admitting the model, the lock, the faiss call) is
+        paid once for them. Answers equal the one-at-a-time ones up to float rounding.
+
+        Args:
+            queries (`list[dict]`): each with ``vector`` and optionally ``gallery``, ``k`` (default 10), ``model``.
+
+        Returns:
+            `list`: for each query, its answer (`dict`) or the exception that refuses it (the others are unaffected).
+        """
+        answers: list = [None] * len(queries)
+        groups: dict[tuple, list[int]] = {}
+        for position, query in enumerate(queries):
+            key = (query.get("gallery"), query.get("model"), query.get("k", 10))
+            groups.setdefault(key, []).append(position)
+        with self.traffic.search():
+            for (gallery, model, k), positions in groups.items():
+                try:
+                    name, alias, served, loaded = self._resolve(gallery, k, model)
+                    config = loaded.config if loaded else self._encoder_as_query(served.store)
+                    widths: dict[int, list[tuple[int, np.ndarray]]] = {}
+                    for position in positions:
+                        try:
+                            vector = _vector(queries[position]["vector"], config)
+                        except ServingError as refusal:
+                            answers[position] = refusal
+                            continue
+                        widths.setdefault(vector.shape[1], []).append((position, vector))
+                    for batch in widths.values():
+                        admission = self._admit(served.store, config, name)
+                        found = self._answers(name, alias, served, loaded, config, admission, k,
+                                              np.concatenate([vector for _, vector in batch]))  # fmt: skip
+                        for (position, _), answer in zip(batch, found):
+                            answers[position] = answer
+                except Exception as error:  # refuses (or fails) the whole group: they asked the same thing
+                    for position in positions:
+                        if answers[position] is None:
+                            answers[position] = error
+        return answers
+
+    def _resolve(self, gallery: str | None, k, model: str | None):
+        """``(name, alias, served gallery, loaded model or None)`` of a request, its ``k`` checked."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ServingError(f"k must be an integer from 1 to {MAX_K}, got {k!r}.", 422)
         name = gallery or self.default_gallery()
         alias, served = self.served(name)
+        return name, alias, served, (self.registry.get(model) if model is not None else None)
+
+    @staticmethod
+    def _admit(store, config, name: str):
+        from ..compatibility import IncompatibleModelsError
+
+        try:
+            return store.admit(config)
+        except IncompatibleModelsError as refusal:
+            raise ServingError(f"The query model is not admitted to {name}: {refusal}", 403) from None
+
+    def _search(self, gallery: str | None, *, k: int, text: str | None, image: bytes | None, vector: list | None,
+                model: str | None) -> dict:  # fmt: skip
+        given = [name for name, value in (("text", text), ("image", image), ("vector", vector)) if value is not None]
+        if len(given) != 1:
+            raise ServingError(f"Give exactly one query: text, image or vector (got {given or 'none'}).", 422)
+        name, alias, served, loaded = self._resolve(gallery, k, model)
         store = served.store
-        loaded = self.registry.get(model) if model is not None else None
         if vector is not None:
             config = loaded.config if loaded else self._encoder_as_query(store)
             queries = _vector(vector, config)
         else:
             loaded = loaded or self._default_model(store, "text" if text is not None else "image")
             config = loaded.config
-        try:
-            admission = store.admit(config)
-        except IncompatibleModelsError as refusal:
-            raise ServingError(f"The query model is not admitted to {name}: {refusal}", 403) from None
+        admission = self._admit(store, config, name)
         if vector is None:
             if (text is not None) != (loaded.modality == "text"):
                 raise ServingError(f"Model {loaded.name} embeds {loaded.modality}s; this query is "
@@ -538,21 +589,25 @@ class GalleryService:
             else:
                 inputs = {"texts": [text]} if text is not None else {"images": [_decode_image(image)]}
                 queries = loaded.model.encode(**inputs).numpy()
+        return self._answers(name, alias, served, loaded, config, admission, k, queries)[0]
+
+    def _answers(self, name, alias, served, loaded, config, admission, k: int, queries: np.ndarray) -> list[dict]:
+        """One answer per query row, all searched in one call under the gallery's read lock."""
         if self.search_threads is not None:
             _limit_faiss_threads(self.search_threads)
         with served.rw.read():
             store = served.store  # the gallery as of now: a dual-write may have replaced it before the lock
             result = store.search(queries, k=k, query_config=config, **({"rule": self._rule} if self._rule else {}))
             state = store.backfill_state
-        return {
-            "gallery": name, "alias": alias, "directory": served.name,
-            "model": {"name": loaded.name if loaded else "gallery encoder", "fingerprint": config.fingerprint},
+        model = {"name": loaded.name if loaded else "gallery encoder", "fingerprint": config.fingerprint}
+        backfill = None if not state else {"done": int(state["done"]), "count": len(store)}
+        return [{
+            "gallery": name, "alias": alias, "directory": served.name, "model": model,
             "encoder": store.encoder["fingerprint"],
             # the rule that ranks during a backfill; ``mixed``: re-embedded items hold slots of this answer
-            "rule": self.rule, "mixed": bool(result.backfilled.any()), "prefix_dim": int(result.prefix_dim), "admission": admission.basis,
-            "backfill": None if not state else {"done": int(state["done"]), "count": len(store)},
-            "hits": result.hits()[0],
-        }  # fmt: skip
+            "rule": self.rule, "mixed": bool(result.backfilled[row].any()), "prefix_dim": int(result.prefix_dim),
+            "admission": admission.basis, "backfill": backfill, "hits": hits,
+        } for row, hits in enumerate(result.hits())]  # fmt: skip
 
     # -- dual-write ------------------------------------------------------------------------------------------------------
 

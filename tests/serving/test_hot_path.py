@@ -262,3 +262,99 @@ def test_a_backfill_commit_holds_searches_back_only_for_the_commit(service, serv
     np.testing.assert_allclose(prepared[0], from_files[0], atol=1e-6)
     with pytest.raises(ValueError, match="covers 120 re-embedded rows, not 130"):
         store.commit_backfill_batch(130, store.prepare_backfill_search(120))
+
+
+def _asgi_post(app, body: dict):
+    """One ``POST /search`` through the ASGI app in this event loop: ``(status, answer)``."""
+    payload = json.dumps(body).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/search", "raw_path": b"/search", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}  # fmt: skip
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": payload, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    async def call():
+        await app(scope, receive, send)
+        return sent[0]["status"], json.loads(sent[1]["body"])
+
+    return call()
+
+
+def test_vector_queries_arriving_together_are_searched_in_one_batch_each_answered_as_alone(
+    service, serving_models, serving_data
+):
+    """Twenty queries parsed in one turn of the event loop: one call of the batch search; each request gets the
+    answer (or the refusal) it gets alone: encoder and new-model queries over a half-backfilled gallery, two k's, a
+    wrong width, an unknown model, an unknown gallery."""
+    import asyncio
+
+    backfill_part(service, serving_models["new"], serving_data, 0.5, slice(100, 101))
+    new_queries = np.random.default_rng(4).normal(size=(6, 12)).round(4).tolist()
+    bodies = [{"gallery": "products", "k": 5, "vector": vector} for vector in QUERIES]
+    bodies += [{"gallery": "products", "k": 3, "vector": vector, "model": "new"} for vector in new_queries]
+    bodies += [{"gallery": "products", "vector": [0.1] * 5},  # a width neither model embeds
+               {"gallery": "products", "vector": QUERIES[0], "model": "nobody"},
+               {"gallery": "elsewhere", "vector": QUERIES[0]}]  # fmt: skip
+    app = create_app(service, token=TOKEN)
+    batcher = app.json_search.vectors
+
+    async def all_at_once():
+        return await asyncio.gather(*(_asgi_post(app, body) for body in bodies))
+
+    answers = asyncio.run(all_at_once())
+    assert batcher.batch_sizes == [len(bodies)]
+    alone = TestClient(create_app(service, token=TOKEN, inline_vectors=False))
+    for body, (status, answer) in zip(bodies, answers):
+        expected = alone.post("/search", json=body)
+        assert status == expected.status_code, (body, answer)
+        if status != 200:
+            assert answer == expected.json()
+            continue
+        expected = expected.json()
+        assert [hit["id"] for hit in answer["hits"]] == [hit["id"] for hit in expected["hits"]]
+        np.testing.assert_allclose([hit["score"] for hit in answer["hits"]],
+                                   [hit["score"] for hit in expected["hits"]], atol=1e-5)  # fmt: skip
+        assert {key: value for key, value in answer.items() if key != "hits"} == {
+            key: value for key, value in expected.items() if key != "hits"}  # fmt: skip
+    statuses = [status for status, _ in answers]
+    assert statuses[: len(QUERIES) + 6] == [200] * (len(QUERIES) + 6) and statuses[-3:] == [422, 404, 404]
+    assert any(answer["mixed"] for _, answer in answers[len(QUERIES) : len(QUERIES) + 6])  # slots were filled
+
+
+def test_a_bug_in_a_batch_fails_its_requests_and_not_the_next_batch():
+    import asyncio
+
+    from bt2_hf.serving.batching import VectorBatcher
+
+    calls = []
+
+    def search_many(queries):
+        calls.append([query["vector"] for query in queries])
+        if any(query["vector"] == "bug" for query in queries):
+            raise RuntimeError("a bug")
+        return [{"echo": query["vector"]} if query["vector"] != "refused" else ValueError("refused")
+                for query in queries]  # fmt: skip
+
+    batcher = VectorBatcher(search_many, max_batch=2)
+
+    async def ask(vector):
+        try:
+            return await batcher.search({"vector": vector})
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
+
+    async def run(vectors):
+        return await asyncio.gather(*(ask(vector) for vector in vectors))
+
+    # max_batch 2: five queries go in three calls, in arrival order; the bug fails its own batch only
+    assert asyncio.run(run([1, "refused", "bug", 4, 5])) == [
+        {"echo": 1}, "ValueError: refused", "RuntimeError: a bug", "RuntimeError: a bug", {"echo": 5}]  # fmt: skip
+    assert calls == [[1, "refused"], ["bug", 4], [5]] and batcher.batch_sizes == [2, 2, 1]
+    with pytest.raises(ValueError, match="max_batch"):
+        VectorBatcher(search_many, max_batch=0)
