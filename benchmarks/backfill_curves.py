@@ -11,6 +11,12 @@ farthest from their class centroid first) and each rule of :mod:`bt2_hf.gallerie
 defined on both orders although the galleries apply it to random orders only), prints top-1 at β = 0,
 0.1, …, 1, the area along β and the least margin over new → old (β = 0), as a table; ``--plot`` writes the curves
 as a PNG.
+
+``--learned``: learned mixing (:mod:`bt2_hf.galleries.relevance_calibration`) against the slot rule and naive
+scoring, in two folds: the split's items are halved (seeded), the maps are fitted on one half (its items as queries
+and gallery, leave-one-out) and every rule is measured on the other half as a gallery of its own, then the halves
+swap; random orders with seeds 0–4 (mean ± sd of the area; the lowest point minus new → old of the worst seed), the
+centroid-distance and the priority order; β = 0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, …, 1.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 from pathlib import Path
 
 ORDERS = ("random", "centroid-distance")
+LEARNED_BETAS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def load_split(data_dir: str, split: str):
@@ -69,6 +76,43 @@ def plot(results: dict, path: Path, new_to_old: float, new_to_new: float) -> Non
     figure.savefig(path, dpi=120)
 
 
+def learned_comparison(old_embeddings, new_embeddings, labels, prefix: int, seeds: int = 5) -> dict:
+    """Slots, naive and learned mixing in two folds (see the module docstring): ``{fold/order/seed: curves}``."""
+    import numpy as np
+
+    from bt2_hf.galleries import fit_relevance_calibration, mixed_backfill_curves
+
+    halves = np.array_split(np.random.default_rng(0).permutation(len(labels)), 2)
+    results = {}
+    for fold, (fit_rows, measured_rows) in enumerate((halves, halves[::-1])):
+        fit_rows, measured_rows = np.sort(fit_rows), np.sort(measured_rows)
+        relevance = fit_relevance_calibration(new_embeddings[fit_rows][:, :prefix], old_embeddings[fit_rows],
+                                              new_embeddings[fit_rows], new_embeddings[fit_rows],
+                                              query_labels=labels[fit_rows])  # fmt: skip
+        print(f"fold {fold}: fitted on {len(fit_rows)} items: {relevance.to_dict()}", flush=True)
+        old_half, new_half, labels_half = (old_embeddings[measured_rows], new_embeddings[measured_rows],
+                                           labels[measured_rows])  # fmt: skip
+        for order, seed in [("random", seed) for seed in range(seeds)] + [("centroid-distance", 0), ("priority", 0)]:
+            curves = mixed_backfill_curves(old_half, new_half, labels_half, prefix, betas=LEARNED_BETAS, order=order,
+                                           seed=seed, rules=("slots", "naive", "learned"), relevance=relevance)  # fmt: skip
+            for rule, curve in curves.items():
+                curve["least_minus_new_old"] = min(curve["top1"]) - curve["top1"][0]
+                results[f"{fold}/{order}/{seed}/{rule}"] = curve
+    print("| fold | rule | random area (mean ± sd) | random least (worst seed) | centroid-distance area / least | "
+          "priority area / least |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for fold in (0, 1):
+        for rule in ("slots", "naive", "learned"):
+            randoms = [results[f"{fold}/random/{seed}/{rule}"] for seed in range(seeds)]
+            areas = np.array([curve["area"] for curve in randoms])
+            others = [results[f"{fold}/{order}/0/{rule}"] for order in ("centroid-distance", "priority")]
+            print(f"| {fold} | {rule} | {areas.mean():.2f} ± {areas.std(ddof=1):.2f} | "
+                  f"{min(curve['least_minus_new_old'] for curve in randoms):+.2f} | "
+                  + " | ".join(f"{curve['area']:.2f} / {curve['least_minus_new_old']:+.2f}" for curve in others)
+                  + " |")  # fmt: skip
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--old", required=True)
@@ -79,6 +123,7 @@ def main() -> None:
     parser.add_argument("--rules", default="calibrated,slots,naive,compatible")
     parser.add_argument("--output", help="JSON file for the curves")
     parser.add_argument("--plot", help="PNG file for the curves")
+    parser.add_argument("--learned", action="store_true", help="learned mixing against slots and naive, two folds")
     args = parser.parse_args()
 
     from bt2_hf import BT2Model
@@ -90,6 +135,11 @@ def main() -> None:
     old, new = BT2Model.from_pretrained(args.old), BT2Model.from_pretrained(args.new)
     old_embeddings, new_embeddings = encode_items(old, images, 512), encode_items(new, images, 512)
     prefix = old.config.embedding_dim
+    if args.learned:
+        results = learned_comparison(old_embeddings, new_embeddings, labels, prefix)
+        if args.output:
+            Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        return
     rules = tuple(args.rules.split(","))
     results = {}
     print(f"{len(labels)} queries = gallery items ({args.split} split), top-1 % at β = 0, 0.1, …, 1")

@@ -21,6 +21,7 @@ from .mixed import (
     top1_under_rule,
     top_k_under_rule,
 )
+from .relevance_calibration import RelevanceCalibration, fit_relevance_calibration
 from .shards import EmbeddingDirectory, EmbeddingDirectoryError
 from .sources import (
     GalleryDataSourceError,
@@ -48,6 +49,8 @@ __all__ = [
     "mixed_backfill_curves",
     "top1_under_rule",
     "top_k_under_rule",
+    "RelevanceCalibration",
+    "fit_relevance_calibration",
     "EmbeddingDirectory",
     "EmbeddingDirectoryError",
     "GallerySource",

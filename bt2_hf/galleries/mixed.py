@@ -65,6 +65,10 @@ from .calibration import calibration_sample, standardise_queries
 
 RULES = ("calibrated", "slots", "naive", "compatible")
 DEFAULT_RULE = "slots"
+# Learned mixing (relevance_calibration.py): measured by the evaluation functions given a fitted calibration; not a
+# rule of search_gallery.
+LEARNED = "learned"
+EVALUATION_RULES = (*RULES, LEARNED)
 # The calibrated rule measures each query's spread over re-embedded items: below this many, the slot rule ranks.
 MIN_CALIBRATION_ITEMS = 50
 # The calibrated rule's gate: a query is ranked by calibrated scores when at least GATE × β of its NEIGHBOURHOOD
@@ -118,12 +122,13 @@ class GallerySearchResult:
         """Each query's hits as dicts: ``id``, ``row``, ``score``, ``backfilled`` and, when the gallery has them,
         ``label`` and ``path``; what ``bt2 index search`` prints."""
         table = []
-        for query, ids in enumerate(self.ids):
+        # (whole rows converted to Python at once: indexing numpy one element at a time costs more than the rest)
+        for query, (ids, rows, scores, flags) in enumerate(zip(self.ids, self.rows.tolist(), self.scores.tolist(),
+                                                                self.backfilled.tolist())):  # fmt: skip
             row_hits = []
             for position, item_id in enumerate(ids):
-                hit = {"id": item_id, "row": int(self.rows[query, position]),
-                       "score": round(float(self.scores[query, position]), 6),
-                       "backfilled": bool(self.backfilled[query, position])}  # fmt: skip
+                hit = {"id": item_id, "row": rows[position], "score": round(scores[position], 6),
+                       "backfilled": flags[position]}  # fmt: skip
                 if self.labels is not None:
                     hit["label"] = self.labels[query][position]
                 if self.paths is not None:
@@ -143,8 +148,18 @@ def _described(store, rows: np.ndarray, ids, scores, backfilled, new_scores, pre
     return GallerySearchResult(ids, scores, rows, backfilled, new_scores, prefix, admission, labels, paths, rule)
 
 
+def _check_rules(rules: Sequence[str], relevance) -> None:
+    for name in rules:
+        if name not in EVALUATION_RULES:
+            raise ValueError(f"rule must be one of {EVALUATION_RULES}, got {name!r}.")
+    if LEARNED in rules and relevance is None:
+        raise ValueError("The 'learned' rule needs relevance=RelevanceCalibration (fit_relevance_calibration).")
+
+
 def _unit(array: np.ndarray) -> np.ndarray:
     array = np.asarray(array, dtype=np.float32)
+    if len(array) == 1:  # one query (a served search): one dot product, not the general norm
+        return array / max(float(np.sqrt(np.dot(array[0], array[0]))), 1e-12)
     return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
 
 
@@ -648,6 +663,7 @@ def top_k_under_rule(
     rule: str = DEFAULT_RULE,
     compatible_gallery: np.ndarray | None = None,
     chunk: int = 512,
+    relevance=None,
 ) -> np.ndarray:
     """Each query's first ``k`` gallery rows under a rule, for a gallery whose ``use_new`` items are re-embedded.
 
@@ -669,12 +685,13 @@ def top_k_under_rule(
         compatible_gallery (`np.ndarray` of shape `(N, d_old)`, *optional*): the ``"compatible"`` rule's vectors of
             the re-embedded items in the encoder's space (default: the first ``d_old`` dims of ``new_gallery``, a BT²
             model's compatible block; give e.g. an adapter's output for a post-hoc pair).
+        relevance (`RelevanceCalibration`, *optional*): the maps of ``rule="learned"``: every item sorted by its
+            mapped score (:mod:`bt2_hf.galleries.relevance_calibration`).
 
     Returns:
         `np.ndarray` of int64, shape `(n, k)`.
     """
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
+    _check_rules([rule], relevance)
     old_gallery, new_gallery = _unit(old_gallery), _unit(new_gallery)
     old_space_queries, new_queries = _unit(old_space_queries), _unit(new_queries)
     use_new = np.asarray(use_new, dtype=bool)
@@ -700,6 +717,10 @@ def top_k_under_rule(
         new_scores = new_queries[start:stop] @ new_gallery.T
         if rule == "naive":
             out[start:stop] = best_first(np.where(use_new[None, :], new_scores, old_scores))
+            continue
+        if rule == LEARNED:
+            out[start:stop] = best_first(np.where(use_new[None, :], relevance.new_logits(new_scores),
+                                                  relevance.encoder_logits(old_scores)))  # fmt: skip
             continue
         if rule == "compatible":  # positions by the one sort of encoder-space and compatible-block cosines
             compatible_scores = old_space_queries[start:stop] @ compatible_gallery.T - _margin(old_scores)[:, None]
@@ -735,14 +756,17 @@ def top1_along_backfill(
     rules: Sequence[str] = RULES,
     candidates: int = 64,
     chunk: int = 1024,
+    relevance=None,
 ) -> dict[str, list[float]]:
     """:func:`top1_under_rule` for every backfill state ``order[:count]``, ``count`` in ``counts``: ``{rule: [top-1]}``.
 
     Exact, and the same values as :func:`top1_under_rule` (ties too: the lowest gallery row wins), but the scores are
     computed once: each query keeps its ``candidates`` best items by new→old and by new/new score, which decide its
     top-1 at every state unless none of them has the re-embedded status needed; those few queries are re-scored in
-    full.
+    full. ``rules`` may include ``"learned"`` given ``relevance`` (a
+    :class:`~bt2_hf.galleries.relevance_calibration.RelevanceCalibration`): one sort of both spaces' mapped scores.
     """
+    _check_rules(rules, relevance)
     old_gallery, new_gallery, queries = _unit(old_gallery), _unit(new_gallery), np.asarray(queries, np.float32)
     same_items = gallery_labels is None
     gallery_labels = np.asarray(query_labels if same_items else gallery_labels)
@@ -810,7 +834,7 @@ def top1_along_backfill(
                 unresolved = swap & ~has_new
                 for row in np.flatnonzero(unresolved):  # rare: score the query against every item
                     best[row] = np.argmax(np.where(use_new, new_scores[row], -np.inf))
-                if rule == "naive" or (rule == "calibrated" and calibration is not None):
+                if rule in ("naive", LEARNED) or (rule == "calibrated" and calibration is not None):
                     first_old = np.argmax(~old_is_new, axis=1)  # the best item not re-embedded, by new→old
                     has_old = ~old_is_new[rows, first_old]
                     old_choice, new_choice = old_top[rows, first_old], new_top[rows, first_new]
@@ -818,17 +842,24 @@ def top1_along_backfill(
                     new_value = np.where(has_new, new_top_scores[rows, first_new], -np.inf)
                     if rule == "calibrated":
                         new_value = calibration.new_to_encoder(new_value[:, None])[:, 0]
+                    elif rule == LEARNED:  # both maps increase: each side's best item stays its best
+                        old_value, new_value = relevance.encoder_logits(old_value), relevance.new_logits(new_value)
                     take_new = (new_value > old_value) | ((new_value == old_value) & (new_choice < old_choice))
                     mixed = np.where(take_new, new_choice, old_choice)
                     # Unresolved: a side missing from its candidates although such items exist.
                     unresolved = (~has_new & (count > 0)) | (~has_old & (count < num_items))
                     for row in np.flatnonzero(unresolved):  # rare: score the query against every item
                         scores = new_scores[row]
+                        old_row = old_scores[row]
                         if rule == "calibrated":
                             scores = calibration.new_to_encoder(new_scores[row][None, :], [row])[0]
-                        mixed[row] = np.argmax(np.where(use_new, scores, old_scores[row]))
+                        elif rule == LEARNED:
+                            scores, old_row = relevance.new_logits(scores), relevance.encoder_logits(old_row)
+                        mixed[row] = np.argmax(np.where(use_new, scores, old_row))
                     best = (
-                        mixed if rule == "naive" else np.where(_covered(old_scores, use_new, same_items), mixed, best)
+                        mixed
+                        if rule in ("naive", LEARNED)
+                        else np.where(_covered(old_scores, use_new, same_items), mixed, best)
                     )
                 correct[rule][position] += int((gallery_labels[best] == expected).sum())
     return {rule: (100.0 * correct[rule] / len(queries)).tolist() for rule in rules}
@@ -864,15 +895,17 @@ def mixed_backfill_curves(
     order: str | np.ndarray = "random",
     seed: int = 0,
     rules: Sequence[str] = RULES,
+    relevance=None,
 ) -> dict[str, dict]:
-    """:func:`mixed_backfill_curve` for several rules at once (one pass over the scores per β): ``{rule: curve}``."""
+    """:func:`mixed_backfill_curve` for several rules at once (one pass over the scores per β): ``{rule: curve}``
+    (``"learned"`` needs ``relevance``, see :func:`top1_along_backfill`)."""
     from ..retrieval.backfill import backfill_order
 
     betas = np.linspace(0.0, 1.0, 11) if betas is None else np.asarray(betas, dtype=np.float64)
     permutation = backfill_order(old_embeddings, labels, order, seed)
     counts = [int(np.floor(beta * len(old_embeddings))) for beta in betas]
     values = top1_along_backfill(old_embeddings, new_embeddings, new_embeddings, prefix_dim, permutation, counts,
-                                 labels, rules=rules)  # fmt: skip
+                                 labels, rules=rules, relevance=relevance)  # fmt: skip
     name = order if isinstance(order, str) else "custom"
     return {rule: {"order": name, "rule": rule, "betas": betas.tolist(), "top1": values[rule],
                    "area": float(np.trapezoid(values[rule], betas))} for rule in rules}  # fmt: skip

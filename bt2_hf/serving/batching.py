@@ -22,6 +22,7 @@ was twice the p50.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import time
@@ -62,7 +63,7 @@ class TextBatcher:
         self._thread: threading.Thread | None = None
         self._stopped = False
         self._last_batch = 0
-        self.batch_sizes: list[int] = []  # every pass's size, for the benchmark and the tests (bounded below)
+        self.batch_sizes = collections.deque(maxlen=10_000)  # the last passes' sizes, for the benchmark and the tests
 
     def encode(self, text: str) -> np.ndarray:
         """The model's embedding of ``text``, shape ``(1, width)``; blocks until its batch has run."""
@@ -107,7 +108,7 @@ class TextBatcher:
             batch = self._next_batch()
             if not batch:
                 break
-            self.batch_sizes = self.batch_sizes[-9999:] + [len(batch)]
+            self.batch_sizes.append(len(batch))
             try:
                 vectors = self._embed([waiting.text for waiting in batch])
                 for waiting, vector in zip(batch, vectors):
@@ -148,7 +149,7 @@ class VectorBatcher:
         self.search_many, self.max_batch = search_many, int(max_batch)
         self._waiting: list[tuple[dict, asyncio.Future]] = []
         self._scheduled = False
-        self.batch_sizes: list[int] = []  # every call's size, for the benchmark and the tests (bounded below)
+        self.batch_sizes = collections.deque(maxlen=10_000)  # the last calls' sizes, for the benchmark and the tests
 
     async def search(self, query: dict):
         """The answer to ``query`` (raises the exception that refuses it)."""
@@ -170,7 +171,7 @@ class VectorBatcher:
         batch = [(query, future) for query, future in batch if not future.done()]  # a request cancelled meanwhile
         if not batch:
             return
-        self.batch_sizes = self.batch_sizes[-9999:] + [len(batch)]
+        self.batch_sizes.append(len(batch))
         try:
             answers = self.search_many([query for query, _ in batch])
         except Exception as error:  # a bug in the batch's search: every request of it fails with it (a 500)

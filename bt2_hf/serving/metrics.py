@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
 from collections import defaultdict
 
@@ -30,11 +32,9 @@ class Metrics:
         with self._lock:
             self._requests[(route, method, str(status))] += 1
             key = (route, method)
+            # each request counted in its own bucket (the first bound ≥ its time; +Inf last), summed at render time
             counts = self._buckets.setdefault(key, [0] * (len(LATENCY_BUCKETS) + 1))
-            for position, bound in enumerate(LATENCY_BUCKETS):
-                if seconds <= bound:
-                    counts[position] += 1
-            counts[-1] += 1
+            counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
             self._sums[key] += seconds
 
     def render(self, gauges: list[tuple[str, str, dict, float]] = ()) -> str:
@@ -47,8 +47,9 @@ class Metrics:
                              f"{count}")  # fmt: skip
             lines += ["# HELP bt2_http_request_duration_seconds Time to answer a request.",
                       "# TYPE bt2_http_request_duration_seconds histogram"]  # fmt: skip
-            for (route, method), counts in sorted(self._buckets.items()):
+            for (route, method), own in sorted(self._buckets.items()):
                 base = {"route": route, "method": method}
+                counts = list(itertools.accumulate(own))  # cumulative, as Prometheus buckets are
                 for bound, count in zip(LATENCY_BUCKETS, counts):
                     lines.append(f"bt2_http_request_duration_seconds_bucket{_labels(dict(base, le=repr(bound)))} "
                                  f"{count}")  # fmt: skip

@@ -283,3 +283,20 @@ def test_metrics_are_prometheus_text(client):
     assert 'bt2_gallery_items{gallery="products_v1"} 200' in text
     families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
     assert len(families) == len(set(families))  # each family once, its samples together
+
+
+def test_latency_histogram_buckets_are_cumulative_with_each_bound_inclusive():
+    from bt2_hf.serving.metrics import Metrics
+
+    metrics = Metrics()
+    for seconds in (0.0004, 0.001, 0.003, 0.2, 0.25, 20.0):  # 0.001 and 0.25 sit exactly on a bound
+        metrics.observe("/search", "POST", 200, seconds)
+    text = metrics.render()
+    expected = {"0.001": 2, "0.0025": 2, "0.005": 3, "0.01": 3, "0.025": 3, "0.05": 3, "0.1": 3, "0.25": 5, "0.5": 5,
+                "1.0": 5, "2.5": 5, "5.0": 5, "10.0": 5, "+Inf": 6}  # fmt: skip
+    for bound, count in expected.items():
+        assert (
+            f'bt2_http_request_duration_seconds_bucket{{le="{bound}",method="POST",route="/search"}} {count}' in text
+        )
+    assert 'bt2_http_request_duration_seconds_count{method="POST",route="/search"} 6' in text
+    assert 'bt2_http_request_duration_seconds_sum{method="POST",route="/search"} 20.454400' in text

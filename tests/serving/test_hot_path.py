@@ -308,7 +308,7 @@ def test_vector_queries_arriving_together_are_searched_in_one_batch_each_answere
         return await asyncio.gather(*(_asgi_post(app, body) for body in bodies))
 
     answers = asyncio.run(all_at_once())
-    assert batcher.batch_sizes == [len(bodies)]
+    assert list(batcher.batch_sizes) == [len(bodies)]
     alone = TestClient(create_app(service, token=TOKEN, inline_vectors=False))
     for body, (status, answer) in zip(bodies, answers):
         expected = alone.post("/search", json=body)
@@ -355,6 +355,6 @@ def test_a_bug_in_a_batch_fails_its_requests_and_not_the_next_batch():
     # max_batch 2: five queries go in three calls, in arrival order; the bug fails its own batch only
     assert asyncio.run(run([1, "refused", "bug", 4, 5])) == [
         {"echo": 1}, "ValueError: refused", "RuntimeError: a bug", "RuntimeError: a bug", {"echo": 5}]  # fmt: skip
-    assert calls == [[1, "refused"], ["bug", 4], [5]] and batcher.batch_sizes == [2, 2, 1]
+    assert calls == [[1, "refused"], ["bug", 4], [5]] and list(batcher.batch_sizes) == [2, 2, 1]
     with pytest.raises(ValueError, match="max_batch"):
         VectorBatcher(search_many, max_batch=0)
