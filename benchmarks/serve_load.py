@@ -75,9 +75,13 @@ def new_model_config(dim: int, encoder: str):
 
 
 def serve(root: str, port: int, backfill: bool, batch: int, pause: float, text_model: str | None, args) -> None:
+    import torch
     import uvicorn
 
+    from bt2_hf.cli.serve import model_threads
     from bt2_hf.serving import GalleryService, create_app
+
+    torch.set_num_threads(model_threads(None))  # as `bt2 serve` sets it by default
     from bt2_hf.serving.service import BackfillJob, LoadedModel
 
     window = None if args.text_batch_window_ms < 0 else args.text_batch_window_ms / 1000

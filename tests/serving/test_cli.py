@@ -84,3 +84,12 @@ def test_milvus_cutover_and_rollback_switch_a_collection_alias(serving_models, s
     assert code == 0 and aliases.resolve("products") == "products_v1"
     assert [e["action"] for e in aliases.record("products")["history"]] == ["create", "cutover", "rollback"]
     assert aliases.record("products")["standby"] == entry["to"]
+
+
+def test_served_models_get_half_the_cores_unless_told_otherwise(capsys):
+    from bt2_hf.cli.serve import main, model_threads
+
+    assert [model_threads(None, cores) for cores in (1, 2, 3, 16)] == [1, 1, 1, 8]
+    assert model_threads(3, 16) == 3 and model_threads(0, 16) is None
+    assert main(["nowhere", "--model-threads", "-1"]) == 2
+    assert "--model_threads must be 0 or more" in capsys.readouterr().err
