@@ -118,3 +118,19 @@ def test_equal_scores_come_in_row_order_whatever_the_backfill_order():
     np.testing.assert_allclose(scores, [[1, 1, 1, 0, 0, 0]], atol=1e-6)
     with pytest.raises(ValueError, match="Cannot extend"):
         search.extended(order, vectors, 3)
+
+
+@pytest.mark.parametrize("depth", [1, 10, 700])
+def test_many_queries_at_once_get_what_each_gets_alone(gallery, depth):
+    """A served micro-batch of 70 queries is scanned by faiss with matrix products (from 20 queries on), a query alone
+    one row at a time: the same rows, in the same order. Depth 700 asks for every one of the 700 re-embedded rows."""
+    store, new, order, _ = gallery
+    commit(store, order, new, 0, 700)
+    queries = _unit(np.random.default_rng(9).normal(size=(70, NEW_DIM)))
+    scores, rows = store.search_backfilled(queries, depth)
+    for query, (line_scores, line_rows) in enumerate(zip(scores, rows)):
+        alone_scores, alone_rows = store.search_backfilled(queries[query : query + 1], depth)
+        np.testing.assert_array_equal(line_rows, alone_rows[0])
+        np.testing.assert_allclose(line_scores, alone_scores[0], atol=1e-5)
+    want_scores, want_rows = brute_force(new, order[:700], queries, depth)
+    np.testing.assert_array_equal(rows, want_rows)
