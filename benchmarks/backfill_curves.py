@@ -5,12 +5,13 @@
 
 Queries = gallery = the Fashion-MNIST test split, leave-one-out (the demo's protocol); ``--split validation`` uses
 the validation split that ``bt2 demo --validation`` carves from the training split (the one to choose settings on:
-run it with that run's models). For each order (``random``; ``centroid-distance``, the demo's priority order: items
-farthest from their class centroid first) and each rule of :mod:`bt2_hf.galleries.mixed` (``calibrated``;
-``slots``, the galleries' default; ``naive``: new/new and new/old cosines in one sort; ``compatible``, ranked as
-defined on both orders although the galleries apply it to random orders only), prints top-1 at β = 0,
-0.1, …, 1, the area along β and the least margin over new → old (β = 0), as a table; ``--plot`` writes the curves
-as a PNG.
+run it with that run's models). For each order (``random``, ``--random_seeds`` of them; ``centroid-distance``, the
+demo's priority order: items farthest from their class centroid first; ``priority``, the galleries' label-free one)
+and each rule of :mod:`bt2_hf.galleries.mixed` (``calibrated``; ``slots``, the galleries' default; ``naive``: new/new
+and new/old cosines in one sort; ``compatible``, ranked as defined on every order although the galleries apply it to
+random orders only; ``adaptive``: naive scoring on a random order from 5 % re-embedded, the slot rule otherwise),
+prints top-1 at β = 0, 0.1, …, 1 (``--small_betas``: 0.005 to 0.05 too), the area along β and the least margin over
+new → old (β = 0), as a table; ``--plot`` writes the curves as a PNG.
 
 ``--learned``: learned mixing (:mod:`bt2_hf.galleries.relevance_calibration`) against the slot rule and naive
 scoring, in two folds: the split's items are halved (seeded), the maps are fitted on one half (its items as queries
@@ -25,7 +26,7 @@ import argparse
 import json
 from pathlib import Path
 
-ORDERS = ("random", "centroid-distance")
+ORDERS = ("random", "centroid-distance", "priority")
 LEARNED_BETAS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
@@ -56,6 +57,7 @@ def plot(results: dict, path: Path, new_to_old: float, new_to_new: float) -> Non
         "slots": ("#1f77b4", "-", "s"),
         "naive": ("#d62728", "--", "."),
         "compatible": ("#9467bd", "-", "^"),
+        "adaptive": ("#ff7f0e", "-", "d"),
     }
     for axes, order in zip(panels, ORDERS):
         for rule, (colour, line, marker) in styles.items():
@@ -120,7 +122,9 @@ def main() -> None:
     parser.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--split", default="test", help="test (report) or validation (choose)")
     parser.add_argument("--limit", type=int)
-    parser.add_argument("--rules", default="calibrated,slots,naive,compatible")
+    parser.add_argument("--rules", default="calibrated,slots,naive,compatible,adaptive")
+    parser.add_argument("--small_betas", action="store_true", help="β = 0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, …, 1")
+    parser.add_argument("--random_seeds", type=int, default=1, help="random orders measured (seeds 0, 1, …)")
     parser.add_argument("--output", help="JSON file for the curves")
     parser.add_argument("--plot", help="PNG file for the curves")
     parser.add_argument("--learned", action="store_true", help="learned mixing against slots and naive, two folds")
@@ -145,15 +149,19 @@ def main() -> None:
     print(f"{len(labels)} queries = gallery items ({args.split} split), top-1 % at β = 0, 0.1, …, 1")
     print("| order | rule | top-1 along β | area | least − new→old |")
     print("|---|---|---|---|---|")
-    for order in ORDERS:
-        curves = mixed_backfill_curves(old_embeddings, new_embeddings, labels, prefix, order=order, rules=rules)
+    betas = LEARNED_BETAS if args.small_betas else None
+    orders = [("random", seed) for seed in range(args.random_seeds)] + [(order, 0) for order in ORDERS[1:]]
+    for order, seed in orders:
+        curves = mixed_backfill_curves(old_embeddings, new_embeddings, labels, prefix, order=order, seed=seed,
+                                       rules=rules, betas=betas)  # fmt: skip
+        name = order if order != "random" or args.random_seeds == 1 else f"random-{seed}"
         for rule in rules:
             curve = curves[rule]
-            results[f"{order}/{rule}"] = curve
+            results[f"{name}/{rule}"] = curve
             least = min(curve["top1"]) - curve["top1"][0]
             curve["least_minus_new_old"] = least
             values = " ".join(f"{v:.1f}" for v in curve["top1"])
-            print(f"| {order} | {rule} | {values} | {curve['area']:.2f} | {least:+.2f} |")
+            print(f"| {name} | {rule} | {values} | {curve['area']:.2f} | {least:+.2f} |")
     first = next(iter(results.values()))
     if args.plot:
         plot(results, Path(args.plot), first["top1"][0], first["top1"][-1])

@@ -13,7 +13,8 @@ an old-space side and a new-space side:
   384 dims search MiniLM's vectors, its full embedding searches the corpus re-embedded through the same head.
 
 For each order (``random``, seed 0; ``priority``: the label-free order of the galleries, documents farthest from the
-k-means centres of the MiniLM corpus first) and each rule (``calibrated``, ``slots``, ``naive``, ``compatible``: for
+k-means centres of the MiniLM corpus first) and each rule (``calibrated``, ``slots``, ``naive``, ``adaptive``,
+``compatible``: for
 Procrustes the re-embedded documents' compatible vectors are the adapter's map of their MPNet vectors, for BT² the
 head's first 384 dims; ranked as defined on both orders, although the galleries apply it to random orders only),
 prints nDCG@10 at
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 ORDERS = ("random", "priority")
-RULES = ("calibrated", "slots", "naive", "compatible")
+RULES = ("calibrated", "slots", "naive", "compatible", "adaptive")
 K = 10
 
 
@@ -120,7 +121,8 @@ def curves(model: dict, old_corpus: np.ndarray, relevant, orders: dict, betas) -
             use_new[order[: int(np.floor(beta * len(old_corpus)))]] = True
             for rule in RULES:
                 rows = top_k_under_rule(model["old_space"], old_corpus, model["new"], model["new_corpus"], use_new, K,
-                                        rule=rule, compatible_gallery=model.get("compatible_corpus"))  # fmt: skip
+                                        rule=rule, compatible_gallery=model.get("compatible_corpus"),
+                                        random_order=order_name == "random")  # fmt: skip
                 values[rule].append(100.0 * metrics_at_k(rows, relevant, K)[f"ndcg@{K}"])
         for rule, curve in values.items():
             out[f"{order_name}/{rule}"] = {"order": order_name, "rule": rule, "betas": list(betas), f"ndcg@{K}": curve,

@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--rerank", type=int)
     search.add_argument(
         "--rule",
-        choices=["slots", "calibrated", "compatible", "naive"],
+        choices=["slots", "adaptive", "calibrated", "compatible", "naive"],
         default="slots",
         help="how a partly backfilled gallery is ranked (default: slots; the output names the rule that ranked)",
     )

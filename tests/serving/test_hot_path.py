@@ -358,3 +358,29 @@ def test_a_bug_in_a_batch_fails_its_requests_and_not_the_next_batch():
     assert calls == [[1, "refused"], ["bug", 4], [5]] and list(batcher.batch_sizes) == [2, 2, 1]
     with pytest.raises(ValueError, match="max_batch"):
         VectorBatcher(search_many, max_batch=0)
+
+
+def test_a_service_started_with_the_adaptive_rule_ranks_a_random_backfill_by_one_sort(gallery_root, serving_models,
+                                                                                     serving_data):  # fmt: skip
+    """Half of the gallery re-embedded in a random order: a new-model query is answered by one sort of new/new and
+    new→old cosines (checked by brute force over the gallery's own vectors), and the answer names the rule."""
+    from bt2_hf.galleries import top_k_under_rule
+
+    service = GalleryService(gallery_root, models=[f"new={serving_models['new']}"], rule="adaptive")
+    try:
+        _, store, _, _, _ = backfill_part(service, serving_models["new"], serving_data, 0.5, slice(100, 101))
+        assert store.backfill_state["order"] == "random"
+        use_new = store.backfilled_mask()
+        everything = np.arange(len(store))
+        vector = np.random.default_rng(6).normal(size=12)
+        answer = service.search("products", k=6, vector=vector.tolist(), model="new")
+        expected = top_k_under_rule(vector[None, :8], store.vectors_at(everything), vector[None, :],
+                                    np.where(use_new[:, None], store.backfill_vectors(np.where(use_new, everything, 0)),
+                                             0.0), use_new, 6, rule="naive")  # fmt: skip
+        assert answer["rule"] == "adaptive"
+        assert [hit["row"] for hit in answer["hits"]] == expected[0].tolist()
+        slots = GalleryService(gallery_root, models=[f"new={serving_models['new']}"], resume_jobs=False)
+        by_slots = slots.search("products", k=6, vector=vector.tolist(), model="new")
+        assert by_slots["rule"] == "slots" and [hit["row"] for hit in by_slots["hits"]] != expected[0].tolist()
+    finally:
+        service.stop_jobs()
