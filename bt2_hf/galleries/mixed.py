@@ -363,14 +363,7 @@ def search_gallery(
         except IncompatibleModelsError:
             new_prefix = None  # e.g. the old model itself: it searches the encoder's vectors only
     if new_prefix and rule == "adaptive":
-        if _adaptive_sorts(state.get("order") == "random", state["done"], len(store)):
-            prefix_queries, new_queries = _unit(queries[:, :prefix]), _unit(queries[:, :new_prefix])
-            rows, scores, backfilled, new_scores = _merge_calibrated(store, prefix_queries, new_queries, k, _SAME_SCALE,
-                                                                     search_params)  # fmt: skip
-            ids = [store.ids_of(row[row >= 0]) for row in rows]
-            return _described(store, rows, ids, scores, backfilled, new_scores, prefix,
-                              admission.to_dict() if admission else None, rule)  # fmt: skip
-        rows, scores, backfilled, new_scores = _slots_search(store, queries, prefix, new_prefix, k, search_params)
+        rows, scores, backfilled, new_scores = _adaptive_search(store, queries, prefix, new_prefix, k, search_params)
         ids = [store.ids_of(row[row >= 0]) for row in rows]
         return _described(store, rows, ids, scores, backfilled, new_scores, prefix,
                           admission.to_dict() if admission else None, rule)  # fmt: skip
@@ -445,6 +438,16 @@ def _slots_search(store, queries: np.ndarray, prefix: int, new_prefix: int | Non
             backfill_scores, backfill_rows = store.search_backfilled(new_queries, int(backfilled.sum(1).max()))
             rows, new_scores = fill_slots(rows, backfilled, backfill_rows, backfill_scores)
     return rows, scores.astype(np.float32), backfilled, new_scores
+
+
+def _adaptive_search(store, queries: np.ndarray, prefix: int, new_prefix: int, k: int, search_params: dict):
+    """The ``"adaptive"`` rule's top ``k``: one sort of both cosines on a random order from 5 % re-embedded (the
+    calibrated rule's exact merge, with the cosines left as they are), the slot rule otherwise."""
+    state = store.backfill_state
+    if not _adaptive_sorts(state.get("order") == "random", state["done"], len(store)):
+        return _slots_search(store, queries, prefix, new_prefix, k, search_params)
+    return _merge_calibrated(store, _unit(queries[:, :prefix]), _unit(queries[:, :new_prefix]), k, _SAME_SCALE,
+                             search_params)  # fmt: skip
 
 
 def _ranks_compatible(state: dict, prefix: int, encoder_dim: int) -> bool:
