@@ -271,14 +271,18 @@ class ManifestAccessors:
         for start in range(0, len(queries), step):
             block = np.ascontiguousarray(queries[start : start + step], dtype=np.float32)
             _, rows = self.index.search(block, candidates, params=parameters)
-            if len(block) <= PER_QUERY_RERANK:
-                # A served micro-batch: each query re-ranked as it would be alone (the same numbers, and the 1-d
-                # paths of the gather and the sort are faster than the 2-d ones at this size).
-                parts.extend(_sort(exact_scores(self.rerank_vectors(), block[i : i + 1], rows[i : i + 1]),
-                                   rows[i : i + 1], depth) for i in range(len(block)))  # fmt: skip
-            else:
-                parts.append(_sort(exact_scores(self.rerank_vectors(), block, rows), rows, depth))
+            parts.extend(self.rerank(block, rows, depth))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def rerank(self, queries: np.ndarray, rows: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """IVF-PQ's exact re-ranking of one block of queries' candidate ``rows``: ``[(scores, rows)]`` parts, each
+        the top ``depth`` of its queries, best first."""
+        if len(queries) <= PER_QUERY_RERANK:
+            # A served micro-batch: each query re-ranked as it would be alone (the same numbers, and the 1-d paths of
+            # the gather and the sort are faster than the 2-d ones at this size).
+            return [_sort(exact_scores(self.rerank_vectors(), queries[i : i + 1], rows[i : i + 1]), rows[i : i + 1],
+                          depth) for i in range(len(queries))]  # fmt: skip
+        return [_sort(exact_scores(self.rerank_vectors(), queries, rows), rows, depth)]
 
     def admit(self, query_config, allow_unmeasured: bool = False):
         """The :class:`~bt2_hf.compatibility.Admission` of a query model to this gallery, with its policy and log.
