@@ -83,3 +83,27 @@ def test_adaptive_curves_in_one_pass_equal_the_rule_state_by_state(random_order)
         assert fast["adaptive"][position] == pytest.approx(alone), count
         expected = "naive" if random_order and count >= 15 else "slots"
         assert fast["adaptive"][position] == fast[expected][position], count
+
+
+def test_index_search_cli_takes_the_adaptive_rule(tmp_path, capsys):
+    import json
+
+    from bt2_hf.cli.index import main as index_main
+
+    from .test_calibrated_rule import NEW_CONFIG
+
+    old, new, _ = compatible_pair(count=240, seed=9)
+    rows = np.sort(np.random.default_rng(5).permutation(200)[:120])
+    gallery_with(tmp_path / "g", old[:200], new[:200], rows, "random")
+    np.save(tmp_path / "queries.npy", new[200:205])
+    config = {"model_type": "bt2", "fingerprint": NEW_CONFIG.fingerprint, "embedding_dim": 12, "name_or_path": "bbb",
+              "compatible_with": NEW_CONFIG.compatible_with}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert index_main(["search", "--index", str(tmp_path / "g"), "--queries", str(tmp_path / "queries.npy"),
+                       "--query_config", str(tmp_path / "config.json"), "-k", "3", "--allow_unmeasured", "--rule",
+                       "adaptive"]) == 0  # fmt: skip
+    output = json.loads(capsys.readouterr().out)
+    use_new = np.isin(np.arange(200), rows)
+    assert output["rule"] == "adaptive"
+    assert [[hit["row"] for hit in query["items"]] for query in output["results"]] == one_sort(
+        new[200:205, :8], new[200:205], old[:200], new[:200], use_new, 3).tolist()  # fmt: skip
