@@ -465,9 +465,8 @@ def _merge_compatible(
     before the slots are filled.
 
     The candidates come from an exact scan of the re-embedded items' compatible blocks (``k`` deep) and from the
-    encoder-space search (every item, by its encoder vector); an item found by both keeps its better score. A query
-    is finished when its ``k``-th merged score is at least the last encoder-space score seen; the others are searched
-    again, four times deeper, so the positions are exact whenever the encoder-space search is.
+    encoder-space search (every item, by its encoder vector); an item found by both keeps its better score; exact
+    whenever the encoder-space search is (:func:`_deepening_merge`).
     """
     count, queries = len(store), len(prefix_queries)
     compatible_scores, compatible_rows = compatible_block_scan(store, prefix_queries, store.dimension, k)
@@ -477,12 +476,8 @@ def _merge_compatible(
     rows = np.full((queries, k), -1, dtype=np.int64)
     scores = np.full((queries, k), -np.inf, dtype=np.float32)
     backfilled = np.zeros((queries, k), dtype=bool)
-    pending, depth = np.arange(queries), min(count, max(2 * k, DEFAULT_DEPTH))
-    while pending.size:
-        encoder_scores, encoder_rows = store.search_encoder_space(prefix_queries[pending], depth, **search_params)
-        valid = encoder_rows >= 0
-        is_new = np.zeros(encoder_rows.shape, dtype=bool)
-        is_new[valid] = store.backfilled(encoder_rows[valid])
+
+    def merge(pending, encoder_scores, encoder_rows, valid, is_new):
         candidate_rows = np.concatenate([encoder_rows, compatible_rows[pending]], axis=1)
         candidate_scores = np.concatenate([np.where(valid, encoder_scores, -np.inf).astype(np.float32),
                                            compatible_scores[pending]], axis=1)  # fmt: skip
@@ -492,17 +487,34 @@ def _merge_compatible(
         repeated = _repeated(np.take_along_axis(candidate_rows, order, 1))
         sorted_scores = np.where(repeated, -np.inf, np.take_along_axis(candidate_scores, order, 1))
         order = np.take_along_axis(order, np.argsort(-sorted_scores, axis=1, kind="stable")[:, :k], 1)
-        top = np.take_along_axis(candidate_scores, order, 1)
-        last_seen = np.where(valid[:, -1], encoder_scores[:, -1], -np.inf)
-        finished = (depth >= count) | ~valid[:, -1] | (top[:, -1] >= last_seen)
-        done = pending[finished]
-        rows[done] = np.take_along_axis(candidate_rows, order, 1)[finished]
-        scores[done] = top[finished]
-        backfilled[done] = np.take_along_axis(candidate_new, order, 1)[finished]
-        pending, depth = pending[~finished], min(count, depth * 4)
+        return [np.take_along_axis(column, order, 1) for column in (candidate_scores, candidate_rows, candidate_new)]
+
+    _deepening_merge(store, prefix_queries, k, search_params, merge, (scores, rows, backfilled))
     missing = ~np.isfinite(scores)
     rows[missing], backfilled[missing] = -1, False
     return rows, scores, backfilled
+
+
+def _deepening_merge(store, prefix_queries: np.ndarray, k: int, search_params: dict, merge, outputs) -> None:
+    """The exact merge of the encoder-space ranking with a second list of candidates, shared by the calibrated,
+    compatible and adaptive rules: the encoder space is searched ``depth`` deep and ``merge(pending, encoder_scores,
+    encoder_rows, valid, is_new)`` gives each pending query's best ``k`` candidates as columns, merged scores first.
+    A query is finished when its ``k``-th merged score is at least the last encoder-space score seen (every item
+    beyond it scores lower), and its columns are written into ``outputs`` (same order); the others are searched
+    again, four times deeper, so the result is exact whenever the encoder-space search is."""
+    count = len(store)
+    pending, depth = np.arange(len(prefix_queries)), min(count, max(2 * k, DEFAULT_DEPTH))
+    while pending.size:
+        encoder_scores, encoder_rows = store.search_encoder_space(prefix_queries[pending], depth, **search_params)
+        valid = encoder_rows >= 0
+        is_new = np.zeros(encoder_rows.shape, dtype=bool)
+        is_new[valid] = store.backfilled(encoder_rows[valid])
+        columns = merge(pending, encoder_scores, encoder_rows, valid, is_new)
+        last_seen = np.where(valid[:, -1], encoder_scores[:, -1], -np.inf)
+        finished = (depth >= count) | ~valid[:, -1] | (columns[0][:, -1] >= last_seen)
+        for output, column in zip(outputs, columns):
+            output[pending[finished]] = column[finished]
+        pending, depth = pending[~finished], min(count, depth * 4)
 
 
 def _repeated(rows: np.ndarray) -> np.ndarray:
@@ -529,38 +541,27 @@ def _merge_calibrated(
     new_scores)``.
 
     Two searches give the candidates: the re-embedded items by new/new cosine (exact, ``k`` deep) and the encoder
-    space (``depth`` deep, re-embedded rows skipped there). A query is finished when its ``k``-th merged score is at
-    least the last encoder-space score seen (every item beyond it scores lower); the others are searched again,
-    four times deeper, so the top ``k`` is exact whenever the encoder-space search is.
+    space (re-embedded rows skipped there); exact whenever the encoder-space search is (:func:`_deepening_merge`).
     """
-    count, queries = len(store), len(prefix_queries)
+    queries = len(prefix_queries)
     backfill_scores, backfill_rows = store.search_backfilled(new_queries, k)
     mapped = np.where(backfill_rows >= 0, calibration.new_to_encoder(backfill_scores, np.arange(queries)), -np.inf)
     rows = np.full((queries, k), -1, dtype=np.int64)
     scores = np.full((queries, k), -np.inf, dtype=np.float64)
     backfilled = np.zeros((queries, k), dtype=bool)
     new_scores = np.full((queries, k), np.nan, dtype=np.float32)
-    pending, depth = np.arange(queries), min(count, max(2 * k, DEFAULT_DEPTH))
-    while pending.size:
-        encoder_scores, encoder_rows = store.search_encoder_space(prefix_queries[pending], depth, **search_params)
-        valid = encoder_rows >= 0
-        is_new = np.zeros(encoder_rows.shape, dtype=bool)
-        is_new[valid] = store.backfilled(encoder_rows[valid])
+
+    def merge(pending, encoder_scores, encoder_rows, valid, is_new):
         old_scores = np.where(valid & ~is_new, encoder_scores, -np.inf).astype(np.float64)
         candidate_rows = np.concatenate([encoder_rows, backfill_rows[pending]], axis=1)
         candidate_scores = np.concatenate([old_scores, mapped[pending]], axis=1)
         candidate_new = np.concatenate([np.zeros(encoder_rows.shape, bool), backfill_rows[pending] >= 0], axis=1)
         raw = np.concatenate([np.full(encoder_rows.shape, np.nan, np.float32), backfill_scores[pending]], axis=1)
         order = np.argsort(-candidate_scores, axis=1, kind="stable")[:, :k]
-        top = np.take_along_axis(candidate_scores, order, 1)
-        last_seen = np.where(valid[:, -1], encoder_scores[:, -1], -np.inf)
-        finished = (depth >= count) | ~valid[:, -1] | (top[:, -1] >= last_seen)
-        done = pending[finished]
-        rows[done] = np.take_along_axis(candidate_rows, order, 1)[finished]
-        scores[done] = top[finished]
-        backfilled[done] = np.take_along_axis(candidate_new, order, 1)[finished]
-        new_scores[done] = np.take_along_axis(raw, order, 1)[finished]
-        pending, depth = pending[~finished], min(count, depth * 4)
+        return [np.take_along_axis(column, order, 1) for column in (candidate_scores, candidate_rows, candidate_new,
+                                                                     raw)]  # fmt: skip
+
+    _deepening_merge(store, prefix_queries, k, search_params, merge, (scores, rows, backfilled, new_scores))
     rows[~np.isfinite(scores)] = -1
     return rows, scores.astype(np.float32), backfilled, new_scores
 
