@@ -444,10 +444,26 @@ def _adaptive_search(store, queries: np.ndarray, prefix: int, new_prefix: int, k
     """The ``"adaptive"`` rule's top ``k``: one sort of both cosines on a random order from 5 % re-embedded (the
     calibrated rule's exact merge, with the cosines left as they are), the slot rule otherwise."""
     state = store.backfill_state
-    if not _adaptive_sorts(state.get("order") == "random", state["done"], len(store)):
+    if not _adaptive_sorts(_recorded_random_order(store, state), state["done"], len(store)):
         return _slots_search(store, queries, prefix, new_prefix, k, search_params)
     return _merge_calibrated(store, _unit(queries[:, :prefix]), _unit(queries[:, :new_prefix]), k, _SAME_SCALE,
                              search_params)  # fmt: skip
+
+
+def _recorded_random_order(store, state: dict) -> bool:
+    """Whether a gallery's backfill runs in a random order: its state says so and the order it recorded is the
+    permutation that the state's seed draws (:func:`~bt2_hf.retrieval.backfill.backfill_order`). The one sort is safe
+    only on a random order, so a manifest edited to say ``"random"`` over another order is not believed: that gallery
+    is ranked by the slot rule. Checked once per opened gallery and backfill."""
+    if state.get("order") != "random":
+        return False
+    key = (state.get("seed"), state.get("count"))
+    checked = store.__dict__.get("_random_order_checked")
+    if checked is None or checked[0] != key:
+        table = getattr(store, "backfill_table_order", store.backfill_order)()  # the rows of the backfill's start
+        drawn = np.random.default_rng(int(state.get("seed") or 0)).permutation(len(table))
+        checked = store.__dict__["_random_order_checked"] = (key, bool(np.array_equal(table, drawn)))
+    return checked[1]
 
 
 def _ranks_compatible(state: dict, prefix: int, encoder_dim: int) -> bool:

@@ -13,7 +13,7 @@ from bt2_hf.galleries.mixed import ADAPTIVE_MIN_FRACTION, top1_along_backfill
 
 from .test_backfill import OLD
 from .test_calibrated_rule import unit
-from .test_compatible_rule import compatible_pair, search, start_backfill
+from .test_compatible_rule import IDENTITY, compatible_pair, index_search_cli, search
 
 
 def one_sort(prefix_queries, new_queries, gallery_old, gallery_new, use_new, k):
@@ -22,10 +22,16 @@ def one_sort(prefix_queries, new_queries, gallery_old, gallery_new, use_new, k):
     return np.asarray([sorted(range(len(use_new)), key=lambda row: (-line[row], row))[:k] for line in scores])
 
 
-def gallery_with(path, old, new, rows, order):
+def gallery_with(path, old, new, fraction, order, seed=0):
+    """A faiss gallery of ``old`` whose first ``fraction`` of a backfill order carries ``new``: the random order that
+    ``seed`` draws (as ``bt2 backfill`` records it), or, for ``"priority"``, the same rows. The re-embedded rows."""
     gallery = FaissGallery.build(path, old, list(range(len(old))), encoder={"fingerprint": OLD, "embedding_dim": 8})
-    start_backfill(gallery, old, new, rows, order)
-    return FaissGallery.open(path)
+    sequence = np.random.default_rng(seed).permutation(len(old))
+    rows = sequence[: int(fraction * len(old))]
+    gallery.start_backfill(dict(model=IDENTITY, dimension=12, order=order, seed=seed, done=0, count=len(old),
+                                target=len(old), batch_size=len(rows)), sequence)  # fmt: skip
+    gallery.write_backfill_batch(rows, new[rows], done=len(rows))
+    return np.sort(rows)
 
 
 @pytest.mark.parametrize(("fraction", "order", "sorts"), [(0.3, "random", True), (0.97, "random", True),
@@ -35,10 +41,10 @@ def test_faiss_search_is_one_sort_on_a_random_order_past_5_percent_and_the_slot_
 ):
     old, new, _ = compatible_pair(count=640, seed=6)
     gallery_old, gallery_new, queries = old[:600], new[:600], new[600:]
-    rows = np.sort(np.random.default_rng(3).permutation(600)[: int(fraction * 600)])
+    rows = gallery_with(tmp_path / "g", gallery_old, gallery_new, fraction, order, seed=3)
     use_new = np.isin(np.arange(600), rows)
     k = 20  # at 97 %, the items not re-embedded are deep in the encoder-space ranking: the search goes deeper
-    result = search(gallery_with(tmp_path / "g", gallery_old, gallery_new, rows, order), queries, k, rule="adaptive")
+    result = search(FaissGallery.open(tmp_path / "g"), queries, k, rule="adaptive")
     assert result.rule == "adaptive"
     slots = search(FaissGallery.open(tmp_path / "g"), queries, k, rule="slots")
     if sorts:
@@ -86,24 +92,34 @@ def test_adaptive_curves_in_one_pass_equal_the_rule_state_by_state(random_order)
 
 
 def test_index_search_cli_takes_the_adaptive_rule(tmp_path, capsys):
-    import json
-
-    from bt2_hf.cli.index import main as index_main
-
-    from .test_calibrated_rule import NEW_CONFIG
-
     old, new, _ = compatible_pair(count=240, seed=9)
-    rows = np.sort(np.random.default_rng(5).permutation(200)[:120])
-    gallery_with(tmp_path / "g", old[:200], new[:200], rows, "random")
-    np.save(tmp_path / "queries.npy", new[200:205])
-    config = {"model_type": "bt2", "fingerprint": NEW_CONFIG.fingerprint, "embedding_dim": 12, "name_or_path": "bbb",
-              "compatible_with": NEW_CONFIG.compatible_with}  # fmt: skip
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    assert index_main(["search", "--index", str(tmp_path / "g"), "--queries", str(tmp_path / "queries.npy"),
-                       "--query_config", str(tmp_path / "config.json"), "-k", "3", "--allow_unmeasured", "--rule",
-                       "adaptive"]) == 0  # fmt: skip
-    output = json.loads(capsys.readouterr().out)
+    rows = gallery_with(tmp_path / "g", old[:200], new[:200], 0.6, "random", seed=5)
+    output = index_search_cli(tmp_path, new[200:205], "adaptive", capsys)
     use_new = np.isin(np.arange(200), rows)
     assert output["rule"] == "adaptive"
     assert [[hit["row"] for hit in query["items"]] for query in output["results"]] == one_sort(
         new[200:205, :8], new[200:205], old[:200], new[:200], use_new, 3).tolist()  # fmt: skip
+
+
+def test_a_manifest_edited_to_say_random_over_another_order_is_ranked_by_the_slot_rule(tmp_path):
+    """The attack: a gallery backfilled in another order, its manifest edited to claim a random one. The recorded
+    order is not the permutation the seed draws, so the one sort (unsafe on such an order) is not used."""
+    import json
+
+    old, new, _ = compatible_pair(count=640, seed=6)
+    gallery_old, gallery_new, queries = old[:600], new[:600], new[600:]
+    gallery_with(tmp_path / "g", gallery_old, gallery_new, 0.3, "priority", seed=3)
+    manifest_path = tmp_path / "g" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["backfill"]["order"], manifest["backfill"]["seed"] = "random", 4  # the rows drawn with seed 3 remain
+    manifest_path.write_text(json.dumps(manifest))
+    edited = FaissGallery.open(tmp_path / "g")
+    assert edited.backfill_state["order"] == "random"
+    result = search(edited, queries, 20, rule="adaptive")
+    np.testing.assert_array_equal(result.rows, search(FaissGallery.open(tmp_path / "g"), queries, 20,
+                                                      rule="slots").rows)  # fmt: skip
+    # the same claim with the seed that drew the recorded order is true, and believed
+    manifest["backfill"]["seed"] = 3
+    manifest_path.write_text(json.dumps(manifest))
+    honest = search(FaissGallery.open(tmp_path / "g"), queries, 20, rule="adaptive")
+    assert (honest.rows != result.rows).any()

@@ -202,21 +202,26 @@ def test_top1_helpers_equal_the_reference(same_items):
                                rule="compatible") == pytest.approx(expected), count  # fmt: skip
 
 
-def test_index_search_cli_takes_the_compatible_rule(tmp_path, capsys):
+def index_search_cli(tmp_path, queries, rule, capsys, k=3):
+    """``bt2 index search`` of the gallery ``tmp_path / "g"`` with new-model ``queries`` under ``rule``: its output."""
     import json
 
     from bt2_hf.cli.index import main as index_main
 
-    old, new, _ = compatible_pair(count=240, seed=9)
-    backfilled_faiss(tmp_path / "g", old[:200], new[:200], np.arange(120))
-    np.save(tmp_path / "queries.npy", new[200:205])
+    np.save(tmp_path / "queries.npy", queries)
     config = {"model_type": "bt2", "fingerprint": NEW_CONFIG.fingerprint, "embedding_dim": 12, "name_or_path": "bbb",
               "compatible_with": NEW_CONFIG.compatible_with}  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert index_main(["search", "--index", str(tmp_path / "g"), "--queries", str(tmp_path / "queries.npy"),
-                       "--query_config", str(tmp_path / "config.json"), "-k", "3", "--allow_unmeasured", "--rule",
-                       "compatible"]) == 0  # fmt: skip
-    output = json.loads(capsys.readouterr().out)
+                       "--query_config", str(tmp_path / "config.json"), "-k", str(k), "--allow_unmeasured", "--rule",
+                       rule]) == 0  # fmt: skip
+    return json.loads(capsys.readouterr().out)
+
+
+def test_index_search_cli_takes_the_compatible_rule(tmp_path, capsys):
+    old, new, _ = compatible_pair(count=240, seed=9)
+    backfilled_faiss(tmp_path / "g", old[:200], new[:200], np.arange(120))
+    output = index_search_cli(tmp_path, new[200:205], "compatible", capsys)
     expected = search(FaissGallery.open(tmp_path / "g"), new[200:205], 3)
     assert output["rule"] == "compatible"
     assert [[hit["row"] for hit in query["items"]] for query in output["results"]] == expected.rows.tolist()
