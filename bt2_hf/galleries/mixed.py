@@ -60,7 +60,8 @@ sample: a random order re-embeds a uniform sample of the gallery, so a query's b
 true neighbours as often as any item is, and the new model's better cosine wins fairly; a priority order re-embeds
 the least typical items first, whose new/new cosines outrank the typical old item a query should get. With only a
 few re-embedded items the one sort still dips (by up to 0.66 point of top-1 at 1 %, 10,000 items), hence the slot
-rule below 5 %. Measured (``benchmarks/README.md``): as fast as naive scoring on random orders (top-1 area within 0.1
+rule below 5 %. A random order is believed only when the recorded order is the permutation its seed draws (an edited
+manifest does not turn the one sort on). Measured (``benchmarks/README.md``): as fast as naive scoring on random orders (top-1 area within 0.1
 on the demo's models, the same on the text upgrade), never lower than the slot rule's own lowest point.
 """
 
