@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="vectors of the synthetic gallery timed for the latency model (default 50000)",
     )
     parser.add_argument("--calibration_queries", type=int, default=300)
+    parser.add_argument(
+        "--calibration_max_mib",
+        type=int,
+        default=256,
+        help="flat search and re-ranking are timed on vector tables doubling up to this size, past the CPU caches "
+        "(default 256)",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
     parser.add_argument("--output", help="also write the plan as JSON to this file")
     return with_examples(snake_case_flags(parser), EXAMPLES)
@@ -118,7 +125,8 @@ def render(plan: dict) -> str:
     if "latency" in plan:
         calibration = plan["latency"]["calibration"]
         lines.append(f"Query latency (per query in batches of {calibration['queries']}, {calibration['threads']} "
-                     f"thread(s), calibrated on {calibration['count']:,} × {calibration['dimension']}):")  # fmt: skip
+                     f"thread(s), calibrated on {calibration['count']:,} × {calibration['dimension']}; flat "
+                     f"scans and re-ranking timed up to {_mib(4 * calibration['flat_scan'][-1][0])}):")  # fmt: skip
         for stage, label in (("old_gallery", "old gallery"), ("new_gallery", "new gallery")):
             for kind, latency in plan["latency"][stage].items():
                 lines.append(f"  {label:<18} {kind:<6} {1000 * latency['seconds_per_query']:10.3f} ms")
@@ -171,7 +179,8 @@ def run(args) -> dict:
     )  # fmt: skip
     if not args.no_latency:  # after every input was checked: the measurement takes seconds
         search = calibrate_search(old_dim, count=args.calibration_size, queries=args.calibration_queries,
-                                  nprobe=args.nprobe or 16, rerank=args.rerank or 1000)  # fmt: skip
+                                  nprobe=args.nprobe or 16, rerank=args.rerank or 1000,
+                                  ladder_bytes=args.calibration_max_mib << 20)  # fmt: skip
         plan["latency"] = latency_estimates(search, args.count, old_dim, new_dim, nprobe=args.nprobe,
                                             rerank=args.rerank)  # fmt: skip
     if calibration_record is not None:

@@ -277,12 +277,7 @@ class ManifestAccessors:
     def rerank(self, queries: np.ndarray, rows: np.ndarray, depth: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """IVF-PQ's exact re-ranking of one block of queries' candidate ``rows``: ``[(scores, rows)]`` parts, each
         the top ``depth`` of its queries, best first."""
-        if len(queries) <= PER_QUERY_RERANK:
-            # A served micro-batch: each query re-ranked as it would be alone (the same numbers, and the 1-d paths of
-            # the gather and the sort are faster than the 2-d ones at this size).
-            return [_sort(exact_scores(self.rerank_vectors(), queries[i : i + 1], rows[i : i + 1]), rows[i : i + 1],
-                          depth) for i in range(len(queries))]  # fmt: skip
-        return [_sort(exact_scores(self.rerank_vectors(), queries, rows), rows, depth)]
+        return rerank_rows(self.rerank_vectors(), queries, rows, depth)
 
     def admit(self, query_config, allow_unmeasured: bool = False):
         """The :class:`~bt2_hf.compatibility.Admission` of a query model to this gallery, with its policy and log.
@@ -1044,6 +1039,17 @@ def exact_scores(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> 
         exact = np.einsum("nkd,nd->nk", block, queries)
     scores[valid] = exact[valid]
     return scores
+
+
+def rerank_rows(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray, depth: int) -> list[tuple]:
+    """Exact re-ranking of one block of queries' candidate ``rows`` of ``vectors``: ``[(scores, rows)]`` parts, each
+    the top ``depth`` of its queries, best first (what :meth:`FaissGallery.rerank` runs; ``bt2 plan`` times it)."""
+    if len(queries) <= PER_QUERY_RERANK:
+        # A served micro-batch: each query re-ranked as it would be alone (the same numbers, and the 1-d paths of the
+        # gather and the sort are faster than the 2-d ones at this size).
+        return [_sort(exact_scores(vectors, queries[i : i + 1], rows[i : i + 1]), rows[i : i + 1], depth)
+                for i in range(len(queries))]  # fmt: skip
+    return [_sort(exact_scores(vectors, queries, rows), rows, depth)]
 
 
 _MISSING_LAST = np.iinfo(np.int64).max

@@ -14,7 +14,9 @@ Four estimates, each from stated inputs and a stated model (``bt2 plan`` prints 
   re-embedded rows that the mixed search builds, and past its exact limit the IVF index over them: the rows again,
   their ids and the lists' centroids).
 - **Query latency**, per query in batches: a short measured calibration of the same faiss search at a smaller size,
-  scaled by the cost model of each index: flat search scans every vector (time ∝ ``N·d``); IVF-PQ compares the
+  scaled by the cost model of each index: flat search scans every vector (time ∝ ``N·d``, at a cost per float
+  measured on a ladder of flat indexes up to 256 MiB: a scan that leaves the CPU caches costs 2-3× one that fits
+  them, and past the ladder's top the scan is bound by memory bandwidth); IVF-PQ compares the
   query with ``nlist`` centroids (∝ ``nlist·d``), builds a distance table per probed list (∝ ``nprobe·d``), scans the
   codes of ``nprobe`` lists (∝ ``nprobe/nlist·N·pq_m``) and re-ranks ``rerank`` candidates exactly (∝ ``rerank·d``,
   independent of ``N``). Each term's constant is measured.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -38,6 +41,8 @@ ID_BYTES = 8  # int64 ids (ids.npy) and faiss's list ids (idx_t)
 NPY_HEADER = 128
 PQ_CENTROIDS = 256  # 8-bit sub-quantizers, the galleries' default
 SECONDS_PER_DAY = 86_400.0
+# The flat scan's calibration grows an index to this size: past the CPU caches of common servers.
+FLAT_LADDER_BYTES = 256 << 20
 
 
 class PlanInputError(BT2InputError):
@@ -233,6 +238,10 @@ class SearchCalibration:
         queries (`int`): queries per measurement (searched as one batch).
         threads (`int`): faiss's OpenMP threads during the measurement.
         flat_s (`float`): flat search, seconds per query (scans ``count·dimension``).
+        flat_scan (`list` of `[floats, seconds]` pairs): flat search's seconds per query per scanned float, measured
+            on flat indexes of growing size (``floats`` = vectors × width), smallest first. Empty: ``flat_s`` scaled.
+        rerank_scan (`list` of `[floats, seconds]` pairs): re-ranking's seconds per query per re-ranked float, read
+            from tables of growing size; scales ``rerank_s`` to the gallery's size. Empty: no scaling.
         quantizer_s (`float`): IVF-PQ coarse quantizer (``nlist`` centroids), seconds per query.
         probe_s (`float`): IVF-PQ, per probed list (its distance table, ∝ ``d``), seconds per query.
         code_s (`float`): IVF-PQ, per scanned code of ``pq_m`` bytes, seconds per query.
@@ -254,6 +263,8 @@ class SearchCalibration:
     nprobe: int
     pq_m: int
     rerank: int
+    flat_scan: list[list[float]] = field(default_factory=list)
+    rerank_scan: list[list[float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -269,6 +280,93 @@ def _best_of(function, repeats: int) -> float:
     return best
 
 
+def _mixture_points(centres: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` unit vectors scattered around random ``centres`` (clustered like real embeddings)."""
+    dimension = centres.shape[1]
+    points = centres[rng.integers(0, len(centres), count)]
+    points += 0.35 / math.sqrt(dimension) * rng.normal(size=points.shape).astype(np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    return points
+
+
+def ladder_sizes(count: int, dimension: int, max_bytes: int) -> list[int]:
+    """Gallery sizes from ``count`` vectors, doubling while within ``max_bytes`` of float32 vectors, then the top."""
+    sizes = [count]
+    while sizes[-1] * 2 * dimension * FLOAT32 <= max_bytes:
+        sizes.append(sizes[-1] * 2)
+    top = max_bytes // (dimension * FLOAT32)
+    if top > sizes[-1] * 1.25:
+        sizes.append(top)
+    return sizes
+
+
+def scan_ladders(
+    centres: np.ndarray,
+    count: int,
+    queries: np.ndarray,
+    folder,
+    *,
+    rerank: int = 1000,
+    repeats: int = 3,
+    max_bytes: int = FLAT_LADDER_BYTES,
+    rng: np.random.Generator | None = None,
+) -> tuple[list[list[float]], list[list[float]]]:
+    """The two searches whose cost per float depends on the gallery's size, timed as it doubles from ``count``
+    vectors up to ``max_bytes`` (:func:`ladder_sizes`): ``(flat, rerank)``, each ``[[floats, seconds], ...]``
+    (``floats`` = vectors × width, smallest first).
+
+    - flat: one ``faiss.IndexFlatIP`` grown to each size, seconds per query per scanned float. Each size is searched
+      with fewer queries as it grows (at least 8): faiss scans the index once per query in such batches, so the cost
+      per query does not depend on their number.
+    - rerank: IVF-PQ's exact re-ranking (:func:`~bt2_hf.galleries.faiss_store.rerank_rows`) of ``rerank`` random
+      rows per query from a memory-mapped ``.npy`` table of that many vectors (a gallery's ``vectors.npy``), seconds
+      per query per re-ranked float: the rows are read at random, from the caches in a small table, from memory in
+      a big one.
+    """
+    from ..retrieval.knn import import_faiss
+    from .faiss_store import rerank_rows
+
+    faiss = import_faiss()
+    rng = rng or np.random.default_rng(0)
+    dimension = centres.shape[1]
+    sizes = ladder_sizes(count, dimension, max_bytes)
+    table = np.lib.format.open_memmap(Path(folder) / "ladder.npy", mode="w+", dtype=np.float32,
+                                      shape=(sizes[-1], dimension))  # fmt: skip
+    index = faiss.IndexFlatIP(dimension)
+    flat, reranked = [], []
+    for size in sizes:
+        while index.ntotal < size:  # grown in chunks: the points are written once, to the table and to the index
+            start = index.ntotal
+            stop = min(size, start + (1 << 18))
+            table[start:stop] = _mixture_points(centres, stop - start, rng)
+            index.add(np.ascontiguousarray(table[start:stop]))
+        floats = float(size * dimension)
+        batch = np.ascontiguousarray(queries[: max(8, min(len(queries), len(queries) * count // (2 * size)))])
+        flat.append([floats, _best_of(lambda b=batch: index.search(b, 10), repeats) / len(batch) / floats])
+        candidates = min(rerank, size)
+        rows = rng.integers(0, size, (len(queries), candidates))
+        seconds = _best_of(lambda r=rows: rerank_rows(table, queries, r, 10), repeats)
+        reranked.append([floats, seconds / len(queries) / (candidates * dimension)])
+    return flat, reranked
+
+
+def growth(ladder: list[list[float]], floats: float, base_floats: float) -> float:
+    """How much the ladder's cost per float at ``floats`` exceeds its cost at ``base_floats``."""
+    return seconds_per_float(ladder, floats) / seconds_per_float(ladder, base_floats)
+
+
+def seconds_per_float(ladder: list[list[float]], floats: float) -> float:
+    """The ladder's cost per float at ``floats`` (vectors × width): interpolated linearly in log-size between its
+    rungs, the end rung's outside them (past the top the scan is bound by memory bandwidth, as at the top)."""
+    if floats <= ladder[0][0]:
+        return ladder[0][1]
+    for (low_size, low_cost), (high_size, high_cost) in zip(ladder, ladder[1:]):
+        if floats <= high_size:
+            share = math.log(floats / low_size) / math.log(high_size / low_size)
+            return low_cost + share * (high_cost - low_cost)
+    return ladder[-1][1]
+
+
 def calibrate_search(
     dimension: int,
     *,
@@ -280,15 +378,17 @@ def calibrate_search(
     repeats: int = 3,
     seed: int = 0,
     workdir=None,
+    ladder_bytes: int = FLAT_LADDER_BYTES,
 ) -> SearchCalibration:
     """Time flat and IVF-PQ search on a synthetic gallery of ``count`` unit vectors, one cost term at a time.
 
     The gallery is a :class:`~bt2_hf.galleries.FaissGallery` (the format and search code the plan is about), built
     from a mixture of Gaussians (clustered like real embeddings) in a temporary directory; each term is the best of
-    ``repeats`` runs over one batch of ``queries``.
+    ``repeats`` runs over one batch of ``queries``. Flat search and re-ranking are also timed on galleries that
+    double in size up to ``ladder_bytes`` (:func:`scan_ladders`): their cost per float rises once the vectors they
+    read leave the CPU's caches.
     """
     import tempfile
-    from pathlib import Path
 
     from ..retrieval.knn import import_faiss
     from .faiss_store import FaissGallery
@@ -298,18 +398,15 @@ def calibrate_search(
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(max(1, count // 1000), dimension)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    points = centres[rng.integers(0, len(centres), count + queries)]
-    points += 0.35 / math.sqrt(dimension) * rng.normal(size=points.shape).astype(np.float32)
-    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    points = _mixture_points(centres, count + queries, rng)
     vectors, query_vectors = points[:count], np.ascontiguousarray(points[count:])
     encoder = {"fingerprint": "sha256:" + "0" * 64, "name_or_path": "calibration", "embedding_dim": dimension}
     pq_m = pq_m or default_pq_m(dimension)
     with tempfile.TemporaryDirectory(dir=workdir, prefix="bt2-plan-") as folder:
         gallery = FaissGallery.build(Path(folder) / "ivfpq", vectors, encoder=encoder, index_type="ivfpq",
                                      pq_m=pq_m, nprobe=nprobe, rerank=rerank)  # fmt: skip
-        flat = faiss.IndexFlatIP(dimension)
-        flat.add(vectors)
-        flat_s = _best_of(lambda: flat.search(query_vectors, 10), repeats)
+        flat_scan, rerank_scan = scan_ladders(centres, count, query_vectors, folder, rerank=rerank, repeats=repeats,
+                                              max_bytes=ladder_bytes, rng=rng)  # fmt: skip
         ivf = faiss.extract_index_ivf(gallery.index)
         ivf.nprobe = nprobe
         nlist = ivf.nlist
@@ -333,9 +430,11 @@ def calibrate_search(
         threads = faiss.omp_get_max_threads()
     per_query = 1.0 / queries
     return SearchCalibration(
-        count=count, dimension=dimension, queries=queries, threads=threads, flat_s=flat_s * per_query,
+        count=count, dimension=dimension, queries=queries, threads=threads,
+        flat_s=flat_scan[0][1] * count * dimension,
         quantizer_s=quantizer_s * per_query, probe_s=per_probe * per_query, code_s=per_code * per_query,
-        rerank_s=rerank_s * per_query, nlist=nlist, nprobe=nprobe, pq_m=pq_m, rerank=candidates,
+        rerank_s=rerank_s * per_query, nlist=nlist, nprobe=nprobe, pq_m=pq_m, rerank=candidates, flat_scan=flat_scan,
+        rerank_scan=rerank_scan,
     )  # fmt: skip
 
 
@@ -352,14 +451,19 @@ def predict_latency(
 ) -> dict:
     """Seconds per query (in batches like the calibration's) at ``count × dimension``, by the stated cost model.
 
-    flat: ``flat_s · (N·d) / (N_c·d_c)``. IVF-PQ: ``quantizer_s · (nlist·d)/(nlist_c·d_c)`` +
+    flat: ``N·d`` times the calibration's cost per float at that size (:func:`seconds_per_float`; without a
+    ladder, ``flat_s · (N·d) / (N_c·d_c)``). IVF-PQ: ``quantizer_s · (nlist·d)/(nlist_c·d_c)`` +
     ``probe_s · nprobe · d/d_c`` + ``code_s · (nprobe/nlist·N) · pq_m/pq_m_c`` + ``rerank_s · (rerank·d)/(rerank_c·d_c)``
-    (the list scan: a distance table per probed list, then every code of the probed lists).
+    (the list scan: a distance table per probed list, then every code of the probed lists), the re-ranking term
+    times its ladder's :func:`growth` from ``N_c·d_c`` to ``N·d`` (random reads from a bigger table miss the caches).
     """
     count, dimension = _count("gallery size", count), _count("embedding width", dimension)
     c = calibration
     if index_type == "flat":
-        seconds = c.flat_s * (count * dimension) / (c.count * c.dimension)
+        if c.flat_scan:
+            seconds = seconds_per_float(c.flat_scan, count * dimension) * count * dimension
+        else:
+            seconds = c.flat_s * (count * dimension) / (c.count * c.dimension)
         return {"index_type": "flat", "seconds_per_query": seconds, "terms": {"scan": seconds}}
     if index_type != "ivfpq":
         raise PlanInputError(f"index type must be one of {PLAN_INDEX_TYPES}, got {index_type!r}.")
@@ -367,11 +471,12 @@ def predict_latency(
     nprobe = min(nlist, nprobe or c.nprobe)
     pq_m = pq_m or default_pq_m(dimension)
     rerank = min(count, rerank or c.rerank)
+    rerank_growth = growth(c.rerank_scan, count * dimension, c.count * c.dimension) if c.rerank_scan else 1.0
     terms = {
         "quantizer": c.quantizer_s * (nlist * dimension) / (c.nlist * c.dimension),
         "tables": c.probe_s * nprobe * dimension / c.dimension,
         "codes": c.code_s * (nprobe / nlist * count) * pq_m / c.pq_m,
-        "rerank": c.rerank_s * (rerank * dimension) / (c.rerank * c.dimension),
+        "rerank": c.rerank_s * (rerank * dimension) / (c.rerank * c.dimension) * rerank_growth,
     }
     return {"index_type": "ivfpq", "seconds_per_query": sum(terms.values()), "terms": terms,
             "nlist": nlist, "nprobe": nprobe, "pq_m": pq_m, "rerank": rerank}  # fmt: skip

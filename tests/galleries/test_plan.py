@@ -16,9 +16,11 @@ from bt2_hf.galleries.plan import (
     calibrate_embedding,
     calibrate_search,
     index_memory,
+    ladder_sizes,
     make_plan,
     predict_latency,
     reembedding_cost,
+    seconds_per_float,
 )
 
 ENCODER = {"fingerprint": "sha256:" + "0" * 64, "name_or_path": "test/old", "embedding_dim": 32}
@@ -99,11 +101,44 @@ def test_latency_model_by_hand():
     assert ivf["seconds_per_query"] == pytest.approx(4e-5 + 6.4e-5 + 6.4e-5 + 1e-3)
 
 
+def test_ladder_sizes_double_up_to_the_top():
+    # 1,000 × 32 floats = 128 kB; doubling while within 1 MiB: 1k, 2k, 4k, 8k (1 MiB exactly).
+    assert ladder_sizes(1000, 32, 1 << 20) == [1000, 2000, 4000, 8000]
+    # A top well above the last doubling is measured too: 1.5 MiB = 12,288 vectors, over 1.25 × 8,000.
+    assert ladder_sizes(1000, 32, 3 << 19) == [1000, 2000, 4000, 8000, 12288]
+    assert ladder_sizes(1000, 32, 1000) == [1000]
+
+
+def test_seconds_per_float_interpolates_in_log_size():
+    ladder = [[1e6, 1e-10], [4e6, 3e-10]]
+    assert seconds_per_float(ladder, 5e5) == 1e-10  # below the ladder: its first rung
+    assert seconds_per_float(ladder, 2e6) == pytest.approx(2e-10)  # half-way in log size
+    assert seconds_per_float(ladder, 1e9) == 3e-10  # above: its top (bound by memory bandwidth)
+
+
+def test_latency_model_scales_by_the_ladders():
+    calibration = SearchCalibration(count=10_000, dimension=64, queries=100, threads=1, flat_s=1e-3,
+                                    quantizer_s=1e-5, probe_s=2e-6, code_s=1e-8, rerank_s=5e-4, nlist=100,
+                                    nprobe=16, pq_m=8, rerank=1000, flat_scan=[[640_000, 1e-9], [2_560_000, 3e-9]],
+                                    rerank_scan=[[640_000, 2e-9], [2_560_000, 5e-9]])  # fmt: skip
+    # flat at 20,000 × 64 = 1,280,000 floats: half-way in log size, 2e-9 s a float → 2.56 ms; far above: 3e-9.
+    assert predict_latency(calibration, 20_000, 64, "flat")["seconds_per_query"] == pytest.approx(2.56e-3)
+    assert predict_latency(calibration, 1_000_000, 64, "flat")["seconds_per_query"] == pytest.approx(0.192)
+    # Re-ranking at 1M × 64 reads from a table past the ladder: 5e-9 / 2e-9 = 2.5× the calibration's 5e-4.
+    terms = predict_latency(calibration, 1_000_000, 64, "ivfpq")["terms"]
+    assert terms["rerank"] == pytest.approx(1.25e-3)
+
+
 def test_calibrate_search_measures_every_term():
-    calibration = calibrate_search(32, count=4000, queries=50, repeats=1)
+    calibration = calibrate_search(32, count=4000, queries=50, repeats=1, ladder_bytes=4000 * 32 * 4 * 4)
     assert (calibration.count, calibration.dimension, calibration.pq_m) == (4000, 32, 4)
     assert calibration.flat_s > 0 and calibration.rerank_s > 0 and calibration.quantizer_s > 0
     assert calibration.code_s >= 0 and calibration.probe_s >= 0
+    # The ladders: the calibration size, doubled twice (4× its bytes), each rung timed.
+    assert [size for size, _ in calibration.flat_scan] == [4000 * 32, 8000 * 32, 16000 * 32]
+    assert [size for size, _ in calibration.rerank_scan] == [4000 * 32, 8000 * 32, 16000 * 32]
+    assert all(cost > 0 for _, cost in calibration.flat_scan + calibration.rerank_scan)
+    assert calibration.flat_s == pytest.approx(calibration.flat_scan[0][1] * 4000 * 32)
 
 
 @pytest.mark.parametrize(
@@ -157,12 +192,13 @@ def test_cli_json_output(capsys, tmp_path):
 def test_cli_table_with_latency_and_a_calibrated_model(saved_models, capsys):
     argv = ["--count", "50000", "--item_type", "image", "--calibrate", str(saved_models["new"]),
             "--calibrate_items", "32", "--batch_size", "16", "--gpu_price", "1", "--budget_per_day", "2",
-            "--calibration_size", "4000", "--calibration_queries", "20"]  # fmt: skip
+            "--calibration_size", "4000", "--calibration_queries", "20", "--calibration_max_mib", "1"]  # fmt: skip
     assert plan_cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "8-d (old) → 12-d (new)" in out  # the widths read from the model's config
     assert "Re-embedding avoided" in out and "Backfill at" in out and "Query latency" in out
     assert "ivfpq" in out and "flat" in out
+    assert "timed up to 1.0 MiB" in out  # 4,000 × 8 floats doubled five times: 1 MiB
 
 
 def test_calibrate_embedding_counts_items_per_second(saved_models):
