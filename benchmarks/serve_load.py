@@ -388,7 +388,7 @@ def main(argv=None) -> int:
         help="low: the backfill yields to the searches (bt2 serve's default); normal: flat out",
     )
     parser.add_argument(
-        "--backfill_share", type=float, help="a low-priority backfill's share of the time under load (default 0.2)"
+        "--backfill_share", type=float, help="a low-priority backfill's share of the time under load (default 0.1)"
     )
     parser.add_argument(
         "--text_model",

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "taking at most --backfill_share of the time under load) and embeds in slices; normal: flat "
                         "out")  # fmt: skip
     parser.add_argument("--backfill-share", type=float, default=None,
-                        help="a low-priority backfill's share of the time under continuous search load (default 0.2)")  # fmt: skip
+                        help="a low-priority backfill's share of the time under continuous search load (default 0.1)")  # fmt: skip
     parser.add_argument("--allow-unmeasured", action="store_true", help="backfill with declared, unmeasured compat.")
     parser.add_argument("--search-threads", type=int, default=1,
                         help="faiss's OpenMP threads per search (one query is too small to share; 0: its default)")  # fmt: skip

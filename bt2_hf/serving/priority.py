@@ -12,7 +12,7 @@ items (text queries, whose forward passes need both cores, from 86 to 191 ms). A
   waiting (time idle, e.g. a ``pause`` between batches, pays it back). Before a step that is owed a wait, it waits
   until the searches are quiet (none in flight, none ended in the last few milliseconds: the wait is then
   forgiven) or the wait is paid, so
-  under continuous load it takes at most ``share`` of the time (a fifth by default): its cost to the searches is
+  under continuous load it takes at most ``share`` of the time (a tenth by default): its cost to the searches is
   bounded, and it still finishes, at a rate the service reports (``items_per_second``). A job paced within its
   share by its own pauses, or beside quiet traffic, runs as fast as before;
 - does not lower its thread's CPU priority: its thread runs Python code under the GIL, and a thread at Linux's
@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 
 PRIORITIES = ("low", "normal")
-DEFAULT_SHARE = 0.2
+DEFAULT_SHARE = 0.1
 
 
 class SearchTraffic:
@@ -124,7 +124,7 @@ class BackfillPriority:
             raise ValueError(f"The backfill's share of the time is a fraction in (0, 1], got {share!r}.")
         if name == "normal":
             return cls("normal")
-        # A fifth of the time under load: the job still finishes at a fifth of its flat-out rate or more (all of it
+        # A tenth of the time under load: the job still finishes at a tenth of its flat-out rate or more (all of it
         # while the searches pause); 256 rows a slice keep a step of a real model's embedding short.
         return cls("low", share=DEFAULT_SHARE if share is None else float(share), slice_size=256)
 

@@ -224,8 +224,8 @@ class BackfillJob:
 
     Its priority (``spec["priority"]``, see :mod:`bt2_hf.serving.priority`): ``"low"`` (the default) embeds and
     writes a batch in slices and, before a slice or a step of a commit that its share of the time (``spec["share"]``,
-    default 0.2) owes a wait, waits for the service's searches to be quiet or the wait to be paid: under continuous
-    load it takes at most a fifth of the time; ``"normal"`` runs each batch flat out.
+    default 0.1) owes a wait, waits for the service's searches to be quiet or the wait to be paid: under continuous
+    load it takes at most a tenth of the time; ``"normal"`` runs each batch flat out.
     """
 
     def __init__(self, service: GalleryService, served: ServedGallery, model: LoadedModel, spec: dict):
