@@ -67,6 +67,7 @@ on the demo's models, the same on the text upgrade), never lower than the slot r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -199,8 +200,14 @@ _SAME_SCALE = _SameScale()
 def _unit(array: np.ndarray) -> np.ndarray:
     array = np.asarray(array, dtype=np.float32)
     if len(array) == 1:  # one query (a served search): one dot product, not the general norm
-        return array / max(float(np.sqrt(np.dot(array[0], array[0]))), 1e-12)
-    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+        norm = float(np.sqrt(np.dot(array[0], array[0])))
+        if not 0.0 < norm < math.inf:  # squared in float32, 1e20 overflows and 1e-20 underflows: float64 does not
+            norm = float(np.sqrt(np.dot(array[0], array[0].astype(np.float64))))
+        return array / max(norm, 1e-12)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    if not np.all((norms > 0) & np.isfinite(norms)):
+        norms = np.linalg.norm(array.astype(np.float64), axis=1, keepdims=True)
+    return (array / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
 
 def fill_slots(

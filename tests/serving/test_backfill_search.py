@@ -60,3 +60,31 @@ def test_searches_beside_commits_see_one_committed_state_each(tmp_path):
         best = np.argsort(-reference, axis=1)[:, : min(15, done)]
         np.testing.assert_array_equal(rows, order[:done][best])
         np.testing.assert_allclose(scores, np.take_along_axis(reference, best, 1), atol=1e-5)
+
+
+def test_the_read_side_is_released_when_its_block_raises_and_a_writer_then_gets_the_lock():
+    lock = ReadWriteLock()
+    for _ in range(2):  # one context object serves every block: the second raises as the first did
+        try:
+            with lock.read(), lock.read():  # nested readers
+                raise KeyError("a search failed")
+        except KeyError:
+            pass
+    written = threading.Event()
+
+    def writer():
+        with lock.write():
+            written.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    thread.join(5)
+    assert written.is_set(), "a reader was never released"
+    # and a writer holds new readers back until it is done
+    entered = threading.Event()
+    with lock.write():
+        reader = threading.Thread(target=lambda: (lock.read().__enter__(), entered.set()))
+        reader.start()
+        assert not entered.wait(0.2)
+    reader.join(5)
+    assert entered.is_set()

@@ -61,12 +61,40 @@ def test_refusals_keep_their_status_and_message(service, body, status, words):
         assert words in json.dumps(answer.json()["detail"]), answer.text
 
 
-def test_a_vector_of_large_finite_numbers_is_searched(service):
-    """Squared, 1e30 overflows float32 but not the float64 check: it is a valid (if odd) query direction."""
+@pytest.mark.parametrize("size", [1e30, 1e-25])
+def test_a_vector_of_extreme_finite_numbers_is_searched(service, size):
+    """Squared, 1e30 overflows float32 and 1e-25 underflows it to 0, but neither the float64 check: each is a valid
+    (if odd) query direction, and its answer is the unit vector's."""
     client = TestClient(create_app(service, token=TOKEN))
-    answer = client.post("/search", json={"gallery": "products", "vector": [1e30] + [0.0] * 7, "k": 3})
+    answer = client.post("/search", json={"gallery": "products", "vector": [size] + [0.0] * 7, "k": 3})
     assert answer.status_code == 200, answer.text
-    assert len(answer.json()["hits"]) == 3
+    expected = service.search("products", k=3, vector=[1.0] + [0.0] * 7)
+    assert [hit["id"] for hit in answer.json()["hits"]] == [hit["id"] for hit in expected["hits"]]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"gallery": "products", "k": 5, "vector": [0.5, -1.25, 3.0]},  # every field typed: pydantic is skipped
+        {"vector": [0.5, 2.0]},  # defaults
+        {"gallery": None, "model": "new", "vector": [1.0]},
+        {"gallery": "products", "vector": [1, 2.5]},  # an int in the vector: through pydantic
+        {"gallery": "products", "k": 5.0, "vector": [1.0]},  # a float k: through pydantic, which takes it
+        {"gallery": "products", "k": "5", "vector": ["1.5"]},  # strings pydantic converts (lax mode)
+    ],
+)
+def test_the_plain_vector_path_reads_what_the_request_model_reads(payload):
+    """The hot path skips pydantic for a vector query whose fields already have their types; its arguments are the
+    ones the request model gives, whichever path a body takes."""
+    from bt2_hf.serving.json_search import SearchRequest, json_search_arguments
+
+    model = SearchRequest.model_validate(payload)
+    expected = {"gallery": model.gallery, "k": model.k, "text": None, "image": None, "vector": model.vector,
+                "model": model.model}  # fmt: skip
+    arguments = json_search_arguments(json.dumps(payload).encode())
+    assert arguments == expected
+    assert [type(value) for value in arguments["vector"]] == [float] * len(payload["vector"]) or any(
+        type(value) is int for value in payload["vector"])  # fmt: skip
 
 
 def test_closed_reads_need_the_token_on_the_hot_path(service):
