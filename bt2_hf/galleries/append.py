@@ -27,6 +27,7 @@ import shutil
 import numpy as np
 
 from ..retrieval.knn import import_faiss
+from ..retrieval.protocol import l2_normalize
 from ..utils.io import atomic_directory, atomic_write_json, fsync_directory
 from .appended import (
     APPENDED_DIR,
@@ -59,8 +60,7 @@ class StaleGalleryError(GalleryError):
 
 
 def _unit(array) -> np.ndarray:
-    array = np.asarray(array, dtype=np.float32)
-    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(np.asarray(array, dtype=np.float32))
 
 
 def _gallery_ids(store: FaissGallery, ids: list) -> np.ndarray:

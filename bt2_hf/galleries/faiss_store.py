@@ -46,6 +46,7 @@ import numpy as np
 
 from ..errors import BT2InputError
 from ..retrieval.knn import import_faiss
+from ..retrieval.protocol import l2_normalize
 from ..utils.io import atomic_directory, atomic_write_json
 from .appended import AppendedRows, read_appended
 from .backfill_search import BackfillSearch
@@ -74,8 +75,7 @@ class LegacyGalleryFormatError(GalleryError):
 
 
 def _normalize(array: np.ndarray) -> np.ndarray:
-    array = np.asarray(array, dtype=np.float32)
-    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(np.asarray(array, dtype=np.float32))
 
 
 def default_index_params(index_type: str, count: int, dimension: int, **overrides) -> dict:

@@ -74,6 +74,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..compatibility import IncompatibleModelsError, admit_to_gallery, compatible_prefix
+from ..retrieval.protocol import l2_normalize
 from .calibration import calibration_sample, standardise_queries
 
 RULES = ("calibrated", "slots", "naive", "compatible", "adaptive")
@@ -200,14 +201,12 @@ _SAME_SCALE = _SameScale()
 def _unit(array: np.ndarray) -> np.ndarray:
     array = np.asarray(array, dtype=np.float32)
     if len(array) == 1:  # one query (a served search): one dot product, not the general norm
-        norm = float(np.sqrt(np.dot(array[0], array[0])))
-        if not 0.0 < norm < math.inf:  # squared in float32, 1e20 overflows and 1e-20 underflows: float64 does not
+        with np.errstate(over="ignore", under="ignore"):
+            norm = float(np.sqrt(np.dot(array[0], array[0])))
+        if not 0.0 < norm < math.inf:  # squared in float32, 1e20 overflows and 1e-25 underflows: float64 does not
             norm = float(np.sqrt(np.dot(array[0], array[0].astype(np.float64))))
-        return array / max(norm, 1e-12)
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    if not np.all((norms > 0) & np.isfinite(norms)):
-        norms = np.linalg.norm(array.astype(np.float64), axis=1, keepdims=True)
-    return (array / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+        return array / norm if norm > 0 else array
+    return l2_normalize(array)
 
 
 def fill_slots(

@@ -36,10 +36,18 @@ def as_embedding_array(embeddings, name: str = "embeddings") -> np.ndarray:
     return array
 
 
-def l2_normalize(embeddings: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Divide each row by its L2 norm (rows of norm 0 are left at 0)."""
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return (embeddings / np.maximum(norms, eps)).astype(np.float32, copy=False)
+def l2_normalize(embeddings: np.ndarray, eps: float = 0.0) -> np.ndarray:
+    """Divide each row by its L2 norm, as float32; rows whose norm is at most ``eps`` (by default: zero rows) are left
+    as they are.
+
+    The norms are taken in float64 when float32 cannot hold them: squared and summed, a row of 1e20s overflows float32
+    (it came out as zeros) and one of 1e-25s underflows it.
+    """
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    if not np.all((norms > 0) & np.isfinite(norms)):
+        norms = np.linalg.norm(np.asarray(embeddings, dtype=np.float64), axis=1, keepdims=True)
+    return (embeddings / np.where(norms > eps, norms, 1.0)).astype(np.float32, copy=False)
 
 
 def truncate(embeddings: np.ndarray, dim: int, renormalize: bool = True) -> np.ndarray:

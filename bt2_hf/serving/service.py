@@ -906,7 +906,9 @@ def _vector(vector, config) -> np.ndarray:
     # one is not zero. In float32 first (no copy); only a vector it cannot decide (an overflow past 1e19, an underflow
     # below 1e-19, or a NaN, infinity or zero) is checked in float64, where no float32 value squared and summed
     # overflows.
-    if not 0.0 < float(np.dot(queries, queries)) < math.inf:
+    with np.errstate(over="ignore", under="ignore"):
+        squared_norm = float(np.dot(queries, queries))
+    if not 0.0 < squared_norm < math.inf:
         if not 0.0 < float(np.dot(queries, queries.astype(np.float64))) < math.inf:
             raise ServingError("'vector' must be finite and non-zero.", 422)
     width, prefix = int(config.embedding_dim), int(getattr(config, "compatible_dim", None) or config.embedding_dim)

@@ -197,3 +197,17 @@ def test_metric_helpers_refuse_what_they_cannot_compute():
         flip_rates(np.array([True, False]), np.array([True]))
     with pytest.raises(ValueError, match="at least one query"):
         flip_rates(np.array([], dtype=bool), np.array([], dtype=bool))
+
+
+def test_l2_normalize_holds_rows_float32_cannot_square():
+    """Squared and summed in float32, a row of 1e30 overflows (it came out as zeros) and one of 1e-25 underflows;
+    each is a direction all the same. Zero rows stay zero. Reference: the float64 norm by hand."""
+    from bt2_hf.retrieval.protocol import l2_normalize
+
+    rows = np.array([[1e30, 0.0, -1e30], [1e-25, 1e-25, 0.0], [0.0, 0.0, 0.0], [3.0, 4.0, 0.0]], dtype=np.float32)
+    wide = rows.astype(np.float64)
+    norms = np.sqrt((wide**2).sum(axis=1, keepdims=True))
+    expected = np.divide(wide, norms, out=np.zeros_like(wide), where=norms > 0)
+    unit = l2_normalize(rows)
+    assert unit.dtype == np.float32
+    np.testing.assert_allclose(unit, expected, rtol=1e-6)

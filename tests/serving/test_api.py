@@ -300,3 +300,16 @@ def test_latency_histogram_buckets_are_cumulative_with_each_bound_inclusive():
         )
     assert 'bt2_http_request_duration_seconds_count{method="POST",route="/search"} 6' in text
     assert 'bt2_http_request_duration_seconds_sum{method="POST",route="/search"} 20.454400' in text
+
+
+def test_a_dual_written_vector_of_huge_numbers_is_stored_as_its_direction(client):
+    """Squared in float32, 1e30 overflows: the item was once stored as a zero vector. Stored as its unit vector, the
+    same direction's query finds it first, at cosine 1."""
+    direction = np.random.default_rng(5).normal(size=8)
+    direction /= np.linalg.norm(direction)
+    item = {"id": 777, "vectors": {"old": (direction * 1e30).tolist()}}
+    answer = client.post("/items", headers=WRITE, json={"gallery": "products", "items": [item]})
+    assert answer.status_code == 200, answer.text
+    hits = client.post("/search", json={"gallery": "products", "model": "old", "k": 1,
+                                        "vector": direction.tolist()}).json()["hits"]  # fmt: skip
+    assert hits[0]["id"] == 777 and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
