@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from ._flags import snake_case_flags, with_examples
 from ._output import configure_logging
+
+logger = logging.getLogger(__name__)
 
 EXAMPLES = """\
 bt2 plan --count 100000000 --item_type image --old_dim 128 --new_dim 160 --new_throughput 2400 \\
@@ -178,6 +181,8 @@ def run(args) -> dict:
         "float32" else 2, days=args.days,
     )  # fmt: skip
     if not args.no_latency:  # after every input was checked: the measurement takes seconds
+        logger.info(f"Timing search on a synthetic {args.calibration_size:,} × {old_dim} gallery and on vector tables "
+                    f"up to {args.calibration_max_mib} MiB (10-20 s on a CPU; --no_latency skips it)...")  # fmt: skip
         search = calibrate_search(old_dim, count=args.calibration_size, queries=args.calibration_queries,
                                   nprobe=args.nprobe or 16, rerank=args.rerank or 1000,
                                   ladder_bytes=args.calibration_max_mib << 20)  # fmt: skip
