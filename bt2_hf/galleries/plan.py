@@ -395,6 +395,7 @@ def calibrate_search(
 
     faiss = import_faiss()
     count, dimension = _count("calibration size", count), _count("embedding width", dimension)
+    ladder_bytes = _count("ladder size in bytes (--calibration_max_mib)", ladder_bytes)
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(max(1, count // 1000), dimension)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)

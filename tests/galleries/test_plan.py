@@ -153,6 +153,7 @@ def test_calibrate_search_measures_every_term():
         (lambda: backfill_schedule(10), "either"),
         (lambda: backfill_schedule(10, rate=1.0, budget_per_day=1.0), "either"),
         (lambda: backfill_schedule(10, budget_per_day=5.0, items_per_second=1.0), "price"),
+        (lambda: calibrate_search(8, count=4000, ladder_bytes=0), "calibration_max_mib"),
         (lambda: index_memory(10, 32, "hnsw"), "index type"),
         (lambda: index_memory(1000, 30, "ivfpq", pq_m=8), "divide"),
         (
