@@ -126,13 +126,19 @@ def render(plan: dict) -> str:
         for kind, memory in plan["memory"][stage].items():
             lines.append(f"  {label:<18} {kind:<6} RAM {_mib(memory['ram']):>12}   disk {_mib(memory['disk']):>12}")
     if "latency" in plan:
-        calibration = plan["latency"]["calibration"]
-        lines.append(f"Query latency (per query in batches of {calibration['queries']}, {calibration['threads']} "
-                     f"thread(s), calibrated on {calibration['count']:,} × {calibration['dimension']}; flat "
-                     f"scans and re-ranking timed up to {_mib(4 * calibration['flat_scan'][-1][0])}):")  # fmt: skip
+        latency = plan["latency"]
+        calibration = latency["calibration"]
+        single = latency.get("one_at_a_time")
+        lines.append(f"Query latency per query ({calibration['threads']} thread(s), calibrated on "
+                     f"{calibration['count']:,} × {calibration['dimension']}; flat scans and re-ranking timed up to "
+                     f"{_mib(4 * calibration['flat_scan'][-1][0])}):")  # fmt: skip
+        lines.append(
+            f"  {'':<25} {'one at a time' if single else '':>14} {'in batches of ' + str(calibration['queries']):>18}"
+        )
         for stage, label in (("old_gallery", "old gallery"), ("new_gallery", "new gallery")):
-            for kind, latency in plan["latency"][stage].items():
-                lines.append(f"  {label:<18} {kind:<6} {1000 * latency['seconds_per_query']:10.3f} ms")
+            for kind, batched in latency[stage].items():
+                alone = f"{1000 * single[stage][kind]['seconds_per_query']:11.3f} ms" if single else ""
+                lines.append(f"  {label:<18} {kind:<6} {alone:>14} {1000 * batched['seconds_per_query']:15.3f} ms")
     return "\n".join(lines)
 
 
@@ -140,8 +146,8 @@ def run(args) -> dict:
     from bt2_hf.galleries.plan import (
         PlanInputError,
         calibrate_embedding,
-        calibrate_search,
-        latency_estimates,
+        calibrate_searches,
+        latency_by_mode,
         make_plan,
         read_throughput,
     )
@@ -183,11 +189,11 @@ def run(args) -> dict:
     if not args.no_latency:  # after every input was checked: the measurement takes seconds
         logger.info(f"Timing search on a synthetic {args.calibration_size:,} × {old_dim} gallery and on vector tables "
                     f"up to {args.calibration_max_mib} MiB (10-20 s on a CPU; --no_latency skips it)...")  # fmt: skip
-        search = calibrate_search(old_dim, count=args.calibration_size, queries=args.calibration_queries,
-                                  nprobe=args.nprobe or 16, rerank=args.rerank or 1000,
-                                  ladder_bytes=args.calibration_max_mib << 20)  # fmt: skip
-        plan["latency"] = latency_estimates(search, args.count, old_dim, new_dim, nprobe=args.nprobe,
-                                            rerank=args.rerank)  # fmt: skip
+        searches = calibrate_searches(old_dim, count=args.calibration_size, queries=args.calibration_queries,
+                                      nprobe=args.nprobe or 16, rerank=args.rerank or 1000,
+                                      ladder_bytes=args.calibration_max_mib << 20)  # fmt: skip
+        plan["latency"] = latency_by_mode(searches, args.count, old_dim, new_dim, nprobe=args.nprobe,
+                                          rerank=args.rerank)  # fmt: skip
     if calibration_record is not None:
         plan["embedding_calibration"] = calibration_record
     return plan

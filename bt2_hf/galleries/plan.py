@@ -13,13 +13,13 @@ Four estimates, each from stated inputs and a stated model (``bt2 plan`` prints 
   re-ranks from (plus, during a backfill, the new model's ``N·d_new`` row table and the in-memory flat index over the
   re-embedded rows that the mixed search builds, and past its exact limit the IVF index over them: the rows again,
   their ids and the lists' centroids).
-- **Query latency**, per query in batches: a short measured calibration of the same faiss search at a smaller size,
-  scaled by the cost model of each index: flat search scans every vector (time ∝ ``N·d``, at a cost per float
-  measured on a ladder of flat indexes up to 256 MiB: a scan that leaves the CPU caches costs 2-3× one that fits
-  them, and past the ladder's top the scan is bound by memory bandwidth); IVF-PQ compares the
-  query with ``nlist`` centroids (∝ ``nlist·d``), builds a distance table per probed list (∝ ``nprobe·d``), scans the
-  codes of ``nprobe`` lists (∝ ``nprobe/nlist·N·pq_m``) and re-ranks ``rerank`` candidates exactly (∝ ``rerank·d``,
-  independent of ``N``). Each term's constant is measured.
+- **Query latency**, per query, searched one at a time (as a service searches) and in batches: a short measured
+  calibration of the same faiss search at a smaller size, scaled by the cost model of each index. Flat search scans
+  every vector (time ∝ ``N·d``); IVF-PQ compares the query with ``nlist`` centroids (∝ ``nlist·d``), builds a distance
+  table per probed list (∝ ``nprobe·d``), scans the codes of ``nprobe`` lists (∝ ``nprobe/nlist·N·pq_m``) and re-ranks
+  ``rerank`` candidates exactly (∝ ``rerank·d``). Each term's constant is measured. The flat scan's and the
+  re-ranking's cost per float is measured on tables that double up to 256 MiB and read at the gallery's size: both
+  cost 1.5-3× more once the vectors leave the CPU's caches.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ PQ_CENTROIDS = 256  # 8-bit sub-quantizers, the galleries' default
 SECONDS_PER_DAY = 86_400.0
 # The flat scan's calibration grows an index to this size: past the CPU caches of common servers.
 FLAT_LADDER_BYTES = 256 << 20
+# How the calibration's queries are searched: in one call, or one call per query (a service's searches).
+CALIBRATION_MODES = ("batched", "one_at_a_time")
 
 
 class PlanInputError(BT2InputError):
@@ -242,6 +244,7 @@ class SearchCalibration:
             on flat indexes of growing size (``floats`` = vectors × width), smallest first. Empty: ``flat_s`` scaled.
         rerank_scan (`list` of `[floats, seconds]` pairs): re-ranking's seconds per query per re-ranked float, read
             from tables of growing size; scales ``rerank_s`` to the gallery's size. Empty: no scaling.
+        mode (`str`): how the queries were searched: ``"batched"`` (one call) or ``"one_at_a_time"`` (a call each).
         quantizer_s (`float`): IVF-PQ coarse quantizer (``nlist`` centroids), seconds per query.
         probe_s (`float`): IVF-PQ, per probed list (its distance table, ∝ ``d``), seconds per query.
         code_s (`float`): IVF-PQ, per scanned code of ``pq_m`` bytes, seconds per query.
@@ -265,6 +268,7 @@ class SearchCalibration:
     rerank: int
     flat_scan: list[list[float]] = field(default_factory=list)
     rerank_scan: list[list[float]] = field(default_factory=list)
+    mode: str = "batched"
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -310,10 +314,11 @@ def scan_ladders(
     repeats: int = 3,
     max_bytes: int = FLAT_LADDER_BYTES,
     rng: np.random.Generator | None = None,
-) -> tuple[list[list[float]], list[list[float]]]:
+    modes: tuple[str, ...] = ("batched",),
+) -> tuple[dict[str, list[list[float]]], dict[str, list[list[float]]]]:
     """The two searches whose cost per float depends on the gallery's size, timed as it doubles from ``count``
-    vectors up to ``max_bytes`` (:func:`ladder_sizes`): ``(flat, rerank)``, each ``[[floats, seconds], ...]``
-    (``floats`` = vectors × width, smallest first).
+    vectors up to ``max_bytes`` (:func:`ladder_sizes`): ``({mode: flat}, {mode: rerank})``, each ``[[floats,
+    seconds], ...]`` (``floats`` = vectors × width, smallest first); ``modes`` as in :func:`calibrate_searches`.
 
     - flat: one ``faiss.IndexFlatIP`` grown to each size, seconds per query per scanned float. Each size is searched
       with fewer queries as it grows (at least 8): faiss scans the index once per query in such batches, so the cost
@@ -333,7 +338,7 @@ def scan_ladders(
     table = np.lib.format.open_memmap(Path(folder) / "ladder.npy", mode="w+", dtype=np.float32,
                                       shape=(sizes[-1], dimension))  # fmt: skip
     index = faiss.IndexFlatIP(dimension)
-    flat, reranked = [], []
+    flat, reranked = {mode: [] for mode in modes}, {mode: [] for mode in modes}
     for size in sizes:
         while index.ntotal < size:  # grown in chunks: the points are written once, to the table and to the index
             start = index.ntotal
@@ -342,12 +347,25 @@ def scan_ladders(
             index.add(np.ascontiguousarray(table[start:stop]))
         floats = float(size * dimension)
         batch = np.ascontiguousarray(queries[: max(8, min(len(queries), len(queries) * count // (2 * size)))])
-        flat.append([floats, _best_of(lambda b=batch: index.search(b, 10), repeats) / len(batch) / floats])
         candidates = min(rerank, size)
         rows = rng.integers(0, size, (len(queries), candidates))
-        seconds = _best_of(lambda r=rows: rerank_rows(table, queries, r, 10), repeats)
-        reranked.append([floats, seconds / len(queries) / (candidates * dimension)])
+        for mode in modes:
+            seconds = _timed(lambda q: index.search(q, 10), (batch,), repeats, mode)
+            flat[mode].append([floats, seconds / len(batch) / floats])
+            seconds = _timed(lambda q, r: rerank_rows(table, q, r, 10), (queries, rows), repeats, mode)
+            reranked[mode].append([floats, seconds / len(queries) / (candidates * dimension)])
     return flat, reranked
+
+
+def _timed(function, arrays: tuple, repeats: int, mode: str) -> float:
+    """Best of ``repeats`` seconds of ``function(*arrays)`` (``"batched"``: one call), or of one call per row of the
+    arrays (``"one_at_a_time"``: how a service searches)."""
+    if mode == "batched":
+        return _best_of(lambda: function(*arrays), repeats)
+    if mode != "one_at_a_time":
+        raise PlanInputError(f"mode must be one of {CALIBRATION_MODES}, got {mode!r}.")
+    rows = [tuple(np.ascontiguousarray(array[i : i + 1]) for array in arrays) for i in range(len(arrays[0]))]
+    return _best_of(lambda: [function(*row) for row in rows], repeats)
 
 
 def growth(ladder: list[list[float]], floats: float, base_floats: float) -> float:
@@ -367,7 +385,12 @@ def seconds_per_float(ladder: list[list[float]], floats: float) -> float:
     return ladder[-1][1]
 
 
-def calibrate_search(
+def calibrate_search(dimension: int, **kwargs) -> SearchCalibration:
+    """:func:`calibrate_searches` of the queries in one batch (its ``"batched"`` calibration)."""
+    return calibrate_searches(dimension, modes=("batched",), **kwargs)["batched"]
+
+
+def calibrate_searches(
     dimension: int,
     *,
     count: int = 50_000,
@@ -379,14 +402,17 @@ def calibrate_search(
     seed: int = 0,
     workdir=None,
     ladder_bytes: int = FLAT_LADDER_BYTES,
-) -> SearchCalibration:
-    """Time flat and IVF-PQ search on a synthetic gallery of ``count`` unit vectors, one cost term at a time.
+    modes: tuple[str, ...] = CALIBRATION_MODES,
+) -> dict[str, SearchCalibration]:
+    """Time flat and IVF-PQ search on a synthetic gallery of ``count`` unit vectors, one cost term at a time:
+    ``{mode: SearchCalibration}``.
 
     The gallery is a :class:`~bt2_hf.galleries.FaissGallery` (the format and search code the plan is about), built
     from a mixture of Gaussians (clustered like real embeddings) in a temporary directory; each term is the best of
-    ``repeats`` runs over one batch of ``queries``. Flat search and re-ranking are also timed on galleries that
-    double in size up to ``ladder_bytes`` (:func:`scan_ladders`): their cost per float rises once the vectors they
-    read leave the CPU's caches.
+    ``repeats`` runs over ``queries`` queries, in each of ``modes``: ``"batched"`` (one call for all of them) and
+    ``"one_at_a_time"`` (a call per query, as a service searches: per query, the batch's calls cost less). Flat
+    search and re-ranking are also timed on galleries that double in size up to ``ladder_bytes``
+    (:func:`scan_ladders`): their cost per float rises once the vectors they read leave the CPU's caches.
     """
     import tempfile
 
@@ -396,6 +422,9 @@ def calibrate_search(
     faiss = import_faiss()
     count, dimension = _count("calibration size", count), _count("embedding width", dimension)
     ladder_bytes = _count("ladder size in bytes (--calibration_max_mib)", ladder_bytes)
+    for mode in modes:
+        if mode not in CALIBRATION_MODES:
+            raise PlanInputError(f"mode must be one of {CALIBRATION_MODES}, got {mode!r}.")
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(max(1, count // 1000), dimension)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -403,40 +432,50 @@ def calibrate_search(
     vectors, query_vectors = points[:count], np.ascontiguousarray(points[count:])
     encoder = {"fingerprint": "sha256:" + "0" * 64, "name_or_path": "calibration", "embedding_dim": dimension}
     pq_m = pq_m or default_pq_m(dimension)
+    calibrations = {}
     with tempfile.TemporaryDirectory(dir=workdir, prefix="bt2-plan-") as folder:
         gallery = FaissGallery.build(Path(folder) / "ivfpq", vectors, encoder=encoder, index_type="ivfpq",
                                      pq_m=pq_m, nprobe=nprobe, rerank=rerank)  # fmt: skip
-        flat_scan, rerank_scan = scan_ladders(centres, count, query_vectors, folder, rerank=rerank, repeats=repeats,
-                                              max_bytes=ladder_bytes, rng=rng)  # fmt: skip
+        flat_scans, rerank_scans = scan_ladders(centres, count, query_vectors, folder, rerank=rerank, repeats=repeats,
+                                               max_bytes=ladder_bytes, rng=rng, modes=modes)  # fmt: skip
         ivf = faiss.extract_index_ivf(gallery.index)
         ivf.nprobe = nprobe
-        nlist = ivf.nlist
-        quantizer_s = _best_of(lambda: ivf.quantizer.search(query_vectors, nprobe), repeats)
-        candidates = min(count, rerank)
         # The list scan at two fillings of the same trained index: a quarter, then all of the vectors. The
         # difference is the cost per scanned code; what is left is per probed list (its lookup table: ∝ d).
         quarter = faiss.clone_index(gallery.index)
         quarter.reset()
         quarter.add(vectors[: count // 4])
         faiss.extract_index_ivf(quarter).nprobe = nprobe
-        quarter_s = _best_of(lambda: quarter.search(query_vectors, candidates), repeats) - quantizer_s
-        index_s = _best_of(lambda: gallery.index.search(query_vectors, candidates), repeats) - quantizer_s
-        codes_quarter, codes_full = nprobe / nlist * (count // 4), nprobe / nlist * count
-        per_code = max(0.0, (index_s - quarter_s) / (codes_full - codes_quarter))
-        per_probe = max(0.0, index_s - per_code * codes_full) / nprobe
-        # Re-ranking as the galleries run it (candidates read from the memory map, scored, sorted), timed on its own:
-        # as the whole search minus the index's, it was noise under load, and at times nothing.
+        candidates = min(count, rerank)
         _, candidate_rows = gallery.index.search(query_vectors, candidates)
-        rerank_s = _best_of(lambda: gallery.rerank(query_vectors, candidate_rows, 10), repeats)
-        threads = faiss.omp_get_max_threads()
-    per_query = 1.0 / queries
-    return SearchCalibration(
-        count=count, dimension=dimension, queries=queries, threads=threads,
-        flat_s=flat_scan[0][1] * count * dimension,
-        quantizer_s=quantizer_s * per_query, probe_s=per_probe * per_query, code_s=per_code * per_query,
-        rerank_s=rerank_s * per_query, nlist=nlist, nprobe=nprobe, pq_m=pq_m, rerank=candidates, flat_scan=flat_scan,
-        rerank_scan=rerank_scan,
-    )  # fmt: skip
+        for mode in modes:
+            terms = _ivf_terms(gallery, quarter, query_vectors, candidate_rows, nprobe, repeats, mode)
+            calibrations[mode] = SearchCalibration(
+                count=count, dimension=dimension, queries=queries, threads=faiss.omp_get_max_threads(),
+                flat_s=flat_scans[mode][0][1] * count * dimension, nlist=ivf.nlist, nprobe=nprobe, pq_m=pq_m,
+                rerank=candidates, flat_scan=flat_scans[mode], rerank_scan=rerank_scans[mode], mode=mode,
+                **{name: seconds / queries for name, seconds in terms.items()},
+            )  # fmt: skip
+    return calibrations
+
+
+def _ivf_terms(gallery, quarter, queries: np.ndarray, candidate_rows: np.ndarray, nprobe: int, repeats: int,
+               mode: str) -> dict[str, float]:  # fmt: skip
+    """IVF-PQ's cost terms on the calibration gallery (seconds for all ``queries``, searched as ``mode`` says)."""
+    from ..retrieval.knn import import_faiss
+
+    ivf = import_faiss().extract_index_ivf(gallery.index)
+    count, candidates = len(gallery), candidate_rows.shape[1]
+    quantizer_s = _timed(lambda q: ivf.quantizer.search(q, nprobe), (queries,), repeats, mode)
+    quarter_s = _timed(lambda q: quarter.search(q, candidates), (queries,), repeats, mode) - quantizer_s
+    index_s = _timed(lambda q: gallery.index.search(q, candidates), (queries,), repeats, mode) - quantizer_s
+    codes_quarter, codes_full = nprobe / ivf.nlist * (count // 4), nprobe / ivf.nlist * count
+    per_code = max(0.0, (index_s - quarter_s) / (codes_full - codes_quarter))
+    per_probe = max(0.0, index_s - per_code * codes_full) / nprobe
+    # Re-ranking as the galleries run it (candidates read from the memory map, scored, sorted), timed on its own: as
+    # the whole search minus the index's, it was noise under load, and at times nothing.
+    rerank_s = _timed(lambda q, r: gallery.rerank(q, r, 10), (queries, candidate_rows), repeats, mode)
+    return {"quantizer_s": quantizer_s, "probe_s": per_probe, "code_s": per_code, "rerank_s": rerank_s}
 
 
 def predict_latency(
@@ -450,7 +489,8 @@ def predict_latency(
     pq_m: int | None = None,
     rerank: int | None = None,
 ) -> dict:
-    """Seconds per query (in batches like the calibration's) at ``count × dimension``, by the stated cost model.
+    """Seconds per query (searched as the calibration's were: batched, or one at a time) at ``count × dimension``, by
+    the stated cost model.
 
     flat: ``N·d`` times the calibration's cost per float at that size (:func:`seconds_per_float`; without a
     ladder, ``flat_s · (N·d) / (N_c·d_c)``). IVF-PQ: ``quantizer_s · (nlist·d)/(nlist_c·d_c)`` +
@@ -576,6 +616,24 @@ def make_plan(
     if calibration is not None:
         plan["latency"] = latency_estimates(calibration, count, old_dim, new_dim, nprobe=nprobe, rerank=rerank)
     return plan
+
+
+def latency_by_mode(
+    calibrations: dict[str, SearchCalibration],
+    count: int,
+    old_dim: int,
+    new_dim: int,
+    *,
+    nprobe: int | None = None,
+    rerank: int | None = None,
+) -> dict:
+    """:func:`latency_estimates` of the batched calibration, with the one-at-a-time calibration's (the latency of a
+    served query) under ``"one_at_a_time"`` when it was measured."""
+    latency = latency_estimates(calibrations["batched"], count, old_dim, new_dim, nprobe=nprobe, rerank=rerank)
+    if "one_at_a_time" in calibrations:
+        latency["one_at_a_time"] = latency_estimates(calibrations["one_at_a_time"], count, old_dim, new_dim,
+                                                     nprobe=nprobe, rerank=rerank)  # fmt: skip
+    return latency
 
 
 def latency_estimates(

@@ -15,6 +15,7 @@ from bt2_hf.galleries.plan import (
     backfill_schedule,
     calibrate_embedding,
     calibrate_search,
+    calibrate_searches,
     index_memory,
     ladder_sizes,
     make_plan,
@@ -139,6 +140,20 @@ def test_calibrate_search_measures_every_term():
     assert [size for size, _ in calibration.rerank_scan] == [4000 * 32, 8000 * 32, 16000 * 32]
     assert all(cost > 0 for _, cost in calibration.flat_scan + calibration.rerank_scan)
     assert calibration.flat_s == pytest.approx(calibration.flat_scan[0][1] * 4000 * 32)
+    assert calibration.mode == "batched"
+
+
+def test_calibrate_searches_times_both_ways_a_query_is_searched():
+    calibrations = calibrate_searches(32, count=4000, queries=40, repeats=1, ladder_bytes=4000 * 32 * 4 * 2)
+    assert sorted(calibrations) == ["batched", "one_at_a_time"]
+    for mode, calibration in calibrations.items():
+        assert calibration.mode == mode and calibration.queries == 40
+        assert [size for size, _ in calibration.rerank_scan] == [4000 * 32, 8000 * 32]
+        assert calibration.rerank_s > 0 and calibration.quantizer_s > 0
+    # one gallery, one set of rungs: the two differ in their timings only
+    assert calibrations["batched"].nlist == calibrations["one_at_a_time"].nlist
+    with pytest.raises(PlanInputError, match="mode"):
+        calibrate_searches(32, count=4000, queries=10, repeats=1, modes=("streaming",))
 
 
 @pytest.mark.parametrize(
@@ -200,6 +215,7 @@ def test_cli_table_with_latency_and_a_calibrated_model(saved_models, capsys):
     assert "Re-embedding avoided" in out and "Backfill at" in out and "Query latency" in out
     assert "ivfpq" in out and "flat" in out
     assert "timed up to 1.0 MiB" in out  # 4,000 × 8 floats doubled five times: 1 MiB
+    assert "one at a time" in out and "in batches of 20" in out
 
 
 def test_calibrate_embedding_counts_items_per_second(saved_models):
@@ -223,3 +239,19 @@ def test_cli_bad_inputs_exit_2_with_the_reason(capsys, extra, message):
     argv = ["--item_type", "image", "--old_dim", "8", "--new_dim", "12", "--gpu_price", "1", *extra]
     assert plan_cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_json_latency_one_at_a_time_and_batched(capsys):
+    argv = ["--count", "200000", "--item_type", "text", "--old_dim", "8", "--new_dim", "12", "--new_throughput", "50",
+            "--gpu_price", "1", "--calibration_size", "4000", "--calibration_queries", "20",
+            "--calibration_max_mib", "1", "--json"]  # fmt: skip
+    assert plan_cli.main(argv) == 0
+    latency = json.loads(capsys.readouterr().out)["latency"]
+    for section in (latency, latency["one_at_a_time"]):
+        calibration = SearchCalibration(**section["calibration"])
+        for stage, width in (("old_gallery", 8), ("new_gallery", 12)):
+            for kind in ("flat", "ivfpq"):
+                expected = predict_latency(calibration, 200_000, width, kind)["seconds_per_query"]
+                assert section[stage][kind]["seconds_per_query"] == pytest.approx(expected)
+    assert (latency["calibration"]["mode"], latency["one_at_a_time"]["calibration"]["mode"]) == (
+        "batched", "one_at_a_time")  # fmt: skip
