@@ -40,7 +40,7 @@ def best_of(function, repeats: int) -> float:
 def average(before, after):
     """The mean of two calibrations of the same settings, term by term and rung by rung."""
     terms = {name: (getattr(before, name) + getattr(after, name)) / 2
-             for name in ("flat_s", "quantizer_s", "probe_s", "code_s", "rerank_s")}  # fmt: skip
+             for name in ("flat_s", "quantizer_s", "probe_s", "code_s", "rerank_s", "overhead_s")}  # fmt: skip
     ladders = {name: [[size, (a + b) / 2] for (size, a), (_, b) in zip(getattr(before, name), getattr(after, name))]
                for name in ("flat_scan", "rerank_scan")}  # fmt: skip
     return replace(before, **terms, **ladders)

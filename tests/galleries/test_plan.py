@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -98,8 +99,12 @@ def test_latency_model_by_hand():
     # tables 2e-6 · 16 probes · 2 = 6.4e-5; codes 1e-8 · (16/200 · 40,000) · 2 = 6.4e-5; re-ranking 5e-4 · 2 = 1e-3.
     ivf = predict_latency(calibration, 40_000, 128, "ivfpq")
     assert (ivf["nlist"], ivf["pq_m"]) == (200, 16)
-    assert ivf["terms"] == pytest.approx({"quantizer": 4e-5, "tables": 6.4e-5, "codes": 6.4e-5, "rerank": 1e-3})
+    assert ivf["terms"] == pytest.approx({"quantizer": 4e-5, "tables": 6.4e-5, "codes": 6.4e-5, "rerank": 1e-3,
+                                          "overhead": 0.0})  # fmt: skip
     assert ivf["seconds_per_query"] == pytest.approx(4e-5 + 6.4e-5 + 6.4e-5 + 1e-3)
+    # a measured per-call overhead is added as it is, whatever the size
+    with_overhead = predict_latency(replace(calibration, overhead_s=2e-4), 40_000, 128, "ivfpq")
+    assert with_overhead["seconds_per_query"] == pytest.approx(ivf["seconds_per_query"] + 2e-4)
 
 
 def test_ladder_sizes_double_up_to_the_top():
