@@ -41,7 +41,8 @@ ID_BYTES = 8  # int64 ids (ids.npy) and faiss's list ids (idx_t)
 NPY_HEADER = 128
 PQ_CENTROIDS = 256  # 8-bit sub-quantizers, the galleries' default
 SECONDS_PER_DAY = 86_400.0
-# The flat scan's calibration grows an index to this size: past the CPU caches of common servers.
+# The calibration's ladders (flat scan, re-ranking) grow their tables to this size: past the CPU caches of common
+# servers.
 FLAT_LADDER_BYTES = 256 << 20
 # How the calibration's queries are searched: in one call, or one call per query (a service's searches).
 CALIBRATION_MODES = ("batched", "one_at_a_time")
@@ -237,7 +238,7 @@ class SearchCalibration:
 
     Args:
         count (`int`), dimension (`int`): the calibration gallery.
-        queries (`int`): queries per measurement (searched as one batch).
+        queries (`int`): queries per measurement (searched as ``mode`` says).
         threads (`int`): faiss's OpenMP threads during the measurement.
         flat_s (`float`): flat search, seconds per query (scans ``count·dimension``).
         flat_scan (`list` of `[floats, seconds]` pairs): flat search's seconds per query per scanned float, measured
