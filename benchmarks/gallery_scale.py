@@ -16,7 +16,9 @@ Measures (printed, and written as JSON with ``--output``):
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +73,8 @@ def main() -> None:
     from bt2_hf.galleries import FaissGallery, backfill, search_gallery
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bt2-gallery-bench-"))
+    if not args.workdir:  # its galleries take gigabytes at 1M: removed at exit, also after an error
+        atexit.register(shutil.rmtree, workdir, True)
     figures: dict = {"count": args.count, "dim": args.dim, "clusters": args.clusters, "queries": args.queries,
                      "threads": faiss.omp_get_max_threads()}  # fmt: skip
     started = time.perf_counter()

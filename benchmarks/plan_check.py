@@ -18,7 +18,9 @@ product (10× less per query), which the served path (one query, or a micro-batc
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -76,6 +78,8 @@ def main() -> None:
     vectors, queries = points[: args.count], points[args.count :]
     encoder = {"fingerprint": "sha256:" + "0" * 64, "name_or_path": "bench/old", "embedding_dim": args.dim}
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bt2-plan-check-"))
+    if not args.workdir:  # its galleries take gigabytes at 1M: removed at exit, also after an error
+        atexit.register(shutil.rmtree, workdir, True)
     rows = []
 
     def compare(what: str, predicted: float, measured: float, unit: str) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -270,19 +271,29 @@ def run_build(args) -> dict:
             **_index_params(args),
         )  # fmt: skip
         return _summary(args, gallery)
-    if args.model:
-        from bt2_hf import BT2Model
+    if not args.model:
+        return _build_from(args, EmbeddingDirectory(args.embedding_dir), milvus, policy, None, extra)
+    from bt2_hf import BT2Model
 
-        if not args.data:
-            raise ValueError("--model needs --data (the dataset to embed).")
-        directory = args.embeddings_output or tempfile.mkdtemp(prefix="bt2-embed-")
+    if not args.data:
+        raise ValueError("--model needs --data (the dataset to embed).")
+    directory = args.embeddings_output or tempfile.mkdtemp(prefix="bt2-embed-")
+    try:
         model = BT2Model.from_pretrained(args.model)
         embeddings = embed_dataset(
             model, args.data, directory, split=args.split, column=args.column, id_column=args.id_column,
             streaming=args.streaming, dtype=args.dtype, batch_size=args.batch_size,
         )  # fmt: skip
-    else:
-        embeddings = EmbeddingDirectory(args.embedding_dir)
+        return _build_from(args, embeddings, milvus, policy, model, extra)
+    finally:
+        if not args.embeddings_output:  # embedded only for this gallery, which holds its own copy of the vectors
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _build_from(args, embeddings, milvus: bool, policy, model, extra: dict) -> dict:
+    """The gallery of an embedding directory (faiss, or a Milvus collection), its summary printed."""
+    from bt2_hf.galleries import FaissGallery
+
     if milvus:
         from bt2_hf.galleries.milvus_store import MilvusGallery
         from bt2_hf.galleries.stores import DEFAULT_COLLECTION

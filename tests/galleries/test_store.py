@@ -80,6 +80,25 @@ def test_query_model_prefix_and_refusal(tmp_path):
         search_gallery(gallery, queries, k=1, query_config=Config("sha256:" + "c" * 64, 24))
 
 
+def test_cli_build_from_model_and_data_removes_the_embeddings_it_made_for_itself(saved_models, idx_dir, tmp_path,
+                                                                               monkeypatch):  # fmt: skip
+    """Without --embeddings_output the embeddings are made in a temporary folder only to build the gallery (which
+    copies the vectors): removed afterwards, after a failure too, so that building never fills the disk."""
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert index_main(["build", "--model", str(saved_models["old"]), "--data", str(idx_dir), "--split", "all",
+                       "--output", str(tmp_path / "g")]) == 0  # fmt: skip
+    assert FaissGallery.open(tmp_path / "g").manifest["count"] == 180
+    assert list(scratch.iterdir()) == []
+    # a build that fails after embedding (IVF-PQ cannot train its codebooks on 180 vectors) leaves nothing either
+    assert index_main(["build", "--model", str(saved_models["old"]), "--data", str(idx_dir), "--split", "all",
+                       "--index-type", "ivfpq", "--output", str(tmp_path / "g2")]) != 0  # fmt: skip
+    assert not (tmp_path / "g2").exists() and list(scratch.iterdir()) == []
+
+
 def test_cli_build_from_model_and_data_then_search_with_query_model(saved_models, idx_dir, tmp_path, capsys):
     assert index_main(["build", "--model", str(saved_models["old"]), "--data", str(idx_dir), "--split", "all",
                        "--index-type", "hnsw", "--output", str(tmp_path / "g"), "--embeddings-output",
