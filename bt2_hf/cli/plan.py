@@ -147,7 +147,7 @@ def run(args) -> dict:
         PlanInputError,
         calibrate_embedding,
         calibrate_searches,
-        latency_by_mode,
+        latency_estimates,
         make_plan,
         read_throughput,
     )
@@ -192,8 +192,8 @@ def run(args) -> dict:
         searches = calibrate_searches(old_dim, count=args.calibration_size, queries=args.calibration_queries,
                                       nprobe=args.nprobe or 16, rerank=args.rerank or 1000,
                                       ladder_bytes=args.calibration_max_mib << 20)  # fmt: skip
-        plan["latency"] = latency_by_mode(searches, args.count, old_dim, new_dim, nprobe=args.nprobe,
-                                          rerank=args.rerank)  # fmt: skip
+        plan["latency"] = latency_estimates(searches, args.count, old_dim, new_dim, nprobe=args.nprobe,
+                                            rerank=args.rerank)  # fmt: skip
     if calibration_record is not None:
         plan["embedding_calibration"] = calibration_record
     return plan

@@ -629,26 +629,8 @@ def make_plan(
     return plan
 
 
-def latency_by_mode(
-    calibrations: dict[str, SearchCalibration],
-    count: int,
-    old_dim: int,
-    new_dim: int,
-    *,
-    nprobe: int | None = None,
-    rerank: int | None = None,
-) -> dict:
-    """:func:`latency_estimates` of the batched calibration, with the one-at-a-time calibration's (the latency of a
-    served query) under ``"one_at_a_time"`` when it was measured."""
-    latency = latency_estimates(calibrations["batched"], count, old_dim, new_dim, nprobe=nprobe, rerank=rerank)
-    if "one_at_a_time" in calibrations:
-        latency["one_at_a_time"] = latency_estimates(calibrations["one_at_a_time"], count, old_dim, new_dim,
-                                                     nprobe=nprobe, rerank=rerank)  # fmt: skip
-    return latency
-
-
 def latency_estimates(
-    calibration: SearchCalibration,
+    calibration: SearchCalibration | dict[str, SearchCalibration],
     count: int,
     old_dim: int,
     new_dim: int,
@@ -656,7 +638,17 @@ def latency_estimates(
     nprobe: int | None = None,
     rerank: int | None = None,
 ) -> dict:
-    """:func:`predict_latency` of the old and the new gallery, flat and IVF-PQ, with the calibration it scaled."""
+    """:func:`predict_latency` of the old and the new gallery, flat and IVF-PQ, with the calibration it scaled.
+
+    Given :func:`calibrate_searches`' ``{mode: calibration}``, the batched estimates, with the one-at-a-time ones
+    (the latency of a served query) under ``"one_at_a_time"`` when that mode was measured.
+    """
+    if isinstance(calibration, dict):
+        latency = latency_estimates(calibration["batched"], count, old_dim, new_dim, nprobe=nprobe, rerank=rerank)
+        if "one_at_a_time" in calibration:
+            latency["one_at_a_time"] = latency_estimates(calibration["one_at_a_time"], count, old_dim, new_dim,
+                                                         nprobe=nprobe, rerank=rerank)  # fmt: skip
+        return latency
     return {
         "calibration": calibration.to_dict(),
         **{stage: {kind: predict_latency(calibration, count, dim, kind, nprobe=nprobe, rerank=rerank)
