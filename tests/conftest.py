@@ -9,6 +9,7 @@ processes tests start: the ``bt2`` CLI, torchrun, accelerate).
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import os
 import shutil
@@ -50,6 +51,7 @@ if _first_load is not None:
 else:
     _clear_user_settings()
     _SESSION_HOME = Path(tempfile.mkdtemp(prefix="bt2-hf-tests-"))
+    atexit.register(shutil.rmtree, _SESSION_HOME, True)  # each test process's caches: gone when it exits
     os.environ["HF_HOME"] = str(_SESSION_HOME / "hf-home")
     os.environ["XDG_CACHE_HOME"] = str(_SESSION_HOME / "xdg-cache")
     # Tests never reach the network: the Hub tests start their own server and set the endpoint themselves.
