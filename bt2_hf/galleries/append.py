@@ -59,10 +59,6 @@ class StaleGalleryError(GalleryError):
     """The gallery's files changed since this object opened it (another writer, or a compaction): open it again."""
 
 
-def _unit(array) -> np.ndarray:
-    return l2_normalize(np.asarray(array, dtype=np.float32))
-
-
 def _gallery_ids(store: FaissGallery, ids: list) -> np.ndarray:
     """The new ids in the gallery's id type (int64 galleries take ints or digit strings, others strings)."""
     if np.issubdtype(store.id_dtype, np.integer):
@@ -182,8 +178,8 @@ def _append(store: FaissGallery, new_ids, vectors, backfill_vectors, labels, pat
     new_paths = (
         None if paths is None or all(p is None for p in paths) else ["" if p is None else str(p) for p in paths]
     )
-    encoder_rows = _unit(vectors).astype(dtype)
-    backfill_rows = None if backfill_vectors is None else _unit(backfill_vectors).astype(dtype)
+    encoder_rows = l2_normalize(vectors).astype(dtype)
+    backfill_rows = None if backfill_vectors is None else l2_normalize(backfill_vectors).astype(dtype)
     lines = [item_line(item, None if codes is None else codes[i], None if new_paths is None else new_paths[i])
              for i, item in enumerate(new_ids.tolist())]  # fmt: skip
     record = manifest.get("appended") or empty_record(False)

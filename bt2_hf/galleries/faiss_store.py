@@ -74,10 +74,6 @@ class LegacyGalleryFormatError(GalleryError):
     """A gallery in the former ``GalleryIndex`` format; ``bt2 gallery upgrade DIR`` converts it once, in place."""
 
 
-def _normalize(array: np.ndarray) -> np.ndarray:
-    return l2_normalize(np.asarray(array, dtype=np.float32))
-
-
 def default_index_params(index_type: str, count: int, dimension: int, **overrides) -> dict:
     """Index parameters for a gallery of ``count`` × ``dimension`` vectors (overrides win).
 
@@ -417,7 +413,7 @@ class FaissGallery(ManifestAccessors):
             row = 0
             for chunk_vectors in staged:
                 for start in range(0, len(chunk_vectors), CHUNK):
-                    block = _normalize(chunk_vectors[start : start + CHUNK])
+                    block = l2_normalize(chunk_vectors[start : start + CHUNK])
                     memmap[row : row + len(block)] = block
                     row += len(block)
             memmap.flush()
@@ -876,7 +872,7 @@ class FaissGallery(ManifestAccessors):
         table = np.load(path, mmap_mode="r+")
         if len(rows) and np.max(rows) >= len(table):  # appended rows carry their new vectors from their write
             raise GalleryError(f"Row {np.max(rows)} was appended during the backfill: it is re-embedded already.")
-        table[np.asarray(rows)] = _normalize(vectors).astype(table.dtype)
+        table[np.asarray(rows)] = l2_normalize(vectors).astype(table.dtype)
         del table
         # fsync rather than the memory map's flush: msync keeps the GIL while the pages reach the disk (0.27 s per
         # batch of 1,024 random rows at 1M × 160, every search of the process waiting), fsync releases it. On Linux
@@ -1191,7 +1187,7 @@ def _write_probe(folder: Path, probe: dict, dimension: int, encoder: dict) -> tu
     if labels.shape != (len(embeddings),) or not np.issubdtype(labels.dtype, np.integer):
         raise GalleryError(f"The probe needs one integer label per item ({len(embeddings)}), got {labels.shape}.")
     (folder / PROBE_DIR).mkdir()
-    np.save(folder / PROBE_DIR / "embeddings.npy", _normalize(embeddings), allow_pickle=False)
+    np.save(folder / PROBE_DIR / "embeddings.npy", l2_normalize(embeddings), allow_pickle=False)
     np.save(folder / PROBE_DIR / "labels.npy", labels.astype(np.int64), allow_pickle=False)
     files = [f"{PROBE_DIR}/embeddings.npy", f"{PROBE_DIR}/labels.npy"]
     if probe.get("texts") is not None:

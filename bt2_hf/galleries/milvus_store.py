@@ -24,12 +24,12 @@ import logging
 
 import numpy as np
 
+from ..retrieval.protocol import l2_normalize
 from .faiss_store import (
     GALLERY_FORMAT,
     GALLERY_KIND,
     GalleryError,
     ManifestAccessors,
-    _normalize,
     _sort,
     default_index_params,
 )
@@ -139,7 +139,7 @@ class MilvusGallery(ManifestAccessors):
                 client.drop_collection(name)  # a build that crashed earlier
         count, dimension, id_types, schema_made = 0, None, set(), False
         for chunk_vectors, chunk_ids in chunks:
-            chunk_vectors = _normalize(np.asarray(chunk_vectors, dtype=np.float32))
+            chunk_vectors = l2_normalize(chunk_vectors)
             if not schema_made:
                 dimension = chunk_vectors.shape[1]
                 if encoder.get("embedding_dim") not in (None, dimension):
@@ -336,7 +336,7 @@ class MilvusGallery(ManifestAccessors):
     def write_backfill_batch(self, rows, vectors, done: int) -> None:
         """Upsert the new rows (one request), then record ``done`` in the collection's manifest (the commit point)."""
         state = self.manifest["backfill"]
-        vectors = _normalize(vectors)
+        vectors = l2_normalize(vectors)
         first = done - len(rows)
         self.client.upsert(self._backfill_collection, [
             {"id": int(row), "rank": first + j, "vector": vector} for j, (row, vector) in enumerate(zip(rows, vectors))

@@ -67,7 +67,6 @@ on the demo's models, the same on the text upgrade), never lower than the slot r
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -198,17 +197,6 @@ class _SameScale:
 _SAME_SCALE = _SameScale()
 
 
-def _unit(array: np.ndarray) -> np.ndarray:
-    array = np.asarray(array, dtype=np.float32)
-    if len(array) == 1:  # one query (a served search): one dot product, not the general norm
-        with np.errstate(over="ignore", under="ignore"):
-            norm = float(np.sqrt(np.dot(array[0], array[0])))
-        if not 0.0 < norm < math.inf:  # squared in float32, 1e20 overflows and 1e-25 underflows: float64 does not
-            norm = float(np.sqrt(np.dot(array[0], array[0].astype(np.float64))))
-        return array / norm if norm > 0 else array
-    return l2_normalize(array)
-
-
 def fill_slots(
     rows: np.ndarray, backfilled: np.ndarray, backfill_rows: np.ndarray, backfill_scores: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -270,7 +258,7 @@ def _scan(queries: np.ndarray, chunks, prefix_dim: int, k: int) -> tuple[np.ndar
     best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_rows = np.full((len(queries), 0), -1, dtype=np.int64)
     for rows, vectors in chunks:
-        scores = queries @ _unit(vectors[:, :prefix_dim]).T
+        scores = queries @ l2_normalize(vectors[:, :prefix_dim]).T
         best_scores = np.concatenate([best_scores, scores], axis=1)
         best_rows = np.concatenate([best_rows, np.broadcast_to(rows, scores.shape)], axis=1)
         if best_scores.shape[1] > k:
@@ -357,7 +345,7 @@ def search_gallery(
     if admission is not None and admission.gallery_prefix_dim is not None:
         # A shared prefix of the gallery's vectors (an older or sibling model's queries): an exact scan of the
         # encoder's vectors cut to it. The index was built on whole vectors, so it cannot serve this search.
-        scores, rows = prefix_scan(store, _unit(queries[:, :prefix]), admission.gallery_prefix_dim, k)
+        scores, rows = prefix_scan(store, l2_normalize(queries[:, :prefix]), admission.gallery_prefix_dim, k)
         flags, nan = np.zeros(rows.shape, dtype=bool), np.full(rows.shape, np.nan, dtype=np.float32)
         ids = [store.ids_of(row[row >= 0]) for row in rows]
         return _described(store, rows, ids, scores, flags, nan, prefix, admission.to_dict(), "shared-prefix")
@@ -379,20 +367,20 @@ def search_gallery(
     if new_prefix and rule == "compatible" and not _ranks_compatible(state, prefix, store.dimension):
         rule = "slots"
     if new_prefix and rule == "compatible":
-        rows, scores, backfilled = _merge_compatible(store, _unit(queries[:, :prefix]), k, search_params)
+        rows, scores, backfilled = _merge_compatible(store, l2_normalize(queries[:, :prefix]), k, search_params)
         new_scores = np.full(rows.shape, np.nan, dtype=np.float32)
         if backfilled.any():
-            backfill_scores, backfill_rows = store.search_backfilled(_unit(queries[:, :new_prefix]),
+            backfill_scores, backfill_rows = store.search_backfilled(l2_normalize(queries[:, :new_prefix]),
                                                                      int(backfilled.sum(1).max()))  # fmt: skip
             rows, new_scores = fill_slots(rows, backfilled, backfill_rows, backfill_scores)
         ids = [store.ids_of(row[row >= 0]) for row in rows]
         return _described(store, rows, ids, scores, backfilled, new_scores, prefix,
                           admission.to_dict() if admission else None, rule)  # fmt: skip
     if new_prefix and rule == "calibrated":
-        prefix_queries, new_queries = _unit(queries[:, :prefix]), _unit(queries[:, :new_prefix])
+        prefix_queries, new_queries = l2_normalize(queries[:, :prefix]), l2_normalize(queries[:, :new_prefix])
         sample = calibration_sample(store.backfill_order()[: state["done"]])
-        calibration = standardise_queries(prefix_queries, new_queries, _unit(store.vectors_at(sample)),
-                                          _unit(store.backfill_vectors(sample)[:, :new_prefix]))  # fmt: skip
+        calibration = standardise_queries(prefix_queries, new_queries, l2_normalize(store.vectors_at(sample)),
+                                          l2_normalize(store.backfill_vectors(sample)[:, :new_prefix]))  # fmt: skip
         # The gate: queries whose neighbourhood holds fewer re-embedded items than their share are left to the slots.
         _, neighbours = store.search_encoder_space(prefix_queries, min(NEIGHBOURHOOD, len(store)), **search_params)
         flags = np.zeros(neighbours.shape, dtype=bool)
@@ -411,13 +399,13 @@ def search_gallery(
         rows, scores, backfilled, new_scores = _slots_search(store, queries, prefix, new_prefix, k, search_params)
     else:
         depth = max(k, depth or DEFAULT_DEPTH)
-        scores, rows = store.search_encoder_space(_unit(queries[:, :prefix]), depth, **search_params)
+        scores, rows = store.search_encoder_space(l2_normalize(queries[:, :prefix]), depth, **search_params)
         backfilled = np.zeros(rows.shape, dtype=bool)
         new_scores = np.full(rows.shape, np.nan, dtype=np.float32)
         valid = rows >= 0
         backfilled[valid] = store.backfilled(rows[valid])
         if backfilled.any():
-            new_queries = _unit(queries[:, :new_prefix])
+            new_queries = l2_normalize(queries[:, :new_prefix])
             query_of = np.broadcast_to(np.arange(len(rows))[:, None], rows.shape)[backfilled]
             vectors = store.backfill_vectors(rows[backfilled])
             new_scores[backfilled] = np.einsum("nd,nd->n", vectors, new_queries[query_of])
@@ -433,7 +421,7 @@ def search_gallery(
 
 def _slots_search(store, queries: np.ndarray, prefix: int, new_prefix: int | None, k: int, search_params: dict):
     """The slot rule's top ``k`` (see the module docstring): ``(rows, scores, backfilled, new_scores)``."""
-    scores, rows = store.search_encoder_space(_unit(queries[:, :prefix]), k, **search_params)
+    scores, rows = store.search_encoder_space(l2_normalize(queries[:, :prefix]), k, **search_params)
     backfilled = np.zeros(rows.shape, dtype=bool)
     new_scores = np.full(rows.shape, np.nan, dtype=np.float32)
     if new_prefix:
@@ -441,7 +429,7 @@ def _slots_search(store, queries: np.ndarray, prefix: int, new_prefix: int | Non
         backfilled[valid] = store.backfilled(rows[valid])
         if backfilled.any():
             # The second search: the re-embedded items by new/new score; they fill the slots, best first.
-            new_queries = _unit(queries[:, :new_prefix])
+            new_queries = l2_normalize(queries[:, :new_prefix])
             backfill_scores, backfill_rows = store.search_backfilled(new_queries, int(backfilled.sum(1).max()))
             rows, new_scores = fill_slots(rows, backfilled, backfill_rows, backfill_scores)
     return rows, scores.astype(np.float32), backfilled, new_scores
@@ -453,7 +441,7 @@ def _adaptive_search(store, queries: np.ndarray, prefix: int, new_prefix: int, k
     state = store.backfill_state
     if not _adaptive_sorts(_recorded_random_order(store, state), state["done"], len(store)):
         return _slots_search(store, queries, prefix, new_prefix, k, search_params)
-    return _merge_calibrated(store, _unit(queries[:, :prefix]), _unit(queries[:, :new_prefix]), k, _SAME_SCALE,
+    return _merge_calibrated(store, l2_normalize(queries[:, :prefix]), l2_normalize(queries[:, :new_prefix]), k, _SAME_SCALE,
                              search_params)  # fmt: skip
 
 
@@ -691,13 +679,17 @@ def top1_under_rule(
         if name not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {name!r}.")
     _check_rules(rules, None, random_order)
-    old_gallery, new_gallery, queries = _unit(old_gallery), _unit(new_gallery), np.asarray(queries, np.float32)
+    old_gallery, new_gallery, queries = (
+        l2_normalize(old_gallery),
+        l2_normalize(new_gallery),
+        np.asarray(queries, np.float32),
+    )
     use_new = np.asarray(use_new, dtype=bool)
     same_items = gallery_labels is None
     gallery_labels = np.asarray(query_labels if same_items else gallery_labels)
     query_labels = np.asarray(query_labels)
-    prefix_queries, full_queries = _unit(queries[:, :prefix_dim]), _unit(queries)
-    compatible_gallery = _unit(new_gallery[:, :prefix_dim]) if "compatible" in rules else None
+    prefix_queries, full_queries = l2_normalize(queries[:, :prefix_dim]), l2_normalize(queries)
+    compatible_gallery = l2_normalize(new_gallery[:, :prefix_dim]) if "compatible" in rules else None
     correct = dict.fromkeys(rules, 0)
     sample = calibration_sample(np.flatnonzero(use_new))
     for start in range(0, len(queries), chunk):
@@ -778,8 +770,8 @@ def top_k_under_rule(
     """
     _check_rules([rule], relevance, random_order)
     rule = _effective(rule, random_order, int(np.count_nonzero(use_new)), len(use_new))
-    old_gallery, new_gallery = _unit(old_gallery), _unit(new_gallery)
-    old_space_queries, new_queries = _unit(old_space_queries), _unit(new_queries)
+    old_gallery, new_gallery = l2_normalize(old_gallery), l2_normalize(new_gallery)
+    old_space_queries, new_queries = l2_normalize(old_space_queries), l2_normalize(new_queries)
     use_new = np.asarray(use_new, dtype=bool)
     if use_new.shape != (len(old_gallery),) or len(new_gallery) != len(old_gallery):
         raise ValueError("old_gallery, new_gallery and use_new must describe the same items.")
@@ -788,7 +780,7 @@ def top_k_under_rule(
     k = min(k, len(old_gallery))
     sample = calibration_sample(np.flatnonzero(use_new))
     if rule == "compatible":
-        compatible_gallery = _unit(new_gallery[:, : old_space_queries.shape[1]] if compatible_gallery is None
+        compatible_gallery = l2_normalize(new_gallery[:, : old_space_queries.shape[1]] if compatible_gallery is None
                                    else compatible_gallery)  # fmt: skip
         if compatible_gallery.shape != old_gallery.shape:
             raise ValueError(f"compatible_gallery must be {old_gallery.shape}, got {compatible_gallery.shape}.")
@@ -857,15 +849,19 @@ def top1_along_backfill(
     if rules is None:  # every rule of the galleries that the arguments define
         rules = [name for name in RULES if name != "adaptive" or random_order is not None]
     _check_rules(rules, relevance, random_order)
-    old_gallery, new_gallery, queries = _unit(old_gallery), _unit(new_gallery), np.asarray(queries, np.float32)
+    old_gallery, new_gallery, queries = (
+        l2_normalize(old_gallery),
+        l2_normalize(new_gallery),
+        np.asarray(queries, np.float32),
+    )
     same_items = gallery_labels is None
     gallery_labels = np.asarray(query_labels if same_items else gallery_labels)
     query_labels = np.asarray(query_labels)
     num_items = len(old_gallery)
     backfill_rank = np.full(num_items, num_items, dtype=np.int64)  # item j is re-embedded when its rank < count
     backfill_rank[np.asarray(order)] = np.arange(len(order))
-    prefix_queries, full_queries = _unit(queries[:, :prefix_dim]), _unit(queries)
-    compatible_gallery = _unit(new_gallery[:, :prefix_dim]) if "compatible" in rules else None
+    prefix_queries, full_queries = l2_normalize(queries[:, :prefix_dim]), l2_normalize(queries)
+    compatible_gallery = l2_normalize(new_gallery[:, :prefix_dim]) if "compatible" in rules else None
     depth = min(candidates, num_items)
     correct = {rule: np.zeros(len(counts), dtype=np.int64) for rule in rules}
     # Each state's calibration sample, drawn as a gallery in that state draws it: from its re-embedded items.

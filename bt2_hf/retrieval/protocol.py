@@ -36,17 +36,23 @@ def as_embedding_array(embeddings, name: str = "embeddings") -> np.ndarray:
     return array
 
 
-def l2_normalize(embeddings: np.ndarray, eps: float = 0.0) -> np.ndarray:
+def l2_normalize(embeddings, eps: float = 0.0) -> np.ndarray:
     """Divide each row by its L2 norm, as float32; rows whose norm is at most ``eps`` (by default: zero rows) are left
-    as they are.
+    as they are. Float64 rows are divided in float64, any other type in float32.
 
     The norms are taken in float64 when float32 cannot hold them: squared and summed, a row of 1e20s overflows float32
     (it came out as zeros) and one of 1e-25s underflows it.
     """
+    embeddings = np.asarray(embeddings)
+    if embeddings.dtype != np.float64:
+        embeddings = embeddings.astype(np.float32, copy=False)
     with np.errstate(over="ignore", under="ignore"):
-        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+        if len(embeddings) == 1:  # one row (a served query): one dot product, not the general norm
+            norms = np.sqrt(np.dot(embeddings[0], embeddings[0])).reshape(1, 1)
+        else:
+            norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
     if not np.all((norms > 0) & np.isfinite(norms)):
-        norms = np.linalg.norm(np.asarray(embeddings, dtype=np.float64), axis=1, keepdims=True)
+        norms = np.linalg.norm(embeddings.astype(np.float64), axis=1, keepdims=True)
     return (embeddings / np.where(norms > eps, norms, 1.0)).astype(np.float32, copy=False)
 
 

@@ -26,11 +26,10 @@ each batch embedded at once and committed as soon as it is ready, at the thread'
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
-
-from ..utils.locks import Held
 
 PRIORITIES = ("low", "normal")
 DEFAULT_SHARE = 0.1
@@ -61,24 +60,22 @@ class SearchTraffic:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._last_end = float("-inf")
-        self._search_side = Held(self._start, self._end)  # one context object, reused (see ReadWriteLock.read)
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
 
-    def search(self) -> Held:
-        """``with traffic.search():`` counts one search while the block runs."""
-        return self._search_side
-
-    def _start(self) -> None:
+    @contextlib.contextmanager
+    def search(self):
+        """Count one search while the block runs."""
         with self._lock:
             self._in_flight += 1
-
-    def _end(self) -> None:
-        with self._lock:
-            self._in_flight -= 1
-            self._last_end = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._last_end = time.monotonic()
 
     def busy(self) -> bool:
         """A search is in flight, or one ended less than ``quiet_after`` seconds ago."""

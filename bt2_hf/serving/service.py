@@ -902,15 +902,11 @@ def _vector(vector, config) -> np.ndarray:
         raise ServingError("'vector' must be a list of numbers.", 422) from None
     if queries.ndim != 1 or not len(queries):
         raise ServingError(f"'vector' must be one flat list of numbers, got shape {queries.shape}.", 422)
-    # One dot product checks both: the squared norm is finite and positive exactly when every number is finite and
-    # one is not zero. In float32 first (no copy); only a vector it cannot decide (an overflow past 1e19, an underflow
-    # below 1e-19, or a NaN, infinity or zero) is checked in float64, where no float32 value squared and summed
-    # overflows.
-    with np.errstate(over="ignore", under="ignore"):
-        squared_norm = float(np.dot(queries, queries))
+    # one dot product in float64 checks both: it is finite and positive exactly when every number is finite and one
+    # is not zero (no float32 value squared and summed overflows float64)
+    squared_norm = float(np.dot(queries, queries.astype(np.float64)))
     if not 0.0 < squared_norm < math.inf:
-        if not 0.0 < float(np.dot(queries, queries.astype(np.float64))) < math.inf:
-            raise ServingError("'vector' must be finite and non-zero.", 422)
+        raise ServingError("'vector' must be finite and non-zero.", 422)
     width, prefix = int(config.embedding_dim), int(getattr(config, "compatible_dim", None) or config.embedding_dim)
     if len(queries) not in (width, prefix):
         raise ServingError(f"'vector' has {len(queries)} numbers; the query model "

@@ -64,7 +64,7 @@ def test_searches_beside_commits_see_one_committed_state_each(tmp_path):
 
 def test_the_read_side_is_released_when_its_block_raises_and_a_writer_then_gets_the_lock():
     lock = ReadWriteLock()
-    for _ in range(2):  # one context object serves every block: the second raises as the first did
+    for _ in range(2):  # the second block raises as the first did
         try:
             with lock.read(), lock.read():  # nested readers
                 raise KeyError("a search failed")

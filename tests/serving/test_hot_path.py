@@ -75,17 +75,17 @@ def test_a_vector_of_extreme_finite_numbers_is_searched(service, size):
 @pytest.mark.parametrize(
     "payload",
     [
-        {"gallery": "products", "k": 5, "vector": [0.5, -1.25, 3.0]},  # every field typed: pydantic is skipped
+        {"gallery": "products", "k": 5, "vector": [0.5, -1.25, 3.0]},
         {"vector": [0.5, 2.0]},  # defaults
         {"gallery": None, "model": "new", "vector": [1.0]},
-        {"gallery": "products", "vector": [1, 2.5]},  # an int in the vector: through pydantic
-        {"gallery": "products", "k": 5.0, "vector": [1.0]},  # a float k: through pydantic, which takes it
+        {"gallery": "products", "vector": [1, 2.5]},  # an int in the vector
+        {"gallery": "products", "k": 5.0, "vector": [1.0]},  # a float k, which the model takes
         {"gallery": "products", "k": "5", "vector": ["1.5"]},  # strings pydantic converts (lax mode)
     ],
 )
-def test_the_plain_vector_path_reads_what_the_request_model_reads(payload):
-    """The hot path skips pydantic for a vector query whose fields already have their types; its arguments are the
-    ones the request model gives, whichever path a body takes."""
+def test_the_json_search_arguments_are_the_request_models(payload):
+    """The hot path's arguments of a JSON body are the ones the request model gives, lax-mode conversions
+    included."""
     from bt2_hf.serving.json_search import SearchRequest, json_search_arguments
 
     model = SearchRequest.model_validate(payload)
