@@ -213,7 +213,7 @@ class Admission:
         # Field by field: ``dataclasses.asdict`` recursed through every field and cost more than the rest of a served
         # search's bookkeeping. ``entry`` is the one mutable field: copied, as asdict copied it.
         return {"prefix_dim": self.prefix_dim, "basis": self.basis, "query": self.query, "gallery": self.gallery,
-                "overridden": self.overridden, "entry": copy.deepcopy(self.entry),
+                "overridden": self.overridden, "entry": None if self.entry is None else copy.deepcopy(self.entry),
                 "gallery_prefix_dim": self.gallery_prefix_dim, "evidence": self.evidence}  # fmt: skip
 
 

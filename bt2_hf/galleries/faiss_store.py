@@ -260,6 +260,10 @@ class ManifestAccessors:
             scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), depth, params=parameters)
             return _sort(scores, rows)
         candidates = min(len(self), max(depth, int(params.get("rerank") or depth)))
+        if len(queries) == 1:  # a served query: one search, one re-ranking, no blocks to join
+            block = np.ascontiguousarray(queries, dtype=np.float32)
+            _, rows = self.index.search(block, candidates, params=parameters)
+            return rerank_rows(self.rerank_vectors(), block, rows, depth)[0]
         parts = []
         # Queries per block: the candidate vectors read for re-ranking stay within about 64 MiB (page faults on big
         # temporary arrays, not the arithmetic, dominated re-ranking with 1,024 queries at a time).
@@ -1040,6 +1044,8 @@ def exact_scores(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray) -> 
 def rerank_rows(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray, depth: int) -> list[tuple]:
     """Exact re-ranking of one block of queries' candidate ``rows`` of ``vectors``: ``[(scores, rows)]`` parts, each
     the top ``depth`` of its queries, best first (what :meth:`FaissGallery.rerank` runs; ``bt2 plan`` times it)."""
+    if len(queries) == 1 and len(rows[0]) and rows[0, -1] >= 0:  # faiss puts missing rows (-1) last
+        return [_top_of_one(_take(vectors, rows[0]).astype(np.float32, copy=False) @ queries[0], rows[0], depth)]
     if len(queries) <= PER_QUERY_RERANK:
         # A served micro-batch: each query re-ranked as it would be alone (the same numbers, and the 1-d paths of the
         # gather and the sort are faster than the 2-d ones at this size).
@@ -1055,8 +1061,28 @@ PER_QUERY_RERANK = 64
 
 def _admission_fields(config) -> tuple:
     """What an admission is decided on, of a query config (see ``ManifestAccessors.admit``)."""
-    return tuple(getattr(config, name, None) for name in
-                 ("embedding_dim", "compatible_with", "training", "adapter", "name_or_path", "_name_or_path"))  # fmt: skip
+    # Read from the instance's attributes where they are (a property such as ``name_or_path`` through getattr): a
+    # getattr of an absent attribute raises and catches inside, and a served search asks on every query.
+    values = getattr(config, "__dict__", None) or {}
+    return tuple(values[name] if name in values else getattr(config, name, None) for name in _ADMISSION_FIELDS)
+
+
+_ADMISSION_FIELDS = ("embedding_dim", "compatible_with", "training", "adapter", "name_or_path", "_name_or_path")
+
+
+def _top_of_one(scores: np.ndarray, rows: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``depth`` of one query's ``scores`` of distinct, valid ``rows`` (1-d), as ``(1, depth)`` arrays in the
+    evaluator's order: descending score, then ascending row.
+
+    Only the candidates scoring at least the ``depth``-th best can be kept (ties at that score included, so that the
+    tie rule decides among them); sorting those few is 10× faster than sorting all of them.
+    """
+    width = len(scores)
+    if depth < width:
+        keep = np.flatnonzero(scores >= np.partition(scores, width - depth)[width - depth])
+        scores, rows = scores[keep], rows[keep]
+    order = np.lexsort((rows, -scores))[:depth]
+    return scores[order][None, :], rows[order][None, :]
 
 
 def _sort(scores: np.ndarray, rows: np.ndarray, depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -1064,14 +1090,13 @@ def _sort(scores: np.ndarray, rows: np.ndarray, depth: int | None = None) -> tup
     scores = np.where(rows < 0, -np.inf, scores)
     width = scores.shape[-1]
     if depth is not None and depth < width and len(scores) == 1:
-        # One query, a few of many candidates (a served search): only those scoring at least the depth-th best can
-        # be kept (ties at that score included, so the tie rule still decides among them); the full sort is 10×
-        # slower. In one dimension: the 2-d helpers' index arithmetic cost as much as the sort itself.
-        line, row_line = scores[0], rows[0]
-        keep = np.flatnonzero(line >= np.partition(line, width - depth)[width - depth])
-        line, row_line = line[keep], row_line[keep]
-        order = np.lexsort((np.where(row_line < 0, _MISSING_LAST, row_line), -line))[:depth]
-        return line[order][None, :], row_line[order][None, :]
+        # One query, a few of many candidates: in one dimension (the 2-d helpers' index arithmetic cost as much as
+        # the sort itself), missing rows ordered last by a row number past every real one.
+        missing = rows[0] < 0
+        if not missing.any():
+            return _top_of_one(scores[0], rows[0], depth)
+        top_scores, top_rows = _top_of_one(scores[0], np.where(missing, _MISSING_LAST, rows[0]), depth)
+        return top_scores, np.where(top_rows == _MISSING_LAST, -1, top_rows)
     order = np.lexsort((np.where(rows < 0, _MISSING_LAST, rows), -scores), axis=-1)
     scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
     return (scores, rows) if depth is None else (scores[:, :depth], rows[:, :depth])

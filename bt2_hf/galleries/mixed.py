@@ -137,26 +137,38 @@ class GallerySearchResult:
     def hits(self) -> list[list[dict]]:
         """Each query's hits as dicts: ``id``, ``row``, ``score``, ``backfilled`` and, when the gallery has them,
         ``label`` and ``path``; what ``bt2 index search`` prints."""
-        table = []
-        # (whole rows converted to Python at once: indexing numpy one element at a time costs more than the rest)
-        for query, (ids, rows, scores, flags) in enumerate(zip(self.ids, self.rows.tolist(), self.scores.tolist(),
-                                                                self.backfilled.tolist())):  # fmt: skip
-            row_hits = []
-            for position, item_id in enumerate(ids):
-                hit = {"id": item_id, "row": rows[position], "score": round(scores[position], 6),
-                       "backfilled": flags[position]}  # fmt: skip
-                if self.labels is not None:
-                    hit["label"] = self.labels[query][position]
-                if self.paths is not None:
-                    hit["path"] = self.paths[query][position]
-                row_hits.append(hit)
-            table.append(row_hits)
-        return table
+        return [hit_dicts(ids, rows, scores, flags, None if self.labels is None else self.labels[query],
+                          None if self.paths is None else self.paths[query])
+                for query, (ids, rows, scores, flags) in enumerate(zip(self.ids, self.rows, self.scores,
+                                                                       self.backfilled))]  # fmt: skip
 
 
-def _described(store, rows: np.ndarray, ids, scores, backfilled, new_scores, prefix, admission, rule):
-    """The result with each hit's label and path read from the store (when it keeps them)."""
-    kept = [row[row >= 0] for row in rows]
+def hit_dicts(
+    ids: list,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    backfilled: np.ndarray,
+    labels: list | None = None,
+    paths: list | None = None,
+) -> list[dict]:
+    """One query's hits as dicts (``id``, ``row``, ``score`` rounded to 6 decimals, ``backfilled``, and ``label`` and
+    ``path`` when given), one per id: the hits of :meth:`GallerySearchResult.hits` and of a served search."""
+    # (whole rows converted to Python at once: indexing numpy one element at a time costs more than the rest)
+    rows, scores, backfilled = rows.tolist(), scores.tolist(), backfilled.tolist()
+    hits = [{"id": item_id, "row": rows[position], "score": round(scores[position], 6),
+             "backfilled": backfilled[position]} for position, item_id in enumerate(ids)]  # fmt: skip
+    for name, values in (("label", labels), ("path", paths)):
+        if values is not None:
+            for hit, value in zip(hits, values):
+                hit[name] = value
+    return hits
+
+
+def _described(store, rows: np.ndarray, scores, backfilled, new_scores, prefix, admission, rule):
+    """The result with each hit's id, and label and path when the store keeps them."""
+    # (the valid rows cut once: a served search meets this right after faiss has taken the CPU's caches)
+    kept = list(rows) if len(rows) and rows.min() >= 0 else [row[row >= 0] for row in rows]
+    ids = [store.ids_of(row) for row in kept]
     labels = [store.labels_of(row) for row in kept] if hasattr(store, "labels_of") else None
     paths = [store.paths_of(row) for row in kept] if hasattr(store, "paths_of") else None
     labels = None if labels is None or any(part is None for part in labels) else labels
@@ -324,15 +336,7 @@ def search_gallery(
         else:
             admission = admit_to_gallery(query_config, encoder, store.dimension, allow_unmeasured=allow_unmeasured)
         prefix = admission.prefix_dim
-        query_dim = getattr(query_config, "embedding_dim", None)
-        if query_dim is not None and queries.shape[1] not in (int(query_dim), prefix):
-            # The query model's full embeddings (cut here) or its compatible prefix (cut by the caller); any other
-            # width comes from another model and would be cut silently.
-            raise ValueError(
-                f"Query embeddings are {queries.shape[1]}-d but the query model "
-                f"{getattr(query_config, 'name_or_path', '') or ''} embeds {query_dim}-d (compatible prefix {prefix}): "
-                "they were not made by that model. Pass the embeddings and the config of the same model."
-            )
+        check_query_width(queries, query_config, prefix)
     else:
         admission, prefix = None, store.dimension
         if queries.shape[1] != prefix:
@@ -340,27 +344,17 @@ def search_gallery(
                 f"Query embeddings are {queries.shape[1]}-d, the gallery is {prefix}-d; without the compatibility check "
                 "nothing is cut: pass query_config (the prefix rule) or queries of the gallery's width."
             )
-    if queries.shape[1] < prefix:
-        raise ValueError(f"Query embeddings are {queries.shape[1]}-d, narrower than the gallery's {prefix}-d prefix.")
     if admission is not None and admission.gallery_prefix_dim is not None:
         # A shared prefix of the gallery's vectors (an older or sibling model's queries): an exact scan of the
         # encoder's vectors cut to it. The index was built on whole vectors, so it cannot serve this search.
         scores, rows = prefix_scan(store, l2_normalize(queries[:, :prefix]), admission.gallery_prefix_dim, k)
         flags, nan = np.zeros(rows.shape, dtype=bool), np.full(rows.shape, np.nan, dtype=np.float32)
-        ids = [store.ids_of(row[row >= 0]) for row in rows]
-        return _described(store, rows, ids, scores, flags, nan, prefix, admission.to_dict(), "shared-prefix")
+        return _described(store, rows, scores, flags, nan, prefix, admission.to_dict(), "shared-prefix")
     state = store.backfill_state
-    new_prefix = None
-    if state and state["done"] > 0 and query_config is not None:
-        try:
-            new_prefix = compatible_prefix(query_config, state["model"]["fingerprint"], state["dimension"],
-                                           state["model"].get("name_or_path"), allow_unmeasured=allow_unmeasured)  # fmt: skip
-        except IncompatibleModelsError:
-            new_prefix = None  # e.g. the old model itself: it searches the encoder's vectors only
+    new_prefix = backfill_query_prefix(store, query_config, allow_unmeasured)
     if new_prefix and rule == "adaptive":
         rows, scores, backfilled, new_scores = _adaptive_search(store, queries, prefix, new_prefix, k, search_params)
-        ids = [store.ids_of(row[row >= 0]) for row in rows]
-        return _described(store, rows, ids, scores, backfilled, new_scores, prefix,
+        return _described(store, rows, scores, backfilled, new_scores, prefix,
                           admission.to_dict() if admission else None, rule)  # fmt: skip
     if new_prefix and rule == "calibrated" and state["done"] < MIN_CALIBRATION_ITEMS:
         rule = "slots"  # too few re-embedded items to measure a spread: the slot rule ranks meanwhile
@@ -373,8 +367,7 @@ def search_gallery(
             backfill_scores, backfill_rows = store.search_backfilled(l2_normalize(queries[:, :new_prefix]),
                                                                      int(backfilled.sum(1).max()))  # fmt: skip
             rows, new_scores = fill_slots(rows, backfilled, backfill_rows, backfill_scores)
-        ids = [store.ids_of(row[row >= 0]) for row in rows]
-        return _described(store, rows, ids, scores, backfilled, new_scores, prefix,
+        return _described(store, rows, scores, backfilled, new_scores, prefix,
                           admission.to_dict() if admission else None, rule)  # fmt: skip
     if new_prefix and rule == "calibrated":
         prefix_queries, new_queries = l2_normalize(queries[:, :prefix]), l2_normalize(queries[:, :new_prefix])
@@ -392,8 +385,7 @@ def search_gallery(
                                        _subset(calibration, covered), search_params)  # fmt: skip
             for array, part in zip((rows, scores, backfilled, new_scores), merged):
                 array[covered] = part
-        ids = [store.ids_of(row[row >= 0]) for row in rows]
-        return _described(store, rows, ids, scores, backfilled, new_scores, prefix,
+        return _described(store, rows, scores, backfilled, new_scores, prefix,
                           admission.to_dict() if admission else None, rule)  # fmt: skip
     if rule == "slots" or not new_prefix:
         rows, scores, backfilled, new_scores = _slots_search(store, queries, prefix, new_prefix, k, search_params)
@@ -414,9 +406,37 @@ def search_gallery(
             rows, backfilled = np.take_along_axis(rows, order, 1), np.take_along_axis(backfilled, order, 1)
             new_scores, scores = np.take_along_axis(new_scores, order, 1), np.take_along_axis(combined, order, 1)
     rows, scores, backfilled, new_scores = rows[:, :k], scores[:, :k], backfilled[:, :k], new_scores[:, :k]
-    ids = [store.ids_of(row[row >= 0]) for row in rows]
-    return _described(store, rows, ids, scores, backfilled, new_scores, prefix,
+    return _described(store, rows, scores, backfilled, new_scores, prefix,
                       admission.to_dict() if admission else None, rule if new_prefix else "encoder")  # fmt: skip
+
+
+def check_query_width(queries: np.ndarray, query_config, prefix: int) -> None:
+    """Refuse query embeddings of a width their model does not give: its full width (cut to ``prefix`` by the
+    search) or its compatible prefix (cut by the caller) are taken; any other comes from another model and would be
+    cut silently."""
+    query_dim = getattr(query_config, "embedding_dim", None)
+    if query_dim is not None and queries.shape[1] not in (int(query_dim), prefix):
+        raise ValueError(
+            f"Query embeddings are {queries.shape[1]}-d but the query model "
+            f"{getattr(query_config, 'name_or_path', '') or ''} embeds {query_dim}-d (compatible prefix {prefix}): "
+            "they were not made by that model. Pass the embeddings and the config of the same model."
+        )
+    if queries.shape[1] < prefix:
+        raise ValueError(f"Query embeddings are {queries.shape[1]}-d, narrower than the gallery's {prefix}-d prefix.")
+
+
+def backfill_query_prefix(store, query_config, allow_unmeasured: bool = False) -> int | None:
+    """The query prefix compared with the re-embedded items of the gallery's backfill in progress, or ``None`` when
+    none is (no backfill, nothing re-embedded yet, or a query model not compatible with the backfill's model: the
+    old model itself searches the encoder's vectors only)."""
+    state = store.backfill_state
+    if not state or state["done"] <= 0 or query_config is None:
+        return None
+    try:
+        return compatible_prefix(query_config, state["model"]["fingerprint"], state["dimension"],
+                                 state["model"].get("name_or_path"), allow_unmeasured=allow_unmeasured)  # fmt: skip
+    except IncompatibleModelsError:
+        return None
 
 
 def _slots_search(store, queries: np.ndarray, prefix: int, new_prefix: int | None, k: int, search_params: dict):

@@ -9,6 +9,7 @@ The BT² research code skips the re-normalisation (its "cosine" is ``x·yᵀ`` o
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,9 @@ def as_embedding_array(embeddings, name: str = "embeddings") -> np.ndarray:
     return array
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def l2_normalize(embeddings, eps: float = 0.0) -> np.ndarray:
     """Divide each row by its L2 norm, as float32; rows whose norm is at most ``eps`` (by default: zero rows) are left
     as they are. Float64 rows are divided in float64, any other type in float32.
@@ -46,11 +50,18 @@ def l2_normalize(embeddings, eps: float = 0.0) -> np.ndarray:
     embeddings = np.asarray(embeddings)
     if embeddings.dtype != np.float64:
         embeddings = embeddings.astype(np.float32, copy=False)
+    if len(embeddings) == 1 and embeddings.ndim == 2 and embeddings.dtype == np.float32:
+        # One float32 row (a served query): one dot product in float64, where no float32 number squared overflows or
+        # vanishes, so no floating-point state to silence; few operations matter on a served search's path.
+        row = embeddings[0]
+        norm = math.sqrt(np.dot(row, row.astype(np.float64)))
+        if norm <= eps:
+            return embeddings
+        if norm < FLOAT32_MAX:
+            return embeddings / np.float32(norm)
+        return (embeddings.astype(np.float64) / norm).astype(np.float32)
     with np.errstate(over="ignore", under="ignore"):
-        if len(embeddings) == 1:  # one row (a served query): one dot product, not the general norm
-            norms = np.sqrt(np.dot(embeddings[0], embeddings[0])).reshape(1, 1)
-        else:
-            norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
     if not np.all((norms > 0) & np.isfinite(norms)):
         norms = np.linalg.norm(embeddings.astype(np.float64), axis=1, keepdims=True)
     return (embeddings / np.where(norms > eps, norms, 1.0)).astype(np.float32, copy=False)

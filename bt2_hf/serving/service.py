@@ -137,6 +137,8 @@ class ServedGallery:
     mutation: threading.Lock = field(default_factory=threading.Lock)
     job: BackfillJob | None = None
     warming: threading.Thread | None = None  # the build of its search over re-embedded rows, when it was opened
+    # per query model (None: the gallery encoder): (store, manifest, config, PreparedSearch or None) as decided on them
+    prepared: dict = field(default_factory=dict)
 
 
 class _GalleryReopened(Exception):
@@ -476,9 +478,10 @@ class GalleryService:
     def _encoder_as_query(self, store) -> types.SimpleNamespace:
         """The gallery encoder's identity as a query config: a vector query without a model is one of its vectors."""
         encoder = store.encoder
+        # every field an admission reads, absent ones as None (the admission cache reads them on each query)
         return types.SimpleNamespace(fingerprint=encoder["fingerprint"], embedding_dim=int(encoder["embedding_dim"]),
-                                     compatible_with=encoder.get("compatible_with") or [], training=None,
-                                     name_or_path=encoder.get("name_or_path"))  # fmt: skip
+                                     compatible_with=encoder.get("compatible_with") or [], training=None, adapter=None,
+                                     name_or_path=encoder.get("name_or_path"), _name_or_path=None)  # fmt: skip
 
     def _default_model(self, store, modality: str) -> LoadedModel:
         from ..compatibility import IncompatibleModelsError
@@ -528,7 +531,9 @@ class GalleryService:
             for (gallery, model, k), positions in groups.items():
                 try:
                     name, alias, served, loaded = self._resolve(gallery, k, model)
-                    config = loaded.config if loaded else self._encoder_as_query(served.store)
+                    prepared = self._prepared(name, served, loaded)
+                    config = (prepared.query_config if prepared else loaded.config if loaded else
+                              self._encoder_as_query(served.store))  # fmt: skip
                     widths: dict[int, list[tuple[int, np.ndarray]]] = {}
                     for position in positions:
                         try:
@@ -538,6 +543,11 @@ class GalleryService:
                             continue
                         widths.setdefault(vector.shape[1], []).append((position, vector))
                     for batch in widths.values():
+                        if len(batch) == 1 and prepared is not None:  # one query: the prepared search, if current
+                            answers[batch[0][0]] = self._prepared_answer(name, alias, served, loaded, prepared, k,
+                                                                         batch[0][1])  # fmt: skip
+                            if answers[batch[0][0]] is not None:
+                                continue
                         admission = self._admit(served.store, config, name)
                         found = self._answers(name, alias, served, loaded, config, admission, k,
                                               np.concatenate([vector for _, vector in batch]))  # fmt: skip
@@ -591,6 +601,39 @@ class GalleryService:
                 queries = loaded.model.encode(**inputs).numpy()
         return self._answers(name, alias, served, loaded, config, admission, k, queries)[0]
 
+    def _prepared(self, name: str, served: ServedGallery, loaded: LoadedModel | None):
+        """The :class:`~bt2_hf.galleries.prepared.PreparedSearch` of a query model on a served gallery (``None`` where
+        its queries need the general search), decided again when the gallery or its manifest has changed."""
+        from ..compatibility import IncompatibleModelsError
+        from ..galleries.prepared import prepare_search
+
+        store = served.store
+        kept = served.prepared.get(loaded.name if loaded else None)
+        if kept is not None and kept[0] is store and kept[1] is store.manifest and (
+                kept[2] is (loaded.config if loaded else kept[2])):  # fmt: skip
+            return kept[3]
+        manifest, config = store.manifest, loaded.config if loaded else self._encoder_as_query(store)
+        try:
+            prepared = prepare_search(store, config)
+        except IncompatibleModelsError as refusal:  # never kept: decided again, and refused, on every query
+            raise ServingError(f"The query model is not admitted to {name}: {refusal}", 403) from None
+        served.prepared[loaded.name if loaded else None] = (store, manifest, config, prepared)
+        return prepared
+
+    def _prepared_answer(self, name, alias, served, loaded, prepared, k: int, queries: np.ndarray) -> dict | None:
+        """The answer to one query by its prepared search; ``None`` when the gallery changed since it was prepared
+        (the general search answers then)."""
+        if self.search_threads is not None:
+            _limit_faiss_threads(self.search_threads)
+        with served.rw.read():
+            store = served.store  # the gallery as of now: a dual-write may have replaced it before the lock
+            if not prepared.current(store, prepared.query_config):
+                return None
+            hits = prepared.hits(queries, k)
+            state = store.backfill_state
+        return self._answer(name, alias, served, loaded, prepared.query_config, prepared.admission, store, state,
+                            False, prepared.prefix, hits)  # fmt: skip
+
     def _answers(self, name, alias, served, loaded, config, admission, k: int, queries: np.ndarray) -> list[dict]:
         """One answer per query row, all searched in one call under the gallery's read lock."""
         if self.search_threads is not None:
@@ -599,15 +642,20 @@ class GalleryService:
             store = served.store  # the gallery as of now: a dual-write may have replaced it before the lock
             result = store.search(queries, k=k, query_config=config, **({"rule": self._rule} if self._rule else {}))
             state = store.backfill_state
-        model = {"name": loaded.name if loaded else "gallery encoder", "fingerprint": config.fingerprint}
-        backfill = None if not state else {"done": int(state["done"]), "count": len(store)}
-        return [{
-            "gallery": name, "alias": alias, "directory": served.name, "model": model,
+        return [self._answer(name, alias, served, loaded, config, admission, store, state,
+                             bool(result.backfilled[row].any()), int(result.prefix_dim), hits)
+                for row, hits in enumerate(result.hits())]  # fmt: skip
+
+    def _answer(self, name, alias, served, loaded, config, admission, store, state, mixed: bool, prefix: int,
+                hits: list[dict]) -> dict:  # fmt: skip
+        return {
+            "gallery": name, "alias": alias, "directory": served.name,
+            "model": {"name": loaded.name if loaded else "gallery encoder", "fingerprint": config.fingerprint},
             "encoder": store.encoder["fingerprint"],
             # the rule that ranks during a backfill; ``mixed``: re-embedded items hold slots of this answer
-            "rule": self.rule, "mixed": bool(result.backfilled[row].any()), "prefix_dim": int(result.prefix_dim),
-            "admission": admission.basis, "backfill": backfill, "hits": hits,
-        } for row, hits in enumerate(result.hits())]  # fmt: skip
+            "rule": self.rule, "mixed": mixed, "prefix_dim": prefix, "admission": admission.basis,
+            "backfill": None if not state else {"done": int(state["done"]), "count": len(store)}, "hits": hits,
+        }  # fmt: skip
 
     # -- dual-write ------------------------------------------------------------------------------------------------------
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
@@ -211,3 +213,14 @@ def test_l2_normalize_holds_rows_float32_cannot_square():
     unit = l2_normalize(rows)
     assert unit.dtype == np.float32
     np.testing.assert_allclose(unit, expected, rtol=1e-6)
+    # one row at a time (a served query's path), rows near float32's largest value included, no warning raised
+    rows = np.concatenate([rows, np.array([[3e38, 3e38, 1e-3], [-3e38, 0.0, 0.0]], dtype=np.float32)])
+    wide = rows.astype(np.float64)
+    norms = np.sqrt((wide**2).sum(axis=1, keepdims=True))
+    expected = np.divide(wide, norms, out=np.zeros_like(wide), where=norms > 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for row, reference in zip(rows, expected):
+            unit = l2_normalize(row[None, :])
+            assert unit.dtype == np.float32 and unit.shape == (1, 3)
+            np.testing.assert_allclose(unit[0], reference, rtol=1e-6, atol=1e-45)
