@@ -111,7 +111,7 @@ def serve(root: str, port: int, backfill: bool, batch: int, pause: float, text_m
             spec["share"] = args.backfill_share
         service.start_job(served, new, spec, SyntheticJob)
     app = create_app(service, token="bench", inline_vectors=not args.vectors_in_threads)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
 
 
 # -- the load generator -------------------------------------------------------------------------------------------------

@@ -143,18 +143,14 @@ class GallerySearchResult:
                                                                        self.backfilled))]  # fmt: skip
 
 
-def hit_dicts(
-    ids: list,
-    rows: np.ndarray,
-    scores: np.ndarray,
-    backfilled: np.ndarray,
-    labels: list | None = None,
-    paths: list | None = None,
-) -> list[dict]:
-    """One query's hits as dicts (``id``, ``row``, ``score`` rounded to 6 decimals, ``backfilled``, and ``label`` and
-    ``path`` when given), one per id: the hits of :meth:`GallerySearchResult.hits` and of a served search."""
+def hit_dicts(ids: list, rows: np.ndarray, scores: np.ndarray, backfilled: np.ndarray | None,
+              labels: list | None = None, paths: list | None = None) -> list[dict]:  # fmt: skip
+    """One query's hits as dicts (``id``, ``row``, ``score`` rounded to 6 decimals, ``backfilled`` (``None``: none
+    is), and ``label`` and ``path`` when given), one per id: the hits of :meth:`GallerySearchResult.hits` and of a
+    served search."""
     # (whole rows converted to Python at once: indexing numpy one element at a time costs more than the rest)
-    rows, scores, backfilled = rows.tolist(), scores.tolist(), backfilled.tolist()
+    rows, scores = rows.tolist(), scores.tolist()
+    backfilled = [False] * len(ids) if backfilled is None else backfilled.tolist()
     hits = [{"id": item_id, "row": rows[position], "score": round(scores[position], 6),
              "backfilled": backfilled[position]} for position, item_id in enumerate(ids)]  # fmt: skip
     for name, values in (("label", labels), ("path", paths)):

@@ -36,6 +36,8 @@ class PreparedSearch:
         query_config: the query model's config.
         admission (`Admission`): why the model was admitted.
         prefix (`int`): the query prefix compared with the encoder's vectors.
+        labels (`bool`): the gallery keeps its items' labels (hits carry them).
+        paths (`bool`): the gallery keeps its items' paths.
     """
 
     store: Any
@@ -43,6 +45,8 @@ class PreparedSearch:
     query_config: Any
     admission: Any
     prefix: int
+    labels: bool = False
+    paths: bool = False
 
     def current(self, store, query_config) -> bool:
         """Whether this is still the search to run: the same gallery, unchanged, and the same config object."""
@@ -64,9 +68,8 @@ class PreparedSearch:
         rows, scores = rows[0], scores[0]
         if len(rows) and rows[-1] < 0:  # fewer items than k: the missing rows come last
             rows, scores = rows[rows >= 0], scores[rows >= 0]
-        labels = store.labels_of(rows) if hasattr(store, "labels_of") else None
-        paths = store.paths_of(rows) if hasattr(store, "paths_of") else None
-        return hit_dicts(store.ids_of(rows), rows, scores, np.zeros(len(rows), dtype=bool), labels, paths)
+        return hit_dicts(store.ids_of(rows), rows, scores, None, store.labels_of(rows) if self.labels else None,
+                         store.paths_of(rows) if self.paths else None)  # fmt: skip
 
 
 def prepare_search(store, query_config, allow_unmeasured: bool = False) -> PreparedSearch | None:
@@ -80,4 +83,8 @@ def prepare_search(store, query_config, allow_unmeasured: bool = False) -> Prepa
     admission = store.admit(query_config, allow_unmeasured)
     if admission.gallery_prefix_dim is not None or backfill_query_prefix(store, query_config, allow_unmeasured):
         return None
-    return PreparedSearch(store, manifest, query_config, admission, int(admission.prefix_dim))
+    # whether hits carry labels and paths: decided by the manifest (and the appended rows it commits)
+    none = np.zeros(0, dtype=np.int64)
+    labels = hasattr(store, "labels_of") and store.labels_of(none) is not None
+    paths = hasattr(store, "paths_of") and store.paths_of(none) is not None
+    return PreparedSearch(store, manifest, query_config, admission, int(admission.prefix_dim), labels, paths)

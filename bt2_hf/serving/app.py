@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..compatibility import IncompatibleModelsError
 from ..errors import BT2InputError
 from ..galleries.aliases import GalleryNotFoundError
+from .busy_poll import BusyPoll
 from .json_search import (
     JsonSearchEndpoint,
     SearchRequest,
@@ -34,6 +35,7 @@ from .service import GalleryService, ServingError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 20 << 20
+DEFAULT_BUSY_POLL = 0.00025  # seconds (see busy_poll.py)
 ROUTES = ("/search", "/galleries", "/items", "/backfill", "/cutover", "/rollback", "/healthz", "/metrics", "/docs",
           "/openapi.json")  # fmt: skip
 
@@ -84,8 +86,8 @@ class _Guard:
     """ASGI wrapper: bodies over the size limit get a 413 before the app reads them; every request is timed; a JSON
     search goes straight to ``json_search`` (the hot path, see :mod:`bt2_hf.serving.json_search`)."""
 
-    def __init__(self, app, metrics: Metrics, max_body: int, json_search: JsonSearchEndpoint):
-        self.app, self.metrics, self.max_body, self.json_search = app, metrics, max_body, json_search
+    def __init__(self, app, metrics: Metrics, max_body: int, json_search: JsonSearchEndpoint, poll: BusyPoll):
+        self.app, self.metrics, self.max_body, self.json_search, self.poll = app, metrics, max_body, json_search, poll
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -128,6 +130,7 @@ class _Guard:
             return await self.app(scope, receive, timed_send)
         finally:
             self.metrics.observe(route, scope["method"], status[0], time.perf_counter() - started)
+            self.poll.answered()
 
     async def _too_large(self, send, size):
         limit = f"{self.max_body / (1 << 20):.0f} MiB"
@@ -204,7 +207,8 @@ async def _search_arguments(request: Request) -> dict[str, Any]:
 
 
 def create_app(service: GalleryService, token: str | None = None, open_reads: bool = True,
-               max_body: int = DEFAULT_MAX_BODY, inline_vectors: bool = True):  # fmt: skip
+               max_body: int = DEFAULT_MAX_BODY, inline_vectors: bool = True,
+               busy_poll: float = DEFAULT_BUSY_POLL):  # fmt: skip
     """The ASGI app: the FastAPI routes over ``service``, wrapped by the body limit and the request metrics.
 
     Args:
@@ -215,7 +219,10 @@ def create_app(service: GalleryService, token: str | None = None, open_reads: bo
         max_body (`int`, *optional*): largest request body in bytes (413 above it).
         inline_vectors (`bool`, *optional*, defaults to `True`): search vector queries on the event loop rather than
             in a worker thread (see :mod:`bt2_hf.serving.json_search`).
+        busy_poll (`float`, *optional*): seconds the event loop keeps polling after each answer instead of sleeping
+            (see :mod:`bt2_hf.serving.busy_poll`); 0 turns it off.
     """
+    poll = BusyPoll(busy_poll)  # refuses a bad window before anything is built
     metrics = Metrics()
     app = FastAPI(title="bt2 serve", description="Search galleries of bt2_hf with compatible query models; dual-write "
                   "items during a backfill; cut over and roll back.", version="1")  # fmt: skip
@@ -296,4 +303,4 @@ def create_app(service: GalleryService, token: str | None = None, open_reads: bo
     def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(service.gauges()), media_type=CONTENT_TYPE)
 
-    return _Guard(app, metrics, max_body, JsonSearchEndpoint(service, token, open_reads, inline_vectors))
+    return _Guard(app, metrics, max_body, JsonSearchEndpoint(service, token, open_reads, inline_vectors), poll)

@@ -522,6 +522,10 @@ class GalleryService:
         Returns:
             `list`: for each query, its answer (`dict`) or the exception that refuses it (the others are unaffected).
         """
+        if len(queries) == 1:  # a lone query (what one client sends): its prepared search, where it has one
+            answer = self._one_vector(queries[0])
+            if answer is not None:
+                return [answer]
         answers: list = [None] * len(queries)
         groups: dict[tuple, list[int]] = {}
         for position, query in enumerate(queries):
@@ -531,9 +535,7 @@ class GalleryService:
             for (gallery, model, k), positions in groups.items():
                 try:
                     name, alias, served, loaded = self._resolve(gallery, k, model)
-                    prepared = self._prepared(name, served, loaded)
-                    config = (prepared.query_config if prepared else loaded.config if loaded else
-                              self._encoder_as_query(served.store))  # fmt: skip
+                    config = loaded.config if loaded else self._encoder_as_query(served.store)
                     widths: dict[int, list[tuple[int, np.ndarray]]] = {}
                     for position in positions:
                         try:
@@ -543,11 +545,6 @@ class GalleryService:
                             continue
                         widths.setdefault(vector.shape[1], []).append((position, vector))
                     for batch in widths.values():
-                        if len(batch) == 1 and prepared is not None:  # one query: the prepared search, if current
-                            answers[batch[0][0]] = self._prepared_answer(name, alias, served, loaded, prepared, k,
-                                                                         batch[0][1])  # fmt: skip
-                            if answers[batch[0][0]] is not None:
-                                continue
                         admission = self._admit(served.store, config, name)
                         found = self._answers(name, alias, served, loaded, config, admission, k,
                                               np.concatenate([vector for _, vector in batch]))  # fmt: skip
@@ -600,6 +597,21 @@ class GalleryService:
                 inputs = {"texts": [text]} if text is not None else {"images": [_decode_image(image)]}
                 queries = loaded.model.encode(**inputs).numpy()
         return self._answers(name, alias, served, loaded, config, admission, k, queries)[0]
+
+    def _one_vector(self, query: dict):
+        """The answer to one vector query (or the exception that refuses it) by its prepared search; ``None`` where
+        the general search must answer it (see :mod:`~bt2_hf.galleries.prepared`)."""
+        k = query.get("k", 10)
+        try:
+            with self.traffic.search():
+                name, alias, served, loaded = self._resolve(query.get("gallery"), k, query.get("model"))
+                prepared = self._prepared(name, served, loaded)
+                if prepared is None:
+                    return None
+                vector = _vector(query["vector"], prepared.query_config)
+                return self._prepared_answer(name, alias, served, loaded, prepared, k, vector)
+        except Exception as error:  # refused (or failed) as the general search would refuse it
+            return error
 
     def _prepared(self, name: str, served: ServedGallery, loaded: LoadedModel | None):
         """The :class:`~bt2_hf.galleries.prepared.PreparedSearch` of a query model on a served gallery (``None`` where

@@ -30,7 +30,8 @@ class ReadWriteLock:
         finally:
             with self._condition:
                 self._readers -= 1
-                if not self._readers:
+                # only a waiting writer waits for the readers to leave (waiting readers wait for writers)
+                if not self._readers and self._writers_waiting:
                     self._condition.notify_all()
 
     @contextlib.contextmanager
