@@ -110,7 +110,8 @@ def serve(root: str, port: int, backfill: bool, batch: int, pause: float, text_m
         if args.backfill_share is not None:
             spec["share"] = args.backfill_share
         service.start_job(served, new, spec, SyntheticJob)
-    app = create_app(service, token="bench", inline_vectors=not args.vectors_in_threads)
+    polling = {} if args.busy_poll_ms is None else {"busy_poll": args.busy_poll_ms / 1000}
+    app = create_app(service, token="bench", inline_vectors=not args.vectors_in_threads, **polling)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, proxy_headers=False)
 
 
@@ -296,6 +297,8 @@ def start_server(root: Path, port: int, args, backfill: bool) -> subprocess.Pope
     if args.vectors_in_threads:
         command.append("--vectors_in_threads")
     command += ["--text_batch_window_ms", str(args.text_batch_window_ms)]
+    if args.busy_poll_ms is not None:
+        command += ["--busy_poll_ms", str(args.busy_poll_ms)]
     process = subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=str(HERE.parents[1])))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -413,6 +416,7 @@ def main(argv=None) -> int:
         default=2.0,
         help="the server's micro-batching window of text queries (negative: no micro-batching)",
     )
+    parser.add_argument("--busy_poll_ms", type=float, help="the server's busy-poll window (default: bt2 serve's)")
     parser.add_argument("--without_backfill_only", action="store_true", help="skip the settings with a backfill")
     parser.add_argument("--output", help="write the results as JSON here")
     parser.add_argument("--port", type=int, default=0)

@@ -94,6 +94,7 @@ class _Guard:
             return await self.app(scope, receive, send)
         started, status = time.perf_counter(), [500]
         route = scope["path"] if scope["path"] in ROUTES else "other"
+        self.poll.started()
 
         async def timed_send(message):
             if message["type"] == "http.response.start":
