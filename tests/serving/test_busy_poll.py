@@ -42,15 +42,19 @@ def first_blocking(calls, after: float) -> float:
     return next(at for at, timeout in calls if at >= after and (timeout is None or timeout > 0))
 
 
-def test_the_loop_polls_after_the_last_answer_for_the_window_then_sleeps():
-    poll = BusyPoll(0.03)
+def one_answer(poll: BusyPoll, wait: float):
+    """A script: one request arrives and is answered, then the loop waits ``wait`` seconds."""
 
     async def script():
         poll.started()
         poll.answered()
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(wait)
 
-    calls = selector_calls(script)
+    return script
+
+
+def test_the_loop_polls_after_the_last_answer_for_the_window_then_sleeps():
+    calls = selector_calls(one_answer(BusyPoll(0.03), 0.1))
     assert polls(calls, 0.0, 0.025) > 30  # the loop went round without sleeping
     assert 0.03 <= first_blocking(calls, 0.0) < 0.09  # it slept again once the window was over
 
@@ -76,14 +80,7 @@ def test_a_request_that_arrives_stops_the_poll_and_one_in_flight_prevents_it():
 
 
 def test_no_window_never_polls():
-    poll = BusyPoll(0.0)
-
-    async def script():
-        poll.started()
-        poll.answered()
-        await asyncio.sleep(0.05)
-
-    calls = selector_calls(script)
+    calls = selector_calls(one_answer(BusyPoll(0.0), 0.05))
     assert polls(calls, 0.0, 1.0) <= 2 and first_blocking(calls, 0.0) < 0.01
 
 
