@@ -220,10 +220,10 @@ def create_app(service: GalleryService, token: str | None = None, open_reads: bo
         max_body (`int`, *optional*): largest request body in bytes (413 above it).
         inline_vectors (`bool`, *optional*, defaults to `True`): search vector queries on the event loop rather than
             in a worker thread (see :mod:`bt2_hf.serving.json_search`).
-        busy_poll (`float`, *optional*): seconds the event loop keeps polling after each answer instead of sleeping
-            (see :mod:`bt2_hf.serving.busy_poll`); 0 turns it off.
+        busy_poll (`float`, *optional*): seconds the event loop keeps polling after the last answer instead of
+            sleeping, while no backfill job runs (see :mod:`bt2_hf.serving.busy_poll`); 0 turns it off.
     """
-    poll = BusyPoll(busy_poll)  # refuses a bad window before anything is built
+    poll = BusyPoll(busy_poll, service.backfilling)  # refuses a bad window before anything is built
     metrics = Metrics()
     app = FastAPI(title="bt2 serve", description="Search galleries of bt2_hf with compatible query models; dual-write "
                   "items during a backfill; cut over and roll back.", version="1")  # fmt: skip

@@ -831,6 +831,11 @@ class GalleryService:
                 logger.error("Cannot resume the backfill of %s: %s", name, error)
         return resumed
 
+    def backfilling(self) -> bool:
+        """Whether a backfill job of this service is starting or running now."""
+        return any(served.job is not None and served.job.status in ("starting", "running")
+                   for served in list(self._served.values()))  # fmt: skip
+
     def stop_jobs(self, timeout: float | None = 5.0) -> None:
         """Stop the backfill jobs (each at its next committed batch) and the text batchers."""
         for served in list(self._served.values()):

@@ -188,6 +188,8 @@ def test_dual_write_during_a_backfill_then_cutover_and_rollback(client, service,
     started = client.post("/backfill", headers=WRITE, json={"gallery": "products", "model": "new",
                                                             "data": str(serving_data), "batch_size": 16})  # fmt: skip
     assert started.status_code == 200, started.text
+    _, served = service.served("products")
+    assert service.backfilling() or served.job.status == "complete"  # (no busy polling beside a running job)
     again = client.post(
         "/backfill", headers=WRITE, json={"gallery": "products", "model": "new", "data": str(serving_data)}
     )
@@ -200,9 +202,8 @@ def test_dual_write_during_a_backfill_then_cutover_and_rollback(client, service,
     assert answer.json()["written"]["products_v1"]["added"] == list(images)
     retry = client.post("/items", headers=WRITE, json={"gallery": "products", "items": items})
     assert retry.json()["written"]["products_v1"] == {"added": [], "count": 203}  # idempotent
-    _, served = service.served("products")
     served.job.join(120)
-    assert served.job.status == "complete"
+    assert served.job.status == "complete" and not service.backfilling()
 
     # Every item carries the old and the new model's vector; the new ones were never re-embedded by the backfill.
     gallery = FaissGallery.open(gallery_root / "products_v1")

@@ -79,6 +79,15 @@ def test_a_request_that_arrives_stops_the_poll_and_one_in_flight_prevents_it():
     assert polls(calls, 0.012, 0.07) <= 2  # neither while that request was in flight nor after one of two answered
 
 
+def test_no_poll_while_another_thread_has_work():
+    busy = [True]
+    calls = selector_calls(one_answer(BusyPoll(0.05, busy_elsewhere=lambda: busy[0]), 0.05))
+    assert polls(calls, 0.0, 1.0) <= 2 and first_blocking(calls, 0.0) < 0.01
+    busy[0] = False
+    calls = selector_calls(one_answer(BusyPoll(0.05, busy_elsewhere=lambda: busy[0]), 0.05))
+    assert polls(calls, 0.0, 0.04) >= 3
+
+
 def test_no_window_never_polls():
     calls = selector_calls(one_answer(BusyPoll(0.0), 0.05))
     assert polls(calls, 0.0, 1.0) <= 2 and first_blocking(calls, 0.0) < 0.01
