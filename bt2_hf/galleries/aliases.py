@@ -82,6 +82,7 @@ class GalleryRoot:
             raise GalleryError(f"{root} is a gallery: give the folder that holds it (move it into one, e.g. "
                                f"galleries/{self.root.name}), so that it can be named and switched.")  # fmt: skip
         self._cache: tuple[tuple, dict] | None = None
+        self._listing: tuple[tuple, list[str]] | None = None
         self._path = self.root / ALIASES_FILE
         self._path_name = os.fspath(self._path)  # stat-ed on every served search: no Path arithmetic there
 
@@ -121,9 +122,21 @@ class GalleryRoot:
         return table
 
     def galleries(self) -> list[str]:
-        """Names of the gallery directories in the root (hidden and staging folders left out)."""
-        return sorted(p.name for p in self.root.iterdir()
-                      if not p.name.startswith(".") and p.is_dir() and is_gallery_directory(p))  # fmt: skip
+        """Names of the gallery directories in the root (hidden and staging folders left out).
+
+        Listed again only when the root has changed: a service asks on every search that names no gallery, and each
+        listing reads every gallery's manifest. A gallery enters or leaves a root as a directory created, renamed or
+        removed, which changes the root's modification time and link count. A listing that met a folder that is not
+        (yet) a gallery, one being copied in for instance, is not kept.
+        """
+        stat = os.stat(self.root)
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_nlink)
+        if self._listing is not None and self._listing[0] == key:
+            return list(self._listing[1])
+        folders = [p for p in self.root.iterdir() if not p.name.startswith(".") and p.is_dir()]
+        names = sorted(p.name for p in folders if is_gallery_directory(p))
+        self._listing = (key, names) if len(names) == len(folders) else None
+        return names
 
     def aliases(self) -> dict[str, dict]:
         return dict(self.table()["aliases"])
