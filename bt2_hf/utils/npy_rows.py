@@ -51,7 +51,7 @@ def write_npy_rows(path: str | os.PathLike, rows, values) -> None:
         raise IndexError(f"Rows {rows.min()}..{rows.max()} are outside {path}'s {shape[0]} rows.")
     data = np.ascontiguousarray(values, dtype=dtype)
     row_bytes = shape[1] * dtype.itemsize
-    descriptor = os.open(path, os.O_WRONLY)
+    descriptor = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))  # O_BINARY: Windows would translate newlines
     try:
         # in row order, so that the last of a repeated row wins as in numpy's assignment (stable sort)
         for position in np.argsort(rows, kind="stable"):
@@ -62,8 +62,13 @@ def write_npy_rows(path: str | os.PathLike, rows, values) -> None:
 
 
 def _write_all(descriptor: int, payload: bytes, at: int) -> None:
-    """``os.pwrite`` until every byte is written (a positioned write may write fewer bytes than asked)."""
+    """Write ``payload`` at offset ``at`` until every byte is written (a write may write fewer bytes than asked):
+    ``os.pwrite`` where the platform has it (not Windows), else a seek and a write."""
     view = memoryview(payload)
     while view:
-        written = os.pwrite(descriptor, view, at)
+        if hasattr(os, "pwrite"):
+            written = os.pwrite(descriptor, view, at)
+        else:
+            os.lseek(descriptor, at, os.SEEK_SET)
+            written = os.write(descriptor, view)
         view, at = view[written:], at + written

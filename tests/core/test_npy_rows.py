@@ -30,6 +30,16 @@ def test_rows_written_in_place_equal_numpys_assignment(tmp_path, dtype):
     assert np.load(path).dtype == dtype
 
 
+def test_without_pwrite_a_seek_and_write_give_the_same_file(tmp_path, monkeypatch):
+    path = tmp_path / "table.npy"
+    expected = fresh_table(path, (100, 5))
+    monkeypatch.delattr("os.pwrite")  # as on Windows
+    rows, values = np.array([70, 3, 41]), np.arange(15, dtype=np.float32).reshape(3, 5)
+    write_npy_rows(path, rows, values)
+    expected[rows] = values
+    np.testing.assert_array_equal(np.load(path), expected)
+
+
 def test_the_layout_is_read_from_the_header_of_either_format_version(tmp_path):
     for version in ((1, 0), (2, 0)):
         path = tmp_path / f"v{version[0]}.npy"
