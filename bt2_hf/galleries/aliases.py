@@ -26,6 +26,7 @@ import datetime
 import fcntl
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,8 @@ from .stores import is_milvus_uri
 
 ALIASES_KIND = "bt2-gallery-aliases"
 ALIASES_FILE = "aliases.json"
+# A root changed this recently is listed again on every call: its modification time may not have ticked since.
+LISTING_SETTLE_SECONDS = 2.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -127,15 +130,19 @@ class GalleryRoot:
         Listed again only when the root has changed: a service asks on every search that names no gallery, and each
         listing reads every gallery's manifest. A gallery enters or leaves a root as a directory created, renamed or
         removed, which changes the root's modification time and link count. A listing that met a folder that is not
-        (yet) a gallery, one being copied in for instance, is not kept.
+        (yet) a gallery, one being copied in for instance, is not kept; nor is one of a root changed in the last
+        ``LISTING_SETTLE_SECONDS``: file times tick coarsely (a few milliseconds on Linux, seconds elsewhere), so a
+        build's rename of its staging folder in the same tick as the listing would leave the time and link count
+        as they were.
         """
         stat = os.stat(self.root)
         key = (stat.st_ino, stat.st_mtime_ns, stat.st_nlink)
         if self._listing is not None and self._listing[0] == key:
             return list(self._listing[1])
+        settled = time.time_ns() - stat.st_mtime_ns > LISTING_SETTLE_SECONDS * 1e9
         folders = [p for p in self.root.iterdir() if not p.name.startswith(".") and p.is_dir()]
         names = sorted(p.name for p in folders if is_gallery_directory(p))
-        self._listing = (key, names) if len(names) == len(folders) else None
+        self._listing = (key, names) if settled and len(names) == len(folders) else None
         return names
 
     def aliases(self) -> dict[str, dict]:
